@@ -1,0 +1,52 @@
+"""The ``stepx`` command: one sub-command per job, each defined in its own module.
+
+Each module named in COMMANDS exposes ``add_arguments(parser)`` and ``run(args) -> int``;
+it is imported only when its command runs, so ``stepx --help`` stays fast and optional
+extras stay optional.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+#: name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "record": ("bridge.commands.record", "generate one image with capture and write a trace (no daemon)"),
+    "serve": ("bridge.commands.serve", "run the generation daemon: control in, every step out to the sinks"),
+    "replay": ("bridge.commands.replay", "play a recorded trace through the same sinks, no model or GPU needed"),
+    "export": ("bridge.commands.export", "export a trace: heat-map PNGs, GIFs, CSV, timeline plots, ZIP"),
+    "preview": ("bridge.commands.preview", "render the stream or a trace with the moderngl preview"),
+    "bench": ("bridge.commands.bench", "benchmark capture overhead against plain diffusers in one process"),
+    "eval-shapes": ("bridge.models.shapes.evaluate", "evaluate the embedded shapes model: adherence and attention IoU"),
+    "train-shapes": ("bridge.models.shapes.train", "train the embedded shapes model (GPU)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    known, rest = parser.parse_known_args(argv)
+    full = argparse.ArgumentParser(prog="stepx", description="StepX Bridge: live per-step attention from diffusion models.")
+    full.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = full.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in rest if not a.startswith("-")), None)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(p)
+    args = full.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(2, max(known.verbose, args.verbose) + 1 if args.command else 0)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.command:
+        full.print_help()
+        return 0
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
