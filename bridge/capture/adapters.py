@@ -1,0 +1,100 @@
+"""Pipeline adapters: what differs between model families, behind one small interface.
+
+An adapter knows where a pipeline's denoiser and attention layers are, how to observe their
+queries and keys without changing the layer output, and which tokenizer feeds the
+cross-attention. The capture session (bookkeeping of runs and steps) is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from .errors import UnsupportedPipelineError
+
+if TYPE_CHECKING:
+    from .session import Capture
+
+_REGISTRY: dict[str, type["Adapter"]] = {}
+
+
+@dataclass
+class Layer:
+    """An attention layer of the denoiser: stable name, module, kind and head count."""
+
+    name: str
+    module: torch.nn.Module
+    cross: bool
+    heads: int
+
+
+class Adapter:
+    """Base class; subclasses set ``pipelines`` (class names) and implement the hooks."""
+
+    pipelines: tuple[str, ...] = ()
+    family: str = ""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    # --- what the session asks -------------------------------------------------------------
+    def denoiser(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def tokenizer(self) -> Any:
+        raise NotImplementedError
+
+    def layers(self) -> list[Layer]:
+        raise NotImplementedError
+
+    def check(self, layers: list[Layer]) -> None:
+        """Raise if any chosen layer cannot be observed exactly."""
+
+    def install_probes(self, session: "Capture", cross: list[Layer], self_layers: list[Layer]) -> list[Callable[[], None]]:
+        """Install observation hooks; return callables that remove them exactly."""
+        raise NotImplementedError
+
+    def latent_hw(self, args: tuple, kwargs: dict) -> tuple[tuple[int, int], int]:
+        """From the denoiser's call arguments: the latent ``(h, w)`` and the batch size."""
+        raise NotImplementedError
+
+    def guidance(self) -> bool:
+        """Whether this call runs classifier-free guidance (uncond rows first, cond rows second)."""
+        return bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+
+    def sequence_length(self) -> int:
+        return int(self.tokenizer().model_max_length)
+
+
+def register(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: make an adapter available for its pipeline class names."""
+    for name in cls.pipelines:
+        _REGISTRY[name] = cls
+    return cls
+
+
+def supported_pipelines() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def adapter_for(pipe: Any) -> Adapter:
+    """The adapter for ``pipe``'s class (or a base class), or a clear error naming the supported ones."""
+    _load_builtin()
+    for klass in type(pipe).__mro__:
+        if klass.__name__ in _REGISTRY:
+            return _REGISTRY[klass.__name__](pipe)
+    raise UnsupportedPipelineError(
+        f"StepX capture does not support {type(pipe).__name__}; supported pipelines: {', '.join(supported_pipelines())}"
+    )
+
+
+def _load_builtin() -> None:
+    from . import unet  # noqa: F401  (registers itself)
+
+    try:
+        from . import mmdit  # noqa: F401
+    except ImportError:
+        pass

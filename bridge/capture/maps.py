@@ -1,0 +1,99 @@
+"""Pure tensor maths of the capture: attention probabilities for the rows that are wanted.
+
+Nothing here builds an ``N × N`` self-attention matrix: cross-attention uses the (few) text
+keys, self-attention only the requested query rows, in chunks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, N, heads * d]`` → ``[B, heads, N, d]``."""
+    b, n, c = x.shape
+    return x.view(b, n, heads, c // heads).transpose(1, 2)
+
+
+def cross_attention_maps(q: torch.Tensor, k: torch.Tensor, head_weights: torch.Tensor) -> torch.Tensor:
+    """Head-weighted cross-attention probabilities.
+
+    q: ``[B, heads, N, d]`` image queries; k: ``[B, heads, T, d]`` text keys;
+    head_weights: ``[heads]``. Returns ``[B, T, N]`` = Σ_h w_h softmax(q_h k_hᵀ / √d), in float32.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scale)  # [B, h, N, T]
+    probs = logits.softmax(-1)
+    return torch.einsum("bhnt,h->btn", probs, head_weights)  # [B, T, N]
+
+
+def per_head_cross_maps(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Un-aggregated probabilities ``[B, heads, T, N]`` (for the layers asked for in detail)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    return torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scale).softmax(-1).transpose(-1, -2)
+
+
+def query_rows_map(
+    q: torch.Tensor, k: torch.Tensor, row_weights: torch.Tensor, head_weights: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """Self-attention map of a weighted set of query rows.
+
+    q: ``[B, heads, N, d]``; k: ``[B, heads, N, d]``; row_weights: ``[N]`` (zero rows are
+    skipped); head_weights: ``[heads]``. Returns ``[B, N]`` = Σ_h w_h Σ_r ρ_r softmax(q_{h,r} kᵀ/√d).
+    Only the selected rows are computed, ``chunk`` at a time.
+    """
+    rows = torch.nonzero(row_weights, as_tuple=True)[0]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    kf = k.float().transpose(-1, -2)  # [B, h, d, N]
+    out = q.new_zeros((q.shape[0], k.shape[2]), dtype=torch.float32)
+    for start in range(0, rows.numel(), chunk):
+        idx = rows[start : start + chunk]
+        probs = torch.matmul(q[:, :, idx].float(), kf).mul_(scale).softmax(-1)  # [B, h, r, N]
+        out += torch.einsum("bhrn,h,r->bn", probs, head_weights, row_weights[idx].float())
+    return out
+
+
+def diffused_query_map(
+    q: torch.Tensor, k: torch.Tensor, seed_weights: torch.Tensor, head_weights: torch.Tensor, iterations: int, keep: float
+) -> torch.Tensor:
+    """Iteratively diffused pixel map: the seed's map becomes the next query weights.
+
+    Each iteration keeps the cells above ``keep`` × max of the current (head-normalised) map,
+    renormalises them to sum to 1 and queries again. Returns ``[B, N]`` of the last iteration.
+    """
+    total = head_weights.sum().clamp_min(1e-12)
+    weights = seed_weights
+    result = query_rows_map(q, k, weights, head_weights)
+    for _ in range(iterations):
+        m = (result / total).mean(0)  # [N], batch-averaged to keep one row set
+        m = torch.where(m >= keep * m.max(), m, torch.zeros_like(m))
+        weights = m / m.sum()
+        result = query_rows_map(q, k, weights, head_weights)
+    return result
+
+
+def layer_grid(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """The ``(h, w)`` grid of a UNet layer with ``tokens`` image tokens, given the latent size.
+
+    UNet down-sampling halves with rounding up, so walk down from the latent size.
+    """
+    h, w = latent_hw
+    while h * w > tokens:
+        h, w = (h + 1) // 2, (w + 1) // 2
+    if h * w != tokens:
+        raise ValueError(f"cannot place {tokens} attention tokens on a grid derived from latent size {latent_hw}")
+    return h, w
+
+
+def resize_maps(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize ``[..., h, w]`` maps to ``size``: bilinear (align_corners=False) up, area down."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, 1, *x.shape[-2:])
+    up = size[0] >= x.shape[-2] and size[1] >= x.shape[-1]
+    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False) if up else F.interpolate(flat, size=size, mode="area")
+    return out.reshape(*lead, *size)

@@ -1,0 +1,323 @@
+"""The capture session: scoped hooks, run and step bookkeeping, on-device aggregation.
+
+Step rule (documented in docs/CAPTURE.md): a *step* ends when the scheduler completes one
+denoising step, i.e. after ``scheduler.step`` returns with the scheduler back in its
+first-order state (``state_in_first_order``, which Heun and DPM2 expose) or after the run's
+last model evaluation. All model evaluations inside one step are averaged into its frame.
+So 20 steps give 20 frames for Euler (20 evaluations) and Heun (39 evaluations) alike,
+whatever the guidance or batch size.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .adapters import Adapter, Layer, adapter_for
+from .config import CaptureConfig, head_weight_vector, matches
+from .frames import CaptureRun, StepFrame
+from .maps import cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, query_rows_map, resize_maps, split_heads
+from .steps import estimate_x0, patch_method, step_outputs
+from .tokens import token_maps_for
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[StepFrame, CaptureRun], None]
+
+
+@dataclass
+class _StepAccumulator:
+    """Sums of one step's maps, per layer resolution, until the step ends."""
+
+    cross: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # grid -> [B, T, h, w]
+    queries: dict[str, dict[tuple[int, int], torch.Tensor]] = field(default_factory=dict)  # name -> grid -> [B, h, w]
+    detail: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> [B, heads, T, h, w]
+    seen: set[str] = field(default_factory=set)
+    evals: int = 0
+    timestep: float = float("nan")
+
+
+def _add(store: dict, key: Any, value: torch.Tensor) -> None:
+    if key in store:
+        store[key].add_(value)
+    else:
+        store[key] = value
+
+
+class Capture:
+    """Scoped capture of per-step attention on a diffusers pipeline.
+
+    Use as a context manager (``with capture(pipe) as cap: pipe(...)``) or with the
+    ``apply()``/``remove()`` pair. Every pipeline call inside becomes a :class:`CaptureRun` in
+    ``cap.runs``; ``on_step`` callbacks receive each :class:`StepFrame` as soon as its step ends.
+    On exit, also after an exception, every hook and patched method is removed exactly.
+    """
+
+    def __init__(self, pipe: Any, config: CaptureConfig | None = None, on_step: StepCallback | None = None) -> None:
+        self.pipe = pipe
+        self.config = config or CaptureConfig()
+        self.adapter: Adapter = adapter_for(pipe)
+        self.runs: list[CaptureRun] = []
+        self.callbacks: list[StepCallback] = [on_step] if on_step else []
+        self._removers: list[Callable[[], None]] = []
+        self._run: CaptureRun | None = None
+        self._acc = _StepAccumulator()
+        self._pending_tokens: list | None = None
+        self._new_run = True
+        self._evals_total: int | None = None
+        self._evals_seen = 0
+        self._weights: dict[tuple[str, str], torch.Tensor] = {}
+        self._query_cells: dict[tuple[str, tuple[int, int], str], torch.Tensor] = {}
+        self._warned: set[str] = set()
+        all_layers = self.adapter.layers()
+        cfg = self.config
+        self.cross_layers = [
+            l for l in all_layers if l.cross and cfg.cross and matches(l.name, cfg.layers) and head_weight_vector(cfg, l.name, l.heads).sum() > 0
+        ]
+        self.self_layers = [l for l in all_layers if not l.cross and cfg.queries and matches(l.name, cfg.self_layers)]
+        self.detail = {l.name for l in self.cross_layers if cfg.detail_layers and matches(l.name, cfg.detail_layers)}
+        if cfg.cross and not self.cross_layers:
+            names = ", ".join(l.name for l in all_layers if l.cross)
+            raise ValueError(f"no cross-attention layer matches {cfg.layers!r} with non-zero head weights; layers: {names}")
+        self.cross_weight = float(sum(head_weight_vector(cfg, l.name, l.heads).sum() for l in self.cross_layers))
+        self.self_weight = float(sum(head_weight_vector(cfg, l.name, l.heads).sum() for l in self.self_layers))
+
+    # --- scope ---------------------------------------------------------------------------------
+    def __enter__(self) -> "Capture":
+        return self.apply()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    @property
+    def active(self) -> bool:
+        return self._run is not None
+
+    @property
+    def last_run(self) -> CaptureRun:
+        if not self.runs:
+            raise RuntimeError("no run has been captured yet: call the pipeline inside the capture")
+        return self.runs[-1]
+
+    def on_step(self, callback: StepCallback) -> StepCallback:
+        """Register a callback for every finished step (usable as a decorator)."""
+        self.callbacks.append(callback)
+        return callback
+
+    def apply(self) -> "Capture":
+        """Install the hooks. Raises (having installed nothing) if a layer cannot be observed."""
+        if self._removers:
+            raise RuntimeError("this capture is already applied")
+        self.adapter.check(self.cross_layers + self.self_layers)
+        try:
+            pipe, sched = self.pipe, self.pipe.scheduler
+            self._removers.append(patch_method(pipe, "encode_prompt", self._wrap_encode(pipe.encode_prompt)))
+            self._removers.append(patch_method(sched, "set_timesteps", self._wrap_set_timesteps(sched.set_timesteps)))
+            self._removers.append(patch_method(sched, "step", self._wrap_step(sched, sched.step)))
+            handle = self.adapter.denoiser().register_forward_pre_hook(self._before_denoiser, with_kwargs=True)
+            self._removers.append(handle.remove)
+            self._removers += self.adapter.install_probes(self, self.cross_layers, self.self_layers)
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        """Remove every hook exactly; an unfinished run is kept, marked ``interrupted``."""
+        while self._removers:
+            self._removers.pop()()
+        self._finish("interrupted")
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def _wrap_encode(self, original: Callable) -> Callable:
+        sig = inspect.signature(original)
+
+        def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+            try:
+                bound = sig.bind_partial(*args, **kwargs).arguments
+                prompt = bound.get("prompt")
+                repeats = int(bound.get("num_images_per_prompt") or 1)
+                if isinstance(prompt, str):
+                    prompt = [prompt]
+                self._pending_tokens = (
+                    token_maps_for(self.adapter.tokenizer(), prompt, repeats, self.adapter.sequence_length()) if prompt else None
+                )
+            except Exception as exc:  # never break generation for bookkeeping
+                log.warning("could not map the prompt's words to tokens: %s", exc)
+                self._pending_tokens = None
+            return original(*args, **kwargs)
+
+        return encode_prompt
+
+    def _wrap_set_timesteps(self, original: Callable) -> Callable:
+        def set_timesteps(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            self._finish("interrupted")
+            self._new_run = True
+            return out
+
+        return set_timesteps
+
+    def _wrap_step(self, sched: Any, original: Callable) -> Callable:
+        def step(model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            out = original(model_output, timestep, sample, *args, **kwargs)
+            if self._run is not None and self._acc.evals:
+                done = self._evals_total is not None and self._evals_seen >= self._evals_total
+                if getattr(sched, "state_in_first_order", True) or done:
+                    prev, x0 = step_outputs(out)
+                    if x0 is None:
+                        x0 = estimate_x0(sched, model_output, timestep, sample)
+                    self._emit(prev, x0)
+            return out
+
+        return step
+
+    def _before_denoiser(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        latent_hw, batch_total = self.adapter.latent_hw(args, kwargs)
+        if self._new_run or self._run is None:
+            self._start_run(latent_hw, batch_total)
+        self._acc.evals += 1
+        self._evals_seen += 1
+        if self._acc.evals == 1:
+            t = args[1] if len(args) > 1 else kwargs.get("timestep", float("nan"))
+            self._acc.timestep = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
+
+    def _start_run(self, latent_hw: tuple[int, int], batch_total: int) -> None:
+        sched = self.pipe.scheduler
+        guidance = self.adapter.guidance()
+        batch = batch_total // 2 if guidance else batch_total
+        begin = getattr(sched, "begin_index", None) or 0
+        timesteps = getattr(sched, "timesteps", None)
+        n = (len(timesteps) if timesteps is not None else 0) - begin
+        self._evals_total = n if n > 0 else None
+        order = int(getattr(sched, "order", 1) or 1)
+        total = math.ceil(n / order) if n > 0 else int(getattr(sched, "num_inference_steps", 0) or 0)
+        tokens = self._pending_tokens if self._pending_tokens and len(self._pending_tokens) == batch else [None] * batch
+        self._run = CaptureRun(
+            token_maps=list(tokens),
+            total_steps=total,
+            batch=batch,
+            guidance=guidance,
+            latent_hw=latent_hw,
+            resolution=tuple(self.config.resolution or latent_hw),
+            layers=[l.name for l in self.cross_layers],
+            info={"scheduler": type(sched).__name__, "family": self.adapter.family, "pipeline": type(self.pipe).__name__},
+        )
+        self.runs.append(self._run)
+        self._acc = _StepAccumulator()
+        self._new_run = False
+        self._evals_seen = 0
+
+    # --- per layer (hot path) ------------------------------------------------------------------
+    def _head_weights(self, layer: Layer, device: torch.device) -> torch.Tensor:
+        key = (layer.name, str(device))
+        w = self._weights.get(key)
+        if w is None:
+            w = self._weights[key] = head_weight_vector(self.config, layer.name, layer.heads).to(device)
+        return w
+
+    def observe(self, layer: Layer, q: torch.Tensor, k: torch.Tensor) -> None:
+        """Called by the probes with a layer's projected queries ``[B_all, N, C]`` and keys ``[B_all, M, C]``."""
+        run = self._run
+        if run is None:
+            return
+        rows = slice(q.shape[0] - run.batch, q.shape[0])  # the conditional branch: last B rows
+        attn = layer.module
+        qh = split_heads(q[rows], layer.heads)  # [B, heads, N, d]
+        kh = split_heads(k[rows], layer.heads)  # [B, heads, M, d]
+        if getattr(attn, "norm_q", None) is not None:
+            qh = attn.norm_q(qh)
+        if getattr(attn, "norm_k", None) is not None:
+            kh = attn.norm_k(kh)
+        grid = layer_grid(qh.shape[2], run.latent_hw)
+        w = self._head_weights(layer, q.device)
+        acc = self._acc
+        acc.seen.add(layer.name)
+        if layer.cross:
+            b, t = kh.shape[0], kh.shape[2]
+            _add(acc.cross, grid, cross_attention_maps(qh, kh, w).view(b, t, *grid))
+            if layer.name in self.detail:
+                _add(acc.detail, layer.name, per_head_cross_maps(qh, kh).reshape(b, layer.heads, t, *grid))
+        else:
+            for query in self.config.queries:
+                cells = self._cells(query, grid, q.device)
+                if query.kind == "diffused":
+                    m = diffused_query_map(qh, kh, cells, w, query.iterations, query.keep)
+                else:
+                    m = query_rows_map(qh, kh, cells, w)
+                _add(acc.queries.setdefault(query.name, {}), grid, m.view(-1, *grid))
+
+    def _cells(self, query: Any, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        key = (query.name, grid, str(device))
+        if key not in self._query_cells:
+            self._query_cells[key] = query.cell_weights(*grid).to(device)
+        return self._query_cells[key]
+
+    # --- per step ------------------------------------------------------------------------------
+    def _emit(self, latents: torch.Tensor | None, x0: torch.Tensor | None) -> None:
+        run, acc = self._run, self._acc
+        assert run is not None
+        size = run.resolution
+        cross = None
+        if acc.cross:
+            cross = sum(resize_maps(m, size) for m in acc.cross.values()) / (self.cross_weight * acc.evals)
+        area = size[0] * size[1]
+        queries = {  # a distribution over the canonical grid: resized densities keep their mass
+            name: sum(resize_maps(m, size) * (g[0] * g[1] / area) for g, m in grids.items()) / (self.self_weight * acc.evals)
+            for name, grids in acc.queries.items()
+        }
+        detail = {name: m / acc.evals for name, m in acc.detail.items()}
+        expected = {l.name for l in self.cross_layers + self.self_layers}
+        missing = tuple(sorted(expected - acc.seen))
+        if missing and "missing" not in self._warned:
+            self._warned.add("missing")
+            log.warning("attention layers produced no queries/keys this step (maps exclude them): %s", ", ".join(missing))
+        frame = StepFrame(
+            run_id=run.run_id,
+            step=run.steps_done,
+            total_steps=max(run.total_steps, run.steps_done + 1),
+            timestep=acc.timestep,
+            evaluations=acc.evals,
+            cross=cross,
+            self_maps=queries,
+            layers=detail,
+            latents=latents,
+            x0=x0,
+            missing_layers=missing,
+        )
+        run.steps_done += 1
+        self._acc = _StepAccumulator()
+        if self.config.keep_frames:
+            run.frames.append(frame)
+        for callback in list(self.callbacks):
+            callback(frame, run)
+        if run.total_steps and run.steps_done >= run.total_steps:
+            self._finish("done")
+
+    def _finish(self, status: str) -> None:
+        run = self._run
+        if run is None:
+            return
+        if self._acc.evals:  # evaluations not yet closed by a scheduler step
+            self._emit(None, None)
+            if self._run is None:
+                return
+        run.status = status if run.steps_done < run.total_steps else "done"
+        self._run = None
+
+
+def capture(pipe: Any, config: CaptureConfig | None = None, on_step: StepCallback | None = None, **options: Any) -> Capture:
+    """Capture per-step attention of ``pipe``: ``with capture(pipe) as cap: pipe(prompt)``.
+
+    Keyword options are :class:`CaptureConfig` fields (``capture(pipe, layers="up_*")``).
+    """
+    if options:
+        if config is not None:
+            raise TypeError("pass either a CaptureConfig or keyword options, not both")
+        config = CaptureConfig(**options)
+    return Capture(pipe, config, on_step)

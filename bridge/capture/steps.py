@@ -1,0 +1,52 @@
+"""Scheduler-side helpers: patching methods exactly and reading a step's outputs."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+_MISSING = object()
+
+
+def patch_method(obj: Any, name: str, replacement: Callable) -> Callable[[], None]:
+    """Shadow ``obj.name`` with an instance attribute; the returned callable restores it exactly."""
+    before = obj.__dict__.get(name, _MISSING)
+    obj.__dict__[name] = replacement
+
+    def restore() -> None:
+        if obj.__dict__.get(name) is replacement:
+            if before is _MISSING:
+                del obj.__dict__[name]
+            else:
+                obj.__dict__[name] = before
+
+    return restore
+
+
+def step_outputs(out: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(prev_sample, pred_original_sample)`` from a scheduler step's output, tuple or dataclass."""
+    if isinstance(out, tuple):
+        return (out[0] if out else None), (out[1] if len(out) > 1 and torch.is_tensor(out[1]) else None)
+    return getattr(out, "prev_sample", None), getattr(out, "pred_original_sample", None)
+
+
+def estimate_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor | None:
+    """Predicted clean latents for ᾱ-parameterised schedulers that do not return them (e.g. DPM-Solver).
+
+    x0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t for ε-prediction; x0 = √ᾱ_t x_t − √(1−ᾱ_t) v for v-prediction.
+    Returns None where the scheduler's parameterisation is not known (then only the final image is shown).
+    """
+    if getattr(sched, "sigmas", None) is not None and "Euler" in type(sched).__name__:
+        return None  # sigma-space samples: Euler-type schedulers return x0 themselves
+    alphas = getattr(sched, "alphas_cumprod", None)
+    kind = getattr(getattr(sched, "config", None), "prediction_type", "epsilon")
+    if alphas is None or kind not in ("epsilon", "v_prediction") or model_output.shape != sample.shape:
+        return None
+    t = int(timestep.flatten()[0]) if torch.is_tensor(timestep) else int(timestep)
+    if not 0 <= t < len(alphas):
+        return None
+    a = alphas[t].to(sample.device, torch.float32)
+    x, e = sample.float(), model_output.float()
+    x0 = (x - (1 - a).sqrt() * e) / a.sqrt() if kind == "epsilon" else a.sqrt() * x - (1 - a).sqrt() * e
+    return x0.to(sample.dtype)

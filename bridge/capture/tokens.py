@@ -1,0 +1,164 @@
+"""Word ↔ token mapping with the pipeline's own tokenizer.
+
+A prompt's *words* are runs of letters/digits (with inner apostrophes: ``it's``); punctuation
+and the start/end/padding tokens belong to no word. Each word maps to the positions of its
+sub-word tokens in the sequence that enters cross-attention, and a word's map is the mean of
+its tokens' maps. Words past the tokenizer's limit are reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .errors import PromptTooLongError, WordNotFoundError
+
+log = logging.getLogger(__name__)
+
+_WORD = re.compile(r"\w+(?:'\w+)*")
+_PUNCT = re.compile(r"[^\w\s]+")
+
+
+@dataclass(frozen=True)
+class TokenMap:
+    """How one prompt's words sit in the token sequence of length ``length``.
+
+    ``word_tokens[i]`` are the sequence positions of ``words[i]``'s tokens; ``special`` are the
+    positions of start, end and padding tokens; ``truncated_words`` were cut by the limit.
+    """
+
+    prompt: str
+    length: int
+    tokens: tuple[str, ...]
+    words: tuple[str, ...]
+    word_tokens: tuple[tuple[int, ...], ...]
+    special: tuple[int, ...]
+    truncated_words: tuple[str, ...] = ()
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def index(self, word: str | int) -> int:
+        """Index of ``word`` (case-insensitive; ``"a#2"`` is the second "a"), or its index if an int."""
+        if isinstance(word, int):
+            if 0 <= word < len(self.words):
+                return word
+            raise WordNotFoundError(f"word index {word} is out of range: the prompt has {len(self.words)} words: {self._listing()}")
+        text, _, nth = word.strip().lower().partition("#")
+        seen = 0
+        for i, w in enumerate(self.words):
+            if w.lower() == text:
+                seen += 1
+                if seen == (int(nth) if nth.isdigit() else 1):
+                    return i
+        cut = " (it was cut by the tokenizer's limit)" if text in (w.lower() for w in self.truncated_words) else ""
+        raise WordNotFoundError(f"{word!r} is not a word of the prompt{cut}; the prompt's words are: {self._listing()}")
+
+    def _listing(self) -> str:
+        return ", ".join(repr(w) for w in self.words) or "(none)"
+
+    def averaging_matrix(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``[words, length]`` matrix whose row i averages word i's tokens."""
+        key = (str(device), dtype)
+        if key not in self._cache:
+            m = torch.zeros(len(self.words), self.length, dtype=dtype)
+            for i, pos in enumerate(self.word_tokens):
+                if pos:
+                    m[i, list(pos)] = 1.0 / len(pos)
+            self._cache[key] = m.to(device)
+        return self._cache[key]
+
+    def word_maps(self, token_maps: torch.Tensor) -> torch.Tensor:
+        """``[tokens, H, W]`` → ``[words, H, W]``: each word's map is the mean of its tokens' maps."""
+        t, h, w = token_maps.shape
+        if t != self.length:
+            raise ValueError(f"token maps have {t} tokens, this prompt's sequence has {self.length}")
+        m = self.averaging_matrix(token_maps.device, token_maps.dtype)  # [W, T]
+        return (m @ token_maps.reshape(t, h * w)).reshape(len(self.words), h, w)
+
+    def word_map(self, token_maps: torch.Tensor, word: str | int) -> torch.Tensor:
+        """``[tokens, H, W]`` → ``[H, W]`` for one word."""
+        pos = list(self.word_tokens[self.index(word)])
+        return token_maps[pos].mean(0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "length": self.length,
+            "tokens": list(self.tokens),
+            "words": list(self.words),
+            "word_tokens": [list(p) for p in self.word_tokens],
+            "special": list(self.special),
+            "truncated_words": list(self.truncated_words),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TokenMap":
+        return cls(
+            prompt=d["prompt"],
+            length=int(d["length"]),
+            tokens=tuple(d["tokens"]),
+            words=tuple(d["words"]),
+            word_tokens=tuple(tuple(p) for p in d["word_tokens"]),
+            special=tuple(d["special"]),
+            truncated_words=tuple(d.get("truncated_words", ())),
+        )
+
+
+def _chunks(prompt: str) -> list[tuple[str, bool]]:
+    """Split a prompt into (text, is_word) chunks in order, dropping whitespace."""
+    out: list[tuple[str, bool]] = []
+    pos = 0
+    for m in _WORD.finditer(prompt):
+        out += [(p, False) for p in _PUNCT.findall(prompt[pos : m.start()])]
+        out.append((m.group(0), True))
+        pos = m.end()
+    out += [(p, False) for p in _PUNCT.findall(prompt[pos:])]
+    return out
+
+
+def build_token_map(tokenizer: Any, prompt: str, length: int | None = None, strict: bool = False) -> TokenMap:
+    """Map ``prompt``'s words onto the token sequence that ``tokenizer`` produces for it.
+
+    ``length`` is the sequence length entering attention (default: the tokenizer's
+    ``model_max_length``). Words that do not fit are listed in ``truncated_words`` and logged;
+    with ``strict=True`` they raise :class:`PromptTooLongError` instead.
+    """
+    length = int(length or tokenizer.model_max_length)
+    full = tokenizer(prompt, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
+    bos = 1 if full and full[0] == tokenizer.bos_token_id else 0
+    pos = bos
+    words: list[str] = []
+    word_tokens: list[tuple[int, ...]] = []
+    truncated: list[str] = []
+    capacity = length - 1  # the last position holds the end token when the prompt is cut
+    for text, is_word in _chunks(prompt):
+        n = len(tokenizer.tokenize(text))
+        span = tuple(p for p in range(pos, pos + n) if p < capacity)
+        if is_word:
+            if len(span) < n:
+                truncated.append(text)
+            if span:
+                words.append(text)
+                word_tokens.append(span)
+        pos += n
+    if pos != len(full) - (1 if full and full[-1] == tokenizer.eos_token_id else 0):
+        raise RuntimeError(f"word/token alignment failed for prompt {prompt!r}: {pos} chunk tokens vs {len(full)} ids")
+    if truncated:
+        msg = f"prompt is longer than the tokenizer's {length} tokens; these words were cut: {', '.join(truncated)}"
+        if strict:
+            raise PromptTooLongError(msg)
+        log.warning(msg)
+    ids = tokenizer(prompt, truncation=True, max_length=length, padding="max_length")["input_ids"]
+    tokens = tuple(tokenizer.convert_ids_to_tokens(ids))
+    in_words = {p for span in word_tokens for p in span}
+    special = tuple(p for p, i in enumerate(ids) if i in tokenizer.all_special_ids and p not in in_words)
+    return TokenMap(prompt, length, tokens, tuple(words), tuple(word_tokens), special, tuple(truncated))
+
+
+def token_maps_for(tokenizer: Any, prompts: Sequence[str], repeats: int = 1, length: int | None = None) -> list[TokenMap]:
+    """One TokenMap per batch row, in diffusers' order (each prompt repeated ``repeats`` times)."""
+    maps = [build_token_map(tokenizer, p, length) for p in prompts]
+    return [m for m in maps for _ in range(repeats)]

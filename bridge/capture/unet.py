@@ -1,0 +1,96 @@
+"""Capture for UNet pipelines (SD 1.x/2.x, SDXL and their img2img variants).
+
+The layer output is left entirely to the pipeline's own attention processor (SDPA, xformers,
+…): the capture only observes the outputs of each layer's ``to_q`` and ``to_k`` projections
+with forward hooks and computes probabilities for the rows it needs from them. No
+projection is recomputed and the image is bit-for-bit the same as without capture.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from .adapters import Adapter, Layer, register
+from .errors import UnsupportedProcessorError
+
+if TYPE_CHECKING:
+    from .session import Capture
+
+#: Processors that compute q = to_q(x), k = to_k(context) and softmax(q kᵀ/√d) over exactly
+#: those keys (for IP-Adapter: the text part of its decoupled attention).
+OBSERVABLE_PROCESSORS = (
+    "AttnProcessor",
+    "AttnProcessor2_0",
+    "XFormersAttnProcessor",
+    "SlicedAttnProcessor",
+    "AttnProcessorNPU",
+    "IPAdapterAttnProcessor",
+    "IPAdapterAttnProcessor2_0",
+)
+
+
+@register
+class UNetAdapter(Adapter):
+    pipelines = (
+        "StableDiffusionPipeline",
+        "StableDiffusionImg2ImgPipeline",
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+    )
+    family = "unet"
+
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipe.unet
+
+    def tokenizer(self) -> Any:
+        return self.pipe.tokenizer if getattr(self.pipe, "tokenizer", None) is not None else self.pipe.tokenizer_2
+
+    def layers(self) -> list[Layer]:
+        from diffusers.models.attention_processor import Attention
+
+        return [
+            Layer(name, m, bool(m.is_cross_attention), int(m.heads))
+            for name, m in self.pipe.unet.named_modules()
+            if isinstance(m, Attention) and (name.endswith("attn1") or name.endswith("attn2"))
+        ]
+
+    def check(self, layers: list[Layer]) -> None:
+        for layer in layers:
+            kind = type(layer.module.processor).__name__
+            if kind not in OBSERVABLE_PROCESSORS or not hasattr(layer.module, "to_k"):
+                raise UnsupportedProcessorError(
+                    f"layer {layer.name} uses {kind}, whose attention StepX cannot observe exactly; "
+                    f"supported processors: {', '.join(OBSERVABLE_PROCESSORS)}. "
+                    "Call pipe.unet.set_default_attn_processor() (or unfuse QKV projections) before capturing, "
+                    "or leave this layer out with CaptureConfig(layers=...)."
+                )
+
+    def latent_hw(self, args: tuple, kwargs: dict) -> tuple[tuple[int, int], int]:
+        sample = args[0] if args else kwargs["sample"]  # [B, C, h, w]
+        return (int(sample.shape[-2]), int(sample.shape[-1])), int(sample.shape[0])
+
+    def install_probes(self, session: "Capture", cross: list[Layer], self_layers: list[Layer]) -> list[Callable[[], None]]:
+        removers: list[Callable[[], None]] = []
+        for layer in cross + self_layers:
+            removers += _probe(session, layer)
+        return removers
+
+
+def _probe(session: "Capture", layer: Layer) -> list[Callable[[], None]]:
+    """Hook ``to_q``/``to_k`` of one layer: keep q, then hand (q, k) to the session."""
+    attn = layer.module
+    slot: dict[str, torch.Tensor] = {}
+
+    def on_q(_mod: torch.nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        if session.active:
+            slot["q"] = out
+
+    def on_k(_mod: torch.nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        q = slot.pop("q", None)
+        if q is not None:
+            session.observe(layer, q, out)
+
+    handles = [attn.to_q.register_forward_hook(on_q), attn.to_k.register_forward_hook(on_k)]
+    return [h.remove for h in handles]
