@@ -1,0 +1,154 @@
+"""OSC out: Packets -> the /stepx address space, for TouchDesigner's OSC In CHOP and friends.
+
+Layering (python-osc style): packet -> messages (``packet_messages``, pure) -> bundles
+(``osc_encode.bundles``, pure) -> UDP (``OscSender``). Every numeric channel has a stable
+address and numeric arguments only; strings (run id, words) have their own addresses so a
+CHOP can ignore them and an OSC In DAT can read them. The full table is in docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from bridge.transport import osc_encode as enc
+
+log = logging.getLogger(__name__)
+
+STATE_CODES = {"idle": 0, "loading": 1, "running": 2, "error": 3}
+END_CODES = {"done": 0, "cancelled": 1, "error": 2}
+
+
+def word_measures(maps: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-map mass, normalised entropy and centroid from ``maps [N, H, W]`` in [0, 1].
+
+    mass = mean value; entropy = Shannon entropy of the map as a distribution / log(H*W)
+    (0 = one hot pixel, 1 = flat); centroid (x, y) in [0, 1], y = 0 at the top row.
+    """
+    m = np.clip(np.asarray(maps, dtype=np.float32), 0.0, None)  # [N, H, W]
+    n, h, w = m.shape
+    total = m.reshape(n, -1).sum(1)  # [N]
+    p = m.reshape(n, -1) / np.maximum(total, 1e-12)[:, None]
+    ent = -(p * np.log(np.maximum(p, 1e-12))).sum(1) / np.log(max(h * w, 2))
+    ys, xs = (np.arange(h, dtype=np.float32) + 0.5) / h, (np.arange(w, dtype=np.float32) + 0.5) / w
+    pm = p.reshape(n, h, w)
+    cx = (pm.sum(1) * xs).sum(1)
+    cy = (pm.sum(2) * ys).sum(1)
+    empty = total <= 1e-12
+    ent[empty], cx[empty], cy[empty] = 0.0, 0.5, 0.5
+    return {"mass": m.reshape(n, -1).mean(1), "entropy": ent, "cx": cx, "cy": cy}
+
+
+def _f(x: Any, default: float = 0.0) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return default
+    return v if np.isfinite(v) else default
+
+
+def packet_messages(packet: Any) -> list[bytes]:
+    """The OSC messages for one Packet (pure; empty list for kinds OSC does not carry)."""
+    h, k = packet.header, packet.kind
+    M = enc.message
+    if k == "step":
+        msgs = [M("/stepx/step", int(h.get("step", 0))), M("/stepx/total_steps", int(h.get("total_steps", 0))),
+                M("/stepx/progress", _f(h.get("progress"))), M("/stepx/phase", int(h.get("phase", 0))),
+                M("/stepx/phase/progress", _f(h.get("phase_progress")))]
+        pw = list(h.get("phase_weights") or [0.0, 0.0, 0.0])[:3]
+        msgs.append(M("/stepx/phase/weights", *[_f(x) for x in pw]))
+        words = list(h.get("words") or [])
+        tex = packet.arrays.get("textures")
+        meas = None
+        if tex is not None and tex.ndim == 3 and tex.shape[0] >= 1:
+            meas = word_measures(tex)
+        for i in range(len(words)):
+            if meas is None or i >= len(meas["mass"]):
+                break
+            msgs.append(M(f"/stepx/word/{i}/mass", float(meas["mass"][i])))
+            msgs.append(M(f"/stepx/word/{i}/entropy", float(meas["entropy"][i])))
+            msgs.append(M(f"/stepx/word/{i}/centroid", float(meas["cx"][i]), float(meas["cy"][i])))
+        if meas is not None and len(meas["mass"]) == len(words) + 1:  # global view is last
+            msgs.append(M("/stepx/global/mass", float(meas["mass"][-1])))
+            msgs.append(M("/stepx/global/entropy", float(meas["entropy"][-1])))
+            msgs.append(M("/stepx/global/centroid", float(meas["cx"][-1]), float(meas["cy"][-1])))
+        return msgs
+    if k == "run":
+        words = list(h.get("words") or [])
+        msgs = [M("/stepx/run/start", int(h.get("total_steps", 0)), int(h.get("seed") or 0), len(words),
+                  int(h.get("width", 0)), int(h.get("height", 0))),
+                M("/stepx/run/id", str(h.get("run_id", ""))), M("/stepx/words/count", len(words))]
+        msgs += [M(f"/stepx/word/{i}/name", str(w)) for i, w in enumerate(words)]
+        return msgs
+    if k == "end":
+        return [M("/stepx/run/end", END_CODES.get(str(h.get("status", "done")), 2)),
+                M("/stepx/run/id", str(h.get("run_id", "")))]
+    if k == "image":
+        return [M("/stepx/image/step", int(h.get("step", 0)), int(bool(h.get("final"))))]
+    return []
+
+
+class OscSender:
+    """UDP OSC sender and fan-out ``Sink`` (``encoding = None``: it reads Packets directly).
+
+    One bundle (split if over 1,400 bytes) per packet with a timetag of the send time,
+    and a ``/stepx/status`` heartbeat once a second from its own thread.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 7000, *, name: str = "osc",
+                 heartbeat: float | None = 1.0, max_datagram: int = enc.MAX_DATAGRAM) -> None:
+        self.name, self.encoding = name, None
+        self.addr = (host, port)
+        self.max_datagram = max_datagram
+        self.datagrams_sent = 0
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._state, self._fps, self._step, self._t0 = "idle", 0.0, -1, time.monotonic()
+        self._stop = threading.Event()
+        self._hb = None
+        if heartbeat:
+            self._hb = threading.Thread(target=self._heartbeat, args=(heartbeat,), name=f"{name}-hb", daemon=True)
+            self._hb.start()
+
+    def _sendto(self, data: bytes) -> None:
+        try:
+            self._sock.sendto(data, self.addr)
+            self.datagrams_sent += 1
+        except OSError as exc:  # nobody listening (ICMP refused) or the network is gone
+            log.debug("osc send to %s failed: %s", self.addr, exc)
+
+    def send(self, packet: Any, data: bytes | None = None) -> None:
+        """Sink interface: translate, bundle and send one Packet."""
+        h = packet.header
+        if packet.kind == "run":
+            self._state = "running"
+        elif packet.kind == "end":
+            self._state = "idle"
+        elif packet.kind == "status":
+            self._state = str(h.get("state", self._state))
+            self._fps = _f(h.get("fps"))
+        elif packet.kind == "step":
+            self._step = int(h.get("step", -1))
+        msgs = packet_messages(packet)
+        if msgs:
+            for b in enc.bundles(msgs, enc.timetag(), self.max_datagram):
+                self._sendto(b)
+
+    def status_message(self) -> bytes:
+        """/stepx/status: i state, f fps, i step, f uptime_seconds."""
+        return enc.message("/stepx/status", STATE_CODES.get(self._state, 3), float(self._fps), int(self._step),
+                           float(time.monotonic() - self._t0))
+
+    def _heartbeat(self, period: float) -> None:
+        while not self._stop.wait(period):
+            self._sendto(self.status_message())
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._hb:
+            self._hb.join(timeout=2.0)
+        self._sock.close()

@@ -1,0 +1,113 @@
+"""ZeroMQ publisher: never blocks the producer, and re-sends run metadata to late joiners.
+
+Why XPUB: with ``XPUB_VERBOSE`` every new subscription reaches the publisher, so when a
+subscriber joins mid-run the cached ``run`` packet (and the run's ``end`` if it has one) is
+re-sent within ~10 ms instead of waiting for the next run. Why NOBLOCK + a small SNDHWM:
+a slow subscriber must never slow the model; when its pipe is full the frame is dropped
+(counted in ``dropped``), so no backlog can build up on the publisher side.
+
+Re-sent ``run``/``end`` packets go to every matching subscriber: receivers treat a repeated
+``run`` with the same ``run_id`` as a no-op (docs/PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import zmq
+
+from bridge.transport.wire import TOPIC_ROOT, encode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5560"
+_RUN_TOPIC = (TOPIC_ROOT + "run").encode()
+_END_TOPIC = (TOPIC_ROOT + "end").encode()
+
+
+class ZmqPublisher:
+    """XPUB socket bound to ``endpoint``; ``send(data)`` never blocks.
+
+    Also a fan-out ``Sink`` (``name``, ``encoding``, ``send(packet, data)``, ``close()``).
+    The socket is shared by the caller's thread and a small watcher thread that reads
+    subscriptions; a lock serialises every socket call (ZMQ sockets are not thread-safe).
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_PUB_ENDPOINT, *, encoding: str = "float16",
+                 sndhwm: int = 4, name: str = "zmq", context: zmq.Context | None = None,
+                 poll_interval: float = 0.005) -> None:
+        self.name = name
+        self.encoding = encoding
+        self.sent = 0
+        self.dropped = 0
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+        self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscribe, even duplicates
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(endpoint)
+        self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._lock = threading.Lock()
+        self._cache: list[tuple[bytes, bytes]] = []  # (topic, data) of the current run/end
+        self._stop = threading.Event()
+        self._poll_interval = poll_interval
+        self._watcher = threading.Thread(target=self._watch, name=f"{name}-xpub", daemon=True)
+        self._watcher.start()
+
+    # -- producer side -------------------------------------------------------------------
+    def send_bytes(self, data: bytes) -> bool:
+        """Send one encoded message; return False if dropped (a subscriber pipe is full)."""
+        topic = data[: data.find(b"\x00")] if b"\x00" in data[:256] else b""
+        if topic == _RUN_TOPIC:
+            self._cache = [(topic, data)]
+        elif topic == _END_TOPIC and self._cache:
+            self._cache = self._cache[:1] + [(topic, data)]
+        with self._lock:
+            try:
+                self._sock.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
+            except zmq.Again:
+                self.dropped += 1
+                return False
+            except zmq.ZMQError as exc:  # closed socket, context terminated
+                log.warning("zmq publisher %s: send failed: %s", self.endpoint, exc)
+                self.dropped += 1
+                return False
+        self.sent += 1
+        return True
+
+    def send(self, packet: Any, data: bytes | None = None) -> None:
+        """Sink interface: send the pre-encoded ``data`` (encode here only if not given)."""
+        self.send_bytes(data if data is not None else encode(packet, self.encoding))
+
+    # -- late joiners --------------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            subs: list[bytes] = []
+            with self._lock:
+                try:
+                    while True:
+                        subs.append(self._sock.recv(zmq.NOBLOCK))
+                except (zmq.Again, zmq.ZMQError):
+                    pass
+            for msg in subs:
+                if msg[:1] == b"\x01":
+                    self._replay(msg[1:])
+            self._stop.wait(self._poll_interval)
+
+    def _replay(self, prefix: bytes) -> None:
+        for topic, data in list(self._cache):
+            if topic.startswith(prefix):
+                with self._lock:
+                    try:
+                        self._sock.send(data, zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass
+
+    def close(self) -> None:
+        """Stop the watcher and close the socket (pending frames are discarded: LINGER 0)."""
+        self._stop.set()
+        self._watcher.join(timeout=1.0)
+        with self._lock:
+            self._sock.close(linger=0)

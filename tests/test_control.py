@@ -1,0 +1,110 @@
+"""Control: validation, fuzzing, and both servers on real loopback sockets."""
+
+import json
+import socket
+
+import pytest
+import zmq
+from hypothesis import given, settings, strategies as st
+from pythonosc.osc_packet import OscPacket
+
+from bridge.transport import osc_encode
+from bridge.transport.control import ControlError, handle_json, parse_request
+from bridge.transport.control_osc import ControlOscServer
+from bridge.transport.control_zmq import ControlZmqServer
+
+calls = []
+
+
+def handler(req):
+    calls.append(req)
+    return {"queued": req.cmd}
+
+
+def test_parse_generate_and_errors():
+    r = parse_request({"cmd": "start", "prompt": "a cat", "seed": 3, "steps": 20, "focus": ["cat"],
+                       "phase_boundaries": [0.3, 0.7], "concept": "texture", "id": 9})
+    assert r.cmd == "generate" and r.params.seed == 3 and r.params.phase_boundaries == (0.3, 0.7) and r.id == 9
+    for bad, msg in [({"cmd": "fly"}, "one of"), ({"cmd": "generate"}, "prompt"),
+                     ({"cmd": "generate", "prompt": "x", "steps": 0}, "out of range"),
+                     ({"cmd": "generate", "prompt": "x", "guidance": float("nan")}, "guidance"),
+                     ({"cmd": "generate", "prompt": "x", "phase_boundaries": [0.8, 0.2]}, "0 < a < b < 1"),
+                     ({"cmd": "generate", "prompt": "x", "head_weights": [1], "concept": "c"}, "not both"),
+                     ({"cmd": "generate", "prompt": "x", "sed": 1}, "unknown field"),
+                     ({"cmd": "playlist", "items": [{"prompt": "a"}, {"prompt": ""}]}, "item 1")]:
+        with pytest.raises(ControlError, match=msg):
+            parse_request(bad)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                           lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+                           max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values.map(lambda v: json.dumps(v).encode()),
+                 st.dictionaries(st.sampled_from(["cmd", "prompt", "seed", "steps", "guidance", "focus", "items",
+                                                  "phase_boundaries", "head_weights", "concept", "id", "loop"]),
+                                 json_values).map(lambda d: json.dumps(d).encode()),
+                 st.binary(max_size=200)))
+def test_fuzz_handle_json_always_replies(data):
+    reply = json.loads(handle_json(data, handler))
+    assert isinstance(reply["ok"], bool) and (reply["ok"] or isinstance(reply["error"], str))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.lists(st.one_of(st.integers(-2**31, 2**31 - 1), st.floats(width=32, allow_nan=False),
+                                                   st.text(max_size=10)), max_size=4),
+       st.sampled_from(["/stepx/seed", "/stepx/steps", "/stepx/prompt", "/stepx/focus", "/stepx/start",
+                        "/stepx/control", "/stepx/phase_boundaries", "/nope"]))
+def test_fuzz_osc_datagrams(blob, args, addr):
+    srv = ControlOscServer.__new__(ControlOscServer)  # parser only; no socket
+    srv.handler, srv.token, srv.staged = handler, None, {}
+    for reply in srv.handle_datagram(blob) + srv.handle_datagram(osc_encode.message(addr, *args)):
+        assert isinstance(reply["ok"], bool)
+
+
+def test_remote_bind_needs_flag():
+    with pytest.raises(ControlError, match="allow_remote"):
+        ControlZmqServer(handler, "tcp://0.0.0.0:*")
+    with pytest.raises(ControlError, match="allow_remote"):
+        ControlOscServer(handler, "0.0.0.0", 0)
+
+
+def test_zmq_server_survives_garbage_and_checks_token():
+    srv = ControlZmqServer(handler, "tcp://127.0.0.1:*", token="s3cret")
+    ctx = zmq.Context.instance()
+    req = ctx.socket(zmq.REQ); req.setsockopt(zmq.LINGER, 0); req.setsockopt(zmq.RCVTIMEO, 2000)
+    req.connect(srv.endpoint)
+    try:
+        for data, ok in [(b"\xff\xfe", False), (b"[1,2]", False), (b'{"cmd":"ping"}', False),
+                         (b'{"cmd":"ping","token":"s3cret","id":"a"}', True),
+                         (b'{"cmd":"generate","prompt":"x","steps":9999,"token":"s3cret"}', False)]:
+            req.send(data)
+            rep = json.loads(req.recv())
+            assert rep["ok"] is ok, rep
+        assert rep["error"].startswith("'steps' = 9999 is out of range")
+    finally:
+        req.close(); srv.close()
+
+
+def test_osc_server_stages_params_then_starts():
+    calls.clear()
+    srv = ControlOscServer(handler, "127.0.0.1", 0)
+    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); cli.settimeout(2.0)
+    try:
+        def ask(addr, *args):
+            cli.sendto(osc_encode.message(addr, *args), ("127.0.0.1", srv.port))
+            msg = OscPacket(cli.recv(65536)).messages[0].message
+            assert msg.address == "/stepx/reply"
+            return json.loads(msg.params[0])
+        assert ask("/stepx/prompt", "a red fox")["ok"]
+        assert ask("/stepx/steps", 12)["ok"]
+        assert not ask("/stepx/steps", -1)["ok"]
+        cli.sendto(b"garbage", ("127.0.0.1", srv.port)); cli.recv(65536)
+        rep = ask("/stepx/start")
+        assert rep == {"ok": True, "id": None, "cmd": "generate", "result": {"queued": "generate"}}
+        assert calls[-1].params.prompt == "a red fox" and calls[-1].params.steps == 12
+        assert ask("/stepx/control", json.dumps({"cmd": "cancel"}))["ok"]
+    finally:
+        cli.close(); srv.close()

@@ -1,0 +1,90 @@
+"""FanOut with real threads: slow and raising sinks never slow the producer or build a backlog."""
+
+import threading
+import time
+
+import numpy as np
+
+from bridge.fanout import FanOut, Sink
+from bridge.packet import Packet
+from bridge.transport import wire
+
+
+class Recorder:
+    def __init__(self, name, encoding=None, delay=0.0, fail=False):
+        self.name, self.encoding, self.delay, self.fail = name, encoding, delay, fail
+        self.got, self.datas, self.closed = [], [], False
+
+    def send(self, packet, data):
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("boom")
+        self.got.append((packet.kind, packet.header.get("step"), time.monotonic(), packet.header.get("t")))
+        self.datas.append(data)
+
+    def close(self):
+        self.closed = True
+
+
+def test_sink_protocol():
+    assert isinstance(Recorder("x"), Sink)
+
+
+def test_encodes_once_per_encoding_and_shares_bytes():
+    a, b, c, d = Recorder("a", "float16"), Recorder("b", "float16"), Recorder("c", "uint8"), Recorder("d")
+    with FanOut([a, b, c, d]) as fo:
+        fo.publish(Packet("step", {"step": 0}, {"t": np.ones((2, 4, 4), np.float32)}))
+    assert a.datas[0] is b.datas[0]  # the same bytes object: encoded once
+    assert wire.decode(c.datas[0]).arrays["t"].dtype == np.uint8
+    assert d.datas == [None] and all(s.closed for s in (a, b, c, d))
+
+
+def test_slow_and_raising_sinks_do_not_slow_producer_or_backlog():
+    fast, slow, bad = Recorder("fast"), Recorder("slow", delay=0.05), Recorder("bad", fail=True)
+    fo = FanOut([fast, slow, bad])
+    t0 = time.perf_counter()
+    n = 200
+    for i in range(n):
+        fo.publish(Packet("step", {"step": i, "t": time.monotonic()}))
+        time.sleep(0.002)
+    publish_time = time.perf_counter() - t0
+    fo.close(timeout=2.0)
+    assert publish_time < n * 0.002 + 0.5  # a 50 ms sink would have cost 10 s if it blocked
+    assert len(fast.got) > n * 0.8
+    assert fo.stats["slow"].dropped > n / 2
+    lags = [got - t for _k, _s, got, t in slow.got]
+    assert max(lags) < 0.15, f"slow sink saw a frame {max(lags) * 1000:.0f} ms old: a backlog"
+    assert slow.got[-1][1] == n - 1  # it ended on the newest frame
+    assert fo.stats["bad"].errors > 0 and bad.closed
+
+
+def test_run_and_end_are_never_dropped_and_stay_in_order():
+    slow = Recorder("slow", delay=0.02)
+    with FanOut([slow]) as fo:
+        for r in range(3):
+            fo.publish(Packet("run", {"run_id": r}))
+            for i in range(20):
+                fo.publish(Packet("step", {"run_id": r, "step": i}))
+            fo.publish(Packet("end", {"run_id": r}))
+    kinds = [k for k, *_ in slow.got]
+    assert kinds.count("run") == 3 and kinds.count("end") == 3
+    # order: run r, steps of r (some dropped), end r, run r+1, ...
+    assert kinds[0] == "run" and kinds[-1] == "end"
+    for i, k in enumerate(kinds):
+        if k == "step":
+            assert "run" in kinds[:i]
+    runs = [i for i, k in enumerate(kinds) if k == "run"]
+    ends = [i for i, k in enumerate(kinds) if k == "end"]
+    assert all(r < e for r, e in zip(runs, ends)) and all(e < r for e, r in zip(ends, runs[1:]))
+
+
+def test_latest_wins_is_per_kind():
+    slow = Recorder("slow", delay=0.05)
+    with FanOut([slow]) as fo:
+        fo.publish(Packet("step", {"step": 0}))
+        time.sleep(0.01)
+        for i in range(1, 10):
+            fo.publish(Packet("step", {"step": i}))
+            fo.publish(Packet("image", {"step": i}))
+    got = [(k, s) for k, s, *_ in slow.got]
+    assert got == [("step", 0), ("step", 9), ("image", 9)]
