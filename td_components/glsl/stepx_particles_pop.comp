@@ -1,0 +1,30 @@
+// stepx_particles_pop.comp -- GLSL POP (TouchDesigner 2025 POPs) version of the StepX
+// particle update, Attribute Class = Point. The force model is shaders/particles_common.glsl,
+// included unchanged (build_network.py splices the #include).
+//
+// Point attributes (create them upstream, e.g. Attribute POP / Random POP, and list them in
+// the GLSL POP's Output Attributes; feed the result back through a Feedback POP):
+//   P          vec3  (x, y) = position in texture UV (y = 0 bottom in TD), z unused
+//   stepxVel   vec3  (vx, vy) velocity in UV / s, z unused
+//   stepxState vec4  (depth, seed, S, age), seed uniform in [0, 1)
+//   Color      vec4  (r, g, b, has_image): step-image colour under the particle (render with it)
+// Samplers page: u_mask -> masks_rgba (R = StabilityMask, mipmapped), u_image -> step_image.
+// Vectors page: the uniforms documented in particles_common.glsl.
+
+#include "particles_common.glsl"
+
+void main() {
+    const uint id = TDIndex();
+    if (id >= TDNumElements())
+        return;
+    vec3 p0 = TDIn_P();
+    vec3 v0 = TDIn_stepxVel();
+    vec4 a = vec4(p0.xy, v0.xy);
+    vec4 b = TDIn_stepxState();
+    vec4 c = TDIn_Color();
+    particle_step(a, b, c);
+    P[id] = vec3(a.xy, p0.z);
+    stepxVel[id] = vec3(a.zw, 0.0);
+    stepxState[id] = b;
+    Color[id] = c;
+}

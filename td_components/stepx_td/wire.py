@@ -1,0 +1,227 @@
+"""StepX wire format v1: one Packet as one self-describing byte string.
+
+Why this shape: a single-part message lets a ZeroMQ subscriber use ``ZMQ_CONFLATE`` (libzmq
+refuses CONFLATE with multipart messages); the leading topic makes ZMQ ``SUBSCRIBE`` prefix
+filtering work; a JSON header plus raw little-endian C-order arrays can be read with numpy
+alone, in any language, and nothing is pickled.
+
+Layout (all integers little-endian; see docs/PROTOCOL.md for the full spec)::
+
+    topic      ASCII, e.g. b"stepx/step", then one 0x00 byte
+    pad        0x00 bytes until the preamble starts at a multiple of 8
+    preamble   16 bytes: magic b"STPX", u16 version, u16 flags (0),
+               u32 header_len, u32 data_len
+    header     header_len bytes of UTF-8 JSON
+    pad        0x00 bytes until the data block starts at a multiple of 8
+    data       data_len bytes; each array at header["arrays"][i]["offset"] (8-aligned)
+
+This module must import nothing but the standard library and numpy (a TouchDesigner
+receiver reuses it as is), and nothing from the rest of ``bridge`` except, lazily and
+optionally, ``bridge.packet.Packet``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"STPX"
+VERSION = 1
+TOPIC_ROOT = "stepx/"
+PREAMBLE = struct.Struct("<4sHHII")  # magic, version, flags, header_len, data_len
+ENCODINGS = ("float32", "float16", "uint8")
+#: dtypes allowed on the wire (numpy ``dtype.str`` spelling, little-endian or byte-sized).
+WIRE_DTYPES = ("<f4", "<f2", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "|b1", "<f8")
+MAX_HEADER = 16 * 1024 * 1024
+
+
+class WireError(ValueError):
+    """The bytes are not a valid StepX v1 message (truncated, corrupt, or unsupported)."""
+
+
+@dataclass
+class WirePacket:
+    """Decoded message when ``bridge.packet`` is not importable (e.g. inside TouchDesigner).
+
+    Same attributes as ``bridge.packet.Packet``: ``kind``, ``header``, ``arrays``.
+    """
+
+    kind: str
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.header.get("run_id")
+
+    @property
+    def step(self) -> int | None:
+        return self.header.get("step")
+
+
+def _make_packet(kind: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
+    try:  # inside the bridge package: return the real Packet
+        from bridge.packet import Packet  # noqa: PLC0415 (optional, lazy on purpose)
+    except ImportError:  # standalone receiver
+        return WirePacket(kind, header, arrays)
+    try:
+        return Packet(kind, header, arrays)
+    except ValueError:  # a newer kind this Packet class does not know
+        return WirePacket(kind, header, arrays)
+
+
+def topic_for(kind: str) -> bytes:
+    """The ZMQ topic of a packet kind, e.g. ``b"stepx/step"``."""
+    return (TOPIC_ROOT + kind).encode("ascii")
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _jsonable(value: Any) -> Any:
+    """Strict-JSON copy of a header value: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise WireError(f"header value {value!r} of type {type(value).__name__} is not JSON-able")
+
+
+def _to_wire_array(arr: np.ndarray, encoding: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Convert one array per the encoding; return (little-endian C-order array, extra header)."""
+    arr = np.asarray(arr)
+    extra: dict[str, Any] = {}
+    if arr.dtype.kind == "f":
+        if encoding == "float32":
+            arr = arr.astype("<f4", copy=False)
+        elif encoding == "float16":
+            arr = arr.astype("<f2", copy=False)
+        else:  # uint8: value = byte / 255, clipped to [0, 1]
+            arr = np.rint(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0).astype("|u1")
+            extra = {"quantized": "unorm8", "scale": 1.0 / 255.0}
+    else:
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    if arr.dtype.str not in WIRE_DTYPES:
+        raise WireError(f"array dtype {arr.dtype} cannot go on the wire; allowed: {', '.join(WIRE_DTYPES)}")
+    return np.ascontiguousarray(arr), extra
+
+
+def encode(packet: Any, encoding: str = "float32") -> bytes:
+    """Encode a Packet (anything with ``kind``, ``header``, ``arrays``) as one v1 message.
+
+    ``encoding`` applies to float arrays only: ``float32``, ``float16``, or ``uint8``
+    (``round(clip(x, 0, 1) * 255)``). Integer/bool arrays (e.g. a uint8 image) go unchanged.
+    """
+    if encoding not in ENCODINGS:
+        raise WireError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+    kind = str(packet.kind)
+    if not kind or not kind.isascii() or "\x00" in kind:
+        raise WireError(f"packet kind {kind!r} must be non-empty ASCII")
+    h = packet.header or {}
+    specs, chunks, offset = [], [], 0
+    for name, arr in (packet.arrays or {}).items():
+        wire_arr, extra = _to_wire_array(arr, encoding)
+        pad = _align8(offset) - offset
+        if pad:
+            chunks.append(b"\x00" * pad)
+            offset += pad
+        specs.append({"name": str(name), "dtype": wire_arr.dtype.str, "shape": list(wire_arr.shape),
+                      "offset": offset, "nbytes": wire_arr.nbytes, **extra})
+        chunks.append(memoryview(wire_arr).cast("B") if wire_arr.nbytes else b"")
+        offset += wire_arr.nbytes
+    head = {
+        "kind": kind, "version": VERSION, "encoding": encoding,
+        "run_id": h.get("run_id"), "step": h.get("step"), "total_steps": h.get("total_steps"),
+        "phase": h.get("phase"), "words": h.get("words"),
+        "header": h, "arrays": specs,
+    }
+    hjson = json.dumps(_jsonable(head), separators=(",", ":"), allow_nan=False).encode("utf-8")
+    topic = topic_for(kind) + b"\x00"
+    pre_at = _align8(len(topic))
+    data_at = _align8(pre_at + PREAMBLE.size + len(hjson))
+    out = bytearray(topic)
+    out += b"\x00" * (pre_at - len(topic))
+    out += PREAMBLE.pack(MAGIC, VERSION, 0, len(hjson), offset)
+    out += hjson
+    out += b"\x00" * (data_at - len(out))
+    for c in chunks:
+        out += c
+    return bytes(out)
+
+
+def split(data: bytes | bytearray | memoryview) -> tuple[str, dict[str, Any], memoryview]:
+    """Parse topic, preamble and header; return ``(topic, header, data_block)`` without copying."""
+    buf = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
+    n = len(buf)
+    end = bytes(buf[:256]).find(b"\x00")
+    if end < 0:
+        raise WireError("no topic terminator (0x00) in the first 256 bytes: not a StepX message")
+    topic = bytes(buf[:end]).decode("ascii", errors="replace")
+    pre_at = _align8(end + 1)
+    if n < pre_at + PREAMBLE.size:
+        raise WireError(f"truncated: {n} bytes, preamble needs {pre_at + PREAMBLE.size}")
+    magic, version, _flags, hlen, dlen = PREAMBLE.unpack_from(buf, pre_at)
+    if magic != MAGIC:
+        raise WireError(f"bad magic {magic!r} at byte {pre_at}; expected {MAGIC!r}")
+    if version != VERSION:
+        raise WireError(f"wire version {version} not supported; this decoder reads version {VERSION}")
+    if hlen > MAX_HEADER:
+        raise WireError(f"header length {hlen} exceeds the {MAX_HEADER}-byte limit")
+    h_at = pre_at + PREAMBLE.size
+    data_at = _align8(h_at + hlen)
+    if n < data_at + dlen:
+        raise WireError(f"truncated: {n} bytes, header says {data_at + dlen}")
+    try:
+        header = json.loads(bytes(buf[h_at:h_at + hlen]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"corrupt JSON header: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
+        raise WireError("header must be a JSON object with a string 'kind'")
+    return topic, header, buf[data_at:data_at + dlen]
+
+
+def decode(data: bytes | bytearray | memoryview, dequantize: bool = False) -> Any:
+    """Decode one v1 message into a Packet (``WirePacket`` outside the bridge package).
+
+    Arrays are read-only numpy views on ``data`` (no copy). With ``dequantize=True``, arrays
+    sent with the uint8 encoding come back as float32 in [0, 1].
+    """
+    _topic, head, block = split(data)
+    arrays: dict[str, np.ndarray] = {}
+    specs = head.get("arrays", [])
+    if not isinstance(specs, list):
+        raise WireError("header 'arrays' must be a list")
+    for spec in specs:
+        try:
+            name, dtype = str(spec["name"]), np.dtype(spec["dtype"])
+            shape = tuple(int(s) for s in spec["shape"])
+            off = int(spec["offset"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError(f"bad array entry {spec!r}: {exc}") from None
+        if dtype.str not in WIRE_DTYPES or any(s < 0 for s in shape):
+            raise WireError(f"array {name!r}: unsupported dtype {spec['dtype']!r} or shape {shape}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if off < 0 or off % 8 or off + nbytes > len(block):
+            raise WireError(f"array {name!r}: bytes {off}..{off + nbytes} outside the {len(block)}-byte data block")
+        arr = np.frombuffer(block, dtype=dtype, count=nbytes // dtype.itemsize, offset=off).reshape(shape)
+        if dequantize and spec.get("quantized") == "unorm8":
+            arr = arr.astype(np.float32) * np.float32(spec.get("scale", 1 / 255))
+        arrays[name] = arr
+    header = head.get("header")
+    if not isinstance(header, dict):
+        raise WireError("header 'header' must be a JSON object")
+    return _make_packet(head["kind"], header, arrays)

@@ -1,0 +1,145 @@
+"""The TD extensions with a fake ``td`` seam and fake operators, against a live publisher."""
+
+from __future__ import annotations
+
+import importlib.util
+import unittest
+from typing import Any
+
+import numpy as np
+
+import _td_common as C
+from bridge.transport import wire as bridge_wire
+from bridge.transport.zmq_pub import ZmqPublisher
+from stepx_td import tdseam
+
+
+def load(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, C.TD_DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class Par:
+    def __init__(self, val: Any) -> None:
+        self.val = val
+
+    def eval(self) -> Any:
+        return self.val
+
+
+class Pars:
+    def __init__(self, **vals: Any) -> None:
+        for k, v in vals.items():
+            setattr(self, k, Par(v))
+
+
+class FakeTOP:
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+
+    def copyNumpyArray(self, arr: np.ndarray) -> None:
+        assert arr.dtype in (np.float32, np.uint8) and arr.flags.c_contiguous and arr.ndim == 3 and arr.shape[2] == 4
+        self.arrays.append(arr.copy())
+
+
+class FakeChan:
+    vals: list
+
+
+class FakeScriptCHOP:
+    def __init__(self) -> None:
+        self.chans: dict[str, FakeChan] = {}
+        self.numSamples = 1
+        self.cooks = 0
+
+    def clear(self) -> None:
+        self.chans = {}
+
+    def appendChan(self, name: str) -> FakeChan:
+        self.chans[name] = FakeChan()
+        return self.chans[name]
+
+    def cook(self, force: bool = False) -> None:
+        self.cooks += 1
+
+
+class FakeComp:
+    def __init__(self, **pars: Any) -> None:
+        self.par = Pars(**pars)
+        self.ops: dict[str, Any] = {}
+
+    def op(self, name: str) -> Any:
+        return self.ops.get(name)
+
+
+class ReceiverExtTest(unittest.TestCase):
+    def setUp(self) -> None:
+        tdseam.install(object())
+        self.pub = ZmqPublisher("tcp://127.0.0.1:*")
+        port = int(self.pub.endpoint.rsplit(":", 1)[1])
+        self.mod = load("StepXReceiverExt")
+        self.comp = FakeComp(Address="127.0.0.1", Port=port, Focusword="fox", Encoding="auto",
+                             Libpath=str(C.TD_DIR), Active=True)
+        for name in self.mod.TOPS.values():
+            self.comp.ops[name] = FakeTOP()
+        for name in self.mod.CHOPS.values():
+            self.comp.ops[name] = FakeScriptCHOP()
+        self.ext = self.mod.StepXReceiverExt(self.comp)
+
+    def tearDown(self) -> None:
+        self.ext.onDestroyTD()
+        self.pub.close()
+        tdseam.install(None)
+
+    def test_frames_feed_tops_and_chops(self) -> None:
+        self.assertFalse(self.ext.OnFrameStart(1))  # nothing yet: returns at once
+        step = C.step_packet()
+        send = lambda: [self.pub.send_bytes(bridge_wire.encode(p, "float16")) for p in (C.run_packet(), step, C.image_packet())]
+        self.assertTrue(C.pump(send, lambda: self.ext.OnFrameStart(2) and self.comp.ops["step_image"].arrays != []))
+        word = self.comp.ops["word_tex"].arrays[-1]
+        sent = bridge_wire.decode(bridge_wire.encode(step, "float16")).arrays["textures"]
+        np.testing.assert_array_equal(word[..., 0], sent[1][::-1].astype(np.float32))  # focus "fox" = 1
+        chop = self.comp.ops["phase_chop"]
+        self.assertGreater(chop.cooks, 0)
+        self.ext.CookChop(chop, "phase")
+        self.assertEqual(chop.numSamples, 1)
+        self.assertAlmostEqual(chop.chans["w_structure"].vals[0], 0.7, places=6)
+        self.assertIn("step 3", self.ext.Status)
+        # focus change re-pushes without new data; an unknown word reports the prompt's words
+        self.comp.par.Focusword.val = "cat"
+        n = len(self.comp.ops["word_tex"].arrays)
+        self.ext.OnFrameStart(3)
+        self.assertIn("red, fox, snow", self.ext.Status)
+        self.assertEqual(len(self.comp.ops["word_tex"].arrays), n)
+
+    def test_inactive_does_nothing(self) -> None:
+        self.comp.par.Active.val = False
+        self.assertFalse(self.ext.OnFrameStart(1))
+        self.assertIsNone(self.ext.receiver)
+
+
+class ControlExtTest(unittest.TestCase):
+    def test_generate_via_osc_and_bad_prompt(self) -> None:
+        import socket
+        mod = load("StepXControlExt")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(2)
+            comp = FakeComp(Address="127.0.0.1", Oscport=s.getsockname()[1], Transport="osc", Prompt="a fox",
+                            Seed=3, Steps=12, Guidance=5.0, Focuswords="fox", Token="", Lastreply="",
+                            Libpath=str(C.TD_DIR))
+            ext = mod.StepXControlExt(comp)
+            ext.Generate()
+            data, _ = s.recvfrom(4096)
+            self.assertTrue(data.startswith(b"/stepx/control\x00"))
+            self.assertIn(b'"prompt":"a fox"', data)
+            self.assertIn(b'"focus":["fox"]', data)
+            comp.par.Prompt.val = ""
+            ext.Generate()
+            self.assertIn("prompt", comp.par.Lastreply.val)
+
+
+if __name__ == "__main__":
+    unittest.main()
