@@ -1,0 +1,53 @@
+"""Phases: per-step textures, stability/chaos masks, three-phase morph and token timelines.
+
+Pure tensor functions that run on the device where the maps live, plus one stateful
+:class:`PhaseEngine` per run. See docs/PHASES.md for what each output means.
+"""
+
+from .config import GLOBAL_VIEWS, NORMALISATIONS, PhaseConfig
+from .engine import PhaseEngine
+from .forces import blend, chaos_force, force_gains, stability_force
+from .frame import PhaseFrame
+from .masks import chaos_mask, settledness, stability_mask, update_change_ema
+from .morph import (
+    PHASE_NAMES,
+    accumulate_phases,
+    blend_phase_maps,
+    phase_index,
+    phase_maps,
+    phase_progress,
+    phase_weights,
+    run_progress,
+    smoothstep,
+)
+from .normalise import (
+    global_view,
+    minmax_normalise,
+    normalise,
+    running_max_normalise,
+    share_normalise,
+    update_running_max,
+)
+from .packing import DTYPES, RGBA_CHANNELS, convert, pack_rgba, to_host
+from .timeline import (
+    SERIES,
+    TimelineSummary,
+    area_under_curve,
+    distribution_change,
+    emergence_steps,
+    peak_steps,
+    spatial_distribution,
+    stabilisation_steps,
+    step_measures,
+)
+
+__all__ = [
+    "DTYPES", "GLOBAL_VIEWS", "NORMALISATIONS", "PHASE_NAMES", "RGBA_CHANNELS", "SERIES",
+    "PhaseConfig", "PhaseEngine", "PhaseFrame", "TimelineSummary",
+    "accumulate_phases", "area_under_curve", "blend", "blend_phase_maps", "chaos_force", "chaos_mask",
+    "convert", "distribution_change", "emergence_steps", "force_gains", "global_view", "minmax_normalise",
+    "normalise", "pack_rgba", "peak_steps", "phase_index", "phase_maps", "phase_progress", "phase_weights",
+    "run_progress", "running_max_normalise", "settledness", "share_normalise", "smoothstep",
+    "spatial_distribution", "stabilisation_steps", "stability_force", "stability_mask", "step_measures",
+    "to_host", "update_change_ema", "update_running_max",
+]

@@ -1,0 +1,66 @@
+"""Benchmark: one step of the phases stage (``PhaseEngine.update`` + ``PhaseFrame.arrays()``)
+for 77 words at 64x64, on CPU and (if available) CUDA. Prints the median per step in ms.
+
+    python bench/phases_bench.py [--words 77] [--size 64] [--reps 200] [--dtype float32] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from bridge.phases import PhaseConfig, PhaseEngine
+
+
+def bench(device: str, words: int, size: int, reps: int, dtype: str, warmup: int = 10) -> dict[str, float]:
+    """Median ms of update alone, arrays alone, and both, over ``reps`` steps of one long run."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    maps = (torch.rand((8, words, size, size), generator=gen) * 0.02).to(device)  # [8, N, H, W] inputs to cycle
+    engine = PhaseEngine([f"w{i}" for i in range(words)], PhaseConfig(), device=device)
+    total = warmup + reps
+    upd, arr, both = [], [], []
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for step in range(total):
+        sync()
+        t0 = time.perf_counter()
+        frame = engine.update(maps[step % 8], step, total)
+        sync()
+        t1 = time.perf_counter()
+        frame.arrays(dtype)
+        t2 = time.perf_counter()
+        if step >= warmup:
+            upd.append((t1 - t0) * 1e3)
+            arr.append((t2 - t1) * 1e3)
+            both.append((t2 - t0) * 1e3)
+    return {"update": statistics.median(upd), "arrays": statistics.median(arr), "total": statistics.median(both)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--words", type=int, default=77)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "uint8"))
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"phases bench: {args.words} words, {args.size}x{args.size}, {args.reps} steps, arrays dtype {args.dtype}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    for device in devices:
+        r = bench(device, args.words, args.size, args.reps, args.dtype)
+        name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+        print(f"{device:5s} ({name}): update {r['update']:.3f} ms  arrays {r['arrays']:.3f} ms  "
+              f"update+arrays median {r['total']:.3f} ms/step")
+
+
+if __name__ == "__main__":
+    main()

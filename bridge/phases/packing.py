@@ -1,0 +1,46 @@
+"""Packing of the per-step maps into one RGBA texture, dtype conversion, and the single
+device -> host copy."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: Channel layout of the ``rgba`` array (see docs/PHASES.md).
+RGBA_CHANNELS = ("stability", "chaos", "settled", "accumulated")
+DTYPES = ("float32", "float16", "uint8")
+
+
+def pack_rgba(textures: Tensor, settled: Tensor, accumulated: Tensor) -> Tensor:
+    """R = StabilityMask (the texture), G = ChaosMask (1 - texture), B = settled, A = the
+    phase-accumulated morph map. Inputs ``[N, H, W]`` -> ``[N, H, W, 4]`` contiguous."""
+    stability = textures.clamp(0.0, 1.0)
+    return torch.stack([stability, 1.0 - stability, settled, accumulated], dim=-1).contiguous()
+
+
+def convert(values: Tensor, dtype: str) -> Tensor:
+    """Cast [0, 1] values for the wire: float32, float16, or uint8 = round(x * 255)."""
+    if dtype == "float32":
+        return values.to(torch.float32)
+    if dtype == "float16":
+        return values.to(torch.float16)
+    if dtype == "uint8":
+        return (values.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8)
+    raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+
+
+def to_host(tensors: dict[str, Tensor], dtype: str) -> dict[str, np.ndarray]:
+    """Flatten, convert and concatenate on the device, copy to the host ONCE, then split into
+    numpy arrays of the original shapes (views of the one host buffer)."""
+    names = list(tensors)
+    flat = torch.cat([convert(tensors[k].reshape(-1), dtype) for k in names])  # [sum of sizes]
+    host = flat.cpu().numpy()  # the one device -> host copy
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for k in names:
+        shape = tuple(tensors[k].shape)
+        size = int(np.prod(shape, dtype=np.int64))
+        out[k] = host[offset : offset + size].reshape(shape)
+        offset += size
+    return out

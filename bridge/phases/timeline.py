@@ -1,0 +1,182 @@
+"""Token timelines: per-step spatial measures of each word's raw map, and the run summary
+(peak, emergence, stabilisation, AUC) that answers "when does each word's object emerge?"."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: Per-step series, in the row order of :func:`step_measures`.
+SERIES = ("mass", "share", "entropy", "centroid_x", "centroid_y", "spread", "change")
+
+
+def spatial_distribution(maps: Tensor) -> Tensor:
+    """Each map as a probability distribution over pixels (uniform where a map is all zero).
+
+    maps: ``[N, H, W]`` non-negative -> ``[N, H*W]`` rows summing to 1. Scale-invariant.
+    """
+    flat = maps.flatten(1)  # [N, H*W]
+    total = flat.sum(dim=1, keepdim=True)  # [N, 1]
+    uniform = torch.full_like(flat, 1.0 / flat.shape[1])
+    return torch.where(total > 0, flat / torch.where(total > 0, total, torch.ones_like(total)), uniform)
+
+
+def distribution_change(dist: Tensor, previous: Tensor | None) -> Tensor:
+    """Total-variation distance ``0.5 * sum |p_t - p_{t-1}|`` per word, in [0, 1].
+
+    dist, previous: ``[N, H*W]``. Without a previous step there is no change to measure: NaN ``[N]``.
+    """
+    if previous is None:
+        return torch.full(dist.shape[:1], float("nan"), dtype=dist.dtype, device=dist.device)
+    return 0.5 * (dist - previous).abs().sum(dim=1)
+
+
+def step_measures(maps: Tensor, dist: Tensor, change: Tensor) -> Tensor:
+    """Live timeline values of one step, stacked ``[7, N]`` in :data:`SERIES` order.
+
+    mass: mean raw attention per pixel; share: mass / sum of the words' masses;
+    entropy: Shannon entropy of the spatial distribution / log(H*W) (0 focused, 1 uniform);
+    centroid_x/y: attention-weighted centre, pixel centres at (j+0.5)/W, (i+0.5)/H, y from the top;
+    spread: sqrt of the weighted variance of the distance from the centroid (image units);
+    change: :func:`distribution_change`. maps: ``[N, H, W]``; dist: ``[N, H*W]``; change: ``[N]``.
+    """
+    n, h, w = maps.shape
+    mass = maps.flatten(1).mean(dim=1)  # [N]
+    total = mass.sum()
+    share = mass / torch.where(total > 0, total, torch.ones_like(total))  # [N]
+    hw = h * w
+    entropy = -torch.xlogy(dist, dist).sum(dim=1) / math.log(hw) if hw > 1 else torch.zeros_like(mass)  # [N]
+    grid = dist.view(n, h, w)  # [N, H, W]
+    px = grid.sum(dim=1)  # [N, W] marginal over columns
+    py = grid.sum(dim=2)  # [N, H] marginal over rows
+    xs = (torch.arange(w, device=maps.device, dtype=maps.dtype) + 0.5) / w  # [W]
+    ys = (torch.arange(h, device=maps.device, dtype=maps.dtype) + 0.5) / h  # [H]
+    cx = (px * xs).sum(dim=1)  # [N]
+    cy = (py * ys).sum(dim=1)  # [N]
+    var = (px * (xs[None] - cx[:, None]) ** 2).sum(dim=1) + (py * (ys[None] - cy[:, None]) ** 2).sum(dim=1)
+    spread = var.clamp_min(0.0).sqrt()  # [N]
+    return torch.stack([mass, share, entropy, cx, cy, spread, change])  # [7, N]
+
+
+def peak_steps(mass: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Step of each word's largest mass (first one on ties). mass: ``[T, N]``; steps: ``[T]``."""
+    if mass.shape[0] == 0:
+        return np.full(mass.shape[1], -1, dtype=np.int64)
+    return steps[np.argmax(mass, axis=0)].astype(np.int64)
+
+
+def emergence_steps(mass: np.ndarray, steps: np.ndarray, fraction: float) -> np.ndarray:
+    """First step at which each word's mass reaches ``fraction`` of its peak mass (-1 if the
+    word never has any mass). mass: ``[T, N]``; steps: ``[T]``. Scale-invariant."""
+    if mass.shape[0] == 0:
+        return np.full(mass.shape[1], -1, dtype=np.int64)
+    peak = mass.max(axis=0)  # [N]
+    reached = mass >= fraction * peak[None]  # [T, N]
+    out = steps[np.argmax(reached, axis=0)].astype(np.int64)
+    out[peak <= 0] = -1
+    return out
+
+
+def stabilisation_steps(change: np.ndarray, steps: np.ndarray, threshold: float) -> np.ndarray:
+    """First step from which each word's map changes less than ``threshold`` (total variation
+    vs the previous step) at every later step of the run; -1 if the last change is still at or
+    above it. Step 0 has no change (NaN) and never counts. change: ``[T, N]``; steps: ``[T]``."""
+    t, n = change.shape
+    out = np.full(n, -1, dtype=np.int64)
+    if t == 0:
+        return out
+    below = np.nan_to_num(change, nan=np.inf) < threshold  # [T, N]
+    stays = np.flip(np.logical_and.accumulate(np.flip(below, axis=0), axis=0), axis=0)  # [T, N]
+    found = stays.any(axis=0)
+    out[found] = steps[np.argmax(stays, axis=0)][found]
+    return out
+
+
+def area_under_curve(mass: np.ndarray) -> np.ndarray:
+    """AUC: sum of the per-step mass over the recorded steps divided by their number (the
+    mean mass over the run; rectangle rule, one step = width 1/T). mass: ``[T, N]`` -> ``[N]``."""
+    if mass.shape[0] == 0:
+        return np.zeros(mass.shape[1], dtype=np.float64)
+    return mass.astype(np.float64).sum(axis=0) / mass.shape[0]
+
+
+@dataclass
+class TimelineSummary:
+    """The run's token timelines: per-step series ``[T, N]`` and per-word measures ``[N]``."""
+
+    words: list[str]
+    steps: np.ndarray  # [T] int64, 0-based step indices recorded
+    total_steps: int | None
+    series: dict[str, np.ndarray]  # name -> [T, N] float32, names from SERIES
+    peak_step: np.ndarray  # [N] int64
+    peak_mass: np.ndarray  # [N] float64
+    emergence_step: np.ndarray  # [N] int64
+    stabilisation_step: np.ndarray  # [N] int64
+    auc: np.ndarray  # [N] float64
+    settings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_history(
+        cls,
+        words: list[str],
+        steps: list[int],
+        history: np.ndarray,
+        total_steps: int | None,
+        stable_threshold: float,
+        emergence_fraction: float,
+    ) -> "TimelineSummary":
+        """Build from stacked live measures ``history`` ``[T, 7, N]`` (SERIES order)."""
+        steps_arr = np.asarray(steps, dtype=np.int64)  # [T]
+        history = history.reshape(len(steps), len(SERIES), len(words))  # [T, 7, N]
+        series = {name: history[:, i, :].astype(np.float32) for i, name in enumerate(SERIES)}
+        mass = history[:, 0, :].astype(np.float64)  # [T, N]
+        return cls(
+            words=list(words),
+            steps=steps_arr,
+            total_steps=total_steps,
+            series=series,
+            peak_step=peak_steps(mass, steps_arr),
+            peak_mass=mass.max(axis=0) if len(steps) else np.zeros(len(words)),
+            emergence_step=emergence_steps(mass, steps_arr, emergence_fraction),
+            stabilisation_step=stabilisation_steps(history[:, 6, :].astype(np.float64), steps_arr, stable_threshold),
+            auc=area_under_curve(mass),
+            settings={"stable_threshold": float(stable_threshold), "emergence_fraction": float(emergence_fraction)},
+        )
+
+    def emergence_order(self) -> list[str]:
+        """Words sorted by emergence step, then peak step (words that never emerge last)."""
+        big = np.iinfo(np.int64).max
+        keys = [(big if e < 0 else int(e), int(p), i) for i, (e, p) in enumerate(zip(self.emergence_step, self.peak_step))]
+        return [self.words[i] for _, _, i in sorted(keys)]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Per-step series ``[T, N]`` float32 plus ``steps`` ``[T]`` int64, for a ``timeline`` packet."""
+        return {"steps": self.steps.copy(), **{k: v.copy() for k, v in self.series.items()}}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary: per-word measures as lists ``[N]``, per-step series (SERIES names)
+        as lists of lists ``[T][N]``; NaN (the change at the first step) becomes None."""
+
+        def clean(values: np.ndarray) -> list[Any]:
+            return [None if isinstance(v, float) and not math.isfinite(v) else v for v in values.tolist()]
+
+        return {
+            "words": list(self.words),
+            "steps": self.steps.tolist(),
+            "total_steps": self.total_steps,
+            "peak_step": self.peak_step.tolist(),
+            "peak_mass": clean(self.peak_mass),
+            "emergence_step": self.emergence_step.tolist(),
+            "stabilisation_step": self.stabilisation_step.tolist(),
+            "auc": clean(self.auc),
+            "emergence_order": self.emergence_order(),
+            "settings": dict(self.settings),
+            # per-step series [T][N] at the top level, so a consumer can move every
+            # list-of-lists into packet arrays and keep the rest as the header
+            **{k: [clean(row) for row in v.astype(np.float64)] for k, v in self.series.items()},
+        }
