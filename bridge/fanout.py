@@ -10,7 +10,9 @@ bytes into each sink's mailbox and returns. Each sink's thread drains its own ma
 * run/timeline/end packets are *kept*: they wait in a small ordered queue and are never
   replaced by later frames (if more than ``keep_max`` pile up, the oldest goes, logged);
 * delivery follows publish order among what is kept (a sequence number), so a run's
-  ``run`` packet always arrives before its steps and its ``end`` after them.
+  ``run`` packet always arrives before its steps and its ``end`` after them;
+* a sink with ``lossless = True`` (the trace recorder) keeps every packet in order: it may
+  fall behind, but never skips a step. Its queue is bounded only by the run's length.
 
 A sink that raises is logged (rate-limited) and keeps receiving later frames.
 """
@@ -57,8 +59,9 @@ class SinkStats:
 class _Mailbox:
     """Per-sink state: kept queue + latest-wins slots, guarded by one condition."""
 
-    def __init__(self, keep_max: int) -> None:
+    def __init__(self, keep_max: int, lossless: bool = False) -> None:
         self.cond = threading.Condition()
+        self.lossless = lossless
         self.keep: deque[tuple[int, Any, bytes | None]] = deque()
         self.slots: dict[str, tuple[int, Any, bytes | None]] = {}
         self.keep_max = keep_max
@@ -66,7 +69,9 @@ class _Mailbox:
 
     def put(self, seq: int, packet: Any, data: bytes | None, stats: SinkStats, name: str) -> None:
         with self.cond:
-            if packet.kind in KEEP_KINDS:
+            if self.lossless:
+                self.keep.append((seq, packet, data))
+            elif packet.kind in KEEP_KINDS:
                 if len(self.keep) >= self.keep_max:
                     self.keep.popleft()
                     stats.dropped += 1
@@ -101,7 +106,7 @@ class FanOut:
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique, got {names}")
         self.stats: dict[str, SinkStats] = {s.name: SinkStats() for s in self.sinks}
-        self._boxes = {s.name: _Mailbox(keep_max) for s in self.sinks}
+        self._boxes = {s.name: _Mailbox(keep_max, bool(getattr(s, "lossless", False))) for s in self.sinks}
         self._encodings = sorted({s.encoding for s in self.sinks if s.encoding})
         self._seq = itertools.count()
         self._closed = False

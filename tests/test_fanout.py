@@ -88,3 +88,33 @@ def test_latest_wins_is_per_kind():
             fo.publish(Packet("image", {"step": i}))
     got = [(k, s) for k, s, *_ in slow.got]
     assert got == [("step", 0), ("step", 9), ("image", 9)]
+
+
+def test_lossless_sink_gets_every_packet_in_order():
+    """The recorder (lossless = True) never loses a step, even when it is much slower than the producer."""
+    import time as _time
+
+    from bridge.fanout import FanOut
+    from bridge.packet import Packet
+
+    class SlowRecorder:
+        name, encoding, lossless = "rec", "float16", True
+
+        def __init__(self):
+            self.steps = []
+
+        def send(self, packet, data):
+            _time.sleep(0.002)
+            if packet.kind == "step":
+                self.steps.append(packet.header["step"])
+
+        def close(self):
+            pass
+
+    rec = SlowRecorder()
+    with FanOut([rec]) as fan:
+        for i in range(200):
+            fan.publish(Packet("step", {"step": i}))
+        fan.close(timeout=10)
+    assert rec.steps == list(range(200))
+    assert fan.stats["rec"].dropped == 0

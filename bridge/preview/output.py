@@ -120,7 +120,7 @@ def open_writer(path: str | Path, fps: float = 30.0) -> FrameWriter:
     if suffix == "" or "{" in s:
         return PngSequenceWriter(s)
     raise OutputError(f"cannot tell the output format of {s!r}: use a folder (PNG sequence), "
-                      "a pattern like out/frame_{{:05d}}.png, a .gif or a .mp4 path")
+                      "a pattern like out/frame_{:05d}.png, a .gif or a .mp4 path")
 
 
 def write_frames(frames, path: str | Path, fps: float = 30.0) -> None:

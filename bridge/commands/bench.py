@@ -1,0 +1,42 @@
+"""``stepx bench``: capture overhead as a ratio to plain generation, in the same process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "sd15", "sdxl"], help="model: embedded shapes, tiny random, or a full-size random-weight architecture")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--runs", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "publish", "queries", "daam"])
+    p.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from bridge.bench import print_table, run_bench
+    from bridge.models.loading import load_pipeline, pick_device
+
+    device = pick_device(args.device)
+    if args.arch in ("sd15", "sdxl"):
+        from bridge.models import fullsize
+
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        pipe = getattr(fullsize, f"{args.arch}_pipeline")(str(device), dtype)
+    else:
+        pipe, _ = load_pipeline(None if args.arch == "shapes" else "tiny", str(device))
+    if "plain" not in args.variants:
+        args.variants = ["plain", *args.variants]
+    result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants)
+    print_table(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,61 @@
+"""Options shared by the commands that run a model (record, serve, bench), and TOML config files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="diffusers folder, hub id, .safetensors file, 'tiny' (random weights); default: the embedded shapes model")
+    g.add_argument("--arch", default="auto", choices=["auto", "sd", "sdxl"], help="architecture of a single-file checkpoint")
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", default="auto", help="auto (float16 on cuda, else float32), float32, float16, bfloat16")
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale; 1 = off")
+    g.add_argument("--negative", default="", help="negative prompt")
+    g.add_argument("--focus", nargs="*", default=[], help="focus words (must be words of the prompt)")
+    g.add_argument("--phase-boundaries", type=float, nargs=2, default=None, metavar=("A", "B"), help="phase boundaries as fractions (default 0.2 0.6)")
+    g.add_argument("--image-every", type=int, default=1, help="publish a quick step image every N steps (0 = final only)")
+    g.add_argument("--head-weights", default=None, help="JSON file of head weights {layer: [w per head]} (selective aggregation)")
+
+
+def apply_config_file(p: argparse.ArgumentParser, argv_flags: set[str], args: argparse.Namespace, path: str | None) -> argparse.Namespace:
+    """Fill ``args`` from a TOML file; flags given on the command line win.
+
+    Keys are the long option names with ``_`` or ``-`` (``image_every = 2``).
+    """
+    if not path:
+        return args
+    try:
+        data: dict[str, Any] = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        p.error(f"config file {path} does not exist")
+    except tomllib.TOMLDecodeError as exc:
+        p.error(f"config file {path} is not valid TOML: {exc}")
+    known = vars(args)
+    for key, value in data.items():
+        dest = key.replace("-", "_")
+        if dest not in known:
+            p.error(f"config file {path}: unknown key {key!r}; known keys: {', '.join(sorted(k for k in known if not k.startswith('_')))}")
+        if dest not in argv_flags:
+            setattr(args, dest, value)
+    return args
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """Destinations of the long flags present on the command line."""
+    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}

@@ -1,0 +1,73 @@
+"""``stepx record PROMPT -o TRACE``: one run with capture, recorded to a trace (no daemon)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from bridge.commands.common import add_generation_arguments, add_model_arguments
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="the text prompt")
+    p.add_argument("-o", "--out", default=None, help="trace file to write (default: out/<prompt>.stepx)")
+    p.add_argument("--export", default=None, metavar="DIR", help="then export heat maps, GIFs, CSV and plots to DIR")
+    add_model_arguments(p)
+    add_generation_arguments(p)
+    from bridge.sinks import add_sink_arguments
+
+    add_sink_arguments(p)
+
+
+def default_path(prompt: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "run"
+    return Path("out") / f"{slug}.stepx"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from bridge.capture import load_head_weights
+    from bridge.fanout import FanOut
+    from bridge.models.loading import load_pipeline
+    from bridge.phases import PhaseConfig
+    from bridge.runner import Request, Runner
+    from bridge.sinks import build_sinks
+    from bridge.trace import TraceWriter
+
+    out = Path(args.out) if args.out else default_path(args.prompt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pipe, name = load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch)
+    args.record = None  # the trace below is this command's own
+    writer = TraceWriter(out)
+    sinks = [writer, *build_sinks(args)]
+    bar = tqdm(total=args.steps, desc="denoising", unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    with FanOut(sinks) as fanout:
+        def publish(packet) -> None:
+            if packet.kind == "step":
+                bar.update(1)
+            fanout.publish(packet)
+
+        phase = PhaseConfig(boundaries=tuple(args.phase_boundaries)) if args.phase_boundaries else PhaseConfig()
+        runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase)
+        req = Request(args.prompt, args.negative, args.seed, args.steps, args.guidance, list(args.focus),
+                      tuple(args.phase_boundaries) if args.phase_boundaries else None,
+                      load_head_weights(args.head_weights) if args.head_weights else None)
+        result = runner.run(req)
+    bar.close()
+    if result.status != "done":
+        print(f"stepx record: the run failed: {result.error}", file=sys.stderr)
+        return 1
+    summary = {"trace": str(out), "run_id": result.run_id, "steps": result.steps, "seconds": round(result.seconds, 2),
+               "words": result.run.words if result.run else []}
+    if args.export:
+        from bridge.export import export_trace
+
+        files = export_trace(out, Path(args.export))
+        summary["export"] = {"folder": args.export, "files": len(files)}
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,135 @@
+"""``stepx replay TRACE``: recorded Packets through the same fan-out and sinks, no model, no GPU.
+
+Pacing: ``step`` packets are spaced ``1 / (fps * speed)`` seconds apart on a fixed schedule
+(no drift); every other packet (run, image, timeline, end) goes out right after the packet
+before it, so an image follows its step as it did live. A damaged trace is refused before
+anything is sent; a partial one too, unless ``--allow-partial``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from bridge.fanout import FanOut
+from bridge.sinks import SinkError, add_sink_arguments, build_sinks
+from bridge.trace import TraceError, TracePartialError, TraceReader
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("trace", metavar="TRACE", help="trace file written by --record or stepx record")
+    parser.add_argument("--fps", type=float, default=10.0, help="steps per second (default 10; 0 = as fast as possible)")
+    parser.add_argument("--speed", type=float, default=1.0, help="multiplies --fps (default 1.0)")
+    parser.add_argument("--loop", action="store_true", help="play again from the start until interrupted")
+    parser.add_argument("--start", type=int, default=None, metavar="STEP",
+                        help="seek: start each run at this step (its run packet and latest image are sent first)")
+    parser.add_argument("--run", default=None, metavar="RUN",
+                        help="play one run only: its number (0-based) or run_id (default: every run in the file)")
+    parser.add_argument("--delay", type=float, default=0.5, metavar="SECONDS",
+                        help="wait after opening the outputs, before the first packet, so receivers that are "
+                             "already running can (re)connect (default 0.5)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="play a trace that stops early (crash mid-recording) instead of refusing it")
+    add_sink_arguments(parser)
+
+
+def step_interval(fps: float, speed: float) -> float:
+    """Seconds between step packets (0 for no pacing); rejects nonsense with a clear error."""
+    if speed <= 0:
+        raise ValueError(f"--speed must be > 0, got {speed}")
+    if fps < 0:
+        raise ValueError(f"--fps must be >= 0 (0 = as fast as possible), got {fps}")
+    return 0.0 if fps == 0 else 1.0 / (fps * speed)
+
+
+def play(reader: TraceReader, positions: list[int], publish: Callable[[Any], None], interval: float,
+         stop: threading.Event | None = None, clock: Callable[[], float] = time.monotonic) -> int:
+    """Publish the packets at ``positions``, pacing step packets ``interval`` seconds apart.
+
+    Returns the number of packets published (fewer if ``stop`` was set).
+    """
+    stop = stop or threading.Event()
+    t0, n_steps, sent = clock(), 0, 0
+    for pos in positions:
+        if stop.is_set():
+            break
+        if reader.index[pos].kind == "step":
+            if interval > 0 and n_steps:
+                wait = t0 + n_steps * interval - clock()
+                if wait > 0 and stop.wait(wait):
+                    break
+            elif n_steps == 0:
+                t0 = clock()
+            n_steps += 1
+        publish(reader.read(pos))
+        sent += 1
+    return sent
+
+
+def _run_selector(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open and check the trace, open the sinks, play (looping if asked); exit code 0 / 2 / 130."""
+    try:
+        interval = step_interval(args.fps, args.speed)
+        reader = TraceReader(args.trace, allow_partial=args.allow_partial)
+    except TracePartialError as exc:
+        print(f"stepx replay: refusing to play a partial trace: {exc}", file=sys.stderr)
+        return 2
+    except (TraceError, ValueError, OSError) as exc:
+        print(f"stepx replay: error: {exc}", file=sys.stderr)
+        return 2
+    with reader:
+        if reader.partial:
+            print(f"stepx replay: warning: partial trace ({reader.problem}); playing the "
+                  f"{len(reader.index)} complete records", file=sys.stderr)
+        try:
+            positions = reader.positions(_run_selector(args.run), args.start)
+        except (KeyError, IndexError) as exc:
+            print(f"stepx replay: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+            return 2
+        if not positions:
+            print(f"stepx replay: error: nothing to play in {reader.path}", file=sys.stderr)
+            return 2
+        try:
+            sinks = build_sinks(args, default_zmq=True)
+        except SinkError as exc:
+            print(f"stepx replay: error: {exc}", file=sys.stderr)
+            return 2
+        where = ", ".join(getattr(s, "endpoint", None) or s.name for s in sinks)
+        print(f"stepx replay: {reader.path} ({len(reader.runs)} run(s), {len(positions)} packets) -> {where}",
+              file=sys.stderr)
+        stop = threading.Event()
+        fan = FanOut(sinks)
+        code, loops, sent = 0, 0, 0
+        try:
+            stop.wait(max(0.0, args.delay))
+            while True:
+                sent += play(reader, positions, fan.publish, interval, stop)
+                loops += 1
+                if not args.loop or stop.is_set() or stop.wait(interval):
+                    break  # (between passes: one step interval, so the loop point is not a jump cut)
+        except KeyboardInterrupt:
+            stop.set()
+            code = 130
+        finally:
+            fan.close(timeout=5.0)
+        print(f"stepx replay: sent {sent} packets in {loops} pass(es)", file=sys.stderr)
+        for name, st in fan.stats.items():
+            if st.dropped or st.errors:
+                print(f"stepx replay: sink {name}: {st.dropped} dropped (latest-wins), {st.errors} errors",
+                      file=sys.stderr)
+        return code

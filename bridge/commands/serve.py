@@ -1,0 +1,100 @@
+"""``stepx serve``: the daemon. Control in (ZeroMQ REQ/REP and OSC), every step out to the sinks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from bridge.commands.common import add_generation_arguments, add_model_arguments, apply_config_file, given_flags
+
+log = logging.getLogger("stepx.serve")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="TOML file with any of these options; flags override it")
+    add_model_arguments(p)
+    add_generation_arguments(p)
+    from bridge.sinks import add_sink_arguments
+
+    add_sink_arguments(p)
+    c = p.add_argument_group("control")
+    c.add_argument("--control", default="tcp://127.0.0.1:5561", help="ZeroMQ REQ/REP control endpoint ('' = off)")
+    c.add_argument("--osc-control", default="127.0.0.1:7001", help="OSC control HOST:PORT ('' = off)")
+    c.add_argument("--allow-remote", action="store_true", help="allow binding control to non-local addresses")
+    c.add_argument("--token", default=None, help="shared token every control request must carry")
+    i = p.add_argument_group("installation")
+    i.add_argument("--prompt", default=None, help="generate this prompt at start")
+    i.add_argument("--playlist", default=None, help="text file, one prompt per line, cycled forever")
+    i.add_argument("--pause", type=float, default=2.0, help="seconds between playlist prompts")
+    i.add_argument("--no-idle-replay", action="store_true", help="do not loop the last run while idle")
+    i.add_argument("--replay-fps", type=float, default=10.0, help="frame rate of the idle replay")
+    i.add_argument("--concepts", default=None, help="folder of head-weight JSON files, one per concept name")
+    i.add_argument("--run-for", type=float, default=None, help="stop after this many seconds (tests, timed shows)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import threading
+
+    from bridge.capture import load_head_weights
+    from bridge.daemon import Daemon, DaemonOptions
+    from bridge.fanout import FanOut
+    from bridge.models.loading import load_pipeline
+    from bridge.phases import PhaseConfig
+    from bridge.runner import Request, Runner
+    from bridge.sinks import build_sinks
+    from bridge.transport.control_osc import ControlOscServer
+    from bridge.transport.control_zmq import ControlZmqServer
+
+    args = apply_config_file(argparse.ArgumentParser(prog="stepx serve"), given_flags(sys.argv[1:]), args, args.config)
+    pipe, name = load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch)
+    concepts = {}
+    if args.concepts:
+        concepts = {f.stem: load_head_weights(f) for f in sorted(Path(args.concepts).glob("*.json"))}
+    sinks = build_sinks(args)
+    if not sinks:
+        log.warning("no sinks configured: pass --zmq, --osc or --record to see the stream")
+    fanout = FanOut(sinks)
+    phase = PhaseConfig(boundaries=tuple(args.phase_boundaries)) if args.phase_boundaries else PhaseConfig()
+    runner = Runner(pipe, fanout.publish, name, image_every=args.image_every, phase_config=phase, concepts=concepts)
+    daemon = Daemon(runner, fanout.publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause))
+    servers = []
+    if args.control:
+        servers.append(ControlZmqServer(daemon.handle, args.control, allow_remote=args.allow_remote, token=args.token))
+    if args.osc_control:
+        host, _, port = args.osc_control.rpartition(":")
+        servers.append(ControlOscServer(daemon.handle, host or "127.0.0.1", int(port), allow_remote=args.allow_remote, token=args.token))
+
+    def defaults(prompt: str) -> Request:
+        return Request(prompt=prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                       focus=list(args.focus), phase_boundaries=tuple(args.phase_boundaries) if args.phase_boundaries else None,
+                       head_weights=load_head_weights(args.head_weights) if args.head_weights else None)
+
+    if args.playlist:
+        prompts = [l.strip() for l in Path(args.playlist).read_text().splitlines() if l.strip() and not l.startswith("#")]
+        with daemon._lock:
+            daemon._playlist, daemon._playlist_loop = [defaults(p) for p in prompts], True
+    if args.prompt:
+        daemon.submit(defaults(args.prompt))
+
+    def shutdown(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        daemon.stop()
+
+    signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGTERM, shutdown)
+    if args.run_for:
+        threading.Timer(args.run_for, daemon.stop).start()
+    log.info("serving %s; control %s, OSC control %s", name, args.control or "off", args.osc_control or "off")
+    print(json.dumps({"serving": name, "control": args.control, "osc_control": args.osc_control, "sinks": [s.name for s in sinks]}), flush=True)
+    try:
+        daemon.serve_forever()
+    finally:
+        for s in servers:
+            s.close()
+        fanout.close()
+        log.info("stopped; %d runs", len(daemon.results))
+    return 0

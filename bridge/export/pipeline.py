@@ -1,0 +1,108 @@
+"""Tie the pure pieces to files: one run -> overlays, GIFs, CSVs, plots, COCO JSON, manifest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bridge.trace import TraceReader
+
+from . import writers as W
+from .coco import coco_document
+from .data import RunData, load_run, select_words
+from .measures import MEASURES, step_table
+from .plots import timeline_png
+from .render import grey_canvas, overlay, resize_image
+
+PLOTTED = ("mass", "entropy", "peak", "auc_so_far")
+
+
+@dataclass
+class ExportOptions:
+    """What to export. Heat-map overlay PNGs are always written."""
+
+    words: list[str] | None = None
+    alpha: float = 0.5
+    cmap: str = "inferno"
+    gif: bool = False
+    gif_fps: float = 8.0
+    csv: bool = False
+    plots: bool = False
+    coco: bool = False
+    tau: float = 0.4
+    zip: bool = False
+
+
+def frame_background(run: RunData, step: int, size: tuple[int, int]) -> np.ndarray:
+    """The step's image, else the last earlier image, else grey; resized to ``size``."""
+    img = run.image_at(step)
+    return grey_canvas(size) if img is None else resize_image(img, size)
+
+
+def export_run(run: RunData, out: Path, opts: ExportOptions) -> list[Path]:
+    """Write every requested file for one run under ``out``; return the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    idx = select_words(run.words, opts.words)
+    words = [run.words[i] for i in idx]
+    size = run.canvas_size()
+    files: list[Path] = []
+    backgrounds = [frame_background(run, int(s), size) for s in run.steps]
+    for i, word in zip(idx, words):
+        name = W.slug(word, i)
+        frames = []
+        for t, s in enumerate(run.steps):
+            frame = overlay(backgrounds[t], run.maps[t, i], opts.alpha, opts.cmap)
+            files.append(W.write_png(out / "frames" / name / f"step_{int(s):03d}.png", frame))
+            frames.append(frame)
+        if opts.gif:
+            files.append(W.write_gif(out / "gifs" / f"{name}.gif", frames, opts.gif_fps))
+    if run.final_image is not None:
+        files.append(W.write_png(out / "final.png", run.final_image))
+    table = step_table(run.maps[:, idx])  # name -> [T, N]
+    if opts.csv:
+        rows = [[run.run_id, int(s), word] + [float(table[m][t, j]) for m in MEASURES]
+                for t, s in enumerate(run.steps) for j, word in enumerate(words)]
+        files.append(W.write_csv(out / "measures.csv", ["run_id", "step", "word", *MEASURES], rows))
+        peak_t = table["mass"].argmax(axis=0)
+        summary = [[run.run_id, word, float(table["auc_so_far"][-1, j]), float(table["mass"][peak_t[j], j]),
+                    int(run.steps[peak_t[j]]), float(table["entropy"][:, j].mean())] for j, word in enumerate(words)]
+        files.append(W.write_csv(out / "summary.csv",
+                                 ["run_id", "word", "auc", "peak_mass", "peak_mass_step", "mean_entropy"], summary))
+    if opts.plots:
+        for m in PLOTTED:
+            png = timeline_png(run.steps, table[m], words, m, run.phases)
+            files.append(W.write_bytes(out / "plots" / f"{m}.png", png))
+    if opts.coco:
+        final_maps = [run.maps[-1, i] for i in idx]
+        doc = coco_document(words, final_maps, size, opts.tau, "final.png" if run.final_image is not None else "",
+                            {"run_id": run.run_id, "step": int(run.steps[-1]), "prompt": run.header.get("prompt")})
+        files.append(W.write_json(out / "coco.json", doc))
+    manifest: dict[str, Any] = {
+        "run_id": run.run_id, "prompt": run.header.get("prompt"), "words": words, "steps": run.steps.tolist(),
+        "complete": run.ended, "canvas": {"height": size[0], "width": size[1]}, "options": asdict(opts),
+        "files": sorted(f.relative_to(out).as_posix() for f in files),
+    }
+    files.append(W.write_json(out / "export.json", manifest))
+    return files
+
+
+def export_trace(trace: TraceReader | str | Path, out: str | Path, opts: ExportOptions | None = None,
+                 run: int | str | None = None) -> list[Path]:
+    """Export one run (``run``) or every run of ``trace`` (an open reader, or a path opened here
+    and refused if partial); with several runs each gets ``out/runNN_<id>/``. Default options:
+    overlay PNGs only."""
+    if not isinstance(trace, TraceReader):
+        with TraceReader(trace) as reader:
+            return export_trace(reader, out, opts, run)
+    reader, out, opts = trace, Path(out), opts or ExportOptions()
+    runs = [reader.run(run)] if run is not None else reader.runs
+    files: list[Path] = []
+    for r in runs:
+        sub = out if len(runs) == 1 else out / f"run{r.number:02d}_{W.slug(str(r.run_id or ''), r.number)[3:]}"
+        files += export_run(load_run(reader, r.number), sub, opts)
+    if opts.zip:
+        files.append(W.write_zip(out / "export.zip", out, files))
+    return files

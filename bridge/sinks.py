@@ -1,0 +1,151 @@
+"""Sink options shared by ``stepx serve``, ``record`` and ``replay``, and the factory behind them.
+
+Why one place: every command that produces Packets offers the same outputs with the same
+flags, and a missing platform transport (Spout on Linux, ...) gets the same clear error
+naming the outputs that do work here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import ipaddress
+import logging
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge.fanout import Sink
+
+log = logging.getLogger(__name__)
+
+#: ``--zmq`` with no value publishes here (the PUB port of docs/PROTOCOL.md).
+DEFAULT_ZMQ = "tcp://127.0.0.1:5560"
+DEFAULT_OSC_PORT = 7000
+
+#: flag -> (module, class, platforms where it can work, pip extra)
+PLATFORM_SINKS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
+    "spout": ("bridge.transport.textures", "SpoutSender", ("win32",), "stepx-bridge[spout]"),
+    "syphon": ("bridge.transport.textures", "SyphonSender", ("darwin",), "stepx-bridge[syphon]"),
+    "ndi": ("bridge.transport.textures", "NdiSender", ("win32", "darwin", "linux"), "stepx-bridge[ndi]"),
+}
+
+
+class SinkError(ValueError):
+    """A sink option that cannot work here; the message says why and what does work."""
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """argparse type for ``HOST:PORT`` (``PORT`` alone means 127.0.0.1)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    try:
+        p = int(port)
+        if not 0 < p < 65536:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:{DEFAULT_OSC_PORT})") from None
+    return host or "127.0.0.1", p
+
+
+def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the output options (a group titled 'outputs') to ``parser``."""
+    g = parser.add_argument_group("outputs")
+    g.add_argument("--zmq", nargs="?", const=DEFAULT_ZMQ, default=None, metavar="ENDPOINT",
+                   help=f"publish on ZeroMQ (default endpoint {DEFAULT_ZMQ})")
+    g.add_argument("--zmq-encoding", choices=("float16", "float32", "uint8"), default="float16",
+                   help="wire encoding of float arrays on ZeroMQ (default float16)")
+    g.add_argument("--osc", type=host_port, default=None, metavar="HOST:PORT",
+                   help=f"send OSC over UDP (e.g. 127.0.0.1:{DEFAULT_OSC_PORT})")
+    g.add_argument("--record", default=None, metavar="PATH", help="record a trace to PATH (docs/TRACE.md)")
+    g.add_argument("--spout", default=None, metavar="NAME", help="share textures over Spout (Windows)")
+    g.add_argument("--syphon", default=None, metavar="NAME", help="share textures over Syphon (macOS)")
+    g.add_argument("--ndi", default=None, metavar="NAME", help="send textures as an NDI source")
+    g.add_argument("--bind-any", action="store_true",
+                   help="let ZeroMQ bind on every network interface (reachable from other machines)")
+
+
+def _loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def zmq_endpoint(endpoint: str, bind_any: bool) -> str:
+    """Check a ZeroMQ bind endpoint: loopback unless ``bind_any`` (which binds ``*``)."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp":
+        return endpoint  # ipc:// and inproc:// never leave the machine
+    host = parts.hostname or ""
+    port = parts.netloc.rpartition(":")[2]
+    if not port:
+        raise SinkError(f"ZeroMQ endpoint {endpoint!r} has no port; e.g. {DEFAULT_ZMQ}")
+    if bind_any:
+        log.warning("--bind-any: the ZeroMQ stream on port %s is reachable from other machines on the network", port)
+        return f"tcp://*:{port}"
+    if host == "*" or not _loopback(host):
+        raise SinkError(f"refusing to bind ZeroMQ to {endpoint!r}: it is not a loopback address; "
+                        f"use tcp://127.0.0.1:{port}, or pass --bind-any to publish to the network")
+    return endpoint
+
+
+def _platform_sink(kind: str, name: str) -> Sink:
+    module, cls, platforms, extra = PLATFORM_SINKS[kind]
+    works = ["--zmq", "--osc", "--record"] + [f"--{k}" for k, v in PLATFORM_SINKS.items()
+                                              if sys.platform in v[2] and k != kind]
+    if sys.platform not in platforms:
+        raise SinkError(f"--{kind} does not work on {sys.platform} (only on {', '.join(platforms)}); "
+                        f"outputs that can work here: {', '.join(works)}")
+    try:
+        mod = importlib.import_module(module)
+        factory = getattr(mod, cls)
+    except (ImportError, AttributeError) as exc:
+        raise SinkError(f"--{kind} is not available: {exc} (install {extra}); "
+                        f"outputs that work here: {', '.join(works)}") from None
+    return factory(name)
+
+
+def build_sinks(args: Any, *, default_zmq: bool = False) -> list[Sink]:
+    """The sinks that ``args`` (from :func:`add_sink_arguments`) ask for, opened and ready.
+
+    With ``default_zmq`` and no output chosen, publish on ZeroMQ at the default endpoint.
+    If one sink fails to open, the ones already opened are closed before the error is raised.
+    """
+    from bridge.trace import TraceWriter  # noqa: PLC0415 (keep this module import-light)
+    from bridge.transport.osc_out import OscSender  # noqa: PLC0415
+    from bridge.transport.zmq_pub import ZmqPublisher  # noqa: PLC0415
+
+    zmq_ep = getattr(args, "zmq", None)
+    chosen = [zmq_ep, getattr(args, "osc", None), getattr(args, "record", None)] + \
+        [getattr(args, k, None) for k in PLATFORM_SINKS]
+    if default_zmq and not any(c is not None for c in chosen):
+        zmq_ep = DEFAULT_ZMQ
+    sinks: list[Sink] = []
+    try:
+        if zmq_ep is not None:
+            import zmq  # noqa: PLC0415
+
+            ep = zmq_endpoint(zmq_ep, bool(getattr(args, "bind_any", False)))
+            try:
+                sinks.append(ZmqPublisher(ep, encoding=getattr(args, "zmq_encoding", "float16")))
+            except zmq.ZMQError as exc:
+                raise SinkError(f"cannot bind ZeroMQ to {ep}: {exc} (another stepx on that port?)") from None
+        if getattr(args, "osc", None) is not None:
+            host, port = args.osc
+            sinks.append(OscSender(host, port))
+        if getattr(args, "record", None):
+            sinks.append(TraceWriter(args.record))
+        for kind in PLATFORM_SINKS:
+            if getattr(args, kind, None):
+                sinks.append(_platform_sink(kind, getattr(args, kind)))
+    except BaseException:
+        for s in sinks:
+            try:
+                s.close()
+            except Exception as exc:  # closing is best effort; the original error matters
+                log.debug("closing %s after a failed start: %r", s.name, exc)
+        raise
+    return sinks
