@@ -97,3 +97,44 @@ def resize_maps(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     up = size[0] >= x.shape[-2] and size[1] >= x.shape[-1]
     out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False) if up else F.interpolate(flat, size=size, mode="area")
     return out.reshape(*lead, *size)
+
+
+def joint_text_probabilities(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    text: slice,
+    head_weights: torch.Tensor | None = None,
+    budget: int = 1 << 25,
+) -> torch.Tensor:
+    """Image→text probabilities of a *joint* attention (MM-DiT), exactly as the model uses them.
+
+    q: ``[B, heads, N, d]`` image queries; k: ``[B, heads, M, d]`` all keys of the joint
+    sequence (image and text); text: the positions of the text keys in ``k``. The softmax is
+    over all M keys; only its text columns are returned:
+
+        P[b, h, n, t] = exp(q_n·k_t/√d − lse_n),   lse_n = log Σ_{m<M} exp(q_n·k_m/√d)
+
+    The normaliser is computed blockwise over the queries (about ``budget`` logits at a time,
+    never the full ``(N+T)²`` matrix), in float32. With ``head_weights [heads]`` returns the
+    head-weighted sum ``[B, T, N]``; with ``None`` the per-head maps ``[B, heads, T, N]``.
+    """
+    b, h, n, d = q.shape
+    m = k.shape[2]
+    scale = 1.0 / math.sqrt(d)
+    kf = k.float().transpose(-1, -2)  # [B, h, d, M]
+    t = len(range(m)[text])
+    if head_weights is None:
+        out = q.new_empty((b, h, t, n), dtype=torch.float32)
+    else:
+        out = q.new_empty((b, t, n), dtype=torch.float32)
+    chunk = max(1, min(n, budget // max(1, b * h * m)))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        logits = torch.matmul(q[:, :, start:stop].float(), kf).mul_(scale)  # [B, h, c, M]
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [B, h, c, 1]
+        probs = (logits[..., text] - lse).exp_()  # [B, h, c, T]
+        if head_weights is None:
+            out[:, :, :, start:stop] = probs.transpose(-1, -2)
+        else:
+            out[:, :, start:stop] = torch.einsum("bhct,h->btc", probs, head_weights)
+    return out

@@ -10,6 +10,7 @@ whatever the guidance or batch size.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -74,6 +75,10 @@ class Capture:
         self._weights: dict[tuple[str, str], torch.Tensor] = {}
         self._query_cells: dict[tuple[str, tuple[int, int], str], torch.Tensor] = {}
         self._warned: set[str] = set()
+        self._encoded = False  # an encode_prompt call was recorded since the last set_timesteps
+        configure = getattr(self.adapter, "configure", None)  # optional: adapter options from config.extra
+        if configure is not None:
+            configure(self.config)
         all_layers = self.adapter.layers()
         cfg = self.config
         self.cross_layers = [
@@ -137,33 +142,47 @@ class Capture:
     def _wrap_encode(self, original: Callable) -> Callable:
         sig = inspect.signature(original)
 
+        @functools.wraps(original)  # keep the signature: pipelines inspect it
         def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+            # Adapters whose pipelines encode the negative prompt in a second call (FLUX true CFG)
+            # set ``first_encode_per_run``: the first call before set_timesteps holds the prompt.
+            if getattr(self.adapter, "first_encode_per_run", False) and self._encoded:
+                return original(*args, **kwargs)
             try:
-                bound = sig.bind_partial(*args, **kwargs).arguments
-                prompt = bound.get("prompt")
-                repeats = int(bound.get("num_images_per_prompt") or 1)
-                if isinstance(prompt, str):
-                    prompt = [prompt]
-                self._pending_tokens = (
-                    token_maps_for(self.adapter.tokenizer(), prompt, repeats, self.adapter.sequence_length()) if prompt else None
-                )
+                bound = sig.bind_partial(*args, **kwargs)
+                repeats = int(bound.arguments.get("num_images_per_prompt") or 1)
+                maker = getattr(self.adapter, "prompt_token_maps", None)  # optional: adapter-built token maps
+                if maker is not None:
+                    bound.apply_defaults()
+                    self._pending_tokens = maker(bound.arguments, repeats)
+                else:
+                    prompt = bound.arguments.get("prompt")
+                    if isinstance(prompt, str):
+                        prompt = [prompt]
+                    self._pending_tokens = (
+                        token_maps_for(self.adapter.tokenizer(), prompt, repeats, self.adapter.sequence_length()) if prompt else None
+                    )
             except Exception as exc:  # never break generation for bookkeeping
                 log.warning("could not map the prompt's words to tokens: %s", exc)
                 self._pending_tokens = None
+            self._encoded = True
             return original(*args, **kwargs)
 
         return encode_prompt
 
     def _wrap_set_timesteps(self, original: Callable) -> Callable:
+        @functools.wraps(original)  # retrieve_timesteps inspects it for `sigmas`/`timesteps`
         def set_timesteps(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
             self._finish("interrupted")
             self._new_run = True
+            self._encoded = False
             return out
 
         return set_timesteps
 
     def _wrap_step(self, sched: Any, original: Callable) -> Callable:
+        @functools.wraps(original)  # prepare_extra_step_kwargs inspects it for `eta`/`generator`
         def step(model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             out = original(model_output, timestep, sample, *args, **kwargs)
             if self._run is not None and self._acc.evals:
@@ -172,12 +191,18 @@ class Capture:
                     prev, x0 = step_outputs(out)
                     if x0 is None:
                         x0 = estimate_x0(sched, model_output, timestep, sample)
+                    unpack = getattr(self.adapter, "frame_latents", None)  # optional: e.g. FLUX's packed latents
+                    if unpack is not None:
+                        prev, x0 = unpack(prev), unpack(x0)
                     self._emit(prev, x0)
             return out
 
         return step
 
     def _before_denoiser(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        skip = getattr(self.adapter, "skip_evaluation", None)  # optional: e.g. FLUX's separate uncond pass
+        if skip is not None and skip(args, kwargs):
+            return
         latent_hw, batch_total = self.adapter.latent_hw(args, kwargs)
         if self._new_run or self._run is None:
             self._start_run(latent_hw, batch_total)
@@ -251,6 +276,31 @@ class Capture:
                 else:
                     m = query_rows_map(qh, kh, cells, w)
                 _add(acc.queries.setdefault(query.name, {}), grid, m.view(-1, *grid))
+
+    def add_cross(self, layer: Layer, maps: torch.Tensor, per_head: torch.Tensor | None = None) -> None:
+        """For adapters that compute the probabilities themselves (MM-DiT joint attention).
+
+        maps: ``[B, T, N]`` head-weighted (``Σ_h w_h P_h``) image→text probabilities of the
+        conditional rows; per_head: ``[B, heads, T, N]`` for detail layers.
+        """
+        run = self._run
+        if run is None:
+            return
+        b, t, n = maps.shape
+        grid = layer_grid(n, run.latent_hw)
+        acc = self._acc
+        acc.seen.add(layer.name)
+        _add(acc.cross, grid, maps.reshape(b, t, *grid))
+        if per_head is not None and layer.name in self.detail:
+            _add(acc.detail, layer.name, per_head.reshape(b, layer.heads, t, *grid))
+
+    def cond_rows(self, total: int) -> slice | None:
+        """The rows of a denoiser batch of ``total`` rows that feed the maps (None outside a run)."""
+        run = self._run
+        return None if run is None else slice(total - run.batch, total)
+
+    def head_weights(self, layer: Layer, device: torch.device) -> torch.Tensor:
+        return self._head_weights(layer, device)
 
     def _cells(self, query: Any, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
         key = (query.name, grid, str(device))

@@ -103,3 +103,105 @@ def make_scheduler(name: str):
     if name == "pndm":
         kwargs["skip_prk_steps"] = True
     return getattr(diffusers, classes[name])(**kwargs)
+
+
+# --- MM-DiT (SD3 / FLUX) -------------------------------------------------------------------------
+
+T5_WORDS = (
+    "a an the of on in above below under over and with red blue green yellow black white circle square "
+    "triangle cat dog photo painting background sky city tree house portrait"
+).split()
+
+
+def t5_tokenizer():
+    """A tiny T5 (SentencePiece-unigram style) tokenizer built offline: whole-word pieces for
+    :data:`T5_WORDS`, single characters for everything else; ``</s>`` appended, ``<pad>`` = 0.
+
+    Its ids do not match a real T5 vocabulary; it tokenizes like one (``▁`` word-start pieces,
+    end token, max-length padding), which is what word↔token mapping needs.
+    """
+    import string
+
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("▁" + w, -2.0) for w in T5_WORDS]
+    chars = string.ascii_letters + string.digits + ",.!?;:'\"-()"
+    vocab += [("▁", -3.0)] + [(c, -5.0) for c in chars] + [("▁" + c, -5.5) for c in string.ascii_letters]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def _t5_encoder(vocab: int, d_model: int, seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    return T5EncoderModel(cfg).eval()
+
+
+def _flow_vae(seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        shift_factor=0.0609, scaling_factor=1.5035,
+    ).eval()
+
+
+def tiny_sd3_transformer(seed: int = 0, num_layers: int = 2, dual_attention_layers: tuple[int, ...] = (0,)):
+    """SD3Transformer2DModel with random weights: patch 2, 4 heads of 8, RMS q/k norm, SD3.5-style
+    dual attention in ``dual_attention_layers``; the last block is ``context_pre_only``."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=4, num_layers=num_layers, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=4,
+        dual_attention_layers=dual_attention_layers, qk_norm="rms_norm",
+    ).eval()
+
+
+def tiny_flux_transformer(seed: int = 0):
+    """FluxTransformer2DModel with random weights: 1 double-stream and 2 single-stream blocks, 2 heads of 16."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    ).eval()
+
+
+def tiny_sd3_pipeline(seed: int = 0, t5: bool = True):
+    """StableDiffusion3Pipeline with random weights: two CLIP encoders (L/G stand-ins, 77 tokens,
+    concatenated features) and a tiny T5 (``t5=False``: none, as SD3 allows). Use 64×64 images:
+    latents 32×32, a 16×16 token grid."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    tok3 = t5_tokenizer() if t5 else None
+    pipe = StableDiffusion3Pipeline(
+        transformer=tiny_sd3_transformer(seed), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flow_vae(seed),
+        text_encoder=_text_encoder(32, True, seed), tokenizer=clip_tokenizer(),
+        text_encoder_2=_text_encoder(32, True, seed + 1), tokenizer_2=clip_tokenizer(),
+        text_encoder_3=_t5_encoder(len(tok3), 64, seed + 2) if t5 else None, tokenizer_3=tok3,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_flux_pipeline(seed: int = 0):
+    """FluxPipeline with random weights: CLIP (pooled only) and a tiny T5 whose sequence enters the
+    joint attention. Use 64×64 images: latents 32×32, packed 2×2 into a 16×16 token grid."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    tok2 = t5_tokenizer()
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flow_vae(seed),
+        text_encoder=_text_encoder(32, False, seed), tokenizer=clip_tokenizer(),
+        text_encoder_2=_t5_encoder(len(tok2), 32, seed + 2), tokenizer_2=tok2, transformer=tiny_flux_transformer(seed),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,517 @@
+"""Capture for MM-DiT pipelines: SD3 / SD3.5 (joint attention) and FLUX (double- and single-stream).
+
+In an MM-DiT block, image and text tokens share one attention: every query attends to the
+concatenation of image and text keys, under one softmax. The probability an image query ``n``
+gives to text token ``t`` is therefore
+
+    P[n, t] = exp(q_n·k_t/√d) / Σ_{m ∈ image ∪ text} exp(q_n·k_m/√d)
+
+and that (not a softmax over the text keys alone) is what the capture reports. The normaliser
+is a log-sum-exp computed blockwise over the queries (``maps.joint_text_probabilities``); the
+``(N_img+N_txt)²`` matrix is never built. Rows of ``frame.cross`` therefore sum to the image
+query's total mass on text (< 1), not to 1.
+
+As for UNets, the layer output is the pipeline's own processor's: forward hooks observe the
+outputs of ``to_q``/``to_k``/``add_k_proj`` and a pre-hook reads the call's keyword arguments
+(``image_rotary_emb``); queries and keys get the same q/k norms and RoPE the processor applies,
+in the same order, then probabilities are computed in float32 for the conditional rows only.
+
+Sequence order differs: SD3 concatenates ``[image, text]``, FLUX ``[text, image]`` (double
+blocks concatenate the projections, single blocks run on the already concatenated stream).
+See docs/CAPTURE_MMDIT.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import re
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+
+from .adapters import Adapter, Layer, register
+from .errors import PromptTooLongError, UnsupportedProcessorError
+from .maps import joint_text_probabilities
+from .steps import patch_method
+from .tokens import TokenMap, build_token_map
+
+if TYPE_CHECKING:
+    from .config import CaptureConfig
+    from .session import Capture
+
+log = logging.getLogger(__name__)
+
+_WORD = re.compile(r"\w+(?:'\w+)*")
+
+#: Processors whose attention is exactly ``softmax(q kᵀ/√d)`` over the joint sequence built
+#: from the observed projections (and, for FLUX, RoPE from ``image_rotary_emb``).
+SD3_PROCESSORS = ("JointAttnProcessor2_0",)
+FLUX_PROCESSORS = ("FluxAttnProcessor",)  # FluxAttnProcessor2_0() constructs a FluxAttnProcessor
+TEXT_ENCODER_CHOICES = ("both", "clip", "t5")
+DEFAULT_BUDGET = 1 << 25  # logits per block of the normaliser pass (128 MiB in float32)
+
+
+# --- tokens ----------------------------------------------------------------------------------------
+def build_offset_token_map(tokenizer: Any, prompt: str, length: int, strict: bool = False) -> TokenMap:
+    """Map ``prompt``'s words onto a *fast* tokenizer's sequence by character offsets.
+
+    For SentencePiece tokenizers (T5), where tokenizing words one by one does not reproduce the
+    tokens of the whole prompt (``▁`` word-start pieces, merged punctuation). A token belongs to
+    the word whose characters it covers; tokens covering only punctuation or spaces belong to no
+    word. The sequence is the pipeline's: ``length`` positions, end token, padding.
+    """
+    full = tokenizer(prompt, truncation=False, add_special_tokens=True, return_offsets_mapping=True, verbose=False)
+    fits = len(full["input_ids"]) <= length
+    ids = tokenizer(prompt, truncation=True, max_length=length, padding="max_length")["input_ids"]
+    specials = set(tokenizer.all_special_ids)
+    spans = [(m.start(), m.end(), m.group(0)) for m in _WORD.finditer(prompt)]
+    words: list[str] = []
+    word_tokens: list[tuple[int, ...]] = []
+    truncated: list[str] = []
+    for ws, we, text in spans:
+        pos = [
+            p for p, ((s, e), i) in enumerate(zip(full["offset_mapping"], full["input_ids"]))
+            if i not in specials and e > s and s < we and e > ws
+        ]
+        kept = tuple(p for p in pos if fits or p < length - 1)  # the last position holds the end token
+        if len(kept) < len(pos) or not pos:
+            truncated.append(text)
+        if kept:
+            words.append(text)
+            word_tokens.append(kept)
+    if truncated:
+        msg = f"prompt is longer than the T5 tokenizer's {length} tokens; these words were cut: {', '.join(truncated)}"
+        if strict:
+            raise PromptTooLongError(msg)
+        log.warning(msg)
+    in_words = {p for span in word_tokens for p in span}
+    special = tuple(p for p, i in enumerate(ids) if i in specials and p not in in_words)
+    tokens = tuple(tokenizer.convert_ids_to_tokens(ids))
+    return TokenMap(prompt, length, tokens, tuple(words), tuple(word_tokens), special, tuple(truncated))
+
+
+def _empty_map(prompt: str, length: int) -> TokenMap:
+    """A sequence part that carries no words (SD3 without T5: zeros stand in for its tokens)."""
+    return TokenMap(prompt, length, ("",) * length, (), (), tuple(range(length)))
+
+
+def _keys(tm: TokenMap) -> list[tuple[str, int]]:
+    seen: dict[str, int] = {}
+    out = []
+    for w in tm.words:
+        seen[w.lower()] = seen.get(w.lower(), 0) + 1
+        out.append((w.lower(), seen[w.lower()]))
+    return out
+
+
+def combine_token_maps(parts: Sequence[tuple[TokenMap, bool]], prompt: str) -> TokenMap:
+    """One TokenMap over concatenated sequences (SD3: 77 CLIP positions, then T5).
+
+    ``parts`` are ``(map, use)`` in sequence order; each part's positions are offset by the
+    lengths before it. A word's tokens are its tokens in the parts with ``use=True`` (words are
+    matched across parts by text and occurrence: the second "a" is the second "a"), so its map is
+    the mean over the chosen encoders' tokens. Words with no token in any chosen part are listed
+    as truncated.
+    """
+    order: list[tuple[str, int]] = []
+    text: dict[tuple[str, int], str] = {}
+    positions: dict[tuple[str, int], list[int]] = {}
+    truncated: list[str] = []
+    offsets = [sum(tm.length for tm, _ in parts[:i]) for i in range(len(parts))]
+    ranked = sorted(range(len(parts)), key=lambda i: not parts[i][1])  # word order: chosen parts first
+    for i in ranked:
+        tm, use = parts[i]
+        for key, w, span in zip(_keys(tm), tm.words, tm.word_tokens):
+            if key not in text:
+                order.append(key)
+                text[key] = w
+                positions[key] = []
+            if use:
+                positions[key] += [offsets[i] + p for p in span]
+        if use:
+            truncated += [w for w in tm.truncated_words if w not in truncated]
+    tokens = tuple(t for tm, _ in parts for t in tm.tokens)
+    special = [offsets[i] + p for i, (tm, _) in enumerate(parts) for p in tm.special]
+    offset = sum(tm.length for tm, _ in parts)
+    keep = [k for k in order if positions[k]]
+    truncated += [text[k] for k in order if not positions[k] and text[k] not in truncated]
+    return TokenMap(
+        prompt, offset, tokens, tuple(text[k] for k in keep), tuple(tuple(positions[k]) for k in keep),
+        tuple(special), tuple(truncated),
+    )
+
+
+def _as_list(prompt: Any) -> list[str] | None:
+    if prompt is None:
+        return None
+    return [prompt] if isinstance(prompt, str) else list(prompt)
+
+
+# --- the adapters ------------------------------------------------------------------------------------
+class _MMDiTAdapter(Adapter):
+    processors: tuple[str, ...] = ()
+    default_text_encoder = "t5"
+    text_choices: tuple[str, ...] = ("t5",)
+
+    def __init__(self, pipe: Any) -> None:
+        super().__init__(pipe)
+        self.text_encoder = self.default_text_encoder
+        self.budget = DEFAULT_BUDGET
+        self.strict = False
+        self._warned: set[str] = set()
+
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    def configure(self, config: "CaptureConfig") -> None:
+        """Options from ``CaptureConfig.extra``: ``text_encoder`` (SD3: "both" | "clip" | "t5"),
+        ``joint_budget`` (logits per block of the normaliser pass)."""
+        extra = config.extra or {}
+        choice = extra.get("text_encoder", self.default_text_encoder)
+        if choice not in self.text_choices:
+            raise ValueError(
+                f"text_encoder={choice!r} is not available for {type(self.pipe).__name__}; choose one of "
+                f"{', '.join(repr(c) for c in self.text_choices)}"
+            )
+        self.text_encoder = choice
+        self.budget = int(extra.get("joint_budget", DEFAULT_BUDGET))
+        if self.budget < 1:
+            raise ValueError(f"joint_budget must be a positive number of logits, got {self.budget}")
+        self.strict = bool(config.strict_prompt_length)
+        if config.queries and not any(not l.cross for l in self.layers()):
+            raise ValueError(
+                f"{type(self.pipe).__name__} has no image-only self-attention layer, so self-attention queries "
+                "(CaptureConfig.queries) cannot be captured; only SD3.5 models with dual attention (attn2) have them"
+            )
+
+    def check(self, layers: list[Layer]) -> None:
+        for layer in layers:
+            kind = type(layer.module.processor).__name__
+            fused = bool(getattr(layer.module, "fused_projections", False))
+            if kind not in self.processors or fused:
+                why = "fused QKV projections" if fused and kind in self.processors else kind
+                raise UnsupportedProcessorError(
+                    f"layer {layer.name} uses {why}, whose attention StepX cannot observe exactly; supported processors: "
+                    f"{', '.join(self.processors)} with separate to_q/to_k projections. Call "
+                    "pipe.transformer.unfuse_qkv_projections() or pipe.transformer.set_default_attn_processor() before "
+                    "capturing, or leave this layer out with CaptureConfig(layers=...)."
+                )
+
+    def guidance(self) -> bool:
+        return bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg)
+
+    # the maths shared by the probes: conditional rows, head weights, detail
+    def _emit(self, session: "Capture", layer: Layer, q: torch.Tensor, k: torch.Tensor, text: slice) -> None:
+        """q: ``[B, heads, N, d]`` image queries, k: ``[B, heads, M, d]`` joint keys, conditional rows only."""
+        w = session.head_weights(layer, q.device)
+        if layer.name in session.detail:
+            per_head = joint_text_probabilities(q, k, text, None, self.budget)  # [B, heads, T, N]
+            maps = torch.einsum("bhtn,h->btn", per_head, w)
+        else:
+            per_head = None
+            maps = joint_text_probabilities(q, k, text, w, self.budget)  # [B, T, N]
+        session.add_cross(layer, maps, per_head)
+
+
+@register
+class SD3Adapter(_MMDiTAdapter):
+    """StableDiffusion3Pipeline (SD3, SD3.5 large/medium/turbo).
+
+    Joint sequence: ``[image (N), text (77 CLIP + max_sequence_length T5)]``. Cross layers are
+    every block's ``attn``; SD3.5's image-only ``attn2`` layers serve self-attention queries.
+    """
+
+    pipelines = ("StableDiffusion3Pipeline",)
+    family = "sd3"
+    processors = SD3_PROCESSORS
+    default_text_encoder = "both"
+    text_choices = TEXT_ENCODER_CHOICES
+
+    def tokenizer(self) -> Any:
+        return self.pipe.tokenizer
+
+    def sequence_length(self) -> int:
+        return int(getattr(self.pipe, "tokenizer_max_length", 77))
+
+    def layers(self) -> list[Layer]:
+        out = []
+        for i, block in enumerate(self.pipe.transformer.transformer_blocks):
+            out.append(Layer(f"transformer_blocks.{i}.attn", block.attn, True, int(block.attn.heads)))
+            if getattr(block, "attn2", None) is not None:
+                out.append(Layer(f"transformer_blocks.{i}.attn2", block.attn2, False, int(block.attn2.heads)))
+        return out
+
+    def latent_hw(self, args: tuple, kwargs: dict) -> tuple[tuple[int, int], int]:
+        x = args[0] if args else kwargs["hidden_states"]  # [B, C, h, w]
+        p = int(self.pipe.transformer.config.patch_size)
+        return (int(x.shape[-2]) // p, int(x.shape[-1]) // p), int(x.shape[0])
+
+    def prompt_token_maps(self, arguments: dict, repeats: int) -> list[TokenMap] | None:
+        prompts = _as_list(arguments.get("prompt"))
+        if not prompts:
+            return None
+        t5_prompts = _as_list(arguments.get("prompt_3")) or prompts
+        t5_len = int(arguments.get("max_sequence_length") or 256)
+        clip_len = self.sequence_length()
+        tok3 = getattr(self.pipe, "tokenizer_3", None)
+        has_t5 = tok3 is not None and getattr(self.pipe, "text_encoder_3", None) is not None
+        use_clip = self.text_encoder in ("clip", "both")
+        use_t5 = self.text_encoder in ("t5", "both")
+        if not has_t5 and self.text_encoder == "t5":
+            self._warn_once("no-t5", "this SD3 pipeline has no T5 encoder (its T5 positions are zeros); word maps use the CLIP tokens")
+            use_clip = True
+        maps = []
+        for prompt, prompt3 in zip(prompts, t5_prompts):
+            clip = build_token_map(self.pipe.tokenizer, prompt, clip_len, self.strict and use_clip)
+            t5 = build_offset_token_map(tok3, prompt3, t5_len, self.strict and use_t5) if has_t5 else _empty_map(prompt3, t5_len)
+            maps.append(combine_token_maps([(clip, use_clip), (t5, use_t5 and has_t5)], prompt))
+        return [m for m in maps for _ in range(repeats)]
+
+    def install_probes(self, session: "Capture", cross: list[Layer], self_layers: list[Layer]) -> list[Callable[[], None]]:
+        from .unet import _probe  # image-only attention: plain q/k observation
+
+        removers: list[Callable[[], None]] = []
+        for layer in cross:
+            removers += self._joint_probe(session, layer)
+        for layer in self_layers:
+            removers += _probe(session, layer)
+        return removers
+
+    def _joint_probe(self, session: "Capture", layer: Layer) -> list[Callable[[], None]]:
+        attn = layer.module
+        slot: dict[str, Any] = {}
+
+        def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            slot.clear()
+            mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+            if not session.active:
+                return
+            if mask is not None:
+                self._warn_once(f"mask:{layer.name}", f"{layer.name} was called with an attention mask; it is left out of the maps")
+                return
+            slot["on"] = True
+
+        def on_q(_m: torch.nn.Module, _i: Any, out: torch.Tensor) -> None:
+            if slot.get("on"):
+                slot["q"] = out
+
+        def on_k(_m: torch.nn.Module, _i: Any, out: torch.Tensor) -> None:
+            if "q" in slot:
+                slot["k"] = out
+
+        def on_add_k(_m: torch.nn.Module, _i: Any, out: torch.Tensor) -> None:
+            if "k" not in slot:
+                return
+            q, k = slot.pop("q"), slot.pop("k")
+            rows = session.cond_rows(q.shape[0])
+            if rows is None:
+                return
+            with torch.no_grad():
+                heads = attn.heads
+                d = k.shape[-1] // heads
+
+                def heads_of(x: torch.Tensor) -> torch.Tensor:  # [b, S, heads*d] -> [b, heads, S, d], as the processor
+                    return x[rows].view(x[rows].shape[0], -1, heads, d).transpose(1, 2)
+
+                qi, ki, kt = heads_of(q), heads_of(k), heads_of(out)
+                if attn.norm_q is not None:
+                    qi = attn.norm_q(qi)
+                if attn.norm_k is not None:
+                    ki = attn.norm_k(ki)
+                if attn.norm_added_k is not None:
+                    kt = attn.norm_added_k(kt)
+                n = ki.shape[2]
+                keys = torch.cat([ki, kt], dim=2)  # SD3 order: [image, text]
+                self._emit(session, layer, qi, keys, slice(n, n + kt.shape[2]))
+
+        handles = [
+            attn.register_forward_pre_hook(pre, with_kwargs=True),
+            attn.to_q.register_forward_hook(on_q),
+            attn.to_k.register_forward_hook(on_k),
+            attn.add_k_proj.register_forward_hook(on_add_k),
+        ]
+        return [h.remove for h in handles]
+
+
+@register
+class FluxAdapter(_MMDiTAdapter):
+    """FluxPipeline (FLUX.1 dev / schnell).
+
+    Joint sequence: ``[text (max_sequence_length T5), image (N)]`` with RoPE over both. Cross
+    layers: ``transformer_blocks.*.attn`` (double-stream) and ``single_transformer_blocks.*.attn``
+    (single-stream). CLIP enters only as a pooled vector, so words map to T5 tokens.
+    """
+
+    pipelines = ("FluxPipeline",)
+    family = "flux"
+    processors = FLUX_PROCESSORS
+    default_text_encoder = "t5"
+    text_choices = ("t5",)
+    first_encode_per_run = True  # true CFG encodes the negative prompt in a second encode_prompt call
+
+    def __init__(self, pipe: Any) -> None:
+        super().__init__(pipe)
+        self._uncond = False
+        self._txt_len = 0
+        self._grid: tuple[int, int] | None = None
+        self._ids_key: Any = None
+        self._sig = inspect.signature(pipe.transformer.forward)
+
+    def tokenizer(self) -> Any:
+        return self.pipe.tokenizer_2
+
+    def sequence_length(self) -> int:
+        return 512
+
+    def guidance(self) -> bool:
+        return False  # guidance-distilled; true CFG runs the negative prompt as a separate, skipped call
+
+    def layers(self) -> list[Layer]:
+        t = self.pipe.transformer
+        out = [Layer(f"transformer_blocks.{i}.attn", b.attn, True, int(b.attn.heads)) for i, b in enumerate(t.transformer_blocks)]
+        out += [Layer(f"single_transformer_blocks.{i}.attn", b.attn, True, int(b.attn.heads)) for i, b in enumerate(t.single_transformer_blocks)]
+        return out
+
+    def _bind(self, args: tuple, kwargs: dict) -> dict:
+        return self._sig.bind_partial(*args, **kwargs).arguments
+
+    def latent_hw(self, args: tuple, kwargs: dict) -> tuple[tuple[int, int], int]:
+        a = self._bind(args, kwargs)
+        x, ids = a["hidden_states"], a.get("img_ids")  # [B, N, C·4], [N, 3] (row, col in columns 1, 2)
+        n = int(x.shape[1])
+        if ids is None:
+            raise ValueError("FluxTransformer2DModel was called without img_ids; StepX needs them to place image tokens on a grid")
+        key = (ids.data_ptr(), tuple(ids.shape), n)
+        if key != self._ids_key:
+            flat = ids.reshape(-1, ids.shape[-1])[-n:]
+            h, w = int(flat[:, 1].max()) + 1, int(flat[:, 2].max()) + 1
+            if h * w != n:
+                raise ValueError(f"FLUX img_ids describe a {h}×{w} grid but the transformer has {n} image tokens")
+            self._grid, self._ids_key = (h, w), key
+        assert self._grid is not None
+        return self._grid, int(x.shape[0])
+
+    def skip_evaluation(self, args: tuple, kwargs: dict) -> bool:
+        return self._uncond
+
+    def frame_latents(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """Packed ``[B, N, C·4]`` → ``[B, C, 2h, 2w]`` (as FluxPipeline._unpack_latents)."""
+        if x is None or x.ndim != 3 or self._grid is None:
+            return x
+        b, n, c = x.shape
+        h, w = self._grid
+        if h * w != n or c % 4:
+            return x
+        return x.view(b, h, w, c // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c // 4, 2 * h, 2 * w)
+
+    def prompt_token_maps(self, arguments: dict, repeats: int) -> list[TokenMap] | None:
+        prompts = _as_list(arguments.get("prompt_2")) or _as_list(arguments.get("prompt"))
+        if not prompts:
+            return None
+        length = int(arguments.get("max_sequence_length") or 512)
+        maps = [build_offset_token_map(self.pipe.tokenizer_2, p, length, self.strict) for p in prompts]
+        return [m for m in maps for _ in range(repeats)]
+
+    def install_probes(self, session: "Capture", cross: list[Layer], self_layers: list[Layer]) -> list[Callable[[], None]]:
+        t = self.pipe.transformer
+        removers: list[Callable[[], None]] = []
+
+        def before(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            ctx = self._bind(args, kwargs).get("encoder_hidden_states")
+            self._txt_len = int(ctx.shape[1]) if ctx is not None else 0
+
+        removers.append(t.register_forward_pre_hook(before, with_kwargs=True).remove)
+        original = t.cache_context
+
+        @contextlib.contextmanager
+        def cache_context(name: str, **kw: Any):  # FluxPipeline runs true CFG's negative pass as "uncond"
+            before_flag = self._uncond
+            self._uncond = name == "uncond"
+            try:
+                with original(name, **kw):
+                    yield
+            finally:
+                self._uncond = before_flag
+
+        removers.append(patch_method(t, "cache_context", cache_context))
+        single = {id(b.attn) for b in t.single_transformer_blocks}
+        for layer in cross:
+            removers += self._probe(session, layer, id(layer.module) in single)
+        return removers
+
+    def _probe(self, session: "Capture", layer: Layer, single: bool) -> list[Callable[[], None]]:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        attn = layer.module
+        slot: dict[str, Any] = {}
+
+        def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            slot.clear()
+            if not session.active or self._uncond:
+                return
+            mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
+            if mask is not None:
+                self._warn_once(f"mask:{layer.name}", f"{layer.name} was called with an attention mask; it is left out of the maps")
+                return
+            slot["rope"] = kwargs.get("image_rotary_emb", args[3] if len(args) > 3 else None)
+            slot["on"] = True
+
+        def prepare(x: torch.Tensor, norm: Any, rows: slice) -> torch.Tensor:  # [b, S, heads·d] -> [b, S, heads, d], normed
+            x = x[rows].unflatten(-1, (-1, attn.head_dim))
+            return norm(x) if norm is not None else x
+
+        def rope(x: torch.Tensor, start: int) -> torch.Tensor:  # RoPE rows start.. of the joint sequence
+            emb = slot.get("rope")
+            if emb is None:
+                return x
+            cos, sin = emb
+            n = x.shape[1]
+            return apply_rotary_emb(x, (cos[start : start + n], sin[start : start + n]), sequence_dim=1)
+
+        def compute(q: torch.Tensor, k_img: torch.Tensor, k_txt: torch.Tensor | None) -> None:
+            rows = session.cond_rows(q.shape[0])
+            if rows is None:
+                return
+            with torch.no_grad():
+                if single:  # q, k cover [text, image] already
+                    t = self._txt_len
+                    qq = rope(prepare(q, attn.norm_q, rows), 0)[:, t:]
+                    kk = rope(prepare(k_img, attn.norm_k, rows), 0)
+                else:
+                    kt = prepare(k_txt, attn.norm_added_k, rows)
+                    t = kt.shape[1]
+                    qq = rope(prepare(q, attn.norm_q, rows), t)
+                    kk = rope(torch.cat([kt, prepare(k_img, attn.norm_k, rows)], dim=1), 0)  # FLUX order: [text, image]
+                self._emit(session, layer, qq.transpose(1, 2), kk.transpose(1, 2), slice(0, t))
+
+        def on_q(_m: torch.nn.Module, _i: Any, out: torch.Tensor) -> None:
+            if slot.get("on"):
+                slot["q"] = out
+
+        def on_k(_m: torch.nn.Module, _i: Any, out: torch.Tensor) -> None:
+            if "q" not in slot:
+                return
+            if single:
+                compute(slot.pop("q"), out, None)
+            else:
+                slot["k"] = out
+
+        def on_add_k(_m: torch.nn.Module, _i: Any, out: torch.Tensor) -> None:
+            if "k" in slot:
+                compute(slot.pop("q"), slot.pop("k"), out)
+
+        handles = [
+            attn.register_forward_pre_hook(pre, with_kwargs=True),
+            attn.to_q.register_forward_hook(on_q),
+            attn.to_k.register_forward_hook(on_k),
+        ]
+        if not single:
+            handles.append(attn.add_k_proj.register_forward_hook(on_add_k))
+        return [h.remove for h in handles]

@@ -1,0 +1,375 @@
+"""Capture on MM-DiT pipelines (SD3 joint attention, FLUX double/single stream), checked
+against an independent float64 reference of the joint softmax."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bridge.capture import CaptureConfig, Query, UnsupportedProcessorError, capture, supported_pipelines
+from bridge.capture.maps import joint_text_probabilities
+from bridge.capture.mmdit import build_offset_token_map
+from bridge.models.tiny import t5_tokenizer, tiny_flux_pipeline, tiny_sd3_pipeline
+
+PROMPT = "a red circle above a blue square"
+T5_LEN = 32
+ERRORS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def sd3_pipe():
+    return tiny_sd3_pipeline()
+
+
+@pytest.fixture(scope="module")
+def flux_pipe():
+    return tiny_flux_pipeline()
+
+
+def generate(pipe, prompt=PROMPT, steps=3, guidance=7.0, seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    return pipe(prompt, height=64, width=64, num_inference_steps=steps, guidance_scale=guidance, generator=g,
+                max_sequence_length=T5_LEN, output_type="np", **kw).images
+
+
+class Recorder:
+    """Records what enters (and leaves) every joint attention layer."""
+
+    def __init__(self, pipe, flux: bool):
+        self.calls = []
+        self.evals = 0
+        self.txt_len = 0
+        t = pipe.transformer
+        self.handles = [t.register_forward_pre_hook(self._eval, with_kwargs=True)]
+        layers = [(f"transformer_blocks.{i}.attn", b.attn, "double" if flux else "sd3") for i, b in enumerate(t.transformer_blocks)]
+        if flux:
+            layers += [(f"single_transformer_blocks.{i}.attn", b.attn, "single") for i, b in enumerate(t.single_transformer_blocks)]
+        for name, module, kind in layers:
+            self.handles.append(module.register_forward_hook(self._hook(name, module, kind), with_kwargs=True))
+
+    def _eval(self, _m, args, kwargs):
+        self.evals += 1
+        self.txt_len = kwargs["encoder_hidden_states"].shape[1]
+
+    def _hook(self, name, module, kind):
+        def hook(_m, args, kwargs, out):
+            x = args[0] if args else kwargs["hidden_states"]
+            ctx = kwargs.get("encoder_hidden_states")
+            rope = kwargs.get("image_rotary_emb")
+            img_out = out[0] if isinstance(out, tuple) else out
+            self.calls.append(dict(name=name, module=module, kind=kind, ev=self.evals - 1, x=x.clone(), txt=self.txt_len,
+                                   ctx=None if ctx is None else ctx.clone(), rope=rope, out=img_out.clone()))
+
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def rope64(x, cos, sin):
+    """RoPE on [b, S, heads, d] with interleaved (real, imag) pairs, float64."""
+    pairs = x.reshape(*x.shape[:-1], -1, 2)
+    rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], -1).flatten(-2)
+    return x * cos[None, :, None] + rotated * sin[None, :, None]
+
+
+@torch.no_grad()
+def ref_layer(call, batch):
+    """float64 joint attention of the conditional rows: (P_text [b, h, N, T], image output)."""
+    m = copy.deepcopy(call["module"]).double()
+    rows = slice(call["x"].shape[0] - batch, call["x"].shape[0])
+    x = call["x"][rows].double()
+    heads = m.heads
+    split = lambda y: y.view(y.shape[0], y.shape[1], heads, -1)  # [b, S, h, d]
+    q, k, v = split(m.to_q(x)), split(m.to_k(x)), split(m.to_v(x))
+    q, k = m.norm_q(q), m.norm_k(k)
+    kind = call["kind"]
+    if kind != "single":
+        c = call["ctx"][rows].double()
+        qt, kt, vt = split(m.add_q_proj(c)), split(m.add_k_proj(c)), split(m.add_v_proj(c))
+        if m.norm_added_q is not None:
+            qt, kt = m.norm_added_q(qt), m.norm_added_k(kt)
+    if kind == "sd3":  # [image, text]
+        n, t = x.shape[1], c.shape[1]
+        q, k, v = torch.cat([q, qt], 1), torch.cat([k, kt], 1), torch.cat([v, vt], 1)
+        img, txt = slice(0, n), slice(n, n + t)
+    else:  # FLUX: [text, image]
+        if kind == "double":
+            t = c.shape[1]
+            q, k, v = torch.cat([qt, q], 1), torch.cat([kt, k], 1), torch.cat([vt, v], 1)
+        else:
+            t = call["txt"]
+        cos, sin = (r.double() for r in call["rope"])
+        q, k = rope64(q, cos, sin), rope64(k, cos, sin)
+        img, txt = slice(t, q.shape[1]), slice(0, t)
+    q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # [b, h, S, d]
+    p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)  # full matrix: reference only
+    o = (p @ v).transpose(1, 2).flatten(2)[:, img]
+    if kind != "single":
+        o = m.to_out[0](o)
+    return p[:, :, img, txt], o
+
+
+def reference(rec, batch, grid, weights=None, detail=None):
+    """[steps, B, T, h, w] float64 weighted mean over layers and heads (one evaluation per step)."""
+    per_eval, total, names = {}, 0.0, set()
+    for call in rec.calls:
+        p, o = ref_layer(call, batch)
+        # the reference really is the model's attention: it reproduces the layer output
+        got = call["out"][-batch:].double()
+        if call["kind"] == "single":
+            got = got[:, call["txt"]:]
+        assert float((got - o).abs().max() / o.abs().max()) < 1e-4, call["name"]
+        heads = call["module"].heads
+        w = torch.tensor((weights or {}).get(call["name"], [1.0] * heads), dtype=torch.float64)
+        if not w.sum():
+            continue
+        if detail is not None and call["name"] == detail[0] and call["ev"] == 0:
+            detail[1].append(p)
+        m = torch.einsum("bhnt,h->btn", p, w).reshape(batch, p.shape[-1], *grid)
+        per_eval[call["ev"]] = per_eval.get(call["ev"], 0) + m
+        if call["name"] not in names:
+            names.add(call["name"])
+            total += float(w.sum())
+    return torch.stack([per_eval[e] / total for e in sorted(per_eval)])
+
+
+def rel_err(a, b):
+    return float((a.double() - b).abs().max() / b.abs().max())
+
+
+def run_with_reference(pipe, flux, steps=3, **kw):
+    rec = Recorder(pipe, flux)
+    try:
+        with capture(pipe, **kw.pop("options", {})) as cap:
+            generate(pipe, steps=steps, **kw)
+    finally:
+        rec.remove()
+    return cap, rec
+
+
+# --- exactness -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("guidance", [7.0, 1.0])
+def test_sd3_maps_are_the_joint_softmax_float64(sd3_pipe, guidance):
+    cap, rec = run_with_reference(sd3_pipe, False, guidance=guidance)
+    run = cap.last_run
+    assert run.guidance == (guidance > 1) and run.status == "done" and len(run.frames) == 3
+    got = torch.stack([f.cross for f in run.frames])
+    ref = reference(rec, run.batch, run.latent_hw)
+    assert got.shape == ref.shape == (3, 1, 77 + T5_LEN, 16, 16)
+    ERRORS[f"sd3 cfg={guidance}"] = err = rel_err(got, ref)
+    assert err < 1e-3
+    # joint softmax: an image query's mass on text is < 1 (the rest goes to image keys)
+    mass = got.sum(2)
+    assert float(mass.max()) < 1.0 and float(mass.min()) > 0.0
+
+
+def test_flux_maps_are_the_joint_softmax_float64(flux_pipe):
+    cap, rec = run_with_reference(flux_pipe, True, guidance=3.5)
+    run = cap.last_run
+    assert run.layers == ["transformer_blocks.0.attn", "single_transformer_blocks.0.attn", "single_transformer_blocks.1.attn"]
+    got = torch.stack([f.cross for f in run.frames])
+    ref = reference(rec, run.batch, run.latent_hw)
+    assert got.shape == ref.shape == (3, 1, T5_LEN, 16, 16)
+    ERRORS["flux"] = err = rel_err(got, ref)
+    assert err < 1e-3
+
+
+def test_head_weights_and_detail_layers(flux_pipe):
+    weights = {"transformer_blocks.0.attn": [0.0, 2.0], "single_transformer_blocks.1.attn": [0.0, 0.0]}
+    layer = "single_transformer_blocks.0.attn"
+    opts = dict(head_weights=weights, detail_layers=[layer])
+    cap, rec = run_with_reference(flux_pipe, True, steps=2, options=opts)
+    run = cap.last_run
+    assert "single_transformer_blocks.1.attn" not in run.layers
+    per_head: list = []
+    ref = reference(rec, 1, run.latent_hw, weights, detail=(layer, per_head))
+    ERRORS["flux head weights"] = err = rel_err(torch.stack([f.cross for f in run.frames]), ref)
+    assert err < 1e-3
+    d = run.frames[0].layers[layer]  # [B, heads, T, h, w]
+    assert d.shape == (1, 2, T5_LEN, 16, 16)
+    ref_d = per_head[0].permute(0, 1, 3, 2).reshape(1, 2, T5_LEN, 16, 16)
+    assert rel_err(d, ref_d) < 1e-3
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 300])
+def test_blockwise_normaliser_matches_float64(budget):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 50, 8, generator=g) * 2
+    k = torch.randn(2, 3, 70, 8, generator=g) * 2
+    text = slice(50, 70)
+    p = torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(8), -1)[..., text]  # [b, h, N, T]
+    w = torch.tensor([1.0, 0.5, 0.0])
+    got = joint_text_probabilities(q, k, text, w, budget)
+    assert rel_err(got, torch.einsum("bhnt,h->btn", p, w.double())) < 1e-5
+    assert rel_err(joint_text_probabilities(q, k, slice(0, 20), None, budget),
+                   torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(8), -1)[..., :20].transpose(-1, -2)) < 1e-5
+
+
+# --- image unchanged, hooks removed ------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["sd3", "flux"])
+def test_image_identical_with_capture(request, which):
+    pipe = request.getfixturevalue(f"{which}_pipe")
+    plain = generate(pipe, steps=2)
+    with capture(pipe, detail_layers=["*"]):
+        captured = generate(pipe, steps=2)
+    np.testing.assert_array_equal(captured, plain)
+
+
+def snapshot(pipe):
+    t = pipe.transformer
+    procs = dict(t.attn_processors)
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in t.modules())
+    return procs, hooks, set(pipe.scheduler.__dict__), set(pipe.__dict__), set(t.__dict__)
+
+
+@pytest.mark.parametrize("which", ["sd3", "flux"])
+def test_hooks_removed_exactly_also_after_exception(request, which):
+    pipe = request.getfixturevalue(f"{which}_pipe")
+    before = snapshot(pipe)
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture(pipe) as cap:
+            assert "step" in pipe.scheduler.__dict__ and "encode_prompt" in pipe.__dict__
+            generate(pipe, steps=2)
+            raise RuntimeError("boom")
+    after = snapshot(pipe)
+    assert after[0].keys() == before[0].keys() and all(after[0][k] is before[0][k] for k in before[0])
+    assert after[1:] == before[1:]
+    assert len(cap.last_run.frames) == 2
+
+
+# --- steps -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("which,guidance", [("sd3", 7.0), ("flux", 3.5)])
+def test_flow_match_euler_gives_one_frame_per_step(request, which, guidance):
+    pipe = request.getfixturevalue(f"{which}_pipe")
+    seen = []
+    with capture(pipe, on_step=lambda f, r: seen.append((f.step, f.total_steps, f.evaluations))) as cap:
+        generate(pipe, steps=4, guidance=guidance)
+    assert seen == [(i, 4, 1) for i in range(4)]
+    assert cap.last_run.status == "done" and cap.last_run.info["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+
+
+def test_flux_true_cfg_skips_the_negative_pass(flux_pipe):
+    with capture(flux_pipe) as plain:
+        generate(flux_pipe, steps=2)
+    with capture(flux_pipe) as cap:
+        generate(flux_pipe, steps=2, negative_prompt="a green triangle", true_cfg_scale=2.0)
+    run = cap.last_run
+    assert [f.evaluations for f in run.frames] == [1, 1]
+    assert run.tokens().prompt == PROMPT  # not the negative prompt, encoded second
+    # step 0 sees the same latents: the conditional maps are the same as without true CFG
+    assert torch.allclose(run.frames[0].cross, plain.last_run.frames[0].cross, atol=1e-6)
+    assert "cache_context" not in flux_pipe.transformer.__dict__
+
+
+def test_flux_frame_latents_are_unpacked(flux_pipe):
+    with capture(flux_pipe) as cap:
+        generate(flux_pipe, steps=1)
+    assert cap.last_run.frames[0].latents.shape == (1, 4, 32, 32)
+
+
+# --- tokens ------------------------------------------------------------------------------------------
+def test_sd3_text_encoder_option(sd3_pipe):
+    maps = {}
+    for choice in ("clip", "t5", "both"):
+        with capture(sd3_pipe, extra={"text_encoder": choice}) as cap:
+            generate(sd3_pipe, steps=1)
+        tm = cap.last_run.tokens()
+        assert tm.length == 77 + T5_LEN and tm.words == tuple(PROMPT.split())
+        pos = tm.word_tokens[tm.index("circle")]
+        maps[choice] = cap.last_run.word_map("circle")
+        if choice == "clip":
+            assert all(p < 77 for p in pos) and tm.tokens[pos[0]] == "circle</w>"
+        elif choice == "t5":
+            assert all(p >= 77 for p in pos) and tm.tokens[pos[0]] == "▁circle"
+        else:
+            assert [p < 77 for p in pos] == [True, False]
+    assert torch.allclose(maps["both"], (maps["clip"] + maps["t5"]) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="'clip', 't5'"):
+        capture(sd3_pipe, extra={"text_encoder": "clip-g"})
+
+
+def test_sd3_prompt_3_feeds_the_t5_part(sd3_pipe):
+    with capture(sd3_pipe, extra={"text_encoder": "t5"}) as cap:
+        generate(sd3_pipe, steps=1, prompt_3="a photo of a cat")
+    tm = cap.last_run.tokens()
+    assert tm.words == ("a", "photo", "of", "a", "cat")
+    assert tm.tokens[tm.word_tokens[tm.index("cat")][0]] == "▁cat"
+    assert "circle" in tm.truncated_words  # a CLIP-only word has no T5 token
+
+
+def test_sd3_without_t5():
+    pipe = tiny_sd3_pipeline(t5=False)
+    with capture(pipe, extra={"text_encoder": "t5"}) as cap:  # falls back to CLIP with a warning
+        generate(pipe, steps=1)
+    tm = cap.last_run.tokens()
+    assert cap.last_run.frames[0].cross.shape == (1, 77 + T5_LEN, 16, 16)
+    assert all(p < 77 for span in tm.word_tokens for p in span) and len(tm.words) == 7
+
+
+def test_t5_offsets_map_words_with_punctuation_and_unknown_words():
+    tok = t5_tokenizer()
+    tm = build_offset_token_map(tok, "a red circle, above a Blue squarish thing!", 40)
+    assert tm.words == ("a", "red", "circle", "above", "a", "Blue", "squarish", "thing")
+    for w, span in zip(tm.words, tm.word_tokens):
+        assert "".join(tm.tokens[p] for p in span).replace("▁", "") in (w, w[1:] and "<unk>" + w[1:])
+    assert tm.tokens[tm.special[0]] == "</s>" and len(tm.tokens) == 40
+    cut = build_offset_token_map(tok, "a red circle above a blue square", 5)
+    assert cut.words == ("a", "red", "circle", "above") and "blue" in cut.truncated_words
+
+
+def test_flux_words_are_t5_tokens_and_option_is_checked(flux_pipe):
+    with capture(flux_pipe) as cap:
+        generate(flux_pipe, steps=1)
+    tm = cap.last_run.tokens()
+    assert tm.length == T5_LEN and tm.tokens[:3] == ("▁a", "▁red", "▁circle") and tm.word_tokens[2] == (2,)
+    assert cap.last_run.word_map("square").shape == (16, 16)
+    with pytest.raises(ValueError, match="not available for FluxPipeline"):
+        capture(flux_pipe, extra={"text_encoder": "clip"})
+
+
+# --- self-attention queries, bad input --------------------------------------------------------------
+def test_sd35_dual_attention_serves_self_queries(sd3_pipe, flux_pipe):
+    with capture(sd3_pipe, queries=[Query.pixel("p", 0.5, 0.5)]) as cap:
+        generate(sd3_pipe, steps=1)
+    m = cap.last_run.frames[0].self_maps["p"]
+    assert m.shape == (1, 16, 16) and abs(float(m.sum()) - 1) < 1e-3
+    with pytest.raises(ValueError, match="no image-only self-attention"):
+        capture(flux_pipe, queries=[Query.pixel("p", 0.5, 0.5)])
+
+
+def test_unsupported_processors_are_refused_and_nothing_installed():
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    class MyJoint(JointAttnProcessor2_0):
+        pass
+
+    pipe = tiny_sd3_pipeline()
+    pipe.transformer.set_attn_processor(MyJoint())
+    before = snapshot(pipe)[1:]
+    with pytest.raises(UnsupportedProcessorError, match="MyJoint"):
+        capture(pipe).apply()
+    assert snapshot(pipe)[1:] == before
+    pipe.transformer.set_attn_processor(JointAttnProcessor2_0())
+    with capture(pipe, CaptureConfig(layers="transformer_blocks.1.*")) as cap:
+        generate(pipe, steps=1)
+    assert cap.last_run.layers == ["transformer_blocks.1.attn"]
+
+    flux = tiny_flux_pipeline()
+    flux.transformer.fuse_qkv_projections()
+    with pytest.raises(UnsupportedProcessorError, match="fused QKV|unfuse_qkv_projections"):
+        capture(flux).apply()
+    assert "step" not in flux.scheduler.__dict__
+
+
+def test_registered():
+    assert {"StableDiffusion3Pipeline", "FluxPipeline"} <= set(supported_pipelines())
+
+
+def test_zz_report_errors():
+    print("\nmeasured max relative errors vs float64:", {k: f"{v:.2e}" for k, v in ERRORS.items()})

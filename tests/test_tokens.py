@@ -1,0 +1,83 @@
+"""Word ↔ token mapping and the packaged CLIP tokenizer."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.capture import PromptTooLongError, WordNotFoundError, build_token_map
+from bridge.models.tiny import clip_tokenizer
+
+TOK = clip_tokenizer()
+
+
+def open_clip_tokenizer():
+    """open_clip's own SimpleTokenizer, loaded from its file (its package __init__ needs torchvision)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("open_clip_torch is not installed (make test installs it)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    mod_spec = importlib.util.spec_from_file_location("_oc_tokenizer", folder / "tokenizer.py")
+    mod = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(mod)
+    except ImportError as exc:
+        pytest.skip(f"open_clip's tokenizer needs {exc.name}")
+    return mod.SimpleTokenizer()
+
+
+def test_ids_match_real_clip():
+    assert TOK("a red apple").input_ids == [49406, 320, 736, 3055, 49407]
+    reference = open_clip_tokenizer()
+    for prompt in ["a red apple", "A photograph of an astronaut riding a horse, trending on artstation!",
+                   "a small yellow star left of a large green triangle on a purple background", "sd1.5's 4k HDR"]:
+        ids = TOK(prompt).input_ids
+        assert ids[1:-1] == reference.encode(prompt), prompt
+        assert ids[0] == 49406 and ids[-1] == 49407
+
+
+def test_words_map_to_their_subword_tokens():
+    tm = build_token_map(TOK, "An astronaut, riding a horse; it's unbelievably sd15!")
+    assert tm.words == ("An", "astronaut", "riding", "a", "horse", "it's", "unbelievably", "sd15")
+    for word, positions in zip(tm.words, tm.word_tokens):
+        assert "".join(tm.tokens[p] for p in positions).replace("</w>", "") == word.lower()
+    assert 0 in tm.special and tm.tokens[0] == "<|startoftext|>"
+    assert tm.index("HORSE") == 4 and tm.index("a") == 3
+    with pytest.raises(WordNotFoundError, match="'astronaut', 'riding'"):
+        tm.index("cat")
+
+
+def test_word_map_is_mean_of_tokens():
+    tm = build_token_map(TOK, "xylophonist red")
+    maps = torch.rand(77, 4, 5)
+    wm = tm.word_maps(maps)
+    assert wm.shape == (2, 4, 5)
+    assert torch.allclose(wm[0], maps[list(tm.word_tokens[0])].mean(0))
+    assert len(tm.word_tokens[0]) > 1  # really sub-word
+
+
+def test_long_prompt_reports_cut_words():
+    prompt = " ".join(f"word{i}" for i in range(60))
+    tm = build_token_map(TOK, prompt)
+    assert tm.truncated_words and tm.truncated_words[-1] == "word59"
+    assert all(p < 76 for span in tm.word_tokens for p in span)
+    with pytest.raises(PromptTooLongError, match="word59"):
+        build_token_map(TOK, prompt, strict=True)
+    with pytest.raises(WordNotFoundError, match="cut"):
+        tm.index("word59")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("abcxyz019 ,.!'-éß")), min_size=0, max_size=40))
+def test_alignment_covers_every_word_token(prompt):
+    tm = build_token_map(TOK, prompt)
+    used = sorted(p for span in tm.word_tokens for p in span)
+    assert len(used) == len(set(used))  # no token belongs to two words
+    ids = TOK(prompt, truncation=True, max_length=77).input_ids
+    for p in used:
+        assert 0 < p < len(ids) - 1
