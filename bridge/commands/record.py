@@ -14,7 +14,7 @@ from bridge.commands.common import add_generation_arguments, add_model_arguments
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="the text prompt")
     p.add_argument("-o", "--out", default=None, help="trace file to write (default: out/<prompt>.stepx)")
-    p.add_argument("--export", default=None, metavar="DIR", help="then export heat maps, GIFs, CSV and plots to DIR")
+    p.add_argument("--export", default=None, metavar="DIR", help="then export heat-map overlays, per-word GIFs, CSV tables, timeline plots and COCO masks to DIR")
     add_model_arguments(p)
     add_generation_arguments(p)
     from bridge.sinks import add_sink_arguments
@@ -65,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
     summary = {"trace": str(out), "run_id": result.run_id, "steps": result.steps, "seconds": round(result.seconds, 2),
                "words": result.run.words if result.run else []}
     if args.export:
-        from bridge.export import export_trace
+        from bridge.export import ExportOptions, export_trace
 
-        files = export_trace(out, Path(args.export))
+        opts = ExportOptions(words=None, gif=True, csv=True, plots=True, coco=True, zip=False)
+        files = export_trace(out, Path(args.export), opts)
         summary["export"] = {"folder": args.export, "files": len(files)}
     print(json.dumps(summary))
     return 0

@@ -1,0 +1,31 @@
+# Two jobs a newcomer needs: `make demo` (a run of the embedded model, on CPU, no download) and
+# `make test`. Both build the virtual environment first, with the CPU build of torch.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+PROMPT ?= a red circle above a blue square on a yellow background
+
+.PHONY: demo test serve clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps open_clip_torch==2.32.0
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/stepx record "$(PROMPT)" --seed 3 -o out/demo.stepx --export out/demo
+
+test: $(VENV)/.installed
+	bash scripts/system-deps.sh
+	$(BIN)/python -m pytest -q
+	bash td_components/ci_td_env.sh $(VENV)-td
+
+serve: $(VENV)/.installed
+	$(BIN)/stepx -v serve --zmq --osc 127.0.0.1:7000
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,169 @@
+"""Capture overhead against plain diffusers, in one process, interleaved, median of ratios.
+
+Each round runs every variant once, in a rotated order, on the same pipeline and seed; the
+figure per variant is the median over rounds of (variant time / plain time in that round), so
+drifts in clock speed or temperature cancel. Also: peak device memory per variant and the
+latency from a step's end to a local ZeroMQ subscriber's receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _daam_trace():
+    """DAAM 0.2.0's trace, with spaCy stubbed (its trace path does not use it)."""
+    import types
+
+    for name in ("spacy", "spacy.tokens"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["spacy"].tokens = sys.modules["spacy.tokens"]  # type: ignore[attr-defined]
+    sys.modules["spacy.tokens"].Doc = object  # type: ignore[attr-defined]
+    from daam import trace  # noqa: WPS433
+
+    return trace
+
+
+class Latency:
+    """A ZeroMQ subscriber thread that stamps each step packet's arrival."""
+
+    def __init__(self, endpoint: str) -> None:
+        from bridge.transport.zmq_sub import ZmqSubscriber
+
+        self.sent: dict[tuple[str, int], float] = {}
+        self.received: dict[tuple[str, int], float] = {}
+        self._sub = ZmqSubscriber(endpoint, topics=("stepx/step",))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            p = self._sub.recv(timeout=0.1)
+            if p is not None and p.kind == "step":
+                self.received[(p.header["run_id"], int(p.header["step"]))] = time.perf_counter()
+
+    def stamp(self, packet: Any) -> None:
+        if packet.kind == "step":
+            self.sent[(packet.header["run_id"], int(packet.header["step"]))] = time.perf_counter()
+
+    def close(self) -> dict[str, float]:
+        time.sleep(0.3)
+        self._stop.set()
+        self._thread.join(2)
+        self._sub.close()
+        lat = [1000 * (self.received[k] - t) for k, t in self.sent.items() if k in self.received]
+        if not lat:
+            return {"received": 0}
+        return {"received": len(lat), "sent": len(self.sent), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
+def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guidance: float = 7.5, variants: list[str] | None = None,
+              endpoint: str = "tcp://127.0.0.1:5599", height: int | None = None, width: int | None = None) -> dict[str, Any]:
+    """Time the variants; returns a JSON-able result (also printed by ``stepx bench``)."""
+    from bridge.capture import Query, capture
+    from bridge.fanout import FanOut
+    from bridge.runner import Request, Runner
+    from bridge.transport.zmq_pub import ZmqPublisher
+
+    device = next(pipe.unet.parameters()).device if hasattr(pipe, "unet") else next(pipe.transformer.parameters()).device
+    size = {k: v for k, v in (("height", height), ("width", width)) if v}
+    variants = variants or ["plain", "capture", "publish", "queries"]
+    latency = Latency(endpoint) if "publish" in variants else None
+    fanout = runner = None
+    if latency:
+        pub = ZmqPublisher(endpoint, encoding="float16")
+        fanout = FanOut([pub])
+        time.sleep(0.3)  # let the subscriber connect
+
+        def publish(p: Any) -> None:
+            latency.stamp(p)
+            fanout.publish(p)
+
+        runner = Runner(pipe, publish, "bench", image_every=0)
+    daam_trace = _daam_trace() if "daam" in variants else None
+
+    def gen(**extra: Any) -> Any:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np", **size, **extra)
+
+    def plain() -> None:
+        gen()
+
+    def with_capture() -> None:
+        with capture(pipe):
+            gen()
+
+    def with_queries() -> None:
+        with capture(pipe, queries=[Query.box("box", 0.25, 0.25, 0.5, 0.5)]):
+            gen()
+
+    def with_publish() -> None:
+        res = runner.run(Request(PROMPT, seed=0, steps=steps, guidance=guidance, width=width, height=height))  # type: ignore[union-attr]
+        if res.status != "done":
+            raise RuntimeError(res.error)
+
+    def with_daam() -> None:
+        with daam_trace(pipe) as tc:  # type: ignore[misc]
+            gen()
+            tc.compute_global_heat_map()
+
+    table: dict[str, Callable[[], None]] = {"plain": plain, "capture": with_capture, "publish": with_publish,
+                                            "queries": with_queries, "daam": with_daam}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    peak: dict[str, int] = {v: 0 for v in variants}
+    with torch.inference_mode():
+        for r in range(warmup + runs):
+            order = variants[r % len(variants):] + variants[: r % len(variants)]
+            for v in order:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                _sync(device)
+                t = time.perf_counter()
+                table[v]()
+                _sync(device)
+                dt = time.perf_counter() - t
+                if r >= warmup:
+                    times[v].append(dt)
+                    if device.type == "cuda":
+                        peak[v] = max(peak[v], torch.cuda.max_memory_allocated(device))
+    lat = latency.close() if latency else None
+    if fanout:
+        fanout.close()
+    ratios = {v: statistics.median(t / p for t, p in zip(times[v], times["plain"])) for v in variants}
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch": torch.__version__, "diffusers": __import__("diffusers").__version__, "python": platform.python_version(),
+        "pipeline": type(pipe).__name__, "dtype": str(next(pipe.unet.parameters()).dtype) if hasattr(pipe, "unet") else "",
+        "steps": steps, "runs": runs, "guidance": guidance, "size": size or "default",
+        "median_seconds": {v: statistics.median(t) for v, t in times.items()},
+        "median_ratio_vs_plain": ratios,
+        "peak_memory_mb": {v: round(m / 2**20, 1) for v, m in peak.items()} if device.type == "cuda" else None,
+        "step_to_subscriber_latency": lat,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"{result['pipeline']} on {result['device']}, {result['steps']} steps, {result['runs']} interleaved runs")
+    print(f"{'variant':10s} {'median s':>9s} {'ratio':>7s} {'peak MiB':>9s}")
+    for v, r in result["median_ratio_vs_plain"].items():
+        mem = (result.get("peak_memory_mb") or {}).get(v, "")
+        print(f"{v:10s} {result['median_seconds'][v]:9.3f} {r:7.3f} {mem!s:>9s}")
+    if result.get("step_to_subscriber_latency"):
+        print("step → subscriber latency:", json.dumps(result["step_to_subscriber_latency"]))

@@ -1,0 +1,198 @@
+"""The generation daemon: control in, every step out, all night.
+
+One generation thread (the caller of ``serve_forever``) owns the model. Control servers run
+in their own threads and only touch a small locked state: a new prompt cancels the current
+run (the pipeline stops within one step) and becomes the next. While idle, the last run is
+replayed so a patch never goes dark; a playlist cycles prompts with a pause. A status packet
+goes out once a second. Nothing a client sends can stop the loop: bad requests get an error
+reply, failed runs an error status.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from bridge.packet import Packet
+from bridge.runner import Request, Runner, RunResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DaemonOptions:
+    idle_replay: bool = True
+    replay_fps: float = 10.0
+    playlist_pause: float = 2.0
+    heartbeat: float = 1.0
+
+
+class Daemon:
+    """Owns the request queue, the current run and the idle loop; see the module docstring."""
+
+    def __init__(self, runner: Runner, publish: Callable[[Packet], None], options: DaemonOptions | None = None) -> None:
+        self.runner = runner
+        self.publish = publish
+        self.options = options or DaemonOptions()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._cancel = threading.Event()
+        self._pending: Request | None = None
+        self._playlist: list[Request] = []
+        self._playlist_loop = False
+        self._playlist_index = 0
+        self._current: Request | None = None
+        self._last_packets: list[Packet] = []
+        self._state = "idle"
+        self._step = 0
+        self._fps = 0.0
+        self._message = ""
+        self.results: list[RunResult] = []
+        self._started = time.time()
+
+    # --- control (any thread) --------------------------------------------------------------
+    def handle(self, req: Any) -> dict[str, Any]:
+        """Handler for the control servers: takes a validated ControlRequest, returns the reply payload."""
+        cmd = "generate" if req.cmd == "start" else req.cmd
+        if cmd == "generate":
+            self.submit(Request.from_params(req.params))
+            return {"queued": True}
+        if cmd == "cancel":
+            with self._lock:
+                self._pending = None
+                self._playlist = []
+            self._cancel.set()
+            self._wake.set()
+            return {"cancelled": True}
+        if cmd == "playlist":
+            with self._lock:
+                self._playlist = [Request.from_params(p) for p in req.playlist]
+                self._playlist_loop = bool(req.loop)
+                self._playlist_index = 0
+                self._pending = None
+            self._cancel.set()
+            self._wake.set()
+            return {"playlist": len(self._playlist), "loop": self._playlist_loop}
+        return self.status()  # status, ping
+
+    def submit(self, request: Request) -> None:
+        """Queue ``request`` (latest wins) and preempt the current run."""
+        with self._lock:
+            self._pending = request
+            self._playlist = []
+        self._cancel.set()
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the loop to end; the current run is cancelled within one step."""
+        self._stop.set()
+        self._cancel.set()
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        mem = torch.cuda.memory_allocated() if torch.cuda.is_available() else _rss_bytes()
+        return {
+            "state": self._state, "fps": round(self._fps, 2), "step": self._step, "device_memory": int(mem),
+            "prompt": self._current.prompt if self._current else "", "message": self._message,
+            "playlist": len(self._playlist), "uptime": round(time.time() - self._started, 1),
+        }
+
+    # --- generation thread -----------------------------------------------------------------
+    def serve_forever(self) -> None:
+        beat = threading.Thread(target=self._heartbeat, name="stepx-heartbeat", daemon=True)
+        beat.start()
+        try:
+            while not self._stop.is_set():
+                req = self._next_request()
+                if req is not None:
+                    self._generate(req)
+                    if self._playlist and not self._pending:
+                        self._wake.wait(self.options.playlist_pause)
+                        self._wake.clear()
+                elif self.options.idle_replay and self._last_packets:
+                    self._replay_once()
+                else:
+                    self._state = "idle"
+                    self._wake.wait(0.2)
+                    self._wake.clear()
+        finally:
+            self._stop.set()
+            beat.join(timeout=2)
+
+    def _next_request(self) -> Request | None:
+        with self._lock:
+            if self._pending is not None:
+                req, self._pending = self._pending, None
+                return req
+            if self._playlist:
+                if self._playlist_index >= len(self._playlist):
+                    if not self._playlist_loop:
+                        self._playlist = []
+                        return None
+                    self._playlist_index = 0
+                req = self._playlist[self._playlist_index]
+                self._playlist_index += 1
+                return req
+        return None
+
+    def _generate(self, req: Request) -> None:
+        self._cancel.clear()
+        self._current, self._state, self._message = req, "generating", ""
+        packets: list[Packet] = []
+        t_last = [time.perf_counter()]
+
+        def publish(p: Packet) -> None:
+            if p.kind == "step":
+                now = time.perf_counter()
+                self._fps = 0.8 * self._fps + 0.2 / max(now - t_last[0], 1e-6) if self._fps else 1 / max(now - t_last[0], 1e-6)
+                t_last[0] = now
+                self._step = int(p.header.get("step", 0))
+            packets.append(p)
+            self.publish(p)
+
+        self.runner.publish = publish
+        result = self.runner.run(req, self._cancel)
+        self.results.append(result)
+        if result.status == "done":
+            self._last_packets = packets
+        if result.status == "error":
+            self._state, self._message = "error", result.error or "error"
+            self.publish(Packet("status", {**self.status(), "error": result.error}))
+            log.error("run failed (the daemon keeps serving): %s", result.error)
+        else:
+            self._state = "idle"
+            log.info("run %s %s: %d steps in %.2fs", result.run_id, result.status, result.steps, result.seconds)
+
+    def _replay_once(self) -> None:
+        """Play the last run's packets once at ``replay_fps``, stopping as soon as work arrives."""
+        self._state = "replaying"
+        period = 1.0 / max(self.options.replay_fps, 0.1)
+        for p in self._last_packets:
+            if self._stop.is_set() or self._pending is not None or self._playlist:
+                return
+            self.publish(Packet(p.kind, {**p.header, "replay": True}, p.arrays))
+            if p.kind == "step" and self._wake.wait(period):
+                self._wake.clear()
+                return
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.options.heartbeat):
+            try:
+                self.publish(Packet("status", self.status()))
+            except Exception as exc:  # the heartbeat never dies
+                log.warning("heartbeat failed: %s", exc)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open(f"/proc/{os.getpid()}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0

@@ -1,0 +1,65 @@
+"""Full-size architectures with random weights, for benchmarks: the compute is that of the real
+models (SD 1.5 at 512², SDXL at 1024²), with no download."""
+
+from __future__ import annotations
+
+import torch
+
+from bridge.models.tiny import clip_tokenizer, make_scheduler
+
+
+def _clip_text(hidden: int, layers: int, heads: int, inter: int, act: str, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, max_position_embeddings=77, hidden_act=act, projection_dim=hidden,
+                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+
+
+def _sd_vae(scaling: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=4,
+                         layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512, scaling_factor=scaling)
+
+
+def sd15_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "dpm"):
+    """Stable Diffusion 1.5's architecture (UNet 860M, VAE, CLIP ViT-L text encoder), random weights."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8,
+    )
+    pipe = StableDiffusionPipeline(unet=unet, vae=_sd_vae(0.18215), text_encoder=_clip_text(768, 12, 12, 3072, "quick_gelu"),
+                                   tokenizer=clip_tokenizer(), scheduler=make_scheduler(scheduler), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)
+
+
+def sdxl_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "euler"):
+    """SDXL base's architecture (UNet 2.6B, VAE, CLIP ViT-L + OpenCLIP bigG), random weights, 1024²."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=_sd_vae(0.13025), text_encoder=_clip_text(768, 12, 12, 3072, "quick_gelu"),
+        text_encoder_2=_clip_text(1280, 32, 20, 5120, "gelu", projection=True), tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(), scheduler=make_scheduler(scheduler),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)

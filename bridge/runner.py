@@ -1,0 +1,228 @@
+"""One generation with capture → phases → Packets: the loop every job (record, serve) shares.
+
+The runner owns no sockets: it hands each Packet to ``publish`` (a FanOut, a list's append, …),
+so the same code feeds live sinks, a trace, or a test.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapter_for, build_token_map
+from bridge.latent_preview import LinearPreview, decode_full
+from bridge.packet import Packet
+from bridge.phases import PhaseConfig, PhaseEngine
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Packet], None]
+
+
+@dataclass
+class Request:
+    """What to generate. ``focus`` words must be words of the prompt (checked at run start)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+    steps: int = 20
+    guidance: float = 7.5
+    focus: list[str] = field(default_factory=list)
+    phase_boundaries: tuple[float, float] | None = None
+    head_weights: Any = None  # a flat list over (cross layer, head), or {layer: [w, ...]}
+    concept: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @classmethod
+    def from_params(cls, params: Any) -> "Request":
+        """From the transport's validated GenerateParams (same field names)."""
+        d = asdict(params) if hasattr(params, "__dataclass_fields__") else dict(params)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # done | cancelled | error
+    steps: int
+    seconds: float
+    image: np.ndarray | None = None
+    error: str | None = None
+    run: CaptureRun | None = None
+
+
+class Cancelled(Exception):
+    """Raised inside the pipeline's step callback to stop a run within one step."""
+
+
+class Runner:
+    """Generates with capture and phases, publishing run/step/image/timeline/end Packets.
+
+    image_every: publish a cheap step image (x0 through a fitted linear latent→RGB map)
+    every N steps (0 = only the final image). The final image is always fully decoded.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        publish: Publish,
+        model_name: str = "",
+        image_every: int = 1,
+        phase_config: PhaseConfig | None = None,
+        capture_config: CaptureConfig | None = None,
+        concepts: dict[str, dict[str, list[float]]] | None = None,
+    ) -> None:
+        self.pipe = pipe
+        self.publish = publish
+        self.model_name = model_name
+        self.image_every = image_every
+        self.phase_config = phase_config or PhaseConfig()
+        self.capture_config = capture_config or CaptureConfig()
+        self.concepts = concepts or {}
+        self._preview: LinearPreview | None = None
+        self.device = next(pipe.unet.parameters()).device if hasattr(pipe, "unet") else torch.device("cpu")
+
+    # --- configuration per request ---------------------------------------------------------
+    def _capture_config(self, req: Request) -> CaptureConfig:
+        base = self.capture_config
+        weights = req.head_weights
+        if req.concept:
+            if req.concept not in self.concepts:
+                known = ", ".join(sorted(self.concepts)) or "(none loaded; start the daemon with --concepts DIR)"
+                raise ValueError(f"unknown concept {req.concept!r}; known concepts: {known}")
+            weights = self.concepts[req.concept]
+        if isinstance(weights, (list, tuple)):
+            weights = self._split_flat_weights(list(weights))
+        if not weights:
+            return base
+        cfg = CaptureConfig(**{**base.__dict__, "head_weights": weights})
+        return cfg
+
+    def _split_flat_weights(self, flat: list[float]) -> dict[str, list[float]]:
+        layers = Capture(self.pipe, self.capture_config).cross_layers
+        need = sum(l.heads for l in layers)
+        if len(flat) != need:
+            raise ValueError(f"head_weights has {len(flat)} values; this model's captured cross-attention has {need} heads "
+                             f"({len(layers)} layers × heads, in layer order)")
+        out, i = {}, 0
+        for l in layers:
+            out[l.name] = flat[i : i + l.heads]
+            i += l.heads
+        return out
+
+    def _phase_config(self, req: Request) -> PhaseConfig:
+        if req.phase_boundaries is None:
+            return self.phase_config
+        return PhaseConfig(**{**self.phase_config.__dict__, "boundaries": tuple(req.phase_boundaries)})
+
+    # --- the run ---------------------------------------------------------------------------
+    def run(self, req: Request, cancel: threading.Event | None = None) -> RunResult:
+        """Generate ``req``; never raises for a bad request or a failed run: the result says."""
+        cancel = cancel or threading.Event()
+        t0 = time.perf_counter()
+        state: dict[str, Any] = {"run_id": "", "engine": None, "focus": []}
+        try:
+            tokens = build_token_map(adapter_for(self.pipe).tokenizer(), req.prompt)
+            for word in req.focus:
+                tokens.index(word)  # a bad focus word fails before any compute, listing the words
+            cap_cfg = self._capture_config(req)
+            phase_cfg = self._phase_config(req)
+            seed = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+
+            def on_step(frame: StepFrame, run: CaptureRun) -> None:
+                if state["engine"] is None:
+                    self._begin(req, run, seed, phase_cfg, state)
+                tm = run.tokens(0)
+                word_maps = tm.word_maps(frame.cross[0])  # [W, H, W]
+                pf = state["engine"].update(word_maps, frame.step, frame.total_steps)
+                header = {"run_id": run.run_id, **pf.scalars(), "focus": state["focus"], "timestep": frame.timestep}
+                self.publish(Packet("step", header, pf.arrays("float32")))
+                if self.image_every and frame.x0 is not None and frame.step % self.image_every == 0:
+                    self.publish(Packet("image", {"run_id": run.run_id, "step": frame.step, "final": False, "preview": "linear"},
+                                        {"image": self._cheap_image(frame.x0[:1])}))
+
+            def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
+                if cancel.is_set():
+                    pipe._interrupt = True
+                return kwargs
+
+            kwargs: dict[str, Any] = dict(
+                prompt=req.prompt, num_inference_steps=req.steps, guidance_scale=req.guidance, generator=gen,
+                output_type="latent", callback_on_step_end=on_step_end,
+            )
+            if req.negative_prompt:
+                kwargs["negative_prompt"] = req.negative_prompt
+            if req.width:
+                kwargs["width"] = req.width
+            if req.height:
+                kwargs["height"] = req.height
+            with torch.inference_mode(), Capture(self.pipe, CaptureConfig(**{**cap_cfg.__dict__, "keep_frames": False}), on_step) as cap:
+                latents = self.pipe(**kwargs).images
+            run = cap.last_run
+            status = "cancelled" if cancel.is_set() else "done"
+            image = None
+            if status == "done":
+                with torch.inference_mode():
+                    image = decode_full(self.pipe, latents[:1])
+                self.publish(Packet("image", {"run_id": run.run_id, "step": run.steps_done - 1, "final": True, "preview": "vae"}, {"image": image}))
+            self._finish(run, state, status, t0)
+            return RunResult(run.run_id, status, run.steps_done, time.perf_counter() - t0, image, run=run)
+        except Exception as exc:  # a bad request or an OOM must not take the daemon down
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            log.error("run failed: %s", exc)
+            if state["run_id"]:
+                self.publish(Packet("end", {"run_id": state["run_id"], "status": "error", "error": str(exc)}))
+            return RunResult(state["run_id"], "error", 0, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.pipe._interrupt = False
+
+    def _begin(self, req: Request, run: CaptureRun, seed: int, phase_cfg: PhaseConfig, state: dict) -> None:
+        tm = run.tokens(0)
+        state["focus"] = [tm.index(w) for w in req.focus]  # raises WordNotFoundError listing the words
+        state["run_id"] = run.run_id
+        state["engine"] = PhaseEngine(list(tm.words), phase_cfg, device=self.device)
+        h, w = run.resolution
+        self.publish(Packet("run", {
+            "run_id": run.run_id, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "words": list(tm.words),
+            "tokens": tm.to_dict(), "truncated_words": list(tm.truncated_words), "focus": state["focus"],
+            "total_steps": run.total_steps, "seed": seed, "guidance": req.guidance, "model": self.model_name,
+            "scheduler": run.info.get("scheduler"), "pipeline": run.info.get("pipeline"), "map_size": [h, w],
+            "width": req.width or run.latent_hw[1] * self._vae_scale(), "height": req.height or run.latent_hw[0] * self._vae_scale(),
+            "layers": run.layers, "phase_boundaries": list(phase_cfg.boundaries), "started": time.time(),
+        }))
+
+    def _finish(self, run: CaptureRun, state: dict, status: str, t0: float) -> None:
+        engine = state["engine"]
+        if engine is None:
+            return
+        summary = engine.summary()
+        arrays = summary.arrays()  # per-step series [T, W] and steps [T]
+        header = {k: v for k, v in summary.to_dict().items() if k not in arrays and k != "series"}
+        self.publish(Packet("timeline", {"run_id": run.run_id, **header, "words": engine.words}, arrays))
+        self.publish(Packet("end", {"run_id": run.run_id, "status": status, "steps": run.steps_done, "seconds": round(time.perf_counter() - t0, 3)}))
+
+    def _vae_scale(self) -> int:
+        return int(getattr(self.pipe, "vae_scale_factor", 8))
+
+    def _cheap_image(self, x0: torch.Tensor) -> np.ndarray:
+        if self._preview is None:
+            with torch.inference_mode(False), torch.no_grad():
+                self._preview = LinearPreview(self.pipe)
+        return self._preview(x0, upscale=self._vae_scale())
+
+
+def collect(pipe: Any, req: Request, **runner_options: Any) -> tuple[RunResult, list[Packet]]:
+    """Run once and return the result with every Packet published (for tests and scripts)."""
+    packets: list[Packet] = []
+    result = Runner(pipe, packets.append, **runner_options).run(req)
+    return result, packets

@@ -1,0 +1,156 @@
+"""The daemon: preemption, playlists, idle replay, faults (bad requests, raising sinks, OOM)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from bridge.daemon import Daemon, DaemonOptions
+from bridge.fanout import FanOut
+from bridge.packet import Packet
+from bridge.runner import Request, Runner
+from bridge.transport.control import parse_request
+
+
+class Collect:
+    """A sink that keeps every packet (thread-safe)."""
+
+    name, encoding = "collect", None
+
+    def __init__(self) -> None:
+        self.packets: list[Packet] = []
+        self.lock = threading.Lock()
+
+    def send(self, packet: Packet, data: bytes | None = None) -> None:
+        with self.lock:
+            self.packets.append(packet)
+
+    def close(self) -> None:
+        pass
+
+    def kinds(self, kind: str, **match) -> list[Packet]:
+        with self.lock:
+            return [p for p in self.packets if p.kind == kind and all(p.header.get(k) == v for k, v in match.items())]
+
+
+def wait_for(cond, timeout: float = 60.0) -> None:
+    t = time.monotonic()
+    while not cond():
+        if time.monotonic() - t > timeout:
+            raise AssertionError("timed out")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def daemon(sd_pipe):
+    sink = Collect()
+    published: list[Packet] = []
+
+    def publish(p: Packet) -> None:
+        published.append(p)
+        sink.send(p)
+
+    runner = Runner(sd_pipe, publish, "tiny", image_every=0)
+    d = Daemon(runner, publish, DaemonOptions(idle_replay=False, heartbeat=0.2, playlist_pause=0.0))
+    thread = threading.Thread(target=d.serve_forever, daemon=True)
+    thread.start()
+    yield d, sink
+    d.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_new_prompt_preempts_within_one_step(daemon):
+    d, sink = daemon
+    d.handle(parse_request({"cmd": "generate", "prompt": "a red circle", "steps": 200, "seed": 1}))
+    wait_for(lambda: len(sink.kinds("step")) >= 2)
+    first = sink.kinds("run")[0].header["run_id"]
+    d.handle(parse_request({"cmd": "generate", "prompt": "a blue square", "steps": 3, "seed": 2}))
+    seen_at_submit = len(sink.kinds("step", run_id=first))
+    wait_for(lambda: len(sink.kinds("end")) >= 2)
+    ends = sink.kinds("end")
+    assert ends[0].header == {**ends[0].header, "run_id": first, "status": "cancelled"}
+    assert len(sink.kinds("step", run_id=first)) <= seen_at_submit + 1  # stopped within one step
+    second = ends[1].header["run_id"]
+    assert ends[1].header["status"] == "done" and len(sink.kinds("step", run_id=second)) == 3
+    assert sink.kinds("image", run_id=second)[-1].header["final"] is True
+
+
+def test_bad_request_is_reported_and_daemon_keeps_serving(daemon):
+    d, sink = daemon
+    d.submit(Request("a red circle", steps=2, focus=["giraffe"]))
+    wait_for(lambda: any(p.header.get("error") for p in sink.kinds("status")))
+    err = [p for p in sink.kinds("status") if p.header.get("error")][0].header["error"]
+    assert "giraffe" in err and "'circle'" in err
+    d.submit(Request("a red circle", steps=2, seed=0))
+    wait_for(lambda: any(p.header["status"] == "done" for p in sink.kinds("end")))
+
+
+def test_out_of_memory_is_reported_and_next_run_works(daemon, sd_pipe):
+    d, sink = daemon
+    calls = {"n": 0}
+
+    def explode(*_a, **_k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    handle = sd_pipe.unet.register_forward_pre_hook(explode)
+    try:
+        d.submit(Request("a red circle", steps=3, seed=0))
+        wait_for(lambda: any("out of memory" in str(p.header.get("error")) for p in sink.kinds("status")))
+        assert sink.kinds("end")[-1].header["status"] == "error"
+    finally:
+        handle.remove()
+    d.submit(Request("a red circle", steps=2, seed=0))
+    wait_for(lambda: sink.kinds("end")[-1].header["status"] == "done")
+
+
+def test_playlist_cycles_and_status_heartbeat(daemon):
+    d, sink = daemon
+    reply = d.handle(parse_request({"cmd": "playlist", "loop": True, "items": [
+        {"prompt": "a red circle", "steps": 2, "seed": 1}, {"prompt": "a blue square", "steps": 2, "seed": 2}]}))
+    assert reply == {"playlist": 2, "loop": True}
+    wait_for(lambda: len([p for p in sink.kinds("end") if p.header["status"] == "done"]) >= 3)
+    prompts = [p.header["prompt"] for p in sink.kinds("run")]
+    assert prompts[:3] == ["a red circle", "a blue square", "a red circle"]
+    assert d.handle(parse_request({"cmd": "status"}))["state"] in ("generating", "idle")
+    wait_for(lambda: len(sink.kinds("status")) >= 3, 5)  # heartbeat every 0.2 s
+
+
+def test_idle_replay_keeps_the_patch_alive(sd_pipe):
+    sink = Collect()
+    runner = Runner(sd_pipe, sink.send, "tiny", image_every=0)
+    d = Daemon(runner, sink.send, DaemonOptions(idle_replay=True, replay_fps=200, heartbeat=5))
+    thread = threading.Thread(target=d.serve_forever, daemon=True)
+    thread.start()
+    try:
+        d.submit(Request("a red circle", steps=2, seed=0))
+        wait_for(lambda: any(p.header.get("replay") for p in sink.kinds("step")))
+        replayed = [p for p in sink.kinds("step") if p.header.get("replay")]
+        assert replayed[0].header["run_id"] == sink.kinds("run")[0].header["run_id"]
+    finally:
+        d.stop()
+        thread.join(30)
+
+
+class Raising:
+    name, encoding = "raising", "float16"
+
+    def send(self, packet, data):
+        raise ConnectionError("receiver went away")
+
+    def close(self):
+        pass
+
+
+def test_a_raising_sink_does_not_stop_generation(sd_pipe):
+    sink = Collect()
+    with FanOut([Raising(), sink]) as fan:
+        result = Runner(sd_pipe, fan.publish, "tiny").run(Request("a red circle", steps=3, seed=0))
+        time.sleep(0.2)
+    assert result.status == "done"
+    assert len(sink.kinds("step")) == 3 and fan.stats["raising"].errors > 0
