@@ -34,7 +34,9 @@ def _daam_trace():
     for name in ("spacy", "spacy.tokens"):
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.modules["spacy"].tokens = sys.modules["spacy.tokens"]  # type: ignore[attr-defined]
-    sys.modules["spacy.tokens"].Doc = object  # type: ignore[attr-defined]
+    for attr in ("Doc", "Token", "Span"):
+        setattr(sys.modules["spacy.tokens"], attr, object)
+    sys.modules["spacy"].load = lambda *a, **k: None  # type: ignore[attr-defined]
     from daam import trace  # noqa: WPS433
 
     return trace
@@ -79,12 +81,12 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     """Time the variants; returns a JSON-able result (also printed by ``stepx bench``)."""
     from bridge.capture import Query, capture
     from bridge.fanout import FanOut
-    from bridge.runner import Request, Runner
+    from bridge.runner import Request, Runner, denoiser
     from bridge.transport.zmq_pub import ZmqPublisher
 
-    device = next(pipe.unet.parameters()).device if hasattr(pipe, "unet") else next(pipe.transformer.parameters()).device
+    device = next(denoiser(pipe).parameters()).device
     size = {k: v for k, v in (("height", height), ("width", width)) if v}
-    variants = variants or ["plain", "capture", "publish", "queries"]
+    variants = list(variants or ["plain", "capture", "publish", "queries"])
     latency = Latency(endpoint) if "publish" in variants else None
     fanout = runner = None
     if latency:
@@ -128,7 +130,17 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                                             "queries": with_queries, "daam": with_daam}
     times: dict[str, list[float]] = {v: [] for v in variants}
     peak: dict[str, int] = {v: 0 for v in variants}
+    errors: dict[str, str] = {}
     with torch.inference_mode():
+        for v in list(variants):  # one untimed call each: a variant that cannot run is reported, not fatal
+            try:
+                table[v]()
+            except Exception as exc:  # noqa: BLE001
+                if v == "plain":
+                    raise
+                errors[v] = f"{type(exc).__name__}: {exc}"
+                variants.remove(v)
+                times.pop(v)
         for r in range(warmup + runs):
             order = variants[r % len(variants):] + variants[: r % len(variants)]
             for v in order:
@@ -150,12 +162,13 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__, "diffusers": __import__("diffusers").__version__, "python": platform.python_version(),
-        "pipeline": type(pipe).__name__, "dtype": str(next(pipe.unet.parameters()).dtype) if hasattr(pipe, "unet") else "",
+        "pipeline": type(pipe).__name__, "dtype": str(next(denoiser(pipe).parameters()).dtype),
         "steps": steps, "runs": runs, "guidance": guidance, "size": size or "default",
         "median_seconds": {v: statistics.median(t) for v, t in times.items()},
         "median_ratio_vs_plain": ratios,
-        "peak_memory_mb": {v: round(m / 2**20, 1) for v, m in peak.items()} if device.type == "cuda" else None,
+        "peak_memory_mb": {v: round(m / 2**20, 1) for v, m in peak.items() if v in times} if device.type == "cuda" else None,
         "step_to_subscriber_latency": lat,
+        "errors": errors,
     }
 
 

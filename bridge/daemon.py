@@ -62,7 +62,7 @@ class Daemon:
         """Handler for the control servers: takes a validated ControlRequest, returns the reply payload."""
         cmd = "generate" if req.cmd == "start" else req.cmd
         if cmd == "generate":
-            self.submit(Request.from_params(req.params))
+            self.submit(req.params)
             return {"queued": True}
         if cmd == "cancel":
             with self._lock:
@@ -73,7 +73,7 @@ class Daemon:
             return {"cancelled": True}
         if cmd == "playlist":
             with self._lock:
-                self._playlist = [Request.from_params(p) for p in req.playlist]
+                self._playlist = list(req.playlist)
                 self._playlist_loop = bool(req.loop)
                 self._playlist_index = 0
                 self._pending = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -19,33 +19,15 @@ from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapte
 from bridge.latent_preview import LinearPreview, decode_full
 from bridge.packet import Packet
 from bridge.phases import PhaseConfig, PhaseEngine
+from bridge.transport.control import GenerateParams
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Packet], None]
 
 
-@dataclass
-class Request:
-    """What to generate. ``focus`` words must be words of the prompt (checked at run start)."""
-
-    prompt: str
-    negative_prompt: str = ""
-    seed: int | None = None
-    steps: int = 20
-    guidance: float = 7.5
-    focus: list[str] = field(default_factory=list)
-    phase_boundaries: tuple[float, float] | None = None
-    head_weights: Any = None  # a flat list over (cross layer, head), or {layer: [w, ...]}
-    concept: str | None = None
-    width: int | None = None
-    height: int | None = None
-
-    @classmethod
-    def from_params(cls, params: Any) -> "Request":
-        """From the transport's validated GenerateParams (same field names)."""
-        d = asdict(params) if hasattr(params, "__dataclass_fields__") else dict(params)
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+#: What to generate: the same validated object the control channel produces (one definition).
+Request = GenerateParams
 
 
 @dataclass
@@ -88,7 +70,7 @@ class Runner:
         self.capture_config = capture_config or CaptureConfig()
         self.concepts = concepts or {}
         self._preview: LinearPreview | None = None
-        self.device = next(pipe.unet.parameters()).device if hasattr(pipe, "unet") else torch.device("cpu")
+        self.device = next(denoiser(pipe).parameters()).device
 
     # --- configuration per request ---------------------------------------------------------
     def _capture_config(self, req: Request) -> CaptureConfig:
@@ -219,6 +201,14 @@ class Runner:
             with torch.inference_mode(False), torch.no_grad():
                 self._preview = LinearPreview(self.pipe)
         return self._preview(x0, upscale=self._vae_scale())
+
+
+def denoiser(pipe: Any) -> torch.nn.Module:
+    """The pipeline's UNet or transformer."""
+    module = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if module is None:
+        raise TypeError(f"{type(pipe).__name__} has neither a unet nor a transformer")
+    return module
 
 
 def collect(pipe: Any, req: Request, **runner_options: Any) -> tuple[RunResult, list[Packet]]:

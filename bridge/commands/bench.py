@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "sd15", "sdxl"], help="model: embedded shapes, tiny random, or a full-size random-weight architecture")
+    p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "sd15", "sdxl", "sd35m"], help="model: embedded shapes, tiny random, or a full-size random-weight architecture")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--runs", type=int, default=15)
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.models.loading import load_pipeline, pick_device
 
     device = pick_device(args.device)
-    if args.arch in ("sd15", "sdxl"):
+    if args.arch in ("sd15", "sdxl", "sd35m"):
         from bridge.models import fullsize
 
         dtype = torch.float16 if device.type == "cuda" else torch.float32

@@ -54,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
         phase = PhaseConfig(boundaries=tuple(args.phase_boundaries)) if args.phase_boundaries else PhaseConfig()
         runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase)
-        req = Request(args.prompt, args.negative, args.seed, args.steps, args.guidance, list(args.focus),
-                      tuple(args.phase_boundaries) if args.phase_boundaries else None,
-                      load_head_weights(args.head_weights) if args.head_weights else None)
+        req = Request(prompt=args.prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
+                      guidance=args.guidance, focus=list(args.focus),
+                      phase_boundaries=tuple(args.phase_boundaries) if args.phase_boundaries else None,
+                      head_weights=load_head_weights(args.head_weights) if args.head_weights else None)
         result = runner.run(req)
     bar.close()
     if result.status != "done":

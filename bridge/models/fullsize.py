@@ -27,6 +27,11 @@ def _sd_vae(scaling: float):
 
 def sd15_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "dpm"):
     """Stable Diffusion 1.5's architecture (UNet 860M, VAE, CLIP ViT-L text encoder), random weights."""
+    with torch.device(device):  # initialise on the device: seconds instead of minutes for billions of weights
+        return _sd15(scheduler).to(device, dtype)
+
+
+def _sd15(scheduler: str):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -40,11 +45,16 @@ def sd15_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, sche
                                    tokenizer=clip_tokenizer(), scheduler=make_scheduler(scheduler), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, dtype)
+    return pipe
 
 
 def sdxl_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "euler"):
     """SDXL base's architecture (UNet 2.6B, VAE, CLIP ViT-L + OpenCLIP bigG), random weights, 1024²."""
+    with torch.device(device):
+        return _sdxl(scheduler).to(device, dtype)
+
+
+def _sdxl(scheduler: str):
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -62,4 +72,35 @@ def sdxl_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, sche
         tokenizer_2=clip_tokenizer(), scheduler=make_scheduler(scheduler),
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device, dtype)
+    return pipe
+
+
+def sd35m_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, layers: int = 24, heads: int = 24):
+    """SD3.5-medium's MM-DiT (2.5B: 24 joint blocks of 24 heads × 64, dual attention in the first
+    13, RMS q/k norm), its 16-channel VAE and CLIP-L + CLIP-G text encoders, random weights, 1024².
+    T5 is left out (diffusers then feeds zeros for its 256 positions), so the joint attention has
+    the full 77 + 256 text tokens at a fraction of the memory."""
+    with torch.device(device):
+        return _sd35m(layers, heads).to(device, dtype)
+
+
+def _sd35m(layers: int, heads: int):
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=layers, attention_head_dim=64,
+        num_attention_heads=heads, joint_attention_dim=4096, caption_projection_dim=64 * heads, pooled_projection_dim=2048,
+        pos_embed_max_size=384, qk_norm="rms_norm", dual_attention_layers=tuple(range(min(13, layers))),
+    )
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=16,
+                        layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=1024, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        text_encoder=_clip_text(768, 12, 12, 3072, "quick_gelu", projection=True), tokenizer=clip_tokenizer(),
+        text_encoder_2=_clip_text(1280, 32, 20, 5120, "gelu", projection=True), tokenizer_2=clip_tokenizer(),
+        text_encoder_3=None, tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

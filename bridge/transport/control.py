@@ -41,7 +41,7 @@ class GenerateParams:
     guidance: float = 7.5
     focus: list[str] = field(default_factory=list)
     phase_boundaries: tuple[float, float] | None = None
-    head_weights: list[float] | None = None
+    head_weights: list[float] | dict[str, list[float]] | None = None  # flat over (layer, head), or per layer
     concept: str | None = None
     width: int | None = None
     height: int | None = None
