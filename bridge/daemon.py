@@ -72,13 +72,7 @@ class Daemon:
             self._wake.set()
             return {"cancelled": True}
         if cmd == "playlist":
-            with self._lock:
-                self._playlist = list(req.playlist)
-                self._playlist_loop = bool(req.loop)
-                self._playlist_index = 0
-                self._pending = None
-            self._cancel.set()
-            self._wake.set()
+            self.set_playlist(list(req.playlist), bool(req.loop))
             return {"playlist": len(self._playlist), "loop": self._playlist_loop}
         return self.status()  # status, ping
 
@@ -87,6 +81,16 @@ class Daemon:
         with self._lock:
             self._pending = request
             self._playlist = []
+        self._cancel.set()
+        self._wake.set()
+
+    def set_playlist(self, requests: list[Request], loop: bool) -> None:
+        """Replace the queue with ``requests``, cycled when ``loop``; preempts the current run."""
+        with self._lock:
+            self._playlist = list(requests)
+            self._playlist_loop = loop
+            self._playlist_index = 0
+            self._pending = None
         self._cancel.set()
         self._wake.set()
 

@@ -73,11 +73,10 @@ def run(args: argparse.Namespace) -> int:
                        focus=list(args.focus), phase_boundaries=tuple(args.phase_boundaries) if args.phase_boundaries else None,
                        head_weights=load_head_weights(args.head_weights) if args.head_weights else None)
 
-    if args.playlist:
+    if args.playlist:  # --prompt, if given too, plays first
         prompts = [l.strip() for l in Path(args.playlist).read_text().splitlines() if l.strip() and not l.startswith("#")]
-        with daemon._lock:
-            daemon._playlist, daemon._playlist_loop = [defaults(p) for p in prompts], True
-    if args.prompt:
+        daemon.set_playlist([defaults(p) for p in ([args.prompt] if args.prompt else []) + prompts], loop=True)
+    elif args.prompt:
         daemon.submit(defaults(args.prompt))
 
     def shutdown(signum: int, _frame: object) -> None:
