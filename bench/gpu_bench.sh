@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of docs/BENCHMARKS.md, as run on the device machine (one H100):
 #   bash bench/gpu_bench.sh OUTDIR [sd15|big|all]
+# (models = sd15 + big without the micro-benchmarks; BIG_RUNS sets the SDXL/SD3.5 rounds, default 15)
 # sd15: SD 1.5 at 512² (plain, capture, capture+phases+publish, +box query, DAAM 0.2.0) plus the
 #       phases and preview micro-benchmarks; big: SDXL at 1024² and SD3.5-medium-shaped MM-DiT.
 # Needs diffusers, pyzmq (and moderngl for the preview) importable, DAAM's source on PYTHONPATH.
 set -uo pipefail
-out=${1:?output folder}; what=${2:-all}
+out=${1:?output folder}; what=${2:-all}; big_runs=${BIG_RUNS:-15}
 mkdir -p "$out"
 python3 -c 'import torch; print(torch.cuda.get_device_name(0), torch.__version__)' | tee "$out/device.txt"
-if [ "$what" = sd15 ] || [ "$what" = all ]; then
+if [ "$what" = sd15 ] || [ "$what" = all ] || [ "$what" = models ]; then
   python3 -m bridge.cli bench --arch sd15 --runs 15 --warmup 2 --variants plain capture publish queries daam --json "$out/sd15.json" 2>&1 | grep -v '^{' | tee "$out/sd15.txt"
-  python3 bench/phases_bench.py --reps 500 2>&1 | tail -3 | tee "$out/phases.txt"
-  python3 bench/preview_bench.py --particles 1000000 --frames 300 --paths compute,transform_feedback 2>&1 | tail -4 | tee "$out/preview.txt"
+  [ "$what" = models ] || python3 bench/phases_bench.py --reps 500 2>&1 | tail -3 | tee "$out/phases.txt"
+  [ "$what" = models ] || python3 bench/preview_bench.py --particles 1000000 --frames 300 --paths compute,transform_feedback 2>&1 | tail -4 | tee "$out/preview.txt"
 fi
-if [ "$what" = big ] || [ "$what" = all ]; then
-  python3 -m bridge.cli bench --arch sdxl --runs 15 --warmup 2 --variants plain capture publish --json "$out/sdxl.json" 2>&1 | grep -v '^{' | tee "$out/sdxl.txt"
-  python3 -m bridge.cli bench --arch sd35m --runs 15 --warmup 2 --variants plain capture publish --json "$out/sd35m.json" 2>&1 | grep -v '^{' | tee "$out/sd35m.txt"
+if [ "$what" = big ] || [ "$what" = all ] || [ "$what" = models ]; then
+  python3 bench/check_fused_lse.py 2>&1 | tee "$out/fused_lse.txt"
+  python3 -m bridge.cli bench --arch sdxl --runs "$big_runs" --warmup 1 --variants plain capture publish --json "$out/sdxl.json" 2>&1 | grep -v '^{' | tee "$out/sdxl.txt"
+  python3 -m bridge.cli bench --arch sd35m --runs "$big_runs" --warmup 1 --variants plain capture publish --json "$out/sd35m.json" 2>&1 | grep -v '^{' | tee "$out/sd35m.txt"
 fi

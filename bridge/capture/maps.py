@@ -121,8 +121,15 @@ def joint_text_probabilities(
     b, h, n, d = q.shape
     m = k.shape[2]
     scale = 1.0 / math.sqrt(d)
-    kf = k.float().transpose(-1, -2)  # [B, h, d, M]
     t = len(range(m)[text])
+    lse_fast = fused_logsumexp(q, k, scale)
+    if lse_fast is not None:  # the normaliser from the fused kernel; only the T text logits are computed here
+        logits = torch.matmul(q.float(), k[:, :, text].float().transpose(-1, -2)).mul_(scale)  # [B, h, N, T]
+        probs = (logits - lse_fast[..., None]).exp_()
+        if head_weights is None:
+            return probs.transpose(-1, -2).contiguous()
+        return torch.einsum("bhnt,h->btn", probs, head_weights)
+    kf = k.float().transpose(-1, -2)  # [B, h, d, M]
     if head_weights is None:
         out = q.new_empty((b, h, t, n), dtype=torch.float32)
     else:
@@ -138,3 +145,19 @@ def joint_text_probabilities(
         else:
             out[:, :, start:stop] = torch.einsum("bhct,h->btc", probs, head_weights)
     return out
+
+
+def fused_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """``[B, heads, N]`` log Σ_m exp(q·k_m · scale) from the fused flash-attention kernel, or None.
+
+    On CUDA with fp16/bf16 inputs the flash kernel returns this normaliser as a by-product (in
+    float32, from the same half-precision q and k the model's attention uses), at a fraction of
+    the cost of materialising the logits. Elsewhere returns None and callers go blockwise.
+    """
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == q.dtype and q.shape[-1] <= 256):
+        return None
+    try:
+        out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, k, 0.0, False, False, scale=scale)
+    except (RuntimeError, NotImplementedError):  # no flash kernel for this GPU/shape
+        return None
+    return out[1][..., : q.shape[2]]  # [B, heads, N] float32

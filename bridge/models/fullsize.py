@@ -8,6 +8,16 @@ import torch
 from bridge.models.tiny import clip_tokenizer, make_scheduler
 
 
+def _on_device(build, device: str, dtype: torch.dtype):
+    """Build a pipeline with its weights initialised on ``device`` (seconds instead of minutes for
+    billions of random weights); the scheduler's tables are rebuilt on the CPU, where diffusers
+    keeps them."""
+    with torch.device(device):
+        pipe = build()
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    return pipe.to(device, dtype)
+
+
 def _clip_text(hidden: int, layers: int, heads: int, inter: int, act: str, projection: bool = False):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -27,8 +37,7 @@ def _sd_vae(scaling: float):
 
 def sd15_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "dpm"):
     """Stable Diffusion 1.5's architecture (UNet 860M, VAE, CLIP ViT-L text encoder), random weights."""
-    with torch.device(device):  # initialise on the device: seconds instead of minutes for billions of weights
-        return _sd15(scheduler).to(device, dtype)
+    return _on_device(lambda: _sd15(scheduler), device, dtype)
 
 
 def _sd15(scheduler: str):
@@ -50,8 +59,7 @@ def _sd15(scheduler: str):
 
 def sdxl_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "euler"):
     """SDXL base's architecture (UNet 2.6B, VAE, CLIP ViT-L + OpenCLIP bigG), random weights, 1024²."""
-    with torch.device(device):
-        return _sdxl(scheduler).to(device, dtype)
+    return _on_device(lambda: _sdxl(scheduler), device, dtype)
 
 
 def _sdxl(scheduler: str):
@@ -80,8 +88,7 @@ def sd35m_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, lay
     13, RMS q/k norm), its 16-channel VAE and CLIP-L + CLIP-G text encoders, random weights, 1024².
     T5 is left out (diffusers then feeds zeros for its 256 positions), so the joint attention has
     the full 77 + 256 text tokens at a fraction of the memory."""
-    with torch.device(device):
-        return _sd35m(layers, heads).to(device, dtype)
+    return _on_device(lambda: _sd35m(layers, heads), device, dtype)
 
 
 def _sd35m(layers: int, heads: int):
