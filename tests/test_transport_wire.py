@@ -97,10 +97,11 @@ def test_fuzz_random_bytes_only_raise_wire_error(blob):
 def test_wire_decodes_with_numpy_json_stdlib_only():
     """A TouchDesigner receiver copies wire.py alone: no torch, no other bridge modules."""
     data = wire.encode(step_packet(), "float16")
-    code = ("import sys, importlib.util; spec = importlib.util.spec_from_file_location('wire', sys.argv[1]);"
+    code = ("import sys, importlib.util; sys.modules['bridge'] = None;"  # as in TouchDesigner: no bridge package
+            "spec = importlib.util.spec_from_file_location('wire', sys.argv[1]);"
             "m = importlib.util.module_from_spec(spec); sys.modules['wire'] = m; spec.loader.exec_module(m);"
             "p = m.decode(sys.stdin.buffer.read()); assert type(p).__name__ == 'WirePacket';"
-            "assert 'torch' not in sys.modules and not any(k.startswith('bridge') for k in sys.modules);"
+            "assert 'torch' not in sys.modules and not any(k.startswith('bridge') and sys.modules[k] for k in sys.modules);"
             "print(p.kind, p.arrays['textures'].shape)")
     out = subprocess.run([sys.executable, "-c", code, wire.__file__], input=data, capture_output=True, timeout=60,
                          cwd="/")

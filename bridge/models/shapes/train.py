@@ -1,0 +1,395 @@
+"""Train the shapes model on a GPU: ``stepx train-shapes``.
+
+Two phases in one process, both on batches rendered on the GPU (``world.World``), bf16
+autocast, captions assembled as token ids on the GPU, no host syncs in the step loop (losses
+are accumulated on the device and read every ``--log-every`` steps):
+
+1. the AutoencoderKL (8x down, 8 latent channels): L1 + MSE with object pixels weighted up,
+   tiny KL; then ``scaling_factor`` = 1 / std of the latents;
+2. the UNet and the CLIP text encoder, jointly, from scratch, on frozen-VAE latents:
+   v-prediction, min-SNR-5 weighting, 10% empty captions for classifier-free guidance, EMA.
+
+It stops by wall-clock (``--minutes``), writes a full checkpoint (``--ckpt-dir``, resumable
+with ``--resume``) and the EMA weights as fp16 safetensors to ``--out`` (each file < 16 MiB);
+``--export-from DIR --weights PATH`` turns those files into the diffusers folder that
+``load_shapes_pipeline`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("bridge.shapes.train")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="shapes_out", help="folder for the EMA weights (fp16 safetensors), log and samples")
+    p.add_argument("--ckpt-dir", default="/tmp/shapes_ckpt", help="folder for the full resumable checkpoint")
+    p.add_argument("--resume", default=None, help="a ckpt.pt, or a folder of exported weights (vae/unet/text_encoder)")
+    p.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget for everything, minutes")
+    p.add_argument("--vae-seconds", type=float, default=100.0, help="time for the VAE phase (skipped if resumed past it)")
+    p.add_argument("--batch", type=int, default=256, help="UNet batch size")
+    p.add_argument("--vae-batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--vae-lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--cond-drop", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--log-every", type=int, default=200)
+    p.add_argument("--ckpt-every", type=float, default=120.0, help="seconds between checkpoints")
+    p.add_argument("--measure", action="store_true", help="first time the data pipeline alone")
+    p.add_argument("--export-from", default=None, help="no training: assemble a diffusers folder from --out style files")
+    p.add_argument("--weights", default=None, help="with --export-from: destination folder (default: the package's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.export_from:
+        from . import SHAPES_WEIGHTS
+
+        export(Path(args.export_from), Path(args.weights) if args.weights else SHAPES_WEIGHTS)
+        print(f"exported {args.export_from} -> {args.weights or SHAPES_WEIGHTS}")
+        return 0
+    return Trainer(args).train()
+
+
+# ---------------------------------------------------------------------- helpers
+def _ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
+    torch._foreach_lerp_(ema, params, 1.0 - decay)
+
+
+def _save_fp16(module_sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to(torch.float16).contiguous().cpu() for k, v in module_sd.items()}, str(path), metadata=metadata)
+
+
+def _load_any(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(path.parent.glob(path.name))
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(load_file(str(f)))
+    if not sd:
+        raise FileNotFoundError(f"no weights match {path}")
+    return sd
+
+
+def load_exported(folder: Path, vae, unet, text) -> float:
+    """Load weights written by ``Trainer._export_files`` or a diffusers folder; return scaling_factor."""
+    if (folder / "model_index.json").is_file():  # a diffusers pipeline folder
+        vae.load_state_dict({k: v.float() for k, v in _load_any(folder / "vae" / "diffusion_pytorch_model*.safetensors").items()})
+        unet.load_state_dict({k: v.float() for k, v in _load_any(folder / "unet" / "diffusion_pytorch_model*.safetensors").items()})
+        text.load_state_dict({k: v.float() for k, v in _load_any(folder / "text_encoder" / "model*.safetensors").items()}, strict=False)
+        return float(json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"])
+    vae.load_state_dict({k: v.float() for k, v in _load_any(folder / "vae.safetensors").items()})
+    unet.load_state_dict({k: v.float() for k, v in _load_any(folder / "unet_*.safetensors").items()})
+    text.load_state_dict({k: v.float() for k, v in _load_any(folder / "text_encoder.safetensors").items()}, strict=False)
+    return float(json.loads((folder / "meta.json").read_text())["scaling_factor"])
+
+
+def export(src: Path, dst: Path) -> None:
+    """Assemble the diffusers folder ``dst`` from exported files in ``src``."""
+    import tempfile
+
+    from .model import build_pipeline, save_pipeline
+
+    pipe = build_pipeline(Path(tempfile.mkdtemp()) / "tok")
+    sf = load_exported(src, pipe.vae, pipe.unet, pipe.text_encoder)
+    pipe.vae.register_to_config(scaling_factor=sf)
+    save_pipeline(pipe, dst)
+    if (src / "meta.json").is_file():  # provenance: steps, seed, batch, training seconds
+        (dst / "training.json").write_text((src / "meta.json").read_text())
+
+
+# ---------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(self, args: argparse.Namespace):
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        from .model import UNET_CONFIG, VAE_CONFIG, text_config, train_scheduler
+        from .tokenizer import build_vocab
+        from .world import World
+
+        self.args = args
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + args.minutes * 60
+        self.dev = torch.device(args.device)
+        torch.manual_seed(args.seed)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir = Path(args.ckpt_dir)
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.logf = open(self.out / "train_log.txt", "a")
+        self.world = World(128, self.dev, seed=args.seed)
+        vocab, _ = build_vocab()
+        self.vae = AutoencoderKL(**VAE_CONFIG).to(self.dev)
+        self.unet = UNet2DConditionModel(**UNET_CONFIG).to(self.dev)
+        self.text = CLIPTextModel(text_config(len(vocab))).to(self.dev)
+        self.sched = train_scheduler()
+        self.alphas = self.sched.alphas_cumprod.to(self.dev)
+        self.scaling = 1.0
+        self.vae_step = 0
+        self.vae_done = False
+        self.step = 0
+        self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=args.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
+        self.params = list(self.unet.parameters()) + list(self.text.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+        self.ema = [p.detach().clone() for p in self.params]
+        self.elapsed_before = 0.0
+        empty = self.world.ids
+        self.empty_ids = torch.full((1, 32), empty["<pad>"], dtype=torch.long, device=self.dev)
+        self.empty_ids[0, 0] = empty["<bos>"]
+        if args.resume:
+            self._resume(Path(args.resume))
+
+    def _autocast(self):
+        return torch.autocast(self.dev.type, dtype=torch.bfloat16)
+
+    def _sync(self) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+
+    # -------------------------------------------------------------- io
+    def say(self, msg: str) -> None:
+        line = f"[{time.monotonic() - self.t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        self.logf.write(line + "\n")
+        self.logf.flush()
+
+    def _resume(self, path: Path) -> None:
+        if path.is_file():
+            ck = torch.load(path, map_location=self.dev, weights_only=False)
+            self.vae.load_state_dict(ck["vae"])
+            self.unet.load_state_dict(ck["unet"])
+            self.text.load_state_dict(ck["text"])
+            self.vae_opt.load_state_dict(ck["vae_opt"])
+            self.opt.load_state_dict(ck["opt"])
+            for e, s in zip(self.ema, ck["ema"]):
+                e.copy_(s)
+            self.scaling, self.vae_step, self.vae_done, self.step = ck["scaling"], ck["vae_step"], ck["vae_done"], ck["step"]
+            self.elapsed_before = ck.get("elapsed", 0.0)
+            self.say(f"resumed full checkpoint {path}: vae_step={self.vae_step} step={self.step}")
+        else:  # exported (EMA) weights: no optimizer state, restart the LR warm-up
+            self.scaling = load_exported(path, self.vae, self.unet, self.text)
+            for e, p in zip(self.ema, self.params):
+                e.copy_(p.detach())
+            self.vae_done = True
+            meta = path / "meta.json" if (path / "meta.json").is_file() else path / "training.json"
+            if meta.is_file():
+                m = json.loads(meta.read_text())
+                self.step, self.vae_step = m.get("step", 0), m.get("vae_step", 0)
+                self.elapsed_before = m.get("elapsed", 0.0)
+            self.resumed_from_weights = True
+            self.say(f"resumed exported weights {path} (no optimizer state): step={self.step}")
+
+    def _checkpoint(self) -> None:
+        ck = {
+            "vae": self.vae.state_dict(), "unet": self.unet.state_dict(), "text": self.text.state_dict(),
+            "vae_opt": self.vae_opt.state_dict(), "opt": self.opt.state_dict(), "ema": self.ema,
+            "scaling": self.scaling, "vae_step": self.vae_step, "vae_done": self.vae_done, "step": self.step,
+            "elapsed": self.elapsed(),
+        }
+        tmp = self.ckpt_dir / "ckpt.pt.tmp"
+        torch.save(ck, tmp)
+        tmp.replace(self.ckpt_dir / "ckpt.pt")
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.t0
+
+    def _export_files(self) -> None:
+        """EMA weights, fp16, each file < 16 MiB: vae, text_encoder, unet_0/unet_1, meta.json."""
+        unet_sd = self.unet.state_dict()
+        text_sd = self.text.state_dict()
+        names_u = [n for n, _ in self.unet.named_parameters()]
+        names_t = [n for n, _ in self.text.named_parameters()]
+        ema = dict(zip(names_u + names_t, self.ema))
+        unet_sd = {k: ema.get(k, v) for k, v in unet_sd.items()}
+        text_sd = {k: ema.get(k, v) for k, v in text_sd.items()}
+        keys = list(unet_sd)
+        half = len(keys) // 2
+        _save_fp16({k: unet_sd[k] for k in keys[:half]}, self.out / "unet_0.safetensors")
+        _save_fp16({k: unet_sd[k] for k in keys[half:]}, self.out / "unet_1.safetensors")
+        _save_fp16(text_sd, self.out / "text_encoder.safetensors")
+        _save_fp16(self.vae.state_dict(), self.out / "vae.safetensors")
+        meta = {"scaling_factor": self.scaling, "step": self.step, "vae_step": self.vae_step, "elapsed": self.elapsed(), "seed": self.args.seed, "batch": self.args.batch}
+        (self.out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    # -------------------------------------------------------------- phases
+    def measure(self) -> None:
+        b = self.args.batch
+        for _ in range(3):
+            sc = self.world.sample(b); self.world.render(sc); self.world.caption_ids(sc)
+        self._sync()
+        t = time.monotonic()
+        for _ in range(20):
+            sc = self.world.sample(b)
+            img, _ = self.world.render(sc)
+            ids = self.world.caption_ids(sc)
+        self._sync()
+        dt = (time.monotonic() - t) / 20
+        self.say(f"data: batch {b} rendered+captioned in {dt*1000:.1f} ms ({b/dt:.0f} images/s)")
+
+    def train_vae(self) -> None:
+        a, vae = self.args, self.vae
+        end = min(self.deadline, time.monotonic() + a.vae_seconds)
+        acc = torch.zeros(3, device=self.dev)
+        t_last, s_last = time.monotonic(), self.vae_step
+        vae.train()
+        while time.monotonic() < end:
+            sc = self.world.sample(a.vae_batch)
+            img, masks = self.world.render(sc)
+            x = img * 2 - 1
+            w = 1.0 + 4.0 * masks.any(1, keepdim=True).float()  # objects are small: weight them up
+            with self._autocast():
+                post = vae.encode(x).latent_dist
+                z = post.sample()
+                rec = vae.decode(z).sample
+            rec = rec.float()
+            l1 = ((rec - x).abs() * w).mean()
+            mse = (((rec - x) ** 2) * w).mean()
+            kl = post.kl().mean() / z[0].numel()
+            loss = l1 + mse + 1e-4 * kl
+            self.vae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            self.vae_opt.step()
+            acc += torch.stack([l1.detach(), mse.detach(), kl.detach()])
+            self.vae_step += 1
+            if self.vae_step % a.log_every == 0:
+                v = (acc / a.log_every).tolist()
+                now = time.monotonic()
+                self.say(f"vae step {self.vae_step}: l1 {v[0]:.4f} mse {v[1]:.4f} kl {v[2]:.3f} | {(self.vae_step - s_last)/(now - t_last):.1f} steps/s")
+                acc.zero_()
+                t_last, s_last = now, self.vae_step
+        vae.eval()
+        with torch.no_grad(), self._autocast():
+            zs = torch.cat([vae.encode(self.world.render(self.world.sample(256))[0] * 2 - 1).latent_dist.mean.float() for _ in range(4)])
+        self.scaling = float(1.0 / zs.std())
+        self.vae_done = True
+        self.say(f"vae done after {self.vae_step} steps; latent std {zs.std():.4f} mean {zs.mean():.4f} -> scaling_factor {self.scaling:.4f}")
+        self._checkpoint()
+
+    def train_unet(self) -> None:
+        a = self.args
+        self.vae.eval().requires_grad_(False)
+        self.unet.train()
+        self.text.train()
+        acc = torch.zeros(1, device=self.dev)
+        t_last, s_last = time.monotonic(), self.step
+        last_ck = time.monotonic()
+        start_step = self.step
+        warm_from = self.step if getattr(self, "resumed_from_weights", False) else 0
+        margin = 25.0  # seconds kept for the final checkpoint, export and samples
+        while time.monotonic() < self.deadline - margin:
+            b = a.batch
+            sc = self.world.sample(b)
+            img, _ = self.world.render(sc)
+            ids = self.world.caption_ids(sc)
+            drop = torch.rand(b, 1, device=self.dev) < a.cond_drop
+            ids = torch.where(drop, self.empty_ids, ids)
+            with torch.no_grad(), self._autocast():
+                z0 = self.vae.encode(img * 2 - 1).latent_dist.mean.float() * self.scaling
+            t = torch.randint(0, 1000, (b,), device=self.dev)
+            ab = self.alphas[t].view(b, 1, 1, 1)
+            noise = torch.randn_like(z0)
+            zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
+            target = ab.sqrt() * noise - (1 - ab).sqrt() * z0  # v
+            snr = ab / (1 - ab)
+            wgt = (snr.clamp_max(5.0) / (snr + 1)).view(b)
+            with self._autocast():
+                enc = self.text(ids).last_hidden_state
+                pred = self.unet(zt, t, enc).sample
+            loss = ((pred.float() - target) ** 2).mean((1, 2, 3))
+            loss = (loss * wgt).mean()
+            lr = a.lr * min(1.0, (self.step - warm_from + 1) / a.warmup)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+            self.step += 1
+            _ema_update(self.ema, [p.detach() for p in self.params], min(a.ema, (1 + self.step) / (10 + self.step)))
+            acc += loss.detach()
+            if self.step % a.log_every == 0:
+                now = time.monotonic()
+                self.say(f"unet step {self.step}: loss {acc.item() / a.log_every:.4f} lr {lr:.2e} | {(self.step - s_last)/(now - t_last):.2f} steps/s, {(self.step - s_last) * b/(now - t_last):.0f} images/s")
+                acc.zero_()
+                t_last, s_last = now, self.step
+                if now - last_ck > a.ckpt_every:
+                    self._checkpoint()
+                    last_ck = time.monotonic()
+        self.say(f"unet stopped at step {self.step} ({self.step - start_step} this run)")
+
+    @torch.no_grad()
+    def samples(self) -> None:
+        """A grid of EMA samples for a look (written to --out/samples.png)."""
+        import tempfile
+
+        from diffusers import StableDiffusionPipeline
+        from PIL import Image
+
+        from .model import build_pipeline
+
+        pipe = build_pipeline(Path(tempfile.mkdtemp()) / "tok")
+        pipe.vae.load_state_dict(self.vae.state_dict())
+        names = [n for n, _ in self.unet.named_parameters()] + [n for n, _ in self.text.named_parameters()]
+        ema = dict(zip(names, self.ema))
+        pipe.unet.load_state_dict({k: ema.get(k, v) for k, v in self.unet.state_dict().items()})
+        pipe.text_encoder.load_state_dict({k: ema.get(k, v) for k, v in self.text.state_dict().items()})
+        pipe.vae.register_to_config(scaling_factor=self.scaling)
+        pipe = pipe.to(self.dev)
+        pipe.set_progress_bar_config(disable=True)
+        prompts = [
+            "a red circle", "a blue square above a yellow star", "a small green triangle left of a large white heart on a black background",
+            "a red star", "a blue triangle below a orange circle", "a green circle right of a purple square on a yellow background",
+            "a large purple heart", "a black star left of a white cross above a red square",
+        ]
+        g = torch.Generator(self.dev).manual_seed(0)
+        ims = pipe(prompts, num_inference_steps=20, guidance_scale=4.0, generator=g).images
+        sc = self.world.sample(8)
+        real, _ = self.world.render(sc)
+        with self._autocast():
+            rec = self.vae.decode(self.vae.encode(real * 2 - 1).latent_dist.mean).sample.float()
+        to_pil = lambda t: Image.fromarray((t.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype("uint8"))  # noqa: E731
+        grid = Image.new("RGB", (128 * 8, 128 * 3))
+        for i in range(8):
+            grid.paste(ims[i], (128 * i, 0))
+            grid.paste(to_pil(real[i]), (128 * i, 128))
+            grid.paste(to_pil((rec[i] + 1) / 2), (128 * i, 256))
+        grid.save(self.out / "samples.png")
+        self.say("samples: row 1 generated (" + " | ".join(prompts) + "), row 2 real, row 3 VAE reconstruction")
+
+    def train(self) -> int:
+        a = self.args
+        self.say(f"device {torch.cuda.get_device_name(self.dev) if self.dev.type == 'cuda' else self.dev}; torch {torch.__version__}; "
+                 f"unet {sum(p.numel() for p in self.unet.parameters())/1e6:.2f}M text {sum(p.numel() for p in self.text.parameters())/1e6:.2f}M "
+                 f"vae {sum(p.numel() for p in self.vae.parameters())/1e6:.2f}M; args {vars(a)}")
+        if a.measure:
+            self.measure()
+        if not self.vae_done:
+            self.train_vae()
+        self.train_unet()
+        self._checkpoint()
+        self._export_files()
+        self.say(f"exported EMA weights to {self.out}; total training time {self.elapsed():.0f}s")
+        try:
+            self.samples()
+        except Exception as e:  # samples are a convenience; never lose the weights over them
+            self.say(f"samples failed: {e!r}")
+        return 0
