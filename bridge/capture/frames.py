@@ -28,7 +28,7 @@ class StepFrame:
     run_id: str
     step: int
     total_steps: int
-    timestep: float
+    timestep: float | torch.Tensor  # a 0-d device tensor where the pipeline passed one: float() it off the hot path
     evaluations: int
     cross: torch.Tensor | None
     self_maps: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -30,6 +30,25 @@ def cross_attention_maps(q: torch.Tensor, k: torch.Tensor, head_weights: torch.T
     return torch.einsum("bhnt,h->btn", probs, head_weights)  # [B, T, N]
 
 
+def batched_cross_attention_maps(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, budget: int = 1 << 26) -> torch.Tensor:
+    """Head- and layer-weighted cross-attention of L layers that share a grid, in one pass.
+
+    q: ``[L, B, heads, N, d]``; k: ``[L, B, heads, T, d]``; weights: ``[L, heads]``.
+    Returns ``[B, T, N]`` = Σ_l Σ_h w_lh softmax(q_lh k_lhᵀ/√d), in float32; layers are taken
+    ``budget`` logits at a time. One launch sequence per grid instead of one per layer.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    l, b, h, n, _ = q.shape
+    t = k.shape[3]
+    step = max(1, budget // max(1, b * h * n * t))
+    out = None
+    for s in range(0, l, step):
+        logits = torch.matmul(q[s : s + step].float(), k[s : s + step].float().transpose(-1, -2)).mul_(scale)  # [l, B, h, N, T]
+        part = torch.einsum("lbhnt,lh->btn", logits.softmax(-1), weights[s : s + step])
+        out = part if out is None else out.add_(part)
+    return out
+
+
 def per_head_cross_maps(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Un-aggregated probabilities ``[B, heads, T, N]`` (for the layers asked for in detail)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
@@ -37,15 +56,18 @@ def per_head_cross_maps(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def query_rows_map(
-    q: torch.Tensor, k: torch.Tensor, row_weights: torch.Tensor, head_weights: torch.Tensor, chunk: int = 256
+    q: torch.Tensor, k: torch.Tensor, row_weights: torch.Tensor, head_weights: torch.Tensor, chunk: int = 256,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Self-attention map of a weighted set of query rows.
 
     q: ``[B, heads, N, d]``; k: ``[B, heads, N, d]``; row_weights: ``[N]`` (zero rows are
-    skipped); head_weights: ``[heads]``. Returns ``[B, N]`` = Σ_h w_h Σ_r ρ_r softmax(q_{h,r} kᵀ/√d).
-    Only the selected rows are computed, ``chunk`` at a time.
+    skipped; ``rows`` lists the non-zero ones if known); head_weights: ``[heads]``.
+    Returns ``[B, N]`` = Σ_h w_h Σ_r ρ_r softmax(q_{h,r} kᵀ/√d). Only the selected rows are
+    computed, ``chunk`` at a time.
     """
-    rows = torch.nonzero(row_weights, as_tuple=True)[0]
+    if rows is None:  # found here on the device: a host sync; callers with fixed rows pass them
+        rows = torch.nonzero(row_weights, as_tuple=True)[0]
     scale = 1.0 / math.sqrt(q.shape[-1])
     kf = k.float().transpose(-1, -2)  # [B, h, d, N]
     out = q.new_zeros((q.shape[0], k.shape[2]), dtype=torch.float32)

@@ -22,7 +22,7 @@ import torch
 from .adapters import Adapter, Layer, adapter_for
 from .config import CaptureConfig, head_weight_vector, matches
 from .frames import CaptureRun, StepFrame
-from .maps import cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, query_rows_map, resize_maps, split_heads
+from .maps import batched_cross_attention_maps, cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, query_rows_map, resize_maps, split_heads
 from .steps import estimate_x0, patch_method, step_outputs
 from .tokens import token_maps_for
 
@@ -40,7 +40,8 @@ class _StepAccumulator:
     detail: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> [B, heads, T, h, w]
     seen: set[str] = field(default_factory=set)
     evals: int = 0
-    timestep: float = float("nan")
+    timestep: float | torch.Tensor = float("nan")
+    batched: dict[tuple, list] = field(default_factory=dict)  # (grid, heads, C, T) -> [(layer, q, k)]
 
 
 def _add(store: dict, key: Any, value: torch.Tensor) -> None:
@@ -126,6 +127,7 @@ class Capture:
             self._removers.append(patch_method(sched, "step", self._wrap_step(sched, sched.step)))
             handle = self.adapter.denoiser().register_forward_pre_hook(self._before_denoiser, with_kwargs=True)
             self._removers.append(handle.remove)
+            self._removers.append(self.adapter.denoiser().register_forward_hook(self._after_denoiser).remove)
             self._removers += self.adapter.install_probes(self, self.cross_layers, self.self_layers)
         except BaseException:
             self.remove()
@@ -208,9 +210,9 @@ class Capture:
             self._start_run(latent_hw, batch_total)
         self._acc.evals += 1
         self._evals_seen += 1
-        if self._acc.evals == 1:
+        if self._acc.evals == 1:  # kept as given (a device tensor): reading it here would sync the GPU
             t = args[1] if len(args) > 1 else kwargs.get("timestep", float("nan"))
-            self._acc.timestep = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
+            self._acc.timestep = t.flatten()[0] if torch.is_tensor(t) else float(t)
 
     def _start_run(self, latent_hw: tuple[int, int], batch_total: int) -> None:
         sched = self.pipe.scheduler
@@ -263,7 +265,9 @@ class Capture:
         w = self._head_weights(layer, q.device)
         acc = self._acc
         acc.seen.add(layer.name)
-        if layer.cross:
+        if layer.cross and layer.name not in self.detail:  # computed with the layer's peers after the evaluation
+            acc.batched.setdefault((grid, layer.heads, qh.shape[-1], kh.shape[2]), []).append((layer, qh, kh))
+        elif layer.cross:
             b, t = kh.shape[0], kh.shape[2]
             _add(acc.cross, grid, cross_attention_maps(qh, kh, w).view(b, t, *grid))
             if layer.name in self.detail:
@@ -272,9 +276,9 @@ class Capture:
             for query in self.config.queries:
                 cells = self._cells(query, grid, q.device)
                 if query.kind == "diffused":
-                    m = diffused_query_map(qh, kh, cells, w, query.iterations, query.keep)
+                    m = diffused_query_map(qh, kh, cells[1], w, query.iterations, query.keep)
                 else:
-                    m = query_rows_map(qh, kh, cells, w)
+                    m = query_rows_map(qh, kh, cells[1], w, rows=cells[0])
                 _add(acc.queries.setdefault(query.name, {}), grid, m.view(-1, *grid))
 
     def add_cross(self, layer: Layer, maps: torch.Tensor, per_head: torch.Tensor | None = None) -> None:
@@ -302,14 +306,37 @@ class Capture:
     def head_weights(self, layer: Layer, device: torch.device) -> torch.Tensor:
         return self._head_weights(layer, device)
 
-    def _cells(self, query: Any, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    def _cells(self, query: Any, grid: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows [n], weights [N])`` of a query at a grid: the row indices are found once, on the
+        CPU, so the hot path never waits for the GPU to list them."""
         key = (query.name, grid, str(device))
         if key not in self._query_cells:
-            self._query_cells[key] = query.cell_weights(*grid).to(device)
+            weights = query.cell_weights(*grid)
+            self._query_cells[key] = (torch.nonzero(weights, as_tuple=True)[0].to(device), weights.to(device))
         return self._query_cells[key]
+
+    def _after_denoiser(self, *_: Any) -> None:
+        """End of one model evaluation: compute the batched cross-attention layers, group by group."""
+        acc = self._acc
+        for (grid, heads, _d, _t), items in acc.batched.items():
+            layers = tuple(layer for layer, _, _ in items)
+            weights = self._stacked_weights(layers, items[0][1].device)  # [L, heads]
+            q = torch.stack([qh for _, qh, _ in items])  # [L, B, heads, N, d]
+            k = torch.stack([kh for _, _, kh in items])  # [L, B, heads, T, d]
+            maps = batched_cross_attention_maps(q, k, weights)  # [B, T, N]
+            _add(acc.cross, grid, maps.view(maps.shape[0], maps.shape[1], *grid))
+        acc.batched.clear()
+
+    def _stacked_weights(self, layers: tuple[Layer, ...], device: torch.device) -> torch.Tensor:
+        key = (tuple(l.name for l in layers), str(device))
+        w = self._weights.get(key)
+        if w is None:
+            w = self._weights[key] = torch.stack([head_weight_vector(self.config, l.name, l.heads) for l in layers]).to(device)
+        return w
 
     # --- per step ------------------------------------------------------------------------------
     def _emit(self, latents: torch.Tensor | None, x0: torch.Tensor | None) -> None:
+        self._after_denoiser()  # anything still batched (an evaluation that raised half-way)
         run, acc = self._run, self._acc
         assert run is not None
         size = run.resolution

@@ -43,10 +43,13 @@ def estimate_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: t
     kind = getattr(getattr(sched, "config", None), "prediction_type", "epsilon")
     if alphas is None or kind not in ("epsilon", "v_prediction") or model_output.shape != sample.shape:
         return None
-    t = int(timestep.flatten()[0]) if torch.is_tensor(timestep) else int(timestep)
-    if not 0 <= t < len(alphas):
-        return None
-    a = alphas[t].to(sample.device, torch.float32)
+    if torch.is_tensor(timestep):  # indexed on the device: int(timestep) would wait for the GPU
+        t = timestep.flatten()[0].long().clamp(0, len(alphas) - 1)
+        a = alphas.to(sample.device, torch.float32)[t.to(sample.device)]
+    else:
+        if not 0 <= int(timestep) < len(alphas):
+            return None
+        a = alphas[int(timestep)].to(sample.device, torch.float32)
     x, e = sample.float(), model_output.float()
     x0 = (x - (1 - a).sqrt() * e) / a.sqrt() if kind == "epsilon" else a.sqrt() * x - (1 - a).sqrt() * e
     return x0.to(sample.dtype)
