@@ -12,9 +12,14 @@ import torch
 import torch.nn.functional as F
 
 
+def to_uint8_tensor(image: torch.Tensor) -> torch.Tensor:
+    """``[3, h, w]`` in [0, 1] → ``uint8 [h, w, 3]`` on the same device (row 0 = top)."""
+    return image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """``[3, h, w]`` in [0, 1] → ``uint8 [h, w, 3]`` (row 0 = top)."""
-    return (image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+    """``[3, h, w]`` in [0, 1] → ``uint8 [h, w, 3]`` numpy (row 0 = top)."""
+    return to_uint8_tensor(image).cpu().numpy()
 
 
 @torch.no_grad()
@@ -54,10 +59,15 @@ class LinearPreview:
         return sol[:-1].contiguous(), sol[-1].contiguous()
 
     @torch.no_grad()
-    def __call__(self, latents: torch.Tensor, upscale: int = 4) -> np.ndarray:
+    def device_image(self, latents: torch.Tensor, upscale: int = 4) -> torch.Tensor:
+        """``[1, C, h, w]`` latents → ``uint8 [h·upscale, w·upscale, 3]`` on the latents' device."""
         z = latents[0].float()  # [C, h, w]
-        w = self.weight.to(z.device)
-        rgb = torch.einsum("chw,ck->khw", z, w) + self.bias.to(z.device)[:, None, None]  # [3, h, w]
+        if self.weight.device != z.device:
+            self.weight, self.bias = self.weight.to(z.device), self.bias.to(z.device)
+        rgb = torch.einsum("chw,ck->khw", z, self.weight) + self.bias[:, None, None]  # [3, h, w]
         if upscale > 1:
             rgb = F.interpolate(rgb[None], scale_factor=upscale, mode="bilinear", align_corners=False)[0]
-        return to_uint8(rgb)
+        return to_uint8_tensor(rgb)
+
+    def __call__(self, latents: torch.Tensor, upscale: int = 4) -> np.ndarray:
+        return self.device_image(latents, upscale).cpu().numpy()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapter_for, build_token_map
+from bridge.host import HostSnapshot, OrderedWorker
 from bridge.latent_preview import LinearPreview, decode_full
 from bridge.packet import Packet
 from bridge.phases import PhaseConfig, PhaseEngine
@@ -70,6 +71,7 @@ class Runner:
         self.capture_config = capture_config or CaptureConfig()
         self.concepts = concepts or {}
         self._preview: LinearPreview | None = None
+        self._out = OrderedWorker()
         self.device = next(denoiser(pipe).parameters()).device
 
     # --- configuration per request ---------------------------------------------------------
@@ -126,11 +128,9 @@ class Runner:
                 tm = run.tokens(0)
                 word_maps = tm.word_maps(frame.cross[0])  # [W, H, W]
                 pf = state["engine"].update(word_maps, frame.step, frame.total_steps)
-                header = {"run_id": run.run_id, **pf.scalars(), "focus": state["focus"], "timestep": frame.timestep}
-                self.publish(Packet("step", header, pf.arrays("float32")))
+                self._later(self._step_packet(run.run_id, pf, frame, state["focus"]))
                 if self.image_every and frame.x0 is not None and frame.step % self.image_every == 0:
-                    self.publish(Packet("image", {"run_id": run.run_id, "step": frame.step, "final": False, "preview": "linear"},
-                                        {"image": self._cheap_image(frame.x0[:1])}))
+                    self._later(self._image_packet(run.run_id, frame))
 
             def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
                 if cancel.is_set():
@@ -155,15 +155,17 @@ class Runner:
             if status == "done":
                 with torch.inference_mode():
                     image = decode_full(self.pipe, latents[:1])
-                self.publish(Packet("image", {"run_id": run.run_id, "step": run.steps_done - 1, "final": True, "preview": "vae"}, {"image": image}))
+                self._send(Packet("image", {"run_id": run.run_id, "step": run.steps_done - 1, "final": True, "preview": "vae"}, {"image": image}))
             self._finish(run, state, status, t0)
+            self._out.flush()
             return RunResult(run.run_id, status, run.steps_done, time.perf_counter() - t0, image, run=run)
         except Exception as exc:  # a bad request or an OOM must not take the daemon down
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             log.error("run failed: %s", exc)
             if state["run_id"]:
-                self.publish(Packet("end", {"run_id": state["run_id"], "status": "error", "error": str(exc)}))
+                self._send(Packet("end", {"run_id": state["run_id"], "status": "error", "error": str(exc)}))
+            self._out.flush()
             return RunResult(state["run_id"], "error", 0, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
         finally:
             self.pipe._interrupt = False
@@ -174,7 +176,7 @@ class Runner:
         state["run_id"] = run.run_id
         state["engine"] = PhaseEngine(list(tm.words), phase_cfg, device=self.device)
         h, w = run.resolution
-        self.publish(Packet("run", {
+        self._send(Packet("run", {
             "run_id": run.run_id, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "words": list(tm.words),
             "tokens": tm.to_dict(), "truncated_words": list(tm.truncated_words), "focus": state["focus"],
             "total_steps": run.total_steps, "seed": seed, "guidance": req.guidance, "model": self.model_name,
@@ -190,17 +192,43 @@ class Runner:
         summary = engine.summary()
         arrays = summary.arrays()  # per-step series [T, W] and steps [T]
         header = {k: v for k, v in summary.to_dict().items() if k not in arrays and k != "series"}
-        self.publish(Packet("timeline", {"run_id": run.run_id, **header, "words": engine.words}, arrays))
-        self.publish(Packet("end", {"run_id": run.run_id, "status": status, "steps": run.steps_done, "seconds": round(time.perf_counter() - t0, 3)}))
+        self._send(Packet("timeline", {"run_id": run.run_id, **header, "words": engine.words}, arrays))
+        self._send(Packet("end", {"run_id": run.run_id, "status": status, "steps": run.steps_done, "seconds": round(time.perf_counter() - t0, 3)}))
+
+    # --- publishing off the denoising thread ----------------------------------------------------
+    def _send(self, packet: Packet) -> None:
+        """Publish ``packet`` after everything queued before it (the worker keeps run order)."""
+        self._out.put(lambda: self.publish(packet))
+
+    def _later(self, build: Callable[[], Packet]) -> None:
+        """Build a packet on the worker (where waiting for the device is harmless), then publish it."""
+        self._out.put(lambda: self.publish(build()))
+
+    def _step_packet(self, run_id: str, pf: Any, frame: StepFrame, focus: list[int]) -> Callable[[], Packet]:
+        snap = HostSnapshot({"textures": pf.textures, "settled": pf.settled, "accumulated": pf.accumulated,
+                             "phase_maps": pf.phase_maps, "live": pf.live,
+                             **({"timestep": frame.timestep} if torch.is_tensor(frame.timestep) else {})})
+
+        def build() -> Packet:
+            host = snap.get()
+            timestep = float(host.pop("timestep")) if "timestep" in host else float(frame.timestep)
+            hp = replace(pf, **host, _scalars=None)  # the same frame, its tensors now on the host
+            return Packet("step", {"run_id": run_id, **hp.scalars(), "focus": focus, "timestep": timestep}, hp.arrays("float32"))
+
+        return build
+
+    def _image_packet(self, run_id: str, frame: StepFrame) -> Callable[[], Packet]:
+        if self._preview is None:
+            with torch.inference_mode(False), torch.no_grad():
+                self._preview = LinearPreview(self.pipe)
+        snap = HostSnapshot({"image": self._preview.device_image(frame.x0[:1], upscale=self._vae_scale())})
+        step = frame.step
+        return lambda: Packet("image", {"run_id": run_id, "step": step, "final": False, "preview": "linear"},
+                              {"image": snap.get()["image"].numpy()})
 
     def _vae_scale(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor", 8))
 
-    def _cheap_image(self, x0: torch.Tensor) -> np.ndarray:
-        if self._preview is None:
-            with torch.inference_mode(False), torch.no_grad():
-                self._preview = LinearPreview(self.pipe)
-        return self._preview(x0, upscale=self._vae_scale())
 
 
 def denoiser(pipe: Any) -> torch.nn.Module:

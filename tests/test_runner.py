@@ -1,0 +1,37 @@
+"""The runner: packets in run order, and step packets that hold exactly the phases of the captured maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bridge.capture import capture
+from bridge.phases import PhaseEngine
+from bridge.runner import Request, collect
+
+PROMPT = "a red circle above a blue square"
+
+
+def test_packets_in_order_and_equal_to_an_independent_run(sd_pipe):
+    result, packets = collect(sd_pipe, Request(PROMPT, seed=5, steps=4, focus=["square"]), image_every=2)
+    assert result.status == "done"
+    kinds = [p.kind for p in packets]
+    assert kinds[0] == "run" and kinds[-2:] == ["timeline", "end"]
+    steps = [p for p in packets if p.kind == "step"]
+    assert [p.header["step"] for p in steps] == [0, 1, 2, 3]
+    images = [p for p in packets if p.kind == "image"]
+    assert [p.header["step"] for p in images] == [0, 2, 3] and images[-1].header["final"]
+    assert images[0].arrays["image"].dtype == np.uint8 and images[0].arrays["image"].shape == (64, 64, 3)
+    assert packets[0].header["focus"] == [6] and packets[0].header["words"][6] == "square"
+
+    # the same generation by hand: capture, word maps, phases
+    with capture(sd_pipe) as cap:
+        g = torch.Generator().manual_seed(5)
+        sd_pipe(PROMPT, num_inference_steps=4, generator=g, output_type="latent")
+    run = cap.last_run
+    engine = PhaseEngine(run.words)
+    for frame, packet in zip(run.frames, steps):
+        pf = engine.update(run.tokens(0).word_maps(frame.cross[0]), frame.step, frame.total_steps)
+        np.testing.assert_allclose(packet.arrays["textures"], pf.arrays()["textures"], rtol=0, atol=1e-6)
+        assert packet.header["phase_weights"] == pf.scalars()["phase_weights"]
+        assert packet.header["timestep"] == float(frame.timestep)
