@@ -52,15 +52,20 @@ class Camera:
     depth_scale: float = 0.35  # world height of depth 1.0 (plane spans [-1, 1])
 
 
-def create_context(require: int = 330):
-    """Standalone headless context: EGL first (Mesa llvmpipe / NVIDIA), then moderngl's default."""
+def create_context(require: int | tuple[int, ...] = (430, 330)):
+    """Standalone headless context: EGL first (Mesa llvmpipe / NVIDIA), then moderngl's default.
+
+    Versions are tried in order: NVIDIA's EGL gives exactly the version asked for, so asking
+    for 4.3 first is what makes the compute-shader path available there.
+    """
     import moderngl
     errors = []
-    for kwargs in ({"backend": "egl"}, {}):
-        try:
-            return moderngl.create_standalone_context(require=require, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - report every backend's failure
-            errors.append(f"{kwargs.get('backend', 'default')}: {exc}")
+    for version in ((require,) if isinstance(require, int) else require):
+        for kwargs in ({"backend": "egl"}, {}):
+            try:
+                return moderngl.create_standalone_context(require=version, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - report every backend's failure
+                errors.append(f"{kwargs.get('backend', 'default')} GL {version}: {exc}")
     raise PreviewError(
         "could not create an OpenGL >= 3.3 context (" + "; ".join(errors) + "). Headless Linux needs "
         "EGL + Mesa: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri (llvmpipe on CPU), or an "
