@@ -31,6 +31,7 @@ class DaemonOptions:
     replay_fps: float = 10.0
     playlist_pause: float = 2.0
     heartbeat: float = 1.0
+    progress: bool = False  # a console progress bar per run (stepx serve turns it on for a terminal)
 
 
 class Daemon:
@@ -161,8 +162,23 @@ class Daemon:
             packets.append(p)
             self.publish(p)
 
-        self.runner.publish = publish
-        result = self.runner.run(req, self._cancel)
+        bar = None
+        if self.options.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=req.steps, desc=req.prompt[:40], unit="step", leave=False)
+
+        def publish_and_count(p: Packet) -> None:
+            if bar is not None and p.kind == "step":
+                bar.update(1)
+            publish(p)
+
+        self.runner.publish = publish_and_count
+        try:
+            result = self.runner.run(req, self._cancel)
+        finally:
+            if bar is not None:
+                bar.close()
         self.results.append(result)
         if result.status == "done":
             self._last_packets = packets

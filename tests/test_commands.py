@@ -107,3 +107,21 @@ def test_bench_prints_ratios(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["median_ratio_vs_plain"]) == {"plain", "capture"}
     assert result["median_ratio_vs_plain"]["plain"] == 1.0 and result["median_ratio_vs_plain"]["capture"] > 0
+
+
+def test_toml_config_fills_options_and_flags_win(tmp_path):
+    import argparse
+
+    from bridge.commands import serve
+    from bridge.commands.common import apply_config_file, given_flags
+
+    cfg = tmp_path / "show.toml"
+    cfg.write_text('steps = 7\nimage-every = 3\nprompt = "a red circle"\nfocus = ["circle"]\n')
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    argv = ["--config", str(cfg), "--steps", "12"]
+    args = apply_config_file(parser, given_flags(argv), parser.parse_args(argv), str(cfg))
+    assert (args.steps, args.image_every, args.prompt, args.focus) == (12, 3, "a red circle", ["circle"])
+    cfg.write_text("stepz = 3\n")
+    with pytest.raises(SystemExit):
+        apply_config_file(parser, set(), parser.parse_args([]), str(cfg))

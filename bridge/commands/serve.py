@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     fanout = FanOut(sinks)
     phase = PhaseConfig(boundaries=tuple(args.phase_boundaries)) if args.phase_boundaries else PhaseConfig()
     runner = Runner(pipe, fanout.publish, name, image_every=args.image_every, phase_config=phase, concepts=concepts)
-    daemon = Daemon(runner, fanout.publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause))
+    daemon = Daemon(runner, fanout.publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
     servers = []
     if args.control:
         servers.append(ControlZmqServer(daemon.handle, args.control, allow_remote=args.allow_remote, token=args.token))
