@@ -12,20 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+from bridge.data import bytes_to_unicode
+
 OUT = Path(__file__).resolve().parents[1] / "bridge" / "data" / "clip_tokenizer"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte → printable-unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def main(src: str) -> None:

@@ -17,23 +17,12 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from bridge.data import bytes_to_unicode
+
 from .vocab import MAX_LENGTH, WORDS
 
 CLIP_TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "data" / "clip_tokenizer"
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's/GPT-2's reversible byte -> printable unicode map."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def _clip_merges() -> list[tuple[str, str]]:
@@ -43,7 +32,7 @@ def _clip_merges() -> list[tuple[str, str]]:
 
 def _bpe_trace(word: str, ranks: dict[tuple[str, str], int]) -> tuple[list[str], list[tuple[str, str]]]:
     """Replay CLIP's BPE on one word; return (final tokens, merges applied)."""
-    b2u = _bytes_to_unicode()
+    b2u = bytes_to_unicode()
     symbols = [b2u[b] for b in word.encode("utf-8")]
     symbols[-1] += "</w>"
     used: list[tuple[str, str]] = []
@@ -71,7 +60,7 @@ def build_vocab(words: tuple[str, ...] = WORDS) -> tuple[dict[str, int], list[tu
     ranks = {m: i for i, m in enumerate(merges)}
     used: set[tuple[str, str]] = set()
     base: set[str] = set()
-    b2u = _bytes_to_unicode()
+    b2u = bytes_to_unicode()
     for w in words:
         final, applied = _bpe_trace(w, ranks)
         if final != [w + "</w>"]:
