@@ -45,7 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         full.print_help()
         return 0
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+        # what a user got wrong (a path, a model, a word, an extra not installed): say it plainly;
+        # -vv shows the traceback
+        if max(known.verbose, args.verbose) >= 2:
+            raise
+        print(f"stepx {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

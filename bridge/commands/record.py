@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else default_path(args.prompt)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pipe, name = load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch)
+    pipe, name = load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch, config=args.model_config)
     args.record = None  # the trace below is this command's own
     writer = TraceWriter(out)
     sinks = [writer, *build_sinks(args)]

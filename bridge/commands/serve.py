@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.transport.control_zmq import ControlZmqServer
 
     args = apply_config_file(argparse.ArgumentParser(prog="stepx serve"), given_flags(sys.argv[1:]), args, args.config)
-    pipe, name = load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch)
+    pipe, name = load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch, config=args.model_config)
     concepts = {}
     if args.concepts:
         concepts = {f.stem: load_head_weights(f) for f in sorted(Path(args.concepts).glob("*.json"))}

@@ -34,12 +34,16 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_pipeline(model: str | None = None, device: str = "auto", dtype: str | None = None, arch: str = "auto") -> tuple[Any, str]:
+def load_pipeline(
+    model: str | None = None, device: str = "auto", dtype: str | None = None, arch: str = "auto", config: str | None = None
+) -> tuple[Any, str]:
     """Load a text-to-image pipeline; returns ``(pipe, name)``.
 
     model: None or ``shapes`` → the embedded shapes model (package data, no network);
     ``tiny`` → a random-weight test pipeline; a folder → ``DiffusionPipeline.from_pretrained``;
-    a ``.safetensors``/``.ckpt`` file → ``from_single_file`` (``arch`` sd, sdxl or auto by size);
+    a ``.safetensors``/``.ckpt`` file → ``from_single_file`` (``arch`` sd, sdxl or auto by size),
+    its component configs taken from ``config``, a diffusers folder (or hub id) of the same
+    architecture (see :func:`single_file_config`);
     anything else → a hub id, loaded from the local cache when offline (HF_HUB_OFFLINE=1).
     """
     dev = pick_device(device)
@@ -54,35 +58,104 @@ def load_pipeline(model: str | None = None, device: str = "auto", dtype: str | N
 
         pipe, name = tiny_sd_pipeline().to(dev, dt), "tiny-random-sd"
     else:
-        pipe, name = _load_external(model, dt, arch), model
+        pipe, name = _load_external(model, dt, arch, config), model
         pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     log.info("loaded %s on %s (%s)", name, dev, str(dt).replace("torch.", ""))
     return pipe, name
 
 
-def _load_external(model: str, dtype: torch.dtype, arch: str) -> Any:
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def is_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE set to a true value)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def single_file_config(path: Path, config: str | None, arch: str) -> str | None:
+    """The ``config`` to give ``from_single_file`` for the checkpoint ``path``.
+
+    A given folder must be a diffusers pipeline folder whose architecture matches the file
+    (checked from the safetensors header, so a wrong one fails here and not as a shape error
+    deep in diffusers). Without one: the embedded shapes folder when the file's UNet has the
+    shapes model's architecture; else ``None`` online (diffusers fetches its default config from
+    the hub); offline, an error saying to pass ``--model-config``.
+    """
+    from bridge.models.convert import UNET_PREFIX, architecture_mismatches
+
+    if config:
+        folder = Path(config).expanduser()
+        if folder.is_dir():
+            if not (folder / "model_index.json").is_file():
+                raise ValueError(f"--model-config {folder}: not a diffusers pipeline folder (no model_index.json)")
+            if path.suffix == ".safetensors" and arch == "sd":
+                try:
+                    problems = architecture_mismatches(path, folder)
+                except (FileNotFoundError, KeyError, ValueError) as exc:
+                    log.debug("could not compare %s with %s: %s", path, folder, exc)
+                    problems = []
+                if problems:
+                    raise ValueError(
+                        f"{path} does not have the architecture of --model-config {folder}: " + "; ".join(problems)
+                        + ". Pass the diffusers folder of the model this checkpoint was made from."
+                    )
+            return str(folder)
+        if is_offline() or config.startswith((".", "/", "~")):
+            raise FileNotFoundError(f"--model-config {config}: no such folder (offline, it must be a local diffusers folder)")
+        return config  # a hub id, fetched by diffusers
+    if path.suffix == ".safetensors" and arch == "sd":
+        from bridge.models.shapes import SHAPES_WEIGHTS
+
+        try:
+            if not architecture_mismatches(path, SHAPES_WEIGHTS, prefixes=(UNET_PREFIX,)):
+                log.info("%s has the shapes model's UNet: using %s as its config", path, SHAPES_WEIGHTS)
+                return str(SHAPES_WEIGHTS)
+        except Exception as exc:  # an unreadable header: let diffusers report it below
+            log.debug("could not compare %s with the shapes model: %s", path, exc)
+    if is_offline():
+        raise ValueError(
+            f"{path}: loading a single-file checkpoint offline needs the configs of its components. "
+            "Pass --model-config DIR (load_pipeline(config=DIR)) with a local diffusers folder of the same "
+            "architecture (e.g. the base model it was fine-tuned from, saved with save_pretrained)."
+        )
+    return None
+
+
+def _load_external(model: str, dtype: torch.dtype, arch: str, config: str | None = None) -> Any:
     import diffusers
 
     path = Path(model).expanduser()
+    if path.suffix in SINGLE_FILE_SUFFIXES and not path.exists():
+        raise FileNotFoundError(f"--model {model}: no such checkpoint file")
+    if not path.exists() and model.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"--model {model}: no such file or folder")
     if path.is_file():
-        if path.suffix not in (".safetensors", ".ckpt"):
+        if path.suffix not in SINGLE_FILE_SUFFIXES:
             raise ValueError(f"{path}: a single-file checkpoint must be .safetensors or .ckpt")
         if arch == "auto":
             arch = "sdxl" if path.stat().st_size > 5_000_000_000 else "sd"
         cls = {"sd": diffusers.StableDiffusionPipeline, "sdxl": diffusers.StableDiffusionXLPipeline}.get(arch)
         if cls is None:
             raise ValueError(f"unknown --arch {arch!r} for a single-file checkpoint; choose sd or sdxl")
-        return cls.from_single_file(str(path), torch_dtype=dtype)
+        cfg = single_file_config(path, config, arch)
+        kwargs: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": is_offline()}
+        if cfg is not None:
+            kwargs["config"] = cfg
+        return cls.from_single_file(str(path), **kwargs)
+    if config:
+        log.warning("--model-config is used for single-file checkpoints only; ignored for %s", model)
     if path.is_dir():
         return diffusers.DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype)
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    offline = is_offline()
     try:
         return diffusers.DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=offline)
     except Exception as exc:
+        where = "it is not in the local hub cache and HF_HUB_OFFLINE=1 forbids downloading" if offline else "loading it as a hub id failed"
         raise RuntimeError(
-            f"could not load model {model!r}: it is not a local folder or file, and loading it as a hub id failed ({exc}). "
-            "Pass a diffusers folder, a .safetensors file, or nothing for the embedded shapes model."
+            f"could not load model {model!r}: it is not a local folder or file, and {where} ({exc}). "
+            "Pass a diffusers folder, a .safetensors file (with --model-config DIR offline), "
+            "or nothing for the embedded shapes model."
         ) from exc
 
 
