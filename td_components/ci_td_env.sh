@@ -5,7 +5,7 @@
 # Usage: td_components/ci_td_env.sh [venv_dir]   (default /tmp/stepx-td-venv; reused if present)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${1:-/tmp/stepx-td-venv}"
+VENV="$(realpath -m "${1:-/tmp/stepx-td-venv}")"
 PY="${STEPX_TD_PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
 "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"need Python 3.11 (TouchDesigner), got {sys.version}"'
@@ -13,7 +13,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "numpy==1.26.*" pyzmq
 fi
-"$VENV/bin/python" - <<'PYEOF'
+"$VENV/bin/python" -I - <<'PYEOF'  # -I: the repo's own egg-info in the cwd is not an installed package
 import importlib.metadata as md, numpy, sys
 extra = sorted(d.metadata["Name"].lower() for d in md.distributions()) 
 allowed = {"numpy", "pyzmq", "pip", "setuptools", "wheel"}
