@@ -21,8 +21,8 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	bash scripts/system-deps.sh
-	$(BIN)/python -m pytest -q
 	bash td_components/ci_td_env.sh $(VENV)-td
+	$(BIN)/python -m pytest -q
 
 serve: $(VENV)/.installed
 	$(BIN)/stepx -v serve --zmq --osc 127.0.0.1:7000
