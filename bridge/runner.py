@@ -62,7 +62,15 @@ class Runner:
         phase_config: PhaseConfig | None = None,
         capture_config: CaptureConfig | None = None,
         concepts: dict[str, dict[str, list[float]]] | None = None,
+        phases_on: str = "host",
     ) -> None:
+        """``phases_on``: ``host`` runs the phases on the packet worker thread from a non-blocking
+        host copy of each step's word maps, so the model's thread only launches one matmul and
+        one copy per step (the packets need host arrays anyway); ``device`` runs them where the
+        maps are, on the model's thread (for callers that want the device tensors)."""
+        if phases_on not in ("host", "device"):
+            raise ValueError(f"phases_on must be 'host' or 'device', got {phases_on!r}")
+        self.phases_on = phases_on
         self.pipe = pipe
         self.publish = publish
         self.model_name = model_name
@@ -127,8 +135,11 @@ class Runner:
                     self._begin(req, run, seed, phase_cfg, state)
                 tm = run.tokens(0)
                 word_maps = tm.word_maps(frame.cross[0])  # [W, H, W]
-                pf = state["engine"].update(word_maps, frame.step, frame.total_steps)
-                self._later(self._step_packet(run.run_id, pf, frame, state["focus"]))
+                if self.phases_on == "host":
+                    self._later(self._host_step_packet(run.run_id, state["engine"], word_maps, frame, state["focus"]))
+                else:
+                    pf = state["engine"].update(word_maps, frame.step, frame.total_steps)
+                    self._later(self._step_packet(run.run_id, pf, frame, state["focus"]))
                 if self.image_every and frame.x0 is not None and frame.step % self.image_every == 0:
                     self._later(self._image_packet(run.run_id, frame))
 
@@ -174,7 +185,7 @@ class Runner:
         tm = run.tokens(0)
         state["focus"] = [tm.index(w) for w in req.focus]  # raises WordNotFoundError listing the words
         state["run_id"] = run.run_id
-        state["engine"] = PhaseEngine(list(tm.words), phase_cfg, device=self.device)
+        state["engine"] = PhaseEngine(list(tm.words), phase_cfg, device="cpu" if self.phases_on == "host" else self.device)
         h, w = run.resolution
         self._send(Packet("run", {
             "run_id": run.run_id, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "words": list(tm.words),
@@ -189,10 +200,14 @@ class Runner:
         engine = state["engine"]
         if engine is None:
             return
-        summary = engine.summary()
-        arrays = summary.arrays()  # per-step series [T, W] and steps [T]
-        header = {k: v for k, v in summary.to_dict().items() if k not in arrays and k != "series"}
-        self._send(Packet("timeline", {"run_id": run.run_id, **header, "words": engine.words}, arrays))
+
+        def timeline() -> Packet:  # on the worker, after every step's update
+            summary = engine.summary()
+            arrays = summary.arrays()  # per-step series [T, W] and steps [T]
+            header = {k: v for k, v in summary.to_dict().items() if k not in arrays and k != "series"}
+            return Packet("timeline", {"run_id": run.run_id, **header, "words": engine.words}, arrays)
+
+        self._later(timeline)
         self._send(Packet("end", {"run_id": run.run_id, "status": status, "steps": run.steps_done, "seconds": round(time.perf_counter() - t0, 3)}))
 
     # --- publishing off the denoising thread ----------------------------------------------------
@@ -214,6 +229,19 @@ class Runner:
             timestep = float(host.pop("timestep")) if "timestep" in host else float(frame.timestep)
             hp = replace(pf, **host, _scalars=None)  # the same frame, its tensors now on the host
             return Packet("step", {"run_id": run_id, **hp.scalars(), "focus": focus, "timestep": timestep}, hp.arrays("float32"))
+
+        return build
+
+    def _host_step_packet(self, run_id: str, engine: PhaseEngine, word_maps: torch.Tensor, frame: StepFrame,
+                          focus: list[int]) -> Callable[[], Packet]:
+        snap = HostSnapshot({"maps": word_maps, **({"timestep": frame.timestep} if torch.is_tensor(frame.timestep) else {})})
+        step, total = frame.step, frame.total_steps
+
+        def build() -> Packet:
+            host = snap.get()
+            timestep = float(host["timestep"]) if "timestep" in host else float(frame.timestep)
+            pf = engine.update(host["maps"].float(), step, total)
+            return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
 
         return build
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from bridge.capture import capture
@@ -12,8 +13,9 @@ from bridge.runner import Request, collect
 PROMPT = "a red circle above a blue square"
 
 
-def test_packets_in_order_and_equal_to_an_independent_run(sd_pipe):
-    result, packets = collect(sd_pipe, Request(PROMPT, seed=5, steps=4, focus=["square"]), image_every=2)
+@pytest.mark.parametrize("phases_on", ["host", "device"])
+def test_packets_in_order_and_equal_to_an_independent_run(sd_pipe, phases_on):
+    result, packets = collect(sd_pipe, Request(PROMPT, seed=5, steps=4, focus=["square"]), image_every=2, phases_on=phases_on)
     assert result.status == "done"
     kinds = [p.kind for p in packets]
     assert kinds[0] == "run" and kinds[-2:] == ["timeline", "end"]
