@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -55,7 +56,8 @@ class Daemon:
         self._step = 0
         self._fps = 0.0
         self._message = ""
-        self.results: list[RunResult] = []
+        self.results: deque[RunResult] = deque(maxlen=32)  # the latest runs only: a show runs all night
+        self.runs_done = 0
         self._started = time.time()
 
     # --- control (any thread) --------------------------------------------------------------
@@ -180,6 +182,7 @@ class Daemon:
             if bar is not None:
                 bar.close()
         self.results.append(result)
+        self.runs_done += 1
         if result.status == "done":
             self._last_packets = packets
         if result.status == "error":

@@ -95,5 +95,5 @@ def run(args: argparse.Namespace) -> int:
         for s in servers:
             s.close()
         fanout.close()
-        log.info("stopped; %d runs", len(daemon.results))
+        log.info("stopped; %d runs", daemon.runs_done)
     return 0
