@@ -128,7 +128,7 @@ class FanOut:
 
     def _run(self, sink: Sink) -> None:
         box, stats = self._boxes[sink.name], self.stats[sink.name]
-        last_log = 0.0
+        last_log = -1e9
         while True:
             item = box.take()
             if item is None:
@@ -140,7 +140,7 @@ class FanOut:
             except Exception as exc:  # a broken sink must not take the others down
                 stats.errors += 1
                 now = time.monotonic()
-                if now - last_log > 1.0:
+                if now - last_log > 30.0:  # the first failure, then one line every 30 s: shows run all night
                     log.error("sink %s failed on a %s packet (%d errors so far): %r",
                               sink.name, packet.kind, stats.errors, exc)
                     last_log = now
