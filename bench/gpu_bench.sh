@@ -10,7 +10,7 @@ out=${1:?output folder}; what=${2:-all}; big_runs=${BIG_RUNS:-15}
 mkdir -p "$out"
 python3 -c 'import torch; print(torch.cuda.get_device_name(0), torch.__version__)' | tee "$out/device.txt"
 if [ "$what" = sd15 ] || [ "$what" = all ] || [ "$what" = models ]; then
-  python3 -m bridge.cli bench --arch sd15 --runs 15 --warmup 2 --variants plain capture publish queries daam --json "$out/sd15.json" 2>&1 | grep -v '^{' | tee "$out/sd15.txt"
+  python3 -m bridge.cli bench --arch sd15 --runs 15 --warmup 2 --variants plain capture publish queries daam --json "$out/sd15.json" --profile "$out/sd15_profile.txt" 2>&1 | grep -v '^{' | tee "$out/sd15.txt"
   [ "$what" = models ] || python3 bench/phases_bench.py --reps 500 2>&1 | tail -3 | tee "$out/phases.txt"
   [ "$what" = models ] || python3 bench/preview_bench.py --particles 1000000 --frames 300 --paths compute,transform_feedback 2>&1 | tail -4 | tee "$out/preview.txt"
 fi

@@ -77,7 +77,8 @@ class Latency:
 
 
 def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guidance: float = 7.5, variants: list[str] | None = None,
-              endpoint: str = "tcp://127.0.0.1:5599", height: int | None = None, width: int | None = None) -> dict[str, Any]:
+              endpoint: str = "tcp://127.0.0.1:5599", height: int | None = None, width: int | None = None,
+              profile: str | None = None) -> dict[str, Any]:
     """Time the variants; returns a JSON-able result (also printed by ``stepx bench``)."""
     from bridge.capture import Query, capture
     from bridge.fanout import FanOut
@@ -155,6 +156,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                     times[v].append(dt)
                     if device.type == "cuda":
                         peak[v] = max(peak[v], torch.cuda.max_memory_allocated(device))
+        if profile:
+            write_profiles(table, variants, device, profile)
     lat = latency.close() if latency else None
     if fanout:
         fanout.close()
@@ -170,6 +173,24 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "step_to_subscriber_latency": lat,
         "errors": errors,
     }
+
+
+def write_profiles(table: dict[str, Callable[[], None]], variants: list[str], device: torch.device, path: str) -> None:
+    """One more call of each variant under torch.profiler; the top ops by self time go to ``path``
+    (text), so a GPU session can see where an overhead comes from in the same command."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with open(path, "w") as out:
+        for v in variants:
+            with profile(activities=activities) as prof:
+                table[v]()
+                _sync(device)
+            ops = prof.key_averages()
+            launches = sum(e.count for e in ops if e.key.startswith("cuda") and "Launch" in e.key)
+            out.write(f"=== {v}: {len(prof.events())} events, {launches} kernel launches\n")
+            out.write(ops.table(sort_by=sort, row_limit=25) + "\n")
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "publish", "queries", "daam"])
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.add_argument("--profile", default=None, metavar="FILE", help="also profile one call of each variant (torch.profiler) into FILE")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         pipe, _ = load_pipeline(None if args.arch == "shapes" else "tiny", str(device))
     if "plain" not in args.variants:
         args.variants = ["plain", *args.variants]
-    result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants)
+    result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants, profile=args.profile)
     print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
