@@ -54,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
     concepts = {}
     if args.concepts:
         concepts = {f.stem: load_head_weights(f) for f in sorted(Path(args.concepts).glob("*.json"))}
-    sinks = build_sinks(args)
-    if not sinks:
-        log.warning("no sinks configured: pass --zmq, --osc or --record to see the stream")
+    sinks = build_sinks(args, default_zmq=True)  # with no output named, publish where `stepx preview` listens
     fanout = FanOut(sinks)
     phase = PhaseConfig(boundaries=tuple(args.phase_boundaries)) if args.phase_boundaries else PhaseConfig()
     runner = Runner(pipe, fanout.publish, name, image_every=args.image_every, phase_config=phase, concepts=concepts)
