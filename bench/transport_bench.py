@@ -18,24 +18,13 @@ import numpy as np
 from bridge.packet import Packet
 from bridge.transport import wire
 from bridge.transport.zmq_pub import ZmqPublisher
-from bridge.transport.zmq_sub import ZmqSubscriber
-
-
-def _join(pub: ZmqPublisher, sub: ZmqSubscriber) -> None:
-    probe = wire.encode(Packet("step", {"t": 0.0}))
-    for _ in range(200):
-        pub.send_bytes(probe)
-        if sub.recv(timeout=0.02) is not None:
-            while sub.recv(timeout=0.05) is not None:
-                pass
-            return
-    raise RuntimeError("subscriber did not join")
+from bridge.transport.zmq_sub import ZmqSubscriber, wait_joined
 
 
 def run_case(name: str, arrays: dict, encoding: str, frames: int, rate: float, consumer_period: float = 0.0) -> None:
     pub = ZmqPublisher("tcp://127.0.0.1:*", sndhwm=4)
     sub = ZmqSubscriber(pub.endpoint, topics=["stepx/step"])
-    _join(pub, sub)
+    wait_joined(pub, sub, timeout=10.0, kind="step")
     lat: list[float] = []
     nbytes = len(wire.encode(Packet("step", {"t": 0.0}, arrays), encoding))
     done = threading.Event()

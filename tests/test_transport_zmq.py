@@ -9,24 +9,11 @@ import zmq
 from bridge.packet import Packet
 from bridge.transport import wire
 from bridge.transport.zmq_pub import ZmqPublisher
-from bridge.transport.zmq_sub import ZmqSubscriber
+from bridge.transport.zmq_sub import ZmqSubscriber, wait_joined
 
 
 def pub():
     return ZmqPublisher("tcp://127.0.0.1:*", sndhwm=2)
-
-
-def wait_joined(p, s, timeout=5.0, kind="status"):
-    """Send probes until the subscriber sees one (ZMQ slow-joiner)."""
-    probe = wire.encode(Packet(kind, {"state": "probe"}))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        p.send_bytes(probe)
-        if s.recv(timeout=0.05) is not None:
-            while s.recv(timeout=0.05) is not None:
-                pass
-            return
-    raise AssertionError("subscriber never joined")
 
 
 def test_topic_filter_and_round_trip():

@@ -11,11 +11,12 @@ subscription messages, so a conflating socket can hold only one subscription.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable
 
 import zmq
 
-from bridge.transport.wire import TOPIC_ROOT, decode, split
+from bridge.transport.wire import TOPIC_ROOT, decode, encode, split
 
 DEFAULT_SUB_ENDPOINT = "tcp://127.0.0.1:5560"
 KEEP_KINDS = ("run", "timeline", "end")
@@ -85,3 +86,19 @@ class ZmqSubscriber:
 
     def close(self) -> None:
         self.sock.close(linger=0)
+
+
+def wait_joined(pub: Any, sub: ZmqSubscriber, timeout: float = 5.0, kind: str = "status") -> None:
+    """Send probe packets until ``sub`` sees one, then drain (ZeroMQ's slow joiner), for tests and
+    benchmarks that must not lose their first frames. Raises TimeoutError after ``timeout`` s."""
+    from bridge.packet import Packet
+
+    probe = encode(Packet(kind, {"state": "probe"}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pub.send_bytes(probe)
+        if sub.recv(timeout=0.05) is not None:
+            while sub.recv(timeout=0.05) is not None:
+                pass
+            return
+    raise TimeoutError("the subscriber never joined")
