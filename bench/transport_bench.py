@@ -66,7 +66,7 @@ def main() -> None:
     run_case("textures f16 throughput (no pacing)", tex, "float16", args.frames, 0)
     run_case("image RGBA throughput (no pacing)", img, "float32", args.frames, 0)
     period = 3.0 / args.rate
-    run_case(f"textures f16, subscriber 3x slower", tex, "float16", args.frames, args.rate, consumer_period=period)
+    run_case("textures f16, subscriber 3x slower", tex, "float16", args.frames, args.rate, consumer_period=period)
     t = time.perf_counter()
     for _ in range(100):
         wire.encode(Packet("step", {}, tex), "float16")

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -40,10 +40,6 @@ class RunResult:
     image: np.ndarray | None = None
     error: str | None = None
     run: CaptureRun | None = None
-
-
-class Cancelled(Exception):
-    """Raised inside the pipeline's step callback to stop a run within one step."""
 
 
 class Runner:

@@ -18,7 +18,7 @@ from bridge.capture import (
     capture,
     supported_pipelines,
 )
-from bridge.models.tiny import make_scheduler, tiny_sd_pipeline
+from bridge.models.tiny import tiny_sd_pipeline
 
 PROMPT = "a red circle above a blue square"
 

@@ -1,6 +1,5 @@
 """FanOut with real threads: slow and raising sinks never slow the producer or build a backlog."""
 
-import threading
 import time
 
 import numpy as np

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import pytest
 moderngl = pytest.importorskip("moderngl", reason="moderngl not installed (pip install moderngl)")
 
 from bridge.preview.colormap import colormap  # noqa: E402
-from bridge.preview.renderer import Camera, PreviewError, PreviewRenderer, create_context  # noqa: E402
+from bridge.preview.renderer import PreviewError, PreviewRenderer, create_context  # noqa: E402
 from bridge.preview.shaders import SHADER_DIR, load_shader  # noqa: E402
 
 STRUCTURE = (0.0, 1.0, 0.0)

@@ -4,7 +4,6 @@ import threading
 import time
 
 import numpy as np
-import zmq
 
 from bridge.packet import Packet
 from bridge.transport import wire

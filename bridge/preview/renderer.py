@@ -12,7 +12,7 @@ top" (particle y, fullscreen ``v_uv``). The framebuffer's row 0 is the BOTTOM, s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Sequence
 

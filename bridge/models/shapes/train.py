@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 log = logging.getLogger("bridge.shapes.train")
 
@@ -239,7 +237,7 @@ class Trainer:
         for _ in range(20):
             sc = self.world.sample(b)
             img, _ = self.world.render(sc)
-            ids = self.world.caption_ids(sc)
+            self.world.caption_ids(sc)
         self._sync()
         dt = (time.monotonic() - t) / 20
         self.say(f"data: batch {b} rendered+captioned in {dt*1000:.1f} ms ({b/dt:.0f} images/s)")
@@ -341,7 +339,6 @@ class Trainer:
         """A grid of EMA samples for a look (written to --out/samples.png)."""
         import tempfile
 
-        from diffusers import StableDiffusionPipeline
         from PIL import Image
 
         from .model import build_pipeline

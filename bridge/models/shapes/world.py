@@ -133,7 +133,7 @@ class World:
     # ------------------------------------------------------------------ sampling
     def sample(self, batch: int) -> Scenes:
         """Sample ``batch`` training scenes (no held-out colour-shape pair). No host syncs."""
-        dev, s = self.device, self.size
+        s = self.size
         n = torch.multinomial(self.n_probs.expand(batch, -1), 1, generator=self.gen).squeeze(1)  # [B]
         li = self.layout_offset[n] + (self._rand(batch) * self.layout_count[n]).long().clamp_max(self.layout_count[n] - 1)
         cells, rel = self.cells[li], self.rels[li]  # [B,3], [B,2]
@@ -170,7 +170,7 @@ class World:
         bg = torch.full((b,), GRAY, dtype=torch.long)
         bg_word = torch.zeros(b, dtype=torch.bool)
         li = torch.zeros(b, dtype=torch.long)
-        cells_cpu, rels_cpu, n_cpu = self.cells.cpu(), self.rels.cpu(), self.layout_n
+        rels_cpu, n_cpu = self.rels.cpu(), self.layout_n
         for i, sp in enumerate(specs):
             objs = sp["objects"]
             n[i] = len(objs)
