@@ -78,6 +78,28 @@ def query_rows_map(
     return out
 
 
+def batched_query_rows_map(
+    q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, row_weights: torch.Tensor, weights: torch.Tensor,
+    budget: int = 1 << 26,
+) -> torch.Tensor:
+    """Self-attention map of a weighted set of query rows over L layers that share a grid.
+
+    q: ``[L, B, heads, N, d]``; k: ``[L, B, heads, N, d]``; rows: ``[n]`` selected query rows with
+    row_weights ``[N]``; weights: ``[L, heads]``. Returns ``[B, N]`` =
+    Σ_l Σ_h w_lh Σ_r ρ_r softmax(q_lhr k_lhᵀ/√d), the rows taken ``budget`` logits at a time.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    l, b, h, n, _ = q.shape
+    kf = k.float().transpose(-1, -2)  # [L, B, h, d, N]
+    chunk = max(1, budget // max(1, l * b * h * n))
+    out = q.new_zeros((b, n), dtype=torch.float32)
+    for start in range(0, rows.numel(), chunk):
+        idx = rows[start : start + chunk]
+        probs = torch.matmul(q[:, :, :, idx].float(), kf).mul_(scale).softmax(-1)  # [L, B, h, r, N]
+        out += torch.einsum("lbhrn,lh,r->bn", probs, weights, row_weights[idx].float())
+    return out
+
+
 def diffused_query_map(
     q: torch.Tensor, k: torch.Tensor, seed_weights: torch.Tensor, head_weights: torch.Tensor, iterations: int, keep: float
 ) -> torch.Tensor:

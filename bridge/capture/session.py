@@ -22,7 +22,7 @@ import torch
 from .adapters import Adapter, Layer, adapter_for
 from .config import CaptureConfig, head_weight_vector, matches
 from .frames import CaptureRun, StepFrame
-from .maps import batched_cross_attention_maps, cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, query_rows_map, resize_maps, split_heads
+from .maps import batched_cross_attention_maps, batched_query_rows_map, cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, resize_maps, split_heads
 from .steps import estimate_x0, patch_method, step_outputs
 from .tokens import token_maps_for
 
@@ -41,7 +41,7 @@ class _StepAccumulator:
     seen: set[str] = field(default_factory=set)
     evals: int = 0
     timestep: float | torch.Tensor = float("nan")
-    batched: dict[tuple, list] = field(default_factory=dict)  # (grid, heads, C, T) -> [(layer, q, k)]
+    batched: dict[tuple, list] = field(default_factory=dict)  # (grid, heads, d, T | query name) -> [(layer, q, k)]
 
 
 def _add(store: dict, key: Any, value: torch.Tensor) -> None:
@@ -274,12 +274,12 @@ class Capture:
                 _add(acc.detail, layer.name, per_head_cross_maps(qh, kh).reshape(b, layer.heads, t, *grid))
         else:
             for query in self.config.queries:
-                cells = self._cells(query, grid, q.device)
-                if query.kind == "diffused":
+                if query.kind == "diffused":  # its rows depend on the previous pass: one layer at a time
+                    cells = self._cells(query, grid, q.device)
                     m = diffused_query_map(qh, kh, cells[1], w, query.iterations, query.keep)
-                else:
-                    m = query_rows_map(qh, kh, cells[1], w, rows=cells[0])
-                _add(acc.queries.setdefault(query.name, {}), grid, m.view(-1, *grid))
+                    _add(acc.queries.setdefault(query.name, {}), grid, m.view(-1, *grid))
+                else:  # computed with the layer's peers after the evaluation
+                    acc.batched.setdefault((grid, layer.heads, qh.shape[-1], query.name), []).append((layer, qh, kh))
 
     def add_cross(self, layer: Layer, maps: torch.Tensor, per_head: torch.Tensor | None = None) -> None:
         """For adapters that compute the probabilities themselves (MM-DiT joint attention).
@@ -318,13 +318,20 @@ class Capture:
     def _after_denoiser(self, *_: Any) -> None:
         """End of one model evaluation: compute the batched cross-attention layers, group by group."""
         acc = self._acc
-        for (grid, heads, _d, _t), items in acc.batched.items():
+        for (grid, _heads, _d, what), items in acc.batched.items():
             layers = tuple(layer for layer, _, _ in items)
-            weights = self._stacked_weights(layers, items[0][1].device)  # [L, heads]
+            device = items[0][1].device
+            weights = self._stacked_weights(layers, device)  # [L, heads]
             q = torch.stack([qh for _, qh, _ in items])  # [L, B, heads, N, d]
-            k = torch.stack([kh for _, _, kh in items])  # [L, B, heads, T, d]
-            maps = batched_cross_attention_maps(q, k, weights)  # [B, T, N]
-            _add(acc.cross, grid, maps.view(maps.shape[0], maps.shape[1], *grid))
+            k = torch.stack([kh for _, _, kh in items])  # [L, B, heads, T or N, d]
+            if isinstance(what, int):  # cross-attention over T text keys
+                maps = batched_cross_attention_maps(q, k, weights)  # [B, T, N]
+                _add(acc.cross, grid, maps.view(maps.shape[0], maps.shape[1], *grid))
+            else:  # the self-attention query named ``what``
+                query = next(qr for qr in self.config.queries if qr.name == what)
+                rows, row_weights = self._cells(query, grid, device)
+                m = batched_query_rows_map(q, k, rows, row_weights, weights)  # [B, N]
+                _add(acc.queries.setdefault(what, {}), grid, m.view(-1, *grid))
         acc.batched.clear()
 
     def _stacked_weights(self, layers: tuple[Layer, ...], device: torch.device) -> torch.Tensor:
