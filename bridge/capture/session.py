@@ -76,6 +76,7 @@ class Capture:
         self._weights: dict[tuple[str, str], torch.Tensor] = {}
         self._query_cells: dict[tuple[str, tuple[int, int], str], torch.Tensor] = {}
         self._warned: set[str] = set()
+        self._alphas: dict = {}  # the scheduler's ᾱ on the model's device (estimate_x0)
         self._encoded = False  # an encode_prompt call was recorded since the last set_timesteps
         configure = getattr(self.adapter, "configure", None)  # optional: adapter options from config.extra
         if configure is not None:
@@ -192,7 +193,7 @@ class Capture:
                 if getattr(sched, "state_in_first_order", True) or done:
                     prev, x0 = step_outputs(out)
                     if x0 is None:
-                        x0 = estimate_x0(sched, model_output, timestep, sample)
+                        x0 = estimate_x0(sched, model_output, timestep, sample, self._alphas)
                     unpack = getattr(self.adapter, "frame_latents", None)  # optional: e.g. FLUX's packed latents
                     if unpack is not None:
                         prev, x0 = unpack(prev), unpack(x0)
@@ -262,21 +263,20 @@ class Capture:
         if getattr(attn, "norm_k", None) is not None:
             kh = attn.norm_k(kh)
         grid = layer_grid(qh.shape[2], run.latent_hw)
-        w = self._head_weights(layer, q.device)
         acc = self._acc
         acc.seen.add(layer.name)
         if layer.cross and layer.name not in self.detail:  # computed with the layer's peers after the evaluation
             acc.batched.setdefault((grid, layer.heads, qh.shape[-1], kh.shape[2]), []).append((layer, qh, kh))
         elif layer.cross:
             b, t = kh.shape[0], kh.shape[2]
-            _add(acc.cross, grid, cross_attention_maps(qh, kh, w).view(b, t, *grid))
+            _add(acc.cross, grid, cross_attention_maps(qh, kh, self._head_weights(layer, q.device)).view(b, t, *grid))
             if layer.name in self.detail:
                 _add(acc.detail, layer.name, per_head_cross_maps(qh, kh).reshape(b, layer.heads, t, *grid))
         else:
             for query in self.config.queries:
                 if query.kind == "diffused":  # its rows depend on the previous pass: one layer at a time
                     cells = self._cells(query, grid, q.device)
-                    m = diffused_query_map(qh, kh, cells[1], w, query.iterations, query.keep)
+                    m = diffused_query_map(qh, kh, cells[1], self._head_weights(layer, q.device), query.iterations, query.keep)
                     _add(acc.queries.setdefault(query.name, {}), grid, m.view(-1, *grid))
                 else:  # computed with the layer's peers after the evaluation
                     acc.batched.setdefault((grid, layer.heads, qh.shape[-1], query.name), []).append((layer, qh, kh))

@@ -31,11 +31,13 @@ def step_outputs(out: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     return getattr(out, "prev_sample", None), getattr(out, "pred_original_sample", None)
 
 
-def estimate_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor | None:
+def estimate_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
+                cache: dict | None = None) -> torch.Tensor | None:
     """Predicted clean latents for ᾱ-parameterised schedulers that do not return them (e.g. DPM-Solver).
 
     x0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t for ε-prediction; x0 = √ᾱ_t x_t − √(1−ᾱ_t) v for v-prediction.
     Returns None where the scheduler's parameterisation is not known (then only the final image is shown).
+    ``cache`` keeps ᾱ on the sample's device between steps (a host→device copy per step would wait).
     """
     if getattr(sched, "sigmas", None) is not None and "Euler" in type(sched).__name__:
         return None  # sigma-space samples: Euler-type schedulers return x0 themselves
@@ -45,7 +47,14 @@ def estimate_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: t
         return None
     if torch.is_tensor(timestep):  # indexed on the device: int(timestep) would wait for the GPU
         t = timestep.flatten()[0].long().clamp(0, len(alphas) - 1)
-        a = alphas.to(sample.device, torch.float32)[t.to(sample.device)]
+        key = (id(alphas), str(sample.device))
+        on_device = (cache or {}).get(key)
+        if on_device is None:
+            on_device = alphas.to(sample.device, torch.float32)
+            if cache is not None:
+                cache.clear()
+                cache[key] = on_device
+        a = on_device[t.to(sample.device)]
     else:
         if not 0 <= int(timestep) < len(alphas):
             return None
