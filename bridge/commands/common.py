@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,3 +60,34 @@ def apply_config_file(p: argparse.ArgumentParser, argv_flags: set[str], args: ar
 def given_flags(argv: list[str]) -> set[str]:
     """Destinations of the long flags present on the command line."""
     return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
+def load_model(args: argparse.Namespace) -> tuple[Any, str]:
+    """The pipeline the model options name: ``(pipe, name)``."""
+    from bridge.models.loading import load_pipeline
+
+    return load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch,
+                         config=args.model_config)
+
+
+def phase_config_from_args(args: argparse.Namespace) -> Any:
+    """The PhaseConfig the generation options ask for (default boundaries 0.2, 0.6)."""
+    from bridge.phases import PhaseConfig
+
+    return PhaseConfig(boundaries=tuple(args.phase_boundaries)) if args.phase_boundaries else PhaseConfig()
+
+
+def request_factory(args: argparse.Namespace) -> Callable[[str], Any]:
+    """``prompt -> Request`` with the generation options' settings (head weights read once)."""
+    from bridge.capture import load_head_weights
+    from bridge.runner import Request
+
+    head_weights = load_head_weights(args.head_weights) if args.head_weights else None
+
+    def make(prompt: str) -> Request:
+        return Request(prompt=prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
+                       guidance=args.guidance, focus=list(args.focus),
+                       phase_boundaries=tuple(args.phase_boundaries) if args.phase_boundaries else None,
+                       head_weights=head_weights)
+
+    return make

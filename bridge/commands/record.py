@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from bridge.commands.common import add_generation_arguments, add_model_arguments
+from bridge.commands.common import add_generation_arguments, add_model_arguments, load_model, request_factory
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,17 +30,14 @@ def default_path(prompt: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bridge.capture import load_head_weights
     from bridge.fanout import FanOut
-    from bridge.models.loading import load_pipeline
-    from bridge.phases import PhaseConfig
-    from bridge.runner import Request, Runner
+    from bridge.runner import Runner
     from bridge.sinks import build_sinks
     from bridge.trace import TraceWriter
 
     out = Path(args.out) if args.out else default_path(args.prompt)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pipe, name = load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch, config=args.model_config)
+    pipe, name = load_model(args)
     args.record = None  # the trace below is this command's own
     writer = TraceWriter(out)
     sinks = [writer, *build_sinks(args)]
@@ -52,13 +49,8 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(1)
             fanout.publish(packet)
 
-        phase = PhaseConfig(boundaries=tuple(args.phase_boundaries)) if args.phase_boundaries else PhaseConfig()
-        runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase)
-        req = Request(prompt=args.prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
-                      guidance=args.guidance, focus=list(args.focus),
-                      phase_boundaries=tuple(args.phase_boundaries) if args.phase_boundaries else None,
-                      head_weights=load_head_weights(args.head_weights) if args.head_weights else None)
-        result = runner.run(req)
+        runner = Runner(pipe, publish, name, image_every=args.image_every)  # the request carries the phase boundaries
+        result = runner.run(request_factory(args)(args.prompt))
     bar.close()
     if result.status != "done":
         print(f"stepx record: the run failed: {result.error}", file=sys.stderr)

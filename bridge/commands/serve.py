@@ -9,7 +9,9 @@ import signal
 import sys
 from pathlib import Path
 
-from bridge.commands.common import add_generation_arguments, add_model_arguments, apply_config_file, given_flags
+from bridge.commands.common import (
+    add_generation_arguments, add_model_arguments, apply_config_file, given_flags, load_model, phase_config_from_args, request_factory,
+)
 
 log = logging.getLogger("stepx.serve")
 
@@ -42,22 +44,20 @@ def run(args: argparse.Namespace) -> int:
     from bridge.capture import load_head_weights
     from bridge.daemon import Daemon, DaemonOptions
     from bridge.fanout import FanOut
-    from bridge.models.loading import load_pipeline
-    from bridge.phases import PhaseConfig
-    from bridge.runner import Request, Runner
+    from bridge.runner import Runner
     from bridge.sinks import build_sinks
     from bridge.transport.control_osc import ControlOscServer
     from bridge.transport.control_zmq import ControlZmqServer
 
     args = apply_config_file(argparse.ArgumentParser(prog="stepx serve"), given_flags(sys.argv[1:]), args, args.config)
-    pipe, name = load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch, config=args.model_config)
+    pipe, name = load_model(args)
     concepts = {}
     if args.concepts:
         concepts = {f.stem: load_head_weights(f) for f in sorted(Path(args.concepts).glob("*.json"))}
     sinks = build_sinks(args, default_zmq=True)  # with no output named, publish where `stepx preview` listens
     fanout = FanOut(sinks)
-    phase = PhaseConfig(boundaries=tuple(args.phase_boundaries)) if args.phase_boundaries else PhaseConfig()
-    runner = Runner(pipe, fanout.publish, name, image_every=args.image_every, phase_config=phase, concepts=concepts)
+    runner = Runner(pipe, fanout.publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
+                    concepts=concepts)
     daemon = Daemon(runner, fanout.publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
     servers = []
     if args.control:
@@ -66,10 +66,7 @@ def run(args: argparse.Namespace) -> int:
         host, _, port = args.osc_control.rpartition(":")
         servers.append(ControlOscServer(daemon.handle, host or "127.0.0.1", int(port), allow_remote=args.allow_remote, token=args.token))
 
-    def defaults(prompt: str) -> Request:
-        return Request(prompt=prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                       focus=list(args.focus), phase_boundaries=tuple(args.phase_boundaries) if args.phase_boundaries else None,
-                       head_weights=load_head_weights(args.head_weights) if args.head_weights else None)
+    defaults = request_factory(args)
 
     if args.playlist:  # --prompt, if given too, plays first
         prompts = [l.strip() for l in Path(args.playlist).read_text().splitlines() if l.strip() and not l.startswith("#")]
