@@ -7,7 +7,9 @@ are accumulated on the device and read every ``--log-every`` steps):
 1. the AutoencoderKL (8x down, 8 latent channels): L1 + MSE with object pixels weighted up,
    tiny KL; then ``scaling_factor`` = 1 / std of the latents;
 2. the UNet and the CLIP text encoder, jointly, from scratch, on frozen-VAE latents:
-   v-prediction, min-SNR-5 weighting, 10% empty captions for classifier-free guidance, EMA.
+   v-prediction, min-SNR-5 weighting, 10% empty captions for classifier-free guidance, EMA;
+   optionally (``--ground W``) plus W × a token-grounding loss that asks each object word's
+   cross-attention to fall on its object (``grounding.py``).
 
 It stops by wall-clock (``--minutes``), writes a full checkpoint (``--ckpt-dir``, resumable
 with ``--resume``) and the EMA weights as fp16 safetensors to ``--out`` (each file < 16 MiB);
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from .grounding import grounding_loss, install, targets
+
 log = logging.getLogger("bridge.shapes.train")
 
 
@@ -34,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default=None, help="a ckpt.pt, or a folder of exported weights (vae/unet/text_encoder)")
     p.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget for everything, minutes")
     p.add_argument("--vae-seconds", type=float, default=100.0, help="time for the VAE phase (skipped if resumed past it)")
+    p.add_argument("--decoder-seconds", type=float, default=0.0,
+                   help="first fine-tune the VAE decoder alone for this long (encoder frozen, so the latent space the UNet "
+                        "learnt stays the same)")
+    p.add_argument("--skip-unet", action="store_true", help="no UNet training (e.g. only --decoder-seconds)")
     p.add_argument("--batch", type=int, default=256, help="UNet batch size")
     p.add_argument("--vae-batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -41,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--cond-drop", type=float, default=0.1)
+    p.add_argument("--ground", type=float, default=0.0,
+                   help="weight of the token-grounding loss on cross-attention (grounding.py); 0 = off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda")
     p.add_argument("--log-every", type=int, default=200)
@@ -181,6 +191,7 @@ class Trainer:
                 e.copy_(s)
             self.scaling, self.vae_step, self.vae_done, self.step = ck["scaling"], ck["vae_step"], ck["vae_done"], ck["step"]
             self.elapsed_before = ck.get("elapsed", 0.0)
+            self.ground_from_step = ck.get("ground_from_step")
             self.say(f"resumed full checkpoint {path}: vae_step={self.vae_step} step={self.step}")
         else:  # exported (EMA) weights: no optimizer state, restart the LR warm-up
             self.scaling = load_exported(path, self.vae, self.unet, self.text)
@@ -192,6 +203,8 @@ class Trainer:
                 m = json.loads(meta.read_text())
                 self.step, self.vae_step = m.get("step", 0), m.get("vae_step", 0)
                 self.elapsed_before = m.get("elapsed", 0.0)
+                self.ground_from_step = m.get("ground_from_step")
+                self.decoder_steps = m.get("decoder_steps", 0)
             self.resumed_from_weights = True
             self.say(f"resumed exported weights {path} (no optimizer state): step={self.step}")
 
@@ -200,7 +213,7 @@ class Trainer:
             "vae": self.vae.state_dict(), "unet": self.unet.state_dict(), "text": self.text.state_dict(),
             "vae_opt": self.vae_opt.state_dict(), "opt": self.opt.state_dict(), "ema": self.ema,
             "scaling": self.scaling, "vae_step": self.vae_step, "vae_done": self.vae_done, "step": self.step,
-            "elapsed": self.elapsed(),
+            "elapsed": self.elapsed(), "ground_from_step": getattr(self, "ground_from_step", None),
         }
         tmp = self.ckpt_dir / "ckpt.pt.tmp"
         torch.save(ck, tmp)
@@ -224,7 +237,9 @@ class Trainer:
         _save_fp16({k: unet_sd[k] for k in keys[half:]}, self.out / "unet_1.safetensors")
         _save_fp16(text_sd, self.out / "text_encoder.safetensors")
         _save_fp16(self.vae.state_dict(), self.out / "vae.safetensors")
-        meta = {"scaling_factor": self.scaling, "step": self.step, "vae_step": self.vae_step, "elapsed": self.elapsed(), "seed": self.args.seed, "batch": self.args.batch}
+        meta = {"scaling_factor": self.scaling, "step": self.step, "vae_step": self.vae_step, "elapsed": self.elapsed(), "seed": self.args.seed,
+                "batch": self.args.batch, "ground": self.args.ground, "ground_from_step": getattr(self, "ground_from_step", None),
+                "decoder_steps": getattr(self, "decoder_steps", 0)}
         (self.out / "meta.json").write_text(json.dumps(meta, indent=1))
 
     # -------------------------------------------------------------- phases
@@ -282,12 +297,53 @@ class Trainer:
         self.say(f"vae done after {self.vae_step} steps; latent std {zs.std():.4f} mean {zs.mean():.4f} -> scaling_factor {self.scaling:.4f}")
         self._checkpoint()
 
+    def train_decoder(self) -> None:
+        """Fine-tune the VAE's decoder on the encoder's posterior means (what the UNet learns to
+        produce), with the VAE phase's loss; the encoder and so the latent space stay fixed."""
+        a, vae = self.args, self.vae
+        end = min(self.deadline, time.monotonic() + a.decoder_seconds)
+        params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+        opt = torch.optim.AdamW(params, lr=a.vae_lr * 0.5, betas=(0.9, 0.99), weight_decay=0.0)
+        vae.eval().requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        vae.decoder.train()
+        acc = torch.zeros(2, device=self.dev)
+        step = 0
+        while time.monotonic() < end:
+            sc = self.world.sample(a.vae_batch)
+            img, masks = self.world.render(sc)
+            x = img * 2 - 1
+            w = 1.0 + 4.0 * masks.any(1, keepdim=True).float()
+            with torch.no_grad(), self._autocast():
+                z = vae.encode(x).latent_dist.mean
+            with self._autocast():
+                rec = vae.decode(z).sample.float()
+            l1 = ((rec - x).abs() * w).mean()
+            mse = (((rec - x) ** 2) * w).mean()
+            opt.zero_grad(set_to_none=True)
+            (l1 + mse).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            acc += torch.stack([l1.detach(), mse.detach()])
+            step += 1
+            if step % a.log_every == 0:
+                v = (acc / a.log_every).tolist()
+                self.say(f"decoder step {step}: l1 {v[0]:.4f} mse {v[1]:.4f}")
+                acc.zero_()
+        vae.eval().requires_grad_(False)
+        self.decoder_steps = getattr(self, "decoder_steps", 0) + step
+        self.say(f"decoder fine-tuned for {step} steps")
+
     def train_unet(self) -> None:
         a = self.args
         self.vae.eval().requires_grad_(False)
         self.unet.train()
         self.text.train()
-        acc = torch.zeros(1, device=self.dev)
+        acc = torch.zeros(2, device=self.dev)
+        store = install(self.unet) if a.ground > 0 else None
+        if store is not None and getattr(self, "ground_from_step", None) is None:
+            self.ground_from_step = self.step  # provenance: the step grounding started at
         t_last, s_last = time.monotonic(), self.step
         last_ck = time.monotonic()
         start_step = self.step
@@ -296,8 +352,8 @@ class Trainer:
         while time.monotonic() < self.deadline - margin:
             b = a.batch
             sc = self.world.sample(b)
-            img, _ = self.world.render(sc)
-            ids = self.world.caption_ids(sc)
+            img, masks = self.world.render(sc)
+            ids, positions = self.world.caption_tokens(sc)
             drop = torch.rand(b, 1, device=self.dev) < a.cond_drop
             ids = torch.where(drop, self.empty_ids, ids)
             with torch.no_grad(), self._autocast():
@@ -309,29 +365,43 @@ class Trainer:
             target = ab.sqrt() * noise - (1 - ab).sqrt() * z0  # v
             snr = ab / (1 - ab)
             wgt = (snr.clamp_max(5.0) / (snr + 1)).view(b)
+            if store is not None:
+                store.clear()
             with self._autocast():
                 enc = self.text(ids).last_hidden_state
                 pred = self.unet(zt, t, enc).sample
             loss = ((pred.float() - target) ** 2).mean((1, 2, 3))
             loss = (loss * wgt).mean()
+            ground = torch.zeros((), device=self.dev)
+            if store is not None:
+                pos, regions, valid = targets(masks, positions)
+                ground = grounding_loss(store, pos, regions, valid & ~drop)
+                store.clear()
+            total = loss + a.ground * ground
             lr = a.lr * min(1.0, (self.step - warm_from + 1) / a.warmup)
             for g in self.opt.param_groups:
                 g["lr"] = lr
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
             self.opt.step()
             self.step += 1
             _ema_update(self.ema, [p.detach() for p in self.params], min(a.ema, (1 + self.step) / (10 + self.step)))
-            acc += loss.detach()
+            acc += torch.stack([loss.detach(), ground.detach()])
             if self.step % a.log_every == 0:
                 now = time.monotonic()
-                self.say(f"unet step {self.step}: loss {acc.item() / a.log_every:.4f} lr {lr:.2e} | {(self.step - s_last)/(now - t_last):.2f} steps/s, {(self.step - s_last) * b/(now - t_last):.0f} images/s")
+                lv = (acc / a.log_every).tolist()
+                self.say(f"unet step {self.step}: loss {lv[0]:.4f} ground {lv[1]:.4f} lr {lr:.2e} | "
+                         f"{(self.step - s_last)/(now - t_last):.2f} steps/s, {(self.step - s_last) * b/(now - t_last):.0f} images/s")
                 acc.zero_()
                 t_last, s_last = now, self.step
                 if now - last_ck > a.ckpt_every:
                     self._checkpoint()
                     last_ck = time.monotonic()
+        if store is not None:
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            self.unet.set_attn_processor(AttnProcessor2_0())
         self.say(f"unet stopped at step {self.step} ({self.step - start_step} this run)")
 
     @torch.no_grad()
@@ -381,7 +451,10 @@ class Trainer:
             self.measure()
         if not self.vae_done:
             self.train_vae()
-        self.train_unet()
+        if a.decoder_seconds > 0:
+            self.train_decoder()
+        if not a.skip_unet:
+            self.train_unet()
         self._checkpoint()
         self._export_files()
         self.say(f"exported EMA weights to {self.out}; total training time {self.elapsed():.0f}s")

@@ -209,10 +209,18 @@ class World:
     # ------------------------------------------------------------------ captions
     def caption_ids(self, sc: Scenes, length: int = MAX_LENGTH) -> torch.Tensor:
         """Token ids [B, length] of the scenes' captions (bos, words, eos, padded with eos)."""
+        return self.caption_tokens(sc, length)[0]
+
+    def caption_tokens(self, sc: Scenes, length: int = MAX_LENGTH) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Token ids ``[B, length]`` and where the grounded words sit: ``{"colour", "shape", "size":
+        [B, 3], "background": [B]}`` token positions (-1 where the caption has no such word)."""
         b, dev, ids = len(sc), self.device, self.ids
         slots, keep = [], []
+        where: dict[str, list[int]] = {"colour": [], "shape": [], "size": [], "background": []}
 
-        def add(tok: torch.Tensor, present: torch.Tensor) -> None:
+        def add(tok: torch.Tensor, present: torch.Tensor, word: str | None = None) -> None:
+            if word is not None:
+                where[word].append(len(slots))
             slots.append(tok.expand(b) if tok.dim() == 0 else tok)
             keep.append(present.expand(b) if present.dim() == 0 else present)
 
@@ -226,12 +234,12 @@ class World:
                 add(self._rel1_ids[r], present)
                 add(const("of"), present & (r >= 2))
             add(const("a"), present)
-            add(self._size_ids[sc.size_word[:, k]], present & (sc.size_word[:, k] > 0))
-            add(self._colour_ids[sc.colour[:, k].clamp_min(0)], present)
-            add(self._shape_ids[sc.shape[:, k].clamp_min(0)], present)
+            add(self._size_ids[sc.size_word[:, k]], present & (sc.size_word[:, k] > 0), "size")
+            add(self._colour_ids[sc.colour[:, k].clamp_min(0)], present, "colour")
+            add(self._shape_ids[sc.shape[:, k].clamp_min(0)], present, "shape")
         for w in ("on", "a"):
             add(const(w), sc.bg_word)
-        add(self._bg_ids[sc.bg], sc.bg_word)
+        add(self._bg_ids[sc.bg], sc.bg_word, "background")
         add(const("background"), sc.bg_word)
         add(const("<eos>"), true)
         tok = torch.stack(slots, 1)  # [B, S]
@@ -239,7 +247,10 @@ class World:
         pos = torch.where(keep_t, torch.cumsum(keep_t, 1) - 1, length)
         out = torch.full((b, length + 1), ids["<pad>"], dtype=torch.long, device=dev)  # last column: dropped slots
         out.scatter_(1, pos.clamp_max(length), tok)
-        return out[:, :length]
+        pos = torch.where(pos < length, pos, -1)  # [B, S]: a slot's token position, -1 if absent
+        positions = {w: pos[:, idx] for w, idx in where.items()}
+        positions["background"] = positions["background"][:, 0]
+        return out[:, :length], positions
 
     @staticmethod
     def captions(sc: Scenes) -> list[str]:
