@@ -5,9 +5,10 @@ Pure tensor functions that run on the device where the maps live, plus one state
 """
 
 from .config import GLOBAL_VIEWS, NORMALISATIONS, PhaseConfig
-from .engine import PhaseEngine
+from .engine import COMPILE_MODES, PhaseEngine
 from .forces import blend, chaos_force, force_gains, stability_force
 from .frame import PhaseFrame
+from .fused import StepOut, StepState, initial_state, phase_step, step_scalars
 from .masks import chaos_mask, settledness, stability_mask, update_change_ema
 from .morph import (
     PHASE_NAMES,
@@ -42,12 +43,12 @@ from .timeline import (
 )
 
 __all__ = [
-    "DTYPES", "GLOBAL_VIEWS", "NORMALISATIONS", "PHASE_NAMES", "RGBA_CHANNELS", "SERIES",
-    "PhaseConfig", "PhaseEngine", "PhaseFrame", "TimelineSummary",
+    "COMPILE_MODES", "DTYPES", "GLOBAL_VIEWS", "NORMALISATIONS", "PHASE_NAMES", "RGBA_CHANNELS", "SERIES",
+    "PhaseConfig", "PhaseEngine", "PhaseFrame", "StepOut", "StepState", "TimelineSummary",
     "accumulate_phases", "area_under_curve", "blend", "blend_phase_maps", "chaos_force", "chaos_mask",
-    "convert", "distribution_change", "emergence_steps", "force_gains", "global_view", "minmax_normalise",
-    "normalise", "pack_rgba", "peak_steps", "phase_index", "phase_maps", "phase_progress", "phase_weights",
+    "convert", "distribution_change", "emergence_steps", "force_gains", "global_view", "initial_state", "minmax_normalise",
+    "normalise", "pack_rgba", "peak_steps", "phase_index", "phase_maps", "phase_progress", "phase_step", "phase_weights",
     "run_progress", "running_max_normalise", "settledness", "share_normalise", "smoothstep",
-    "spatial_distribution", "stabilisation_steps", "stability_force", "stability_mask", "step_measures",
+    "spatial_distribution", "stabilisation_steps", "stability_force", "stability_mask", "step_measures", "step_scalars",
     "to_host", "update_change_ema", "update_running_max",
 ]

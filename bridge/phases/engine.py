@@ -12,11 +12,40 @@ from torch import Tensor
 from .config import PhaseConfig
 from .forces import force_gains
 from .frame import PhaseFrame
-from .masks import settledness, update_change_ema
-from .morph import accumulate_phases, blend_phase_maps, phase_index, phase_progress, phase_weights, run_progress
+from .fused import (
+    StepOut,
+    StepState,
+    initial_state,
+    phase_step,
+    pixel_centres,
+    step_scalars,
+)
+from .morph import phase_index, phase_progress, phase_weights, run_progress
 from .morph import phase_maps as mean_phase_maps
-from .normalise import global_view, normalise, update_running_max
-from .timeline import TimelineSummary, distribution_change, spatial_distribution, step_measures
+from .timeline import TimelineSummary
+
+#: Accepted ``PhaseEngine(compile=...)`` modes (``True`` means ``"default"``). ``reduce-overhead``
+#: (CUDA graphs) applies on CUDA only; on other devices it compiles like ``default``.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+_COMPILED: dict[str, object] = {}
+
+
+def _step_function(mode: str | None, device: torch.device):
+    """(step function, clone outputs?) for a compile mode on a device; compiled wrappers are
+    shared by all engines (torch caches one graph per (N, H, W, device, normalisation, global view))."""
+    if mode is None:
+        return phase_step, False
+    if mode == "reduce-overhead" and device.type != "cuda":
+        mode = "default"
+    if mode not in _COMPILED:
+        _COMPILED[mode] = torch.compile(phase_step, dynamic=False, mode=mode)
+    return _COMPILED[mode], mode == "reduce-overhead"
+
+
+def _clone_out(out: StepOut) -> StepOut:
+    state = StepState(*(t.clone() for t in out.state))
+    return StepOut(state, *(t.clone() for t in out[1:]))
 
 
 class PhaseEngine:
@@ -24,9 +53,20 @@ class PhaseEngine:
 
     All tensor work happens on ``device`` (default: wherever the maps arrive) without host
     syncs; only ``PhaseFrame.scalars()/arrays()`` and ``summary()`` copy to the host.
+
+    The tensor maths of a step is one pure function (:func:`bridge.phases.fused.phase_step`).
+    ``compile=False`` (default) runs it eagerly, the reference; ``compile=True`` (or a mode from
+    :data:`COMPILE_MODES`) runs it through ``torch.compile(dynamic=False)``: a handful of fused
+    kernels per step, compiled once per (N, H, W, device, normalisation, global view).
     """
 
-    def __init__(self, words: Sequence[str], config: PhaseConfig = PhaseConfig(), device: torch.device | str | None = None):
+    def __init__(
+        self,
+        words: Sequence[str],
+        config: PhaseConfig = PhaseConfig(),
+        device: torch.device | str | None = None,
+        compile: bool | str = False,
+    ):
         words = list(words)
         if not words:
             raise ValueError("PhaseEngine needs at least one word (the prompt's words, in order); got none")
@@ -35,18 +75,21 @@ class PhaseEngine:
             raise TypeError(f"PhaseEngine words must be strings; got {bad[:3]!r}")
         if not isinstance(config, PhaseConfig):
             raise TypeError(f"config must be a PhaseConfig, got {type(config).__name__}")
+        if compile is True:
+            compile = "default"
+        if compile is not False and compile not in COMPILE_MODES:
+            raise ValueError(f"PhaseEngine compile must be False, True or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
         self.words = words
         self.config = config
         self.device = torch.device(device) if device is not None else None
+        #: torch.compile mode of the step maths, or None for eager (the reference).
+        self.compile_mode: str | None = compile or None
         self.reset()
 
     def reset(self) -> None:
         """Forget the run: next ``update`` starts a new one."""
-        self._running_max: Tensor | None = None  # [N]
-        self._prev_textures: Tensor | None = None  # [N+1, H, W]
-        self._change_ema: Tensor | None = None  # [N+1, H, W]
-        self._prev_dist: Tensor | None = None  # [N, H*W]
-        self._acc: Tensor | None = None  # [3, N+1, H, W]
+        self._state: StepState | None = None  # tensor state, created at the first step
+        self._coords: tuple[Tensor, Tensor] | None = None  # pixel centres xs [W], ys [H]
         self._acc_weight: list[float] = [0.0, 0.0, 0.0]
         self._history: list[Tensor] = []  # each [7, N]
         self._steps: list[int] = []
@@ -54,7 +97,8 @@ class PhaseEngine:
         self._shape: tuple[int, int] | None = None
 
     def _check(self, word_maps: Tensor, step: int, total_steps: int) -> Tensor:
-        """Validate the inputs against the run so far; return float32 maps on the engine device."""
+        """Validate the inputs against the run so far; return float32 maps on the engine device
+        (clamped to >= 0 in the step maths)."""
         if not isinstance(word_maps, Tensor):
             raise TypeError(f"word_maps must be a torch.Tensor [words, H, W], got {type(word_maps).__name__}")
         if word_maps.ndim != 3 or word_maps.shape[0] != len(self.words):
@@ -74,7 +118,7 @@ class PhaseEngine:
         if self._shape is not None and hw != self._shape:
             raise ValueError(f"map size changed from {self._shape} to {hw} within a run; call reset() to start a new run")
         device = self.device if self.device is not None else word_maps.device
-        return word_maps.to(device=device, dtype=torch.float32).clamp_min(0.0)
+        return word_maps.to(device=device, dtype=torch.float32)
 
     def update(self, word_maps: Tensor, step: int, total_steps: int) -> PhaseFrame:
         """Process one denoising step. word_maps: ``[N, H, W]`` raw non-negative attention of the
@@ -82,41 +126,37 @@ class PhaseEngine:
         cfg = self.config
         maps = self._check(word_maps, step, total_steps)  # [N, H, W]
         n, h, w = maps.shape
+        device = maps.device
 
-        # Textures: words then the global view.
-        if cfg.normalisation == "running_max":
-            self._running_max = update_running_max(self._running_max, maps)  # [N]
-        words_tex = normalise(maps, cfg.normalisation, self._running_max)  # [N, H, W]
-        textures = torch.cat([words_tex, global_view(words_tex, cfg.global_view)[None]])  # [N+1, H, W]
-
-        # Temporal settledness.
-        self._change_ema = update_change_ema(self._change_ema, textures, self._prev_textures, cfg.settle_rate)
-        settled = settledness(self._change_ema, cfg.settle_scale, textures)  # [N+1, H, W]
-        self._prev_textures = textures
-
-        # Three-phase morph.
+        # Host bookkeeping: this step's phase weights and the scalars of the tensor maths.
         progress = run_progress(step, total_steps)
         weights = phase_weights(progress, cfg.boundaries, cfg.crossfade)
-        if self._acc is None:
-            self._acc = textures.new_zeros((3, n + 1, h, w))  # [3, N+1, H, W]
-        accumulate_phases(self._acc, self._acc_weight, textures, weights)
-        accumulated = blend_phase_maps(self._acc, self._acc_weight, weights)  # [N+1, H, W]
-        global_phase_maps = mean_phase_maps(self._acc[:, -1:], self._acc_weight)[:, 0]  # [3, H, W]
-        wind, attraction = force_gains(weights, cfg.wind, cfg.attraction)
+        for p, wp in enumerate(weights):
+            if wp > 0.0:
+                self._acc_weight[p] += wp
+        if self._state is None:
+            self._state = initial_state(n, h, w, device)
+            self._coords = pixel_centres(h, w, device)
+        scal = torch.tensor(
+            step_scalars(weights, self._acc_weight, len(self._steps), cfg.settle_rate, cfg.settle_scale), dtype=torch.float32
+        )
+        if device.type != "cpu":
+            scal = scal.to(device, non_blocking=True)
 
-        # Timelines (from the raw maps: scale-invariant measures stay so).
-        dist = spatial_distribution(maps)  # [N, H*W]
-        change = distribution_change(dist, self._prev_dist)  # [N]
-        self._prev_dist = dist
-        measures = step_measures(maps, dist, change)  # [7, N]
-        self._history.append(measures)
+        # Device work: one pure function of tensors (compiled or not).
+        step_fn, clone = _step_function(self.compile_mode, device)
+        if clone:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = step_fn(maps, self._state, scal, *self._coords, cfg.normalisation, cfg.global_view)
+        if clone:  # CUDA-graph outputs are overwritten by the next replay: keep our own copies
+            out = _clone_out(out)
+        self._state = out.state
+        self._history.append(out.measures)
         self._steps.append(step)
         self._total_steps = total_steps
         self._shape = (h, w)
 
-        live = torch.cat(
-            [measures.reshape(-1), settled.flatten(1).mean(dim=1), textures.flatten(1).mean(dim=1)]
-        )  # [7N + 2(N+1)]
+        wind, attraction = force_gains(weights, cfg.wind, cfg.attraction)
         return PhaseFrame(
             words=list(self.words),
             step=step,
@@ -128,17 +168,17 @@ class PhaseEngine:
             wind=wind,
             attraction=attraction,
             normalisation=cfg.normalisation,
-            textures=textures,
-            settled=settled,
-            accumulated=accumulated,
-            phase_maps=global_phase_maps,
-            live=live,
+            textures=out.textures,
+            settled=out.settled,
+            accumulated=out.accumulated,
+            phase_maps=out.phase_maps,
+            live=out.live,
         )
 
     def phase_maps(self) -> Tensor | None:
         """Per-phase accumulated maps of every view so far, ``[3, N+1, H, W]`` on the device
         (None before the first step)."""
-        return None if self._acc is None else mean_phase_maps(self._acc, self._acc_weight)
+        return None if self._state is None else mean_phase_maps(self._state.acc, self._acc_weight)
 
     def summary(self) -> TimelineSummary:
         """Token timelines of the run so far (one device -> host copy)."""

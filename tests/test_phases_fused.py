@@ -1,0 +1,164 @@
+"""The fused step (bridge.phases.fused.phase_step): the engine's eager path equals composing
+the pure functions (the maths docs/PHASES.md states), and the torch.compile path equals eager,
+over multi-step runs in every normalisation mode, across the phase boundaries."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from bridge.phases import (
+    NORMALISATIONS,
+    PhaseConfig,
+    PhaseEngine,
+    accumulate_phases,
+    blend_phase_maps,
+    distribution_change,
+    global_view,
+    normalise,
+    phase_maps,
+    phase_weights,
+    run_progress,
+    settledness,
+    spatial_distribution,
+    step_measures,
+    update_change_ema,
+    update_running_max,
+)
+
+finite = st.one_of(st.just(0.0), st.floats(min_value=2**-20, max_value=1.0, allow_nan=False, width=32))
+
+
+class Reference:
+    """The engine's step maths written with the pure functions, one branch per first-step case
+    (what PhaseEngine.update did before the fused step)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.rm = self.prev = self.ema = self.prev_dist = self.acc = None
+        self.sums = [0.0, 0.0, 0.0]
+
+    def step(self, maps, step, total):
+        cfg = self.cfg
+        maps = maps.float().clamp_min(0.0)
+        if cfg.normalisation == "running_max":
+            self.rm = update_running_max(self.rm, maps)
+        tex = normalise(maps, cfg.normalisation, self.rm)
+        tex = torch.cat([tex, global_view(tex, cfg.global_view)[None]])
+        self.ema = update_change_ema(self.ema, tex, self.prev, cfg.settle_rate)
+        settled = settledness(self.ema, cfg.settle_scale, tex)
+        self.prev = tex
+        weights = phase_weights(run_progress(step, total), cfg.boundaries, cfg.crossfade)
+        if self.acc is None:
+            self.acc = tex.new_zeros((3, *tex.shape))
+        accumulate_phases(self.acc, self.sums, tex, weights)
+        accumulated = blend_phase_maps(self.acc, self.sums, weights)
+        dist = spatial_distribution(maps)
+        change = distribution_change(dist, self.prev_dist)
+        self.prev_dist = dist
+        measures = step_measures(maps, dist, change)
+        live = torch.cat([measures.reshape(-1), settled.flatten(1).mean(1), tex.flatten(1).mean(1)])
+        return {"textures": tex, "settled": settled, "accumulated": accumulated,
+                "phase_maps": phase_maps(self.acc[:, -1:], self.sums)[:, 0], "live": live, "all_phase_maps": phase_maps(self.acc, self.sums)}
+
+
+def frame_values(frame, engine):
+    return {"textures": frame.textures, "settled": frame.settled, "accumulated": frame.accumulated,
+            "phase_maps": frame.phase_maps, "live": frame.live, "all_phase_maps": engine.phase_maps()}
+
+
+def assert_close(got, want, rtol=1e-5, atol=1e-6):
+    for k in want:
+        np.testing.assert_allclose(got[k].cpu().numpy(), want[k].cpu().numpy(), rtol=rtol, atol=atol, equal_nan=True, err_msg=k)
+
+
+def sample_run(t=10, n=5, h=8, w=6, seed=0):
+    """Raw maps [T, N, H, W] with an all-zero map, a flat map and a negative value in them."""
+    g = torch.Generator().manual_seed(seed)
+    run = torch.rand(t, n, h, w, generator=g) * 0.02
+    run[3, 1] = 0.0
+    run[4, 2] = 0.01
+    run[5, 0, 0, 0] = -0.5
+    return run
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), mode=st.sampled_from(NORMALISATIONS), gv=st.sampled_from(("max", "mean")),
+       crossfade=st.sampled_from((0.0, 0.1, 0.4)), rate=st.sampled_from((0.3, 0.7, 1.0)))
+def test_eager_fused_step_equals_the_pure_functions(data, mode, gv, crossfade, rate):
+    t = data.draw(st.integers(1, 8))
+    n, h, w = data.draw(st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)))
+    run = torch.from_numpy(data.draw(arrays(np.float32, (t, n, h, w), elements=finite)))
+    # steps may skip (a run that only sees some of its steps), always increasing
+    steps = sorted(data.draw(st.sets(st.integers(0, 2 * t - 1), min_size=t, max_size=t)))
+    cfg = PhaseConfig(normalisation=mode, global_view=gv, crossfade=crossfade, settle_rate=rate)
+    engine, ref = PhaseEngine([f"w{i}" for i in range(n)], cfg), Reference(cfg)
+    for i, s in enumerate(steps):
+        assert_close(frame_values(engine.update(run[i], s, 2 * t), engine), ref.step(run[i], s, 2 * t))
+
+
+def run_both(cfg, run, compile_mode=True, device="cpu"):
+    t, n = run.shape[:2]
+    words = [f"w{i}" for i in range(n)]
+    eager, compiled = PhaseEngine(words, cfg, device=device), PhaseEngine(words, cfg, device=device, compile=compile_mode)
+    frames = []
+    for s in range(t):
+        fe, fc = eager.update(run[s], s, t), compiled.update(run[s], s, t)
+        assert_close(frame_values(fc, compiled), frame_values(fe, eager), rtol=1e-6, atol=1e-6)
+        frames.append((fe, fc))
+    for fe, fc in frames:  # earlier frames stay intact after later steps
+        for k, v in fe.arrays().items():
+            np.testing.assert_allclose(fc.arrays()[k], v, rtol=1e-6, atol=1e-6, err_msg=k)
+        sc, se = fc.scalars(), fe.scalars()
+        for k in ("mass", "share", "entropy", "centroid_x", "centroid_y", "spread", "settled"):
+            np.testing.assert_allclose(sc[k], se[k], rtol=1e-5, atol=1e-7, err_msg=k)
+        assert (sc["change"][0] is None) == (se["change"][0] is None)
+    se, sc = eager.summary().to_dict(), compiled.summary().to_dict()
+    for k in ("peak_step", "emergence_step", "stabilisation_step", "emergence_order"):
+        assert sc[k] == se[k], k
+    return eager, compiled
+
+
+@pytest.mark.parametrize("mode", NORMALISATIONS)
+def test_compiled_step_equals_eager_over_a_run(mode):
+    """10 steps with boundaries (0.2, 0.6) and a cross-fade: steps 1-2 noise, the fades around
+    progress 0.2 and 0.6, and the detail phase; the first step's zero state included."""
+    cfg = PhaseConfig(normalisation=mode, crossfade=0.2)
+    run = sample_run()
+    run_both(cfg, run)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it really compiled
+    # the compiled graph is reused: a new engine, and a new run after reset(), do not recompile
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _, compiled = run_both(cfg, run * 3.0)
+        compiled.reset()
+        for s in range(4):
+            compiled.update(run[s], s, 4)
+
+
+def test_compiled_hard_cut_and_mean_view():
+    run_both(PhaseConfig(crossfade=0.0, global_view="mean", boundaries=(0.3, 0.5)), sample_run(seed=1))
+
+
+@settings(max_examples=15, deadline=None)
+@given(run=arrays(np.float32, (6, 5, 8, 6), elements=finite), mode=st.sampled_from(NORMALISATIONS))
+def test_compiled_step_equals_eager_on_any_maps(run, mode):
+    """Same shapes as above, so the graphs compiled once serve every example."""
+    run_both(PhaseConfig(normalisation=mode, crossfade=0.2), torch.from_numpy(run))
+
+
+def test_compile_argument():
+    assert PhaseEngine(["a"]).compile_mode is None
+    assert PhaseEngine(["a"], compile=True).compile_mode == "default"
+    assert PhaseEngine(["a"], compile="reduce-overhead").compile_mode == "reduce-overhead"
+    with pytest.raises(ValueError, match="compile"):
+        PhaseEngine(["a"], compile="fastest")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compile_mode", ["default", "reduce-overhead"])
+def test_cuda_compiled_equals_eager(compile_mode):
+    """On CUDA, incl. CUDA graphs: frames of earlier steps must survive later replays."""
+    for mode in NORMALISATIONS:
+        run_both(PhaseConfig(normalisation=mode, crossfade=0.2), sample_run().cuda(), compile_mode, device="cuda")
