@@ -78,15 +78,19 @@ class Latency:
 
 def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guidance: float = 7.5, variants: list[str] | None = None,
               endpoint: str = "tcp://127.0.0.1:5599", height: int | None = None, width: int | None = None,
-              profile: str | None = None) -> dict[str, Any]:
-    """Time the variants; returns a JSON-able result (also printed by ``stepx bench``)."""
-    from bridge.capture import Query, capture
+              profile: str | None = None, map_size: int | None = None) -> dict[str, Any]:
+    """Time the variants; returns a JSON-able result (also printed by ``stepx bench``).
+
+    ``map_size``: the captured maps' side (CaptureConfig.resolution) for the capture, publish and
+    query variants; None = the latent's size."""
+    from bridge.capture import CaptureConfig, Query, capture
     from bridge.fanout import FanOut
     from bridge.runner import Request, Runner, denoiser
     from bridge.transport.zmq_pub import ZmqPublisher
 
     device = next(denoiser(pipe).parameters()).device
     size = {k: v for k, v in (("height", height), ("width", width)) if v}
+    res = (map_size, map_size) if map_size else None
     variants = list(variants or ["plain", "capture", "publish", "queries"])
     latency = Latency(endpoint) if "publish" in variants else None
     fanout = runner = None
@@ -99,7 +103,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
             latency.stamp(p)
             fanout.publish(p)
 
-        runner = Runner(pipe, publish, "bench", image_every=0)
+        runner = Runner(pipe, publish, "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
     daam_trace = _daam_trace() if "daam" in variants else None
 
     def gen(**extra: Any) -> Any:
@@ -110,11 +114,11 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         gen()
 
     def with_capture() -> None:
-        with capture(pipe):
+        with capture(pipe, resolution=res):
             gen()
 
     def with_queries() -> None:
-        with capture(pipe, queries=[Query.box("box", 0.25, 0.25, 0.5, 0.5)]):
+        with capture(pipe, resolution=res, queries=[Query.box("box", 0.25, 0.25, 0.5, 0.5)]):
             gen()
 
     def with_publish() -> None:
@@ -166,7 +170,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__, "diffusers": __import__("diffusers").__version__, "python": platform.python_version(),
         "pipeline": type(pipe).__name__, "dtype": str(next(denoiser(pipe).parameters()).dtype),
-        "steps": steps, "runs": runs, "guidance": guidance, "size": size or "default",
+        "steps": steps, "runs": runs, "guidance": guidance, "size": size or "default", "map_size": map_size or "latent",
+        "threads": torch.get_num_threads(),
         "median_seconds": {v: statistics.median(t) for v, t in times.items()},
         "median_ratio_vs_plain": ratios,
         "peak_memory_mb": {v: round(m / 2**20, 1) for v, m in peak.items() if v in times} if device.type == "cuda" else None,

@@ -24,12 +24,22 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def decode_full(pipe, latents: torch.Tensor) -> np.ndarray:
-    """Decode ``[1, C, h, w]`` latents with the pipeline's VAE → ``uint8 [H, W, 3]``."""
+    """Decode ``[1, C, h, w]`` latents with the pipeline's VAE → ``uint8 [H, W, 3]``.
+
+    Follows the pipelines' rule: a float16 VAE with ``config.force_upcast`` (SDXL's, which
+    overflows in float16) decodes in float32, and goes back to float16 afterwards."""
     vae = pipe.vae
     scale = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
     shift = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
-    z = (latents.to(vae.dtype) / scale) + shift
-    image = vae.decode(z, return_dict=False)[0]  # [1, 3, H, W] in [-1, 1]
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        z = (latents.to(vae.dtype) / scale) + shift
+        image = vae.decode(z, return_dict=False)[0]  # [1, 3, H, W] in [-1, 1]
+    finally:
+        if upcast:
+            vae.to(torch.float16)
     return to_uint8((image[0].float() + 1) / 2)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapter_for, build_token_map
-from bridge.host import HostSnapshot, OrderedWorker
+from bridge.host import HostBuffers, HostSnapshot, OrderedWorker
 from bridge.latent_preview import LinearPreview, decode_full
 from bridge.packet import Packet
 from bridge.phases import PhaseConfig, PhaseEngine
@@ -76,6 +76,7 @@ class Runner:
         self.concepts = concepts or {}
         self._preview: LinearPreview | None = None
         self._out = OrderedWorker()
+        self._buffers = HostBuffers()  # host copies of the word maps, reused from step to step
         self.device = next(denoiser(pipe).parameters()).device
 
     # --- configuration per request ---------------------------------------------------------
@@ -230,13 +231,16 @@ class Runner:
 
     def _host_step_packet(self, run_id: str, engine: PhaseEngine, word_maps: torch.Tensor, frame: StepFrame,
                           focus: list[int]) -> Callable[[], Packet]:
-        snap = HostSnapshot({"maps": word_maps, **({"timestep": frame.timestep} if torch.is_tensor(frame.timestep) else {})})
+        snap = HostSnapshot({"maps": word_maps, **({"timestep": frame.timestep} if torch.is_tensor(frame.timestep) else {})},
+                            self._buffers)
         step, total = frame.step, frame.total_steps
 
         def build() -> Packet:
             host = snap.get()
             timestep = float(host["timestep"]) if "timestep" in host else float(frame.timestep)
-            pf = engine.update(host["maps"].float(), step, total)
+            maps = host["maps"].to(torch.float32, copy=True)  # the engine and the packet may keep it: not the pooled buffer
+            snap.release()
+            pf = engine.update(maps, step, total)
             return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
 
         return build

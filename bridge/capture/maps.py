@@ -30,23 +30,57 @@ def cross_attention_maps(q: torch.Tensor, k: torch.Tensor, head_weights: torch.T
     return torch.einsum("bhnt,h->btn", probs, head_weights)  # [B, T, N]
 
 
-def batched_cross_attention_maps(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, budget: int = 1 << 26) -> torch.Tensor:
+def batched_cross_attention_maps(
+    q: list[torch.Tensor], k: list[torch.Tensor], weights: torch.Tensor, heads: int, rows: slice = slice(None), budget: int = 1 << 26,
+) -> torch.Tensor:
     """Head- and layer-weighted cross-attention of L layers that share a grid, in one pass.
 
-    q: ``[L, B, heads, N, d]``; k: ``[L, B, heads, T, d]``; weights: ``[L, heads]``.
-    Returns ``[B, T, N]`` = Σ_l Σ_h w_lh softmax(q_lh k_lhᵀ/√d), in float32; layers are taken
-    ``budget`` logits at a time. One launch sequence per grid instead of one per layer.
+    q: L projected queries ``[B_all, N, heads·d]``; k: L projected text keys ``[B_all, T, heads·d]``
+    (as the layers' ``to_q``/``to_k`` return them); rows: the batch rows wanted; weights:
+    ``[L·heads]`` (layer-major). Returns ``[B, T, N]`` = Σ_l Σ_h w_lh softmax_T(q_lh k_lhᵀ/√d), in
+    float32, ``budget`` logits at a time. A handful of launches per grid: the layers are stacked
+    once, the logits are computed transposed (``[B, L, h, T, N]``, softmax over T) so that the
+    head/layer sum is one matrix product into ``[B, T, N]`` with no permuted copy, and
+    half-precision inputs are multiplied with float32 output.
     """
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    l, b, h, n, _ = q.shape
-    t = k.shape[3]
-    step = max(1, budget // max(1, b * h * n * t))
+    n_layers = len(q)
+    b = q[0][rows].shape[0]
+    n, c = q[0].shape[1], q[0].shape[2]
+    t = k[0].shape[1]
+    d = c // heads
+    step = max(1, budget // max(1, b * heads * n * t))
     out = None
-    for s in range(0, l, step):
-        logits = torch.matmul(q[s : s + step].float(), k[s : s + step].float().transpose(-1, -2)).mul_(scale)  # [l, B, h, N, T]
-        part = torch.einsum("lbhnt,lh->btn", logits.softmax(-1), weights[s : s + step])
+    for s in range(0, n_layers, step):
+        part = _cross_chunk(q[s : s + step], k[s : s + step], weights[s * heads : (s + step) * heads], heads, d, rows)
         out = part if out is None else out.add_(part)
-    return out
+    return out.view(b, t, n)
+
+
+def _cross_chunk(q: list[torch.Tensor], k: list[torch.Tensor], weights: torch.Tensor, heads: int, d: int, rows: slice) -> torch.Tensor:
+    qs = torch.stack(q, 1)[rows]  # [B, L, N, C]
+    ks = torch.stack(k, 1)[rows]  # [B, L, T, C]
+    b, l, n, _ = qs.shape
+    t = ks.shape[2]
+    qh = qs.view(b, l, n, heads, d).transpose(2, 3)  # [B, L, h, N, d] (a view)
+    kh = ks.view(b, l, t, heads, d).transpose(2, 3)  # [B, L, h, T, d]
+    # the 1/√d goes into the (T×d) keys, not the (T×N) logits; float32 from here on
+    ks = torch.mul(kh, _scale(d, ks.device))  # [B, L, h, T, d] float32
+    qh = qh.to(torch.float32, memory_format=torch.contiguous_format)  # the one copy of the queries
+    logits = torch.matmul(ks, qh.transpose(-1, -2))  # [B, L, h, T, N]
+    probs = logits.softmax(-2)  # over the T keys
+    return torch.matmul(weights, probs.view(b, l * heads, t * n))  # [B, T·N]
+
+
+_SCALES: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _scale(d: int, device: torch.device) -> torch.Tensor:
+    """``[1]`` float32 1/√d on ``device`` (a 1-d tensor promotes a half operand to float32)."""
+    key = (d, str(device))
+    v = _SCALES.get(key)
+    if v is None:
+        v = _SCALES[key] = torch.full((1,), 1.0 / math.sqrt(d), dtype=torch.float32, device=device)
+    return v
 
 
 def per_head_cross_maps(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -79,24 +113,32 @@ def query_rows_map(
 
 
 def batched_query_rows_map(
-    q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, row_weights: torch.Tensor, weights: torch.Tensor,
-    budget: int = 1 << 26,
+    q: list[torch.Tensor], k: list[torch.Tensor], rows: torch.Tensor, weights: torch.Tensor, heads: int,
+    batch_rows: slice = slice(None), budget: int = 1 << 26,
 ) -> torch.Tensor:
     """Self-attention map of a weighted set of query rows over L layers that share a grid.
 
-    q: ``[L, B, heads, N, d]``; k: ``[L, B, heads, N, d]``; rows: ``[n]`` selected query rows with
-    row_weights ``[N]``; weights: ``[L, heads]``. Returns ``[B, N]`` =
-    Σ_l Σ_h w_lh Σ_r ρ_r softmax(q_lhr k_lhᵀ/√d), the rows taken ``budget`` logits at a time.
+    q, k: L projected queries and keys ``[B_all, N, heads·d]``; batch_rows: the batch rows wanted;
+    rows: ``[n]`` the selected query rows; weights: ``[L, heads, n]`` = w_lh·ρ_r (head weight times
+    row weight). Returns ``[B, N]`` = Σ_l Σ_h Σ_r w_lh ρ_r softmax(q_lhr k_lhᵀ/√d), in float32, the
+    rows taken ``budget`` logits at a time.
     """
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    l, b, h, n, _ = q.shape
-    kf = k.float().transpose(-1, -2)  # [L, B, h, d, N]
-    chunk = max(1, budget // max(1, l * b * h * n))
-    out = q.new_zeros((b, n), dtype=torch.float32)
+    ks = torch.stack(k, 1)[batch_rows]  # [B, L, N, C]
+    b, l, n, c = ks.shape
+    d = c // heads
+    kh = ks.view(b, l, n, heads, d).transpose(2, 3).to(torch.float32, memory_format=torch.contiguous_format)  # [B, L, h, N, d]
+    qs = torch.stack(q, 1)[batch_rows]  # [B, L, N, C]
+    chunk = max(1, budget // max(1, l * b * heads * n))
+    out = None
     for start in range(0, rows.numel(), chunk):
         idx = rows[start : start + chunk]
-        probs = torch.matmul(q[:, :, :, idx].float(), kf).mul_(scale).softmax(-1)  # [L, B, h, r, N]
-        out += torch.einsum("lbhrn,lh,r->bn", probs, weights, row_weights[idx].float())
+        r = idx.numel()
+        qh = qs.index_select(2, idx).view(b, l, r, heads, d).transpose(2, 3)  # [B, L, h, r, d]
+        qh = torch.mul(qh, _scale(d, qs.device))  # 1/√d on the (few) query rows; float32
+        probs = torch.matmul(qh, kh.transpose(-1, -2)).softmax(-1)  # [B, L, h, r, N]
+        w = weights if r == rows.numel() else weights[:, :, start : start + chunk]
+        part = torch.matmul(w.reshape(-1), probs.view(b, l * heads * r, n))  # [B, N]
+        out = part if out is None else out.add_(part)
     return out
 
 

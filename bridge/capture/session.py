@@ -93,6 +93,8 @@ class Capture:
             raise ValueError(f"no cross-attention layer matches {cfg.layers!r} with non-zero head weights; layers: {names}")
         self.cross_weight = float(sum(head_weight_vector(cfg, l.name, l.heads).sum() for l in self.cross_layers))
         self.self_weight = float(sum(head_weight_vector(cfg, l.name, l.heads).sum() for l in self.self_layers))
+        self._expected = frozenset(l.name for l in self.cross_layers + self.self_layers)
+        self._routes: dict[str, tuple] = {}  # layer name -> how observe() files it in this run (see _route)
 
     # --- scope ---------------------------------------------------------------------------------
     def __enter__(self) -> "Capture":
@@ -237,6 +239,7 @@ class Capture:
             info={"scheduler": type(sched).__name__, "family": self.adapter.family, "pipeline": type(self.pipe).__name__},
         )
         self.runs.append(self._run)
+        self._routes.clear()
         self._acc = _StepAccumulator()
         self._new_run = False
         self._evals_seen = 0
@@ -250,36 +253,68 @@ class Capture:
         return w
 
     def observe(self, layer: Layer, q: torch.Tensor, k: torch.Tensor) -> None:
-        """Called by the probes with a layer's projected queries ``[B_all, N, C]`` and keys ``[B_all, M, C]``."""
+        """Called by the probes with a layer's projected queries ``[B_all, N, C]`` and keys ``[B_all, M, C]``.
+
+        The hot path: a layer computed with its peers after the evaluation (all but detail layers
+        and diffused queries) only files ``(q, k)`` under its group, found once per run.
+        """
         run = self._run
         if run is None:
             return
-        rows = slice(q.shape[0] - run.batch, q.shape[0])  # the conditional branch: last B rows
-        attn = layer.module
-        qh = split_heads(q[rows], layer.heads)  # [B, heads, N, d]
-        kh = split_heads(k[rows], layer.heads)  # [B, heads, M, d]
-        if getattr(attn, "norm_q", None) is not None:
-            qh = attn.norm_q(qh)
-        if getattr(attn, "norm_k", None) is not None:
-            kh = attn.norm_k(kh)
-        grid = layer_grid(qh.shape[2], run.latent_hw)
+        route = self._routes.get(layer.name)
+        if route is None or route[0] != q.shape[1]:
+            route = self._route(layer, q, k, run)
         acc = self._acc
         acc.seen.add(layer.name)
-        if layer.cross and layer.name not in self.detail:  # computed with the layer's peers after the evaluation
-            acc.batched.setdefault((grid, layer.heads, qh.shape[-1], kh.shape[2]), []).append((layer, qh, kh))
-        elif layer.cross:
-            b, t = kh.shape[0], kh.shape[2]
-            _add(acc.cross, grid, cross_attention_maps(qh, kh, self._head_weights(layer, q.device)).view(b, t, *grid))
+        _, grid, groups, slow, normed = route
+        if normed:  # per-head q/k norms (over d): applied as the layer does, on the [.., heads, d] view
+            q, k = _norm_heads(layer, q, k)
+        for key in groups:
+            items = acc.batched.get(key)
+            if items is None:
+                acc.batched[key] = [(layer, q, k)]
+            else:
+                items.append((layer, q, k))
+        if slow:
+            self._observe_one(layer, q, k, grid, run)
+
+    def _route(self, layer: Layer, q: torch.Tensor, k: torch.Tensor, run: CaptureRun) -> tuple:
+        """``(tokens, grid, group keys, per-layer work?, q/k norms?)`` of a layer, for this run."""
+        grid = layer_grid(q.shape[1], run.latent_hw)
+        attn = layer.module
+        normed = getattr(attn, "norm_q", None) is not None or getattr(attn, "norm_k", None) is not None
+        groups: list[tuple] = []
+        slow = False
+        if layer.cross:
             if layer.name in self.detail:
-                _add(acc.detail, layer.name, per_head_cross_maps(qh, kh).reshape(b, layer.heads, t, *grid))
+                slow = True
+            else:  # computed with the layer's peers after the evaluation
+                groups.append((grid, layer.heads, q.shape[2], k.shape[1]))
         else:
             for query in self.config.queries:
                 if query.kind == "diffused":  # its rows depend on the previous pass: one layer at a time
-                    cells = self._cells(query, grid, q.device)
-                    m = diffused_query_map(qh, kh, cells[1], self._head_weights(layer, q.device), query.iterations, query.keep)
-                    _add(acc.queries.setdefault(query.name, {}), grid, m.view(-1, *grid))
-                else:  # computed with the layer's peers after the evaluation
-                    acc.batched.setdefault((grid, layer.heads, qh.shape[-1], query.name), []).append((layer, qh, kh))
+                    slow = True
+                else:
+                    groups.append((grid, layer.heads, q.shape[2], query.name))
+        route = self._routes[layer.name] = (q.shape[1], grid, tuple(groups), slow, normed)
+        return route
+
+    def _observe_one(self, layer: Layer, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int], run: CaptureRun) -> None:
+        """Per-layer maps: detail layers (per head) and diffused queries."""
+        rows = slice(q.shape[0] - run.batch, q.shape[0])  # the conditional branch: last B rows
+        qh = split_heads(q[rows], layer.heads)  # [B, heads, N, d]
+        kh = split_heads(k[rows], layer.heads)  # [B, heads, M, d]
+        acc = self._acc
+        if layer.cross:
+            b, t = kh.shape[0], kh.shape[2]
+            _add(acc.cross, grid, cross_attention_maps(qh, kh, self._head_weights(layer, q.device)).view(b, t, *grid))
+            _add(acc.detail, layer.name, per_head_cross_maps(qh, kh).reshape(b, layer.heads, t, *grid))
+            return
+        for query in self.config.queries:
+            if query.kind == "diffused":
+                cells = self._cells(query, grid, q.device)
+                m = diffused_query_map(qh, kh, cells[1], self._head_weights(layer, q.device), query.iterations, query.keep)
+                _add(acc.queries.setdefault(query.name, {}), grid, m.view(-1, *grid))
 
     def add_cross(self, layer: Layer, maps: torch.Tensor, per_head: torch.Tensor | None = None) -> None:
         """For adapters that compute the probabilities themselves (MM-DiT joint attention).
@@ -316,30 +351,46 @@ class Capture:
         return self._query_cells[key]
 
     def _after_denoiser(self, *_: Any) -> None:
-        """End of one model evaluation: compute the batched cross-attention layers, group by group."""
+        """End of one model evaluation: compute the batched layers, group by group."""
         acc = self._acc
-        for (grid, _heads, _d, what), items in acc.batched.items():
+        if not acc.batched:
+            return
+        run = self._run
+        for (grid, heads, _c, what), items in acc.batched.items():
             layers = tuple(layer for layer, _, _ in items)
-            device = items[0][1].device
-            weights = self._stacked_weights(layers, device)  # [L, heads]
-            q = torch.stack([qh for _, qh, _ in items])  # [L, B, heads, N, d]
-            k = torch.stack([kh for _, _, kh in items])  # [L, B, heads, T or N, d]
+            qs = [q for _, q, _ in items]
+            ks = [k for _, _, k in items]
+            total = qs[0].shape[0]
+            rows = slice(total - (run.batch if run is not None else total), total)
+            device = qs[0].device
             if isinstance(what, int):  # cross-attention over T text keys
-                maps = batched_cross_attention_maps(q, k, weights)  # [B, T, N]
+                maps = batched_cross_attention_maps(qs, ks, self._stacked_weights(layers, device), heads, rows)  # [B, T, N]
                 _add(acc.cross, grid, maps.view(maps.shape[0], maps.shape[1], *grid))
             else:  # the self-attention query named ``what``
                 query = next(qr for qr in self.config.queries if qr.name == what)
-                rows, row_weights = self._cells(query, grid, device)
-                m = batched_query_rows_map(q, k, rows, row_weights, weights)  # [B, N]
+                cells, weights = self._query_weights(query, grid, layers, device)
+                m = batched_query_rows_map(qs, ks, cells, weights, heads, rows)  # [B, N]
                 _add(acc.queries.setdefault(what, {}), grid, m.view(-1, *grid))
         acc.batched.clear()
 
     def _stacked_weights(self, layers: tuple[Layer, ...], device: torch.device) -> torch.Tensor:
+        """``[L·heads]`` head weights of ``layers``, layer-major, on ``device`` (made once)."""
         key = (tuple(l.name for l in layers), str(device))
         w = self._weights.get(key)
         if w is None:
-            w = self._weights[key] = torch.stack([head_weight_vector(self.config, l.name, l.heads) for l in layers]).to(device)
+            w = self._weights[key] = torch.cat([head_weight_vector(self.config, l.name, l.heads) for l in layers]).to(device)
         return w
+
+    def _query_weights(self, query: Any, grid: tuple[int, int], layers: tuple[Layer, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows [n], w_lh·ρ_r [L, heads, n])`` of a query over ``layers`` at a grid (made once, on the CPU)."""
+        key = (query.name, grid, tuple(l.name for l in layers), str(device))
+        got = self._weights.get(key)
+        if got is None:
+            row_weights = query.cell_weights(*grid).float()
+            rows = torch.nonzero(row_weights, as_tuple=True)[0]
+            heads = torch.stack([head_weight_vector(self.config, l.name, l.heads) for l in layers])  # [L, heads]
+            got = self._weights[key] = (rows.to(device), (heads[:, :, None] * row_weights[rows][None, None]).to(device))
+        return got
 
     # --- per step ------------------------------------------------------------------------------
     def _emit(self, latents: torch.Tensor | None, x0: torch.Tensor | None) -> None:
@@ -347,17 +398,13 @@ class Capture:
         run, acc = self._run, self._acc
         assert run is not None
         size = run.resolution
-        cross = None
-        if acc.cross:
-            cross = sum(resize_maps(m, size) for m in acc.cross.values()) / (self.cross_weight * acc.evals)
+        cross = _resized_sum(acc.cross.items(), size, 1.0 / (self.cross_weight * acc.evals)) if acc.cross else None
         area = size[0] * size[1]
         queries = {  # a distribution over the canonical grid: resized densities keep their mass
-            name: sum(resize_maps(m, size) * (g[0] * g[1] / area) for g, m in grids.items()) / (self.self_weight * acc.evals)
-            for name, grids in acc.queries.items()
+            name: _resized_sum(grids.items(), size, 1.0 / (self.self_weight * acc.evals), area) for name, grids in acc.queries.items()
         }
         detail = {name: m / acc.evals for name, m in acc.detail.items()}
-        expected = {l.name for l in self.cross_layers + self.self_layers}
-        missing = tuple(sorted(expected - acc.seen))
+        missing = tuple(sorted(self._expected - acc.seen)) if len(acc.seen) != len(self._expected) else ()
         if missing and "missing" not in self._warned:
             self._warned.add("missing")
             log.warning("attention layers produced no queries/keys this step (maps exclude them): %s", ", ".join(missing))
@@ -393,6 +440,27 @@ class Capture:
                 return
         run.status = status if run.steps_done < run.total_steps else "done"
         self._run = None
+
+
+def _resized_sum(grids: Any, size: tuple[int, int], scale: float, area: int | None = None) -> torch.Tensor:
+    """Σ_g scale·resize(m_g) over ``(grid, map)`` pairs (each also × its cell count / ``area`` if
+    given, so resized densities keep their mass); the maps are the step's own sums, updated in place."""
+    out = None
+    for g, m in grids:
+        a = scale * (g[0] * g[1] / area) if area else scale
+        r = resize_maps(m, size)
+        out = r.mul_(a) if out is None else out.add_(r, alpha=a)
+    return out
+
+
+def _norm_heads(layer: Layer, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply a layer's per-head q/k norms (they act on the last, head-dim axis) to ``[B, N, heads·d]``."""
+    attn, h = layer.module, layer.heads
+    if getattr(attn, "norm_q", None) is not None:
+        q = attn.norm_q(q.unflatten(-1, (h, -1))).flatten(-2)
+    if getattr(attn, "norm_k", None) is not None:
+        k = attn.norm_k(k.unflatten(-1, (h, -1))).flatten(-2)
+    return q, k
 
 
 def capture(pipe: Any, config: CaptureConfig | None = None, on_step: StepCallback | None = None, **options: Any) -> Capture:

@@ -37,7 +37,8 @@ def estimate_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: t
 
     x0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t for ε-prediction; x0 = √ᾱ_t x_t − √(1−ᾱ_t) v for v-prediction.
     Returns None where the scheduler's parameterisation is not known (then only the final image is shown).
-    ``cache`` keeps ᾱ on the sample's device between steps (a host→device copy per step would wait).
+    ``cache`` keeps the per-timestep coefficients on the sample's device between steps (a host→device
+    copy per step would wait); the timestep is looked up there without reading it on the host.
     """
     if getattr(sched, "sigmas", None) is not None and "Euler" in type(sched).__name__:
         return None  # sigma-space samples: Euler-type schedulers return x0 themselves
@@ -45,20 +46,34 @@ def estimate_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: t
     kind = getattr(getattr(sched, "config", None), "prediction_type", "epsilon")
     if alphas is None or kind not in ("epsilon", "v_prediction") or model_output.shape != sample.shape:
         return None
-    if torch.is_tensor(timestep):  # indexed on the device: int(timestep) would wait for the GPU
-        t = timestep.flatten()[0].long().clamp(0, len(alphas) - 1)
-        key = (id(alphas), str(sample.device))
-        on_device = (cache or {}).get(key)
-        if on_device is None:
-            on_device = alphas.to(sample.device, torch.float32)
+    if torch.is_tensor(timestep) and timestep.device == sample.device:  # looked up where it is: int(t) would wait for the GPU
+        key = (id(alphas), kind, str(sample.device))
+        coef = (cache or {}).get(key)
+        if coef is None:
+            coef = _x0_coefficients(alphas, kind).to(sample.device, torch.float32)  # [T, 2]
             if cache is not None:
                 cache.clear()
-                cache[key] = on_device
-        a = on_device[t.to(sample.device)]
-    else:
-        if not 0 <= int(timestep) < len(alphas):
-            return None
-        a = alphas[int(timestep)].to(sample.device, torch.float32)
+                cache[key] = coef
+        # a [1] index tensor: indexing with a 0-d tensor (coef[t]) would call .item(), a host sync
+        t = timestep.reshape(-1)[:1].long().clamp(0, len(alphas) - 1)
+        c = coef.index_select(0, t)[0]  # [2]
+        x0 = torch.addcmul(sample.float() * c[0], model_output.float(), c[1], value=-1)
+        return x0.to(sample.dtype)
+    if not 0 <= int(timestep) < len(alphas):  # a host number (or a CPU tensor: no wait)
+        return None
+    cx, ce = _x0_coefficients(alphas[int(timestep)].reshape(1), kind)[0].tolist()
+    return torch.add(sample.float() * cx, model_output.float(), alpha=-ce).to(sample.dtype)
+
+
+def _x0_coefficients(alphas: torch.Tensor, kind: str) -> torch.Tensor:
+    """``[T, 2]`` float64 ``(c_x, c_e)`` per timestep with x0 = c_x·x_t − c_e·ε (or v)."""
+    a = alphas.double().cpu()
+    if kind == "epsilon":
+        return torch.stack([1 / a.sqrt(), (1 - a).sqrt() / a.sqrt()], 1)
+    return torch.stack([a.sqrt(), (1 - a).sqrt()], 1)
+    if not 0 <= int(timestep) < len(alphas):
+        return None
+    a = alphas[int(timestep)].to(sample.device, torch.float32)
     x, e = sample.float(), model_output.float()
     x0 = (x - (1 - a).sqrt() * e) / a.sqrt() if kind == "epsilon" else a.sqrt() * x - (1 - a).sqrt() * e
     return x0.to(sample.dtype)

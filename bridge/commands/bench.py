@@ -8,13 +8,18 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "sd15", "sdxl", "sd35m"], help="model: embedded shapes, tiny random, or a full-size random-weight architecture")
+    p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "dispatch", "sd15", "sdxl", "sd35m"],
+                   help="model: embedded shapes, tiny random, dispatch (SD 1.5's topology with tiny channels at 32²: a CPU proxy "
+                        "of the launch-bound GPU regime), or a full-size random-weight architecture")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "publish", "queries", "daam"])
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
+    p.add_argument("--map-size", type=int, default=None, help="side of the captured maps (default: the latent's)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's); 1 for the dispatch proxy")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.add_argument("--profile", default=None, metavar="FILE", help="also profile one call of each variant (torch.profiler) into FILE")
 
@@ -26,16 +31,23 @@ def run(args: argparse.Namespace) -> int:
     from bridge.models.loading import load_pipeline, pick_device
 
     device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.arch in ("sd15", "sdxl", "sd35m"):
         from bridge.models import fullsize
 
         dtype = torch.float16 if device.type == "cuda" else torch.float32
         pipe = getattr(fullsize, f"{args.arch}_pipeline")(str(device), dtype)
+    elif args.arch == "dispatch":
+        from bridge.models.tiny import dispatch_sd_pipeline
+
+        pipe = dispatch_sd_pipeline().to(device)
     else:
         pipe, _ = load_pipeline(None if args.arch == "shapes" else "tiny", str(device))
     if "plain" not in args.variants:
         args.variants = ["plain", *args.variants]
-    result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants, profile=args.profile)
+    result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants, profile=args.profile,
+                       height=args.size, width=args.size, map_size=args.map_size)
     print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

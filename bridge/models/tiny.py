@@ -88,6 +88,33 @@ def tiny_sdxl_pipeline(seed: int = 0, scheduler: str = "euler", img2img: bool = 
     return pipe
 
 
+def dispatch_sd_pipeline(seed: int = 0, scheduler: str = "dpm"):
+    """A CPU proxy of SD 1.5 on a fast GPU, where the run is bound by the Python/dispatch thread.
+
+    SD 1.5's UNet topology (4 down blocks, the first 3 with cross-attention, 2 layers per block,
+    8 heads, 16 attention layers, the same modules and hooks per step) with tiny channels
+    (32/32/64/64, text width 64) at a 16×16 latent (32×32 images): each op's compute is
+    negligible, so per-op dispatch and Python dominate, as they do for SD 1.5 at 512² on an H100
+    (≈ 40 ms of launching per step for ≈ 13 ms of GPU work). Timings from it are a proxy for
+    that regime on a CPU, not a GPU result.
+    """
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8,
+    ).eval()
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=_vae(seed), text_encoder=_text_encoder(64, seed=seed), tokenizer=clip_tokenizer(),
+        scheduler=make_scheduler(scheduler), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def make_scheduler(name: str):
     """A scheduler by short name, with Stable Diffusion's noise schedule."""
     import diffusers

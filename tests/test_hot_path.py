@@ -1,0 +1,179 @@
+"""The denoising thread's hot path: batched maps against per-layer maths, no host syncs, pooled
+host buffers, the full decode's upcast rule, and the dispatch-bound proxy model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bridge.capture.maps import batched_cross_attention_maps, batched_query_rows_map, split_heads
+from bridge.capture.steps import estimate_x0
+from bridge.host import HostBuffers, HostSnapshot
+from bridge.models.tiny import make_scheduler
+
+
+def _reference_cross(q, k, weights, heads, rows):
+    """float64 Σ_l Σ_h w_lh softmax(q_lh k_lhᵀ/√d) → [B, T, N], one layer at a time."""
+    out = 0
+    for i, (ql, kl) in enumerate(zip(q, k)):
+        qh, kh = split_heads(ql[rows].double(), heads), split_heads(kl[rows].double(), heads)
+        p = (qh @ kh.transpose(-1, -2) / math.sqrt(qh.shape[-1])).softmax(-1)  # [B, h, N, T]
+        out = out + torch.einsum("bhnt,h->btn", p, weights[i * heads : (i + 1) * heads].double())
+    return out
+
+
+@pytest.mark.parametrize("budget", [1 << 26, 1])  # all layers at once, and one layer at a time
+def test_batched_cross_maps_match_float64_per_layer(budget):
+    g = torch.Generator().manual_seed(0)
+    heads, layers = 4, 3
+    q = [torch.randn(4, 36, 32, generator=g) for _ in range(layers)]  # [B_all, N, C]
+    k = [torch.randn(4, 7, 32, generator=g) for _ in range(layers)]  # [B_all, T, C]
+    w = torch.rand(layers * heads, generator=g)
+    rows = slice(2, 4)
+    got = batched_cross_attention_maps(q, k, w, heads, rows, budget=budget)
+    assert got.dtype == torch.float32 and got.shape == (2, 7, 36)
+    ref = _reference_cross(q, k, w, heads, rows)
+    assert float((got.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("budget", [1 << 26, 100])  # all rows at once, and in chunks
+def test_batched_query_rows_match_float64_per_layer(budget):
+    g = torch.Generator().manual_seed(1)
+    heads, layers, n = 2, 3, 25
+    q = [torch.randn(2, n, 16, generator=g) for _ in range(layers)]
+    k = [torch.randn(2, n, 16, generator=g) for _ in range(layers)]
+    hw = torch.rand(layers, heads, generator=g)
+    rw = torch.zeros(n)
+    rw[[3, 4, 8, 9, 20]] = torch.tensor([0.1, 0.3, 0.2, 0.25, 0.15])
+    rows = torch.nonzero(rw, as_tuple=True)[0]
+    got = batched_query_rows_map(q, k, rows, hw[:, :, None] * rw[rows], heads, slice(1, 2), budget=budget)
+    ref = 0
+    for i in range(layers):
+        qh, kh = split_heads(q[i][1:].double(), heads), split_heads(k[i][1:].double(), heads)
+        p = (qh @ kh.transpose(-1, -2) / math.sqrt(8)).softmax(-1)  # [1, h, N, N]
+        ref = ref + torch.einsum("bhrn,h,r->bn", p, hw[i].double(), rw.double())
+    assert got.shape == (1, n)
+    assert float((got.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def _ops(fn):
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return {e.name for e in prof.events()}
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_estimate_x0_device_path_never_reads_the_timestep_on_the_host(kind):
+    sched = make_scheduler("ddim")
+    sched = type(sched).from_config(sched.config, clip_sample=False, prediction_type=kind)
+    sched.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    sample, out = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    cache: dict = {}
+    t = sched.timesteps[2]
+    expected = sched.step(out, t, sample).pred_original_sample
+    estimate_x0(sched, out, t, sample, cache)  # fills the cache
+    ops = _ops(lambda: estimate_x0(sched, out, t, sample, cache))
+    assert "aten::item" not in ops and "aten::_local_scalar_dense" not in ops  # a host sync on a GPU
+    torch.testing.assert_close(estimate_x0(sched, out, t, sample, cache), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(estimate_x0(sched, out, int(t), sample), expected, rtol=1e-5, atol=1e-5)  # host path
+
+
+def test_host_buffers_are_reused_only_after_release():
+    pool = HostBuffers(keep=2, pin=False)
+    src = torch.arange(12.0).view(3, 4)
+    a = HostSnapshot({"x": src}, pool)
+    b = HostSnapshot({"x": src + 1}, pool)  # a is not released: b must get its own buffer
+    assert a.get()["x"].data_ptr() != b.get()["x"].data_ptr()
+    torch.testing.assert_close(a.get()["x"], src)
+    torch.testing.assert_close(b.get()["x"], src + 1)
+    ptr = a.get()["x"].data_ptr()
+    a.release()
+    a.release()  # idempotent: the buffer goes back once
+    c = HostSnapshot({"x": src * 2}, pool)
+    assert c.get()["x"].data_ptr() == ptr  # reused
+    torch.testing.assert_close(c.get()["x"], src * 2)
+    torch.testing.assert_close(b.get()["x"], src + 1)  # the buffer still held is untouched
+    d = HostSnapshot({"x": src[:2]}, pool)  # another shape: another buffer
+    assert d.get()["x"].shape == (2, 4) and pool.allocated == 3
+    for s in (b, c, d):
+        s.release()
+    assert pool.allocated == 3
+
+
+def test_host_buffers_keep_at_most_keep_free():
+    pool = HostBuffers(keep=1, pin=False)
+    bufs = [pool.acquire((2,), torch.float32) for _ in range(3)]
+    for buf in bufs:
+        pool.release(buf)
+    assert pool.acquire((2,), torch.float32) is bufs[0]
+    pool.acquire((2,), torch.float32)
+    assert pool.allocated == 4
+
+
+def test_runner_packets_identical_with_pooled_buffers():
+    """Step packets do not share memory with a reused buffer: each step's arrays stay its own."""
+    import numpy as np
+
+    from bridge.models.tiny import tiny_sd_pipeline
+    from bridge.runner import Request, collect
+
+    pipe = tiny_sd_pipeline()
+    req = Request("a red circle above a blue square", seed=3, steps=4, guidance=5.0)
+    _, first = collect(pipe, req)
+    _, second = collect(pipe, req)
+    steps1 = [p for p in first if p.kind == "step"]
+    steps2 = [p for p in second if p.kind == "step"]
+    assert len(steps1) == 4 and [p.header["step"] for p in steps1] == [0, 1, 2, 3]
+    for a, b in zip(steps1, steps2):
+        for key in a.arrays:
+            np.testing.assert_array_equal(a.arrays[key], b.arrays[key])
+    assert not all(np.array_equal(steps1[0].arrays[k], steps1[-1].arrays[k]) for k in steps1[0].arrays)
+
+
+class _SpyVAE(torch.nn.Module):
+    def __init__(self, dtype: torch.dtype, force_upcast: bool) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.w = torch.nn.Parameter(torch.ones(1, dtype=dtype))
+        self.config = SimpleNamespace(scaling_factor=0.5, shift_factor=None, force_upcast=force_upcast)
+        self.seen: list[tuple[torch.dtype, torch.dtype]] = []
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.w.dtype
+
+    def decode(self, z, return_dict=False):
+        self.seen.append((z.dtype, self.w.dtype))
+        return (torch.zeros(z.shape[0], 3, 4, 4, dtype=z.dtype),)
+
+
+@pytest.mark.parametrize("force_upcast, decoded_in", [(True, torch.float32), (False, torch.float16)])
+def test_decode_full_follows_the_pipelines_upcast_rule(force_upcast, decoded_in):
+    from types import SimpleNamespace
+
+    from bridge.latent_preview import decode_full
+
+    vae = _SpyVAE(torch.float16, force_upcast)
+    image = decode_full(SimpleNamespace(vae=vae), torch.zeros(1, 4, 2, 2, dtype=torch.float16))
+    assert vae.seen == [(decoded_in, decoded_in)]
+    assert vae.dtype == torch.float16  # back as it was
+    assert image.shape == (4, 4, 3) and image.dtype.name == "uint8"
+
+
+def test_dispatch_proxy_has_sd15s_attention_topology():
+    from bridge.capture import capture
+    from bridge.models.tiny import dispatch_sd_pipeline
+
+    pipe = dispatch_sd_pipeline()
+    cap = capture(pipe)
+    assert len(cap.cross_layers) == 16 and {l.heads for l in cap.cross_layers} == {8}
+    with torch.inference_mode(), cap:
+        pipe("a cat", num_inference_steps=2, guidance_scale=7.5, output_type="latent", generator=torch.Generator().manual_seed(0))
+    frame = cap.last_run.frames[-1]
+    assert frame.cross.shape == (1, 77, 16, 16) and frame.x0 is not None and not frame.missing_layers
