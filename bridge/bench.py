@@ -12,7 +12,6 @@ import json
 import platform
 import statistics
 import sys
-import threading
 import time
 from typing import Any, Callable
 
@@ -42,35 +41,47 @@ def _daam_trace():
     return trace
 
 
+def _subscribe(endpoint: str, ready: Any, stop: Any, out: Any) -> None:
+    """Subscriber process: stamp each step packet's arrival (``time.perf_counter``, the system's
+    monotonic clock on Linux, comparable across processes) until ``stop``; send the stamps."""
+    from bridge.transport.zmq_sub import ZmqSubscriber
+
+    sub = ZmqSubscriber(endpoint, topics=("stepx/step",))
+    ready.set()
+    received: dict[tuple[str, int], float] = {}
+    while not stop.is_set():
+        p = sub.recv(timeout=0.1)
+        if p is not None and p.kind == "step":
+            received[(p.header["run_id"], int(p.header["step"]))] = time.perf_counter()
+    sub.close()
+    out.put(received)
+
+
 class Latency:
-    """A ZeroMQ subscriber thread that stamps each step packet's arrival."""
+    """Step end → receipt by a ZeroMQ subscriber in another process (as TouchDesigner would be:
+    a subscriber thread in this process would compete with the model's thread for the GIL)."""
 
     def __init__(self, endpoint: str) -> None:
-        from bridge.transport.zmq_sub import ZmqSubscriber
+        import multiprocessing as mp
 
+        ctx = mp.get_context("spawn")
         self.sent: dict[tuple[str, int], float] = {}
-        self.received: dict[tuple[str, int], float] = {}
-        self._sub = ZmqSubscriber(endpoint, topics=("stepx/step",))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        self._ready, self._stop, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
+        self._proc = ctx.Process(target=_subscribe, args=(endpoint, self._ready, self._stop, self._out), daemon=True)
+        self._proc.start()
+        if not self._ready.wait(60):
+            raise RuntimeError("the latency subscriber process did not start")
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            p = self._sub.recv(timeout=0.1)
-            if p is not None and p.kind == "step":
-                self.received[(p.header["run_id"], int(p.header["step"]))] = time.perf_counter()
-
-    def stamp(self, packet: Any) -> None:
-        if packet.kind == "step":
-            self.sent[(packet.header["run_id"], int(packet.header["step"]))] = time.perf_counter()
+    def step_end(self, run_id: str, step: int) -> None:
+        """Called on the model's thread as a step ends (``Runner(step_clock=...)``)."""
+        self.sent[(run_id, int(step))] = time.perf_counter()
 
     def close(self) -> dict[str, float]:
         time.sleep(0.3)
         self._stop.set()
-        self._thread.join(2)
-        self._sub.close()
-        lat = [1000 * (self.received[k] - t) for k, t in self.sent.items() if k in self.received]
+        received = self._out.get(timeout=30)
+        self._proc.join(5)
+        lat = [1000 * (received[k] - t) for k, t in self.sent.items() if k in received]
         if not lat:
             return {"received": 0}
         return {"received": len(lat), "sent": len(self.sent), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
@@ -99,11 +110,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         fanout = FanOut([pub])
         time.sleep(0.3)  # let the subscriber connect
 
-        def publish(p: Any) -> None:
-            latency.stamp(p)
-            fanout.publish(p)
-
-        runner = Runner(pipe, publish, "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
+        runner = Runner(pipe, fanout.publish, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
+                        step_clock=latency.step_end)
     daam_trace = _daam_trace() if "daam" in variants else None
 
     def gen(**extra: Any) -> Any:

@@ -59,14 +59,18 @@ class Runner:
         capture_config: CaptureConfig | None = None,
         concepts: dict[str, dict[str, list[float]]] | None = None,
         phases_on: str = "host",
+        step_clock: Callable[[str, int], None] | None = None,
     ) -> None:
         """``phases_on``: ``host`` runs the phases on the packet worker thread from a non-blocking
         host copy of each step's word maps, so the model's thread only launches one matmul and
         one copy per step (the packets need host arrays anyway); ``device`` runs them where the
         maps are, on the model's thread (for callers that want the device tensors)."""
+        # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
+        # its packet is built): benchmarks time step → subscriber latency from there.
         if phases_on not in ("host", "device"):
             raise ValueError(f"phases_on must be 'host' or 'device', got {phases_on!r}")
         self.phases_on = phases_on
+        self.step_clock = step_clock
         self.pipe = pipe
         self.publish = publish
         self.model_name = model_name
@@ -128,6 +132,8 @@ class Runner:
             gen = torch.Generator(device="cpu").manual_seed(seed)
 
             def on_step(frame: StepFrame, run: CaptureRun) -> None:
+                if self.step_clock is not None:
+                    self.step_clock(run.run_id, frame.step)
                 if state["engine"] is None:
                     self._begin(req, run, seed, phase_cfg, state)
                 tm = run.tokens(0)

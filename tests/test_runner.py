@@ -37,3 +37,27 @@ def test_packets_in_order_and_equal_to_an_independent_run(sd_pipe, phases_on):
         np.testing.assert_allclose(packet.arrays["textures"], pf.arrays()["textures"], rtol=0, atol=1e-6)
         assert packet.header["phase_weights"] == pf.scalars()["phase_weights"]
         assert packet.header["timestep"] == float(frame.timestep)
+
+
+def test_step_clock_is_called_on_the_model_thread_before_each_step_packet(sd_pipe):
+    """Benchmarks time step → subscriber latency from ``step_clock``: it must fire once per
+    step, in order, on the denoising thread, before that step's packet is published."""
+    import threading
+
+    from bridge.runner import Runner
+
+    calls: list[tuple[str, int, bool]] = []
+    published: list[tuple[str, int]] = []
+
+    def clock(run_id: str, step: int) -> None:
+        calls.append((run_id, step, threading.current_thread() is threading.main_thread()))
+
+    def publish(p) -> None:
+        if p.kind == "step" and (p.header["run_id"], p.header["step"], True) in calls:  # else missing below
+            published.append((p.header["run_id"], p.header["step"]))
+
+    runner = Runner(sd_pipe, publish, image_every=0, step_clock=clock)
+    result = runner.run(Request("a cat", seed=0, steps=4))
+    assert result.status == "done"
+    assert calls == [(result.run_id, s, True) for s in range(4)]
+    assert published == [(result.run_id, s) for s in range(4)]
