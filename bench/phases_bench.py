@@ -75,7 +75,11 @@ def main() -> None:
     for device in devices:
         name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         for label, mode in paths:
-            r = bench(device, args.words, args.size, args.reps, args.dtype, compile=mode)
+            try:
+                r = bench(device, args.words, args.size, args.reps, args.dtype, compile=mode)
+            except Exception as exc:  # e.g. no C++ compiler for inductor's CPU backend: report, go on
+                print(f"{device} {label:8s} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
+                continue
             print(f"{device} {label:8s} update {r['update']:.3f} ms  arrays {r['arrays']:.3f} ms  "
                   f"update+arrays {r['total']:.3f} ms/step  (warm-up {r['warm_s']:.1f} s; {name})")
 
