@@ -79,7 +79,7 @@ class Runner:
         self.capture_config = capture_config or CaptureConfig()
         self.concepts = concepts or {}
         self._preview: LinearPreview | None = None
-        self._out = OrderedWorker()
+        self._out = OrderedWorker(torch_threads=1)  # its CPU ops must not take the model thread's cores
         self._buffers = HostBuffers()  # host copies of the word maps, reused from step to step
         self.device = next(denoiser(pipe).parameters()).device
 
@@ -188,7 +188,9 @@ class Runner:
         tm = run.tokens(0)
         state["focus"] = [tm.index(w) for w in req.focus]  # raises WordNotFoundError listing the words
         state["run_id"] = run.run_id
-        state["engine"] = PhaseEngine(list(tm.words), phase_cfg, device="cpu" if self.phases_on == "host" else self.device)
+        on_gpu = self.phases_on == "device" and self.device.type == "cuda"  # compiled: a few kernels, not ~99 launches
+        state["engine"] = PhaseEngine(list(tm.words), phase_cfg, device="cpu" if self.phases_on == "host" else self.device,
+                                      compile=on_gpu)
         h, w = run.resolution
         self._send(Packet("run", {
             "run_id": run.run_id, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "words": list(tm.words),

@@ -177,3 +177,27 @@ def test_dispatch_proxy_has_sd15s_attention_topology():
         pipe("a cat", num_inference_steps=2, guidance_scale=7.5, output_type="latent", generator=torch.Generator().manual_seed(0))
     frame = cap.last_run.frames[-1]
     assert frame.cross.shape == (1, 77, 16, 16) and frame.x0 is not None and not frame.missing_layers
+
+
+def test_packet_worker_uses_one_torch_thread_and_leaves_the_rest_of_the_process_alone():
+    """The runner's worker must not wake the OpenMP pool (it would take the model thread's cores);
+    the constructing thread and threads started later keep the process default."""
+    import threading
+
+    import torch
+
+    from bridge.host import OrderedWorker
+
+    default = torch.get_num_threads()
+    worker = OrderedWorker(torch_threads=1)
+    seen: list[int] = []
+    worker.put(lambda: seen.append(torch.get_num_threads()))
+    worker.flush()
+    later: list[int] = []
+    t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    worker.close()
+    assert torch.get_num_threads() == default and later == [default]
+    if "OpenMP" in torch.__config__.parallel_info():  # per-thread counts; other backends share one
+        assert seen == [1]

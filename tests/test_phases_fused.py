@@ -162,3 +162,29 @@ def test_cuda_compiled_equals_eager(compile_mode):
     """On CUDA, incl. CUDA graphs: frames of earlier steps must survive later replays."""
     for mode in NORMALISATIONS:
         run_both(PhaseConfig(normalisation=mode, crossfade=0.2), sample_run().cuda(), compile_mode, device="cuda")
+
+
+def test_a_compiled_step_that_fails_falls_back_to_the_eager_step(monkeypatch, caplog):
+    """A missing compiler toolchain must not cost a run: the engine logs once and goes on eagerly."""
+    from bridge.phases import engine as engine_module
+
+    def broken(mode, device):
+        if mode is None:
+            return engine_module.phase_step, False
+
+        def fail(*_a, **_k):
+            raise RuntimeError("no C++ compiler found")
+
+        return fail, False
+
+    maps = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    reference = PhaseEngine(list("abc"), PhaseConfig())
+    expected = [reference.update(m, i, 5).textures for i, m in enumerate(maps)]
+    monkeypatch.setattr(engine_module, "_step_function", broken)
+    eng = PhaseEngine(list("abc"), PhaseConfig(), compile=True)
+    with caplog.at_level("WARNING"):
+        got = [eng.update(m, i, 5).textures for i, m in enumerate(maps)]
+    assert eng.compile_mode is None
+    assert sum("compiled phases step failed" in r.message for r in caplog.records) == 1
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,6 +24,8 @@ from .fused import (
 from .morph import phase_index, phase_progress, phase_weights, run_progress
 from .morph import phase_maps as mean_phase_maps
 from .timeline import TimelineSummary
+
+log = logging.getLogger(__name__)
 
 #: Accepted ``PhaseEngine(compile=...)`` modes (``True`` means ``"default"``). ``reduce-overhead``
 #: (CUDA graphs) applies on CUDA only; on other devices it compiles like ``default``.
@@ -147,7 +150,15 @@ class PhaseEngine:
         step_fn, clone = _step_function(self.compile_mode, device)
         if clone:
             torch.compiler.cudagraph_mark_step_begin()
-        out = step_fn(maps, self._state, scal, *self._coords, cfg.normalisation, cfg.global_view)
+        try:
+            out = step_fn(maps, self._state, scal, *self._coords, cfg.normalisation, cfg.global_view)
+        except Exception as exc:  # e.g. no compiler toolchain: the eager step is the same maths
+            if self.compile_mode is None:
+                raise
+            log.warning("the compiled phases step failed (%s: %s); running the eager step from now on",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self.compile_mode, clone = None, False
+            out = phase_step(maps, self._state, scal, *self._coords, cfg.normalisation, cfg.global_view)
         if clone:  # CUDA-graph outputs are overwritten by the next replay: keep our own copies
             out = _clone_out(out)
         self._state = out.state
