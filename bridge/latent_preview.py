@@ -26,12 +26,14 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 def decode_full(pipe, latents: torch.Tensor) -> np.ndarray:
     """Decode ``[1, C, h, w]`` latents with the pipeline's VAE → ``uint8 [H, W, 3]``.
 
-    Follows the pipelines' rule: a float16 VAE with ``config.force_upcast`` (SDXL's, which
-    overflows in float16) decodes in float32, and goes back to float16 afterwards."""
+    Follows the pipeline's own rule: pipelines that upcast (SDXL's, whose VAE overflows in
+    float16) decode a float16 VAE with ``config.force_upcast`` in float32 and put it back to
+    float16 afterwards; the others (SD 1.x/2.x, SD3, FLUX) decode as they are, as they do."""
     vae = pipe.vae
     scale = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
     shift = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
-    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    upcast = (vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+              and hasattr(pipe, "upcast_vae"))
     if upcast:
         vae.to(torch.float32)
     try:

@@ -153,14 +153,19 @@ class _SpyVAE(torch.nn.Module):
         return (torch.zeros(z.shape[0], 3, 4, 4, dtype=z.dtype),)
 
 
-@pytest.mark.parametrize("force_upcast, decoded_in", [(True, torch.float32), (False, torch.float16)])
-def test_decode_full_follows_the_pipelines_upcast_rule(force_upcast, decoded_in):
+@pytest.mark.parametrize("force_upcast, upcasting_pipeline, decoded_in", [
+    (True, True, torch.float32),  # SDXL: its pipeline upcasts a force_upcast VAE
+    (False, True, torch.float16),
+    (True, False, torch.float16),  # SD 1.x/2.x, SD3: their pipelines decode in float16 regardless
+])
+def test_decode_full_follows_the_pipelines_upcast_rule(force_upcast, upcasting_pipeline, decoded_in):
     from types import SimpleNamespace
 
     from bridge.latent_preview import decode_full
 
     vae = _SpyVAE(torch.float16, force_upcast)
-    image = decode_full(SimpleNamespace(vae=vae), torch.zeros(1, 4, 2, 2, dtype=torch.float16))
+    pipe = SimpleNamespace(vae=vae, **({"upcast_vae": lambda: None} if upcasting_pipeline else {}))
+    image = decode_full(pipe, torch.zeros(1, 4, 2, 2, dtype=torch.float16))
     assert vae.seen == [(decoded_in, decoded_in)]
     assert vae.dtype == torch.float16  # back as it was
     assert image.shape == (4, 4, 3) and image.dtype.name == "uint8"
