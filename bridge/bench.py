@@ -188,22 +188,39 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     }
 
 
+#: profiler keys that mean the host waited for the device (or copied from it)
+_SYNC_KEYS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense",
+              "Memcpy DtoH")
+
+
 def write_profiles(table: dict[str, Callable[[], None]], variants: list[str], device: torch.device, path: str) -> None:
-    """One more call of each variant under torch.profiler; the top ops by self time go to ``path``
-    (text), so a GPU session can see where an overhead comes from in the same command."""
+    """One more call of each variant under torch.profiler, written to ``path`` (text), so a GPU
+    session can see where an overhead comes from in the same command: kernel launches and host
+    waits per variant, the top ops by self time, and the ops each variant adds to plain (by call
+    count and self CPU time — on a launch-bound GPU run the CPU side is what costs)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    base: dict[str, tuple[int, float]] = {}
     with open(path, "w") as out:
         for v in variants:
             with profile(activities=activities) as prof:
                 table[v]()
                 _sync(device)
             ops = prof.key_averages()
+            counts = {e.key: (e.count, e.self_cpu_time_total) for e in ops}
             launches = sum(e.count for e in ops if e.key.startswith("cuda") and "Launch" in e.key)
-            out.write(f"=== {v}: {len(prof.events())} events, {launches} kernel launches\n")
+            waits = {k: c for k, (c, _) in counts.items() if any(s in k for s in _SYNC_KEYS)}
+            out.write(f"=== {v}: {len(prof.events())} events, {launches} kernel launches, host waits {waits}\n")
             out.write(ops.table(sort_by=sort, row_limit=25) + "\n")
+            if v == "plain":
+                base = counts
+                continue
+            added = sorted(((t - base.get(k, (0, 0.0))[1], c - base.get(k, (0, 0.0))[0], k) for k, (c, t) in counts.items()
+                            if c != base.get(k, (0, 0.0))[0]), reverse=True)[:25]
+            out.write(f"--- {v} minus plain: ops whose call count differs (self CPU µs, calls)\n")
+            out.writelines(f"{dt:12.0f} {dc:+7d}  {k}\n" for dt, dc, k in added)
 
 
 def print_table(result: dict[str, Any]) -> None:

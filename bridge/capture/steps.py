@@ -71,9 +71,3 @@ def _x0_coefficients(alphas: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "epsilon":
         return torch.stack([1 / a.sqrt(), (1 - a).sqrt() / a.sqrt()], 1)
     return torch.stack([a.sqrt(), (1 - a).sqrt()], 1)
-    if not 0 <= int(timestep) < len(alphas):
-        return None
-    a = alphas[int(timestep)].to(sample.device, torch.float32)
-    x, e = sample.float(), model_output.float()
-    x0 = (x - (1 - a).sqrt() * e) / a.sqrt() if kind == "epsilon" else a.sqrt() * x - (1 - a).sqrt() * e
-    return x0.to(sample.dtype)
