@@ -221,6 +221,33 @@ def write_profiles(table: dict[str, Callable[[], None]], variants: list[str], de
                             if c != base.get(k, (0, 0.0))[0]), reverse=True)[:25]
             out.write(f"--- {v} minus plain: ops whose call count differs (self CPU µs, calls)\n")
             out.writelines(f"{dt:12.0f} {dc:+7d}  {k}\n" for dt, dc, k in added)
+        out.write(_python_profiles(table, variants, device))
+
+
+def _python_profiles(table: dict[str, Callable[[], None]], variants: list[str], device: torch.device) -> str:
+    """One call of each variant under cProfile: Python function calls and the functions a variant
+    adds to plain by own time (the torch profiler above sees only aten ops, not hooks' Python)."""
+    import cProfile
+    import pstats
+
+    lines: list[str] = []
+    base: dict[tuple, tuple[int, float]] = {}
+    for v in variants:
+        prof = cProfile.Profile()
+        prof.enable()
+        table[v]()
+        _sync(device)
+        prof.disable()
+        stats = pstats.Stats(prof).stats  # {(file, line, name): (prim calls, calls, tottime, cumtime, callers)}
+        own = {k: (c[1], c[2]) for k, c in stats.items()}
+        lines.append(f"=== python {v}: {sum(c for c, _ in own.values())} calls, {sum(t for _, t in own.values()) * 1e3:.1f} ms own time\n")
+        if v == "plain":
+            base = own
+            continue
+        added = sorted(((t - base.get(k, (0, 0.0))[1], c - base.get(k, (0, 0.0))[0], k) for k, (c, t) in own.items()
+                        if c != base.get(k, (0, 0.0))[0]), reverse=True)[:20]
+        lines += [f"{dt * 1e3:10.2f} ms {dc:+7d}  {k[0].rsplit('/', 1)[-1]}:{k[1]} {k[2]}\n" for dt, dc, k in added]
+    return "".join(lines)
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -108,6 +108,7 @@ def run_both(cfg, run, compile_mode=True, device="cpu"):
         fe, fc = eager.update(run[s], s, t), compiled.update(run[s], s, t)
         assert_close(frame_values(fc, compiled), frame_values(fe, eager), rtol=1e-6, atol=1e-6)
         frames.append((fe, fc))
+    assert compiled.compile_mode is not None  # it ran compiled throughout: no fall-back to eager
     for fe, fc in frames:  # earlier frames stay intact after later steps
         for k, v in fe.arrays().items():
             np.testing.assert_allclose(fc.arrays()[k], v, rtol=1e-6, atol=1e-6, err_msg=k)
@@ -188,3 +189,15 @@ def test_a_compiled_step_that_fails_falls_back_to_the_eager_step(monkeypatch, ca
     assert sum("compiled phases step failed" in r.message for r in caplog.records) == 1
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e)
+
+
+def test_compiled_step_serves_new_prompt_lengths_without_recompiling():
+    """A daemon sees prompts of many lengths: after a second word count the graph is dynamic in
+    it, and a third length compiles nothing (torch's recompile limit would otherwise push a long
+    session back to eager)."""
+    cfg = PhaseConfig(normalisation="share", global_view="mean")
+    for words in (3, 4):  # the first shape compiles static, the second makes the word count symbolic
+        run_both(cfg, sample_run(n=words))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _, compiled = run_both(cfg, sample_run(n=7))
+        assert len(compiled.words) == 7

@@ -36,13 +36,16 @@ _COMPILED: dict[str, object] = {}
 
 def _step_function(mode: str | None, device: torch.device):
     """(step function, clone outputs?) for a compile mode on a device; compiled wrappers are
-    shared by all engines (torch caches one graph per (N, H, W, device, normalisation, global view))."""
+    shared by all engines (torch keeps a graph per device, normalisation and global view, static
+    for the first shape and dynamic once a second one is seen)."""
     if mode is None:
         return phase_step, False
     if mode == "reduce-overhead" and device.type != "cuda":
         mode = "default"
     if mode not in _COMPILED:
-        _COMPILED[mode] = torch.compile(phase_step, dynamic=False, mode=mode)
+        # dynamic=None: the first shape compiles static; a second word count (or size) compiles one
+        # graph with that size symbolic, which then serves every prompt length without recompiling
+        _COMPILED[mode] = torch.compile(phase_step, dynamic=None, mode=mode)
     return _COMPILED[mode], mode == "reduce-overhead"
 
 
@@ -59,7 +62,7 @@ class PhaseEngine:
 
     The tensor maths of a step is one pure function (:func:`bridge.phases.fused.phase_step`).
     ``compile=False`` (default) runs it eagerly, the reference; ``compile=True`` (or a mode from
-    :data:`COMPILE_MODES`) runs it through ``torch.compile(dynamic=False)``: a handful of fused
+    :data:`COMPILE_MODES`) runs it through ``torch.compile``: a handful of fused
     kernels per step, compiled once per (N, H, W, device, normalisation, global view).
     """
 

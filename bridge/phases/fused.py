@@ -4,7 +4,7 @@
 step's raw maps and the run's state, with no Python branches on the data and no ``None``
 state: the first step is handled by zero-initialised state (:func:`initial_state`) and by the
 per-step scalars in ``scal`` (:func:`step_scalars`). The engine calls it as is (eager, the
-reference) or through ``torch.compile(dynamic=False)``; the maths is the same as composing
+reference) or through ``torch.compile``; the maths is the same as composing
 the pure functions of ``normalise``, ``masks``, ``morph`` and ``timeline`` (tested).
 
 Why the zero state is exact: maps are clamped to >= 0, so ``max(0, step max)`` is the step
