@@ -103,16 +103,25 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     size = {k: v for k, v in (("height", height), ("width", width)) if v}
     res = (map_size, map_size) if map_size else None
     variants = list(variants or ["plain", "capture", "publish", "queries"])
-    latency = Latency(endpoint) if "publish" in variants else None
-    fanout = runner = None
+    publishing = [v for v in variants if v.startswith("publish")]
+    latency = Latency(endpoint) if publishing else None
+    fanout = None
+    runners: dict[str, Any] = {}
     if latency:
         pub = ZmqPublisher(endpoint, encoding="float16")
         fanout = FanOut([pub])
         time.sleep(0.3)  # let the subscriber connect
-
-        runner = Runner(pipe, fanout.publish, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
-                        step_clock=latency.step_end)
-    daam_trace = _daam_trace() if "daam" in variants else None
+        for v in publishing:  # publish: phases on the packet worker (the default); publish_device: on the model's device
+            runners[v] = Runner(pipe, fanout.publish, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
+                                step_clock=latency.step_end, phases_on="device" if v == "publish_device" else "host")
+    errors: dict[str, str] = {}
+    daam_trace = None
+    if "daam" in variants:
+        try:
+            daam_trace = _daam_trace()
+        except ImportError as exc:  # not installed: reported with the results, the other variants still run
+            errors["daam"] = f"{type(exc).__name__}: {exc} (pip install --no-deps daam==0.2.0)"
+            variants.remove("daam")
 
     def gen(**extra: Any) -> Any:
         g = torch.Generator(device="cpu").manual_seed(0)
@@ -129,21 +138,23 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         with capture(pipe, resolution=res, queries=[Query.box("box", 0.25, 0.25, 0.5, 0.5)]):
             gen()
 
-    def with_publish() -> None:
-        res = runner.run(Request(PROMPT, seed=0, steps=steps, guidance=guidance, width=width, height=height))  # type: ignore[union-attr]
-        if res.status != "done":
-            raise RuntimeError(res.error)
+    def publisher(v: str) -> Callable[[], None]:
+        def with_publish() -> None:
+            result = runners[v].run(Request(PROMPT, seed=0, steps=steps, guidance=guidance, width=width, height=height))
+            if result.status != "done":
+                raise RuntimeError(result.error)
+
+        return with_publish
 
     def with_daam() -> None:
         with daam_trace(pipe) as tc:  # type: ignore[misc]
             gen()
             tc.compute_global_heat_map()
 
-    table: dict[str, Callable[[], None]] = {"plain": plain, "capture": with_capture, "publish": with_publish,
-                                            "queries": with_queries, "daam": with_daam}
+    table: dict[str, Callable[[], None]] = {"plain": plain, "capture": with_capture, "publish": publisher("publish"),
+                                            "publish_device": publisher("publish_device"), "queries": with_queries, "daam": with_daam}
     times: dict[str, list[float]] = {v: [] for v in variants}
     peak: dict[str, int] = {v: 0 for v in variants}
-    errors: dict[str, str] = {}
     with torch.inference_mode():
         for v in list(variants):  # one untimed call each: a variant that cannot run is reported, not fatal
             try:
@@ -252,9 +263,9 @@ def _python_profiles(table: dict[str, Callable[[], None]], variants: list[str], 
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"{result['pipeline']} on {result['device']}, {result['steps']} steps, {result['runs']} interleaved runs")
-    print(f"{'variant':10s} {'median s':>9s} {'ratio':>7s} {'peak MiB':>9s}")
+    print(f"{'variant':14s} {'median s':>9s} {'ratio':>7s} {'peak MiB':>9s}")
     for v, r in result["median_ratio_vs_plain"].items():
         mem = (result.get("peak_memory_mb") or {}).get(v, "")
-        print(f"{v:10s} {result['median_seconds'][v]:9.3f} {r:7.3f} {mem!s:>9s}")
+        print(f"{v:14s} {result['median_seconds'][v]:9.3f} {r:7.3f} {mem!s:>9s}")
     if result.get("step_to_subscriber_latency"):
         print("step → subscriber latency:", json.dumps(result["step_to_subscriber_latency"]))

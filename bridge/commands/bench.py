@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "publish", "queries", "daam"])
+    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "publish", "publish_device", "queries", "daam"],
+                   help="publish: capture + phases (on the packet worker) + ZeroMQ; publish_device: the same with the phases "
+                        "on the model's device (compiled on CUDA)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
     p.add_argument("--map-size", type=int, default=None, help="side of the captured maps (default: the latent's)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's); 1 for the dispatch proxy")
