@@ -219,3 +219,16 @@ def test_cuda_matches_cpu():
         np.testing.assert_allclose(gpu.arrays()[k], v, atol=1e-5)
     for k in ("mass", "entropy", "centroid_x", "spread"):
         np.testing.assert_allclose(gpu.scalars()[k], cpu.scalars()[k], rtol=1e-4, atol=1e-6)
+
+
+def test_scalars_are_a_fresh_copy_each_call():
+    """A sink may edit the header it gets; the frame's cached scalars must not change."""
+    engine = PhaseEngine(["a", "b"], PhaseConfig())
+    frame = engine.update(torch.rand(2, 4, 4), 0, 5)
+    first = frame.scalars()
+    first["mass"][0] = -1.0
+    first["forces"]["chaos_words"].append(9.0)
+    first["phase_weights"][0] = 7.0
+    again = frame.scalars()
+    assert again["mass"][0] != -1.0 and len(again["forces"]["chaos_words"]) == 2 and again["phase_weights"][0] != 7.0
+    assert again == frame.scalars()
