@@ -228,11 +228,21 @@ def write_profiles(table: dict[str, Callable[[], None]], variants: list[str], de
             if v == "plain":
                 base = counts
                 continue
-            added = sorted(((t - base.get(k, (0, 0.0))[1], c - base.get(k, (0, 0.0))[0], k) for k, (c, t) in counts.items()
-                            if c != base.get(k, (0, 0.0))[0]), reverse=True)[:25]
+            added = _added(counts, base, 25)
             out.write(f"--- {v} minus plain: ops whose call count differs (self CPU µs, calls)\n")
             out.writelines(f"{dt:12.0f} {dc:+7d}  {k}\n" for dt, dc, k in added)
         out.write(_python_profiles(table, variants, device))
+
+
+def _added(counts: dict[Any, tuple[int, float]], base: dict[Any, tuple[int, float]], most: int) -> list[tuple[float, int, Any]]:
+    """``(added time, added calls, key)`` of the entries whose call count differs from ``base``,
+    largest added time first; counts map a key to ``(calls, time)``."""
+    rows = []
+    for key, (calls, t) in counts.items():
+        calls0, t0 = base.get(key, (0, 0.0))
+        if calls != calls0:
+            rows.append((t - t0, calls - calls0, key))
+    return sorted(rows, key=lambda r: r[0], reverse=True)[:most]
 
 
 def _python_profiles(table: dict[str, Callable[[], None]], variants: list[str], device: torch.device) -> str:
@@ -255,8 +265,7 @@ def _python_profiles(table: dict[str, Callable[[], None]], variants: list[str], 
         if v == "plain":
             base = own
             continue
-        added = sorted(((t - base.get(k, (0, 0.0))[1], c - base.get(k, (0, 0.0))[0], k) for k, (c, t) in own.items()
-                        if c != base.get(k, (0, 0.0))[0]), reverse=True)[:20]
+        added = _added(own, base, 20)
         lines += [f"{dt * 1e3:10.2f} ms {dc:+7d}  {k[0].rsplit('/', 1)[-1]}:{k[1]} {k[2]}\n" for dt, dc, k in added]
     return "".join(lines)
 

@@ -57,8 +57,8 @@ def batched_cross_attention_maps(
 
 
 def _cross_chunk(q: list[torch.Tensor], k: list[torch.Tensor], weights: torch.Tensor, heads: int, d: int, rows: slice) -> torch.Tensor:
-    qs = torch.stack(q, 1)[rows]  # [B, L, N, C]
-    ks = torch.stack(k, 1)[rows]  # [B, L, T, C]
+    qs = torch.stack([x[rows] for x in q], 1)  # [B, L, N, C]: only the wanted rows are copied
+    ks = torch.stack([x[rows] for x in k], 1)  # [B, L, T, C]
     b, l, n, _ = qs.shape
     t = ks.shape[2]
     qh = qs.view(b, l, n, heads, d).transpose(2, 3)  # [B, L, h, N, d] (a view)
@@ -123,11 +123,11 @@ def batched_query_rows_map(
     row weight). Returns ``[B, N]`` = Σ_l Σ_h Σ_r w_lh ρ_r softmax(q_lhr k_lhᵀ/√d), in float32, the
     rows taken ``budget`` logits at a time.
     """
-    ks = torch.stack(k, 1)[batch_rows]  # [B, L, N, C]
+    ks = torch.stack([x[batch_rows] for x in k], 1)  # [B, L, N, C]: only the wanted rows are copied
     b, l, n, c = ks.shape
     d = c // heads
     kh = ks.view(b, l, n, heads, d).transpose(2, 3).to(torch.float32, memory_format=torch.contiguous_format)  # [B, L, h, N, d]
-    qs = torch.stack(q, 1)[batch_rows]  # [B, L, N, C]
+    qs = torch.stack([x[batch_rows] for x in q], 1)  # [B, L, N, C]
     chunk = max(1, budget // max(1, l * b * heads * n))
     out = None
     for start in range(0, rows.numel(), chunk):

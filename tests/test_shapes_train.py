@@ -1,0 +1,37 @@
+"""The shapes trainer runs end to end on the CPU: resume from the shipped weights, a few decoder
+and grounded UNet steps, export, and a pipeline that loads the exported files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+
+def test_resume_train_export_and_load(tmp_path):
+    from bridge.models.shapes import SHAPES_WEIGHTS
+    from bridge.models.shapes.train import add_arguments, export, run
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "out"
+    args = parser.parse_args([
+        "--device", "cpu", "--resume", str(SHAPES_WEIGHTS), "--out", str(out), "--ckpt-dir", str(tmp_path / "ck"),
+        "--minutes", "0.65", "--decoder-seconds", "2", "--batch", "2", "--vae-batch", "2", "--ground", "0.005",
+        "--log-every", "1",
+    ])
+    assert run(args) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["step"] > json.loads((SHAPES_WEIGHTS / "training.json").read_text())["step"]  # the UNet trained
+    assert meta["decoder_steps"] > 0 and meta["ground_from_step"] is not None
+    log = (out / "train_log.txt").read_text()
+    assert "decoder fine-tuned" in log and " ground " in log
+    for name in ("unet_0", "unet_1", "text_encoder", "vae"):
+        assert (out / f"{name}.safetensors").stat().st_size < 16 * 2**20
+
+    export(out, tmp_path / "pipe")
+    from bridge.models.shapes import load_shapes_pipeline
+
+    pipe = load_shapes_pipeline("cpu", torch.float32, path=tmp_path / "pipe")
+    assert type(pipe.unet.attn_processors["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor"]).__name__ == "AttnProcessor2_0"
