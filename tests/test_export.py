@@ -191,3 +191,13 @@ def test_load_run_aligns_images(trace):
     assert run.steps.tolist() == list(range(T)) and run.maps.shape == (T, 3, H, W)
     assert run.image_at(0) is None and np.array_equal(run.image_at(2), image_at(1))
     assert run.canvas_size() == (IH, IW)
+
+
+def test_timeline_lines_are_all_distinct():
+    """Eleven words (the demo prompt) must not share a line look: the default cycle has ten."""
+    from bridge.export.plots import line_styles, timeline_png
+
+    for n in (1, 10, 11, 20, 45):
+        styles = line_styles(n)
+        assert len(styles) == n and len(set(styles)) == n
+    assert timeline_png(np.arange(3), np.random.rand(3, 11), [f"w{i}" for i in range(11)], "mass")[:4] == b"\x89PNG"

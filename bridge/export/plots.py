@@ -12,6 +12,15 @@ TITLES = {"mass": "mean attention (mass)", "entropy": "spatial entropy (0 focuse
           "peak": "peak value", "auc_so_far": "area under the mass curve so far"}
 
 
+def line_styles(n: int) -> list[tuple[tuple[float, ...], str]]:
+    """``(rgba, linestyle)`` for ``n`` lines, no two alike: tab10 up to 10 words, tab20 beyond,
+    dashed after 20 (matplotlib's default cycle repeats after 10, and prompts often have 11+ words)."""
+    from matplotlib import colormaps  # noqa: PLC0415
+
+    palette = colormaps["tab10" if n <= 10 else "tab20"]
+    return [(tuple(palette(j % palette.N)), ("-", "--", ":")[min(j // palette.N, 2)]) for j in range(n)]
+
+
 def timeline_png(steps: np.ndarray, values: np.ndarray, words: list[str], measure: str,
                  phases: np.ndarray | None = None, title: str | None = None) -> bytes:
     """PNG bytes of ``values [T, N]`` against ``steps [T]``, a line per word, phases shaded."""
@@ -32,8 +41,8 @@ def timeline_png(steps: np.ndarray, values: np.ndarray, words: list[str], measur
                 ax.axvspan(s - 0.5, right - 0.5, color=PHASE_COLOURS[ph], lw=0,
                            label=f"phase: {PHASE_LABELS[ph]}" if ph not in seen else None, zorder=0)
                 seen.add(ph)
-        for j, word in enumerate(words):
-            ax.plot(steps, values[:, j], marker="o", ms=3, lw=1.8, label=word, zorder=2)
+        for j, (word, (colour, dashes)) in enumerate(zip(words, line_styles(len(words)))):
+            ax.plot(steps, values[:, j], marker="o", ms=3, lw=1.8, label=word, zorder=2, color=colour, linestyle=dashes)
         ax.set_xlabel("step")
         ax.set_ylabel(measure)
         ax.set_title(title or TITLES.get(measure, measure))
