@@ -19,5 +19,5 @@ def test_estimate_x0_matches_ddims_own_prediction():
         expected = sched.step(eps, t, sample).pred_original_sample
         got = estimate_x0(sched, eps, t, sample, cache)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    assert len(cache) == 1  # ᾱ moved to the device once, reused for every step
+    assert len(cache) == 2  # ᾱ moved to the device once (and the table held), reused for every step
     assert estimate_x0(make_scheduler("euler"), eps, sched.timesteps[0], sample) is None

@@ -13,12 +13,12 @@ from .config import CaptureConfig, load_head_weights, top_heads
 from .errors import CaptureError, PromptTooLongError, UnsupportedPipelineError, UnsupportedProcessorError, WordNotFoundError
 from .frames import CaptureRun, StepFrame
 from .queries import Query
-from .session import Capture, capture
+from .session import Capture, capture, graph_stats
 from .tokens import TokenMap, build_token_map
 
 __all__ = [
     "Adapter", "Layer", "adapter_for", "register", "supported_pipelines",
     "CaptureConfig", "load_head_weights", "top_heads",
     "CaptureError", "PromptTooLongError", "UnsupportedPipelineError", "UnsupportedProcessorError", "WordNotFoundError",
-    "CaptureRun", "StepFrame", "Query", "Capture", "capture", "TokenMap", "build_token_map",
+    "CaptureRun", "StepFrame", "Query", "Capture", "capture", "graph_stats", "TokenMap", "build_token_map",
 ]

@@ -32,6 +32,8 @@ class CaptureConfig:
     detail_layers: patterns of layers whose per-head, per-layer maps are also kept.
     keep_frames: keep every StepFrame on the run (the default); off for a pure stream.
     cross: capture cross-attention word maps (on by default).
+    cuda_graphs: on CUDA, replay each evaluation's map maths as one CUDA graph once its inputs'
+      addresses repeat (see ``bridge/capture/graphs.py``); off computes them eagerly every time.
     """
 
     layers: str | Sequence[str] = "*"
@@ -43,6 +45,7 @@ class CaptureConfig:
     keep_frames: bool = True
     cross: bool = True
     strict_prompt_length: bool = False
+    cuda_graphs: bool = True
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -22,7 +22,9 @@ class StepFrame:
     layers: layer name → ``[B, heads, T, h, w]`` per-head maps at the layer's own resolution,
       only for ``CaptureConfig.detail_layers``.
     latents: ``[B, C, h, w]`` the sample after this step; x0: the scheduler's predicted clean
-      latents where it can tell (else None). Both stay on the model's device.
+      latents where it can tell (else None), computed on first read where the scheduler does not
+      return them (most steps of a live run never read it: no launches for those). Both stay on
+      the model's device.
     """
 
     run_id: str
@@ -34,8 +36,15 @@ class StepFrame:
     self_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     layers: dict[str, torch.Tensor] = field(default_factory=dict)
     latents: torch.Tensor | None = None
-    x0: torch.Tensor | None = None
+    x0_source: torch.Tensor | Callable[[], torch.Tensor | None] | None = field(default=None, repr=False)
     missing_layers: tuple[str, ...] = ()
+
+    @property
+    def x0(self) -> torch.Tensor | None:
+        """``[B, C, h, w]`` predicted clean latents, or None (see the class notes)."""
+        if callable(self.x0_source):
+            self.x0_source = self.x0_source()
+        return self.x0_source
 
     @property
     def progress(self) -> float:

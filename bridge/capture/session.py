@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ import torch
 from .adapters import Adapter, Layer, adapter_for
 from .config import CaptureConfig, head_weight_vector, matches
 from .frames import CaptureRun, StepFrame
+from .graphs import StaticGraphs
 from .maps import batched_cross_attention_maps, batched_query_rows_map, cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, resize_maps, split_heads
 from .steps import estimate_x0, patch_method, step_outputs
 from .tokens import token_maps_for
@@ -42,6 +44,8 @@ class _StepAccumulator:
     evals: int = 0
     timestep: float | torch.Tensor = float("nan")
     batched: dict[tuple, list] = field(default_factory=dict)  # (grid, heads, d, T | query name) -> [(layer, q, k)]
+    canonical: torch.Tensor | None = None  # Σ over evaluations of the batched layers' cross maps [B, T, H, W]
+    canonical_queries: dict[str, torch.Tensor] = field(default_factory=dict)  # query name -> [B, H, W]
 
 
 def _add(store: dict, key: Any, value: torch.Tensor) -> None:
@@ -76,7 +80,6 @@ class Capture:
         self._weights: dict[tuple[str, str], torch.Tensor] = {}
         self._query_cells: dict[tuple[str, tuple[int, int], str], torch.Tensor] = {}
         self._warned: set[str] = set()
-        self._alphas: dict = {}  # the scheduler's ᾱ on the model's device (estimate_x0)
         self._encoded = False  # an encode_prompt call was recorded since the last set_timesteps
         configure = getattr(self.adapter, "configure", None)  # optional: adapter options from config.extra
         if configure is not None:
@@ -95,6 +98,7 @@ class Capture:
         self.self_weight = float(sum(head_weight_vector(cfg, l.name, l.heads).sum() for l in self.self_layers))
         self._expected = frozenset(l.name for l in self.cross_layers + self.self_layers)
         self._routes: dict[str, tuple] = {}  # layer name -> how observe() files it in this run (see _route)
+        self._plans: dict[tuple, _EvalPlan] = {}  # the evaluation's batched maths, per group layout, this run
 
     # --- scope ---------------------------------------------------------------------------------
     def __enter__(self) -> "Capture":
@@ -194,12 +198,12 @@ class Capture:
                 done = self._evals_total is not None and self._evals_seen >= self._evals_total
                 if getattr(sched, "state_in_first_order", True) or done:
                     prev, x0 = step_outputs(out)
-                    if x0 is None:
-                        x0 = estimate_x0(sched, model_output, timestep, sample, self._alphas)
                     unpack = getattr(self.adapter, "frame_latents", None)  # optional: e.g. FLUX's packed latents
-                    if unpack is not None:
-                        prev, x0 = unpack(prev), unpack(x0)
-                    self._emit(prev, x0)
+                    if x0 is None:  # estimated when a consumer reads frame.x0, not on every step
+                        x0 = functools.partial(_estimated_x0, sched, model_output, timestep, sample, unpack)
+                    elif unpack is not None:
+                        x0 = unpack(x0)
+                    self._emit(unpack(prev) if unpack is not None else prev, x0)
             return out
 
         return step
@@ -240,6 +244,7 @@ class Capture:
         )
         self.runs.append(self._run)
         self._routes.clear()
+        self._plans.clear()
         self._acc = _StepAccumulator()
         self._new_run = False
         self._evals_seen = 0
@@ -351,34 +356,89 @@ class Capture:
         return self._query_cells[key]
 
     def _after_denoiser(self, *_: Any) -> None:
-        """End of one model evaluation: compute the batched layers, group by group."""
+        """End of one model evaluation: the batched layers' maps, all groups in one computation
+        (on CUDA one input copy and one CUDA-graph replay), summed into the step's canonical-grid
+        accumulators."""
         acc = self._acc
         if not acc.batched:
             return
+        groups = list(acc.batched.items())
+        acc.batched.clear()
+        plan = self._plans.get(tuple((key, len(items)) for key, items in groups))
+        if plan is None:
+            plan = self._plan(groups)
+        rows = plan.rows
+        tensors = [t[rows] for _, items in groups for _, q, k in items for t in (q, k)]  # the conditional rows (views)
+        outs = _graphs_for(self.adapter.denoiser())(plan.fn, tensors, plan.key) if self.config.cuda_graphs else plan.fn(*tensors)
+        if plan.cross:
+            acc.canonical = outs[0].clone() if acc.canonical is None else acc.canonical.add_(outs[0])
+        for name, out in zip(plan.queries, outs[1 if plan.cross else 0 :]):
+            got = acc.canonical_queries.get(name)
+            acc.canonical_queries[name] = out.clone() if got is None else got.add_(out)
+
+    def _plan(self, groups: list[tuple[tuple, list]]) -> "_EvalPlan":
+        """The maths of one evaluation's batched groups, as a function of their conditional rows'
+        ``(q, k)`` in order: every constant (head weights, query cells, sizes) bound once per run."""
         run = self._run
-        for (grid, heads, _c, what), items in acc.batched.items():
+        assert run is not None
+        total = groups[0][1][0][1].shape[0]
+        cond = slice(total - run.batch, total)
+        rows = slice(None)  # the function's inputs are the conditional rows already
+        size = run.resolution
+        area = size[0] * size[1]
+        steps: list[Callable[[list], tuple[str | None, torch.Tensor]]] = []
+        query_names: list[str] = []
+        consts: list[torch.Tensor] = []  # read by a replayed graph where they are: part of its key
+        for (grid, heads, _c, what), items in groups:
             layers = tuple(layer for layer, _, _ in items)
-            qs = [q for _, q, _ in items]
-            ks = [k for _, _, k in items]
-            total = qs[0].shape[0]
-            rows = slice(total - (run.batch if run is not None else total), total)
-            device = qs[0].device
-            if isinstance(what, int):  # cross-attention over T text keys
-                maps = batched_cross_attention_maps(qs, ks, self._stacked_weights(layers, device), heads, rows)  # [B, T, N]
-                _add(acc.cross, grid, maps.view(maps.shape[0], maps.shape[1], *grid))
-            else:  # the self-attention query named ``what``
+            device = items[0][1].device
+            if isinstance(what, int):  # cross-attention over ``what`` text keys
+                weights = self._stacked_weights(layers, device)
+                consts.append(weights)
+
+                def cross(qk: list, grid=grid, heads=heads, weights=weights) -> tuple[str | None, torch.Tensor]:
+                    maps = batched_cross_attention_maps(qk[0::2], qk[1::2], weights, heads, rows)  # [B, T, N]
+                    return None, resize_maps(maps.view(maps.shape[0], maps.shape[1], *grid), size)  # [B, T, H, W]
+
+                steps.append(cross)
+            else:  # the self-attention query named ``what``; densities keep their mass when resized
                 query = next(qr for qr in self.config.queries if qr.name == what)
                 cells, weights = self._query_weights(query, grid, layers, device)
-                m = batched_query_rows_map(qs, ks, cells, weights, heads, rows)  # [B, N]
-                _add(acc.queries.setdefault(what, {}), grid, m.view(-1, *grid))
-        acc.batched.clear()
+                consts += [cells, weights]
+                if what not in query_names:
+                    query_names.append(what)
+
+                def rows_map(qk: list, grid=grid, heads=heads, cells=cells, weights=weights, what=what) -> tuple[str | None, torch.Tensor]:
+                    m = batched_query_rows_map(qk[0::2], qk[1::2], cells, weights, heads, rows)  # [B, N]
+                    return what, resize_maps(m.view(-1, *grid), size).mul_(grid[0] * grid[1] / area)  # [B, H, W]
+
+                steps.append(rows_map)
+        counts = [2 * len(items) for _, items in groups]
+        has_cross = any(isinstance(key[3], int) for key, _ in groups)
+
+        def fn(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            sums: dict[str | None, torch.Tensor] = {}
+            start = 0
+            for step, n in zip(steps, counts):
+                name, m = step(list(tensors[start : start + n]))
+                start += n
+                sums[name] = m if name not in sums else sums[name].add_(m)
+            return tuple(([sums[None]] if has_cross else []) + [sums[name] for name in query_names])
+
+        shape_key = tuple((key, len(items)) for key, items in groups)
+        key = (shape_key, run.batch, size, tuple(c.data_ptr() for c in consts))  # with the groups' keys: every input's shape
+        plan = _EvalPlan(fn, key, cond, has_cross, tuple(query_names))
+        self._plans[shape_key] = plan
+        return plan
 
     def _stacked_weights(self, layers: tuple[Layer, ...], device: torch.device) -> torch.Tensor:
-        """``[L·heads]`` head weights of ``layers``, layer-major, on ``device`` (made once)."""
+        """``[L·heads]`` head weights of ``layers``, layer-major, on ``device`` (made once, and one
+        tensor per set of values across captures: a replayed graph reads it where it was)."""
         key = (tuple(l.name for l in layers), str(device))
         w = self._weights.get(key)
         if w is None:
-            w = self._weights[key] = torch.cat([head_weight_vector(self.config, l.name, l.heads) for l in layers]).to(device)
+            values = torch.cat([head_weight_vector(self.config, l.name, l.heads) for l in layers])
+            w = self._weights[key] = _shared_constant(self.adapter.denoiser(), ("heads", key, tuple(values.tolist())), values, device)
         return w
 
     def _query_weights(self, query: Any, grid: tuple[int, int], layers: tuple[Layer, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,19 +449,25 @@ class Capture:
             row_weights = query.cell_weights(*grid).float()
             rows = torch.nonzero(row_weights, as_tuple=True)[0]
             heads = torch.stack([head_weight_vector(self.config, l.name, l.heads) for l in layers])  # [L, heads]
-            got = self._weights[key] = (rows.to(device), (heads[:, :, None] * row_weights[rows][None, None]).to(device))
+            weights = heads[:, :, None] * row_weights[rows][None, None]
+            module = self.adapter.denoiser()
+            got = self._weights[key] = (
+                _shared_constant(module, ("rows", key, tuple(rows.tolist())), rows, device),
+                _shared_constant(module, ("row weights", key, tuple(weights.flatten().tolist())), weights, device),
+            )
         return got
 
     # --- per step ------------------------------------------------------------------------------
-    def _emit(self, latents: torch.Tensor | None, x0: torch.Tensor | None) -> None:
+    def _emit(self, latents: torch.Tensor | None, x0: torch.Tensor | Callable[[], torch.Tensor | None] | None) -> None:
         self._after_denoiser()  # anything still batched (an evaluation that raised half-way)
         run, acc = self._run, self._acc
         assert run is not None
         size = run.resolution
-        cross = _resized_sum(acc.cross.items(), size, 1.0 / (self.cross_weight * acc.evals)) if acc.cross else None
-        area = size[0] * size[1]
+        cross = _canonical(acc.canonical, acc.cross, size, 1.0 / (self.cross_weight * acc.evals)) if self.cross_layers else None
+        names = list(acc.canonical_queries) + [n for n in acc.queries if n not in acc.canonical_queries]
         queries = {  # a distribution over the canonical grid: resized densities keep their mass
-            name: _resized_sum(grids.items(), size, 1.0 / (self.self_weight * acc.evals), area) for name, grids in acc.queries.items()
+            name: _canonical(acc.canonical_queries.get(name), acc.queries.get(name, {}), size, 1.0 / (self.self_weight * acc.evals), True)
+            for name in names
         }
         detail = {name: m / acc.evals for name, m in acc.detail.items()}
         missing = tuple(sorted(self._expected - acc.seen)) if len(acc.seen) != len(self._expected) else ()
@@ -418,7 +484,7 @@ class Capture:
             self_maps=queries,
             layers=detail,
             latents=latents,
-            x0=x0,
+            x0_source=x0,
             missing_layers=missing,
         )
         run.steps_done += 1
@@ -442,15 +508,70 @@ class Capture:
         self._run = None
 
 
-def _resized_sum(grids: Any, size: tuple[int, int], scale: float, area: int | None = None) -> torch.Tensor:
-    """Σ_g scale·resize(m_g) over ``(grid, map)`` pairs (each also × its cell count / ``area`` if
-    given, so resized densities keep their mass); the maps are the step's own sums, updated in place."""
-    out = None
-    for g, m in grids:
-        a = scale * (g[0] * g[1] / area) if area else scale
+_X0_COEFFICIENTS: dict = {}  # the scheduler's ᾱ-coefficients on the model's device (estimate_x0), across captures
+
+
+def _estimated_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, unpack: Callable | None) -> torch.Tensor | None:
+    x0 = estimate_x0(sched, model_output, timestep, sample, _X0_COEFFICIENTS)
+    return unpack(x0) if unpack is not None and x0 is not None else x0
+
+
+def _canonical(summed: torch.Tensor | None, grids: dict, size: tuple[int, int], scale: float, density: bool = False) -> torch.Tensor | None:
+    """``scale``·(the batched layers' canonical-grid sum + Σ_g resize(m_g) of the per-layer sums
+    at their own grids, each × its cell count / the canonical area for a ``density``, so resized
+    densities keep their mass). The sums are the step's own, updated in place."""
+    out = summed.mul_(scale) if summed is not None else None
+    area = size[0] * size[1]
+    for g, m in grids.items():
+        a = scale * (g[0] * g[1] / area) if density else scale
         r = resize_maps(m, size)
         out = r.mul_(a) if out is None else out.add_(r, alpha=a)
     return out
+
+
+@dataclass
+class _EvalPlan:
+    """The batched maps of one evaluation: ``fn(q_0[rows], k_0[rows], …)`` → (the cross-attention
+    canonical sum, if any, then one canonical map per query named in ``queries``); ``key`` names
+    every constant it bakes in (for a replayed graph)."""
+
+    fn: Callable[..., tuple[torch.Tensor, ...]]
+    key: tuple
+    rows: slice  # the conditional rows of the denoiser's batch, the function's inputs
+    cross: bool
+    queries: tuple[str, ...]
+
+
+_PER_MODEL: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _graphs_for(module: torch.nn.Module) -> StaticGraphs:
+    """The denoiser's graphs, kept across captures (a new capture per run reuses them)."""
+    store = _PER_MODEL.setdefault(module, {})
+    graphs = store.get("graphs")
+    if graphs is None:
+        graphs = store["graphs"] = StaticGraphs()
+    return graphs
+
+
+def graph_stats(pipe_or_module: Any) -> dict[str, int]:
+    """How a denoiser's evaluations were computed so far: ``replayed`` as a CUDA graph, ``eager``,
+    graphs ``captured``, captures ``failed`` (zeros where none ran, e.g. on the CPU)."""
+    module = pipe_or_module if isinstance(pipe_or_module, torch.nn.Module) else adapter_for(pipe_or_module).denoiser()
+    return dict(_graphs_for(module).stats)
+
+
+def _shared_constant(module: torch.nn.Module, key: tuple, value: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One device tensor per ``key`` (which includes its values) for the denoiser, across captures,
+    so a graph captured in one run reads the same constants in the next."""
+    store = _PER_MODEL.setdefault(module, {}).setdefault("constants", {})
+    key = (*key, str(device), value.dtype, tuple(value.shape))
+    got = store.get(key)
+    if got is None:
+        if len(store) >= 256:  # concepts come and go: bounded (a dropped tensor's graph key no longer matches)
+            store.pop(next(iter(store)))
+        got = store[key] = value.to(device)
+    return got
 
 
 def _norm_heads(layer: Layer, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 _MISSING = object()
@@ -48,12 +49,12 @@ def estimate_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: t
         return None
     if torch.is_tensor(timestep) and timestep.device == sample.device:  # looked up where it is: int(t) would wait for the GPU
         key = (id(alphas), kind, str(sample.device))
-        coef = (cache or {}).get(key)
+        coef = cache.get(key) if cache is not None and cache.get("alphas") is alphas else None
         if coef is None:
             coef = _x0_coefficients(alphas, kind).to(sample.device, torch.float32)  # [T, 2]
             if cache is not None:
                 cache.clear()
-                cache[key] = coef
+                cache.update({key: coef, "alphas": alphas})  # held: its id cannot be reused while cached
         # a [1] index tensor: indexing with a 0-d tensor (coef[t]) would call .item(), a host sync
         t = timestep.reshape(-1)[:1].long().clamp(0, len(alphas) - 1)
         c = coef.index_select(0, t)[0]  # [2]
@@ -67,7 +68,6 @@ def estimate_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: t
 
 def _x0_coefficients(alphas: torch.Tensor, kind: str) -> torch.Tensor:
     """``[T, 2]`` float64 ``(c_x, c_e)`` per timestep with x0 = c_x·x_t − c_e·ε (or v)."""
-    a = alphas.double().cpu()
-    if kind == "epsilon":
-        return torch.stack([1 / a.sqrt(), (1 - a).sqrt() / a.sqrt()], 1)
-    return torch.stack([a.sqrt(), (1 - a).sqrt()], 1)
+    a = alphas.detach().double().cpu().numpy()
+    c = np.stack([1 / np.sqrt(a), np.sqrt(1 - a) / np.sqrt(a)] if kind == "epsilon" else [np.sqrt(a), np.sqrt(1 - a)], 1)
+    return torch.from_numpy(c)

@@ -2,7 +2,7 @@
 
 The layer output is left entirely to the pipeline's own attention processor (SDPA, xformers,
 …): the capture only observes the outputs of each layer's ``to_q`` and ``to_k`` projections
-with forward hooks and computes probabilities for the rows it needs from them. No
+(through their shadowed ``forward``) and computes probabilities for the rows it needs from them. No
 projection is recomputed and the image is bit-for-bit the same as without capture.
 """
 
@@ -14,6 +14,7 @@ import torch
 
 from .adapters import Adapter, Layer, register
 from .errors import UnsupportedProcessorError
+from .steps import patch_method
 
 if TYPE_CHECKING:
     from .session import Capture
@@ -79,18 +80,29 @@ class UNetAdapter(Adapter):
 
 
 def _probe(session: "Capture", layer: Layer) -> list[Callable[[], None]]:
-    """Hook ``to_q``/``to_k`` of one layer: keep q, then hand (q, k) to the session."""
+    """Observe ``to_q``/``to_k`` of one layer: keep q, then hand (q, k) to the session.
+
+    The projections' ``forward`` is shadowed on the instance rather than hooked: a module with
+    forward hooks takes ``Module.__call__``'s slow path (a closure, hook-dict walks, tracing
+    checks: microseconds per call, 32 calls per SD 1.5 evaluation), a shadowed ``forward`` keeps
+    the fast path and adds one Python call. The computation is the module's own, untouched.
+    """
     attn = layer.module
     slot: dict[str, torch.Tensor] = {}
+    to_q, to_k = attn.to_q, attn.to_k
+    q_forward, k_forward = to_q.forward, to_k.forward
 
-    def on_q(_mod: torch.nn.Module, _inp: Any, out: torch.Tensor) -> None:
+    def forward_q(*args: Any, **kwargs: Any) -> torch.Tensor:
+        out = q_forward(*args, **kwargs)
         if session.active:
             slot["q"] = out
+        return out
 
-    def on_k(_mod: torch.nn.Module, _inp: Any, out: torch.Tensor) -> None:
+    def forward_k(*args: Any, **kwargs: Any) -> torch.Tensor:
+        out = k_forward(*args, **kwargs)
         q = slot.pop("q", None)
         if q is not None:
             session.observe(layer, q, out)
+        return out
 
-    handles = [attn.to_q.register_forward_hook(on_q), attn.to_k.register_forward_hook(on_k)]
-    return [h.remove for h in handles]
+    return [patch_method(to_q, "forward", forward_q), patch_method(to_k, "forward", forward_k)]

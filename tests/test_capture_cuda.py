@@ -1,0 +1,74 @@
+"""The CUDA-only parts of the capture: the evaluation's map maths replayed as a CUDA graph
+(bridge/capture/graphs.py) must give the eager maps, follow its inputs, and leave the image
+exactly as plain diffusers makes it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_static_graphs_capture_after_warmup_and_follow_their_inputs():
+    from bridge.capture.graphs import StaticGraphs
+
+    graphs = StaticGraphs(warmup=1)
+    a, b = torch.randn(64, 32, device="cuda"), torch.randn(32, 16, device="cuda")
+
+    def fn(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return ((x @ y).softmax(-1) * 2,)
+
+    outs = [graphs(fn, [a, b], ("k",))[0].clone() for _ in range(3)]
+    assert graphs.stats == {"replayed": 1, "eager": 1, "captured": 1, "failed": 0}
+    for out in outs:
+        torch.testing.assert_close(out, fn(a, b)[0])
+    a.mul_(-3)  # new values in place, and new tensors elsewhere: the replay reads both
+    torch.testing.assert_close(graphs(fn, [a, b], ("k",))[0], fn(a, b)[0])
+    c, d = torch.randn_like(a), torch.randn_like(b)
+    torch.testing.assert_close(graphs(fn, [c, d], ("k",))[0], fn(c, d)[0])
+    assert graphs.stats["replayed"] == 3
+    graphs(fn, [a, b], ("other constants",))  # another key: eager first
+    assert graphs.stats["eager"] == 2
+
+
+@pytest.fixture(scope="module")
+def cuda_pipe():
+    from bridge.models.tiny import tiny_sd_pipeline
+
+    return tiny_sd_pipeline().to("cuda")
+
+
+def _generate(pipe, **capture_options):
+    from bridge.capture import capture
+
+    def call():
+        g = torch.Generator(device="cpu").manual_seed(0)
+        return pipe("a red circle above a blue square", num_inference_steps=8, guidance_scale=7.5, generator=g, output_type="np").images
+
+    if not capture_options:
+        return call(), None
+    with capture(pipe, **capture_options) as cap:
+        image = call()
+    return image, cap.last_run
+
+
+def test_graphed_maps_equal_eager_maps_and_the_image_is_plain_diffusers(cuda_pipe):
+    from bridge.capture import Query, graph_stats
+
+    plain, _ = _generate(cuda_pipe)
+    assert np.array_equal(plain, _generate(cuda_pipe)[0])  # the control: plain is deterministic here
+    queries = [Query.box("box", 0.25, 0.25, 0.5, 0.5)]
+    before = graph_stats(cuda_pipe)
+    eager_image, eager = _generate(cuda_pipe, queries=queries, cuda_graphs=False)
+    assert graph_stats(cuda_pipe) == before  # nothing graphed when off
+    for _ in range(2):  # the second run replays the first run's graph from its first step
+        image, graphed = _generate(cuda_pipe, queries=queries)
+        assert np.array_equal(image, plain) and np.array_equal(eager_image, plain)
+        for fe, fg in zip(eager.frames, graphed.frames, strict=True):
+            torch.testing.assert_close(fg.cross, fe.cross, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(fg.self_maps["box"], fe.self_maps["box"], rtol=1e-5, atol=1e-6)
+    stats = graph_stats(cuda_pipe)
+    # 16 evaluations (8 steps x 2 runs): the first eager, the second captured, the rest replayed
+    assert {k: stats[k] - before[k] for k in stats} == {"eager": 1, "captured": 1, "replayed": 14, "failed": 0}
