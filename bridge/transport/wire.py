@@ -101,6 +101,17 @@ def _jsonable(value: Any) -> Any:
     raise WireError(f"header value {value!r} of type {type(value).__name__} is not JSON-able")
 
 
+def _header_json(head: dict[str, Any]) -> bytes:
+    """Strict JSON of a header. Headers are mostly plain Python already: the C encoder takes
+    them as they are, and only a header it refuses (a numpy value, a NaN) is walked by
+    :func:`_jsonable` first (the walk is a few hundred Python calls per step packet)."""
+    try:
+        text = json.dumps(head, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        text = json.dumps(_jsonable(head), separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8")
+
+
 def _to_wire_array(arr: np.ndarray, encoding: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Convert one array per the encoding; return (little-endian C-order array, extra header)."""
     arr = np.asarray(arr)
@@ -149,7 +160,7 @@ def encode(packet: Any, encoding: str = "float32") -> bytes:
         "phase": h.get("phase"), "words": h.get("words"),
         "header": h, "arrays": specs,
     }
-    hjson = json.dumps(_jsonable(head), separators=(",", ":"), allow_nan=False).encode("utf-8")
+    hjson = _header_json(head)
     topic = topic_for(kind) + b"\x00"
     pre_at = _align8(len(topic))
     data_at = _align8(pre_at + PREAMBLE.size + len(hjson))
