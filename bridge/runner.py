@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields as dataclass_fields
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -19,7 +20,7 @@ from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapte
 from bridge.host import HostBuffers, HostSnapshot, OrderedWorker
 from bridge.latent_preview import LinearPreview, decode_full
 from bridge.packet import Packet
-from bridge.phases import PhaseConfig, PhaseEngine
+from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
 from bridge.transport.control import GenerateParams
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class RunResult:
     image: np.ndarray | None = None
     error: str | None = None
     run: CaptureRun | None = None
+    timings: dict[str, float] | None = None  # seconds: setup, denoise, decode, drain (the packet worker catching up)
 
 
 class Runner:
@@ -58,17 +60,22 @@ class Runner:
         phase_config: PhaseConfig | None = None,
         capture_config: CaptureConfig | None = None,
         concepts: dict[str, dict[str, list[float]]] | None = None,
-        phases_on: str = "host",
+        phases_on: str = "auto",
         step_clock: Callable[[str, int], None] | None = None,
     ) -> None:
-        """``phases_on``: ``host`` runs the phases on the packet worker thread from a non-blocking
-        host copy of each step's word maps, so the model's thread only launches one matmul and
-        one copy per step (the packets need host arrays anyway); ``device`` runs them where the
-        maps are, on the model's thread (for callers that want the device tensors)."""
+        """``phases_on``: ``device`` runs the phases where the maps are, on the model's thread
+        (compiled on CUDA: a few kernels per step), and the worker only packs and sends;
+        ``host`` runs them on the packet worker from a non-blocking host copy of each step's word
+        maps (the model's thread launches one matmul and one copy per step, but the worker's
+        Python then competes with the model's thread for the GIL); ``auto`` (the default) is
+        ``device`` on CUDA and ``host`` elsewhere, where the maps are on the host already."""
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
         # its packet is built): benchmarks time step → subscriber latency from there.
-        if phases_on not in ("host", "device"):
-            raise ValueError(f"phases_on must be 'host' or 'device', got {phases_on!r}")
+        if phases_on not in ("auto", "host", "device"):
+            raise ValueError(f"phases_on must be 'auto', 'host' or 'device', got {phases_on!r}")
+        self.device = next(denoiser(pipe).parameters()).device
+        if phases_on == "auto":
+            phases_on = "device" if self.device.type == "cuda" else "host"
         self.phases_on = phases_on
         self.step_clock = step_clock
         self.pipe = pipe
@@ -81,7 +88,6 @@ class Runner:
         self._preview: LinearPreview | None = None
         self._out = OrderedWorker(torch_threads=1)  # its CPU ops must not take the model thread's cores
         self._buffers = HostBuffers()  # host copies of the word maps, reused from step to step
-        self.device = next(denoiser(pipe).parameters()).device
 
     # --- configuration per request ---------------------------------------------------------
     def _capture_config(self, req: Request) -> CaptureConfig:
@@ -143,7 +149,7 @@ class Runner:
                 else:
                     pf = state["engine"].update(word_maps, frame.step, frame.total_steps)
                     self._later(self._step_packet(run.run_id, pf, frame, state["focus"]))
-                if self.image_every and frame.x0 is not None and frame.step % self.image_every == 0:
+                if self.image_every and frame.step % self.image_every == 0 and frame.x0 is not None:
                     self._later(self._image_packet(run.run_id, frame))
 
             def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
@@ -162,7 +168,9 @@ class Runner:
             if req.height:
                 kwargs["height"] = req.height
             with torch.inference_mode(), Capture(self.pipe, CaptureConfig(**{**cap_cfg.__dict__, "keep_frames": False}), on_step) as cap:
+                t1 = time.perf_counter()
                 latents = self.pipe(**kwargs).images
+            t2 = time.perf_counter()
             run = cap.last_run
             status = "cancelled" if cancel.is_set() else "done"
             image = None
@@ -171,8 +179,11 @@ class Runner:
                     image = decode_full(self.pipe, latents[:1])
                 self._send(Packet("image", {"run_id": run.run_id, "step": run.steps_done - 1, "final": True, "preview": "vae"}, {"image": image}))
             self._finish(run, state, status, t0)
+            t3 = time.perf_counter()
             self._out.flush()
-            return RunResult(run.run_id, status, run.steps_done, time.perf_counter() - t0, image, run=run)
+            t4 = time.perf_counter()
+            timings = {"setup": t1 - t0, "denoise": t2 - t1, "decode": t3 - t2, "drain": t4 - t3}
+            return RunResult(run.run_id, status, run.steps_done, t4 - t0, image, run=run, timings=timings)
         except Exception as exc:  # a bad request or an OOM must not take the daemon down
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
@@ -220,22 +231,35 @@ class Runner:
         """Publish ``packet`` after everything queued before it (the worker keeps run order)."""
         self._out.put(lambda: self.publish(packet))
 
-    def _later(self, build: Callable[[], Packet]) -> None:
-        """Build a packet on the worker (where waiting for the device is harmless), then publish it."""
-        self._out.put(lambda: self.publish(build()))
+    def _later(self, fetch: Callable[[], Packet | Callable[[], Packet]]) -> None:
+        """Run ``fetch`` on the worker (where waiting for the device is harmless); it returns a
+        Packet or a recipe (a picklable callable that builds one from host arrays). A publisher
+        with a ``deferred`` method (a :class:`~bridge.packet_process.PacketProcess`) takes the
+        recipe and builds the packet in its own process; any other one gets the built packet."""
 
-    def _step_packet(self, run_id: str, pf: Any, frame: StepFrame, focus: list[int]) -> Callable[[], Packet]:
-        snap = HostSnapshot({"textures": pf.textures, "settled": pf.settled, "accumulated": pf.accumulated,
-                             "phase_maps": pf.phase_maps, "live": pf.live,
+        def job() -> None:
+            item = fetch()
+            if isinstance(item, Packet):
+                self.publish(item)
+            elif (deferred := getattr(self.publish, "deferred", None)) is not None:
+                deferred(item)
+            else:
+                self.publish(item())
+
+        self._out.put(job)
+
+    def _step_packet(self, run_id: str, pf: PhaseFrame, frame: StepFrame, focus: list[int]) -> Callable[[], Callable[[], Packet]]:
+        snap = HostSnapshot({**{k: getattr(pf, k) for k in _FRAME_TENSORS},
                              **({"timestep": frame.timestep} if torch.is_tensor(frame.timestep) else {})})
+        fields = {k: getattr(pf, k) for k in _FRAME_FIELDS}
 
-        def build() -> Packet:
+        def fetch() -> Callable[[], Packet]:
             host = snap.get()
             timestep = float(host.pop("timestep")) if "timestep" in host else float(frame.timestep)
-            hp = replace(pf, **host, _scalars=None)  # the same frame, its tensors now on the host
-            return Packet("step", {"run_id": run_id, **hp.scalars(), "focus": focus, "timestep": timestep}, hp.arrays("float32"))
+            arrays = {k: t.numpy() for k, t in host.items()}  # views of the pinned copies
+            return partial(step_packet, run_id, fields, arrays, focus, timestep)
 
-        return build
+        return fetch
 
     def _host_step_packet(self, run_id: str, engine: PhaseEngine, word_maps: torch.Tensor, frame: StepFrame,
                           focus: list[int]) -> Callable[[], Packet]:
@@ -265,6 +289,18 @@ class Runner:
     def _vae_scale(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor", 8))
 
+
+
+#: PhaseFrame's tensors (copied to the host per step) and its other fields (plain values).
+_FRAME_TENSORS = ("textures", "settled", "accumulated", "phase_maps", "live")
+_FRAME_FIELDS = tuple(f.name for f in dataclass_fields(PhaseFrame) if f.name not in _FRAME_TENSORS and not f.name.startswith("_"))
+
+
+def step_packet(run_id: str, fields: dict[str, Any], arrays: dict[str, np.ndarray], focus: list[int], timestep: float) -> Packet:
+    """The step Packet of one PhaseFrame from its host arrays: a recipe, so it may run in the
+    sink process (bridge.packet_process) as well as on the packet worker."""
+    pf = PhaseFrame(**fields, **{k: torch.from_numpy(np.require(arrays[k], requirements="W")) for k in _FRAME_TENSORS})
+    return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
 
 
 def denoiser(pipe: Any) -> torch.nn.Module:

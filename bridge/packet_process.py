@@ -1,0 +1,246 @@
+"""Sinks in a child process: the model's process only hands over host arrays.
+
+Why: on a GPU host, SD 1.5 at 512² is bound by the one Python thread that launches its kernels.
+Any Python that runs beside it in the same process (packing, float16 encoding, socket sends,
+the sinks' threads) takes the GIL from that thread, and every hand-over of the GIL costs it
+more: with the sinks in-process, capture + phases + publish measured 1.10–1.16× plain on an
+H100, against 0.99–1.02× for capture alone (docs/BENCHMARKS.md). A :class:`PacketProcess`
+runs the :class:`~bridge.fanout.FanOut` and its sinks in a spawned child. The parent pickles
+each item (protocol 5, arrays out of band) and pushes it over a loopback ZeroMQ PUSH socket,
+whose I/O thread does the sending without the GIL.
+
+An item is a Packet, or a *recipe*: a picklable zero-argument callable (a ``functools.partial``
+of a module-level function over host arrays) that the child calls to build the Packet, so the
+packing and header maths run there too (``Runner`` sends recipes when its ``publish`` has a
+``deferred`` method).
+
+Sinks are built in the child from ``sinks``, a picklable factory (e.g.
+``functools.partial(build_sinks, args)``), so a socket or a file belongs to one process only.
+A sink that cannot open raises in the parent, from the constructor, with the child's error.
+If the child dies, the next item starts a new one (at most once every ``restart_every``
+seconds; items in between are dropped and counted), so a long show keeps going.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import pickle
+import threading
+import time
+from typing import Any, Callable
+
+import zmq
+
+log = logging.getLogger(__name__)
+
+SinkFactory = Callable[[], list]
+
+_PACKET, _RECIPE, _FLUSH, _CLOSE = b"P", b"R", b"F", b"C"
+
+
+class PacketProcessError(RuntimeError):
+    """The sink process could not start or stopped answering."""
+
+
+class PacketProcess:
+    """A publish callable whose FanOut and sinks live in a child process (module docstring).
+
+    ``publish(packet)`` / ``deferred(recipe)`` never wait for a sink; they wait for the local
+    socket only when ``hwm`` items are already queued for the child (then at most
+    ``send_timeout`` seconds, after which the item is dropped and counted).
+    """
+
+    def __init__(self, sinks: SinkFactory, *, keep_max: int = 64, hwm: int = 256, send_timeout: float = 2.0,
+                 start_timeout: float = 120.0, restart_every: float = 5.0, name: str = "stepx-sinks") -> None:
+        self._factory = sinks
+        self._keep_max = keep_max
+        self._hwm = hwm
+        self._send_timeout = send_timeout
+        self._start_timeout = start_timeout
+        self._restart_every = restart_every
+        self._name = name
+        self._mp = mp.get_context("spawn")  # never fork a process that holds a CUDA context
+        self._zctx = zmq.Context()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._last_start = 0.0
+        self.sent = 0
+        self.dropped = 0
+        self.restarts = 0
+        self.recipes = 0  # of sent: items built in the child
+        self.sink_names: list[str] = []
+        self._start()
+
+    # -- the child's life ------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._last_start = time.monotonic()
+        sock = self._zctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, int(self._send_timeout * 1000))
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        here, there = self._mp.Pipe()
+        proc = self._mp.Process(target=serve, name=self._name, daemon=True,
+                                args=(self._factory, f"tcp://127.0.0.1:{port}", there, self._keep_max,
+                                      logging.getLogger().getEffectiveLevel()))
+        proc.start()
+        there.close()
+        try:
+            if not here.poll(self._start_timeout):
+                raise PacketProcessError(f"the sink process did not start within {self._start_timeout:.0f}s")
+            status, detail = here.recv()
+        except (EOFError, OSError):
+            status, detail = "error", PacketProcessError(f"the sink process exited while starting (code {proc.exitcode})")
+        except PacketProcessError as exc:
+            status, detail = "error", exc
+        if status != "ready":
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+            sock.close(linger=0)
+            here.close()
+            raise detail if isinstance(detail, BaseException) else PacketProcessError(str(detail))
+        self._sock, self._conn, self._proc = sock, here, proc
+        self.sink_names = list(detail)
+
+    def _revive(self) -> bool:
+        """Start a new child if the last one died and the restart interval has passed."""
+        if self._proc.is_alive():
+            return True
+        if time.monotonic() - self._last_start < self._restart_every:
+            return False
+        log.error("the sink process died (exit code %s); starting a new one", self._proc.exitcode)
+        self._sock.close(linger=0)
+        self._conn.close()
+        try:
+            self._start()
+        except Exception as exc:  # keep the producer alive: try again after the interval
+            log.error("could not restart the sink process: %s", exc)
+            return False
+        self.restarts += 1
+        return True
+
+    # -- producer side -------------------------------------------------------------------------
+    def __call__(self, packet: Any) -> None:
+        """Publish a built Packet (the ``publish`` callable of Runner and Daemon)."""
+        self._push(_PACKET, packet)
+
+    publish = __call__
+
+    def deferred(self, recipe: Callable[[], Any]) -> None:
+        """Publish the Packet that ``recipe()`` builds, calling it in the child."""
+        self._push(_RECIPE, recipe)
+
+    def _push(self, tag: bytes, item: Any) -> bool:
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
+        frames = [tag, data, *(b.raw() for b in buffers)]
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("PacketProcess is closed")
+            if not self._revive():
+                self.dropped += 1
+                return False
+            try:
+                self._sock.send_multipart(frames)
+            except zmq.Again:  # the child is alive but took no item for send_timeout seconds
+                self.dropped += 1
+                log.warning("sink process busy for %.1fs; dropped a %s", self._send_timeout, getattr(item, "kind", "recipe"))
+                return False
+        self.sent += 1
+        self.recipes += tag == _RECIPE
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the child has handed every earlier item to its sinks' mailboxes."""
+        with self._lock:
+            if self._closed or not self._proc.is_alive():
+                return False
+            token = pickle.dumps(time.monotonic_ns())
+            self._sock.send_multipart([_FLUSH, token])
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0 and self._conn.poll(left):
+                status, detail = self._conn.recv()
+                if status == "flushed" and detail == token:
+                    return True
+        return False
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued (up to ``timeout``), stop the child and close the sinks."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._proc.is_alive():
+                try:
+                    self._sock.send_multipart([_CLOSE, b""])
+                except zmq.ZMQError:
+                    pass
+                self._proc.join(timeout)
+            if self._proc.is_alive():
+                log.warning("the sink process did not stop within %.1fs; killed", timeout)
+                self._proc.kill()
+                self._proc.join(1)
+            self._sock.close(linger=0)
+            self._conn.close()
+        self._zctx.term()
+
+    def __enter__(self) -> "PacketProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_level: int) -> None:
+    """The child: build the sinks, then publish every item pulled from ``endpoint`` until told
+    to close or the parent goes away. A bad item is logged (rate-limited) and skipped."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[sinks]: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        import torch  # recipes pack on the CPU: one thread, the model's process needs the cores
+
+        torch.set_num_threads(1)
+        from bridge.fanout import FanOut
+
+        sinks = factory()
+        fan = FanOut(sinks, keep_max)
+    except BaseException as exc:  # the parent raises it: a sink that cannot open says why there
+        try:
+            conn.send(("error", exc))
+        except Exception:
+            conn.send(("error", PacketProcessError(f"{type(exc).__name__}: {exc}")))
+        return
+    zctx = zmq.Context()
+    pull = zctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.connect(endpoint)
+    conn.send(("ready", [s.name for s in sinks]))
+    parent = mp.parent_process()
+    errors, last_log = 0, -1e9
+    try:
+        while True:
+            if not pull.poll(1000):
+                if parent is not None and not parent.is_alive():
+                    break
+                continue
+            frames = pull.recv_multipart(copy=False)
+            tag = frames[0].bytes
+            if tag == _CLOSE:
+                break
+            if tag == _FLUSH:
+                conn.send(("flushed", frames[1].bytes))
+                continue
+            try:
+                item = pickle.loads(frames[1].buffer, buffers=[f.buffer for f in frames[2:]])
+                fan.publish(item() if tag == _RECIPE else item)
+            except Exception as exc:  # one bad item must not stop the stream
+                errors += 1
+                if time.monotonic() - last_log > 30.0:
+                    log.error("sink process: an item failed (%d so far): %r", errors, exc)
+                    last_log = time.monotonic()
+    finally:
+        fan.close()
+        pull.close(linger=0)
+        zctx.term()

@@ -1,0 +1,87 @@
+"""PacketProcess: sinks in a spawned child, fed over a real loopback ZeroMQ socket."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from functools import partial
+
+import numpy as np
+import pytest
+
+from bridge.packet import Packet
+from bridge.packet_process import PacketProcess
+from bridge.runner import Request, Runner, collect
+from bridge.sinks import SinkError, build_sinks
+from bridge.trace import TraceReader
+from bridge.transport.zmq_sub import ZmqSubscriber
+
+REQ = Request(prompt="a red circle above a blue square", steps=4, seed=5, width=64, height=64)
+
+
+def _sinks(**options: object) -> partial:
+    return partial(build_sinks, argparse.Namespace(**options))
+
+
+def _without_run_id(header: dict) -> dict:
+    return {k: v for k, v in header.items() if k != "run_id"}
+
+
+def test_step_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_path) -> None:
+    """The runner sends recipes (host arrays + a module-level builder); the child builds the same
+    step packets, bit for bit up to the recorder's float16, as the in-process path, and records them losslessly."""
+    _, expected = collect(sd_pipe, REQ, image_every=0, phases_on="device")
+    trace = tmp_path / "run.stepx"
+    with PacketProcess(_sinks(record=str(trace))) as pp:
+        assert pp.sink_names == ["record"]
+        result = Runner(sd_pipe, pp, image_every=0, phases_on="device").run(REQ)
+        assert result.status == "done"
+        assert pp.flush()
+        assert pp.recipes == REQ.steps and pp.dropped == 0
+    reader = TraceReader(trace)
+    got = list(reader.packets())
+    reader.close()
+    assert [p.kind for p in got] == [p.kind for p in expected]
+    steps = [(e, g) for e, g in zip(expected, got) if e.kind == "step"]
+    assert len(steps) == REQ.steps
+    for e, g in steps:
+        assert _without_run_id(g.header) == _without_run_id(e.header)
+        assert sorted(g.arrays) == sorted(e.arrays)
+        for name in e.arrays:
+            # the recorder stores floats as float16: the same values, rounded once
+            np.testing.assert_array_equal(g.arrays[name], e.arrays[name].astype(g.arrays[name].dtype), err_msg=name)
+
+
+def test_a_sink_that_cannot_open_raises_in_the_parent() -> None:
+    with pytest.raises(SinkError, match="not a loopback address"):
+        PacketProcess(_sinks(zmq="tcp://10.9.8.7:5999"))
+
+
+def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
+    endpoint = f"ipc://{tmp_path}/pub.sock"
+    sub = ZmqSubscriber(endpoint)
+    pp = PacketProcess(_sinks(zmq=endpoint), restart_every=0.0)
+    try:
+        def received(marker: str, timeout: float = 20.0) -> bool:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                pp(Packet("status", {"state": marker}))
+                p = sub.recv(timeout=0.1)
+                if p is not None and p.header.get("state") == marker:
+                    return True
+            return False
+
+        assert received("first")
+        pp.deferred(partial(int, "not a number"))  # raises in the child: logged, skipped
+        assert received("after a bad recipe")
+        first = pp._proc.pid
+        os.kill(first, signal.SIGKILL)
+        pp._proc.join(10)
+        assert received("after a restart")
+        assert pp.restarts == 1 and pp._proc.pid != first
+    finally:
+        pp.close()
+        sub.close()
+    assert not pp._proc.is_alive()
