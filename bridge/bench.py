@@ -13,6 +13,7 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -41,12 +42,14 @@ def _daam_trace():
     return trace
 
 
-def _subscribe(endpoint: str, ready: Any, stop: Any, out: Any) -> None:
+def _subscribe(endpoints: list[str], ready: Any, stop: Any, out: Any) -> None:
     """Subscriber process: stamp each step packet's arrival (``time.perf_counter``, the system's
     monotonic clock on Linux, comparable across processes) until ``stop``; send the stamps."""
     from bridge.transport.zmq_sub import ZmqSubscriber
 
-    sub = ZmqSubscriber(endpoint, topics=("stepx/step",))
+    sub = ZmqSubscriber(endpoints[0], topics=("stepx/step",))
+    for other in endpoints[1:]:
+        sub.sock.connect(other)
     ready.set()
     received: dict[tuple[str, int], float] = {}
     while not stop.is_set():
@@ -61,13 +64,13 @@ class Latency:
     """Step end → receipt by a ZeroMQ subscriber in another process (as TouchDesigner would be:
     a subscriber thread in this process would compete with the model's thread for the GIL)."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoints: list[str]) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self.sent: dict[tuple[str, int], float] = {}
         self._ready, self._stop, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
-        self._proc = ctx.Process(target=_subscribe, args=(endpoint, self._ready, self._stop, self._out), daemon=True)
+        self._proc = ctx.Process(target=_subscribe, args=(endpoints, self._ready, self._stop, self._out), daemon=True)
         self._proc.start()
         if not self._ready.wait(60):
             raise RuntimeError("the latency subscriber process did not start")
@@ -87,6 +90,18 @@ class Latency:
         return {"received": len(lat), "sent": len(self.sent), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
+def _zmq_sinks(endpoint: str) -> list[Any]:
+    """The benchmark's one sink, built in the sink process: ZeroMQ, float16, at ``endpoint``."""
+    from bridge.transport.zmq_pub import ZmqPublisher
+
+    return [ZmqPublisher(endpoint, encoding="float16")]
+
+
+def _next_port(endpoint: str) -> str:
+    host, _, port = endpoint.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
 def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guidance: float = 7.5, variants: list[str] | None = None,
               endpoint: str = "tcp://127.0.0.1:5599", height: int | None = None, width: int | None = None,
               profile: str | None = None, map_size: int | None = None) -> dict[str, Any]:
@@ -94,8 +109,9 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
 
     ``map_size``: the captured maps' side (CaptureConfig.resolution) for the capture, publish and
     query variants; None = the latent's size."""
-    from bridge.capture import CaptureConfig, Query, capture
+    from bridge.capture import CaptureConfig, Query, capture, graph_stats
     from bridge.fanout import FanOut
+    from bridge.packet_process import PacketProcess
     from bridge.runner import Request, Runner, denoiser
     from bridge.transport.zmq_pub import ZmqPublisher
 
@@ -103,17 +119,31 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     size = {k: v for k, v in (("height", height), ("width", width)) if v}
     res = (map_size, map_size) if map_size else None
     variants = list(variants or ["plain", "capture", "publish", "queries"])
-    publishing = [v for v in variants if v.startswith("publish")]
-    latency = Latency(endpoint) if publishing else None
-    fanout = None
+    # publish / publish_host: sinks in a PacketProcess (the phases on the GPU where there is one /
+    # on the packet worker); publish_inproc: the same sink in this process (FanOut), on the next port
+    in_child = [v for v in variants if v in ("publish", "publish_host")]
+    endpoint_inproc = _next_port(endpoint)
+    endpoints = ([endpoint] if in_child else []) + ([endpoint_inproc] if "publish_inproc" in variants else [])
+    latency = Latency(endpoints) if endpoints else None
+    closers: list[Callable[[], Any]] = []
     runners: dict[str, Any] = {}
+    sinks: dict[str, Callable[[Any], None]] = {}
+    if in_child:
+        packets = PacketProcess(partial(_zmq_sinks, endpoint))
+        closers.append(packets.close)
+        sinks.update({v: packets for v in in_child})
+    if "publish_inproc" in variants:
+        fanout = FanOut([ZmqPublisher(endpoint_inproc, encoding="float16")])
+        closers.append(fanout.close)
+        sinks["publish_inproc"] = fanout.publish
     if latency:
-        pub = ZmqPublisher(endpoint, encoding="float16")
-        fanout = FanOut([pub])
         time.sleep(0.3)  # let the subscriber connect
-        for v in publishing:  # publish: phases on the packet worker (the default); publish_device: on the model's device
-            runners[v] = Runner(pipe, fanout.publish, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
-                                step_clock=latency.step_end, phases_on="device" if v == "publish_device" else "host")
+    for v, sink in sinks.items():
+        runners[v] = Runner(pipe, sink, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
+                            step_clock=latency.step_end if latency else None, phases_on="host" if v == "publish_host" else "auto")
+    if "publish_null" in variants:  # the runner's own work (capture, phases, packets) with no sink at all
+        runners["publish_null"] = Runner(pipe, lambda packet: None, "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
+    stages: dict[str, list[dict[str, float]]] = {v: [] for v in runners}
     errors: dict[str, str] = {}
     daam_trace = None
     if "daam" in variants:
@@ -134,6 +164,10 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         with capture(pipe, resolution=res):
             gen()
 
+    def with_capture_eager() -> None:  # the map maths launched op by op, never as a CUDA graph
+        with capture(pipe, resolution=res, cuda_graphs=False):
+            gen()
+
     def with_queries() -> None:
         with capture(pipe, resolution=res, queries=[Query.box("box", 0.25, 0.25, 0.5, 0.5)]):
             gen()
@@ -143,6 +177,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
             result = runners[v].run(Request(PROMPT, seed=0, steps=steps, guidance=guidance, width=width, height=height))
             if result.status != "done":
                 raise RuntimeError(result.error)
+            stages[v].append(result.timings or {})
 
         return with_publish
 
@@ -151,8 +186,9 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
             gen()
             tc.compute_global_heat_map()
 
-    table: dict[str, Callable[[], None]] = {"plain": plain, "capture": with_capture, "publish": publisher("publish"),
-                                            "publish_device": publisher("publish_device"), "queries": with_queries, "daam": with_daam}
+    table: dict[str, Callable[[], None]] = {"plain": plain, "capture": with_capture, "capture_eager": with_capture_eager, "publish": publisher("publish"),
+                                            "publish_host": publisher("publish_host"), "publish_inproc": publisher("publish_inproc"),
+                                            "publish_null": publisher("publish_null"), "queries": with_queries, "daam": with_daam}
     times: dict[str, list[float]] = {v: [] for v in variants}
     peak: dict[str, int] = {v: 0 for v in variants}
     with torch.inference_mode():
@@ -182,8 +218,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         if profile:
             write_profiles(table, variants, device, profile)
     lat = latency.close() if latency else None
-    if fanout:
-        fanout.close()
+    for close in closers:
+        close()
     ratios = {v: statistics.median(t / p for t, p in zip(times[v], times["plain"])) for v in variants}
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
@@ -192,9 +228,12 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "steps": steps, "runs": runs, "guidance": guidance, "size": size or "default", "map_size": map_size or "latent",
         "threads": torch.get_num_threads(),
         "median_seconds": {v: statistics.median(t) for v, t in times.items()},
+        "seconds": {v: [round(x, 5) for x in t] for v, t in times.items()},
         "median_ratio_vs_plain": ratios,
         "peak_memory_mb": {v: round(m / 2**20, 1) for v, m in peak.items() if v in times} if device.type == "cuda" else None,
         "step_to_subscriber_latency": lat,
+        "capture_graphs": graph_stats(pipe),
+        "runner_stage_median_seconds": {v: {k: statistics.median(t[k] for t in ts) for k in ts[0]} for v, ts in stages.items() if ts},
         "errors": errors,
     }
 
@@ -276,5 +315,9 @@ def print_table(result: dict[str, Any]) -> None:
     for v, r in result["median_ratio_vs_plain"].items():
         mem = (result.get("peak_memory_mb") or {}).get(v, "")
         print(f"{v:14s} {result['median_seconds'][v]:9.3f} {r:7.3f} {mem!s:>9s}")
+    if any((result.get("capture_graphs") or {}).values()):
+        print("evaluations' map maths:", json.dumps(result["capture_graphs"]))
+    for v, st in (result.get("runner_stage_median_seconds") or {}).items():
+        print(f"{v} stages (median s):", " ".join(f"{k} {t:.4f}" for k, t in st.items()))
     if result.get("step_to_subscriber_latency"):
         print("step → subscriber latency:", json.dumps(result["step_to_subscriber_latency"]))

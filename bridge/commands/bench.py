@@ -16,12 +16,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "publish", "publish_device", "queries", "daam"],
-                   help="publish: capture + phases (on the packet worker) + ZeroMQ; publish_device: the same with the phases "
-                        "on the model's device (compiled on CUDA)")
+    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_host", "publish_inproc", "publish_null", "queries", "daam"],
+                   help="capture_eager: capture with the map maths never replayed as a CUDA graph; publish: capture + phases + "
+                        "ZeroMQ, the sink in a PacketProcess (phases compiled on the GPU where there is one); publish_host: the "
+                        "same with the phases on the packet worker, on the CPU; publish_inproc: publish with the sink in this "
+                        "process (FanOut) on the next port; publish_null: the runner with no sink (no encoding, "
+                        "no socket)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
     p.add_argument("--map-size", type=int, default=None, help="side of the captured maps (default: the latent's)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's); 1 for the dispatch proxy")
+    p.add_argument("--switch-interval", type=float, default=None, metavar="S",
+                   help="Python's GIL switch interval for the whole bench (sys.setswitchinterval; default 0.005)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.add_argument("--profile", default=None, metavar="FILE", help="also profile one call of each variant (torch.profiler) into FILE")
 
@@ -35,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.switch_interval:
+        import sys
+
+        sys.setswitchinterval(args.switch_interval)
     if args.arch in ("sd15", "sdxl", "sd35m"):
         from bridge.models import fullsize
 
@@ -50,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         args.variants = ["plain", *args.variants]
     result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants, profile=args.profile,
                        height=args.size, width=args.size, map_size=args.map_size)
+    result["switch_interval"] = __import__("sys").getswitchinterval()
     print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
