@@ -90,6 +90,34 @@ class Latency:
         return {"received": len(lat), "sent": len(self.sent), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
+def median_ci(ratios: np.ndarray, level: float = 0.95, resamples: int = 4000) -> list[float]:
+    """Bootstrap interval of the median of per-round ratios: how far the figure could move with
+    other rounds on the same (noisy) host. Seeded, so a result file always shows the same."""
+    if len(ratios) < 2:
+        return [float(ratios[0]), float(ratios[0])] if len(ratios) else [float("nan")] * 2
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(ratios, size=(resamples, len(ratios))), axis=1)
+    lo, hi = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
+    return [round(float(lo), 4), round(float(hi), 4)]
+
+
+def _cpu_steal() -> tuple[int, int] | None:
+    """(steal, total) CPU jiffies from /proc/stat (Linux): time the hypervisor gave to others."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields)
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in __import__("os").getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def _zmq_sinks(endpoint: str) -> list[Any]:
     """The benchmark's one sink, built in the sink process: ZeroMQ, float16, at ``endpoint``."""
     from bridge.transport.zmq_pub import ZmqPublisher
@@ -119,9 +147,10 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     size = {k: v for k, v in (("height", height), ("width", width)) if v}
     res = (map_size, map_size) if map_size else None
     variants = list(variants or ["plain", "capture", "publish", "queries"])
-    # publish / publish_host: sinks in a PacketProcess (the phases on the GPU where there is one /
-    # on the packet worker); publish_inproc: the same sink in this process (FanOut), on the next port
-    in_child = [v for v in variants if v in ("publish", "publish_host")]
+    # publish / publish_device: sinks in a PacketProcess (the phases there too, on its CPU: the
+    # runner's default with one / compiled on the GPU, packets built there); publish_inproc: the same
+    # sink in this process (FanOut, phases on the GPU where there is one), on the next port
+    in_child = [v for v in variants if v in ("publish", "publish_device")]
     endpoint_inproc = _next_port(endpoint)
     endpoints = ([endpoint] if in_child else []) + ([endpoint_inproc] if "publish_inproc" in variants else [])
     latency = Latency(endpoints) if endpoints else None
@@ -140,7 +169,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         time.sleep(0.3)  # let the subscriber connect
     for v, sink in sinks.items():
         runners[v] = Runner(pipe, sink, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
-                            step_clock=latency.step_end if latency else None, phases_on="host" if v == "publish_host" else "auto")
+                            step_clock=latency.step_end if latency else None, phases_on="device" if v == "publish_device" else "auto")
     if "publish_null" in variants:  # the runner's own work (capture, phases, packets) with no sink at all
         runners["publish_null"] = Runner(pipe, lambda packet: None, "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
     stages: dict[str, list[dict[str, float]]] = {v: [] for v in runners}
@@ -187,7 +216,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
             tc.compute_global_heat_map()
 
     table: dict[str, Callable[[], None]] = {"plain": plain, "capture": with_capture, "capture_eager": with_capture_eager, "publish": publisher("publish"),
-                                            "publish_host": publisher("publish_host"), "publish_inproc": publisher("publish_inproc"),
+                                            "publish_device": publisher("publish_device"), "publish_inproc": publisher("publish_inproc"),
                                             "publish_null": publisher("publish_null"), "queries": with_queries, "daam": with_daam}
     times: dict[str, list[float]] = {v: [] for v in variants}
     peak: dict[str, int] = {v: 0 for v in variants}
@@ -201,6 +230,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                 errors[v] = f"{type(exc).__name__}: {exc}"
                 variants.remove(v)
                 times.pop(v)
+        steal0 = _cpu_steal()
         for r in range(warmup + runs):
             order = variants[r % len(variants):] + variants[: r % len(variants)]
             for v in order:
@@ -220,7 +250,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     lat = latency.close() if latency else None
     for close in closers:
         close()
-    ratios = {v: statistics.median(t / p for t, p in zip(times[v], times["plain"])) for v in variants}
+    per_round = {v: np.array([t / p for t, p in zip(times[v], times["plain"])]) for v in variants}
+    ratios = {v: float(np.median(r)) for v, r in per_round.items()}
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__, "diffusers": __import__("diffusers").__version__, "python": platform.python_version(),
@@ -230,6 +261,11 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "median_seconds": {v: statistics.median(t) for v, t in times.items()},
         "seconds": {v: [round(x, 5) for x in t] for v, t in times.items()},
         "median_ratio_vs_plain": ratios,
+        "ratio_ci95": {v: median_ci(r) for v, r in per_round.items()},
+        "best_ratio_vs_plain": {v: min(times[v]) / min(times["plain"]) for v in variants},
+        "cpu_steal_percent": None if steal0 is None or (steal1 := _cpu_steal()) is None else
+        round(100.0 * (steal1[0] - steal0[0]) / max(steal1[1] - steal0[1], 1), 2),
+        "loadavg": _loadavg(),
         "peak_memory_mb": {v: round(m / 2**20, 1) for v, m in peak.items() if v in times} if device.type == "cuda" else None,
         "step_to_subscriber_latency": lat,
         "capture_graphs": graph_stats(pipe),
@@ -311,10 +347,14 @@ def _python_profiles(table: dict[str, Callable[[], None]], variants: list[str], 
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"{result['pipeline']} on {result['device']}, {result['steps']} steps, {result['runs']} interleaved runs")
-    print(f"{'variant':14s} {'median s':>9s} {'ratio':>7s} {'peak MiB':>9s}")
+    print(f"{'variant':14s} {'median s':>9s} {'ratio':>7s} {'95% CI':>13s} {'best-of':>8s} {'peak MiB':>9s}")
     for v, r in result["median_ratio_vs_plain"].items():
         mem = (result.get("peak_memory_mb") or {}).get(v, "")
-        print(f"{v:14s} {result['median_seconds'][v]:9.3f} {r:7.3f} {mem!s:>9s}")
+        lo, hi = (result.get("ratio_ci95") or {}).get(v, (r, r))
+        best = (result.get("best_ratio_vs_plain") or {}).get(v, r)
+        print(f"{v:14s} {result['median_seconds'][v]:9.3f} {r:7.3f} {lo:6.3f}-{hi:6.3f} {best:8.3f} {mem!s:>9s}")
+    if result.get("cpu_steal_percent") is not None:
+        print(f"CPU steal during the timed rounds: {result['cpu_steal_percent']} %; load average {result.get('loadavg')}")
     if any((result.get("capture_graphs") or {}).values()):
         print("evaluations' map maths:", json.dumps(result["capture_graphs"]))
     for v, st in (result.get("runner_stage_median_seconds") or {}).items():

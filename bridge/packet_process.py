@@ -10,9 +10,10 @@ each item (protocol 5, arrays out of band) and pushes it over a loopback ZeroMQ 
 whose I/O thread does the sending without the GIL.
 
 An item is a Packet, or a *recipe*: a picklable zero-argument callable (a ``functools.partial``
-of a module-level function over host arrays) that the child calls to build the Packet, so the
-packing and header maths run there too (``Runner`` sends recipes when its ``publish`` has a
-``deferred`` method).
+of a module-level function over host arrays) that the child calls to build the Packet (or None:
+nothing to send), so the phases, the packing and the header maths run there too (``Runner``
+sends recipes when its ``publish`` has a ``deferred`` method; by default it then runs the
+phases in the child, on the CPU, from each step's word maps).
 
 Sinks are built in the child from ``sinks``, a picklable factory (e.g.
 ``functools.partial(build_sinks, args)``), so a socket or a file belongs to one process only.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import pickle
+import signal
 import threading
 import time
 from typing import Any, Callable
@@ -196,6 +198,7 @@ class PacketProcess:
 def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_level: int) -> None:
     """The child: build the sinks, then publish every item pulled from ``endpoint`` until told
     to close or the parent goes away. A bad item is logged (rate-limited) and skipped."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides when to stop
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[sinks]: %(message)s",
                         datefmt="%H:%M:%S")
     try:
@@ -234,7 +237,9 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
                 continue
             try:
                 item = pickle.loads(frames[1].buffer, buffers=[f.buffer for f in frames[2:]])
-                fan.publish(item() if tag == _RECIPE else item)
+                packet = item() if tag == _RECIPE else item
+                if packet is not None:  # a recipe may find nothing to send (a timeline of no steps)
+                    fan.publish(packet)
             except Exception as exc:  # one bad item must not stop the stream
                 errors += 1
                 if time.monotonic() - last_log > 30.0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, fields as dataclass_fields
 from functools import partial
 from typing import Any, Callable
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapter_for, build_token_map
-from bridge.host import HostBuffers, HostSnapshot, OrderedWorker
+from bridge.host import HostSnapshot, OrderedWorker
 from bridge.latent_preview import LinearPreview, decode_full
 from bridge.packet import Packet
 from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
@@ -64,18 +65,18 @@ class Runner:
         step_clock: Callable[[str, int], None] | None = None,
     ) -> None:
         """``phases_on``: ``device`` runs the phases where the maps are, on the model's thread
-        (compiled on CUDA: a few kernels per step), and the worker only packs and sends;
-        ``host`` runs them on the packet worker from a non-blocking host copy of each step's word
-        maps (the model's thread launches one matmul and one copy per step, but the worker's
-        Python then competes with the model's thread for the GIL); ``auto`` (the default) is
-        ``device`` on CUDA and ``host`` elsewhere, where the maps are on the host already."""
+        (compiled on CUDA: a few kernels per step), and packets are built from their results;
+        ``host`` runs them on the CPU where packets are built, from a non-blocking host copy of each
+        step's word maps: in the sink process when ``publish`` is a
+        :class:`~bridge.packet_process.PacketProcess` (then the model's process does no phase work
+        at all), else on the packet worker (whose Python then competes with the model's thread for
+        the GIL); ``auto`` (the default) is ``host`` with a PacketProcess or without CUDA, and
+        ``device`` for an in-process publisher on CUDA."""
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
         # its packet is built): benchmarks time step → subscriber latency from there.
         if phases_on not in ("auto", "host", "device"):
             raise ValueError(f"phases_on must be 'auto', 'host' or 'device', got {phases_on!r}")
         self.device = next(denoiser(pipe).parameters()).device
-        if phases_on == "auto":
-            phases_on = "device" if self.device.type == "cuda" else "host"
         self.phases_on = phases_on
         self.step_clock = step_clock
         self.pipe = pipe
@@ -87,7 +88,15 @@ class Runner:
         self.concepts = concepts or {}
         self._preview: LinearPreview | None = None
         self._out = OrderedWorker(torch_threads=1)  # its CPU ops must not take the model thread's cores
-        self._buffers = HostBuffers()  # host copies of the word maps, reused from step to step
+
+    def phases_where(self) -> str:
+        """Where this run's phases go (``host`` or ``device``), ``auto`` resolved against the
+        current ``publish`` (the daemon replaces it with a wrapper per run)."""
+        if self.phases_on != "auto":
+            return self.phases_on
+        if getattr(self.publish, "deferred", None) is not None or self.device.type != "cuda":
+            return "host"
+        return "device"
 
     # --- configuration per request ---------------------------------------------------------
     def _capture_config(self, req: Request) -> CaptureConfig:
@@ -127,7 +136,7 @@ class Runner:
         """Generate ``req``; never raises for a bad request or a failed run: the result says."""
         cancel = cancel or threading.Event()
         t0 = time.perf_counter()
-        state: dict[str, Any] = {"run_id": "", "engine": None, "focus": []}
+        state: dict[str, Any] = {"run_id": "", "engine": None, "focus": [], "words": None, "phases": self.phases_where()}
         try:
             tokens = build_token_map(adapter_for(self.pipe).tokenizer(), req.prompt)
             for word in req.focus:
@@ -140,12 +149,12 @@ class Runner:
             def on_step(frame: StepFrame, run: CaptureRun) -> None:
                 if self.step_clock is not None:
                     self.step_clock(run.run_id, frame.step)
-                if state["engine"] is None:
+                if state["words"] is None:
                     self._begin(req, run, seed, phase_cfg, state)
                 tm = run.tokens(0)
                 word_maps = tm.word_maps(frame.cross[0])  # [W, H, W]
-                if self.phases_on == "host":
-                    self._later(self._host_step_packet(run.run_id, state["engine"], word_maps, frame, state["focus"]))
+                if state["phases"] == "host":
+                    self._later(self._host_step_packet(run.run_id, state, phase_cfg, word_maps, frame))
                 else:
                     pf = state["engine"].update(word_maps, frame.step, frame.total_steps)
                     self._later(self._step_packet(run.run_id, pf, frame, state["focus"]))
@@ -199,9 +208,9 @@ class Runner:
         tm = run.tokens(0)
         state["focus"] = [tm.index(w) for w in req.focus]  # raises WordNotFoundError listing the words
         state["run_id"] = run.run_id
-        on_gpu = self.phases_on == "device" and self.device.type == "cuda"  # compiled: a few kernels, not ~99 launches
-        state["engine"] = PhaseEngine(list(tm.words), phase_cfg, device="cpu" if self.phases_on == "host" else self.device,
-                                      compile=on_gpu)
+        state["words"] = list(tm.words)
+        if state["phases"] == "device":  # compiled on CUDA: a few kernels, not ~99 launches
+            state["engine"] = PhaseEngine(state["words"], phase_cfg, device=self.device, compile=self.device.type == "cuda")
         h, w = run.resolution
         self._send(Packet("run", {
             "run_id": run.run_id, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "words": list(tm.words),
@@ -214,16 +223,14 @@ class Runner:
 
     def _finish(self, run: CaptureRun, state: dict, status: str, t0: float) -> None:
         engine = state["engine"]
-        if engine is None:
+        if state["words"] is None:
+            return
+        if engine is None:  # the phases ran where packets are built: so does the timeline
+            self._later(lambda: partial(timeline_packet, run.run_id))
+            self._send(Packet("end", {"run_id": run.run_id, "status": status, "steps": run.steps_done, "seconds": round(time.perf_counter() - t0, 3)}))
             return
 
-        def timeline() -> Packet:  # on the worker, after every step's update
-            summary = engine.summary()
-            arrays = summary.arrays()  # per-step series [T, W] and steps [T]
-            header = {k: v for k, v in summary.to_dict().items() if k not in arrays and k != "series"}
-            return Packet("timeline", {"run_id": run.run_id, **header, "words": engine.words}, arrays)
-
-        self._later(timeline)
+        self._later(lambda: _timeline(run.run_id, engine))  # on the worker, after every step's update
         self._send(Packet("end", {"run_id": run.run_id, "status": status, "steps": run.steps_done, "seconds": round(time.perf_counter() - t0, 3)}))
 
     # --- publishing off the denoising thread ----------------------------------------------------
@@ -243,39 +250,45 @@ class Runner:
                 self.publish(item)
             elif (deferred := getattr(self.publish, "deferred", None)) is not None:
                 deferred(item)
-            else:
-                self.publish(item())
+            elif (packet := item()) is not None:
+                self.publish(packet)
 
         self._out.put(job)
 
     def _step_packet(self, run_id: str, pf: PhaseFrame, frame: StepFrame, focus: list[int]) -> Callable[[], Callable[[], Packet]]:
-        snap = HostSnapshot({**{k: getattr(pf, k) for k in _FRAME_TENSORS},
-                             **({"timestep": frame.timestep} if torch.is_tensor(frame.timestep) else {})})
+        """On the model's thread: one concatenation of the frame's tensors (and a float32 timestep)
+        on the device, so one copy to the host (one launch, one pinned block); the worker waits for
+        it and returns the recipe."""
+        ts = frame.timestep
+        fold = torch.is_tensor(ts) and ts.dtype == torch.float32 and ts.numel() == 1
+        parts = [getattr(pf, k) for k in _FRAME_TENSORS] + ([ts.reshape(1)] if fold else [])
+        flat = torch.cat([t.reshape(-1).float() for t in parts])  # [sum of sizes (+ 1)]
+        snap = HostSnapshot({"flat": flat, **({"timestep": ts} if torch.is_tensor(ts) and not fold else {})})
+        layout = [(k, tuple(getattr(pf, k).shape)) for k in _FRAME_TENSORS]
         fields = {k: getattr(pf, k) for k in _FRAME_FIELDS}
 
         def fetch() -> Callable[[], Packet]:
             host = snap.get()
-            timestep = float(host.pop("timestep")) if "timestep" in host else float(frame.timestep)
-            arrays = {k: t.numpy() for k, t in host.items()}  # views of the pinned copies
-            return partial(step_packet, run_id, fields, arrays, focus, timestep)
+            values = host["flat"].numpy()  # the pinned copy
+            timestep = float(values[-1]) if fold else float(host["timestep"]) if "timestep" in host else float(ts)
+            return partial(step_packet, run_id, fields, values, layout, focus, timestep)
 
         return fetch
 
-    def _host_step_packet(self, run_id: str, engine: PhaseEngine, word_maps: torch.Tensor, frame: StepFrame,
-                          focus: list[int]) -> Callable[[], Packet]:
-        snap = HostSnapshot({"maps": word_maps, **({"timestep": frame.timestep} if torch.is_tensor(frame.timestep) else {})},
-                            self._buffers)
-        step, total = frame.step, frame.total_steps
+    def _host_step_packet(self, run_id: str, state: dict, cfg: PhaseConfig, word_maps: torch.Tensor,
+                          frame: StepFrame) -> Callable[[], Callable[[], Packet | None]]:
+        """On the model's thread: one non-blocking copy of the word maps; the worker waits for it
+        and returns the recipe that runs the phases and builds the packet."""
+        ts = frame.timestep
+        snap = HostSnapshot({"maps": word_maps, **({"timestep": ts} if torch.is_tensor(ts) else {})})
+        words, focus, step, total = state["words"], state["focus"], frame.step, frame.total_steps
 
-        def build() -> Packet:
+        def fetch() -> Callable[[], Packet | None]:
             host = snap.get()
-            timestep = float(host["timestep"]) if "timestep" in host else float(frame.timestep)
-            maps = host["maps"].to(torch.float32, copy=True)  # the engine and the packet may keep it: not the pooled buffer
-            snap.release()
-            pf = engine.update(maps, step, total)
-            return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
+            timestep = float(host["timestep"]) if "timestep" in host else float(ts)
+            return partial(host_step_packet, run_id, words, cfg, host["maps"].numpy(), step, total, focus, timestep)
 
-        return build
+        return fetch
 
     def _image_packet(self, run_id: str, frame: StepFrame) -> Callable[[], Packet]:
         if self._preview is None:
@@ -296,11 +309,52 @@ _FRAME_TENSORS = ("textures", "settled", "accumulated", "phase_maps", "live")
 _FRAME_FIELDS = tuple(f.name for f in dataclass_fields(PhaseFrame) if f.name not in _FRAME_TENSORS and not f.name.startswith("_"))
 
 
-def step_packet(run_id: str, fields: dict[str, Any], arrays: dict[str, np.ndarray], focus: list[int], timestep: float) -> Packet:
-    """The step Packet of one PhaseFrame from its host arrays: a recipe, so it may run in the
-    sink process (bridge.packet_process) as well as on the packet worker."""
-    pf = PhaseFrame(**fields, **{k: torch.from_numpy(np.require(arrays[k], requirements="W")) for k in _FRAME_TENSORS})
+def step_packet(run_id: str, fields: dict[str, Any], flat: np.ndarray, layout: list[tuple[str, tuple[int, ...]]],
+                focus: list[int], timestep: float) -> Packet:
+    """The step Packet of one PhaseFrame from its tensors' host values, concatenated in ``layout``
+    order (anything after them is ignored): a recipe, so it may run in the sink process
+    (bridge.packet_process) as well as on the packet worker."""
+    values = torch.from_numpy(np.require(flat, np.float32, requirements="W"))  # from a socket it is read-only
+    tensors, offset = {}, 0
+    for name, shape in layout:
+        size = int(np.prod(shape, dtype=np.int64))
+        tensors[name] = values[offset : offset + size].view(shape)
+        offset += size
+    pf = PhaseFrame(**fields, **tensors)
     return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
+
+
+#: Phase engines of the runs whose phases run where packets are built (``phases_on="host"``): the
+#: packet worker, or a PacketProcess's child; one thread either way. A run's engine goes with its
+#: timeline packet; a run that never ends (an error) is dropped after KEEP_ENGINES newer ones.
+_ENGINES: "OrderedDict[str, PhaseEngine]" = OrderedDict()
+KEEP_ENGINES = 4
+
+
+def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.ndarray, step: int, total: int,
+                     focus: list[int], timestep: float) -> Packet:
+    """Run one step of the run's phases on the CPU (``maps`` ``[W, H, W]``) and build its Packet:
+    a recipe, for the sink process or the packet worker."""
+    engine = _ENGINES.get(run_id)
+    if engine is None:
+        engine = _ENGINES[run_id] = PhaseEngine(words, cfg, device="cpu")
+        while len(_ENGINES) > KEEP_ENGINES:
+            _ENGINES.popitem(last=False)
+    pf = engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total)
+    return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
+
+
+def timeline_packet(run_id: str) -> Packet | None:
+    """The run's timeline from the engine that :func:`host_step_packet` kept (None if it saw no step)."""
+    engine = _ENGINES.pop(run_id, None)
+    return None if engine is None else _timeline(run_id, engine)
+
+
+def _timeline(run_id: str, engine: PhaseEngine) -> Packet:
+    summary = engine.summary()
+    arrays = summary.arrays()  # per-step series [T, W] and steps [T]
+    header = {k: v for k, v in summary.to_dict().items() if k not in arrays and k != "series"}
+    return Packet("timeline", {"run_id": run_id, **header, "words": engine.words}, arrays)
 
 
 def denoiser(pipe: Any) -> torch.nn.Module:

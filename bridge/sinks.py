@@ -108,6 +108,16 @@ def _platform_sink(kind: str, name: str) -> Sink:
     return factory(name)
 
 
+#: the attributes of parsed arguments that build_sinks reads
+SINK_OPTIONS = ("zmq", "zmq_encoding", "osc", "record", "bind_any", *PLATFORM_SINKS)
+
+
+def sink_options(args: Any) -> argparse.Namespace:
+    """Only the output options of ``args``: a small picklable Namespace, so the sinks can be
+    built in another process (``PacketProcess(partial(build_sinks, sink_options(args)))``)."""
+    return argparse.Namespace(**{k: getattr(args, k) for k in SINK_OPTIONS if hasattr(args, k)})
+
+
 def build_sinks(args: Any, *, default_zmq: bool = False) -> list[Sink]:
     """The sinks that ``args`` (from :func:`add_sink_arguments`) ask for, opened and ready.
 

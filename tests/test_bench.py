@@ -24,7 +24,7 @@ def tiny_pipe():
 
 
 def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
-    variants = ["plain", "capture", "publish", "publish_host", "publish_inproc", "publish_null", "capture_eager", "queries"]
+    variants = ["plain", "capture", "publish", "publish_device", "publish_inproc", "publish_null", "capture_eager", "queries"]
     profile = tmp_path / "profile.txt"
     result = run_bench(tiny_pipe, steps=3, runs=2, warmup=0, variants=variants,
                        endpoint=f"tcp://127.0.0.1:{_free_port()}", profile=str(profile))
@@ -32,6 +32,9 @@ def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
     assert set(result["median_ratio_vs_plain"]) == set(variants)
     assert result["median_ratio_vs_plain"]["plain"] == 1.0
     assert all(r > 0 for r in result["median_ratio_vs_plain"].values())
+    for v, (lo, hi) in result["ratio_ci95"].items():
+        assert lo <= result["median_ratio_vs_plain"][v] <= hi
+    assert result["best_ratio_vs_plain"]["plain"] == 1.0
     lat = result["step_to_subscriber_latency"]
     # 3 publishing variants x (1 untimed + 2 timed + 2 profiled calls) x 3 steps, all received by the
     # subscriber in the other process (from the sink process and from this one)
@@ -48,3 +51,17 @@ def test_a_variant_that_cannot_run_is_reported_not_fatal(tiny_pipe):
     if "daam" in result["median_ratio_vs_plain"]:  # DAAM installed here: then it simply ran
         return
     assert "daam" in result["errors"] and set(result["median_ratio_vs_plain"]) == {"plain"}
+
+
+def test_median_interval_brackets_the_median_and_narrows_with_rounds():
+    import numpy as np
+
+    from bridge.bench import median_ci
+
+    rng = np.random.default_rng(1)
+    few, many = 1.0 + 0.2 * rng.standard_normal(15), 1.0 + 0.2 * rng.standard_normal(240)
+    lo, hi = median_ci(few)
+    assert lo <= float(np.median(few)) <= hi
+    lo2, hi2 = median_ci(many)
+    assert hi2 - lo2 < (hi - lo) / 2  # ~1/sqrt(n): 16x the rounds, a quarter of the width
+    assert median_ci(np.array([1.02, 1.02, 1.02])) == [1.02, 1.02]

@@ -29,24 +29,29 @@ def _without_run_id(header: dict) -> dict:
     return {k: v for k, v in header.items() if k != "run_id"}
 
 
-def test_step_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_path) -> None:
-    """The runner sends recipes (host arrays + a module-level builder); the child builds the same
-    step packets, bit for bit up to the recorder's float16, as the in-process path, and records them losslessly."""
-    _, expected = collect(sd_pipe, REQ, image_every=0, phases_on="device")
+@pytest.mark.parametrize("phases_on", ["host", "device"])
+def test_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_path, phases_on) -> None:
+    """The runner sends recipes (host arrays + a module-level builder): with phases_on='host' the
+    child runs the phases too (and keeps the run's engine for its timeline). Either way it builds
+    the same step and timeline packets, bit for bit up to the recorder's float16, as the
+    in-process path, and records them losslessly."""
+    _, expected = collect(sd_pipe, REQ, image_every=0, phases_on=phases_on)
     trace = tmp_path / "run.stepx"
     with PacketProcess(_sinks(record=str(trace))) as pp:
         assert pp.sink_names == ["record"]
-        result = Runner(sd_pipe, pp, image_every=0, phases_on="device").run(REQ)
+        runner = Runner(sd_pipe, pp, image_every=0, phases_on=phases_on)
+        result = runner.run(REQ)
         assert result.status == "done"
         assert pp.flush()
-        assert pp.recipes == REQ.steps and pp.dropped == 0
+        assert pp.recipes == REQ.steps + (phases_on == "host") and pp.dropped == 0  # + the timeline
+        assert Runner(sd_pipe, pp).phases_where() == "host"  # the default with a sink process
     reader = TraceReader(trace)
     got = list(reader.packets())
     reader.close()
     assert [p.kind for p in got] == [p.kind for p in expected]
-    steps = [(e, g) for e, g in zip(expected, got) if e.kind == "step"]
-    assert len(steps) == REQ.steps
-    for e, g in steps:
+    compared = [(e, g) for e, g in zip(expected, got) if e.kind in ("step", "timeline")]
+    assert len(compared) == REQ.steps + 1
+    for e, g in compared:
         assert _without_run_id(g.header) == _without_run_id(e.header)
         assert sorted(g.arrays) == sorted(e.arrays)
         for name in e.arrays:

@@ -16,11 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_host", "publish_inproc", "publish_null", "queries", "daam"],
+    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_device", "publish_inproc", "publish_null", "queries", "daam"],
                    help="capture_eager: capture with the map maths never replayed as a CUDA graph; publish: capture + phases + "
-                        "ZeroMQ, the sink in a PacketProcess (phases compiled on the GPU where there is one); publish_host: the "
-                        "same with the phases on the packet worker, on the CPU; publish_inproc: publish with the sink in this "
-                        "process (FanOut) on the next port; publish_null: the runner with no sink (no encoding, "
+                        "ZeroMQ as the runner does with a PacketProcess (the sink and the phases in the child, on its CPU); "
+                        "publish_device: the same with the phases compiled on the GPU; publish_inproc: the sink in this "
+                        "process (FanOut; phases on the GPU where there is one) on the next port; publish_null: the runner with no sink (no encoding, "
                         "no socket)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
     p.add_argument("--map-size", type=int, default=None, help="side of the captured maps (default: the latent's)")

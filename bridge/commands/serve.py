@@ -23,6 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from bridge.sinks import add_sink_arguments
 
     add_sink_arguments(p)
+    p.add_argument("--sink-process", choices=("auto", "on", "off"), default="auto",
+                   help="run the outputs (encoding, sockets, the recorder) in a child process, so they never take "
+                        "the model's thread's time (auto: on when the model runs on CUDA)")
     c = p.add_argument_group("control")
     c.add_argument("--control", default="tcp://127.0.0.1:5561", help="ZeroMQ REQ/REP control endpoint ('' = off)")
     c.add_argument("--osc-control", default="127.0.0.1:7001", help="OSC control HOST:PORT ('' = off)")
@@ -43,9 +46,13 @@ def run(args: argparse.Namespace) -> int:
 
     from bridge.capture import load_head_weights
     from bridge.daemon import Daemon, DaemonOptions
+    from functools import partial
+    from typing import Any
+
     from bridge.fanout import FanOut
-    from bridge.runner import Runner
-    from bridge.sinks import build_sinks
+    from bridge.packet_process import PacketProcess
+    from bridge.runner import Runner, denoiser
+    from bridge.sinks import build_sinks, sink_options
     from bridge.transport.control_osc import ControlOscServer
     from bridge.transport.control_zmq import ControlZmqServer
 
@@ -54,8 +61,15 @@ def run(args: argparse.Namespace) -> int:
     concepts = {}
     if args.concepts:
         concepts = {f.stem: load_head_weights(f) for f in sorted(Path(args.concepts).glob("*.json"))}
-    sinks = build_sinks(args, default_zmq=True)  # with no output named, publish where `stepx preview` listens
-    fanout = FanOut(sinks)
+    on_cuda = next(denoiser(pipe).parameters()).device.type == "cuda"
+    if args.sink_process == "on" or (args.sink_process == "auto" and on_cuda):
+        # with no output named, publish where `stepx preview` listens
+        fanout: Any = PacketProcess(partial(build_sinks, sink_options(args), default_zmq=True))
+        sink_names = fanout.sink_names
+    else:
+        sinks = build_sinks(args, default_zmq=True)
+        fanout = FanOut(sinks)
+        sink_names = [s.name for s in sinks]
     runner = Runner(pipe, fanout.publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
                     concepts=concepts)
     daemon = Daemon(runner, fanout.publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
@@ -83,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.run_for:
         threading.Timer(args.run_for, daemon.stop).start()
     log.info("serving %s; control %s, OSC control %s", name, args.control or "off", args.osc_control or "off")
-    print(json.dumps({"serving": name, "control": args.control, "osc_control": args.osc_control, "sinks": [s.name for s in sinks]}), flush=True)
+    print(json.dumps({"serving": name, "control": args.control, "osc_control": args.osc_control, "sinks": sink_names}), flush=True)
     try:
         daemon.serve_forever()
     finally:
