@@ -147,6 +147,8 @@ class Runner:
             gen = torch.Generator(device="cpu").manual_seed(seed)
 
             def on_step(frame: StepFrame, run: CaptureRun) -> None:
+                if cancel.is_set():  # the pipeline skips its remaining steps (diffusers' `interrupt`)
+                    self.pipe._interrupt = True
                 if self.step_clock is not None:
                     self.step_clock(run.run_id, frame.step)
                 if state["words"] is None:
@@ -161,14 +163,9 @@ class Runner:
                 if self.image_every and frame.step % self.image_every == 0 and frame.x0 is not None:
                     self._later(self._image_packet(run.run_id, frame))
 
-            def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
-                if cancel.is_set():
-                    pipe._interrupt = True
-                return kwargs
-
             kwargs: dict[str, Any] = dict(
                 prompt=req.prompt, num_inference_steps=req.steps, guidance_scale=req.guidance, generator=gen,
-                output_type="latent", callback_on_step_end=on_step_end,
+                output_type="latent",  # no callback_on_step_end: diffusers builds it a dict from locals() every step
             )
             if req.negative_prompt:
                 kwargs["negative_prompt"] = req.negative_prompt

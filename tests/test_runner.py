@@ -61,3 +61,25 @@ def test_step_clock_is_called_on_the_model_thread_before_each_step_packet(sd_pip
     assert result.status == "done"
     assert calls == [(result.run_id, s, True) for s in range(4)]
     assert published == [(result.run_id, s) for s in range(4)]
+
+
+def test_cancel_stops_the_run_after_the_current_step(sd_pipe):
+    import threading
+
+    from bridge.runner import Runner
+
+    cancel = threading.Event()
+    packets = []
+
+    def publish(p):
+        packets.append(p)
+        if p.kind == "step" and p.header["step"] == 1:
+            cancel.set()  # set while the run goes on (the worker publishes as steps end)
+
+    runner = Runner(sd_pipe, publish, image_every=0)
+    result = runner.run(Request(PROMPT, seed=5, steps=30), cancel)
+    assert result.status == "cancelled"
+    assert 2 <= result.steps < 30  # stops within a few steps of the request, never runs all 30
+    assert [p.kind for p in packets][-1] == "end" and packets[-1].header["status"] == "cancelled"
+    assert not sd_pipe._interrupt  # the next run starts clean
+    assert collect(sd_pipe, Request(PROMPT, seed=5, steps=3))[0].steps == 3
