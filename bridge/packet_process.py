@@ -53,9 +53,13 @@ class PacketProcess:
     ``send_timeout`` seconds, after which the item is dropped and counted).
     """
 
-    def __init__(self, sinks: SinkFactory, *, keep_max: int = 64, hwm: int = 256, send_timeout: float = 2.0,
-                 start_timeout: float = 120.0, restart_every: float = 5.0, name: str = "stepx-sinks") -> None:
+    def __init__(self, sinks: SinkFactory, *, restart_sinks: SinkFactory | None = None, keep_max: int = 64, hwm: int = 256,
+                 send_timeout: float = 2.0, start_timeout: float = 120.0, restart_every: float = 5.0,
+                 name: str = "stepx-sinks") -> None:
+        """``restart_sinks``: the factory for a child that replaces a dead one (default ``sinks``),
+        e.g. one that appends to the recording instead of starting it again."""
         self._factory = sinks
+        self._restart_factory = restart_sinks or sinks
         self._keep_max = keep_max
         self._hwm = hwm
         self._send_timeout = send_timeout
@@ -75,7 +79,7 @@ class PacketProcess:
         self._start()
 
     # -- the child's life ------------------------------------------------------------------------
-    def _start(self) -> None:
+    def _start(self, factory: SinkFactory | None = None) -> None:
         self._last_start = time.monotonic()
         sock = self._zctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, self._hwm)
@@ -84,7 +88,7 @@ class PacketProcess:
         port = sock.bind_to_random_port("tcp://127.0.0.1")
         here, there = self._mp.Pipe()
         proc = self._mp.Process(target=serve, name=self._name, daemon=True,
-                                args=(self._factory, f"tcp://127.0.0.1:{port}", there, self._keep_max,
+                                args=(factory or self._factory, f"tcp://127.0.0.1:{port}", there, self._keep_max,
                                       logging.getLogger().getEffectiveLevel()))
         proc.start()
         there.close()
@@ -116,7 +120,7 @@ class PacketProcess:
         self._sock.close(linger=0)
         self._conn.close()
         try:
-            self._start()
+            self._start(self._restart_factory)
         except Exception as exc:  # keep the producer alive: try again after the interval
             log.error("could not restart the sink process: %s", exc)
             return False

@@ -12,6 +12,7 @@ import importlib
 import ipaddress
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -118,6 +119,13 @@ def sink_options(args: Any) -> argparse.Namespace:
     return argparse.Namespace(**{k: getattr(args, k) for k in SINK_OPTIONS if hasattr(args, k)})
 
 
+def restart_options(args: argparse.Namespace) -> argparse.Namespace:
+    """``sink_options`` for sinks that replace ones that died: the recording is continued (a
+    finished trace is appended to; one cut off mid-run is kept aside by TraceWriter), never
+    started again over what was recorded."""
+    return argparse.Namespace(**{**vars(sink_options(args)), "record_append": True})
+
+
 def build_sinks(args: Any, *, default_zmq: bool = False) -> list[Sink]:
     """The sinks that ``args`` (from :func:`add_sink_arguments`) ask for, opened and ready.
 
@@ -147,7 +155,7 @@ def build_sinks(args: Any, *, default_zmq: bool = False) -> list[Sink]:
             host, port = args.osc
             sinks.append(OscSender(host, port))
         if getattr(args, "record", None):
-            sinks.append(TraceWriter(args.record))
+            sinks.append(TraceWriter(args.record, append=bool(getattr(args, "record_append", False)) and Path(args.record).exists()))
         for kind in PLATFORM_SINKS:
             if getattr(args, kind, None):
                 sinks.append(_platform_sink(kind, getattr(args, kind)))

@@ -68,6 +68,18 @@ def partial_path(path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + PARTIAL_SUFFIX)
 
 
+def _set_aside(path: Path, why: str) -> Path:
+    """Rename ``path`` to a free ``NAME.<why>-<time>[-N]<rest>`` beside it and return the new path."""
+    head, dot, rest = path.name.partition(".")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    for n in range(1000):
+        target = path.with_name(f"{head}.{why}-{stamp}{f'-{n}' if n else ''}{dot}{rest}")
+        if not target.exists():
+            os.replace(path, target)
+            return target
+    raise FileExistsError(f"no free name beside {path} to keep it")
+
+
 def encode_preamble(info: dict[str, Any]) -> bytes:
     """The file preamble: magic, version, and one JSON line describing the format."""
     line = (json.dumps(info, separators=(",", ":"), sort_keys=True) + "\n").encode("utf-8")
@@ -115,6 +127,9 @@ class TraceWriter:
         self._has_run = False  # at least one run packet is in the file
         self._named_final = False  # the open file is currently called PATH (not PATH.partial)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.partial.exists():  # an earlier writer stopped mid-run (a crash): keep what it wrote
+            aside = _set_aside(self.partial, "interrupted")
+            log.warning("%s was left by a recording that never finished; kept as %s", self.partial, aside)
         if append and self.path.exists():
             reader = TraceReader(self.path)  # raises if damaged or unfinished: never append to those
             self.records, self._has_run = len(reader.index), True

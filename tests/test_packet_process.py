@@ -90,3 +90,34 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
         pp.close()
         sub.close()
     assert not pp._proc.is_alive()
+
+
+def test_a_replaced_child_continues_the_recording(tmp_path) -> None:
+    """serve's restart factory: a child that dies between runs is replaced by one that appends to
+    the trace, so the runs recorded before the crash are still in it."""
+    from bridge.sinks import restart_options
+
+    trace = tmp_path / "night.stepx"
+    options = argparse.Namespace(record=str(trace))
+    pp = PacketProcess(partial(build_sinks, options), restart_sinks=partial(build_sinks, restart_options(options)),
+                       restart_every=0.0)
+    try:
+        def run(run_id: str) -> None:
+            pp(Packet("run", {"run_id": run_id, "words": ["a"], "total_steps": 2}))
+            for s in range(2):
+                pp(Packet("step", {"run_id": run_id, "step": s, "total_steps": 2}, {"textures": np.full((2, 4, 4), s, np.float32)}))
+            pp(Packet("end", {"run_id": run_id, "status": "done"}))
+            assert pp.flush()
+
+        run("before")
+        deadline = time.monotonic() + 10
+        while not trace.exists() and time.monotonic() < deadline:  # the end record written: between runs
+            time.sleep(0.01)
+        os.kill(pp._proc.pid, signal.SIGKILL)
+        pp._proc.join(10)
+        run("after")
+        assert pp.restarts == 1
+    finally:
+        pp.close()
+    with TraceReader(trace) as tr:
+        assert [r.run_id for r in tr.runs] == ["before", "after"] and all(r.ended for r in tr.runs)

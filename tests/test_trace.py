@@ -229,3 +229,18 @@ def test_documented_minimal_reader_runs_with_numpy_alone(tmp_path):
     r = subprocess.run([sys.executable, "-I", "-c", probe, str(path), str(tmp_path / "t.npy"), str(tmp_path / "i.npy")],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode != 0 and "CRC mismatch" in r.stderr
+
+
+def test_a_recording_left_unfinished_is_kept_aside_not_overwritten(tmp_path):
+    path = tmp_path / "show.stepx"
+    w = TraceWriter(path)
+    for p in run_packets("r1", end=False):  # a writer that dies mid-run leaves PATH.partial
+        w.send(p, None)
+    w._f.close()
+    write(path, run_packets("r2", seed=1))  # the next recording starts; the cut-off one stays
+    kept = [f for f in tmp_path.iterdir() if f.name.startswith("show.interrupted-")]
+    assert len(kept) == 1 and kept[0].name.endswith(".stepx.partial")
+    with TraceReader(kept[0], allow_partial=True) as tr:
+        assert tr.partial and [r.run_id for r in tr.runs] == ["r1"] and len(list(tr.steps())) == 4
+    with TraceReader(path) as tr:
+        assert [r.run_id for r in tr.runs] == ["r2"]

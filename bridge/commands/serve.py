@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.fanout import FanOut
     from bridge.packet_process import PacketProcess
     from bridge.runner import Runner, denoiser
-    from bridge.sinks import build_sinks, sink_options
+    from bridge.sinks import build_sinks, restart_options, sink_options
     from bridge.transport.control_osc import ControlOscServer
     from bridge.transport.control_zmq import ControlZmqServer
 
@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     on_cuda = next(denoiser(pipe).parameters()).device.type == "cuda"
     if args.sink_process == "on" or (args.sink_process == "auto" and on_cuda):
         # with no output named, publish where `stepx preview` listens
-        fanout: Any = PacketProcess(partial(build_sinks, sink_options(args), default_zmq=True))
+        fanout: Any = PacketProcess(partial(build_sinks, sink_options(args), default_zmq=True),
+                                    restart_sinks=partial(build_sinks, restart_options(args), default_zmq=True))
         sink_names = fanout.sink_names
     else:
         sinks = build_sinks(args, default_zmq=True)
