@@ -71,7 +71,9 @@ class HostSnapshot:
         for k, t in tensors.items():
             self.host[k].copy_(t, non_blocking=on_device)
         if on_device:
-            self._event = torch.cuda.Event()
+            # blocking: the waiting worker sleeps instead of spinning in the driver beside the
+            # thread that launches the model's kernels
+            self._event = torch.cuda.Event(blocking=True)
             self._event.record()
 
     def get(self) -> dict[str, torch.Tensor]:

@@ -20,6 +20,10 @@ Sinks are built in the child from ``sinks``, a picklable factory (e.g.
 A sink that cannot open raises in the parent, from the constructor, with the child's error.
 If the child dies, the next item starts a new one (at most once every ``restart_every``
 seconds; items in between are dropped and counted), so a long show keeps going.
+
+The child is spawned, not forked (a forked CUDA process is unusable), so as with any spawn-based
+``multiprocessing``, a script that makes a PacketProcess must do so under
+``if __name__ == "__main__":``; ``stepx`` commands already do.
 """
 
 from __future__ import annotations
