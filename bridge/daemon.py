@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -152,39 +153,37 @@ class Daemon:
     def _generate(self, req: Request) -> None:
         self._cancel.clear()
         self._current, self._state, self._message = req, "generating", ""
-        packets: list[Packet] = []
-        t_last = [time.perf_counter()]
-
-        def publish(p: Packet) -> None:
-            if p.kind == "step":
-                now = time.perf_counter()
-                self._fps = 0.8 * self._fps + 0.2 / max(now - t_last[0], 1e-6) if self._fps else 1 / max(now - t_last[0], 1e-6)
-                t_last[0] = now
-                self._step = int(p.header.get("step", 0))
-            packets.append(p)
-            self.publish(p)
-
         bar = None
         if self.options.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=req.steps, desc=req.prompt[:40], unit="step", leave=False)
+        t_last = [time.perf_counter()]
+        clock = self.runner.step_clock
 
-        def publish_and_count(p: Packet) -> None:
-            if bar is not None and p.kind == "step":
+        def on_step(run_id: str, step: int) -> None:  # on the model's thread, as each step ends
+            now = time.perf_counter()
+            rate = 1 / max(now - t_last[0], 1e-6)
+            self._fps = 0.8 * self._fps + 0.2 * rate if self._fps else rate
+            t_last[0] = now
+            self._step = int(step)
+            if bar is not None:
                 bar.update(1)
-            publish(p)
+            if clock is not None:
+                clock(run_id, step)
 
-        self.runner.publish = publish_and_count
+        record = _RunRecord(self.publish)
+        self.runner.publish, self.runner.step_clock = record, on_step
         try:
             result = self.runner.run(req, self._cancel)
         finally:
+            self.runner.step_clock = clock
             if bar is not None:
                 bar.close()
         self.results.append(result)
         self.runs_done += 1
         if result.status == "done":
-            self._last_packets = packets
+            self._last_packets = record.items
         if result.status == "error":
             self._state, self._message = "error", result.error or "error"
             self.publish(Packet("status", {**self.status(), "error": result.error}))
@@ -194,14 +193,21 @@ class Daemon:
             log.info("run %s %s: %d steps in %.2fs", result.run_id, result.status, result.steps, result.seconds)
 
     def _replay_once(self) -> None:
-        """Play the last run's packets once at ``replay_fps``, stopping as soon as work arrives."""
+        """Play the last run's packets once at ``replay_fps``, stopping as soon as work arrives.
+        Recipes (a run published through a sink process) are sent again to be built there."""
         self._state = "replaying"
+        self._wake.clear()  # a wake left from the run's own submit must not cut the replay short; new work is seen below
         period = 1.0 / max(self.options.replay_fps, 0.1)
         for p in self._last_packets:
             if self._stop.is_set() or self._pending is not None or self._playlist:
                 return
-            self.publish(Packet(p.kind, {**p.header, "replay": True}, p.arrays))
-            if p.kind == "step" and self._wake.wait(period):
+            if isinstance(p, Packet):
+                self.publish(Packet(p.kind, {**p.header, "replay": True}, p.arrays))
+                is_step = p.kind == "step"
+            else:
+                self.publish.deferred(partial(replayed, p))  # type: ignore[attr-defined]
+                is_step = True
+            if is_step and self._wake.wait(period):
                 self._wake.clear()
                 return
 
@@ -211,6 +217,31 @@ class Daemon:
                 self.publish(Packet("status", self.status()))
             except Exception as exc:  # the heartbeat never dies
                 log.warning("heartbeat failed: %s", exc)
+
+
+class _RunRecord:
+    """The runner's publisher for one run: forwards everything to the daemon's publisher and keeps
+    it for the idle replay; has ``deferred`` (so the runner sends recipes) when that one does."""
+
+    def __init__(self, publish: Callable[[Packet], None]) -> None:
+        self._publish = publish
+        self.items: list[Any] = []  # Packets and recipes, in run order
+        if getattr(publish, "deferred", None) is not None:
+            self.deferred = self._deferred
+
+    def __call__(self, packet: Packet) -> None:
+        self.items.append(packet)
+        self._publish(packet)
+
+    def _deferred(self, recipe: Callable[[], Packet | None]) -> None:
+        self.items.append(recipe)
+        self._publish.deferred(recipe)  # type: ignore[attr-defined]
+
+
+def replayed(recipe: Callable[[], Packet | None]) -> Packet | None:
+    """A recipe's packet marked as a replay (a recipe itself, built where the sinks are)."""
+    p = recipe()
+    return None if p is None else Packet(p.kind, {**p.header, "replay": True}, p.arrays)
 
 
 def _rss_bytes() -> int:

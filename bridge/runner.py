@@ -323,7 +323,8 @@ def step_packet(run_id: str, fields: dict[str, Any], flat: np.ndarray, layout: l
 
 #: Phase engines of the runs whose phases run where packets are built (``phases_on="host"``): the
 #: packet worker, or a PacketProcess's child; one thread either way. A run's engine goes with its
-#: timeline packet; a run that never ends (an error) is dropped after KEEP_ENGINES newer ones.
+#: timeline packet; a run that never ends (an error) is dropped after KEEP_ENGINES newer ones. The
+#: daemon's idle replay sends a run's recipes again: its step 0 starts the run's phases afresh.
 _ENGINES: "OrderedDict[str, PhaseEngine]" = OrderedDict()
 KEEP_ENGINES = 4
 
@@ -333,7 +334,7 @@ def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.n
     """Run one step of the run's phases on the CPU (``maps`` ``[W, H, W]``) and build its Packet:
     a recipe, for the sink process or the packet worker."""
     engine = _ENGINES.get(run_id)
-    if engine is None:
+    if engine is None or engine.last_step is not None and step <= engine.last_step:  # a new run, or a replay of one
         engine = _ENGINES[run_id] = PhaseEngine(words, cfg, device="cpu")
         while len(_ENGINES) > KEEP_ENGINES:
             _ENGINES.popitem(last=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,3 +155,48 @@ def test_a_raising_sink_does_not_stop_generation(sd_pipe):
         time.sleep(0.2)
     assert result.status == "done"
     assert len(sink.kinds("step")) == 3 and fan.stats["raising"].errors > 0
+
+
+def test_through_a_sink_process_the_phases_run_there_and_the_idle_replay_still_plays(sd_pipe, tmp_path):
+    """With a PacketProcess the runner sends recipes (phases in the child); the daemon keeps them
+    and its idle replay sends them again, built there and marked as replays."""
+    import argparse
+    from functools import partial
+
+    from bridge.packet_process import PacketProcess
+    from bridge.sinks import build_sinks
+    from bridge.transport.zmq_sub import ZmqSubscriber
+
+    endpoint = f"ipc://{tmp_path}/d.sock"
+    sub = ZmqSubscriber(endpoint, topics=("stepx/step", "stepx/timeline"))
+    pp = PacketProcess(partial(build_sinks, argparse.Namespace(zmq=endpoint)))
+    runner = Runner(sd_pipe, pp, "tiny", image_every=0)
+    d = Daemon(runner, pp, DaemonOptions(idle_replay=True, replay_fps=50, heartbeat=5))
+    thread = threading.Thread(target=d.serve_forever, daemon=True)
+    thread.start()
+    try:
+        got: list[Packet] = []
+
+        def replayed_steps() -> int:
+            for _ in range(20):  # bounded: the replay keeps the stream going
+                if (p := sub.recv(timeout=0.05)) is None:
+                    break
+                got.append(p)
+            return sum(1 for p in got if p.kind == "step" and p.header.get("replay"))
+
+        d.submit(Request("a red circle", steps=3, seed=0))
+        wait_for(lambda: replayed_steps() >= 4)  # the whole run once, and into the next loop
+        assert runner.phases_where() == "host" and d.results[0].status == "done"
+        live = [p for p in got if p.kind == "step" and not p.header.get("replay")]
+        again = [p for p in got if p.kind == "step" and p.header.get("replay")]
+        assert [p.header["step"] for p in live] == [0, 1, 2]
+        assert [p.header["step"] for p in again[:3]] == [0, 1, 2]
+        for a, b in zip(live, again):  # the child ran the phases again from step 0: the same frames
+            assert a.header["run_id"] == b.header["run_id"] and a.header["phase_weights"] == b.header["phase_weights"]
+            np.testing.assert_array_equal(a.arrays["textures"], b.arrays["textures"])
+        assert d.status()["step"] == 2 and d.status()["fps"] > 0
+    finally:
+        d.stop()
+        thread.join(30)
+        pp.close()
+        sub.close()

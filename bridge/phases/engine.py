@@ -189,6 +189,11 @@ class PhaseEngine:
             live=out.live,
         )
 
+    @property
+    def last_step(self) -> int | None:
+        """The last step processed this run (None before the first)."""
+        return self._steps[-1] if self._steps else None
+
     def phase_maps(self) -> Tensor | None:
         """Per-phase accumulated maps of every view so far, ``[3, N+1, H, W]`` on the device
         (None before the first step)."""
