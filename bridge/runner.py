@@ -219,15 +219,13 @@ class Runner:
         }))
 
     def _finish(self, run: CaptureRun, state: dict, status: str, t0: float) -> None:
-        engine = state["engine"]
-        if state["words"] is None:
+        if state["words"] is None:  # no step ran: no run packet went out either
             return
+        engine = state["engine"]
         if engine is None:  # the phases ran where packets are built: so does the timeline
             self._later(lambda: partial(timeline_packet, run.run_id))
-            self._send(Packet("end", {"run_id": run.run_id, "status": status, "steps": run.steps_done, "seconds": round(time.perf_counter() - t0, 3)}))
-            return
-
-        self._later(lambda: _timeline(run.run_id, engine))  # on the worker, after every step's update
+        else:
+            self._later(lambda: _timeline(run.run_id, engine))  # on the worker, after every step's update
         self._send(Packet("end", {"run_id": run.run_id, "status": status, "steps": run.steps_done, "seconds": round(time.perf_counter() - t0, 3)}))
 
     # --- publishing off the denoising thread ----------------------------------------------------
@@ -322,29 +320,32 @@ def step_packet(run_id: str, fields: dict[str, Any], flat: np.ndarray, layout: l
 
 
 #: Phase engines of the runs whose phases run where packets are built (``phases_on="host"``): the
-#: packet worker, or a PacketProcess's child; one thread either way. A run's engine goes with its
+#: packet workers, or a PacketProcess's child. A run's engine goes with its
 #: timeline packet; a run that never ends (an error) is dropped after KEEP_ENGINES newer ones. The
 #: daemon's idle replay sends a run's recipes again: its step 0 starts the run's phases afresh.
 _ENGINES: "OrderedDict[str, PhaseEngine]" = OrderedDict()
 KEEP_ENGINES = 4
+_ENGINES_LOCK = threading.Lock()
 
 
 def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.ndarray, step: int, total: int,
                      focus: list[int], timestep: float) -> Packet:
     """Run one step of the run's phases on the CPU (``maps`` ``[W, H, W]``) and build its Packet:
     a recipe, for the sink process or the packet worker."""
-    engine = _ENGINES.get(run_id)
-    if engine is None or engine.last_step is not None and step <= engine.last_step:  # a new run, or a replay of one
-        engine = _ENGINES[run_id] = PhaseEngine(words, cfg, device="cpu")
-        while len(_ENGINES) > KEEP_ENGINES:
-            _ENGINES.popitem(last=False)
+    with _ENGINES_LOCK:  # several runners' workers may share this process
+        engine = _ENGINES.get(run_id)
+        if engine is None or engine.last_step is not None and step <= engine.last_step:  # a new run, or a replay of one
+            engine = _ENGINES[run_id] = PhaseEngine(words, cfg, device="cpu")
+            while len(_ENGINES) > KEEP_ENGINES:
+                _ENGINES.popitem(last=False)
     pf = engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total)
     return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
 
 
 def timeline_packet(run_id: str) -> Packet | None:
     """The run's timeline from the engine that :func:`host_step_packet` kept (None if it saw no step)."""
-    engine = _ENGINES.pop(run_id, None)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.pop(run_id, None)
     return None if engine is None else _timeline(run_id, engine)
 
 

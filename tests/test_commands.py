@@ -90,6 +90,8 @@ def test_serve_control_and_sigterm_finalises_the_trace(tmp_path, sink_process):
         assert status["ok"] and status["result"]["state"] in ("generating", "idle")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        start = next(json.loads(line) for line in proc.stdout.read().splitlines() if '"serving"' in line)
+        assert start["phases"] == ("sink process" if sink_process == "on" else "packet worker")  # CPU: phases on the host
     finally:
         if proc.poll() is None:
             proc.kill()

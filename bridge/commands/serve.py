@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from bridge.commands.common import (
     add_generation_arguments, add_model_arguments, apply_config_file, given_flags, load_model, phase_config_from_args, request_factory,
@@ -41,13 +42,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--run-for", type=float, default=None, help="stop after this many seconds (tests, timed shows)")
 
 
+def phases_where(runner: Any) -> str:
+    """Where the daemon's runs compute their phases, for the start-up line."""
+    if runner.phases_where() == "device":
+        return "device"
+    return "sink process" if getattr(runner.publish, "deferred", None) is not None else "packet worker"
+
+
 def run(args: argparse.Namespace) -> int:
     import threading
 
     from bridge.capture import load_head_weights
     from bridge.daemon import Daemon, DaemonOptions
     from functools import partial
-    from typing import Any
 
     from bridge.fanout import FanOut
     from bridge.packet_process import PacketProcess
@@ -66,14 +73,14 @@ def run(args: argparse.Namespace) -> int:
         # with no output named, publish where `stepx preview` listens
         fanout: Any = PacketProcess(partial(build_sinks, sink_options(args), default_zmq=True),
                                     restart_sinks=partial(build_sinks, restart_options(args), default_zmq=True))
-        sink_names = fanout.sink_names
+        sink_names, publish = fanout.sink_names, fanout  # the object itself: it takes recipes (deferred)
     else:
         sinks = build_sinks(args, default_zmq=True)
         fanout = FanOut(sinks)
-        sink_names = [s.name for s in sinks]
-    runner = Runner(pipe, fanout.publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
+        sink_names, publish = [s.name for s in sinks], fanout.publish
+    runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
                     concepts=concepts)
-    daemon = Daemon(runner, fanout.publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
+    daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
     servers = []
     if args.control:
         servers.append(ControlZmqServer(daemon.handle, args.control, allow_remote=args.allow_remote, token=args.token))
@@ -98,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if args.run_for:
         threading.Timer(args.run_for, daemon.stop).start()
     log.info("serving %s; control %s, OSC control %s", name, args.control or "off", args.osc_control or "off")
-    print(json.dumps({"serving": name, "control": args.control, "osc_control": args.osc_control, "sinks": sink_names}), flush=True)
+    print(json.dumps({"serving": name, "control": args.control, "osc_control": args.osc_control, "sinks": sink_names,
+                      "phases": phases_where(runner)}), flush=True)
     try:
         daemon.serve_forever()
     finally:
