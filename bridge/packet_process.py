@@ -133,10 +133,9 @@ class PacketProcess:
 
     # -- producer side -------------------------------------------------------------------------
     def __call__(self, packet: Any) -> None:
-        """Publish a built Packet (the ``publish`` callable of Runner and Daemon)."""
+        """Publish a built Packet. Pass the PacketProcess itself as the ``publish`` of Runner and
+        Daemon: they look for its ``deferred`` method to send recipes."""
         self._push(_PACKET, packet)
-
-    publish = __call__
 
     def deferred(self, recipe: Callable[[], Any]) -> None:
         """Publish the Packet that ``recipe()`` builds, calling it in the child."""
