@@ -18,78 +18,30 @@ import torch
 log = logging.getLogger(__name__)
 
 
-class HostBuffers:
-    """A small pool of host buffers keyed by (shape, dtype), pinned where CUDA is available.
-
-    A buffer is handed out by ``acquire`` and comes back only through ``release``, which its
-    user calls once nothing reads it any more (``HostSnapshot.release`` first waits for the copy
-    into it), so no buffer is ever handed out while a copy into it may still be in flight or a
-    consumer still reads it. Saves an allocation per step; at most ``keep`` free buffers per key.
-    """
-
-    def __init__(self, keep: int = 4, pin: bool | None = None) -> None:
-        self.keep = keep
-        self.pin = torch.cuda.is_available() if pin is None else pin
-        self._free: dict[tuple, list[torch.Tensor]] = {}
-        self._lock = threading.Lock()
-        self.allocated = 0  # buffers made so far (for tests and curiosity)
-
-    def acquire(self, shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        key = (tuple(shape), dtype)
-        with self._lock:
-            free = self._free.get(key)
-            if free:
-                return free.pop()
-            self.allocated += 1
-        return torch.empty(key[0], dtype=dtype, pin_memory=self.pin)
-
-    def release(self, buffer: torch.Tensor) -> None:
-        key = (tuple(buffer.shape), buffer.dtype)
-        with self._lock:
-            free = self._free.setdefault(key, [])
-            if len(free) < self.keep and all(b is not buffer for b in free):
-                free.append(buffer)
-
-
 class HostSnapshot:
     """A host copy of named tensors as they are *now* in stream order; ``get()`` waits for it.
 
-    With a ``pool`` the host memory comes from (and, after ``release()``, goes back to) that
-    :class:`HostBuffers`; without one it is allocated per snapshot."""
+    On CUDA the copies go into pinned memory from torch's caching host allocator (reused once the
+    copy that used a block has landed); on the CPU they are clones."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], pool: HostBuffers | None = None) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         self._event: torch.cuda.Event | None = None
-        self._pool = pool
-        on_device = any(t.is_cuda for t in tensors.values())
-        if pool is not None:
-            self.host = {k: pool.acquire(t.shape, t.dtype) for k, t in tensors.items()}
-        elif on_device:
-            self.host = {k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for k, t in tensors.items()}
-        else:  # on the CPU a copy is still needed: the producer may update its tensors in place
+        if not any(t.is_cuda for t in tensors.values()):  # a copy is still needed: the producer may update its tensors in place
             self.host = {k: t.detach().clone() for k, t in tensors.items()}
             return
+        self.host = {k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for k, t in tensors.items()}
         for k, t in tensors.items():
-            self.host[k].copy_(t, non_blocking=on_device)
-        if on_device:
-            # blocking: the waiting worker sleeps instead of spinning in the driver beside the
-            # thread that launches the model's kernels
-            self._event = torch.cuda.Event(blocking=True)
-            self._event.record()
+            self.host[k].copy_(t, non_blocking=True)
+        # blocking: the waiting worker sleeps instead of spinning in the driver beside the
+        # thread that launches the model's kernels
+        self._event = torch.cuda.Event(blocking=True)
+        self._event.record()
 
     def get(self) -> dict[str, torch.Tensor]:
         if self._event is not None:
             self._event.synchronize()
             self._event = None
         return self.host
-
-    def release(self) -> None:
-        """Give pooled buffers back (after the copy has landed); the host tensors must not be used after."""
-        if self._pool is None or not self.host:
-            return
-        host = self.get()
-        self.host = {}
-        for buffer in host.values():
-            self._pool.release(buffer)
 
 
 class OrderedWorker:

@@ -32,8 +32,9 @@ class CaptureConfig:
     detail_layers: patterns of layers whose per-head, per-layer maps are also kept.
     keep_frames: keep every StepFrame on the run (the default); off for a pure stream.
     cross: capture cross-attention word maps (on by default).
-    cuda_graphs: on CUDA, replay each evaluation's map maths as one CUDA graph once its inputs'
-      addresses repeat (see ``bridge/capture/graphs.py``); off computes them eagerly every time.
+    cuda_graphs: on CUDA, run each evaluation's map maths eagerly once, then capture them as a CUDA
+      graph over static copies of their inputs and replay it (``bridge/capture/graphs.py``); off
+      computes them eagerly every time.
     """
 
     layers: str | Sequence[str] = "*"
