@@ -148,9 +148,11 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     res = (map_size, map_size) if map_size else None
     variants = list(variants or ["plain", "capture", "publish", "queries"])
     # publish / publish_device: sinks in a PacketProcess (the phases there too, on its CPU: the
-    # runner's default with one / compiled on the GPU, packets built there); publish_inproc: the same
-    # sink in this process (FanOut, phases on the GPU where there is one), on the next port
-    in_child = [v for v in variants if v in ("publish", "publish_device")]
+    # runner's default with one / compiled on the GPU, packets built there), handed over by the
+    # model's thread (the default); publish_worker: the same, handed over by a packet thread;
+    # publish_inproc: the same sink in this process (FanOut, phases on the GPU where there is one),
+    # on the next port
+    in_child = [v for v in variants if v in ("publish", "publish_device", "publish_worker")]
     endpoint_inproc = _next_port(endpoint)
     endpoints = ([endpoint] if in_child else []) + ([endpoint_inproc] if "publish_inproc" in variants else [])
     latency = Latency(endpoints) if endpoints else None
@@ -169,7 +171,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         time.sleep(0.3)  # let the subscriber connect
     for v, sink in sinks.items():
         runners[v] = Runner(pipe, sink, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
-                            step_clock=latency.step_end if latency else None, phases_on="device" if v == "publish_device" else "auto")
+                            step_clock=latency.step_end if latency else None, phases_on="device" if v == "publish_device" else "auto",
+                            deliver="worker" if v == "publish_worker" else "auto")
     if "publish_null" in variants:  # the runner's own work (capture, phases, packets) with no sink at all
         runners["publish_null"] = Runner(pipe, lambda packet: None, "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
     stages: dict[str, list[dict[str, float]]] = {v: [] for v in runners}
@@ -186,20 +189,22 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         g = torch.Generator(device="cpu").manual_seed(0)
         return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np", **size, **extra)
 
-    def plain() -> None:
-        gen()
+    # the variants that run the pipeline as plain does return its image: the untimed first call
+    # checks that capture leaves it bit-identical
+    def plain() -> np.ndarray:
+        return gen().images
 
-    def with_capture() -> None:
+    def with_capture() -> np.ndarray:
         with capture(pipe, resolution=res):
-            gen()
+            return gen().images
 
-    def with_capture_eager() -> None:  # the map maths launched op by op, never as a CUDA graph
+    def with_capture_eager() -> np.ndarray:  # the map maths launched op by op, never as a CUDA graph
         with capture(pipe, resolution=res, cuda_graphs=False):
-            gen()
+            return gen().images
 
-    def with_queries() -> None:
+    def with_queries() -> np.ndarray:
         with capture(pipe, resolution=res, queries=[Query.box("box", 0.25, 0.25, 0.5, 0.5)]):
-            gen()
+            return gen().images
 
     def publisher(v: str) -> Callable[[], None]:
         def with_publish() -> None:
@@ -215,15 +220,18 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
             gen()
             tc.compute_global_heat_map()
 
-    table: dict[str, Callable[[], None]] = {"plain": plain, "capture": with_capture, "capture_eager": with_capture_eager, "publish": publisher("publish"),
+    table: dict[str, Callable[[], Any]] = {"plain": plain, "capture": with_capture, "capture_eager": with_capture_eager, "publish": publisher("publish"),
                                             "publish_device": publisher("publish_device"), "publish_inproc": publisher("publish_inproc"),
+                                            "publish_worker": publisher("publish_worker"),
                                             "publish_null": publisher("publish_null"), "queries": with_queries, "daam": with_daam}
     times: dict[str, list[float]] = {v: [] for v in variants}
     peak: dict[str, int] = {v: 0 for v in variants}
+    images: dict[str, np.ndarray] = {}
     with torch.inference_mode():
         for v in list(variants):  # one untimed call each: a variant that cannot run is reported, not fatal
             try:
-                table[v]()
+                if isinstance(image := table[v](), np.ndarray):
+                    images[v] = image
             except Exception as exc:  # noqa: BLE001
                 if v == "plain":
                     raise
@@ -268,6 +276,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "loadavg": _loadavg(),
         "peak_memory_mb": {v: round(m / 2**20, 1) for v, m in peak.items() if v in times} if device.type == "cuda" else None,
         "step_to_subscriber_latency": lat,
+        "image_identical_to_plain": {v: bool(np.array_equal(im, images["plain"])) for v, im in images.items() if v not in ("plain", "daam")},
         "capture_graphs": graph_stats(pipe),
         "runner_stage_median_seconds": {v: {k: statistics.median(t[k] for t in ts) for k in ts[0]} for v, ts in stages.items() if ts},
         "errors": errors,
@@ -359,5 +368,7 @@ def print_table(result: dict[str, Any]) -> None:
         print("evaluations' map maths:", json.dumps(result["capture_graphs"]))
     for v, st in (result.get("runner_stage_median_seconds") or {}).items():
         print(f"{v} stages (median s):", " ".join(f"{k} {t:.4f}" for k, t in st.items()))
+    if result.get("image_identical_to_plain"):
+        print("image bit-identical to plain:", json.dumps(result["image_identical_to_plain"]))
     if result.get("step_to_subscriber_latency"):
         print("step → subscriber latency:", json.dumps(result["step_to_subscriber_latency"]))

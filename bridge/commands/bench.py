@@ -16,9 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_device", "publish_inproc", "publish_null", "queries", "daam"],
+    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_device", "publish_inproc", "publish_null", "publish_worker", "queries", "daam"],
                    help="capture_eager: capture with the map maths never replayed as a CUDA graph; publish: capture + phases + "
-                        "ZeroMQ as the runner does with a PacketProcess (the sink and the phases in the child, on its CPU); "
+                        "ZeroMQ as the runner does with a PacketProcess (the sink and the phases in the child, on its CPU; each step handed "
+                        "over by the model's thread); publish_worker: the same, handed over by a packet thread; "
                         "publish_device: the same with the phases compiled on the GPU; publish_inproc: the sink in this "
                         "process (FanOut; phases on the GPU where there is one) on the next port; publish_null: the runner with no sink (no encoding, "
                         "no socket)")
