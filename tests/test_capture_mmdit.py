@@ -211,6 +211,69 @@ def test_blockwise_normaliser_matches_float64(budget):
                    torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(8), -1)[..., :20].transpose(-1, -2)) < 1e-5
 
 
+# --- the normaliser from the model's own attention call (sdpa_tap) ----------------------------------
+def _maps(pipe, **options):
+    with capture(pipe, **options) as cap:
+        image = generate(pipe, steps=2)
+    return image, torch.stack([f.cross for f in cap.last_run.frames])
+
+
+def test_sd3_normaliser_comes_from_the_models_own_attention_call(sd3_pipe, monkeypatch):
+    """Every joint layer's lse comes from the SDPA call the processor makes (no second attention
+    call); the stand-in is in the processor's module only while a capture runs."""
+    import diffusers.models.attention_processor as ap
+
+    from bridge.capture import maps, sdpa_tap
+
+    given, recomputed = [], []
+    real = sdpa_tap.attention_with_lse
+    monkeypatch.setattr(sdpa_tap, "attention_with_lse", lambda q, k, v: given.append(real(q, k, v)[1] is not None) or real(q, k, v))
+    monkeypatch.setattr(maps, "fused_logsumexp", lambda *a: recomputed.append(1))
+    assert ap.F is torch.nn.functional
+    with capture(sd3_pipe) as cap:
+        assert ap.F is not torch.nn.functional
+        with capture(tiny_sd3_pipeline()):  # a second user of the same module's namespace comes and goes
+            pass
+        assert ap.F is not torch.nn.functional  # still there for the first
+        generate(sd3_pipe, steps=2)
+    assert ap.F is torch.nn.functional
+    layers = len(cap.last_run.layers)
+    assert given == [True] * (2 * layers) and not recomputed  # 2 steps, CFG in one batch
+
+
+def test_sd3_maps_and_image_are_the_same_whether_or_not_the_kernel_gives_the_lse(sd3_pipe):
+    """The math backend has no lse to give: the capture computes the normaliser itself."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    plain = generate(sd3_pipe, steps=2)
+    image, tapped = _maps(sd3_pipe)
+    with sdpa_kernel(SDPBackend.MATH):
+        plain_math = generate(sd3_pipe, steps=2)
+        image_math, untapped = _maps(sd3_pipe)
+    np.testing.assert_array_equal(image, plain)
+    np.testing.assert_array_equal(image_math, plain_math)
+    assert rel_err(tapped, untapped.double()) < 1e-5
+
+
+def test_a_kernel_whose_output_differs_is_not_used(sd3_pipe, monkeypatch, caplog):
+    """The one-time check: a kernel that would change the image is never used for these shapes."""
+    from bridge.capture import sdpa_tap
+
+    def off_by_a_bit(q, k, v):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False)[:2]
+        return out + 1e-3, lse
+
+    plain = generate(sd3_pipe, steps=2)
+    _, good = _maps(sd3_pipe)
+    monkeypatch.setattr(sdpa_tap, "_checked", {})
+    monkeypatch.setitem(sdpa_tap._KERNELS, ("cpu", sdpa_tap._FLASH), off_by_a_bit)
+    with caplog.at_level("WARNING"):
+        image, maps_ = _maps(sd3_pipe)
+    np.testing.assert_array_equal(image, plain)
+    assert "no exact output" in caplog.text and set(sdpa_tap._checked.values()) == {False}
+    assert rel_err(maps_, good.double()) < 1e-5
+
+
 # --- image unchanged, hooks removed ------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["sd3", "flux"])
 def test_image_identical_with_capture(request, which):

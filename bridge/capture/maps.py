@@ -191,6 +191,7 @@ def joint_text_probabilities(
     text: slice,
     head_weights: torch.Tensor | None = None,
     budget: int = 1 << 25,
+    lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Image→text probabilities of a *joint* attention (MM-DiT), exactly as the model uses them.
 
@@ -200,15 +201,17 @@ def joint_text_probabilities(
 
         P[b, h, n, t] = exp(q_n·k_t/√d − lse_n),   lse_n = log Σ_{m<M} exp(q_n·k_m/√d)
 
-    The normaliser is computed blockwise over the queries (about ``budget`` logits at a time,
-    never the full ``(N+T)²`` matrix), in float32. With ``head_weights [heads]`` returns the
-    head-weighted sum ``[B, T, N]``; with ``None`` the per-head maps ``[B, heads, T, N]``.
+    ``lse`` ``[B, heads, N]``: the normaliser as the model's own attention kernel computed it
+    (``sdpa_tap``); without it, it comes from one fused kernel call where there is one, else it
+    is computed blockwise over the queries (about ``budget`` logits at a time, never the full
+    ``(N+T)²`` matrix), in float32. With ``head_weights [heads]`` returns the head-weighted sum
+    ``[B, T, N]``; with ``None`` the per-head maps ``[B, heads, T, N]``.
     """
     b, h, n, d = q.shape
     m = k.shape[2]
     scale = 1.0 / math.sqrt(d)
     t = len(range(m)[text])
-    lse_fast = fused_logsumexp(q, k, scale)
+    lse_fast = lse if lse is not None else fused_logsumexp(q, k, scale)
     if lse_fast is not None:  # the normaliser from the fused kernel; only the T text logits are computed here
         logits = torch.matmul(q.float(), k[:, :, text].float().transpose(-1, -2)).mul_(scale)  # [B, h, N, T]
         probs = (logits - lse_fast[..., None]).exp_()

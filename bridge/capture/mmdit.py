@@ -7,14 +7,17 @@ gives to text token ``t`` is therefore
     P[n, t] = exp(q_n·k_t/√d) / Σ_{m ∈ image ∪ text} exp(q_n·k_m/√d)
 
 and that (not a softmax over the text keys alone) is what the capture reports. The normaliser
-is a log-sum-exp computed blockwise over the queries (``maps.joint_text_probabilities``); the
-``(N_img+N_txt)²`` matrix is never built. Rows of ``frame.cross`` therefore sum to the image
-query's total mass on text (< 1), not to 1.
+is a log-sum-exp; the ``(N_img+N_txt)²`` matrix is never built. Rows of ``frame.cross``
+therefore sum to the image query's total mass on text (< 1), not to 1.
 
-As for UNets, the layer output is the pipeline's own processor's: forward hooks observe the
-outputs of ``to_q``/``to_k``/``add_k_proj`` and a pre-hook reads the call's keyword arguments
+As for UNets, the layer output is the pipeline's own processor's. SD3: the processor's own
+``F.scaled_dot_product_attention`` call hands over the joint q and k and, from the same fused
+kernel, the log-sum-exp (``sdpa_tap``; checked once per shape to leave the output bit-identical),
+so only the ``N×T`` text logits are computed here. FLUX: forward hooks observe the outputs of
+``to_q``/``to_k``/``add_k_proj`` and a pre-hook reads the call's keyword arguments
 (``image_rotary_emb``); queries and keys get the same q/k norms and RoPE the processor applies,
-in the same order, then probabilities are computed in float32 for the conditional rows only.
+in the same order, and the normaliser comes from one more fused call (or blockwise, on the CPU:
+``maps.joint_text_probabilities``). Probabilities are float32, for the conditional rows only.
 
 Sequence order differs: SD3 concatenates ``[image, text]``, FLUX ``[text, image]`` (double
 blocks concatenate the projections, single blocks run on the already concatenated stream).
@@ -33,6 +36,7 @@ import torch
 
 from .adapters import Adapter, Layer, register
 from .errors import PromptTooLongError, UnsupportedProcessorError
+from . import sdpa_tap
 from .maps import joint_text_probabilities
 from .steps import patch_method
 from .tokens import TokenMap, build_token_map
@@ -208,15 +212,17 @@ class _MMDiTAdapter(Adapter):
             log.warning(msg)
 
     # the maths shared by the probes: conditional rows, head weights, detail
-    def _emit(self, session: "Capture", layer: Layer, q: torch.Tensor, k: torch.Tensor, text: slice) -> None:
-        """q: ``[B, heads, N, d]`` image queries, k: ``[B, heads, M, d]`` joint keys, conditional rows only."""
+    def _emit(self, session: "Capture", layer: Layer, q: torch.Tensor, k: torch.Tensor, text: slice,
+              lse: torch.Tensor | None = None) -> None:
+        """q: ``[B, heads, N, d]`` image queries, k: ``[B, heads, M, d]`` joint keys, conditional rows
+        only; lse ``[B, heads, N]``: their normaliser from the model's own kernel, if it gave one."""
         w = session.head_weights(layer, q.device)
         if layer.name in session.detail:
-            per_head = joint_text_probabilities(q, k, text, None, self.budget)  # [B, heads, T, N]
+            per_head = joint_text_probabilities(q, k, text, None, self.budget, lse)  # [B, heads, T, N]
             maps = torch.einsum("bhtn,h->btn", per_head, w)
         else:
             per_head = None
-            maps = joint_text_probabilities(q, k, text, w, self.budget)  # [B, T, N]
+            maps = joint_text_probabilities(q, k, text, w, self.budget, lse)  # [B, T, N]
         session.add_cross(layer, maps, per_head)
 
 
@@ -274,6 +280,16 @@ class SD3Adapter(_MMDiTAdapter):
             maps.append(combine_token_maps([(clip, use_clip), (t5, use_t5 and has_t5)], prompt))
         return [m for m in maps for _ in range(repeats)]
 
+    def check(self, layers: list[Layer]) -> None:
+        super().check(layers)
+        for layer in layers:
+            if layer.cross and not sdpa_tap.tappable(layer.module.processor):
+                raise UnsupportedProcessorError(
+                    f"layer {layer.name}: this diffusers' {type(layer.module.processor).__name__} does not call "
+                    "F.scaled_dot_product_attention, where StepX takes each joint attention's normaliser from; "
+                    "supported: diffusers 0.30–0.42's JointAttnProcessor2_0"
+                )
+
     def install_probes(self, session: "Capture", cross: list[Layer], self_layers: list[Layer]) -> list[Callable[[], None]]:
         from .unet import _probe  # image-only attention: plain q/k observation
 
@@ -285,59 +301,39 @@ class SD3Adapter(_MMDiTAdapter):
         return removers
 
     def _joint_probe(self, session: "Capture", layer: Layer) -> list[Callable[[], None]]:
+        """Arm the SDPA tap for the layer's call: the processor's own attention kernel hands over
+        the joint q and k (after the q/k norms, in SD3's ``[image, text]`` order) and its
+        normaliser; the maps take the conditional rows' image queries."""
         attn = layer.module
-        slot: dict[str, Any] = {}
 
         def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            slot.clear()
+            sdpa_tap.disarm()
             mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
-            if not session.active:
+            ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+            if not session.active or ctx is None:
                 return
             if mask is not None:
                 self._warn_once(f"mask:{layer.name}", f"{layer.name} was called with an attention mask; it is left out of the maps")
                 return
-            slot["on"] = True
+            x = args[0] if args else kwargs["hidden_states"]  # [B, N, C]
+            n = int(x.shape[1])
+            sdpa_tap.arm(lambda q, k, lse: on_attention(n, q, k, lse))
 
-        def on_q(_m: torch.nn.Module, _i: Any, out: torch.Tensor) -> None:
-            if slot.get("on"):
-                slot["q"] = out
-
-        def on_k(_m: torch.nn.Module, _i: Any, out: torch.Tensor) -> None:
-            if "q" in slot:
-                slot["k"] = out
-
-        def on_add_k(_m: torch.nn.Module, _i: Any, out: torch.Tensor) -> None:
-            if "k" not in slot:
-                return
-            q, k = slot.pop("q"), slot.pop("k")
+        def on_attention(n: int, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None) -> None:
             rows = session.cond_rows(q.shape[0])
             if rows is None:
                 return
             with torch.no_grad():
-                heads = attn.heads
-                d = k.shape[-1] // heads
+                self._emit(session, layer, q[rows, :, :n], k[rows], slice(n, k.shape[2]),
+                           None if lse is None else lse[rows, :, :n])
 
-                def heads_of(x: torch.Tensor) -> torch.Tensor:  # [b, S, heads*d] -> [b, heads, S, d], as the processor
-                    return x[rows].view(x[rows].shape[0], -1, heads, d).transpose(1, 2)
+        def post(_m: torch.nn.Module, _args: tuple, _kwargs: dict, _out: Any) -> None:
+            if sdpa_tap.disarm():
+                self._warn_once(f"untapped:{layer.name}", f"{layer.name}'s attention did not reach F.scaled_dot_product_attention; "
+                                "it is left out of the maps")
 
-                qi, ki, kt = heads_of(q), heads_of(k), heads_of(out)
-                if attn.norm_q is not None:
-                    qi = attn.norm_q(qi)
-                if attn.norm_k is not None:
-                    ki = attn.norm_k(ki)
-                if attn.norm_added_k is not None:
-                    kt = attn.norm_added_k(kt)
-                n = ki.shape[2]
-                keys = torch.cat([ki, kt], dim=2)  # SD3 order: [image, text]
-                self._emit(session, layer, qi, keys, slice(n, n + kt.shape[2]))
-
-        handles = [
-            attn.register_forward_pre_hook(pre, with_kwargs=True),
-            attn.to_q.register_forward_hook(on_q),
-            attn.to_k.register_forward_hook(on_k),
-            attn.add_k_proj.register_forward_hook(on_add_k),
-        ]
-        return [h.remove for h in handles]
+        handles = [attn.register_forward_pre_hook(pre, with_kwargs=True), attn.register_forward_hook(post, with_kwargs=True)]
+        return [sdpa_tap.install(attn.processor), *(h.remove for h in handles)]
 
 
 @register

@@ -1,0 +1,173 @@
+"""The model's own attention call, made to hand over its log-sum-exp as well.
+
+A joint (MM-DiT) attention normalises every image query over image *and* text keys, so the maps
+need that normaliser: ``lse_n = log Σ_m exp(q_n·k_m/√d)``. The fused attention kernels compute
+it anyway (flash and memory-efficient attention keep it for the backward pass) and simply do not
+return it from ``F.scaled_dot_product_attention``. Recomputing it with a second fused call per
+layer cost SD3.5-medium 1.36× plain generation on an H200 (docs/BENCHMARKS.md).
+
+So during a capture, a layer's processor calls a stand-in for ``F.scaled_dot_product_attention``
+(installed in the processor module's namespace only, only while some capture needs it). When the
+layer has *armed* it (a pre-hook, per thread), the stand-in runs the very op the dispatcher would
+have picked (``torch._fused_sdp_choice``) asking it for the log-sum-exp too, gives
+``(q, k, lse)`` to the layer's sink and returns the output. Unarmed calls pass straight through.
+
+The image must stay exactly the model's. Each (device, backend, dtype, shapes, strides) is checked
+once against ``F.scaled_dot_product_attention`` — bit for bit for the output, and the
+log-sum-exp against a float32 one of the first rows — and a mismatch, or a backend that has no
+log-sum-exp to give (math), falls back to the plain call with ``lse=None``: the capture then
+computes the normaliser itself (``maps.joint_text_probabilities``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import types
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+#: ``sink(q, k, lse)``: q ``[B, heads, S, d]``, k ``[B, heads, M, d]`` as the kernel got them,
+#: lse ``[B, heads, S]`` float32 (natural log, of the scaled logits) or None.
+Sink = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], None]
+
+_FLASH, _EFFICIENT = 1, 2  # torch.nn.attention.SDPBackend values, as _fused_sdp_choice returns them
+_sdpa = F.scaled_dot_product_attention
+_local = threading.local()
+_lock = threading.Lock()
+_installed: dict[int, tuple[dict, Any, int]] = {}  # id(globals) -> (globals, original F, users)
+_checked: dict[tuple, bool] = {}  # kernel key -> output bit-identical and lse right
+
+
+# --- the maths: one fused call that returns the output and the log-sum-exp ---------------------------
+def _flash_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False)
+    return out[0], out[1]
+
+
+def _flash_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False)
+    return out[0], out[1]
+
+
+def _efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False)
+    return out[0], out[1][..., : q.shape[2]]  # its lse is padded to a multiple of 32 queries
+
+
+#: (device type, backend) -> the op ``F.scaled_dot_product_attention`` runs there, with the lse
+_KERNELS: dict[tuple[str, int], Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    ("cuda", _FLASH): _flash_cuda,
+    ("cpu", _FLASH): _flash_cpu,
+    ("cuda", _EFFICIENT): _efficient,
+}
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``F.scaled_dot_product_attention(q, k, v)`` (no mask, no dropout, default scale), bit for
+    bit, and its log-sum-exp ``[B, heads, S]`` float32 where the chosen kernel can give it (else None).
+
+    q ``[B, heads, S, d]``, k and v ``[B, heads, M, d]``."""
+    backend = int(torch._fused_sdp_choice(q, k, v, None, 0.0, False))
+    kernel = _KERNELS.get((q.device.type, backend))
+    if kernel is None or (q.is_cuda and backend == _FLASH and q.shape[-1] % 8):  # the dispatcher would pad d
+        return _sdpa(q, k, v), None
+    key = (q.device.type, backend, q.dtype, *(tuple(t.shape) + t.stride() for t in (q, k, v)))
+    good = _checked.get(key)
+    if good is False:
+        return _sdpa(q, k, v), None
+    out, lse = kernel(q, k, v)
+    if good is None:  # once per kernel and shape: a host sync, on the first step only
+        reference = _sdpa(q, k, v)
+        good = _checked[key] = bool(torch.equal(out, reference)) and _lse_agrees(q, k, lse)
+        if not good:
+            log.warning("attention kernel %s on %s gives no exact output with its log-sum-exp; the capture computes "
+                        "the normaliser itself for these shapes", backend, q.device)
+            return reference, None
+    return out, lse.float()
+
+
+def _lse_agrees(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, rows: int = 64) -> bool:
+    """Whether a kernel's lse is ``log Σ exp(q·k/√d)`` of the first ``rows`` queries (float32)."""
+    n = min(rows, q.shape[2])
+    ref = torch.logsumexp(q[:, :, :n].float() @ k.float().transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return tuple(lse.shape) == tuple(q.shape[:3]) and bool(torch.allclose(lse[:, :, :n].float(), ref, rtol=0, atol=2e-2))
+
+
+# --- the stand-in and its arming -------------------------------------------------------------------
+def arm(sink: Sink) -> None:
+    """The next tapped attention call on this thread goes to ``sink`` (a layer's pre-hook)."""
+    _local.sink = sink
+
+
+def disarm() -> bool:
+    """Forget this thread's sink; returns whether one was still waiting (the call never came)."""
+    waiting = getattr(_local, "sink", None) is not None
+    _local.sink = None
+    return waiting
+
+
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``, whose armed calls also feed the layer's sink."""
+    sink = getattr(_local, "sink", None)
+    plain = not args and all(kwargs.get(name, default) == default for name, default in (("dropout_p", 0.0), ("is_causal", False)))
+    if sink is None or not plain or set(kwargs) - {"dropout_p", "is_causal"} or query.requires_grad:
+        return _sdpa(query, key, value, *args, **kwargs)
+    _local.sink = None  # one call per arming
+    out, lse = attention_with_lse(query, key, value)
+    sink(query, key, lse)
+    return out
+
+
+class _Functional(types.ModuleType):
+    """``torch.nn.functional`` with the stand-in for ``scaled_dot_product_attention``."""
+
+    scaled_dot_product_attention = staticmethod(scaled_dot_product_attention)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(F, name)
+
+
+_functional = _Functional("torch.nn.functional")
+
+
+def tappable(processor: Any) -> bool:
+    """Whether ``processor`` calls ``F.scaled_dot_product_attention`` through its module's ``F``."""
+    call = getattr(type(processor), "__call__", None)
+    code = getattr(call, "__code__", None)
+    globs = getattr(call, "__globals__", {})
+    return code is not None and "scaled_dot_product_attention" in code.co_names and globs.get("F") in (F, _functional)
+
+
+def install(processor: Any) -> Callable[[], None]:
+    """Put the stand-in into the namespace of ``processor``'s module (counted: the last remover of
+    all the captures using it puts the original back). Check :func:`tappable` first."""
+    globs = type(processor).__call__.__globals__
+    with _lock:
+        entry = _installed.get(id(globs))
+        if entry is None:
+            entry = (globs, globs["F"], 0)
+            globs["F"] = _functional
+        _installed[id(globs)] = (entry[0], entry[1], entry[2] + 1)
+    done = False
+
+    def remove() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        disarm()  # a layer that raised before its call must not leave a sink behind
+        with _lock:
+            g, original, users = _installed[id(globs)]
+            if users > 1:
+                _installed[id(globs)] = (g, original, users - 1)
+                return
+            del _installed[id(globs)]
+            g["F"] = original
+
+    return remove
