@@ -42,11 +42,14 @@ def _daam_trace():
     return trace
 
 
-def _subscribe(endpoints: list[str], ready: Any, stop: Any, out: Any) -> None:
+def _subscribe(endpoints: list[str], ready: Any, stop: Any, out: Any, cpus: set[int] | None = None) -> None:
     """Subscriber process: stamp each step packet's arrival (``time.perf_counter``, the system's
     monotonic clock on Linux, comparable across processes) until ``stop``; send the stamps."""
+    from bridge.packet_process import set_cpus
     from bridge.transport.zmq_sub import ZmqSubscriber
 
+    if cpus:
+        set_cpus(cpus)
     sub = ZmqSubscriber(endpoints[0], topics=("stepx/step",))
     for other in endpoints[1:]:
         sub.sock.connect(other)
@@ -64,13 +67,13 @@ class Latency:
     """Step end → receipt by a ZeroMQ subscriber in another process (as TouchDesigner would be:
     a subscriber thread in this process would compete with the model's thread for the GIL)."""
 
-    def __init__(self, endpoints: list[str]) -> None:
+    def __init__(self, endpoints: list[str], cpus: set[int] | None = None) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self.sent: dict[tuple[str, int], float] = {}
         self._ready, self._stop, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
-        self._proc = ctx.Process(target=_subscribe, args=(endpoints, self._ready, self._stop, self._out), daemon=True)
+        self._proc = ctx.Process(target=_subscribe, args=(endpoints, self._ready, self._stop, self._out, cpus), daemon=True)
         self._proc.start()
         if not self._ready.wait(60):
             raise RuntimeError("the latency subscriber process did not start")
@@ -88,6 +91,16 @@ class Latency:
         if not lat:
             return {"received": 0}
         return {"received": len(lat), "sent": len(self.sent), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
+class _Drop:
+    """A publisher that takes recipes (as a PacketProcess does) and drops everything."""
+
+    def __call__(self, packet: Any) -> None:
+        pass
+
+    def deferred(self, recipe: Any) -> None:
+        pass
 
 
 def median_ci(ratios: np.ndarray, level: float = 0.95, resamples: int = 4000) -> list[float]:
@@ -132,11 +145,12 @@ def _next_port(endpoint: str) -> str:
 
 def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guidance: float = 7.5, variants: list[str] | None = None,
               endpoint: str = "tcp://127.0.0.1:5599", height: int | None = None, width: int | None = None,
-              profile: str | None = None, map_size: int | None = None) -> dict[str, Any]:
+              profile: str | None = None, map_size: int | None = None, sink_cpus: set[int] | None = None) -> dict[str, Any]:
     """Time the variants; returns a JSON-able result (also printed by ``stepx bench``).
 
     ``map_size``: the captured maps' side (CaptureConfig.resolution) for the capture, publish and
-    query variants; None = the latent's size."""
+    query variants; None = the latent's size. ``sink_cpus``: the CPUs of the sink process and of
+    the latency subscriber (None: any)."""
     from bridge.capture import CaptureConfig, Query, capture, graph_stats
     from bridge.fanout import FanOut
     from bridge.packet_process import PacketProcess
@@ -155,12 +169,12 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     in_child = [v for v in variants if v in ("publish", "publish_device", "publish_worker")]
     endpoint_inproc = _next_port(endpoint)
     endpoints = ([endpoint] if in_child else []) + ([endpoint_inproc] if "publish_inproc" in variants else [])
-    latency = Latency(endpoints) if endpoints else None
+    latency = Latency(endpoints, sink_cpus) if endpoints else None
     closers: list[Callable[[], Any]] = []
     runners: dict[str, Any] = {}
     sinks: dict[str, Callable[[Any], None]] = {}
     if in_child:
-        packets = PacketProcess(partial(_zmq_sinks, endpoint))
+        packets = PacketProcess(partial(_zmq_sinks, endpoint), cpus=sink_cpus)
         closers.append(packets.close)
         sinks.update({v: packets for v in in_child})
     if "publish_inproc" in variants:
@@ -175,6 +189,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                             deliver="worker" if v == "publish_worker" else "auto")
     if "publish_null" in variants:  # the runner's own work (capture, phases, packets) with no sink at all
         runners["publish_null"] = Runner(pipe, lambda packet: None, "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
+    if "publish_drop" in variants:  # as publish, but the recipes are dropped instead of pickled and pushed
+        runners["publish_drop"] = Runner(pipe, _Drop(), "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
     stages: dict[str, list[dict[str, float]]] = {v: [] for v in runners}
     errors: dict[str, str] = {}
     daam_trace = None
@@ -187,7 +203,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
 
     def gen(**extra: Any) -> Any:
         g = torch.Generator(device="cpu").manual_seed(0)
-        return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np", **size, **extra)
+        return pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, generator=g, **{"output_type": "np", **size, **extra})
 
     # the variants that run the pipeline as plain does return its image: the untimed first call
     # checks that capture leaves it bit-identical
@@ -201,6 +217,13 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     def with_capture_eager() -> np.ndarray:  # the map maths launched op by op, never as a CUDA graph
         with capture(pipe, resolution=res, cuda_graphs=False):
             return gen().images
+
+    def with_capture_latent() -> None:  # the runner's way: latents out, then one decode (no packets)
+        from bridge.latent_preview import decode_full
+
+        with capture(pipe, resolution=res):
+            latents = gen(output_type="latent").images
+        decode_full(pipe, latents[:1])
 
     def with_queries() -> np.ndarray:
         with capture(pipe, resolution=res, queries=[Query.box("box", 0.25, 0.25, 0.5, 0.5)]):
@@ -222,7 +245,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
 
     table: dict[str, Callable[[], Any]] = {"plain": plain, "capture": with_capture, "capture_eager": with_capture_eager, "publish": publisher("publish"),
                                             "publish_device": publisher("publish_device"), "publish_inproc": publisher("publish_inproc"),
-                                            "publish_worker": publisher("publish_worker"),
+                                            "publish_worker": publisher("publish_worker"), "publish_drop": publisher("publish_drop"),
+                                            "capture_latent": with_capture_latent,
                                             "publish_null": publisher("publish_null"), "queries": with_queries, "daam": with_daam}
     times: dict[str, list[float]] = {v: [] for v in variants}
     peak: dict[str, int] = {v: 0 for v in variants}
@@ -266,6 +290,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "pipeline": type(pipe).__name__, "dtype": str(next(denoiser(pipe).parameters()).dtype),
         "steps": steps, "runs": runs, "guidance": guidance, "size": size or "default", "map_size": map_size or "latent",
         "threads": torch.get_num_threads(),
+        "cpus": sorted(__import__("os").sched_getaffinity(0)) if hasattr(__import__("os"), "sched_getaffinity") else None,
+        "sink_cpus": sorted(sink_cpus) if sink_cpus else None,
         "median_seconds": {v: statistics.median(t) for v, t in times.items()},
         "seconds": {v: [round(x, 5) for x in t] for v, t in times.items()},
         "median_ratio_vs_plain": ratios,

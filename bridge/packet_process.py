@@ -45,6 +45,28 @@ SinkFactory = Callable[[], list]
 _PACKET, _RECIPE, _FLUSH, _CLOSE = b"P", b"R", b"F", b"C"
 
 
+def parse_cpus(text: str) -> set[int]:
+    """``"0-3,8,10-11"`` → ``{0, 1, 2, 3, 8, 10, 11}`` (the kernel's cpulist format)."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        try:
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise ValueError(f"not a CPU list: {text!r} (e.g. 0-3,8)") from None
+    return cpus
+
+
+def set_cpus(cpus: set[int]) -> None:
+    """Restrict this process to ``cpus`` where the OS lets a process choose (Linux), else warn."""
+    import os
+
+    if not hasattr(os, "sched_setaffinity"):
+        log.warning("this platform cannot restrict a process to CPUs; ignored")
+        return
+    os.sched_setaffinity(0, cpus)
+
+
 class PacketProcessError(RuntimeError):
     """The sink process could not start or stopped answering."""
 
@@ -59,9 +81,11 @@ class PacketProcess:
 
     def __init__(self, sinks: SinkFactory, *, restart_sinks: SinkFactory | None = None, keep_max: int = 64, hwm: int = 256,
                  send_timeout: float = 2.0, start_timeout: float = 120.0, restart_every: float = 5.0,
-                 name: str = "stepx-sinks") -> None:
+                 name: str = "stepx-sinks", cpus: set[int] | None = None) -> None:
         """``restart_sinks``: the factory for a child that replaces a dead one (default ``sinks``),
-        e.g. one that appends to the recording instead of starting it again."""
+        e.g. one that appends to the recording instead of starting it again. ``cpus``: the CPUs
+        the child may run on (Linux; None: the parent's), to keep it off the cores of the thread
+        that launches the model's kernels."""
         self._factory = sinks
         self._restart_factory = restart_sinks or sinks
         self._keep_max = keep_max
@@ -70,6 +94,7 @@ class PacketProcess:
         self._start_timeout = start_timeout
         self._restart_every = restart_every
         self._name = name
+        self._cpus = set(cpus) if cpus else None
         self._mp = mp.get_context("spawn")  # never fork a process that holds a CUDA context
         self._zctx = zmq.Context()
         self._lock = threading.Lock()
@@ -93,7 +118,7 @@ class PacketProcess:
         here, there = self._mp.Pipe()
         proc = self._mp.Process(target=serve, name=self._name, daemon=True,
                                 args=(factory or self._factory, f"tcp://127.0.0.1:{port}", there, self._keep_max,
-                                      logging.getLogger().getEffectiveLevel()))
+                                      logging.getLogger().getEffectiveLevel(), self._cpus))
         proc.start()
         there.close()
         try:
@@ -202,10 +227,12 @@ class PacketProcess:
         self.close()
 
 
-def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_level: int) -> None:
+def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_level: int, cpus: set[int] | None = None) -> None:
     """The child: build the sinks, then publish every item pulled from ``endpoint`` until told
     to close or the parent goes away. A bad item is logged (rate-limited) and skipped."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides when to stop
+    if cpus:
+        set_cpus(cpus)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[sinks]: %(message)s",
                         datefmt="%H:%M:%S")
     try:

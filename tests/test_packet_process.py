@@ -122,3 +122,18 @@ def test_a_replaced_child_continues_the_recording(tmp_path) -> None:
         pp.close()
     with TraceReader(trace) as tr:
         assert [r.run_id for r in tr.runs] == ["before", "after"] and all(r.ended for r in tr.runs)
+
+
+def test_cpu_lists_parse_and_a_child_can_be_kept_to_some_cpus() -> None:
+    from bridge.packet_process import parse_cpus
+
+    assert parse_cpus("0-3,8, 10-11") == {0, 1, 2, 3, 8, 10, 11}
+    with pytest.raises(ValueError, match="not a CPU list"):
+        parse_cpus("0-x")
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    mine = sorted(os.sched_getaffinity(0))
+    with PacketProcess(_sinks(), cpus={mine[-1]}) as pp:
+        child = pp._proc.pid
+        assert os.sched_getaffinity(child) == {mine[-1]}
+    assert sorted(os.sched_getaffinity(0)) == mine  # the parent is left as it was

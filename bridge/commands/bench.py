@@ -16,10 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_device", "publish_inproc", "publish_null", "publish_worker", "queries", "daam"],
+    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_device", "publish_inproc", "publish_null", "publish_worker", "publish_drop", "capture_latent", "queries", "daam"],
                    help="capture_eager: capture with the map maths never replayed as a CUDA graph; publish: capture + phases + "
                         "ZeroMQ as the runner does with a PacketProcess (the sink and the phases in the child, on its CPU; each step handed "
-                        "over by the model's thread); publish_worker: the same, handed over by a packet thread; "
+                        "over by the model's thread); publish_worker: the same, handed over by a packet thread; publish_drop: the "
+                        "runner as for publish, its recipes dropped (no pickling, no socket); capture_latent: capture with the "
+                        "runner's latent output and one VAE decode, no packets; "
                         "publish_device: the same with the phases compiled on the GPU; publish_inproc: the sink in this "
                         "process (FanOut; phases on the GPU where there is one) on the next port; publish_null: the runner with no sink (no encoding, "
                         "no socket)")
@@ -28,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's); 1 for the dispatch proxy")
     p.add_argument("--switch-interval", type=float, default=None, metavar="S",
                    help="Python's GIL switch interval for the whole bench (sys.setswitchinterval; default 0.005)")
+    p.add_argument("--model-cpus", default=None, metavar="LIST", help="run the model's process on these CPUs only (e.g. 0-7; Linux)")
+    p.add_argument("--sink-cpus", default=None, metavar="LIST", help="run the sink process and the latency subscriber on these CPUs only")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.add_argument("--profile", default=None, metavar="FILE", help="also profile one call of each variant (torch.profiler) into FILE")
 
@@ -37,7 +41,12 @@ def run(args: argparse.Namespace) -> int:
 
     from bridge.bench import print_table, run_bench
     from bridge.models.loading import load_pipeline, pick_device
+    from bridge.packet_process import parse_cpus, set_cpus
 
+    if args.model_cpus:
+        set_cpus(cpus := parse_cpus(args.model_cpus))
+        torch.set_num_threads(min(torch.get_num_threads(), len(cpus)))  # OpenMP sized its pool before: no spinning on fewer CPUs
+    sink_cpus = parse_cpus(args.sink_cpus) if args.sink_cpus else None
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if "plain" not in args.variants:
         args.variants = ["plain", *args.variants]
     result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants, profile=args.profile,
-                       height=args.size, width=args.size, map_size=args.map_size)
+                       height=args.size, width=args.size, map_size=args.map_size, sink_cpus=sink_cpus)
     result["switch_interval"] = __import__("sys").getswitchinterval()
     print_table(result)
     if args.json:
