@@ -93,6 +93,41 @@ class Latency:
         return {"received": len(lat), "sent": len(self.sent), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
+def _busy(on: Any, stop: Any, spin: float, period: float, cpus: set[int] | None) -> None:
+    """A process that keeps one CPU busy for ``spin`` of every ``period`` seconds while ``on`` is set."""
+    from bridge.packet_process import set_cpus
+
+    if cpus:
+        set_cpus(cpus)
+    while not stop.is_set():
+        if not on.wait(0.1):
+            continue
+        t = time.perf_counter()
+        while time.perf_counter() - t < spin:
+            pass
+        time.sleep(max(period - spin, 0.0))
+
+
+class Busy:
+    """``n`` processes that load other CPUs about as the sink process and a subscriber do
+    (``spin`` of every ``period``), only while switched on: does other cores' work alone slow
+    the thread that launches the model's kernels?"""
+
+    def __init__(self, n: int = 2, spin: float = 0.004, period: float = 0.03, cpus: set[int] | None = None) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.on, self._stop = ctx.Event(), ctx.Event()
+        self._procs = [ctx.Process(target=_busy, args=(self.on, self._stop, spin, period, cpus), daemon=True) for _ in range(n)]
+        for p in self._procs:
+            p.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        for p in self._procs:
+            p.join(2)
+
+
 class _Drop:
     """A publisher that takes recipes (as a PacketProcess does) and drops everything."""
 
@@ -163,10 +198,10 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     variants = list(variants or ["plain", "capture", "publish", "queries"])
     # publish / publish_device: sinks in a PacketProcess (the phases there too, on its CPU: the
     # runner's default with one / compiled on the GPU, packets built there), handed over by the
-    # model's thread (the default); publish_worker: the same, handed over by a packet thread;
+    # packet thread (the default); publish_inline: the same, handed over by the model's thread;
     # publish_inproc: the same sink in this process (FanOut, phases on the GPU where there is one),
     # on the next port
-    in_child = [v for v in variants if v in ("publish", "publish_device", "publish_worker")]
+    in_child = [v for v in variants if v in ("publish", "publish_device", "publish_inline")]
     endpoint_inproc = _next_port(endpoint)
     endpoints = ([endpoint] if in_child else []) + ([endpoint_inproc] if "publish_inproc" in variants else [])
     latency = Latency(endpoints, sink_cpus) if endpoints else None
@@ -186,9 +221,12 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     for v, sink in sinks.items():
         runners[v] = Runner(pipe, sink, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
                             step_clock=latency.step_end if latency else None, phases_on="device" if v == "publish_device" else "auto",
-                            deliver="worker" if v == "publish_worker" else "auto")
+                            deliver="inline" if v == "publish_inline" else "worker")
     if "publish_null" in variants:  # the runner's own work (capture, phases, packets) with no sink at all
         runners["publish_null"] = Runner(pipe, lambda packet: None, "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
+    busy = Busy(cpus=sink_cpus) if "capture_busy" in variants else None
+    if busy:
+        closers.append(busy.close)
     if "publish_drop" in variants:  # as publish, but the recipes are dropped instead of pickled and pushed
         runners["publish_drop"] = Runner(pipe, _Drop(), "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
     stages: dict[str, list[dict[str, float]]] = {v: [] for v in runners}
@@ -218,6 +256,13 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         with capture(pipe, resolution=res, cuda_graphs=False):
             return gen().images
 
+    def with_capture_busy() -> np.ndarray:  # capture while other processes keep two CPUs busy 13 % of the time
+        busy.on.set()  # type: ignore[union-attr]
+        try:
+            return with_capture()
+        finally:
+            busy.on.clear()  # type: ignore[union-attr]
+
     def with_capture_latent() -> None:  # the runner's way: latents out, then one decode (no packets)
         from bridge.latent_preview import decode_full
 
@@ -245,8 +290,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
 
     table: dict[str, Callable[[], Any]] = {"plain": plain, "capture": with_capture, "capture_eager": with_capture_eager, "publish": publisher("publish"),
                                             "publish_device": publisher("publish_device"), "publish_inproc": publisher("publish_inproc"),
-                                            "publish_worker": publisher("publish_worker"), "publish_drop": publisher("publish_drop"),
-                                            "capture_latent": with_capture_latent,
+                                            "publish_inline": publisher("publish_inline"), "publish_drop": publisher("publish_drop"),
+                                            "capture_latent": with_capture_latent, "capture_busy": with_capture_busy,
                                             "publish_null": publisher("publish_null"), "queries": with_queries, "daam": with_daam}
     times: dict[str, list[float]] = {v: [] for v in variants}
     peak: dict[str, int] = {v: 0 for v in variants}

@@ -63,7 +63,7 @@ class Runner:
         concepts: dict[str, dict[str, list[float]]] | None = None,
         phases_on: str = "auto",
         step_clock: Callable[[str, int], None] | None = None,
-        deliver: str = "auto",
+        deliver: str = "worker",
     ) -> None:
         """``phases_on``: ``device`` runs the phases where the maps are, on the model's thread
         (compiled on CUDA: a few kernels per step), and packets are built from their results;
@@ -74,20 +74,20 @@ class Runner:
         the GIL); ``auto`` (the default) is ``host`` with a PacketProcess or without CUDA, and
         ``device`` for an in-process publisher on CUDA.
 
-        ``deliver``: who hands each step's packet (or recipe) to ``publish``. ``inline``: the
-        model's thread itself, at the next step once the step's host copy has landed (polled, never
-        waited for), so no other Python thread of this process wakes per step to take the GIL
-        from the thread that launches the kernels; a packet then goes out one step later.
-        ``worker``: a packet thread that waits for each copy and publishes at once, for publishers
-        that do real work per packet (an in-process FanOut packing for its sinks, phases on the
-        CPU). ``auto`` (the default): ``inline`` when ``publish`` is a PacketProcess (its
-        ``deferred`` only pickles and pushes to a socket), else ``worker``."""
+        ``deliver``: who hands each step's packet (or recipe) to ``publish``. ``worker`` (the
+        default): a packet thread that waits for each step's host copy and publishes it at once.
+        ``inline``: the model's thread itself, polling at the next step whether the copy has
+        landed (never waiting for it), so no other Python thread of this process takes the GIL per
+        step; a packet then goes out up to one step later. On an H200 the two cost the same
+        (SD 1.5, paired runs: 1.002×) and the worker's packets arrive sooner where the GPU, not
+        the launching thread, sets the pace (SD3.5-medium: p50 41 against 115 ms), so ``inline`` is
+        for hosts that want no extra thread (docs/BENCHMARKS.md)."""
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
         # its packet is built): benchmarks time step → subscriber latency from there.
         if phases_on not in ("auto", "host", "device"):
             raise ValueError(f"phases_on must be 'auto', 'host' or 'device', got {phases_on!r}")
-        if deliver not in ("auto", "inline", "worker"):
-            raise ValueError(f"deliver must be 'auto', 'inline' or 'worker', got {deliver!r}")
+        if deliver not in ("inline", "worker"):
+            raise ValueError(f"deliver must be 'worker' or 'inline', got {deliver!r}")
         self.deliver = deliver
         self.device = next(denoiser(pipe).parameters()).device
         self.phases_on = phases_on
@@ -112,13 +112,6 @@ class Runner:
         if getattr(self.publish, "deferred", None) is not None or self.device.type != "cuda":
             return "host"
         return "device"
-
-    def delivers_inline(self) -> bool:
-        """Whether this run's packets go out from the model's thread (``deliver``, ``auto`` resolved
-        against the current ``publish``)."""
-        if self.deliver != "auto":
-            return self.deliver == "inline"
-        return getattr(self.publish, "deferred", None) is not None
 
     # --- configuration per request ---------------------------------------------------------
     def _capture_config(self, req: Request) -> CaptureConfig:
@@ -159,7 +152,7 @@ class Runner:
         cancel = cancel or threading.Event()
         t0 = time.perf_counter()
         state: dict[str, Any] = {"run_id": "", "engine": None, "focus": [], "words": None, "phases": self.phases_where()}
-        self._inline = self.delivers_inline()
+        self._inline = self.deliver == "inline"
         try:
             tokens = build_token_map(adapter_for(self.pipe).tokenizer(), req.prompt)
             for word in req.focus:

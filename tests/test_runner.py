@@ -65,8 +65,8 @@ def test_step_clock_is_called_on_the_model_thread_before_each_step_packet(sd_pip
 
 
 def test_inline_delivery_publishes_every_packet_on_the_model_thread(sd_pipe):
-    """deliver='inline' (the default with a sink process): no packet thread wakes per step; the
-    model's thread publishes, in run order, and the same packets as the worker would."""
+    """deliver='inline': no packet thread wakes per step; the model's thread publishes, in run
+    order, the same packets as the worker would."""
     import threading
 
     from bridge.runner import Runner
@@ -79,7 +79,7 @@ def test_inline_delivery_publishes_every_packet_on_the_model_thread(sd_pipe):
         got.append(p)
 
     runner = Runner(sd_pipe, publish, image_every=2, deliver="inline")
-    assert runner.delivers_inline() and not Runner(sd_pipe, publish).delivers_inline()  # auto: inline only for a PacketProcess
+    assert Runner(sd_pipe, publish).deliver == "worker"  # the default
     result = runner.run(Request(PROMPT, seed=5, steps=4))
     assert result.status == "done"
     assert threads == {threading.current_thread().name}
