@@ -430,6 +430,18 @@ def test_unsupported_processors_are_refused_and_nothing_installed():
     assert "step" not in flux.scheduler.__dict__
 
 
+def test_an_sd3_processor_that_does_not_call_sdpa_is_refused(sd3_pipe, monkeypatch):
+    """Where a diffusers version computes the joint attention some other way, the tap would never
+    fire: capture() says so instead of producing maps without those layers."""
+    from bridge.capture import sdpa_tap
+
+    monkeypatch.setattr(sdpa_tap, "tappable", lambda processor: False)
+    before = snapshot(sd3_pipe)[1:]
+    with pytest.raises(UnsupportedProcessorError, match="does not call F.scaled_dot_product_attention"):
+        capture(sd3_pipe).apply()
+    assert snapshot(sd3_pipe)[1:] == before
+
+
 def test_registered():
     assert {"StableDiffusion3Pipeline", "FluxPipeline"} <= set(supported_pipelines())
 
