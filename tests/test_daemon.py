@@ -168,8 +168,14 @@ def test_through_a_sink_process_the_phases_run_there_and_the_idle_replay_still_p
     from bridge.transport.zmq_sub import ZmqSubscriber
 
     endpoint = f"ipc://{tmp_path}/d.sock"
-    sub = ZmqSubscriber(endpoint, topics=("stepx/step", "stepx/timeline"))
+    sub = ZmqSubscriber(endpoint, topics=("stepx/step", "stepx/timeline", "stepx/status"))
     pp = PacketProcess(partial(build_sinks, argparse.Namespace(zmq=endpoint)))
+
+    def subscribed() -> bool:  # PUB drops what it sends before the subscription arrives: wait for it
+        pp(Packet("status", {"state": "probe"}))
+        return (p := sub.recv(timeout=0.1)) is not None and p.header.get("state") == "probe"
+
+    wait_for(subscribed)
     runner = Runner(sd_pipe, pp, "tiny", image_every=0)
     d = Daemon(runner, pp, DaemonOptions(idle_replay=True, replay_fps=50, heartbeat=5))
     thread = threading.Thread(target=d.serve_forever, daemon=True)
