@@ -2,9 +2,8 @@
 
 ``HostSnapshot`` enqueues one non-blocking copy per tensor into pinned host memory right after
 the step's kernels (so it sees exactly that step's values) and records an event; only the
-consumer waits for it (or asks whether it is ``ready()``). ``OrderedWorker`` runs the consumers
-— packet builders — in order on one thread, so the denoising loop never blocks on a device→host
-copy or on encoding.
+consumer waits for it. ``OrderedWorker`` runs the consumers — packet builders — in order on
+one thread, so the denoising loop never blocks on a device→host copy or on encoding.
 """
 
 from __future__ import annotations
@@ -37,10 +36,6 @@ class HostSnapshot:
         # thread that launches the model's kernels
         self._event = torch.cuda.Event(blocking=True)
         self._event.record()
-
-    def ready(self) -> bool:
-        """Whether ``get()`` would return at once (the copies have landed)."""
-        return self._event is None or self._event.query()
 
     def get(self) -> dict[str, torch.Tensor]:
         if self._event is not None:

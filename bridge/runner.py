@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, fields as dataclass_fields
 from functools import partial
 from typing import Any, Callable
@@ -63,7 +63,6 @@ class Runner:
         concepts: dict[str, dict[str, list[float]]] | None = None,
         phases_on: str = "auto",
         step_clock: Callable[[str, int], None] | None = None,
-        deliver: str = "worker",
     ) -> None:
         """``phases_on``: ``device`` runs the phases where the maps are, on the model's thread
         (compiled on CUDA: a few kernels per step), and packets are built from their results;
@@ -72,23 +71,11 @@ class Runner:
         :class:`~bridge.packet_process.PacketProcess` (then the model's process does no phase work
         at all), else on the packet worker (whose Python then competes with the model's thread for
         the GIL); ``auto`` (the default) is ``host`` with a PacketProcess or without CUDA, and
-        ``device`` for an in-process publisher on CUDA.
-
-        ``deliver``: who hands each step's packet (or recipe) to ``publish``. ``worker`` (the
-        default): a packet thread that waits for each step's host copy and publishes it at once.
-        ``inline``: the model's thread itself, polling at the next step whether the copy has
-        landed (never waiting for it), so no other Python thread of this process takes the GIL per
-        step; a packet then goes out up to one step later. On an H200 the two cost the same
-        (SD 1.5, paired runs: 1.002×) and the worker's packets arrive sooner where the GPU, not
-        the launching thread, sets the pace (SD3.5-medium: p50 41 against 115 ms), so ``inline`` is
-        for hosts that want no extra thread (docs/BENCHMARKS.md)."""
+        ``device`` for an in-process publisher on CUDA."""
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
         # its packet is built): benchmarks time step → subscriber latency from there.
         if phases_on not in ("auto", "host", "device"):
             raise ValueError(f"phases_on must be 'auto', 'host' or 'device', got {phases_on!r}")
-        if deliver not in ("inline", "worker"):
-            raise ValueError(f"deliver must be 'worker' or 'inline', got {deliver!r}")
-        self.deliver = deliver
         self.device = next(denoiser(pipe).parameters()).device
         self.phases_on = phases_on
         self.step_clock = step_clock
@@ -101,8 +88,6 @@ class Runner:
         self.concepts = concepts or {}
         self._preview: LinearPreview | None = None
         self._out = OrderedWorker(torch_threads=1)  # its CPU ops must not take the model thread's cores
-        self._inline = False  # this run delivers on the model's thread (``deliver``)
-        self._pending: deque[tuple[HostSnapshot | None, Callable[[], None]]] = deque()  # inline: in run order
 
     def phases_where(self) -> str:
         """Where this run's phases go (``host`` or ``device``), ``auto`` resolved against the
@@ -152,7 +137,6 @@ class Runner:
         cancel = cancel or threading.Event()
         t0 = time.perf_counter()
         state: dict[str, Any] = {"run_id": "", "engine": None, "focus": [], "words": None, "phases": self.phases_where()}
-        self._inline = self.deliver == "inline"
         try:
             tokens = build_token_map(adapter_for(self.pipe).tokenizer(), req.prompt)
             for word in req.focus:
@@ -172,13 +156,12 @@ class Runner:
                 tm = run.tokens(0)
                 word_maps = tm.word_maps(frame.cross[0])  # [W, H, W]
                 if state["phases"] == "host":
-                    self._later(*self._host_step_packet(run.run_id, state, phase_cfg, word_maps, frame))
+                    self._later(self._host_step_packet(run.run_id, state, phase_cfg, word_maps, frame))
                 else:
                     pf = state["engine"].update(word_maps, frame.step, frame.total_steps)
-                    self._later(*self._step_packet(run.run_id, pf, frame, state["focus"]))
+                    self._later(self._step_packet(run.run_id, pf, frame, state["focus"]))
                 if self.image_every and frame.step % self.image_every == 0 and frame.x0 is not None:
-                    self._later(*self._image_packet(run.run_id, frame))
-                self._pump()  # inline: hand over what earlier steps' copies have made ready
+                    self._later(self._image_packet(run.run_id, frame))
 
             kwargs: dict[str, Any] = dict(
                 prompt=req.prompt, num_inference_steps=req.steps, guidance_scale=req.guidance, generator=gen,
@@ -193,7 +176,6 @@ class Runner:
             with torch.inference_mode(), Capture(self.pipe, CaptureConfig(**{**cap_cfg.__dict__, "keep_frames": False}), on_step) as cap:
                 t1 = time.perf_counter()
                 latents = self.pipe(**kwargs).images
-            self._pump()
             t2 = time.perf_counter()
             run = cap.last_run
             status = "cancelled" if cancel.is_set() else "done"
@@ -204,7 +186,7 @@ class Runner:
                 self._send(Packet("image", {"run_id": run.run_id, "step": run.steps_done - 1, "final": True, "preview": "vae"}, {"image": image}))
             self._finish(run, state, status, t0)
             t3 = time.perf_counter()
-            self._drain()
+            self._out.flush()
             t4 = time.perf_counter()
             timings = {"setup": t1 - t0, "denoise": t2 - t1, "decode": t3 - t2, "drain": t4 - t3}
             return RunResult(run.run_id, status, run.steps_done, t4 - t0, image, run=run, timings=timings)
@@ -214,7 +196,7 @@ class Runner:
             log.error("run failed: %s", exc)
             if state["run_id"]:
                 self._send(Packet("end", {"run_id": state["run_id"], "status": "error", "error": str(exc)}))
-            self._drain()
+            self._out.flush()
             return RunResult(state["run_id"], "error", 0, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
         finally:
             self.pipe._interrupt = False
@@ -246,19 +228,16 @@ class Runner:
             self._later(lambda: _timeline(run.run_id, engine))  # on the worker, after every step's update
         self._send(Packet("end", {"run_id": run.run_id, "status": status, "steps": run.steps_done, "seconds": round(time.perf_counter() - t0, 3)}))
 
-    # --- publishing without making the denoising loop wait ------------------------------------------
+    # --- publishing off the denoising thread ----------------------------------------------------
     def _send(self, packet: Packet) -> None:
-        """Publish ``packet`` after everything queued before it (both delivery modes keep run order)."""
-        self._later(lambda: packet)
+        """Publish ``packet`` after everything queued before it (the worker keeps run order)."""
+        self._out.put(lambda: self.publish(packet))
 
-    def _later(self, fetch: Callable[[], Packet | Callable[[], Packet]], after: HostSnapshot | None = None) -> None:
-        """Publish what ``fetch`` returns once ``after`` (its host copy) has landed, in run order.
-
-        ``fetch`` returns a Packet or a recipe (a picklable callable that builds one from host
-        arrays). A publisher with a ``deferred`` method (a
-        :class:`~bridge.packet_process.PacketProcess`) takes the recipe and builds the packet in
-        its own process; any other one gets the built packet. Inline, the item waits in
-        ``_pending`` for a later ``_pump``; else the worker runs it (waiting there is harmless)."""
+    def _later(self, fetch: Callable[[], Packet | Callable[[], Packet]]) -> None:
+        """Run ``fetch`` on the worker (where waiting for the device is harmless); it returns a
+        Packet or a recipe (a picklable callable that builds one from host arrays). A publisher
+        with a ``deferred`` method (a :class:`~bridge.packet_process.PacketProcess`) takes the
+        recipe and builds the packet in its own process; any other one gets the built packet."""
 
         def job() -> None:
             item = fetch()
@@ -269,34 +248,12 @@ class Runner:
             elif (packet := item()) is not None:
                 self.publish(packet)
 
-        if self._inline:
-            self._pending.append((after, job))
-        else:
-            self._out.put(job)
+        self._out.put(job)
 
-    def _pump(self, wait: bool = False) -> None:
-        """Inline delivery: publish the pending items whose copies have landed, oldest first, up to
-        the first that has not (``wait``: all of them, waiting for each)."""
-        while self._pending:
-            snap, job = self._pending[0]
-            if not wait and snap is not None and not snap.ready():
-                return
-            self._pending.popleft()
-            try:
-                job()
-            except Exception as exc:  # as on the worker: a failed packet must not stop the run
-                log.error("building or publishing a packet failed: %r", exc)
-
-    def _drain(self) -> None:
-        """Wait until everything this run queued has been published."""
-        self._pump(wait=True)
-        self._out.flush()
-
-    def _step_packet(self, run_id: str, pf: PhaseFrame, frame: StepFrame,
-                     focus: list[int]) -> tuple[Callable[[], Callable[[], Packet]], HostSnapshot]:
+    def _step_packet(self, run_id: str, pf: PhaseFrame, frame: StepFrame, focus: list[int]) -> Callable[[], Callable[[], Packet]]:
         """On the model's thread: one concatenation of the frame's tensors (and a float32 timestep)
-        on the device, so one copy to the host (one launch, one pinned block). Returns the fetch
-        that makes the recipe from the copy, and the copy."""
+        on the device, so one copy to the host (one launch, one pinned block); the worker waits for
+        it and returns the recipe."""
         ts = frame.timestep
         fold = torch.is_tensor(ts) and ts.dtype == torch.float32 and ts.numel() == 1
         parts = [getattr(pf, k) for k in _FRAME_TENSORS] + ([ts.reshape(1)] if fold else [])
@@ -311,12 +268,12 @@ class Runner:
             timestep = float(values[-1]) if fold else float(host["timestep"]) if "timestep" in host else float(ts)
             return partial(step_packet, run_id, fields, values, layout, focus, timestep)
 
-        return fetch, snap
+        return fetch
 
     def _host_step_packet(self, run_id: str, state: dict, cfg: PhaseConfig, word_maps: torch.Tensor,
-                          frame: StepFrame) -> tuple[Callable[[], Callable[[], Packet | None]], HostSnapshot]:
-        """On the model's thread: one non-blocking copy of the word maps. Returns the fetch that
-        makes the recipe (run the phases, build the packet) from the copy, and the copy."""
+                          frame: StepFrame) -> Callable[[], Callable[[], Packet | None]]:
+        """On the model's thread: one non-blocking copy of the word maps; the worker waits for it
+        and returns the recipe that runs the phases and builds the packet."""
         ts = frame.timestep
         snap = HostSnapshot({"maps": word_maps, **({"timestep": ts} if torch.is_tensor(ts) else {})})
         words, focus, step, total = state["words"], state["focus"], frame.step, frame.total_steps
@@ -326,16 +283,16 @@ class Runner:
             timestep = float(host["timestep"]) if "timestep" in host else float(ts)
             return partial(host_step_packet, run_id, words, cfg, host["maps"].numpy(), step, total, focus, timestep)
 
-        return fetch, snap
+        return fetch
 
-    def _image_packet(self, run_id: str, frame: StepFrame) -> tuple[Callable[[], Packet], HostSnapshot]:
+    def _image_packet(self, run_id: str, frame: StepFrame) -> Callable[[], Packet]:
         if self._preview is None:
             with torch.inference_mode(False), torch.no_grad():
                 self._preview = LinearPreview(self.pipe)
         snap = HostSnapshot({"image": self._preview.device_image(frame.x0[:1], upscale=self._vae_scale())})
         step = frame.step
-        return (lambda: Packet("image", {"run_id": run_id, "step": step, "final": False, "preview": "linear"},
-                               {"image": snap.get()["image"].numpy()}), snap)
+        return lambda: Packet("image", {"run_id": run_id, "step": step, "final": False, "preview": "linear"},
+                              {"image": snap.get()["image"].numpy()})
 
     def _vae_scale(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor", 8))
@@ -358,7 +315,10 @@ def step_packet(run_id: str, fields: dict[str, Any], flat: np.ndarray, layout: l
         size = int(np.prod(shape, dtype=np.int64))
         tensors[name] = values[offset : offset + size].view(shape)
         offset += size
-    pf = PhaseFrame(**fields, **tensors)
+    return _step(run_id, PhaseFrame(**fields, **tensors), focus, timestep)
+
+
+def _step(run_id: str, pf: PhaseFrame, focus: list[int], timestep: float) -> Packet:
     return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
 
 
@@ -381,8 +341,7 @@ def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.n
             engine = _ENGINES[run_id] = PhaseEngine(words, cfg, device="cpu")
             while len(_ENGINES) > KEEP_ENGINES:
                 _ENGINES.popitem(last=False)
-    pf = engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total)
-    return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
+    return _step(run_id, engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total), focus, timestep)
 
 
 def timeline_packet(run_id: str) -> Packet | None:

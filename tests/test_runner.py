@@ -13,10 +13,9 @@ from bridge.runner import Request, collect
 PROMPT = "a red circle above a blue square"
 
 
-@pytest.mark.parametrize("phases_on,deliver", [("host", "worker"), ("device", "worker"), ("host", "inline"), ("device", "inline")])
-def test_packets_in_order_and_equal_to_an_independent_run(sd_pipe, phases_on, deliver):
-    result, packets = collect(sd_pipe, Request(PROMPT, seed=5, steps=4, focus=["square"]), image_every=2, phases_on=phases_on,
-                              deliver=deliver)
+@pytest.mark.parametrize("phases_on", ["host", "device"])
+def test_packets_in_order_and_equal_to_an_independent_run(sd_pipe, phases_on):
+    result, packets = collect(sd_pipe, Request(PROMPT, seed=5, steps=4, focus=["square"]), image_every=2, phases_on=phases_on)
     assert result.status == "done"
     kinds = [p.kind for p in packets]
     assert kinds[0] == "run" and kinds[-2:] == ["timeline", "end"]
@@ -62,34 +61,6 @@ def test_step_clock_is_called_on_the_model_thread_before_each_step_packet(sd_pip
     assert result.status == "done"
     assert calls == [(result.run_id, s, True) for s in range(4)]
     assert published == [(result.run_id, s) for s in range(4)]
-
-
-def test_inline_delivery_publishes_every_packet_on_the_model_thread(sd_pipe):
-    """deliver='inline': no packet thread wakes per step; the model's thread publishes, in run
-    order, the same packets as the worker would."""
-    import threading
-
-    from bridge.runner import Runner
-
-    threads: set[str] = set()
-    got: list = []
-
-    def publish(p) -> None:
-        threads.add(threading.current_thread().name)
-        got.append(p)
-
-    runner = Runner(sd_pipe, publish, image_every=2, deliver="inline")
-    assert Runner(sd_pipe, publish).deliver == "worker"  # the default
-    result = runner.run(Request(PROMPT, seed=5, steps=4))
-    assert result.status == "done"
-    assert threads == {threading.current_thread().name}
-    _, expected = collect(sd_pipe, Request(PROMPT, seed=5, steps=4), image_every=2, deliver="worker")
-    assert [(p.kind, p.header.get("step")) for p in got] == [(p.kind, p.header.get("step")) for p in expected]
-    for e, g in zip(expected, got):
-        for name in e.arrays:
-            np.testing.assert_array_equal(g.arrays[name], e.arrays[name], err_msg=f"{e.kind} {name}")
-    with pytest.raises(ValueError, match="deliver"):
-        Runner(sd_pipe, publish, deliver="later")
 
 
 def test_cancel_stops_the_run_after_the_current_step(sd_pipe):

@@ -364,9 +364,10 @@ class Capture:
             return
         groups = list(acc.batched.items())
         acc.batched.clear()
-        plan = self._plans.get(tuple((key, len(items)) for key, items in groups))
+        shape_key = tuple((key, len(items)) for key, items in groups)
+        plan = self._plans.get(shape_key)
         if plan is None:
-            plan = self._plan(groups)
+            plan = self._plans[shape_key] = self._plan(groups, shape_key)
         rows = plan.rows
         tensors = [t[rows] for _, items in groups for _, q, k in items for t in (q, k)]  # the conditional rows (views)
         outs = _graphs_for(self.adapter.denoiser())(plan.fn, tensors, plan.key) if self.config.cuda_graphs else plan.fn(*tensors)
@@ -376,7 +377,7 @@ class Capture:
             got = acc.canonical_queries.get(name)
             acc.canonical_queries[name] = out.clone() if got is None else got.add_(out)
 
-    def _plan(self, groups: list[tuple[tuple, list]]) -> "_EvalPlan":
+    def _plan(self, groups: list[tuple[tuple, list]], shape_key: tuple) -> "_EvalPlan":
         """The maths of one evaluation's batched groups, as a function of their conditional rows'
         ``(q, k)`` in order: every constant (head weights, query cells, sizes) bound once per run."""
         run = self._run
@@ -425,11 +426,8 @@ class Capture:
                 sums[name] = m if name not in sums else sums[name].add_(m)
             return tuple(([sums[None]] if has_cross else []) + [sums[name] for name in query_names])
 
-        shape_key = tuple((key, len(items)) for key, items in groups)
         key = (shape_key, run.batch, size, tuple(c.data_ptr() for c in consts))  # with the groups' keys: every input's shape
-        plan = _EvalPlan(fn, key, cond, has_cross, tuple(query_names))
-        self._plans[shape_key] = plan
-        return plan
+        return _EvalPlan(fn, key, cond, has_cross, tuple(query_names))
 
     def _stacked_weights(self, layers: tuple[Layer, ...], device: torch.device) -> torch.Tensor:
         """``[L·heads]`` head weights of ``layers``, layer-major, on ``device`` (made once, and one
