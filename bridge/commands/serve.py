@@ -51,11 +51,10 @@ def phases_where(runner: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import threading
+    from functools import partial
 
     from bridge.capture import load_head_weights
     from bridge.daemon import Daemon, DaemonOptions
-    from functools import partial
-
     from bridge.fanout import FanOut
     from bridge.packet_process import PacketProcess
     from bridge.runner import Runner, denoiser
