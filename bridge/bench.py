@@ -199,7 +199,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     # publish / publish_device: sinks in a PacketProcess (the phases there too, on its CPU: the
     # runner's default with one / compiled on the GPU, packets built there); publish_inproc: the same sink in this process (FanOut, phases on the GPU where there is one),
     # on the next port
-    in_child = [v for v in variants if v in ("publish", "publish_device")]
+    in_child = [v for v in variants if v in ("publish", "publish_device", "publish_worker")]
     endpoint_inproc = _next_port(endpoint)
     endpoints = ([endpoint] if in_child else []) + ([endpoint_inproc] if "publish_inproc" in variants else [])
     latency = Latency(endpoints, sink_cpus) if endpoints else None
@@ -218,7 +218,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         time.sleep(0.3)  # let the subscriber connect
     for v, sink in sinks.items():
         runners[v] = Runner(pipe, sink, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
-                            step_clock=latency.step_end if latency else None, phases_on="device" if v == "publish_device" else "auto")
+                            step_clock=latency.step_end if latency else None, phases_on="device" if v == "publish_device" else "auto",
+                            deliver="worker" if v == "publish_worker" else "auto")
     if "publish_null" in variants:  # the runner's own work (capture, phases, packets) with no sink at all
         runners["publish_null"] = Runner(pipe, lambda packet: None, "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
     busy = Busy(cpus=sink_cpus) if "capture_busy" in variants else None
@@ -286,7 +287,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
             tc.compute_global_heat_map()
 
     table: dict[str, Callable[[], Any]] = {"plain": plain, "capture": with_capture, "capture_eager": with_capture_eager, "publish": publisher("publish"),
-                                            "publish_device": publisher("publish_device"), "publish_inproc": publisher("publish_inproc"),
+                                            "publish_device": publisher("publish_device"), "publish_worker": publisher("publish_worker"), "publish_inproc": publisher("publish_inproc"),
                                             "publish_drop": publisher("publish_drop"),
                                             "capture_latent": with_capture_latent, "capture_busy": with_capture_busy,
                                             "publish_null": publisher("publish_null"), "queries": with_queries, "daam": with_daam}

@@ -37,6 +37,10 @@ class HostSnapshot:
         self._event = torch.cuda.Event(blocking=True)
         self._event.record()
 
+    def ready(self) -> bool:
+        """Whether ``get()`` would return at once (the copy has landed); never waits."""
+        return self._event is None or self._event.query()
+
     def get(self) -> dict[str, torch.Tensor]:
         if self._event is not None:
             self._event.synchronize()
@@ -56,7 +60,9 @@ class OrderedWorker:
     """
 
     def __init__(self, name: str = "stepx-packets", torch_threads: int | None = None) -> None:
-        self._queue: queue.Queue[Callable[[], Any] | None] = queue.Queue()
+        self._queue: queue.Queue[Callable[[], Any] | threading.Event | None] = queue.Queue()
+        self._put = 0  # jobs submitted (written by the producer only)
+        self._done = 0  # jobs finished (written by the worker only)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         if torch_threads is None:
             self._thread.start()
@@ -69,18 +75,24 @@ class OrderedWorker:
             torch.set_num_threads(torch_threads)
             ready.set()
 
-        self._queue.put(limit)
+        self.put(limit)
         self._thread.start()
         ready.wait()
         torch.set_num_threads(default)  # for this thread and any started later; the worker keeps its own
 
-    def put(self, job: Callable[[], Any]) -> None:
+    def put(self, job: Callable[[], Any] | threading.Event) -> None:
+        self._put += 1
         self._queue.put(job)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job submitted by this producer has not finished yet."""
+        return self._done != self._put
 
     def flush(self) -> None:
         """Wait until every job submitted so far has run."""
         done = threading.Event()
-        self._queue.put(done.set)
+        self.put(done)  # type: ignore[arg-type]  # the loop counts it as finished, then sets it
         done.wait()
 
     def close(self) -> None:
@@ -92,7 +104,13 @@ class OrderedWorker:
             job = self._queue.get()
             if job is None:
                 return
+            if isinstance(job, threading.Event):  # a flush: everything before it has finished
+                self._done += 1
+                job.set()
+                continue
             try:
                 job()
             except Exception as exc:  # a failed packet must not stop the next ones
                 log.error("building or publishing a packet failed: %r", exc)
+            finally:
+                self._done += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, fields as dataclass_fields
 from functools import partial
 from typing import Any, Callable
@@ -63,6 +63,7 @@ class Runner:
         concepts: dict[str, dict[str, list[float]]] | None = None,
         phases_on: str = "auto",
         step_clock: Callable[[str, int], None] | None = None,
+        deliver: str = "auto",
     ) -> None:
         """``phases_on``: ``device`` runs the phases where the maps are, on the model's thread
         (compiled on CUDA: a few kernels per step), and packets are built from their results;
@@ -71,11 +72,23 @@ class Runner:
         :class:`~bridge.packet_process.PacketProcess` (then the model's process does no phase work
         at all), else on the packet worker (whose Python then competes with the model's thread for
         the GIL); ``auto`` (the default) is ``host`` with a PacketProcess or without CUDA, and
-        ``device`` for an in-process publisher on CUDA."""
+        ``device`` for an in-process publisher on CUDA.
+
+        ``deliver``: who hands each step's recipe to a publisher that takes recipes (a
+        PacketProcess). ``auto``: the model's thread itself, at the next step's end, once the
+        step's host copy has landed (a push is a pickle of a few hundred bytes and a socket send);
+        a copy that has not landed by then (the GPU, not this thread, sets the pace) goes to the
+        packet thread, which waits for it. ``worker``: always the packet thread, woken per step.
+        Where this thread sets the pace (SD 1.5 on a fast GPU), waking another Python thread per
+        step costs it the GIL hand-overs (docs/BENCHMARKS.md, "Delivery"); a packet then leaves
+        one step later. Other publishers always get built packets from the packet thread."""
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
         # its packet is built): benchmarks time step → subscriber latency from there.
         if phases_on not in ("auto", "host", "device"):
             raise ValueError(f"phases_on must be 'auto', 'host' or 'device', got {phases_on!r}")
+        if deliver not in ("auto", "worker"):
+            raise ValueError(f"deliver must be 'auto' or 'worker', got {deliver!r}")
+        self.deliver = deliver
         self.device = next(denoiser(pipe).parameters()).device
         self.phases_on = phases_on
         self.step_clock = step_clock
@@ -88,6 +101,8 @@ class Runner:
         self.concepts = concepts or {}
         self._preview: LinearPreview | None = None
         self._out = OrderedWorker(torch_threads=1)  # its CPU ops must not take the model thread's cores
+        self._inline = False  # this run hands recipes over on the model's thread (``deliver``)
+        self._pending: deque[tuple[HostSnapshot | None, Callable[[], None]]] = deque()  # inline, in run order
 
     def phases_where(self) -> str:
         """Where this run's phases go (``host`` or ``device``), ``auto`` resolved against the
@@ -137,6 +152,7 @@ class Runner:
         cancel = cancel or threading.Event()
         t0 = time.perf_counter()
         state: dict[str, Any] = {"run_id": "", "engine": None, "focus": [], "words": None, "phases": self.phases_where()}
+        self._inline = self.deliver == "auto" and getattr(self.publish, "deferred", None) is not None
         try:
             tokens = build_token_map(adapter_for(self.pipe).tokenizer(), req.prompt)
             for word in req.focus:
@@ -151,17 +167,19 @@ class Runner:
                     self.pipe._interrupt = True
                 if self.step_clock is not None:
                     self.step_clock(run.run_id, frame.step)
+                self._pump(stale=True)  # earlier steps' recipes: landed ones now, the rest to the packet thread
                 if state["words"] is None:
                     self._begin(req, run, seed, phase_cfg, state)
                 tm = run.tokens(0)
                 word_maps = tm.word_maps(frame.cross[0])  # [W, H, W]
                 if state["phases"] == "host":
-                    self._later(self._host_step_packet(run.run_id, state, phase_cfg, word_maps, frame))
+                    self._later(*self._host_step_packet(run.run_id, state, phase_cfg, word_maps, frame))
                 else:
                     pf = state["engine"].update(word_maps, frame.step, frame.total_steps)
-                    self._later(self._step_packet(run.run_id, pf, frame, state["focus"]))
+                    self._later(*self._step_packet(run.run_id, pf, frame, state["focus"]))
                 if self.image_every and frame.step % self.image_every == 0 and frame.x0 is not None:
-                    self._later(self._image_packet(run.run_id, frame))
+                    self._later(*self._image_packet(run.run_id, frame))
+                self._pump()  # what needs no copy (on the CPU: all of it) goes at once
 
             kwargs: dict[str, Any] = dict(
                 prompt=req.prompt, num_inference_steps=req.steps, guidance_scale=req.guidance, generator=gen,
@@ -186,7 +204,7 @@ class Runner:
                 self._send(Packet("image", {"run_id": run.run_id, "step": run.steps_done - 1, "final": True, "preview": "vae"}, {"image": image}))
             self._finish(run, state, status, t0)
             t3 = time.perf_counter()
-            self._out.flush()
+            self._drain()
             t4 = time.perf_counter()
             timings = {"setup": t1 - t0, "denoise": t2 - t1, "decode": t3 - t2, "drain": t4 - t3}
             return RunResult(run.run_id, status, run.steps_done, t4 - t0, image, run=run, timings=timings)
@@ -196,7 +214,7 @@ class Runner:
             log.error("run failed: %s", exc)
             if state["run_id"]:
                 self._send(Packet("end", {"run_id": state["run_id"], "status": "error", "error": str(exc)}))
-            self._out.flush()
+            self._drain()
             return RunResult(state["run_id"], "error", 0, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
         finally:
             self.pipe._interrupt = False
@@ -228,16 +246,20 @@ class Runner:
             self._later(lambda: _timeline(run.run_id, engine))  # on the worker, after every step's update
         self._send(Packet("end", {"run_id": run.run_id, "status": status, "steps": run.steps_done, "seconds": round(time.perf_counter() - t0, 3)}))
 
-    # --- publishing off the denoising thread ----------------------------------------------------
+    # --- publishing without making the denoising loop wait ----------------------------------------
     def _send(self, packet: Packet) -> None:
-        """Publish ``packet`` after everything queued before it (the worker keeps run order)."""
-        self._out.put(lambda: self.publish(packet))
+        """Publish ``packet`` after everything queued before it (in run order either way)."""
+        self._later(lambda: packet)
 
-    def _later(self, fetch: Callable[[], Packet | Callable[[], Packet]]) -> None:
-        """Run ``fetch`` on the worker (where waiting for the device is harmless); it returns a
-        Packet or a recipe (a picklable callable that builds one from host arrays). A publisher
-        with a ``deferred`` method (a :class:`~bridge.packet_process.PacketProcess`) takes the
-        recipe and builds the packet in its own process; any other one gets the built packet."""
+    def _later(self, fetch: Callable[[], Packet | Callable[[], Packet]], after: HostSnapshot | None = None) -> None:
+        """Publish what ``fetch`` returns once ``after`` (its host copy) has landed, in run order.
+
+        ``fetch`` returns a Packet or a recipe (a picklable callable that builds one from host
+        arrays). A publisher with a ``deferred`` method (a
+        :class:`~bridge.packet_process.PacketProcess`) takes the recipe and builds the packet in
+        its own process; any other one gets the built packet. Inline (``deliver``), the item
+        waits in ``_pending`` for a later ``_pump``; else the packet thread runs it (waiting for
+        the copy there is harmless)."""
 
         def job() -> None:
             item = fetch()
@@ -248,12 +270,38 @@ class Runner:
             elif (packet := item()) is not None:
                 self.publish(packet)
 
-        self._out.put(job)
+        if self._inline:
+            self._pending.append((after, job))
+        else:
+            self._out.put(job)
 
-    def _step_packet(self, run_id: str, pf: PhaseFrame, frame: StepFrame, focus: list[int]) -> Callable[[], Callable[[], Packet]]:
+    def _pump(self, stale: bool = False) -> None:
+        """Inline delivery, on the model's thread: run the pending jobs whose copies have landed,
+        in order, never waiting; with ``stale`` the rest (made at an earlier step) go to the packet
+        thread, which waits for them. While it has work, everything goes there (run order)."""
+        pending = self._pending
+        while pending:
+            after, job = pending[0]
+            if self._out.busy or not (after is None or after.ready()):
+                if not stale:
+                    return
+                self._out.put(job)
+            else:
+                try:
+                    job()
+                except Exception as exc:  # as on the packet thread: a failed packet must not stop the run
+                    log.error("publishing a packet failed: %r", exc)
+            pending.popleft()
+
+    def _drain(self) -> None:
+        """Hand everything still pending to the packet thread and wait until it has all gone."""
+        self._pump(stale=True)
+        self._out.flush()
+
+    def _step_packet(self, run_id: str, pf: PhaseFrame, frame: StepFrame, focus: list[int]) -> tuple[Callable[[], Callable[[], Packet]], HostSnapshot]:
         """On the model's thread: one concatenation of the frame's tensors (and a float32 timestep)
-        on the device, so one copy to the host (one launch, one pinned block); the worker waits for
-        it and returns the recipe."""
+        on the device, so one copy to the host (one launch, one pinned block); ``fetch`` waits
+        for it and returns the recipe."""
         ts = frame.timestep
         fold = torch.is_tensor(ts) and ts.dtype == torch.float32 and ts.numel() == 1
         parts = [getattr(pf, k) for k in _FRAME_TENSORS] + ([ts.reshape(1)] if fold else [])
@@ -268,11 +316,11 @@ class Runner:
             timestep = float(values[-1]) if fold else float(host["timestep"]) if "timestep" in host else float(ts)
             return partial(step_packet, run_id, fields, values, layout, focus, timestep)
 
-        return fetch
+        return fetch, snap
 
     def _host_step_packet(self, run_id: str, state: dict, cfg: PhaseConfig, word_maps: torch.Tensor,
-                          frame: StepFrame) -> Callable[[], Callable[[], Packet | None]]:
-        """On the model's thread: one non-blocking copy of the word maps; the worker waits for it
+                          frame: StepFrame) -> tuple[Callable[[], Callable[[], Packet | None]], HostSnapshot]:
+        """On the model's thread: one non-blocking copy of the word maps; ``fetch`` waits for it
         and returns the recipe that runs the phases and builds the packet."""
         ts = frame.timestep
         snap = HostSnapshot({"maps": word_maps, **({"timestep": ts} if torch.is_tensor(ts) else {})})
@@ -283,16 +331,16 @@ class Runner:
             timestep = float(host["timestep"]) if "timestep" in host else float(ts)
             return partial(host_step_packet, run_id, words, cfg, host["maps"].numpy(), step, total, focus, timestep)
 
-        return fetch
+        return fetch, snap
 
-    def _image_packet(self, run_id: str, frame: StepFrame) -> Callable[[], Packet]:
+    def _image_packet(self, run_id: str, frame: StepFrame) -> tuple[Callable[[], Packet], HostSnapshot]:
         if self._preview is None:
             with torch.inference_mode(False), torch.no_grad():
                 self._preview = LinearPreview(self.pipe)
         snap = HostSnapshot({"image": self._preview.device_image(frame.x0[:1], upscale=self._vae_scale())})
         step = frame.step
-        return lambda: Packet("image", {"run_id": run_id, "step": step, "final": False, "preview": "linear"},
-                              {"image": snap.get()["image"].numpy()})
+        return (lambda: Packet("image", {"run_id": run_id, "step": step, "final": False, "preview": "linear"},
+                               {"image": snap.get()["image"].numpy()})), snap
 
     def _vae_scale(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor", 8))
@@ -341,7 +389,9 @@ def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.n
             engine = _ENGINES[run_id] = PhaseEngine(words, cfg, device="cpu")
             while len(_ENGINES) > KEEP_ENGINES:
                 _ENGINES.popitem(last=False)
-    return _step(run_id, engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total), focus, timestep)
+    with torch.inference_mode():  # one mode for the engine's state, whichever thread or process runs this step
+        pf = engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total)
+    return _step(run_id, pf, focus, timestep)
 
 
 def timeline_packet(run_id: str) -> Packet | None:

@@ -83,3 +83,103 @@ def test_cancel_stops_the_run_after_the_current_step(sd_pipe):
     assert [p.kind for p in packets][-1] == "end" and packets[-1].header["status"] == "cancelled"
     assert not sd_pipe._interrupt  # the next run starts clean
     assert collect(sd_pipe, Request(PROMPT, seed=5, steps=3))[0].steps == 3
+
+
+class _Recipes:
+    """A publisher that takes recipes, as a PacketProcess does (built here instead of in a child),
+    and notes which thread handed each packet over."""
+
+    def __init__(self, fail_step: int | None = None) -> None:
+        self.got: list[tuple[str, int | None, str]] = []
+        self.packets = []
+        self.fail_step = fail_step
+
+    def __call__(self, packet) -> None:
+        import threading
+
+        self.got.append((packet.kind, packet.header.get("step"), threading.current_thread().name))
+        self.packets.append(packet)
+
+    def deferred(self, recipe) -> None:
+        packet = recipe()
+        if packet.kind == "step" and packet.header["step"] == self.fail_step:
+            raise ConnectionError("the sink process went away")
+        self(packet)
+
+
+@pytest.mark.parametrize("deliver", ["auto", "worker"])
+def test_recipes_go_out_in_order_from_the_model_thread_or_the_packet_thread(sd_pipe, deliver):
+    """``auto`` hands recipes over on the model's thread (on the CPU a copy has always landed),
+    ``worker`` on the packet thread; the packets are the same either way."""
+    import threading
+
+    from bridge.runner import Runner
+
+    pub = _Recipes()
+    result = Runner(sd_pipe, pub, image_every=2, deliver=deliver).run(Request(PROMPT, seed=5, steps=4))
+    assert result.status == "done"
+    assert [(k, s) for k, s, _ in pub.got] == [("run", None), ("step", 0), ("image", 0), ("step", 1), ("step", 2), ("image", 2),
+                                               ("step", 3), ("image", 3), ("timeline", None), ("end", None)]
+    threads = {name for kind, _, name in pub.got if kind in ("run", "step", "image")}
+    assert threads == ({threading.main_thread().name} if deliver == "auto" else {"stepx-packets"})
+    _, reference = collect(sd_pipe, Request(PROMPT, seed=5, steps=4), image_every=0)
+    for mine, theirs in zip([p for p in pub.packets if p.kind == "step"], [p for p in reference if p.kind == "step"]):
+        np.testing.assert_array_equal(mine.arrays["rgba"], theirs.arrays["rgba"])
+
+
+def test_a_copy_not_landed_by_the_next_step_goes_to_the_packet_thread_in_order(sd_pipe, monkeypatch):
+    """Where the GPU sets the pace a step's copy may not have landed when the next step ends: the
+    packet thread takes it (and waits for it) and everything after it while it has work, so the
+    order holds."""
+    import threading
+
+    import bridge.runner as runner_mod
+    from bridge.host import HostSnapshot
+
+    made = []
+
+    class SlowSnapshot(HostSnapshot):
+        def __init__(self, tensors):
+            super().__init__(tensors)
+            self.index = len(made)
+            made.append(self)
+
+        def ready(self) -> bool:
+            return self.index != 1  # step 1's copy "has not landed" whenever the model's thread looks
+
+    monkeypatch.setattr(runner_mod, "HostSnapshot", SlowSnapshot)
+    pub = _Recipes()
+    result = runner_mod.Runner(sd_pipe, pub, image_every=0).run(Request(PROMPT, seed=5, steps=5))
+    assert result.status == "done"
+    steps = [(s, name) for kind, s, name in pub.got if kind == "step"]
+    assert [s for s, _ in steps] == [0, 1, 2, 3, 4]
+    assert steps[0][1] == threading.main_thread().name and steps[1][1] == "stepx-packets"
+
+
+def test_an_inline_hand_over_that_fails_is_logged_and_the_run_goes_on(sd_pipe, caplog):
+    from bridge.runner import Runner
+
+    pub = _Recipes(fail_step=1)
+    result = Runner(sd_pipe, pub, image_every=0).run(Request(PROMPT, seed=5, steps=4))
+    assert result.status == "done"
+    assert [s for kind, s, _ in pub.got if kind == "step"] == [0, 2, 3]
+    assert [k for k, _, _ in pub.got][-1] == "end"
+    assert "the sink process went away" in caplog.text
+
+
+def test_ordered_worker_busy_until_its_jobs_have_run():
+    import threading
+
+    from bridge.host import OrderedWorker
+
+    worker = OrderedWorker()
+    gate = threading.Event()
+    worker.put(gate.wait)
+    assert worker.busy
+    gate.set()
+    worker.flush()
+    assert not worker.busy
+    worker.put(lambda: 1 / 0)  # a failing job still counts as finished
+    worker.flush()
+    assert not worker.busy
+    worker.close()
