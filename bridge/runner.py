@@ -75,13 +75,14 @@ class Runner:
         ``device`` for an in-process publisher on CUDA.
 
         ``deliver``: who hands each step's recipe to a publisher that takes recipes (a
-        PacketProcess). ``auto``: the model's thread itself, at the next step's end, once the
-        step's host copy has landed (a push is a pickle of a few hundred bytes and a socket send);
-        a copy that has not landed by then (the GPU, not this thread, sets the pace) goes to the
-        packet thread, which waits for it. ``worker``: always the packet thread, woken per step.
-        Where this thread sets the pace (SD 1.5 on a fast GPU), waking another Python thread per
-        step costs it the GIL hand-overs (docs/BENCHMARKS.md, "Delivery"); a packet then leaves
-        one step later. Other publishers always get built packets from the packet thread."""
+        PacketProcess). ``auto``: the model's thread itself, as soon as the step's host copy has
+        landed, checked between the next step's layers (a push is a pickle of a few hundred bytes
+        and a socket send); a copy that has still not landed at the next step's end (the GPU is
+        more than a step behind) goes to the packet thread, which waits for it. ``worker``:
+        always the packet thread, woken per step. Where this thread sets the pace (SD 1.5 on a
+        fast GPU), waking another Python thread per step costs it the GIL hand-overs
+        (docs/BENCHMARKS.md, "Delivery"). Other publishers always get built packets from the
+        packet thread."""
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
         # its packet is built): benchmarks time step → subscriber latency from there.
         if phases_on not in ("auto", "host", "device"):
@@ -192,6 +193,8 @@ class Runner:
             if req.height:
                 kwargs["height"] = req.height
             with torch.inference_mode(), Capture(self.pipe, CaptureConfig(**{**cap_cfg.__dict__, "keep_frames": False}), on_step) as cap:
+                if self._inline:  # a copy goes out as soon as it has landed, not only at the next step's end
+                    cap.between_layers = self._poll
                 t1 = time.perf_counter()
                 latents = self.pipe(**kwargs).images
             t2 = time.perf_counter()
@@ -292,6 +295,11 @@ class Runner:
                 except Exception as exc:  # as on the packet thread: a failed packet must not stop the run
                     log.error("publishing a packet failed: %r", exc)
             pending.popleft()
+
+    def _poll(self) -> None:
+        """Between layers: hand over what has landed (nothing to do, the usual case, costs a test)."""
+        if self._pending:
+            self._pump()
 
     def _drain(self) -> None:
         """Hand everything still pending to the packet thread and wait until it has all gone."""

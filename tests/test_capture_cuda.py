@@ -101,3 +101,35 @@ def test_sd3_tap_takes_the_lse_from_the_models_kernel_and_leaves_the_image_exact
         call()
     # the first step's (later ones drift apart with the math kernel's own rounding of the image)
     torch.testing.assert_close(cap.last_run.frames[0].cross.float(), untapped.last_run.frames[0].cross.float(), rtol=2e-2, atol=2e-3)
+
+
+def test_runner_hands_recipes_over_on_the_model_thread_once_copies_land(cuda_pipe):
+    """On CUDA the runner's inline delivery waits for real events: every step goes out once, in
+    order, with the same maps as the packet thread's, and the model's thread hands over those whose
+    copy had landed by the next step's end."""
+    import threading
+
+    from bridge.runner import Request, Runner
+
+    class Recipes:
+        def __init__(self):
+            self.got = []
+
+        def __call__(self, packet):
+            self.got.append((packet, threading.current_thread().name))
+
+        def deferred(self, recipe):
+            self(recipe())
+
+    runs = {}
+    for deliver in ("auto", "worker"):
+        pub = Recipes()
+        result = Runner(cuda_pipe, pub, image_every=0, deliver=deliver).run(Request("a red circle above a blue square", seed=3, steps=6))
+        assert result.status == "done"
+        runs[deliver] = pub.got
+    steps = {d: [(p, name) for p, name in got if p.kind == "step"] for d, got in runs.items()}
+    assert [p.header["step"] for p, _ in steps["auto"]] == list(range(6))
+    assert {name for _, name in steps["worker"]} == {"stepx-packets"}
+    assert threading.main_thread().name in {name for _, name in steps["auto"]}
+    for (a, _), (w, _) in zip(steps["auto"], steps["worker"], strict=True):
+        np.testing.assert_array_equal(a.arrays["rgba"], w.arrays["rgba"])

@@ -183,3 +183,36 @@ def test_ordered_worker_busy_until_its_jobs_have_run():
     worker.flush()
     assert not worker.busy
     worker.close()
+
+
+def test_a_copy_goes_out_between_the_next_steps_layers_once_it_has_landed(sd_pipe, monkeypatch):
+    """Inline delivery does not wait for the next step's end: the capture polls between layers, so
+    a copy that lands during the next step goes out from inside it."""
+    import bridge.runner as runner_mod
+    from bridge.host import HostSnapshot
+
+    events = []
+    made = []
+
+    class LateSnapshot(HostSnapshot):
+        def __init__(self, tensors):
+            super().__init__(tensors)
+            self.index, self.queries = len(made), 0
+            made.append(self)
+
+        def ready(self) -> bool:
+            self.queries += 1
+            return self.index != 1 or self.queries >= 3  # step 1's copy "lands" at the third look
+
+    class Pub(_Recipes):
+        def __call__(self, packet):
+            super().__call__(packet)
+            if packet.kind == "step":
+                events.append(("sent", packet.header["step"]))
+
+    monkeypatch.setattr(runner_mod, "HostSnapshot", LateSnapshot)
+    runner = runner_mod.Runner(sd_pipe, Pub(), image_every=0, step_clock=lambda run_id, step: events.append(("ended", step)))
+    assert runner.run(Request(PROMPT, seed=5, steps=4)).status == "done"
+    assert events.index(("ended", 1)) < events.index(("sent", 1)) < events.index(("ended", 2))
+    assert made[1].queries == 3  # looked at between layers, then no more
+    assert [e for e in events if e[0] == "sent"] == [("sent", s) for s in range(4)]

@@ -99,6 +99,9 @@ class Capture:
         self._expected = frozenset(l.name for l in self.cross_layers + self.self_layers)
         self._routes: dict[str, tuple] = {}  # layer name -> how observe() files it in this run (see _route)
         self._plans: dict[tuple, _EvalPlan] = {}  # the evaluation's batched maths, per group layout, this run
+        #: Called on the model's thread after each observed layer, for a consumer that polls between
+        #: steps' ends (the runner handing over host copies as soon as they land); None: nothing.
+        self.between_layers: Callable[[], None] | None = None
 
     # --- scope ---------------------------------------------------------------------------------
     def __enter__(self) -> "Capture":
@@ -282,6 +285,8 @@ class Capture:
                 items.append((layer, q, k))
         if slow:
             self._observe_one(layer, q, k, grid, run)
+        if self.between_layers is not None:
+            self.between_layers()
 
     def _route(self, layer: Layer, q: torch.Tensor, k: torch.Tensor, run: CaptureRun) -> tuple:
         """``(tokens, grid, group keys, per-layer work?, q/k norms?)`` of a layer, for this run."""
@@ -337,6 +342,8 @@ class Capture:
         _add(acc.cross, grid, maps.reshape(b, t, *grid))
         if per_head is not None and layer.name in self.detail:
             _add(acc.detail, layer.name, per_head.reshape(b, layer.heads, t, *grid))
+        if self.between_layers is not None:
+            self.between_layers()
 
     def cond_rows(self, total: int) -> slice | None:
         """The rows of a denoiser batch of ``total`` rows that feed the maps (None outside a run)."""
@@ -368,8 +375,7 @@ class Capture:
         plan = self._plans.get(shape_key)
         if plan is None:
             plan = self._plans[shape_key] = self._plan(groups, shape_key)
-        rows = plan.rows
-        tensors = [t[rows] for _, items in groups for _, q, k in items for t in (q, k)]  # the conditional rows (views)
+        tensors = [t for _, items in groups for _, q, k in items for t in (q, k)]  # whole batches: the rows are taken inside
         outs = _graphs_for(self.adapter.denoiser())(plan.fn, tensors, plan.key) if self.config.cuda_graphs else plan.fn(*tensors)
         if plan.cross:
             acc.canonical = outs[0].clone() if acc.canonical is None else acc.canonical.add_(outs[0])
@@ -383,8 +389,7 @@ class Capture:
         run = self._run
         assert run is not None
         total = groups[0][1][0][1].shape[0]
-        cond = slice(total - run.batch, total)
-        rows = slice(None)  # the function's inputs are the conditional rows already
+        rows = slice(total - run.batch, total)  # the conditional rows, taken inside (views: free in a replayed graph)
         size = run.resolution
         area = size[0] * size[1]
         steps: list[Callable[[list], tuple[str | None, torch.Tensor]]] = []
@@ -426,8 +431,8 @@ class Capture:
                 sums[name] = m if name not in sums else sums[name].add_(m)
             return tuple(([sums[None]] if has_cross else []) + [sums[name] for name in query_names])
 
-        key = (shape_key, run.batch, size, tuple(c.data_ptr() for c in consts))  # with the groups' keys: every input's shape
-        return _EvalPlan(fn, key, cond, has_cross, tuple(query_names))
+        key = (shape_key, total, run.batch, size, tuple(c.data_ptr() for c in consts))  # with the groups' keys: every input's shape
+        return _EvalPlan(fn, key, has_cross, tuple(query_names))
 
     def _stacked_weights(self, layers: tuple[Layer, ...], device: torch.device) -> torch.Tensor:
         """``[L·heads]`` head weights of ``layers``, layer-major, on ``device`` (made once, and one
@@ -529,13 +534,13 @@ def _canonical(summed: torch.Tensor | None, grids: dict, size: tuple[int, int], 
 
 @dataclass
 class _EvalPlan:
-    """The batched maps of one evaluation: ``fn(q_0[rows], k_0[rows], …)`` → (the cross-attention
-    canonical sum, if any, then one canonical map per query named in ``queries``); ``key`` names
-    every constant it bakes in (for a replayed graph)."""
+    """The batched maps of one evaluation: ``fn(q_0, k_0, …)`` (the layers' whole batches; it
+    takes the conditional rows itself) → (the cross-attention canonical sum, if any, then one
+    canonical map per query named in ``queries``); ``key`` names every input's shape and every
+    constant it bakes in (for a replayed graph)."""
 
     fn: Callable[..., tuple[torch.Tensor, ...]]
     key: tuple
-    rows: slice  # the conditional rows of the denoiser's batch, the function's inputs
     cross: bool
     queries: tuple[str, ...]
 
