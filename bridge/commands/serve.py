@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sink-process", choices=("auto", "on", "off"), default="auto",
                    help="run the outputs (encoding, sockets, the recorder) in a child process, so they never take "
                         "the model's thread's time (auto: on when the model runs on CUDA)")
+    p.add_argument("--deliver", choices=("auto", "worker"), default="auto",
+                   help="who hands each step to the sink process: auto = the model's thread once the step's copy has "
+                        "landed (cheapest where that thread sets the pace, e.g. SD 1.5); worker = a packet thread woken "
+                        "per step (docs/BENCHMARKS.md, 'Delivery')")
     c = p.add_argument_group("control")
     c.add_argument("--control", default="tcp://127.0.0.1:5561", help="ZeroMQ REQ/REP control endpoint ('' = off)")
     c.add_argument("--osc-control", default="127.0.0.1:7001", help="OSC control HOST:PORT ('' = off)")
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         fanout = FanOut(sinks)
         sink_names, publish = [s.name for s in sinks], fanout.publish
     runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
-                    concepts=concepts)
+                    concepts=concepts, deliver=args.deliver)
     daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
     servers = []
     if args.control:
