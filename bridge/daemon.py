@@ -221,13 +221,16 @@ class Daemon:
 
 class _RunRecord:
     """The runner's publisher for one run: forwards everything to the daemon's publisher and keeps
-    it for the idle replay; has ``deferred`` (so the runner sends recipes) when that one does."""
+    it for the idle replay; has ``deferred`` (so the runner sends recipes) and ``alive`` when that
+    one does."""
 
     def __init__(self, publish: Callable[[Packet], None]) -> None:
         self._publish = publish
         self.items: list[Any] = []  # Packets and recipes, in run order
         if getattr(publish, "deferred", None) is not None:
             self.deferred = self._deferred
+        if getattr(publish, "alive", None) is not None:
+            self.alive = publish.alive  # type: ignore[attr-defined]
 
     def __call__(self, packet: Packet) -> None:
         self.items.append(packet)

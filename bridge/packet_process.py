@@ -162,6 +162,11 @@ class PacketProcess:
         Daemon: they look for its ``deferred`` method to send recipes."""
         self._push(_PACKET, packet)
 
+    def alive(self) -> bool:
+        """Whether the child is running, so a push returns at once instead of starting a new one
+        (the runner's inline delivery leaves the restart to its packet thread)."""
+        return not self._closed and self._proc.is_alive()
+
     def deferred(self, recipe: Callable[[], Any]) -> None:
         """Publish the Packet that ``recipe()`` builds, calling it in the child."""
         self._push(_RECIPE, recipe)

@@ -104,6 +104,7 @@ class Runner:
         self._out = OrderedWorker(torch_threads=1)  # its CPU ops must not take the model thread's cores
         self._inline = False  # this run hands recipes over on the model's thread (``deliver``)
         self._pending: deque[tuple[HostSnapshot | None, Callable[[], None]]] = deque()  # inline, in run order
+        self._alive: Callable[[], bool] | None = None
 
     def phases_where(self) -> str:
         """Where this run's phases go (``host`` or ``device``), ``auto`` resolved against the
@@ -154,6 +155,7 @@ class Runner:
         t0 = time.perf_counter()
         state: dict[str, Any] = {"run_id": "", "engine": None, "focus": [], "words": None, "phases": self.phases_where()}
         self._inline = self.deliver == "auto" and getattr(self.publish, "deferred", None) is not None
+        self._alive = getattr(self.publish, "alive", None)  # a PacketProcess: is its child up (no restart inline)?
         try:
             tokens = build_token_map(adapter_for(self.pipe).tokenizer(), req.prompt)
             for word in req.focus:
@@ -281,11 +283,12 @@ class Runner:
     def _pump(self, stale: bool = False) -> None:
         """Inline delivery, on the model's thread: run the pending jobs whose copies have landed,
         in order, never waiting; with ``stale`` the rest (made at an earlier step) go to the packet
-        thread, which waits for them. While it has work, everything goes there (run order)."""
+        thread, which waits for them. While it has work, everything goes there (run order); so
+        does everything while the sink process is down (starting a new one takes seconds)."""
         pending = self._pending
         while pending:
             after, job = pending[0]
-            if self._out.busy or not (after is None or after.ready()):
+            if self._out.busy or not (after is None or after.ready()) or (self._alive is not None and not self._alive()):
                 if not stale:
                     return
                 self._out.put(job)

@@ -82,9 +82,12 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
         pp.deferred(partial(int, "not a number"))  # raises in the child: logged, skipped
         assert received("after a bad recipe")
         first = pp._proc.pid
+        assert pp.alive()
         os.kill(first, signal.SIGKILL)
         pp._proc.join(10)
+        assert not pp.alive()
         assert received("after a restart")
+        assert pp.alive()
         assert pp.restarts == 1 and pp._proc.pid != first
     finally:
         pp.close()

@@ -216,3 +216,20 @@ def test_a_copy_goes_out_between_the_next_steps_layers_once_it_has_landed(sd_pip
     assert events.index(("ended", 1)) < events.index(("sent", 1)) < events.index(("ended", 2))
     assert made[1].queries == 3  # looked at between layers, then no more
     assert [e for e in events if e[0] == "sent"] == [("sent", s) for s in range(4)]
+
+
+def test_while_the_sink_process_is_down_the_packet_thread_hands_over(sd_pipe):
+    """A push to a dead sink process starts a new one (seconds): never on the model's thread."""
+    import threading
+
+    from bridge.runner import Runner
+
+    class Down(_Recipes):
+        def alive(self) -> bool:
+            return False
+
+    pub = Down()
+    result = Runner(sd_pipe, pub, image_every=0).run(Request(PROMPT, seed=5, steps=3))
+    assert result.status == "done"
+    assert [(k, s) for k, s, _ in pub.got] == [("run", None), ("step", 0), ("step", 1), ("step", 2), ("image", 2), ("timeline", None), ("end", None)]
+    assert {name for _, _, name in pub.got} == {"stepx-packets"} != {threading.main_thread().name}
