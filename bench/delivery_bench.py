@@ -61,7 +61,7 @@ def main() -> None:
             if mode == "worker":
                 worker.put(lambda snap=snap, step=step: packets.deferred(recipe(run_id, snap, step)))
             elif mode == "inline":
-                while pending and (pending[0][0]._event is None or pending[0][0]._event.query()):
+                while pending and pending[0][0].ready():
                     done, s = pending.pop(0)
                     packets.deferred(recipe(run_id, done, s))
                 pending.append((snap, step))

@@ -196,9 +196,10 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     size = {k: v for k, v in (("height", height), ("width", width)) if v}
     res = (map_size, map_size) if map_size else None
     variants = list(variants or ["plain", "capture", "publish", "queries"])
-    # publish / publish_device: sinks in a PacketProcess (the phases there too, on its CPU: the
-    # runner's default with one / compiled on the GPU, packets built there); publish_inproc: the same sink in this process (FanOut, phases on the GPU where there is one),
-    # on the next port
+    # publish / publish_worker / publish_device: the sink in a PacketProcess (the phases there too,
+    # on its CPU / compiled on the GPU); publish_inproc: the same sink in this process (FanOut,
+    # phases on the GPU where there is one) on the next port; publish_null / publish_drop: no
+    # sink / recipes dropped. Only the variants that reach the subscriber time its latency.
     in_child = [v for v in variants if v in ("publish", "publish_device", "publish_worker")]
     endpoint_inproc = _next_port(endpoint)
     endpoints = ([endpoint] if in_child else []) + ([endpoint_inproc] if "publish_inproc" in variants else [])
@@ -216,17 +217,18 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         sinks["publish_inproc"] = fanout.publish
     if latency:
         time.sleep(0.3)  # let the subscriber connect
+    subscribed = set(sinks)
+    if "publish_null" in variants:  # the runner's own work (capture, phases, packets) with no sink at all
+        sinks["publish_null"] = lambda packet: None
+    if "publish_drop" in variants:  # as publish, but the recipes are dropped instead of pickled and pushed
+        sinks["publish_drop"] = _Drop()
     for v, sink in sinks.items():
         runners[v] = Runner(pipe, sink, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
-                            step_clock=latency.step_end if latency else None, phases_on="device" if v == "publish_device" else "auto",
-                            deliver="worker" if v == "publish_worker" else "auto")
-    if "publish_null" in variants:  # the runner's own work (capture, phases, packets) with no sink at all
-        runners["publish_null"] = Runner(pipe, lambda packet: None, "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
+                            step_clock=latency.step_end if latency and v in subscribed else None,
+                            phases_on="device" if v == "publish_device" else "auto", deliver="worker" if v == "publish_worker" else "auto")
     busy = Busy(cpus=sink_cpus) if "capture_busy" in variants else None
     if busy:
         closers.append(busy.close)
-    if "publish_drop" in variants:  # as publish, but the recipes are dropped instead of pickled and pushed
-        runners["publish_drop"] = Runner(pipe, _Drop(), "bench", image_every=0, capture_config=CaptureConfig(resolution=res))
     stages: dict[str, list[dict[str, float]]] = {v: [] for v in runners}
     errors: dict[str, str] = {}
     daam_trace = None

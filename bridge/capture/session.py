@@ -384,8 +384,9 @@ class Capture:
             acc.canonical_queries[name] = out.clone() if got is None else got.add_(out)
 
     def _plan(self, groups: list[tuple[tuple, list]], shape_key: tuple) -> "_EvalPlan":
-        """The maths of one evaluation's batched groups, as a function of their conditional rows'
-        ``(q, k)`` in order: every constant (head weights, query cells, sizes) bound once per run."""
+        """The maths of one evaluation's batched groups, as a function of their layers' whole
+        ``(q, k)`` batches in order (it takes the conditional rows): every constant (head weights,
+        query cells, sizes) bound once per run."""
         run = self._run
         assert run is not None
         total = groups[0][1][0][1].shape[0]
