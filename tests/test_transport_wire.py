@@ -107,3 +107,44 @@ def test_wire_decodes_with_numpy_json_stdlib_only():
                          cwd="/")
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout.decode().strip() == "step (4, 8, 8)"
+
+
+def _float16_cases():
+    rng = np.random.default_rng(7)
+    every = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)  # all classes of float
+    edges = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 65504, 65519.99, 65520, 2.98e-8, 2.9802322e-08, 6.1e-5, 1e30] * 100, np.float32)
+    maps = rng.random((14, 64, 64, 4), dtype=np.float32)
+    read_only = maps.copy()
+    read_only.flags.writeable = False
+    return {"bit patterns": every, "edges": edges, "strided": maps[:, ::2, 1:], "reversed": maps[::-1], "read-only": read_only,
+            "small": maps[0, 0]}
+
+
+@pytest.mark.parametrize("case", list(_float16_cases()))
+def test_float16_encoding_rounds_as_numpy(case):
+    """float16 goes through torch's cast where torch is loaded: the same bits as numpy's astype
+    for every value but NaN's payload (a NaN stays a NaN)."""
+    pytest.importorskip("torch")  # loaded, so the fast path is the one under test
+    x = _float16_cases()[case]
+    got = wire.decode(wire.encode(Packet("step", {}, {"x": x}), "float16")).arrays["x"]
+    ref = x.astype("<f2")
+    assert got.dtype == np.float16 and got.shape == x.shape
+    nan = np.isnan(x)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got.view(np.uint16)[~nan], ref.view(np.uint16)[~nan])
+
+
+def test_float16_encoding_same_bytes_without_torch():
+    """The numpy-only receiver side (TouchDesigner) encodes the very bytes the producer does."""
+    x = np.random.default_rng(3).random((6, 64, 64), dtype=np.float32)
+    data = wire.encode(Packet("step", {"run_id": "r"}, {"x": x}), "float16")
+    code = ("import sys, importlib.util, numpy as np; sys.modules['bridge'] = None;"
+            "spec = importlib.util.spec_from_file_location('wire', sys.argv[1]);"
+            "m = importlib.util.module_from_spec(spec); sys.modules['wire'] = m; spec.loader.exec_module(m);"
+            "x = m.decode(sys.stdin.buffer.read()).arrays['x'].astype(np.float32);"
+            "assert 'torch' not in sys.modules;"
+            "sys.stdout.buffer.write(m.encode(m.WirePacket('step', {'run_id': 'r'}, {'x': x}), 'float16'))")
+    out = subprocess.run([sys.executable, "-c", code, wire.__file__], input=wire.encode(Packet("step", {"run_id": "r"}, {"x": x}), "float32"),
+                         capture_output=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == data

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,21 @@ def _header_json(head: dict[str, Any]) -> bytes:
     return text.encode("utf-8")
 
 
+def _half(arr: np.ndarray) -> np.ndarray:
+    """``arr.astype("<f2")`` (round to nearest even, as IEEE and numpy do), by torch's vectorised
+    cast where the process has already loaded torch (the producer: 5–7× faster than numpy's
+    conversion, which is most of a step packet's encoding). Never imports torch itself."""
+    torch = sys.modules.get("torch")
+    if torch is None or arr.dtype != np.float32 or arr.dtype.byteorder == ">" or not arr.flags.writeable or arr.size < 1024:
+        return arr.astype("<f2", copy=False)
+    out = np.empty(arr.shape, dtype="<f2")
+    try:
+        torch.from_numpy(out).copy_(torch.from_numpy(arr))
+    except ValueError:  # strides torch cannot view (negative ones)
+        return arr.astype("<f2")
+    return out
+
+
 def _to_wire_array(arr: np.ndarray, encoding: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Convert one array per the encoding; return (little-endian C-order array, extra header)."""
     arr = np.asarray(arr)
@@ -120,7 +136,7 @@ def _to_wire_array(arr: np.ndarray, encoding: str) -> tuple[np.ndarray, dict[str
         if encoding == "float32":
             arr = arr.astype("<f4", copy=False)
         elif encoding == "float16":
-            arr = arr.astype("<f2", copy=False)
+            arr = _half(arr)
         else:  # uint8: value = byte / 255, clipped to [0, 1]
             arr = np.rint(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0).astype("|u1")
             extra = {"quantized": "unorm8", "scale": 1.0 / 255.0}

@@ -1,0 +1,132 @@
+"""CPU time the sink process and a subscriber spend per step: the *other* processes' work
+that slows the thread launching the model's kernels on a GPU host (docs/BENCHMARKS.md:
+``capture_busy``, two processes busy 4 ms in every 30, made capture 2.3 % slower on an H200).
+
+Pushes ``--runs`` runs of ``--steps`` step recipes (the runner's own: phases on the CPU, then the
+step packet) to a real :class:`~bridge.packet_process.PacketProcess` publishing float16 over
+ZeroMQ, one every ``--interval`` seconds (SD 1.5's step on an H200), to a subscriber in a third
+process that receives and decodes every packet, as ``stepx bench``'s *publish* does. Prints the
+CPU milliseconds per step of each process (all its threads, from ``/proc``), the received count,
+and where the sink process's time goes (one step's recipe and encoding, timed in this process).
+
+    python bench/sink_cpu.py [--runs 10] [--steps 20] [--words 13] [--size 64] [--interval 0.027]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import time
+from functools import partial
+
+import numpy as np
+import torch
+
+from bridge.bench import _zmq_sinks
+from bridge.packet_process import PacketProcess
+from bridge.phases import PhaseConfig
+from bridge.runner import host_step_packet
+from bridge.transport.wire import encode
+
+ENDPOINT = "tcp://127.0.0.1:5593"
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """Run time so far of each thread of ``pid`` by name (``/proc/<pid>/task/*/schedstat``)."""
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f"{f.read().strip()}" if tid != str(pid) else "main"
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[name] = out.get(name, 0.0) + int(f.read().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
+            pass
+    return out
+
+
+def per_step_ms(before: dict[str, float], after: dict[str, float], steps: int) -> dict[str, float]:
+    return {k: 1000 * (v - before.get(k, 0.0)) / steps for k, v in after.items()}
+
+
+def _subscribe(ready: object, stop: object, out: object) -> None:
+    from bridge.transport.zmq_sub import ZmqSubscriber
+
+    sub = ZmqSubscriber(ENDPOINT, topics=("stepx/step",))
+    ready.set()  # type: ignore[attr-defined]
+    n = 0
+    while not stop.is_set():  # type: ignore[attr-defined]
+        p = sub.recv(timeout=0.1)
+        if p is not None:
+            n += 1
+            assert all(a.size for a in p.arrays.values())  # decoded, as a receiver would
+    sub.close()
+    out.put(n)  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--words", type=int, default=13, help="13: stepx bench's prompt")
+    ap.add_argument("--size", type=int, default=64, help="map side (SD 1.5 at 512²: 64)")
+    ap.add_argument("--interval", type=float, default=0.027, help="seconds between steps")
+    args = ap.parse_args()
+    words = [f"w{i}" for i in range(args.words)]
+    rng = np.random.default_rng(0)
+    maps = [rng.random((args.words, args.size, args.size), dtype=np.float32) for _ in range(args.steps)]
+    cfg = PhaseConfig()
+
+    def recipe(run: int, step: int) -> partial:
+        return partial(host_step_packet, f"run{run}", words, cfg, maps[step], step, args.steps, [], 999.0 - step)
+
+    ctx = mp.get_context("spawn")
+    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    sub = ctx.Process(target=_subscribe, args=(ready, stop, out), daemon=True)
+    sub.start()
+    ready.wait(60)
+    sinks = PacketProcess(partial(_zmq_sinks, ENDPOINT))
+    child = sinks._proc.pid  # noqa: SLF001 — a measurement of that very process
+    time.sleep(0.5)  # the subscriber connects
+    for step in range(args.steps):  # warm-up run: imports, first allocations
+        sinks.deferred(recipe(-1, step))
+    sinks.flush()
+    time.sleep(0.2)
+    c0, s0 = cpu_seconds(child), cpu_seconds(sub.pid)
+    t0 = time.perf_counter()
+    for run in range(args.runs):
+        for step in range(args.steps):
+            sinks.deferred(recipe(run, step))
+            time.sleep(args.interval)
+    sinks.flush()
+    time.sleep(0.3)
+    n_steps = args.runs * args.steps
+    child_threads = per_step_ms(c0, cpu_seconds(child), n_steps)
+    child_ms = sum(child_threads.values())
+    sub_ms = sum(per_step_ms(s0, cpu_seconds(sub.pid), n_steps).values())
+    wall = time.perf_counter() - t0
+    stop.set()
+    received = out.get(timeout=30) - args.steps  # less the warm-up run
+    sub.join(5)
+    sinks.close()
+
+    torch.set_num_threads(1)  # as in the sink process
+    packet = recipe(-2, 0)()
+    t = time.perf_counter()
+    for step in range(args.steps):
+        packet = recipe(-3, step)()
+    build = 1000 * (time.perf_counter() - t) / args.steps
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        data = encode(packet, "float16")
+    enc = 1000 * (time.perf_counter() - t) / args.steps
+    print(f"{n_steps} steps over {wall:.1f} s ({args.words} words, {args.size}² maps, one every {1000 * args.interval:.0f} ms)")
+    print(f"sink process: {child_ms:.2f} CPU ms per step ({100 * child_ms / (1000 * args.interval):.1f} % of one core)")
+    print("  by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(child_threads.items(), key=lambda kv: -kv[1]) if v >= 0.01))
+    print(f"  timed here: recipe (phases + packet) {build:.2f} ms, float16 encoding {enc:.2f} ms ({len(data) / 1e6:.2f} MB)")
+    print(f"subscriber: {sub_ms:.2f} CPU ms per step; received {received} of {n_steps}")
+
+
+if __name__ == "__main__":
+    main()
