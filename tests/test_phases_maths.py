@@ -211,6 +211,15 @@ def test_pack_rgba_and_uint8_rounding():
         convert(tex, "int16")
 
 
+def test_pack_rgba_is_the_channel_stack():
+    g = torch.Generator().manual_seed(0)
+    tex, settled, acc = (torch.rand(5, 7, 9, generator=g) * 1.4 - 0.2 for _ in range(3))
+    rgba = pack_rgba(tex, settled, acc)
+    stability = tex.clamp(0.0, 1.0)
+    assert rgba.is_contiguous() and rgba.shape == (5, 7, 9, 4)
+    assert torch.equal(rgba, torch.stack([stability, 1.0 - stability, settled, acc], dim=-1))
+
+
 def test_config_validation_messages():
     with pytest.raises(ValueError, match="running_max, minmax, share"):
         PhaseConfig(normalisation="softmax")
