@@ -45,6 +45,31 @@ def test_late_joiner_gets_run_packet_promptly():
         p.close()
 
 
+def test_late_joiner_gets_run_packet_from_the_sending_thread():
+    """Mid-run, the next send re-sends the run packet to a new subscriber: no watcher needed
+    (this one never looks), so nothing polls the socket at a high rate."""
+    p = ZmqPublisher("tcp://127.0.0.1:*", sndhwm=64, poll_interval=60.0)
+    s = ZmqSubscriber(p.endpoint, topics=["stepx/run", "stepx/step"])
+    try:
+        p.send_bytes(wire.encode(Packet("run", {"run_id": "r7", "words": ["a"], "total_steps": 99})))
+        got = []
+        for step in range(99):  # until the subscription has reached the publisher
+            p.send_bytes(wire.encode(Packet("step", {"run_id": "r7", "step": step})))
+            if (pk := s.recv(timeout=0.05)) is not None:
+                got.append(pk)
+                break
+        p.send_bytes(wire.encode(Packet("step", {"run_id": "r7", "step": 99})))
+        while (pk := s.recv(timeout=0.3)) is not None:
+            got.append(pk)
+        kinds = [pk.kind for pk in got]
+        # the run packet goes out before the first step sent after the subscription was seen; a
+        # step racing the subscription inside the very send that saw it may come first
+        assert "run" in kinds[:2], kinds
+        assert kinds.count("run") == 1 and got[-1].step == 99
+    finally:
+        s.close(); p.close()
+
+
 def test_publisher_never_blocks_on_a_stalled_subscriber():
     p = pub()
     s = ZmqSubscriber(p.endpoint, topics=["stepx/"], rcvhwm=2)  # connected, never reads

@@ -2,7 +2,11 @@
 
 Why XPUB: with ``XPUB_VERBOSE`` every new subscription reaches the publisher, so when a
 subscriber joins mid-run the cached ``run`` packet (and the run's ``end`` if it has one) is
-re-sent within ~10 ms instead of waiting for the next run. Why NOBLOCK + a small SNDHWM:
+re-sent before the next packet goes out (the sending thread looks for new subscriptions first:
+a non-blocking read), or within ``poll_interval`` (0.1 s) while nothing is being sent, instead
+of waiting for the next run. No thread wakes at a high rate for this: a 5 ms watcher was 200
+wake-ups a second in the sink process, beside the thread that launches the model's kernels
+(bench/sink_cpu.py). Why NOBLOCK + a small SNDHWM:
 a slow subscriber must never slow the model; when its pipe is full the frame is dropped
 (counted in ``dropped``), so no backlog can build up on the publisher side.
 
@@ -32,12 +36,13 @@ class ZmqPublisher:
 
     Also a fan-out ``Sink`` (``name``, ``encoding``, ``send(packet, data)``, ``close()``).
     The socket is shared by the caller's thread and a small watcher thread that reads
-    subscriptions; a lock serialises every socket call (ZMQ sockets are not thread-safe).
+    subscriptions while nothing is sent; a lock serialises every socket call (ZMQ sockets
+    are not thread-safe).
     """
 
     def __init__(self, endpoint: str = DEFAULT_PUB_ENDPOINT, *, encoding: str = "float16",
                  sndhwm: int = 4, name: str = "zmq", context: zmq.Context | None = None,
-                 poll_interval: float = 0.005) -> None:
+                 poll_interval: float = 0.1) -> None:
         self.name = name
         self.encoding = encoding
         self.sent = 0
@@ -60,11 +65,12 @@ class ZmqPublisher:
     def send_bytes(self, data: bytes) -> bool:
         """Send one encoded message; return False if dropped (a subscriber pipe is full)."""
         topic = data[: data.find(b"\x00")] if b"\x00" in data[:256] else b""
-        if topic == _RUN_TOPIC:
-            self._cache = [(topic, data)]
-        elif topic == _END_TOPIC and self._cache:
-            self._cache = self._cache[:1] + [(topic, data)]
         with self._lock:
+            self._welcome()  # a new subscriber gets the cached run (and end) before this packet
+            if topic == _RUN_TOPIC:
+                self._cache = [(topic, data)]
+            elif topic == _END_TOPIC and self._cache:
+                self._cache = self._cache[:1] + [(topic, data)]
             try:
                 self._sock.send(data, zmq.NOBLOCK, copy=len(data) < 65536)
             except zmq.Again:
@@ -83,23 +89,22 @@ class ZmqPublisher:
 
     # -- late joiners --------------------------------------------------------------------
     def _watch(self) -> None:
-        while not self._stop.is_set():
-            subs: list[bytes] = []
+        while not self._stop.wait(self._poll_interval):
             with self._lock:
-                try:
-                    while True:
-                        subs.append(self._sock.recv(zmq.NOBLOCK))
-                except (zmq.Again, zmq.ZMQError):
-                    pass
-            for msg in subs:
-                if msg[:1] == b"\x01":
-                    self._replay(msg[1:])
-            self._stop.wait(self._poll_interval)
+                self._welcome()
 
-    def _replay(self, prefix: bytes) -> None:
-        for topic, data in list(self._cache):
-            if topic.startswith(prefix):
-                with self._lock:
+    def _welcome(self) -> None:
+        """Re-send the cached run/end to each subscription that arrived since the last look
+        (the lock held; costs one failing non-blocking read when there is none)."""
+        while True:
+            try:
+                msg = self._sock.recv(zmq.NOBLOCK)
+            except (zmq.Again, zmq.ZMQError):
+                return
+            if msg[:1] != b"\x01":  # an unsubscription
+                continue
+            for topic, data in self._cache:
+                if topic.startswith(msg[1:]):
                     try:
                         self._sock.send(data, zmq.NOBLOCK)
                     except zmq.ZMQError:
