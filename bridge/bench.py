@@ -9,6 +9,7 @@ latency from a step's end to a local ZeroMQ subscriber's receipt.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import statistics
 import sys
@@ -18,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 
@@ -180,12 +183,15 @@ def _next_port(endpoint: str) -> str:
 
 def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guidance: float = 7.5, variants: list[str] | None = None,
               endpoint: str = "tcp://127.0.0.1:5599", height: int | None = None, width: int | None = None,
-              profile: str | None = None, map_size: int | None = None, sink_cpus: set[int] | None = None) -> dict[str, Any]:
+              profile: str | None = None, map_size: int | None = None, sink_cpus: set[int] | None = None,
+              max_seconds: float | None = None) -> dict[str, Any]:
     """Time the variants; returns a JSON-able result (also printed by ``stepx bench``).
 
     ``map_size``: the captured maps' side (CaptureConfig.resolution) for the capture, publish and
     query variants; None = the latent's size. ``sink_cpus``: the CPUs of the sink process and of
-    the latency subscriber (None: any)."""
+    the latency subscriber (None: any). ``max_seconds``: start no new timed round once this long
+    has passed since the first one began (``runs`` in the result is then the rounds done), so a
+    run under a time limit still reports what it measured."""
     from bridge.capture import CaptureConfig, Query, capture, graph_stats
     from bridge.fanout import FanOut
     from bridge.packet_process import PacketProcess
@@ -308,7 +314,11 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                 variants.remove(v)
                 times.pop(v)
         steal0 = _cpu_steal()
+        started = time.perf_counter()
         for r in range(warmup + runs):
+            if max_seconds is not None and r > warmup and time.perf_counter() - started > max_seconds:
+                log.warning("stopped after %d of %d rounds: --max-seconds %.0f reached", r - warmup, runs, max_seconds)
+                break
             order = variants[r % len(variants):] + variants[: r % len(variants)]
             for v in order:
                 if device.type == "cuda":
@@ -333,7 +343,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__, "diffusers": __import__("diffusers").__version__, "python": platform.python_version(),
         "pipeline": type(pipe).__name__, "dtype": str(next(denoiser(pipe).parameters()).dtype),
-        "steps": steps, "runs": runs, "guidance": guidance, "size": size or "default", "map_size": map_size or "latent",
+        "steps": steps, "runs": len(times["plain"]), "guidance": guidance, "size": size or "default", "map_size": map_size or "latent",
         "threads": torch.get_num_threads(),
         "cpus": sorted(__import__("os").sched_getaffinity(0)) if hasattr(__import__("os"), "sched_getaffinity") else None,
         "sink_cpus": sorted(sink_cpus) if sink_cpus else None,

@@ -53,6 +53,13 @@ def test_a_variant_that_cannot_run_is_reported_not_fatal(tiny_pipe):
     assert "daam" in result["errors"] and set(result["median_ratio_vs_plain"]) == {"plain"}
 
 
+def test_max_seconds_reports_the_rounds_done(tiny_pipe):
+    """A time budget stops starting rounds (at least one timed round runs) and the result says how many."""
+    result = run_bench(tiny_pipe, steps=2, runs=50, warmup=1, variants=["plain", "capture"], max_seconds=0.0)
+    assert result["runs"] == 1 and len(result["seconds"]["plain"]) == len(result["seconds"]["capture"]) == 1
+    assert run_bench(tiny_pipe, steps=2, runs=3, warmup=0, variants=["plain", "capture"], max_seconds=600)["runs"] == 3
+
+
 def test_median_interval_brackets_the_median_and_narrows_with_rounds():
     import numpy as np
 

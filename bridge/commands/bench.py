@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--max-seconds", type=float, default=None, metavar="S",
+                   help="start no new round after S seconds of timed rounds (then fewer than --runs are reported): "
+                        "for machines that stop a command at a time limit")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_worker", "publish_device", "publish_inproc", "publish_null", "publish_drop", "capture_latent", "capture_busy", "queries", "daam"],
                    help="capture_eager: capture with the map maths never replayed as a CUDA graph; publish: capture + phases + "
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if "plain" not in args.variants:
         args.variants = ["plain", *args.variants]
     result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants, profile=args.profile,
-                       height=args.size, width=args.size, map_size=args.map_size, sink_cpus=sink_cpus)
+                       height=args.size, width=args.size, map_size=args.map_size, sink_cpus=sink_cpus,
+                       max_seconds=args.max_seconds)
     result["switch_interval"] = __import__("sys").getswitchinterval()
     print_table(result)
     if args.json:
