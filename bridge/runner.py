@@ -63,7 +63,7 @@ class Runner:
         concepts: dict[str, dict[str, list[float]]] | None = None,
         phases_on: str = "auto",
         step_clock: Callable[[str, int], None] | None = None,
-        deliver: str = "auto",
+        deliver: str = "worker",
     ) -> None:
         """``phases_on``: ``device`` runs the phases where the maps are, on the model's thread
         (compiled on CUDA: a few kernels per step), and packets are built from their results;
@@ -75,20 +75,20 @@ class Runner:
         ``device`` for an in-process publisher on CUDA.
 
         ``deliver``: who hands each step's recipe to a publisher that takes recipes (a
-        PacketProcess). ``auto``: the model's thread itself, as soon as the step's host copy has
+        PacketProcess). ``worker`` (the default): the packet thread, woken per step, which waits
+        for the step's host copy. ``inline``: the model's thread itself, as soon as the copy has
         landed, checked between the next step's layers (a push is a pickle of a few hundred bytes
         and a socket send); a copy that has still not landed at the next step's end (the GPU is
-        more than a step behind) goes to the packet thread, which waits for it. ``worker``:
-        always the packet thread, woken per step. Where this thread sets the pace (SD 1.5 on a
-        fast GPU), waking another Python thread per step costs it the GIL hand-overs
-        (docs/BENCHMARKS.md, "Delivery"). Other publishers always get built packets from the
-        packet thread."""
+        more than a step behind) goes to the packet thread. The two measured the same over 443
+        paired SD 1.5 rounds on an H200 (docs/BENCHMARKS.md, "Delivery"), so the default is the
+        one that leaves the model's thread alone. Other publishers always get built packets from
+        the packet thread."""
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
         # its packet is built): benchmarks time step → subscriber latency from there.
         if phases_on not in ("auto", "host", "device"):
             raise ValueError(f"phases_on must be 'auto', 'host' or 'device', got {phases_on!r}")
-        if deliver not in ("auto", "worker"):
-            raise ValueError(f"deliver must be 'auto' or 'worker', got {deliver!r}")
+        if deliver not in ("worker", "inline"):
+            raise ValueError(f"deliver must be 'worker' or 'inline', got {deliver!r}")
         self.deliver = deliver
         self.device = next(denoiser(pipe).parameters()).device
         self.phases_on = phases_on
@@ -154,7 +154,7 @@ class Runner:
         cancel = cancel or threading.Event()
         t0 = time.perf_counter()
         state: dict[str, Any] = {"run_id": "", "engine": None, "focus": [], "words": None, "phases": self.phases_where()}
-        self._inline = self.deliver == "auto" and getattr(self.publish, "deferred", None) is not None
+        self._inline = self.deliver == "inline" and getattr(self.publish, "deferred", None) is not None
         self._alive = getattr(self.publish, "alive", None)  # a PacketProcess: is its child up (no restart inline)?
         try:
             tokens = build_token_map(adapter_for(self.pipe).tokenizer(), req.prompt)

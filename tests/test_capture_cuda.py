@@ -122,14 +122,14 @@ def test_runner_hands_recipes_over_on_the_model_thread_once_copies_land(cuda_pip
             self(recipe())
 
     runs = {}
-    for deliver in ("auto", "worker"):
+    for deliver in ("inline", "worker"):
         pub = Recipes()
         result = Runner(cuda_pipe, pub, image_every=0, deliver=deliver).run(Request("a red circle above a blue square", seed=3, steps=6))
         assert result.status == "done"
         runs[deliver] = pub.got
     steps = {d: [(p, name) for p, name in got if p.kind == "step"] for d, got in runs.items()}
-    assert [p.header["step"] for p, _ in steps["auto"]] == list(range(6))
+    assert [p.header["step"] for p, _ in steps["inline"]] == list(range(6))
     assert {name for _, name in steps["worker"]} == {"stepx-packets"}
-    assert threading.main_thread().name in {name for _, name in steps["auto"]}
-    for (a, _), (w, _) in zip(steps["auto"], steps["worker"], strict=True):
+    assert threading.main_thread().name in {name for _, name in steps["inline"]}
+    for (a, _), (w, _) in zip(steps["inline"], steps["worker"], strict=True):
         np.testing.assert_array_equal(a.arrays["rgba"], w.arrays["rgba"])

@@ -107,10 +107,10 @@ class _Recipes:
         self(packet)
 
 
-@pytest.mark.parametrize("deliver", ["auto", "worker"])
+@pytest.mark.parametrize("deliver", ["inline", "worker"])
 def test_recipes_go_out_in_order_from_the_model_thread_or_the_packet_thread(sd_pipe, deliver):
-    """``auto`` hands recipes over on the model's thread (on the CPU a copy has always landed),
-    ``worker`` on the packet thread; the packets are the same either way."""
+    """``inline`` hands recipes over on the model's thread (on the CPU a copy has always landed),
+    ``worker`` (the default) on the packet thread; the packets are the same either way."""
     import threading
 
     from bridge.runner import Runner
@@ -121,7 +121,7 @@ def test_recipes_go_out_in_order_from_the_model_thread_or_the_packet_thread(sd_p
     assert [(k, s) for k, s, _ in pub.got] == [("run", None), ("step", 0), ("image", 0), ("step", 1), ("step", 2), ("image", 2),
                                                ("step", 3), ("image", 3), ("timeline", None), ("end", None)]
     threads = {name for kind, _, name in pub.got if kind in ("run", "step", "image")}
-    assert threads == ({threading.main_thread().name} if deliver == "auto" else {"stepx-packets"})
+    assert threads == ({threading.main_thread().name} if deliver == "inline" else {"stepx-packets"})
     _, reference = collect(sd_pipe, Request(PROMPT, seed=5, steps=4), image_every=0)
     for mine, theirs in zip([p for p in pub.packets if p.kind == "step"], [p for p in reference if p.kind == "step"]):
         np.testing.assert_array_equal(mine.arrays["rgba"], theirs.arrays["rgba"])
@@ -149,7 +149,7 @@ def test_a_copy_not_landed_by_the_next_step_goes_to_the_packet_thread_in_order(s
 
     monkeypatch.setattr(runner_mod, "HostSnapshot", SlowSnapshot)
     pub = _Recipes()
-    result = runner_mod.Runner(sd_pipe, pub, image_every=0).run(Request(PROMPT, seed=5, steps=5))
+    result = runner_mod.Runner(sd_pipe, pub, image_every=0, deliver="inline").run(Request(PROMPT, seed=5, steps=5))
     assert result.status == "done"
     steps = [(s, name) for kind, s, name in pub.got if kind == "step"]
     assert [s for s, _ in steps] == [0, 1, 2, 3, 4]
@@ -160,7 +160,7 @@ def test_an_inline_hand_over_that_fails_is_logged_and_the_run_goes_on(sd_pipe, c
     from bridge.runner import Runner
 
     pub = _Recipes(fail_step=1)
-    result = Runner(sd_pipe, pub, image_every=0).run(Request(PROMPT, seed=5, steps=4))
+    result = Runner(sd_pipe, pub, image_every=0, deliver="inline").run(Request(PROMPT, seed=5, steps=4))
     assert result.status == "done"
     assert [s for kind, s, _ in pub.got if kind == "step"] == [0, 2, 3]
     assert [k for k, _, _ in pub.got][-1] == "end"
@@ -211,7 +211,7 @@ def test_a_copy_goes_out_between_the_next_steps_layers_once_it_has_landed(sd_pip
                 events.append(("sent", packet.header["step"]))
 
     monkeypatch.setattr(runner_mod, "HostSnapshot", LateSnapshot)
-    runner = runner_mod.Runner(sd_pipe, Pub(), image_every=0, step_clock=lambda run_id, step: events.append(("ended", step)))
+    runner = runner_mod.Runner(sd_pipe, Pub(), image_every=0, deliver="inline", step_clock=lambda run_id, step: events.append(("ended", step)))
     assert runner.run(Request(PROMPT, seed=5, steps=4)).status == "done"
     assert events.index(("ended", 1)) < events.index(("sent", 1)) < events.index(("ended", 2))
     assert made[1].queries == 3  # looked at between layers, then no more
@@ -229,7 +229,7 @@ def test_while_the_sink_process_is_down_the_packet_thread_hands_over(sd_pipe):
             return False
 
     pub = Down()
-    result = Runner(sd_pipe, pub, image_every=0).run(Request(PROMPT, seed=5, steps=3))
+    result = Runner(sd_pipe, pub, image_every=0, deliver="inline").run(Request(PROMPT, seed=5, steps=3))
     assert result.status == "done"
     assert [(k, s) for k, s, _ in pub.got] == [("run", None), ("step", 0), ("step", 1), ("step", 2), ("image", 2), ("timeline", None), ("end", None)]
     assert {name for _, _, name in pub.got} == {"stepx-packets"} != {threading.main_thread().name}

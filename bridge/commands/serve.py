@@ -27,10 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sink-process", choices=("auto", "on", "off"), default="auto",
                    help="run the outputs (encoding, sockets, the recorder) in a child process, so they never take "
                         "the model's thread's time (auto: on when the model runs on CUDA)")
-    p.add_argument("--deliver", choices=("auto", "worker"), default="auto",
-                   help="who hands each step to the sink process: auto = the model's thread once the step's copy has "
-                        "landed (cheapest where that thread sets the pace, e.g. SD 1.5); worker = a packet thread woken "
-                        "per step (docs/BENCHMARKS.md, 'Delivery')")
+    p.add_argument("--deliver", choices=("worker", "inline"), default="worker",
+                   help="who hands each step to the sink process: worker = a packet thread woken per step (default); "
+                        "inline = the model's thread once the step's copy has landed; they measure the same "
+                        "(docs/BENCHMARKS.md, 'Delivery')")
     c = p.add_argument_group("control")
     c.add_argument("--control", default="tcp://127.0.0.1:5561", help="ZeroMQ REQ/REP control endpoint ('' = off)")
     c.add_argument("--osc-control", default="127.0.0.1:7001", help="OSC control HOST:PORT ('' = off)")
