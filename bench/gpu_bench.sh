@@ -5,7 +5,7 @@
 # sd15: SD 1.5 at 512² (plain, capture with and without CUDA graphs, capture+phases+publish with the
 #       sinks+phases in a PacketProcess, recipes handed over by the model's thread, phases on the GPU,
 #       sinks in-process, recipes dropped, capture beside other processes' CPU load, +box query,
-#       DAAM 0.2.0) plus the delivery, phases (eager and compiled) and preview micro-benchmarks; big: SDXL at 1024² and
+#       DAAM 0.2.0) plus the delivery, sink-process CPU, phases (eager and compiled) and preview micro-benchmarks; big: SDXL at 1024² and
 #       SD3.5-medium-shaped MM-DiT. sd15+: sd15 and phases without the preview.
 # Needs diffusers, pyzmq (and moderngl for the preview) importable, DAAM's source on PYTHONPATH.
 set -uo pipefail
@@ -15,6 +15,7 @@ python3 -c 'import torch; print(torch.cuda.get_device_name(0), torch.__version__
 if [ "$what" = sd15 ] || [ "$what" = sd15+ ] || [ "$what" = all ] || [ "$what" = models ]; then
   python3 -m bridge.cli bench --arch sd15 --runs 40 --warmup 2 --variants plain capture capture_eager publish publish_inline publish_device publish_inproc publish_drop capture_busy queries daam --json "$out/sd15.json" --profile "$out/sd15_profile.txt" 2>&1 | grep -v '^{' | tee "$out/sd15.txt"
   [ "$what" = models ] || python3 bench/delivery_bench.py --rounds 40 2>&1 | tail -4 | tee "$out/delivery.txt"
+  [ "$what" = models ] || python3 bench/sink_cpu.py --runs 10 2>&1 | tail -5 | tee -a "$out/delivery.txt"
   [ "$what" = models ] || python3 bench/phases_bench.py --reps 500 --compile 2>&1 | tail -5 | tee "$out/phases.txt"
   [ "$what" = models ] || python3 bench/phases_bench.py --reps 500 --compile --compile-mode reduce-overhead --device cuda 2>&1 | tail -2 | tee -a "$out/phases.txt"
   [ "$what" = models ] || [ "$what" = sd15+ ] || python3 bench/preview_bench.py --particles 1000000 --frames 300 --paths compute,transform_feedback 2>&1 | tail -4 | tee "$out/preview.txt"
