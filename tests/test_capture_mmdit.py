@@ -241,6 +241,59 @@ def test_sd3_normaliser_comes_from_the_models_own_attention_call(sd3_pipe, monke
     assert given == [True] * (2 * layers) and not recomputed  # 2 steps, CFG in one batch
 
 
+def test_flux_normaliser_comes_from_the_models_own_attention_call(flux_pipe, monkeypatch):
+    """FLUX's processor calls diffusers' dispatch_attention_fn: with the native backend the tap
+    takes every joint layer's q, k and lse from that call (no projections observed, no norms or
+    RoPE applied again, no second attention), and puts the function back afterwards."""
+    import diffusers.models.transformers.transformer_flux as tf
+
+    from bridge.capture import maps, sdpa_tap
+
+    given, recomputed = [], []
+    real = sdpa_tap.attention_with_lse
+    monkeypatch.setattr(sdpa_tap, "attention_with_lse", lambda q, k, v: given.append(real(q, k, v)[1] is not None) or real(q, k, v))
+    monkeypatch.setattr(maps, "fused_logsumexp", lambda *a: recomputed.append(1))
+    original = tf.dispatch_attention_fn
+    hooks = sum(len(m._forward_hooks) for m in flux_pipe.transformer.modules())
+    with capture(flux_pipe) as cap:
+        assert tf.dispatch_attention_fn is sdpa_tap.dispatch_attention_fn
+        assert sum(len(m._forward_hooks) for m in flux_pipe.transformer.modules()) == hooks + len(cap.cross_layers) + 1  # one per layer and the evaluation's end: no projection hooks
+        generate(flux_pipe, steps=2)
+    assert tf.dispatch_attention_fn is original
+    assert given == [True] * (2 * len(cap.last_run.layers)) and not recomputed
+
+
+def test_flux_maps_are_the_same_with_another_backend_or_without_the_tap(flux_pipe, monkeypatch):
+    """Another attention backend (here diffusers' math one) keeps its own kernel and the capture
+    computes the normaliser; a processor that cannot be tapped is observed at its projections.
+    Same maps, image unchanged."""
+    from bridge.capture import sdpa_tap
+
+    plain = generate(flux_pipe, steps=2)
+    image, tapped = _maps(flux_pipe)
+    np.testing.assert_array_equal(image, plain)
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, attention_backend
+
+    with attention_backend("_native_math"):  # the active backend, for every processor
+        plain_math = generate(flux_pipe, steps=2)
+        image_math, other = _maps(flux_pipe)
+    np.testing.assert_array_equal(image_math, plain_math)
+    assert rel_err(other, tapped.double()) < 1e-5
+    t = flux_pipe.transformer
+    t.set_attention_backend("_native_math")  # the processors' own backend (it also sets the active one)
+    try:
+        image_set, per_processor = _maps(flux_pipe)
+    finally:
+        t.reset_attention_backend()
+        _AttentionBackendRegistry.set_active_backend(AttentionBackendName.NATIVE)  # reset leaves the active one
+    np.testing.assert_array_equal(image_set, plain_math)
+    assert rel_err(per_processor, tapped.double()) < 1e-5
+    monkeypatch.setattr(sdpa_tap, "tappable", lambda processor: False)
+    image_hooks, hooked = _maps(flux_pipe)
+    np.testing.assert_array_equal(image_hooks, plain)
+    assert rel_err(hooked, tapped.double()) < 1e-5
+
+
 def test_sd3_maps_and_image_are_the_same_whether_or_not_the_kernel_gives_the_lse(sd3_pipe):
     """The math backend has no lse to give: the capture computes the normaliser itself."""
     from torch.nn.attention import SDPBackend, sdpa_kernel

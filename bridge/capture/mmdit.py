@@ -211,6 +211,43 @@ class _MMDiTAdapter(Adapter):
             self._warned.add(key)
             log.warning(msg)
 
+    def _joint_layout(self, args: tuple, kwargs: dict) -> tuple[slice, slice] | None:
+        """``(image queries, text keys)``: their positions in the joint sequence of this layer call
+        (None: leave the call out)."""
+        raise NotImplementedError
+
+    def _joint_probe(self, session: "Capture", layer: Layer) -> list[Callable[[], None]]:
+        """Arm the attention tap for the layer's call: the processor's own attention kernel hands
+        over the joint q and k (after the q/k norms and RoPE: exactly what it attends with) and
+        its normaliser; the maps take the conditional rows' image queries."""
+        attn = layer.module
+
+        def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            sdpa_tap.disarm()
+            if not session.active:
+                return
+            if kwargs.get("attention_mask", args[2] if len(args) > 2 else None) is not None:
+                self._warn_once(f"mask:{layer.name}", f"{layer.name} was called with an attention mask; it is left out of the maps")
+                return
+            layout = self._joint_layout(args, kwargs)
+            if layout is not None:
+                sdpa_tap.arm(lambda q, k, lse: on_attention(*layout, q, k, lse))
+
+        def on_attention(image: slice, text: slice, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None) -> None:
+            rows = session.cond_rows(q.shape[0])
+            if rows is None:
+                return
+            with torch.no_grad():
+                self._emit(session, layer, q[rows, :, image], k[rows], text, None if lse is None else lse[rows, :, image])
+
+        def post(_m: torch.nn.Module, _args: tuple, _kwargs: dict, _out: Any) -> None:
+            if sdpa_tap.disarm():
+                self._warn_once(f"untapped:{layer.name}", f"{layer.name}'s attention made no call StepX could tap "
+                                "(F.scaled_dot_product_attention, dispatch_attention_fn); it is left out of the maps")
+
+        handles = [attn.register_forward_pre_hook(pre, with_kwargs=True), attn.register_forward_hook(post, with_kwargs=True)]
+        return [sdpa_tap.install(attn.processor), *(h.remove for h in handles)]
+
     # the maths shared by the probes: conditional rows, head weights, detail
     def _emit(self, session: "Capture", layer: Layer, q: torch.Tensor, k: torch.Tensor, text: slice,
               lse: torch.Tensor | None = None) -> None:
@@ -259,6 +296,13 @@ class SD3Adapter(_MMDiTAdapter):
         p = int(self.pipe.transformer.config.patch_size)
         return (int(x.shape[-2]) // p, int(x.shape[-1]) // p), int(x.shape[0])
 
+    def _joint_layout(self, args: tuple, kwargs: dict) -> tuple[slice, slice] | None:
+        """SD3's joint sequence: ``[image (N), text]``."""
+        if kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None) is None:
+            return None
+        n = int((args[0] if args else kwargs["hidden_states"]).shape[1])  # [B, N, C]
+        return slice(0, n), slice(n, None)
+
     def prompt_token_maps(self, arguments: dict, repeats: int) -> list[TokenMap] | None:
         prompts = _as_list(arguments.get("prompt"))
         if not prompts:
@@ -299,41 +343,6 @@ class SD3Adapter(_MMDiTAdapter):
         for layer in self_layers:
             removers += _probe(session, layer)
         return removers
-
-    def _joint_probe(self, session: "Capture", layer: Layer) -> list[Callable[[], None]]:
-        """Arm the SDPA tap for the layer's call: the processor's own attention kernel hands over
-        the joint q and k (after the q/k norms, in SD3's ``[image, text]`` order) and its
-        normaliser; the maps take the conditional rows' image queries."""
-        attn = layer.module
-
-        def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            sdpa_tap.disarm()
-            mask = kwargs.get("attention_mask", args[2] if len(args) > 2 else None)
-            ctx = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-            if not session.active or ctx is None:
-                return
-            if mask is not None:
-                self._warn_once(f"mask:{layer.name}", f"{layer.name} was called with an attention mask; it is left out of the maps")
-                return
-            x = args[0] if args else kwargs["hidden_states"]  # [B, N, C]
-            n = int(x.shape[1])
-            sdpa_tap.arm(lambda q, k, lse: on_attention(n, q, k, lse))
-
-        def on_attention(n: int, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None) -> None:
-            rows = session.cond_rows(q.shape[0])
-            if rows is None:
-                return
-            with torch.no_grad():
-                self._emit(session, layer, q[rows, :, :n], k[rows], slice(n, k.shape[2]),
-                           None if lse is None else lse[rows, :, :n])
-
-        def post(_m: torch.nn.Module, _args: tuple, _kwargs: dict, _out: Any) -> None:
-            if sdpa_tap.disarm():
-                self._warn_once(f"untapped:{layer.name}", f"{layer.name}'s attention did not reach F.scaled_dot_product_attention; "
-                                "it is left out of the maps")
-
-        handles = [attn.register_forward_pre_hook(pre, with_kwargs=True), attn.register_forward_hook(post, with_kwargs=True)]
-        return [sdpa_tap.install(attn.processor), *(h.remove for h in handles)]
 
 
 @register
@@ -439,10 +448,23 @@ class FluxAdapter(_MMDiTAdapter):
         removers.append(patch_method(t, "cache_context", cache_context))
         single = {id(b.attn) for b in t.single_transformer_blocks}
         for layer in cross:
-            removers += self._probe(session, layer, id(layer.module) in single)
+            if sdpa_tap.tappable(layer.module.processor):
+                removers += self._joint_probe(session, layer)
+            else:
+                removers += self._probe(session, layer, id(layer.module) in single)
         return removers
 
+    def _joint_layout(self, args: tuple, kwargs: dict) -> tuple[slice, slice] | None:
+        """FLUX's joint sequence, in double- and single-stream blocks alike: ``[text (T), image]``."""
+        if self._uncond:
+            return None
+        t = self._txt_len
+        return slice(t, None), slice(0, t)
+
     def _probe(self, session: "Capture", layer: Layer, single: bool) -> list[Callable[[], None]]:
+        """For a FLUX processor whose attention call cannot be tapped: observe ``to_q``, ``to_k``
+        (and ``add_k_proj``), apply the norms and RoPE as the processor does, and compute the
+        normaliser (a second attention's worth of logits)."""
         from diffusers.models.embeddings import apply_rotary_emb
 
         attn = layer.module

@@ -12,6 +12,12 @@ layer has *armed* it (a pre-hook, per thread), the stand-in runs the very op the
 have picked (``torch._fused_sdp_choice``) asking it for the log-sum-exp too, gives
 ``(q, k, lse)`` to the layer's sink and returns the output. Unarmed calls pass straight through.
 
+Processors that call diffusers' ``dispatch_attention_fn`` instead (FLUX's, diffusers ≥ 0.35; its
+q, k, v are ``[B, S, heads, d]``) get a stand-in for that: with the native backend (the default,
+``F.scaled_dot_product_attention`` on the heads-first views) it does the same; with another
+backend the call is the backend's own and the sink gets ``lse=None`` (the capture then computes
+the normaliser itself).
+
 The image must stay exactly the model's. Each (device, backend, dtype, shapes, strides) is checked
 once against ``F.scaled_dot_product_attention`` — bit for bit for the output, and the
 log-sum-exp against a float32 one of the first rows — and a mismatch, or a backend that has no
@@ -40,7 +46,8 @@ _FLASH, _EFFICIENT, _CUDNN = 1, 2, 3  # torch.nn.attention.SDPBackend values, as
 _sdpa = F.scaled_dot_product_attention
 _local = threading.local()
 _lock = threading.Lock()
-_installed: dict[int, tuple[dict, Any, int]] = {}  # id(globals) -> (globals, original F, users)
+_installed: dict[tuple[int, str], tuple[dict, Any, int]] = {}  # (id(globals), name) -> (globals, original, users)
+_dispatch: list[Callable[..., torch.Tensor]] = []  # diffusers' dispatch_attention_fn, once a processor that calls it was tapped
 _checked: dict[tuple, bool] = {}  # kernel key -> output bit-identical and lse right
 
 
@@ -137,6 +144,38 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
     return out
 
 
+def dispatch_attention_fn(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Any = None,
+                          dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False,
+                          attention_kwargs: dict | None = None, *, backend: Any = None, parallel_config: Any = None) -> torch.Tensor:
+    """diffusers' ``dispatch_attention_fn`` (q, k, v ``[B, S, heads, d]``), whose armed calls also
+    feed the layer's sink with heads-first views ``[B, heads, S, d]``."""
+    original = _dispatch[0]
+    sink = getattr(_local, "sink", None)
+    plain = attn_mask is None and not dropout_p and not is_causal and scale is None and not enable_gqa and not attention_kwargs
+    if sink is None or not plain or query.requires_grad:
+        return original(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, attention_kwargs,
+                        backend=backend, parallel_config=parallel_config)
+    _local.sink = None  # one call per arming
+    q, k, v = (x.permute(0, 2, 1, 3) for x in (query, key, value))  # [B, heads, S, d], as the native backend passes them
+    if backend is None and parallel_config is None and _native_backend():
+        out, lse = attention_with_lse(q, k, v)
+        sink(q, k, lse)
+        return out.permute(0, 2, 1, 3)
+    out = original(query, key, value, backend=backend, parallel_config=parallel_config)  # another backend's own kernel
+    sink(q, k, None)
+    return out
+
+
+def _native_backend() -> bool:
+    """Whether diffusers' active attention backend is its native one (``F.scaled_dot_product_attention``)."""
+    try:
+        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+        return _AttentionBackendRegistry.get_active_backend()[0] == AttentionBackendName.NATIVE
+    except (ImportError, AttributeError, KeyError):  # a diffusers whose registry differs: take no chances
+        return False
+
+
 class _Functional(types.ModuleType):
     """``torch.nn.functional`` with the stand-in for ``scaled_dot_product_attention``."""
 
@@ -149,24 +188,43 @@ class _Functional(types.ModuleType):
 _functional = _Functional("torch.nn.functional")
 
 
-def tappable(processor: Any) -> bool:
-    """Whether ``processor`` calls ``F.scaled_dot_product_attention`` through its module's ``F``."""
+def _target(processor: Any) -> tuple[dict, str, Any] | None:
+    """``(module globals, name, stand-in)`` of the attention call ``processor`` makes, if tappable."""
     call = getattr(type(processor), "__call__", None)
     code = getattr(call, "__code__", None)
     globs = getattr(call, "__globals__", {})
-    return code is not None and "scaled_dot_product_attention" in code.co_names and globs.get("F") in (F, _functional)
+    if code is None:
+        return None
+    fn = globs.get("dispatch_attention_fn")
+    if "dispatch_attention_fn" in code.co_names and callable(fn) and getattr(fn, "__name__", "") == "dispatch_attention_fn":
+        return globs, "dispatch_attention_fn", dispatch_attention_fn
+    if "scaled_dot_product_attention" in code.co_names and globs.get("F") in (F, _functional):
+        return globs, "F", _functional
+    return None
+
+
+def tappable(processor: Any) -> bool:
+    """Whether ``processor`` calls ``F.scaled_dot_product_attention`` through its module's ``F``,
+    or diffusers' ``dispatch_attention_fn``."""
+    return _target(processor) is not None
 
 
 def install(processor: Any) -> Callable[[], None]:
     """Put the stand-in into the namespace of ``processor``'s module (counted: the last remover of
     all the captures using it puts the original back). Check :func:`tappable` first."""
-    globs = type(processor).__call__.__globals__
+    target = _target(processor)
+    if target is None:
+        raise ValueError(f"{type(processor).__name__} makes no attention call StepX can tap")
+    globs, name, stand_in = target
+    key = (id(globs), name)
     with _lock:
-        entry = _installed.get(id(globs))
+        entry = _installed.get(key)
         if entry is None:
-            entry = (globs, globs["F"], 0)
-            globs["F"] = _functional
-        _installed[id(globs)] = (entry[0], entry[1], entry[2] + 1)
+            entry = (globs, globs[name], 0)
+            if name == "dispatch_attention_fn" and not _dispatch:
+                _dispatch.append(globs[name])
+            globs[name] = stand_in
+        _installed[key] = (entry[0], entry[1], entry[2] + 1)
     done = False
 
     def remove() -> None:
@@ -176,11 +234,11 @@ def install(processor: Any) -> Callable[[], None]:
         done = True
         disarm()  # a layer that raised before its call must not leave a sink behind
         with _lock:
-            g, original, users = _installed[id(globs)]
+            g, original, users = _installed[key]
             if users > 1:
-                _installed[id(globs)] = (g, original, users - 1)
+                _installed[key] = (g, original, users - 1)
                 return
-            del _installed[id(globs)]
-            g["F"] = original
+            del _installed[key]
+            g[name] = original
 
     return remove
