@@ -14,6 +14,11 @@ bytes into each sink's mailbox and returns. Each sink's thread drains its own ma
 * a sink with ``lossless = True`` (the trace recorder) keeps every packet in order: it may
   fall behind, but never skips a step. Its queue is bounded only by the run's length.
 
+A sink whose ``send`` never blocks and costs microseconds (``inline = True``: the ZeroMQ
+publisher, whose sends are non-blocking) is called on the producer's thread instead, in publish
+order and without a mailbox: no thread hand-over per packet, and no frame replaced only because
+its thread had not been scheduled yet (in the sink process the packet building holds the GIL).
+
 A sink that raises is logged (rate-limited) and keeps receiving later frames.
 """
 
@@ -106,44 +111,56 @@ class FanOut:
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique, got {names}")
         self.stats: dict[str, SinkStats] = {s.name: SinkStats() for s in self.sinks}
-        self._boxes = {s.name: _Mailbox(keep_max, bool(getattr(s, "lossless", False))) for s in self.sinks}
+        self._inline = [s for s in self.sinks if getattr(s, "inline", False)]  # called on the producer's thread
+        self._threaded = [s for s in self.sinks if not getattr(s, "inline", False)]
+        self._boxes = {s.name: _Mailbox(keep_max, bool(getattr(s, "lossless", False))) for s in self._threaded}
+        self._last_log: dict[str, float] = {}
         self._encodings = sorted({s.encoding for s in self.sinks if s.encoding})
         self._seq = itertools.count()
         self._closed = False
         self._threads = [threading.Thread(target=self._run, args=(s,), name=f"sink-{s.name}", daemon=True)
-                         for s in self.sinks]
+                         for s in self._threaded]
         for t in self._threads:
             t.start()
 
     def publish(self, packet: Any) -> None:
         """Encode once per needed encoding and hand the packet to every sink; never blocks
-        on a sink (only on the per-sink mailbox lock, held for a dict assignment)."""
+        on a sink (only on the per-sink mailbox lock, held for a dict assignment, and on the
+        non-blocking sends of inline sinks)."""
         if self._closed:
             raise RuntimeError("FanOut is closed")
         encoded = {enc: encode(packet, enc) for enc in self._encodings}
         seq = next(self._seq)
-        for s in self.sinks:
-            self._boxes[s.name].put(seq, packet, encoded.get(s.encoding) if s.encoding else None,
-                                    self.stats[s.name], s.name)
+        for s in self._threaded:
+            self._boxes[s.name].put(seq, packet, encoded.get(s.encoding) if s.encoding else None, self.stats[s.name], s.name)
+        for s in self._inline:
+            self._deliver(s, packet, encoded.get(s.encoding) if s.encoding else None)
+
+    def _deliver(self, sink: Sink, packet: Any, data: bytes | None) -> None:
+        """``sink.send``, counted; a failure is logged (the first, then one line every 30 s: shows run all night)."""
+        stats = self.stats[sink.name]
+        try:
+            sink.send(packet, data)
+            stats.delivered += 1
+        except Exception as exc:  # a broken sink must not take the others down
+            stats.errors += 1
+            now = time.monotonic()
+            if now - self._last_log.get(sink.name, -1e9) > 30.0:
+                log.error("sink %s failed on a %s packet (%d errors so far): %r", sink.name, packet.kind, stats.errors, exc)
+                self._last_log[sink.name] = now
 
     def _run(self, sink: Sink) -> None:
-        box, stats = self._boxes[sink.name], self.stats[sink.name]
-        last_log = -1e9
+        box = self._boxes[sink.name]
         while True:
             item = box.take()
             if item is None:
                 break
             _seq, packet, data = item
-            try:
-                sink.send(packet, data)
-                stats.delivered += 1
-            except Exception as exc:  # a broken sink must not take the others down
-                stats.errors += 1
-                now = time.monotonic()
-                if now - last_log > 30.0:  # the first failure, then one line every 30 s: shows run all night
-                    log.error("sink %s failed on a %s packet (%d errors so far): %r",
-                              sink.name, packet.kind, stats.errors, exc)
-                    last_log = now
+            self._deliver(sink, packet, data)
+        self._close(sink)
+
+    @staticmethod
+    def _close(sink: Sink) -> None:
         try:
             sink.close()
         except Exception as exc:
@@ -161,6 +178,8 @@ class FanOut:
             t.join(max(0.0, deadline - time.monotonic()))
             if t.is_alive():
                 log.warning("%s did not finish within %.1fs; left running as a daemon thread", t.name, timeout)
+        for s in self._inline:
+            self._close(s)
 
     def __enter__(self) -> "FanOut":
         return self

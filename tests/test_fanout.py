@@ -117,3 +117,33 @@ def test_lossless_sink_gets_every_packet_in_order():
         fan.close(timeout=10)
     assert rec.steps == list(range(200))
     assert fan.stats["rec"].dropped == 0
+
+
+def test_inline_sink_gets_every_packet_on_the_producers_thread():
+    """A non-blocking sink (``inline = True``, as ZmqPublisher) is called by publish() itself: every
+    frame of a burst, in order, none replaced while a sink thread waited to be scheduled; a
+    failure is counted and the next packets still go; it is closed with the FanOut."""
+    import threading
+
+    class Inline(Recorder):
+        inline = True
+
+        def send(self, packet, data):
+            super().send(packet, data)
+            self.threads.add(threading.current_thread().name)
+
+    fast = Inline("inline", "float16")
+    fast.threads = set()
+    bad = Inline("bad", fail=True)
+    bad.threads = set()
+    slow = Recorder("slow", delay=0.01)
+    fo = FanOut([fast, bad, slow])
+    for i in range(50):
+        fo.publish(Packet("step", {"step": i}, {"t": np.full((2, 4, 4), i, np.float32)}))
+    fo.close()
+    assert [s for _, s, _, _ in fast.got] == list(range(50))
+    assert fast.threads == {threading.current_thread().name}
+    assert wire.decode(fast.datas[-1]).arrays["t"][0, 0, 0] == 49
+    assert fo.stats["inline"].delivered == 50 and fo.stats["bad"].errors == 50
+    assert fo.stats["slow"].dropped > 0  # the threaded sink's latest-wins still applies to it
+    assert fast.closed and bad.closed and slow.closed

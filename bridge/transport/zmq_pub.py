@@ -34,11 +34,14 @@ _END_TOPIC = (TOPIC_ROOT + "end").encode()
 class ZmqPublisher:
     """XPUB socket bound to ``endpoint``; ``send(data)`` never blocks.
 
-    Also a fan-out ``Sink`` (``name``, ``encoding``, ``send(packet, data)``, ``close()``).
+    Also a fan-out ``Sink`` (``name``, ``encoding``, ``send(packet, data)``, ``close()``), an
+    ``inline`` one: its send never blocks, so a FanOut calls it on the producer's thread.
     The socket is shared by the caller's thread and a small watcher thread that reads
     subscriptions while nothing is sent; a lock serialises every socket call (ZMQ sockets
     are not thread-safe).
     """
+
+    inline = True  # FanOut: send on the producer's thread (non-blocking, microseconds)
 
     def __init__(self, endpoint: str = DEFAULT_PUB_ENDPOINT, *, encoding: str = "float16",
                  sndhwm: int = 4, name: str = "zmq", context: zmq.Context | None = None,
