@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "dispatch", "sd15", "sdxl", "sd35m"],
+    p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "dispatch", "sd15", "sdxl", "sd35m", "flux"],
                    help="model: embedded shapes, tiny random, dispatch (SD 1.5's topology with tiny channels at 32²: a CPU proxy "
                         "of the launch-bound GPU regime), or a full-size random-weight architecture")
     p.add_argument("--device", default="auto")
@@ -58,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
         import sys
 
         sys.setswitchinterval(args.switch_interval)
-    if args.arch in ("sd15", "sdxl", "sd35m"):
+    if args.arch in ("sd15", "sdxl", "sd35m", "flux"):
         from bridge.models import fullsize
 
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        dtype = (torch.bfloat16 if args.arch == "flux" else torch.float16) if device.type == "cuda" else torch.float32
         pipe = getattr(fullsize, f"{args.arch}_pipeline")(str(device), dtype)
     elif args.arch == "dispatch":
         from bridge.models.tiny import dispatch_sd_pipeline

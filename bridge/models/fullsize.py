@@ -1,5 +1,5 @@
 """Full-size architectures with random weights, for benchmarks: the compute is that of the real
-models (SD 1.5 at 512², SDXL at 1024²), with no download."""
+models (SD 1.5 at 512², SDXL at 1024², SD3.5-medium, FLUX.1-dev), with no download."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ def _on_device(build, device: str, dtype: torch.dtype):
     with torch.device(device):
         pipe = build()
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    for module in pipe.components.values():  # built, not loaded: still in training mode (T5's dropout would be on)
+        if isinstance(module, torch.nn.Module):
+            module.eval()
     return pipe.to(device, dtype)
 
 
@@ -108,6 +111,43 @@ def _sd35m(layers: int, heads: int):
         text_encoder=_clip_text(768, 12, 12, 3072, "quick_gelu", projection=True), tokenizer=clip_tokenizer(),
         text_encoder_2=_clip_text(1280, 32, 20, 5120, "gelu", projection=True), tokenizer_2=clip_tokenizer(),
         text_encoder_3=None, tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux_pipeline(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, layers: int = 19, single_layers: int = 38,
+                  t5_layers: int = 24):
+    """FLUX.1-dev's architecture (12B MM-DiT: 19 double- and 38 single-stream blocks of 24 heads ×
+    128, RoPE, guidance embedding), its 16-channel VAE, CLIP-L (pooled) and a T5-XXL-shaped encoder
+    (d_model 4096, 64 heads, ``t5_layers`` layers) with the embedded T5-style tokenizer's small
+    vocabulary, random weights. The T5 sequence (512 tokens) enters every joint attention as in the
+    real model; its vocabulary is not the real one (the text embeddings' size is all that differs)."""
+    return _on_device(lambda: _flux(layers, single_layers, t5_layers), device, dtype)
+
+
+def _flux(layers: int, single_layers: int, t5_layers: int):
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from bridge.models.tiny import t5_tokenizer
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=layers, num_single_layers=single_layers, attention_head_dim=128,
+        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    )
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=16,
+                        layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+    tok2 = t5_tokenizer()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok2), d_model=4096, d_kv=64, d_ff=10240, num_layers=t5_layers, num_heads=64,
+                                 feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    pipe = FluxPipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        text_encoder=_clip_text(768, 12, 12, 3072, "quick_gelu"), tokenizer=clip_tokenizer(),
+        text_encoder_2=t5, tokenizer_2=tok2,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
