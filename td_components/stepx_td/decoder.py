@@ -174,8 +174,10 @@ class StreamReceiver:
             if self.run is not None and self.run.get("run_id") == header.get("run_id"):
                 return  # a late-joiner re-send of the current run: no-op (PROTOCOL.md)
             self.run, self.end = header, None
-            for k in ("step", "image", "timeline"):
-                self.latest.pop(k, None)
+            for k in ("step", "image", "timeline"):  # the last run's frames go; this run's stay (a late
+                got = self.latest.get(k)           # joiner may get a step before its run's re-sent packet)
+                if got is not None and got.header.get("run_id") != header.get("run_id"):
+                    del self.latest[k]
             upd.new_run = True
         elif kind == "end":
             self.end = header

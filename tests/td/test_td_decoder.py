@@ -117,6 +117,16 @@ class LiveDecoderTest(unittest.TestCase):
         self.assertTrue(self.rx.poll().new_run)
         self.assertIsNone(self.rx.latest.get("step"))
 
+    def test_a_step_before_its_runs_packet_is_kept(self) -> None:
+        """A subscription that lands inside a step's send gets that step before the run packet the
+        publisher re-sends to it: the run must not drop its own step (only an older run's)."""
+        self._deliver("float32", C.packet("status", {"state": "idle"}))  # subscribed
+        for p in (C.step_packet(run_id="r5"), C.run_packet("r5")):
+            self.pub.send_bytes(bridge_wire.encode(p, "float32"))
+        self.assertTrue(C.pump(lambda: None, lambda: self.rx.poll() is not None and (self.rx.run or {}).get("run_id") == "r5"))
+        self.assertEqual(self.rx.latest["step"].header["run_id"], "r5")
+        self.assertIsNotNone(self.rx.word_texture("fox"))
+
     def test_focus_word_not_in_prompt_lists_words(self) -> None:
         self._deliver("float16", C.run_packet(), C.step_packet())
         with self.assertRaises(ValueError) as cm:

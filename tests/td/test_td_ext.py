@@ -97,7 +97,9 @@ class ReceiverExtTest(unittest.TestCase):
         self.assertFalse(self.ext.OnFrameStart(1))  # nothing yet: returns at once
         step = C.step_packet()
         send = lambda: [self.pub.send_bytes(bridge_wire.encode(p, "float16")) for p in (C.run_packet(), step, C.image_packet())]
-        self.assertTrue(C.pump(send, lambda: self.ext.OnFrameStart(2) and self.comp.ops["step_image"].arrays != []))
+        # wait for both the image and the step to have been drawn (they may land in different polls)
+        self.assertTrue(C.pump(send, lambda: self.ext.OnFrameStart(2) and self.comp.ops["step_image"].arrays != []
+                               and self.comp.ops["word_tex"].arrays != []))
         word = self.comp.ops["word_tex"].arrays[-1]
         sent = bridge_wire.decode(bridge_wire.encode(step, "float16")).arrays["textures"]
         np.testing.assert_array_equal(word[..., 0], sent[1][::-1].astype(np.float32))  # focus "fox" = 1
