@@ -27,6 +27,7 @@ computes the normaliser itself (``maps.joint_text_probabilities``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -47,7 +48,6 @@ _sdpa = F.scaled_dot_product_attention
 _local = threading.local()
 _lock = threading.Lock()
 _installed: dict[tuple[int, str], tuple[dict, Any, int]] = {}  # (id(globals), name) -> (globals, original, users)
-_dispatch: list[Callable[..., torch.Tensor]] = []  # diffusers' dispatch_attention_fn, once a processor that calls it was tapped
 _checked: dict[tuple, bool] = {}  # kernel key -> output bit-identical and lse right
 
 
@@ -149,7 +149,7 @@ def dispatch_attention_fn(query: torch.Tensor, key: torch.Tensor, value: torch.T
                           attention_kwargs: dict | None = None, *, backend: Any = None, parallel_config: Any = None) -> torch.Tensor:
     """diffusers' ``dispatch_attention_fn`` (q, k, v ``[B, S, heads, d]``), whose armed calls also
     feed the layer's sink with heads-first views ``[B, heads, S, d]``."""
-    original = _dispatch[0]
+    original = _diffusers_dispatch()[0]
     sink = getattr(_local, "sink", None)
     plain = attn_mask is None and not dropout_p and not is_causal and scale is None and not enable_gqa and not attention_kwargs
     if sink is None or not plain or query.requires_grad:
@@ -166,13 +166,21 @@ def dispatch_attention_fn(query: torch.Tensor, key: torch.Tensor, value: torch.T
     return out
 
 
+@functools.cache
+def _diffusers_dispatch() -> tuple[Callable[..., torch.Tensor], Any, Any]:
+    """diffusers' own ``dispatch_attention_fn``, its backend registry and the native backend's name
+    (looked up once: the stand-in runs for every joint layer of every evaluation)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
+
+    return dispatch_attention_fn, _AttentionBackendRegistry, AttentionBackendName.NATIVE
+
+
 def _native_backend() -> bool:
     """Whether diffusers' active attention backend is its native one (``F.scaled_dot_product_attention``)."""
+    _, registry, native = _diffusers_dispatch()
     try:
-        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
-
-        return _AttentionBackendRegistry.get_active_backend()[0] == AttentionBackendName.NATIVE
-    except (ImportError, AttributeError, KeyError):  # a diffusers whose registry differs: take no chances
+        return registry.get_active_backend()[0] == native
+    except (AttributeError, KeyError):  # a diffusers whose registry differs: take no chances
         return False
 
 
@@ -221,8 +229,6 @@ def install(processor: Any) -> Callable[[], None]:
         entry = _installed.get(key)
         if entry is None:
             entry = (globs, globs[name], 0)
-            if name == "dispatch_attention_fn" and not _dispatch:
-                _dispatch.append(globs[name])
             globs[name] = stand_in
         _installed[key] = (entry[0], entry[1], entry[2] + 1)
     done = False
