@@ -115,8 +115,9 @@ def _header_json(head: dict[str, Any]) -> bytes:
 
 def _half(arr: np.ndarray) -> np.ndarray:
     """``arr.astype("<f2")`` (round to nearest even, as IEEE and numpy do), by torch's vectorised
-    cast where the process has already loaded torch (the producer: 5–7× faster than numpy's
-    conversion, which is most of a step packet's encoding). Never imports torch itself."""
+    cast where the process has already loaded torch (the producer: a step packet's float16
+    encoding took 1.7 ms with numpy's conversion, 0.4 ms with torch's, in ``bench/sink_cpu.py``).
+    Never imports torch itself."""
     torch = sys.modules.get("torch")
     if torch is None or arr.dtype != np.float32 or arr.dtype.byteorder == ">" or not arr.flags.writeable or arr.size < 1024:
         return arr.astype("<f2", copy=False)
