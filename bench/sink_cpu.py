@@ -3,7 +3,7 @@ that slows the thread launching the model's kernels on a GPU host (docs/BENCHMAR
 ``capture_busy``, two processes busy 4 ms in every 30, made capture 2.3 % slower on an H200).
 
 Pushes ``--runs`` runs of ``--steps`` step recipes (the runner's own: phases on the CPU, then the
-step packet) to a real :class:`~bridge.packet_process.PacketProcess` publishing float16 over
+step packet) to a real :class:`~bridge.stream.process.PacketProcess` publishing float16 over
 ZeroMQ, one every ``--interval`` seconds (SD 1.5's step on an H200), to a subscriber in a third
 process that receives and decodes every packet, as ``stepx bench``'s *publish* does. Prints the
 CPU milliseconds per step of each process (all its threads, from ``/proc``), the received count,
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from bridge.bench import _zmq_sinks
-from bridge.packet_process import PacketProcess
+from bridge.stream.process import PacketProcess
 from bridge.phases import PhaseConfig
 from bridge.runner import host_step_packet
-from bridge.transport.wire import encode
+from bridge.protocol import encode
 
 ENDPOINT = "tcp://127.0.0.1:5593"
 

@@ -48,7 +48,7 @@ def _daam_trace():
 def _subscribe(endpoints: list[str], ready: Any, stop: Any, out: Any, cpus: set[int] | None = None) -> None:
     """Subscriber process: stamp each step packet's arrival (``time.perf_counter``, the system's
     monotonic clock on Linux, comparable across processes) until ``stop``; send the stamps."""
-    from bridge.packet_process import set_cpus
+    from bridge.stream.process import set_cpus
     from bridge.transport.zmq_sub import ZmqSubscriber
 
     if cpus:
@@ -98,7 +98,7 @@ class Latency:
 
 def _busy(on: Any, stop: Any, spin: float, period: float, cpus: set[int] | None) -> None:
     """A process that keeps one CPU busy for ``spin`` of every ``period`` seconds while ``on`` is set."""
-    from bridge.packet_process import set_cpus
+    from bridge.stream.process import set_cpus
 
     if cpus:
         set_cpus(cpus)
@@ -193,8 +193,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     has passed since the first one began (``runs`` in the result is then the rounds done), so a
     run under a time limit still reports what it measured."""
     from bridge.capture import CaptureConfig, Query, capture, graph_stats
-    from bridge.fanout import FanOut
-    from bridge.packet_process import PacketProcess
+    from bridge.stream.fanout import FanOut
+    from bridge.stream.process import PacketProcess
     from bridge.runner import Request, Runner, denoiser
     from bridge.transport.zmq_pub import ZmqPublisher
 

@@ -1,7 +1,7 @@
 """The Packet: what one step (or one event) of a run becomes before it leaves the process.
 
 Every sink (ZeroMQ, OSC, recorder, preview, Spout/Syphon/NDI) consumes Packets; the wire
-encoding lives in ``bridge.transport.wire`` and is computed once per Packet, whatever the
+encoding lives in ``bridge.protocol`` and is computed once per Packet, whatever the
 number of sinks. Nothing here is pickled: a header of JSON-serialisable values plus named
 numpy arrays.
 """

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapter_for, build_token_map
-from bridge.host import HostSnapshot, OrderedWorker
+from bridge.stream.host import HostSnapshot, OrderedWorker
 from bridge.latent_preview import LinearPreview, decode_full
 from bridge.packet import Packet
 from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
@@ -69,7 +69,7 @@ class Runner:
         (compiled on CUDA: a few kernels per step), and packets are built from their results;
         ``host`` runs them on the CPU where packets are built, from a non-blocking host copy of each
         step's word maps: in the sink process when ``publish`` is a
-        :class:`~bridge.packet_process.PacketProcess` (then the model's process does no phase work
+        :class:`~bridge.stream.process.PacketProcess` (then the model's process does no phase work
         at all), else on the packet worker (whose Python then competes with the model's thread for
         the GIL); ``auto`` (the default) is ``host`` with a PacketProcess or without CUDA, and
         ``device`` for an in-process publisher on CUDA.
@@ -261,7 +261,7 @@ class Runner:
 
         ``fetch`` returns a Packet or a recipe (a picklable callable that builds one from host
         arrays). A publisher with a ``deferred`` method (a
-        :class:`~bridge.packet_process.PacketProcess`) takes the recipe and builds the packet in
+        :class:`~bridge.stream.process.PacketProcess`) takes the recipe and builds the packet in
         its own process; any other one gets the built packet. Inline (``deliver``), the item
         waits in ``_pending`` for a later ``_pump``; else the packet thread runs it (waiting for
         the copy there is harmless)."""
@@ -367,7 +367,7 @@ def step_packet(run_id: str, fields: dict[str, Any], flat: np.ndarray, layout: l
                 focus: list[int], timestep: float) -> Packet:
     """The step Packet of one PhaseFrame from its tensors' host values, concatenated in ``layout``
     order (anything after them is ignored): a recipe, so it may run in the sink process
-    (bridge.packet_process) as well as on the packet worker."""
+    (bridge.stream.process) as well as on the packet worker."""
     values = torch.from_numpy(np.require(flat, np.float32, requirements="W"))  # from a socket it is read-only
     tensors, offset = {}, 0
     for name, shape in layout:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bridge.daemon import Daemon, DaemonOptions
-from bridge.fanout import FanOut
+from bridge.stream.fanout import FanOut
 from bridge.packet import Packet
 from bridge.runner import Request, Runner
 from bridge.transport.control import parse_request
@@ -163,8 +163,8 @@ def test_through_a_sink_process_the_phases_run_there_and_the_idle_replay_still_p
     import argparse
     from functools import partial
 
-    from bridge.packet_process import PacketProcess
-    from bridge.sinks import build_sinks
+    from bridge.stream.process import PacketProcess
+    from bridge.stream.sinks import build_sinks
     from bridge.transport.zmq_sub import ZmqSubscriber
 
     endpoint = f"ipc://{tmp_path}/d.sock"

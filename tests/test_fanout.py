@@ -4,9 +4,9 @@ import time
 
 import numpy as np
 
-from bridge.fanout import FanOut, Sink
+from bridge.stream.fanout import FanOut, Sink
 from bridge.packet import Packet
-from bridge.transport import wire
+from bridge import protocol as wire
 
 
 class Recorder:
@@ -93,7 +93,7 @@ def test_lossless_sink_gets_every_packet_in_order():
     """The recorder (lossless = True) never loses a step, even when it is much slower than the producer."""
     import time as _time
 
-    from bridge.fanout import FanOut
+    from bridge.stream.fanout import FanOut
     from bridge.packet import Packet
 
     class SlowRecorder:

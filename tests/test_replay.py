@@ -12,7 +12,7 @@ import pytest
 
 from bridge.commands import replay
 from bridge.packet import Packet
-from bridge.sinks import SinkError, build_sinks, zmq_endpoint
+from bridge.stream.sinks import SinkError, build_sinks, zmq_endpoint
 from bridge.trace import RECORD, TraceReader, TraceWriter, partial_path
 from bridge.transport.zmq_sub import ZmqSubscriber
 

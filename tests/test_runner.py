@@ -134,7 +134,7 @@ def test_a_copy_not_landed_by_the_next_step_goes_to_the_packet_thread_in_order(s
     import threading
 
     import bridge.runner as runner_mod
-    from bridge.host import HostSnapshot
+    from bridge.stream.host import HostSnapshot
 
     made = []
 
@@ -170,7 +170,7 @@ def test_an_inline_hand_over_that_fails_is_logged_and_the_run_goes_on(sd_pipe, c
 def test_ordered_worker_busy_until_its_jobs_have_run():
     import threading
 
-    from bridge.host import OrderedWorker
+    from bridge.stream.host import OrderedWorker
 
     worker = OrderedWorker()
     gate = threading.Event()
@@ -189,7 +189,7 @@ def test_a_copy_goes_out_between_the_next_steps_layers_once_it_has_landed(sd_pip
     """Inline delivery does not wait for the next step's end: the capture polls between layers, so
     a copy that lands during the next step goes out from inside it."""
     import bridge.runner as runner_mod
-    from bridge.host import HostSnapshot
+    from bridge.stream.host import HostSnapshot
 
     events = []
     made = []

@@ -9,7 +9,7 @@ import threading
 import time
 
 from bridge.daemon import Daemon, DaemonOptions
-from bridge.fanout import FanOut
+from bridge.stream.fanout import FanOut
 from bridge.runner import Request, Runner
 
 

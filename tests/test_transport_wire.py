@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bridge.packet import Packet
-from bridge.transport import wire
+from bridge import protocol as wire
 
 
 def step_packet(words=3, size=8, seed=0):

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bridge.bench import print_table, run_bench
     from bridge.models.loading import load_pipeline, pick_device
-    from bridge.packet_process import parse_cpus, set_cpus
+    from bridge.stream.process import parse_cpus, set_cpus
 
     if args.model_cpus:
         set_cpus(cpus := parse_cpus(args.model_cpus))

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="TOML file with any of these options; flags override it")
     add_model_arguments(p)
     add_generation_arguments(p)
-    from bridge.sinks import add_sink_arguments
+    from bridge.stream.sinks import add_sink_arguments
 
     add_sink_arguments(p)
     p.add_argument("--sink-process", choices=("auto", "on", "off"), default="auto",
@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
 
     from bridge.capture import load_head_weights
     from bridge.daemon import Daemon, DaemonOptions
-    from bridge.fanout import FanOut
-    from bridge.packet_process import PacketProcess
+    from bridge.stream.fanout import FanOut
+    from bridge.stream.process import PacketProcess
     from bridge.runner import Runner, denoiser
-    from bridge.sinks import build_sinks, restart_options, sink_options
+    from bridge.stream.sinks import build_sinks, restart_options, sink_options
     from bridge.transport.control_osc import ControlOscServer
     from bridge.transport.control_zmq import ControlZmqServer
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from bridge.transport.wire import TOPIC_ROOT, encode
+from bridge.protocol import TOPIC_ROOT, encode
 
 log = logging.getLogger(__name__)
 

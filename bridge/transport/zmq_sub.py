@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 import zmq
 
-from bridge.transport.wire import TOPIC_ROOT, decode, encode, split
+from bridge.protocol import TOPIC_ROOT, decode, encode, split
 
 DEFAULT_SUB_ENDPOINT = "tcp://127.0.0.1:5560"
 KEEP_KINDS = ("run", "timeline", "end")

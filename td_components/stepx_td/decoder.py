@@ -13,7 +13,7 @@ each ``poll()`` drains what has arrived *without waiting*, keeps every ``run``/`
 Why this shape: TouchDesigner runs Python on its main (render) thread, so nothing here may
 block; decoding only the newest frame of each kind keeps the per-frame cost bounded whatever
 the publisher's rate. This module imports only numpy, pyzmq and the standard library (plus
-the vendored ``wire`` module, a byte-identical copy of ``bridge/transport/wire.py``), so it
+the vendored ``protocol`` module, a byte-identical copy of ``bridge/protocol.py``), so it
 runs inside TouchDesigner's own Python (3.11, numpy 1.26) without the ``bridge`` package.
 """
 
@@ -27,9 +27,9 @@ import numpy as np
 import zmq
 
 try:  # imported as part of the stepx_td package (tests, TD with the folder on sys.path)
-    from . import wire
+    from . import protocol as wire
 except ImportError:  # pragma: no cover - loaded as a loose module
-    import wire  # type: ignore[no-redef]
+    import protocol as wire  # type: ignore[no-redef]
 
 KEEP_KINDS = ("run", "timeline", "end")
 LATEST_KINDS = ("step", "image", "status")

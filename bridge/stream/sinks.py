@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bridge.fanout import Sink
+from bridge.stream.fanout import Sink
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Any Python that runs beside it in the same process (packing, float16 encoding, s
 the sinks' threads) takes the GIL from that thread, and every hand-over of the GIL costs it
 more: with the sinks in-process, capture + phases + publish measured 1.10–1.16× plain on an
 H100, against 0.99–1.02× for capture alone (docs/BENCHMARKS.md). A :class:`PacketProcess`
-runs the :class:`~bridge.fanout.FanOut` and its sinks in a spawned child. The parent pickles
+runs the :class:`~bridge.stream.fanout.FanOut` and its sinks in a spawned child. The parent pickles
 each item (protocol 5, arrays out of band) and pushes it over a loopback ZeroMQ PUSH socket,
 whose I/O thread does the sending without the GIL.
 
@@ -244,7 +244,7 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
         import torch  # recipes pack on the CPU: one thread, the model's process needs the cores
 
         torch.set_num_threads(1)
-        from bridge.fanout import FanOut
+        from bridge.stream.fanout import FanOut
 
         sinks = factory()
         fan = FanOut(sinks, keep_max)

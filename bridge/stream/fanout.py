@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol, runtime_checkable
 
-from bridge.transport.wire import encode
+from bridge.protocol import encode
 
 log = logging.getLogger(__name__)
 
