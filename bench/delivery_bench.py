@@ -24,7 +24,7 @@ from bridge.bench import _zmq_sinks, median_ci
 from bridge.stream.host import HostSnapshot, OrderedWorker
 from bridge.stream.process import PacketProcess
 from bridge.phases import PhaseConfig
-from bridge.runner import host_step_packet
+from bridge.stream.recipes import host_step_packet
 
 WORDS = ["a", "photo", "of", "a", "red", "fox"]
 
@@ -59,14 +59,14 @@ def main() -> None:
                 x.add_(1.0)
             snap = HostSnapshot({"maps": maps * 1.0, "timestep": ts})
             if mode == "worker":
-                worker.put(lambda snap=snap, step=step: packets.deferred(recipe(run_id, snap, step)))
+                worker.put(lambda snap=snap, step=step: packets.publish_recipe(recipe(run_id, snap, step)))
             elif mode == "inline":
                 while pending and pending[0][0].ready():
                     done, s = pending.pop(0)
-                    packets.deferred(recipe(run_id, done, s))
+                    packets.publish_recipe(recipe(run_id, done, s))
                 pending.append((snap, step))
         for done, s in pending:  # the run's end: what is left
-            packets.deferred(recipe(run_id, done, s))
+            packets.publish_recipe(recipe(run_id, done, s))
         worker.flush()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -26,7 +26,7 @@ import torch
 from bridge.bench import _zmq_sinks
 from bridge.stream.process import PacketProcess
 from bridge.phases import PhaseConfig
-from bridge.runner import host_step_packet
+from bridge.stream.recipes import host_step_packet
 from bridge.protocol import encode
 
 ENDPOINT = "tcp://127.0.0.1:5593"
@@ -90,14 +90,14 @@ def main() -> None:
     child = sinks._proc.pid  # noqa: SLF001 — a measurement of that very process
     time.sleep(0.5)  # the subscriber connects
     for step in range(args.steps):  # warm-up run: imports, first allocations
-        sinks.deferred(recipe(-1, step))
+        sinks.publish_recipe(recipe(-1, step))
     sinks.flush()
     time.sleep(0.2)
     c0, s0 = cpu_seconds(child), cpu_seconds(sub.pid)
     t0 = time.perf_counter()
     for run in range(args.runs):
         for step in range(args.steps):
-            sinks.deferred(recipe(run, step))
+            sinks.publish_recipe(recipe(run, step))
             time.sleep(args.interval)
     sinks.flush()
     time.sleep(0.3)

@@ -11,7 +11,7 @@ import torch
 
 from bridge.daemon import Daemon, DaemonOptions
 from bridge.stream.fanout import FanOut
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge.runner import Request, Runner
 from bridge.transport.control import parse_request
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from bridge.stream.fanout import FanOut, Sink
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge import protocol as wire
 
 
@@ -94,7 +94,7 @@ def test_lossless_sink_gets_every_packet_in_order():
     import time as _time
 
     from bridge.stream.fanout import FanOut
-    from bridge.packet import Packet
+    from bridge.protocol import Packet
 
     class SlowRecorder:
         name, encoding, lossless = "rec", "float16", True

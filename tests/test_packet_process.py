@@ -11,7 +11,7 @@ from functools import partial
 import numpy as np
 import pytest
 
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge.stream.process import PacketProcess
 from bridge.runner import Request, Runner, collect
 from bridge.stream.sinks import SinkError, build_sinks
@@ -79,7 +79,7 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
             return False
 
         assert received("first")
-        pp.deferred(partial(int, "not a number"))  # raises in the child: logged, skipped
+        pp.publish_recipe(partial(int, "not a number"))  # raises in the child: logged, skipped
         assert received("after a bad recipe")
         first = pp._proc.pid
         assert pp.alive()

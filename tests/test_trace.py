@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bridge.stream.fanout import FanOut
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge.trace import (
     RECORD, TraceCorruptError, TraceFormatError, TracePartialError, TraceReader, TraceWriter, partial_path,
 )

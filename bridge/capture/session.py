@@ -26,7 +26,6 @@ from .frames import CaptureRun, StepFrame
 from .graphs import StaticGraphs
 from .maps import batched_cross_attention_maps, batched_query_rows_map, cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, resize_maps, split_heads
 from .steps import estimate_x0, patch_method, step_outputs
-from .tokens import token_maps_for
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +80,7 @@ class Capture:
         self._query_cells: dict[tuple[str, tuple[int, int], str], torch.Tensor] = {}
         self._warned: set[str] = set()
         self._encoded = False  # an encode_prompt call was recorded since the last set_timesteps
-        configure = getattr(self.adapter, "configure", None)  # optional: adapter options from config.extra
-        if configure is not None:
-            configure(self.config)
+        self.adapter.configure(self.config)
         all_layers = self.adapter.layers()
         cfg = self.config
         self.cross_layers = [
@@ -99,9 +96,6 @@ class Capture:
         self._expected = frozenset(l.name for l in self.cross_layers + self.self_layers)
         self._routes: dict[str, tuple] = {}  # layer name -> how observe() files it in this run (see _route)
         self._plans: dict[tuple, _EvalPlan] = {}  # the evaluation's batched maths, per group layout, this run
-        #: Called on the model's thread after each observed layer, for a consumer that polls between
-        #: steps' ends (the runner handing over host copies as soon as they land); None: nothing.
-        self.between_layers: Callable[[], None] | None = None
 
     # --- scope ---------------------------------------------------------------------------------
     def __enter__(self) -> "Capture":
@@ -158,22 +152,13 @@ class Capture:
         def encode_prompt(*args: Any, **kwargs: Any) -> Any:
             # Adapters whose pipelines encode the negative prompt in a second call (FLUX true CFG)
             # set ``first_encode_per_run``: the first call before set_timesteps holds the prompt.
-            if getattr(self.adapter, "first_encode_per_run", False) and self._encoded:
+            if self.adapter.first_encode_per_run and self._encoded:
                 return original(*args, **kwargs)
             try:
                 bound = sig.bind_partial(*args, **kwargs)
                 repeats = int(bound.arguments.get("num_images_per_prompt") or 1)
-                maker = getattr(self.adapter, "prompt_token_maps", None)  # optional: adapter-built token maps
-                if maker is not None:
-                    bound.apply_defaults()
-                    self._pending_tokens = maker(bound.arguments, repeats)
-                else:
-                    prompt = bound.arguments.get("prompt")
-                    if isinstance(prompt, str):
-                        prompt = [prompt]
-                    self._pending_tokens = (
-                        token_maps_for(self.adapter.tokenizer(), prompt, repeats, self.adapter.sequence_length()) if prompt else None
-                    )
+                bound.apply_defaults()
+                self._pending_tokens = self.adapter.prompt_token_maps(bound.arguments, repeats)
             except Exception as exc:  # never break generation for bookkeeping
                 log.warning("could not map the prompt's words to tokens: %s", exc)
                 self._pending_tokens = None
@@ -201,19 +186,18 @@ class Capture:
                 done = self._evals_total is not None and self._evals_seen >= self._evals_total
                 if getattr(sched, "state_in_first_order", True) or done:
                     prev, x0 = step_outputs(out)
-                    unpack = getattr(self.adapter, "frame_latents", None)  # optional: e.g. FLUX's packed latents
+                    unpack = self.adapter.frame_latents  # e.g. FLUX's packed latents; the identity by default
                     if x0 is None:  # estimated when a consumer reads frame.x0, not on every step
                         x0 = functools.partial(_estimated_x0, sched, model_output, timestep, sample, unpack)
-                    elif unpack is not None:
+                    else:
                         x0 = unpack(x0)
-                    self._emit(unpack(prev) if unpack is not None else prev, x0)
+                    self._emit(unpack(prev), x0)
             return out
 
         return step
 
     def _before_denoiser(self, _module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        skip = getattr(self.adapter, "skip_evaluation", None)  # optional: e.g. FLUX's separate uncond pass
-        if skip is not None and skip(args, kwargs):
+        if self.adapter.skip_evaluation(args, kwargs):  # e.g. FLUX's separate uncond pass
             return
         latent_hw, batch_total = self.adapter.latent_hw(args, kwargs)
         if self._new_run or self._run is None:
@@ -285,8 +269,6 @@ class Capture:
                 items.append((layer, q, k))
         if slow:
             self._observe_one(layer, q, k, grid, run)
-        if self.between_layers is not None:
-            self.between_layers()
 
     def _route(self, layer: Layer, q: torch.Tensor, k: torch.Tensor, run: CaptureRun) -> tuple:
         """``(tokens, grid, group keys, per-layer work?, q/k norms?)`` of a layer, for this run."""
@@ -342,8 +324,6 @@ class Capture:
         _add(acc.cross, grid, maps.reshape(b, t, *grid))
         if per_head is not None and layer.name in self.detail:
             _add(acc.detail, layer.name, per_head.reshape(b, layer.heads, t, *grid))
-        if self.between_layers is not None:
-            self.between_layers()
 
     def cond_rows(self, total: int) -> slice | None:
         """The rows of a denoiser batch of ``total`` rows that feed the maps (None outside a run)."""
@@ -515,9 +495,9 @@ class Capture:
 _X0_COEFFICIENTS: dict = {}  # the scheduler's ᾱ-coefficients on the model's device (estimate_x0), across captures
 
 
-def _estimated_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, unpack: Callable | None) -> torch.Tensor | None:
-    x0 = estimate_x0(sched, model_output, timestep, sample, _X0_COEFFICIENTS)
-    return unpack(x0) if unpack is not None and x0 is not None else x0
+def _estimated_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
+                  unpack: Callable[[torch.Tensor | None], torch.Tensor | None]) -> torch.Tensor | None:
+    return unpack(estimate_x0(sched, model_output, timestep, sample, _X0_COEFFICIENTS))
 
 
 def _canonical(summed: torch.Tensor | None, grids: dict, size: tuple[int, int], scale: float, density: bool = False) -> torch.Tensor | None:

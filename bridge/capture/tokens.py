@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
+from bridge.protocol import word_index
+
 from .errors import PromptTooLongError, WordNotFoundError
 
 log = logging.getLogger(__name__)
@@ -46,13 +48,10 @@ class TokenMap:
             if 0 <= word < len(self.words):
                 return word
             raise WordNotFoundError(f"word index {word} is out of range: the prompt has {len(self.words)} words: {self._listing()}")
-        text, _, nth = word.strip().lower().partition("#")
-        seen = 0
-        for i, w in enumerate(self.words):
-            if w.lower() == text:
-                seen += 1
-                if seen == (int(nth) if nth.isdigit() else 1):
-                    return i
+        found = word_index(self.words, word)
+        if found is not None:
+            return found
+        text = word.strip().lower().partition("#")[0]
         cut = " (it was cut by the tokenizer's limit)" if text in (w.lower() for w in self.truncated_words) else ""
         raise WordNotFoundError(f"{word!r} is not a word of the prompt{cut}; the prompt's words are: {self._listing()}")
 

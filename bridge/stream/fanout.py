@@ -30,14 +30,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
-from bridge.protocol import encode
+from bridge.protocol import KEEP_KINDS, encode
 
 log = logging.getLogger(__name__)
 
-#: Packet kinds that latest-wins must never drop.
-KEEP_KINDS = frozenset({"run", "timeline", "end"})
 
 
 @runtime_checkable
@@ -135,6 +133,18 @@ class FanOut:
             self._boxes[s.name].put(seq, packet, encoded.get(s.encoding) if s.encoding else None, self.stats[s.name], s.name)
         for s in self._inline:
             self._deliver(s, packet, encoded.get(s.encoding) if s.encoding else None)
+
+    #: A local Publisher (bridge.stream.publisher): recipes are built here, on the caller's thread.
+    remote = False
+
+    def publish_recipe(self, recipe: Callable[[], Any]) -> None:
+        """Build the recipe's Packet here and publish it (None: nothing to send)."""
+        packet = recipe()
+        if packet is not None:
+            self.publish(packet)
+
+    def alive(self) -> bool:
+        return not self._closed
 
     def _deliver(self, sink: Sink, packet: Any, data: bytes | None) -> None:
         """``sink.send``, counted; a failure is logged (the first, then one line every 30 s: shows run all night)."""

@@ -22,11 +22,11 @@ from typing import Any
 
 import zmq
 
-from bridge.protocol import TOPIC_ROOT, encode
+from bridge.protocol import DEFAULT_DATA_ENDPOINT, TOPIC_ROOT, encode
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5560"
+DEFAULT_PUB_ENDPOINT = DEFAULT_DATA_ENDPOINT
 _RUN_TOPIC = (TOPIC_ROOT + "run").encode()
 _END_TOPIC = (TOPIC_ROOT + "end").encode()
 

@@ -40,8 +40,6 @@ class SourcesTest(unittest.TestCase):
                     [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
                 for n in names:
                     top = n.split(".")[0]
-                    if top == "bridge" and f.name == "protocol.py":
-                        continue  # wire.py's optional, lazy bridge.packet import (falls back to WirePacket)
                     if top == "td":
                         continue  # only inside tdseam.get_td(), guarded by ImportError
                     self.assertTrue(top in stdlib or top in ALLOWED, f"{f.name} imports {n}")
