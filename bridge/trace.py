@@ -111,7 +111,8 @@ class TraceWriter:
     latest-wins slots would otherwise drop steps when a disk stalls).
     """
 
-    lossless = True
+    lossless = True  # Sink (bridge.stream.fanout): every packet, in order, on its own thread
+    inline = False
 
     def __init__(self, path: str | os.PathLike[str], *, encoding: str = "float16", append: bool = False,
                  fsync: bool = True, skip_kinds: tuple[str, ...] = ("status",), name: str = "record") -> None:

@@ -19,7 +19,7 @@ from bridge.transport.control import parse_request
 class Collect:
     """A sink that keeps every packet (thread-safe)."""
 
-    name, encoding = "collect", None
+    name, encoding, inline, lossless = "collect", None, False, False
 
     def __init__(self) -> None:
         self.packets: list[Packet] = []
@@ -139,7 +139,7 @@ def test_idle_replay_keeps_the_patch_alive(sd_pipe):
 
 
 class Raising:
-    name, encoding = "raising", "float16"
+    name, encoding, inline, lossless = "raising", "float16", False, False
 
     def send(self, packet, data):
         raise ConnectionError("receiver went away")

@@ -82,6 +82,8 @@ class OscSender:
     and a ``/stepx/status`` heartbeat once a second from its own thread.
     """
 
+    inline, lossless = False, False  # Sink: on its own thread, latest frames
+
     def __init__(self, host: str = "127.0.0.1", port: int = OSC_OUT_PORT, *, name: str = "osc",
                  heartbeat: float | None = 1.0, max_datagram: int = enc.MAX_DATAGRAM) -> None:
         self.name, self.encoding = name, None

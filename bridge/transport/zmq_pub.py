@@ -42,6 +42,7 @@ class ZmqPublisher:
     """
 
     inline = True  # FanOut: send on the producer's thread (non-blocking, microseconds)
+    lossless = False  # a subscriber takes the latest frames
 
     def __init__(self, endpoint: str = DEFAULT_PUB_ENDPOINT, *, encoding: str = "float16",
                  sndhwm: int = 4, name: str = "zmq", context: zmq.Context | None = None,
