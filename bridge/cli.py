@@ -20,8 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("bridge.commands.export", "export a trace: heat-map PNGs, GIFs, CSV, timeline plots, ZIP"),
     "preview": ("bridge.commands.preview", "render the stream or a trace with the moderngl preview"),
     "bench": ("bridge.commands.bench", "benchmark capture overhead against plain diffusers in one process"),
-    "eval-shapes": ("bridge.models.shapes.evaluate", "evaluate the embedded shapes model: adherence and attention IoU"),
-    "train-shapes": ("bridge.models.shapes.train", "train the embedded shapes model (GPU)"),
+    "eval-shapes": ("bridge.commands.eval_shapes", "evaluate the embedded shapes model: adherence and attention IoU"),
+    "train-shapes": ("bridge.commands.train_shapes", "train the embedded shapes model (GPU)"),
 }
 
 

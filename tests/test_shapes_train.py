@@ -11,7 +11,8 @@ import torch
 
 def test_resume_train_export_and_load(tmp_path):
     from bridge.models.shapes import SHAPES_WEIGHTS
-    from bridge.models.shapes.train import add_arguments, export, run
+    from bridge.commands.train_shapes import add_arguments
+    from bridge.models.shapes.train import export, run
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -7,9 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from bridge.export import ExportOptions, export_trace
+from typing import TYPE_CHECKING
+
 from bridge.colormap import COLORMAPS
 from bridge.trace import TraceError, TracePartialError, TraceReader
+
+if TYPE_CHECKING:  # bridge.export pulls in torch and Pillow: imported when the command runs, so --help stays fast
+    from bridge.export import ExportOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:
     """ExportOptions from parsed arguments (``--all`` switches every extra on)."""
+    from bridge.export import ExportOptions
+
     if not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     if not 0.0 <= args.tau <= 1.0:
@@ -46,6 +52,8 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
 
 def run(args: argparse.Namespace) -> int:
     """Export; exit code 0, or 2 with a one-line reason on stderr."""
+    from bridge.export import export_trace
+
     try:
         opts = options_from_args(args)
         with TraceReader(args.trace, allow_partial=args.allow_partial) as reader:
