@@ -25,7 +25,7 @@ from .shaders import load_shader
 VIEWS = ("particles", "overlay", "image")
 _LOCAL_SIZE = 256
 _MAX_DT = 1.0 / 30.0
-_FLOATS = 12  # particle state: 3 x vec4, see shaders/particles_common.glsl
+_FLOATS = 12  # particle state: 3 x vec4, see bridge/shaders/particles_common.glsl
 
 
 class PreviewError(RuntimeError):

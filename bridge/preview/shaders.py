@@ -1,26 +1,31 @@
-"""Load GLSL files from ``shaders/`` by path and splice ``#include "file.glsl"`` lines.
+"""Load the GLSL files shipped in ``bridge/shaders/`` and splice ``#include "file.glsl"`` lines.
 
-The shader directory is ``$STEPX_SHADER_DIR`` when set, else ``<repo>/shaders``.
-Includes are resolved relative to the including file, recursively, each file at most once.
+The shaders are package data: :data:`SHADER_DIR` is found through :mod:`importlib.resources`, so
+an installed wheel finds them as a checkout does. ``$STEPX_SHADER_DIR`` (or a ``shader_dir``
+argument) points at another folder, for live-editing a copy. Includes are resolved relative to
+the including file, recursively, each file at most once.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from importlib import resources
 from pathlib import Path
 
-SHADER_DIR = Path(os.environ.get("STEPX_SHADER_DIR", Path(__file__).resolve().parents[2] / "shaders"))
+#: the one place shaders are looked up: the package's own copy unless the user points elsewhere
+SHADER_DIR = Path(os.environ.get("STEPX_SHADER_DIR") or str(resources.files("bridge") / "shaders"))
 
 _INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$')
 
 
 def shader_path(name: str, shader_dir: str | Path | None = None) -> Path:
+    """The file for shader ``name``; a clear error naming the folder when it is missing."""
     path = Path(shader_dir or SHADER_DIR) / name
     if not path.is_file():
         raise FileNotFoundError(
-            f"shader {name!r} not found at {path}; set STEPX_SHADER_DIR to the folder holding "
-            f"the repository's shaders/ files")
+            f"shader {name!r} not found at {path}; the package ships them in bridge/shaders/ "
+            f"(reinstall stepx-bridge), or set STEPX_SHADER_DIR to a folder holding a copy")
     return path
 
 
