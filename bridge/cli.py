@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bridge.commands.bench", "benchmark capture overhead against plain diffusers in one process"),
     "eval-shapes": ("bridge.commands.eval_shapes", "evaluate the embedded shapes model: adherence and attention IoU"),
     "train-shapes": ("bridge.commands.train_shapes", "train the embedded shapes model (GPU)"),
+    "doctor": ("bridge.commands.doctor", "what this machine can do, and the fix for each thing that is missing"),
 }
 
 

@@ -221,7 +221,7 @@ def test_self_attention_queries_match_reference(sd_pipe):
     size = cap.last_run.resolution
     for q in queries:
         total, acc = 0.0, 0
-        for name, module, ev, x, ctx in rec.calls:
+        for _name, module, _ev, x, _ctx in rec.calls:
             p = ref_probs(module, x, x, slice(x.shape[0] - 1, x.shape[0]))  # full matrix: reference only
             h, w = grid_of(p.shape[2], cap.last_run.latent_hw)
             rows = q.cell_weights(h, w).double()
@@ -312,4 +312,4 @@ def test_prompt_embeds_give_maps_without_words(sd_pipe):
         sd_pipe(prompt_embeds=emb, num_inference_steps=1, guidance_scale=1.0, generator=g, output_type="np")
     assert cap.last_run.frames[0].cross.shape == (1, 77, 32, 32)
     with pytest.raises(ValueError, match="prompt text"):
-        cap.last_run.words
+        cap.last_run.words  # noqa: B018 (the property raises)

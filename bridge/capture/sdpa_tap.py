@@ -198,7 +198,7 @@ _functional = _Functional("torch.nn.functional")
 
 def _target(processor: Any) -> tuple[dict, str, Any] | None:
     """``(module globals, name, stand-in)`` of the attention call ``processor`` makes, if tappable."""
-    call = getattr(type(processor), "__call__", None)
+    call = getattr(type(processor), "__call__", None)  # noqa: B004 (the function object, not a callability test)
     code = getattr(call, "__code__", None)
     globs = getattr(call, "__globals__", {})
     if code is None:

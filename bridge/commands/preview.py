@@ -45,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--colormap", choices=("inferno", "turbo"), default="inferno", help="heat-map colours")
     parser.add_argument("--headless", action="store_true", help="render offscreen (EGL) even where a display exists")
     parser.add_argument("--out", default=None, metavar="PATH",
-                        help="headless output: a folder (PNG frames), a .gif or a .mp4 (implies --headless)")
+                        help="headless output: a .mp4 or .webm (the mp4 extra), a .gif, or a folder of PNG frames "
+                             "(implies --headless; default with --headless: preview.mp4 where the mp4 extra is "
+                             "installed, else a small preview.gif)")
     parser.add_argument("--frames", type=int, default=None, metavar="N",
                         help="headless: frames to write (default: until the trace or the live run ends)")
     parser.add_argument("--hold", type=float, default=1.0, metavar="S",
@@ -89,12 +91,13 @@ def _prime(source: PacketSource, player: PreviewPlayer, wait: float) -> None:
 
 
 def run_headless(args: argparse.Namespace, source: PacketSource, player: PreviewPlayer) -> int:
-    from bridge.preview.output import open_writer
+    from bridge.preview.output import default_output, open_writer
     from bridge.preview.renderer import PreviewRenderer
 
     if not args.out:
-        raise PreviewError("headless preview needs --out PATH (a folder for PNG frames, a .gif or a .mp4)"
-                           + ("" if has_display() else "; no display was found (DISPLAY is not set)"))
+        args.out = default_output()
+        print(f"no --out given: writing {args.out}" + ("" if has_display() else " (no display: DISPLAY is not set)"),
+              file=sys.stderr)
     if args.frames is not None and args.frames < 1:
         raise PreviewError(f"--frames must be >= 1, got {args.frames}")
     width, height = parse_size(args.size)

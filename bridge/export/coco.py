@@ -90,7 +90,7 @@ def coco_document(words: list[str], maps: list[np.ndarray], size: tuple[int, int
     h, w = size
     cats = [{"id": i + 1, "name": word, "supercategory": "word"} for i, word in enumerate(words)]
     anns = []
-    for i, (word, m) in enumerate(zip(words, maps)):
+    for i, (_word, m) in enumerate(zip(words, maps)):
         mask = mask_from_map(m, size, tau)
         if not mask.any():
             continue

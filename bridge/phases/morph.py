@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from bridge.protocol import PHASE_NAMES  # one list of names, shared with every receiver
+from bridge.protocol import PHASE_NAMES  # noqa: F401 (re-exported; one list of names, shared with every receiver)
 
 
 def smoothstep(x: float) -> float:
