@@ -273,3 +273,47 @@ def test_output_writers(tmp_path):
             for f in frames:
                 w.write(f)
         assert (tmp_path / "c.mp4").stat().st_size > 0
+
+
+def test_gif_shares_one_palette_and_stores_only_changes(tmp_path):
+    """A small moving square over a fixed gradient: later frames cost a fraction of the first."""
+    from PIL import Image
+    from bridge.preview.output import open_writer
+    base = np.zeros((96, 128, 3), np.uint8)
+    base[..., 0] = np.linspace(0, 255, 128, dtype=np.uint8)[None, :]
+    base[..., 1] = np.linspace(0, 255, 96, dtype=np.uint8)[:, None]
+    frames = []
+    for i in range(24):
+        f = base.copy()
+        f[40:52, 4 * i:4 * i + 12] = (30, 90, 250)
+        frames.append(f)
+    with open_writer(tmp_path / "one.gif") as w:
+        w.write(frames[0])
+    with open_writer(tmp_path / "all.gif") as w:
+        for f in frames:
+            w.write(f)
+    one, many = (tmp_path / "one.gif").stat().st_size, (tmp_path / "all.gif").stat().st_size
+    assert many < 24 * one / 4  # 24 frames at under a quarter of 24 whole frames: changed rectangles only
+    gif = Image.open(tmp_path / "all.gif")
+    assert gif.n_frames == 24
+    gif.seek(23)
+    back = np.asarray(gif.convert("RGB")).astype(int)
+    assert np.abs(back - frames[23]).mean() < 6  # the shared palette keeps the colours
+    assert tuple(back[45, 4 * 23 + 5]) == pytest.approx((30, 90, 250), abs=24)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_video_round_trip(tmp_path, suffix):
+    ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    from bridge.preview.output import OutputError, open_writer
+    frames = [np.full((32, 48, 3), (200, 40 + 10 * i, 20), np.uint8) for i in range(6)]
+    with open_writer(tmp_path / f"v{suffix}", fps=12) as w:
+        for f in frames:
+            w.write(f)
+    reader = ffmpeg.read_frames(str(tmp_path / f"v{suffix}"))
+    meta = next(reader)
+    got = [np.frombuffer(b, np.uint8).reshape(32, 48, 3) for b in reader]
+    assert meta["size"] == (48, 32) and len(got) == 6
+    assert np.abs(got[-1].astype(int) - frames[-1]).mean() < 12
+    with pytest.raises(OutputError, match="even width and height"):
+        open_writer(tmp_path / f"odd{suffix}").write(np.zeros((31, 48, 3), np.uint8))
