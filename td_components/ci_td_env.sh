@@ -3,12 +3,21 @@
 # Python 3.11, numpy 1.26, pyzmq, and nothing else (no pytest, no torch, bridge not installed;
 # the tests use bridge/transport's numpy+zmq+stdlib publisher from the source tree).
 # Usage: td_components/ci_td_env.sh [venv_dir]   (default /tmp/stepx-td-venv; reused if present)
+# Python: $STEPX_TD_PYTHON, else python3.11 (TouchDesigner's), else python3; one other than 3.11 is
+# used when it can take TD's numpy 1.26 pin (3.9 to 3.12), and the script says so.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$(realpath -m "${1:-/tmp/stepx-td-venv}")"
 PY="${STEPX_TD_PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
-"$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"need Python 3.11 (TouchDesigner), got {sys.version}"'
+VER="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+case "$VER" in
+  3.11) ;;
+  3.9|3.10|3.12) echo "ci_td_env: no Python 3.11 here: running the TouchDesigner checks on Python $VER with TD's numpy 1.26 pin" >&2 ;;
+  *) echo "ci_td_env: the TouchDesigner checks need Python 3.11 (TD's), or 3.9-3.12 for its numpy 1.26 pin; found $VER." \
+          "Install python3.11 (apt-get install python3.11-venv, pyenv install 3.11, uv python install 3.11) or set STEPX_TD_PYTHON" >&2
+     exit 1 ;;
+esac
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "numpy==1.26.*" pyzmq
