@@ -153,7 +153,8 @@ def build_sinks(args: Any, *, default_zmq: bool = False) -> list[Sink]:
             except zmq.ZMQError as exc:
                 raise SinkError(f"cannot bind ZeroMQ to {ep}: {exc} (another stepx on that port?)") from None
         if getattr(args, "osc", None) is not None:
-            host, port = args.osc
+            # a flag arrives parsed; a config file's `osc = "HOST:PORT"` arrives as the string
+            host, port = host_port(args.osc) if isinstance(args.osc, str) else args.osc
             sinks.append(OscSender(host, port))
         if getattr(args, "record", None):
             sinks.append(TraceWriter(args.record, append=bool(getattr(args, "record_append", False)) and Path(args.record).exists()))
