@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import pytest
 
 from bridge.analysis import capture_prompts
 from bridge.capture import CaptureConfig, capture
@@ -10,6 +11,7 @@ from bridge.capture import CaptureConfig, capture
 PROMPTS = ["a red circle above a blue square", "a green triangle"]
 
 
+@pytest.mark.slow
 def test_each_prompt_is_captured_with_its_own_seed(sd_pipe):
     done = list(capture_prompts(sd_pipe, PROMPTS, steps=2, guidance=4.0, seed=11, output_type="np"))
     assert [(d.index, d.prompt, d.seed) for d in done] == [(0, PROMPTS[0], 11), (1, PROMPTS[1], 12)]

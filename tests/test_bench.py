@@ -23,6 +23,7 @@ def tiny_pipe():
     return load_pipeline("tiny", "cpu")[0]
 
 
+@pytest.mark.slow
 def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
     variants = ["plain", "capture", "publish", "publish_device", "publish_inproc", "publish_null", "capture_eager", "queries"]
     profile = tmp_path / "profile.txt"

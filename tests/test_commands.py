@@ -49,6 +49,7 @@ def test_record_bad_focus_word_fails_clearly(tmp_path, capsys):
     assert "'dog' is not a word of the prompt" in err and "'circle'" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sink_process", ["off", "on"])
 def test_serve_control_and_sigterm_finalises_the_trace(tmp_path, sink_process):
     pub, ctl, osc = free_port(), free_port(), free_port()

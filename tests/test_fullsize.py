@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from bridge.capture import adapter_for, capture
@@ -20,6 +21,7 @@ def test_flux_is_flux_dev_shaped():
     assert len(adapter_for(pipe).layers()) == 57
 
 
+@pytest.mark.slow
 def test_full_width_flux_runs_with_capture_bit_identical():
     """One block of each kind at the real widths (24 heads × 128, a 4096-wide T5 with its 512
     positions): the capture taps the processor's attention call and leaves the image unchanged."""

@@ -4,11 +4,13 @@ and grounded UNet steps, export, and a pipeline that loads the exported files.""
 from __future__ import annotations
 
 import argparse
+import pytest
 import json
 
 import torch
 
 
+@pytest.mark.slow
 def test_resume_train_export_and_load(tmp_path):
     from bridge.models.shapes import SHAPES_WEIGHTS
     from bridge.commands.train_shapes import add_arguments

@@ -4,6 +4,7 @@ stays flat (the all-night case, bounded to a few seconds here)."""
 from __future__ import annotations
 
 import gc
+import pytest
 import os
 import threading
 import time
@@ -42,6 +43,7 @@ class Broken:
         pass
 
 
+@pytest.mark.slow
 def test_daemon_memory_stays_flat_over_many_runs(sd_pipe):
     slow = Slow()
     fan = FanOut([slow, Broken()])
