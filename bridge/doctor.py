@@ -81,7 +81,7 @@ def check_egl() -> Check:
     import moderngl
 
     try:
-        ctx = moderngl.create_context(standalone=True, backend="egl")
+        ctx = moderngl.create_context(standalone=True, backend="egl")  # type: ignore[arg-type]  # stub says dict
     except Exception as exc:  # noqa: BLE001 - any driver failure is the answer
         return Check("preview (EGL)", False, f"no headless OpenGL context: {str(exc).splitlines()[0]}",
                      "Debian/Ubuntu: apt-get install libegl1 libgl1-mesa-dri (Mesa EGL); elsewhere a GPU driver with EGL")
@@ -145,7 +145,8 @@ def check_pyzmq() -> Check:
 def check_texture_sharing() -> Check:
     """Spout (Windows), Syphon (macOS), NDI (any): the GPU texture outputs."""
     wanted = {"win32": ("SpoutGL", "spout"), "darwin": ("syphon", "syphon")}.get(sys.platform)
-    have, missing = [], []
+    have: list[tuple[str, str]] = []
+    missing: list[tuple[str, str]] = []
     for module, extra in ([wanted] if wanted else []) + [("cyndilib", "ndi")]:
         (have if importlib.util.find_spec(module) else missing).append((module, extra))
     detail = ", ".join(f"{m} ok" for m, _ in have) or "none installed"
