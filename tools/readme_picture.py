@@ -26,7 +26,7 @@ def main(trace: str, out: str, *words: str) -> None:
     sheet = Image.new("RGB", (LABEL + CELL * len(cols), 24 + CELL * len(rows)), (18, 18, 24))
     draw = ImageDraw.Draw(sheet)
     for c, i in enumerate(cols):
-        draw.text((LABEL + c * CELL + 6, 6), f"step {int(run.steps[i]) + 1}/{n}", fill=(220, 220, 220))
+        draw.text((LABEL + c * CELL + 6, 6), f"step {int(run.steps[i])}/{n - 1}", fill=(220, 220, 220))
     for r, (name, wi) in enumerate(rows):
         draw.text((8, 24 + r * CELL + CELL // 2 - 6), name if wi is None else f'"{name}"', fill=(220, 220, 220))
         for c, i in enumerate(cols):

@@ -314,7 +314,9 @@ class PreviewRenderer:
         parts = []
         if "step" in hud:
             total = hud.get("total")
-            parts.append(f"step {int(hud['step']) + 1}" + (f"/{int(total)}" if total else ""))
+            # one numbering everywhere (README, "Conventions"): steps count from 0, so the last of 20
+            # reads "step 19/19", as its files (step_019.png), the wire and OSC name it
+            parts.append(f"step {int(hud['step'])}" + (f"/{int(total) - 1}" if total else ""))
         if phase != "":
             parts.append(str(phase))
         lines = ["  ".join(parts)] if parts else []
