@@ -273,3 +273,33 @@ def test_output_writers(tmp_path):
             for f in frames:
                 w.write(f)
         assert (tmp_path / "c.mp4").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- trails (shaders/trails.glsl)
+
+def test_trails_leave_comet_tails_and_fade_to_the_background(ctx):
+    """With trails the moving particles light more pixels than without; the trail image fades
+    to exactly the background once nothing new is drawn (no ghost that never leaves)."""
+    def lit_after(trails: float) -> tuple[int, PreviewRenderer]:
+        r = PreviewRenderer(96, 96, 3000, ctx=ctx, seed=2, trails=trails)
+        r.set_inputs(np.zeros((16, 16), np.float32), None, (1.0, 0.0, 0.0), immediate=True)
+        for _ in range(12):
+            r.update(1.0 / 30.0)
+            frame = r.render("particles")
+        return int((frame.max(axis=2) > 40).sum()), r
+
+    lit_plain, r0 = lit_after(0.0)
+    lit_trails, r1 = lit_after(0.9)
+    assert lit_trails > 1.3 * lit_plain
+    bg = np.round(np.array(r1.background) * 255).astype(int)
+    r1.count = 0  # draw no particles from now on: only the fading trail image is left
+    for _ in range(80):
+        frame = r1.render("particles")
+    assert np.abs(frame.astype(int) - bg).max() <= 1
+    r0.release()
+    r1.release()
+
+
+def test_trails_must_be_a_decay_below_one(ctx):
+    with pytest.raises(PreviewError, match="trails"):
+        PreviewRenderer(32, 32, 10, ctx=ctx, trails=1.0)

@@ -8,9 +8,13 @@
 //   stepxVel   vec3  (vx, vy) velocity in UV / s, z unused
 //   stepxState vec4  (depth, seed, S, age), seed uniform in [0, 1)
 //   Color      vec4  (r, g, b, has_image): step-image colour under the particle (render with it)
-// Samplers page: u_mask -> masks_rgba (R = StabilityMask, mipmapped), u_image -> step_image.
-// Vectors page: the uniforms documented in particles_common.glsl.
+// Samplers page: u_mask -> stepx_masks (R = StabilityMask, 16-bit float, mipmapped),
+//                u_image -> stepx_image. Vectors page: the uniforms of particles_common.glsl.
+// TouchDesigner declares a GLSL POP's uniforms and samplers itself, from those pages ("Write
+// GLSL POPs"), so this shader must not: STEPX_HOST_DECLARES_UNIFORMS drops the declarations
+// from the shared force model (declaring them again is a redefinition and does not compile).
 
+#define STEPX_HOST_DECLARES_UNIFORMS
 #include "particles_common.glsl"
 
 void main() {

@@ -36,8 +36,14 @@ class Pars:
 
 
 class FakeTOP:
-    def __init__(self) -> None:
+    """A Script TOP: ``cook()`` runs its onCook, which calls the extension's ``CookTop``."""
+
+    def __init__(self, which: str = "", ext: Any = None) -> None:
         self.arrays: list[np.ndarray] = []
+        self.which, self.ext = which, ext
+
+    def cook(self, force: bool = False) -> None:
+        self.ext.CookTop(self, self.which)
 
     def copyNumpyArray(self, arr: np.ndarray) -> None:
         assert arr.dtype in (np.float32, np.uint8) and arr.flags.c_contiguous and arr.ndim == 3 and arr.shape[2] == 4
@@ -82,11 +88,11 @@ class ReceiverExtTest(unittest.TestCase):
         self.mod = load("StepXReceiverExt")
         self.comp = FakeComp(Address="127.0.0.1", Port=port, Focusword="fox", Encoding="auto",
                              Libpath=str(C.TD_DIR), Active=True)
-        for name in self.mod.TOPS.values():
-            self.comp.ops[name] = FakeTOP()
         for name in self.mod.CHOPS.values():
             self.comp.ops[name] = FakeScriptCHOP()
         self.ext = self.mod.StepXReceiverExt(self.comp)
+        for which, name in self.mod.TOPS.items():
+            self.comp.ops[name] = FakeTOP(which, self.ext)
 
     def tearDown(self) -> None:
         self.ext.onDestroyTD()
