@@ -31,9 +31,10 @@ vec4 particle_color(vec4 a, vec4 b, vec4 c, vec3 w, int cmap, float opacity) {
     float speed = length(a.zw);
     vec3 cool = mix(vec3(0.16, 0.28, 0.72), vec3(0.72, 0.92, 1.00), clamp(speed * 2.5 + 0.3 * b.y, 0.0, 1.0));
     vec3 heat = colormap(0.15 + 0.85 * S, cmap);
-    vec3 structure = mix(cool * 0.4, heat, smoothstep(0.02, 0.35, S));  // chaos stays as faint smoke
+    vec3 structure = mix(cool * 0.6, heat, smoothstep(0.02, 0.35, S));  // chaos stays as faint smoke
     vec3 col = mix(cool, structure, clamp(w.y + w.z, 0.0, 1.0));
     col = mix(col, c.rgb * (0.85 + 0.3 * S), clamp(w.z * c.a, 0.0, 1.0));
-    float alpha = opacity * mix(1.0, 0.35 + 0.65 * S, clamp(w.y, 0.0, 1.0)) * mix(1.0, 0.6 + 0.4 * S, clamp(w.z, 0.0, 1.0));
+    float alpha = opacity * mix(0.6, 1.0, clamp(w.y + w.z, 0.0, 1.0))
+                * mix(1.0, 0.5 + 0.5 * S, clamp(w.y, 0.0, 1.0)) * mix(1.0, 0.6 + 0.4 * S, clamp(w.z, 0.0, 1.0));
     return vec4(col, alpha);
 }
