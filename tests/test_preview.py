@@ -303,3 +303,26 @@ def test_trails_leave_comet_tails_and_fade_to_the_background(ctx):
 def test_trails_must_be_a_decay_below_one(ctx):
     with pytest.raises(PreviewError, match="trails"):
         PreviewRenderer(32, 32, 10, ctx=ctx, trails=1.0)
+
+
+def test_preview_defaults_are_the_touchdesigner_pieces():
+    """The preview's force constants, look and glow are the TD piece's defaults (stepx_td/piece.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "td_components"))
+    from stepx_td.piece import PIECE_PARAMS
+
+    from bridge.preview.renderer import IMAGE_GLOW, ForceParams
+
+    piece = {p.name: p.default for p in PIECE_PARAMS}
+    f = ForceParams()
+    assert (f.wind, f.wind_scale, f.chaos_floor, f.attraction, f.damping, f.grip, f.depth_rate) == (
+        piece["Wind"], piece["Windscale"], piece["Chaosfloor"], piece["Attraction"], piece["Damping"],
+        piece["Grip"], piece["Depthrate"])
+    assert f.wind_dir == (piece["Winddirx"], -piece["Winddiry"])  # the preview's y points down, TD's up
+    assert IMAGE_GLOW == piece["Glow"]
+    import inspect
+
+    defaults = inspect.signature(PreviewRenderer).parameters
+    assert tuple(defaults["background"].default) == (piece["Backgroundr"], piece["Backgroundg"], piece["Backgroundb"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,17 @@ from bridge.preview.player import PreviewLoop, PreviewPlayer
 from bridge.preview.renderer import Camera, PreviewRenderer
 from bridge.preview.source import TraceSource
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "td_components"))
+from stepx_td.piece import PIECE_PARAMS  # noqa: E402 - the TouchDesigner piece's defaults, stated once
+
 FPS = 30.0
+PIECE = {p.name: p.default for p in PIECE_PARAMS}
+
+
+def piece_camera() -> Camera:
+    """The TouchDesigner piece's default view (stepx COMP: Camyaw, Campitch, Camdistance, Depthscale)."""
+    return Camera(yaw=math.radians(PIECE["Camyaw"]), pitch=math.radians(PIECE["Campitch"]),
+                  distance=PIECE["Camdistance"], depth_scale=PIECE["Depthscale"])
 
 
 def main() -> None:
@@ -33,16 +44,15 @@ def main() -> None:
     ap.add_argument("--steps-per-second", type=float, default=2.0)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--particles", type=int, default=120_000)
-    ap.add_argument("--trails", type=float, default=0.86)
+    ap.add_argument("--trails", type=float, default=PIECE["Trails"])
     args = ap.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     source = TraceSource(args.trace, fps=args.steps_per_second)
     player = PreviewPlayer(word=args.word)
-    camera = Camera(yaw=-0.2, pitch=-0.36, distance=3.0, depth_scale=0.45)
-    renderer = PreviewRenderer(args.size, args.size, args.particles, seed=1, camera=camera,
-                               trails=args.trails, smoothing=0.6)
+    renderer = PreviewRenderer(args.size, args.size, args.particles, seed=1, camera=piece_camera(),
+                               trails=args.trails, smoothing=0.6)  # 0.6 s = the receiver's Morph default
     loop = PreviewLoop(source, player, renderer)
     shots: dict[str, np.ndarray] = {}
     due: dict[str, int] = {}  # frame at which to shoot: a moment after the step arrived (morph, trails)
