@@ -261,7 +261,7 @@ class Builder:
         mat = self.create(comp, "glslMAT", "stepx_mat",
                           vdat=self.shader(comp, "stepx_mat_vertex", "stepx_render_mat.vert"),
                           pdat=self.shader(comp, "stepx_mat_pixel", "stepx_render_mat.frag"),
-                          blending=True, srcblend="one", destblend="oneminussrca", depthtest=False, depthwriting=False)
+                          blending=True, srcblend="one", destblend="omsa", depthtest=False, depthwriting=False)  # premultiplied
         self.uniforms(mat, pc.RENDER_UNIFORMS, pc.RENDER_SAMPLERS)
         geo = self.create(comp, "geometryCOMP", "stepx_geo", material=mat, instancing=True, instancecountmode="manual")
         self.expr(geo, numinstances=f"{pc.P}Grid * {pc.P}Grid", rx=f"{pc.P}Campitch", ry=f"{pc.P}Camyaw")

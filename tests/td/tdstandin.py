@@ -54,6 +54,23 @@ DAT_FILE = ("file", "syncfile", "loadonstart", "loadonstartpulse", "write", "wri
 GLSL_SEQ = {"vec": ("name", "valuex", "valuey", "valuez", "valuew"),
             "sampler": ("name", "top", "extendu", "extendv", "extendw", "filter", "anisotropy")}
 
+#: MAT Common page (blending, depth), https://derivative.ca/UserGuide/MAT_Generator_Common_Page
+MAT_COMMON = ("blending", "blendop", "srcblend", "destblend", "separatealphafunc", "blendopa", "srcblenda",
+              "destblenda", "depthtest", "depthfunc", "depthwriting", "alphatest", "wireframe", "cullface",
+              "polygonoffset")
+_BLEND = ("zero", "dcol", "omdcol", "sa", "omsa", "da", "omda", "sas", "one", "scol", "omscol",
+          "constantcol", "omconstantcol", "constanta", "omconstanta")
+
+#: Menu values, where a page lists them: setting any other value raises tdError.
+MENUS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("glslMAT", "srcblend"): _BLEND,  # MAT_Generator_Common_Page
+    ("glslMAT", "destblend"): _BLEND,
+    ("geometryCOMP", "instancecountmode"): ("manual", "oplength"),  # COMP_Instance_Page
+    ("glslPOP", "attrclass"): ("point", "vertex", "primitive"),  # GLSL_POP
+    ("glslTOP", "mode"): ("vertexpixel", "compute"),  # GLSL_TOP
+    ("renderselectTOP", "colorbufindex"): (),  # (an integer: checked against numcolorbufs by check_network)
+}
+
 PARS: dict[str, dict[str, Any]] = {
     "baseCOMP": {"doc": DOC + "Base_COMP", "pars": COMP_EXT + COMP_COMMON, "seq": COMP_EXT_SEQ},
     "containerCOMP": {"doc": DOC + "Container_COMP", "pars": COMP_EXT + COMP_COMMON + ("w", "h"), "seq": COMP_EXT_SEQ},
@@ -95,6 +112,7 @@ PARS: dict[str, dict[str, Any]] = {
                    "pars": ("tx", "ty", "tz", "rx", "ry", "rz", "xord", "rord", "projection", "fov",
                             "viewanglemethod", "near", "far", "lookat") + COMP_EXT + COMP_COMMON,
                    "seq": COMP_EXT_SEQ},
+    # Instance page: https://derivative.ca/UserGuide/COMP_Instance_Page
     "geometryCOMP": {"doc": DOC + "Geometry_COMP",
                      "pars": ("tx", "ty", "tz", "rx", "ry", "rz", "material", "render", "drawpriority", "instancing",
                               "instancecountmode", "numinstances", "instanceop", "instancetx", "instancety",
@@ -103,8 +121,7 @@ PARS: dict[str, dict[str, Any]] = {
     "rectangleSOP": {"doc": DOC + "Rectangle_SOP", "pars": ("orient", "sizex", "sizey", "tx", "ty", "tz", "texture"),
                      "seq": {}},
     "glslMAT": {"doc": DOC + "GLSL_MAT",
-                "pars": ("glslversion", "predat", "vdat", "pdat", "gdat", "loaduniformnames", "blending", "srcblend",
-                         "destblend", "depthtest", "depthfunc", "depthwriting", "cullface", "wireframe"),
+                "pars": ("glslversion", "predat", "vdat", "pdat", "gdat", "loaduniformnames") + MAT_COMMON,
                 "seq": GLSL_SEQ},
     # POPs, TouchDesigner 2025 builds: https://derivative.ca/UserGuide/GLSL_POP (GLSL page),
     # its Vectors / Samplers pages as the GLSL TOP's, Create Attributes page (attr sequence).
@@ -139,11 +156,23 @@ class Par:
 
     def __init__(self, owner: "OP", name: str, default: Any = None, custom: bool = False) -> None:
         self.owner, self.name, self.isCustom = owner, name, custom
-        self.val, self.default, self.mode, self._expr = default, default, ParMode.CONSTANT, ""
+        self._val = default
+        self.default, self.mode, self._expr = default, ParMode.CONSTANT, ""
         self.menuNames: list[str] = []
         self.menuLabels: list[str] = []
         self.label, self.page, self.style = name, None, ""
         self.pulsed = 0
+
+    @property
+    def val(self) -> Any:
+        return self._val
+
+    @val.setter
+    def val(self, value: Any) -> None:
+        allowed = MENUS.get((self.owner.OPType, self.name))
+        if allowed and value is not None and value not in allowed:
+            raise tdError(f"{self.owner.path}: {value!r} is not a menu item of {self.name} ({', '.join(allowed)})")
+        self._val = value
 
     @property
     def expr(self) -> str:

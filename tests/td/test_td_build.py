@@ -172,6 +172,10 @@ class StrictnessTest(unittest.TestCase):
         glsl.par.vec1name = "u_x"
         with self.assertRaises(S.tdError):
             glsl.appendCustomPage("P").appendFloat("bad_name")
+        mat = td.project1.create(td.glslMAT, "m")
+        with self.assertRaises(S.tdError):  # the MAT Common page's menu says 'omsa'
+            mat.par.destblend = "oneminussrca"
+        mat.par.destblend = "omsa"
 
 
 if __name__ == "__main__":
