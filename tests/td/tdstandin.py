@@ -600,9 +600,11 @@ def check_network(root: OP, output: OP | None = None) -> list[str]:
                                         "is not Mipmap Linear (no mipmaps: the multi-scale gradient collapses)")
                     if top is None:
                         problems.append(f"{node.path}: sampler {name} reads a TOP that does not exist ({top_par and top_par.val!r})")
-                    elif filt is not None and filt.val == "mipmaplinear" and _format(top) == "rgba32float":
-                        problems.append(f"{node.path}: sampler {name} is mip-mapped but {top.path} is 32-bit float "
-                                        "(TouchDesigner cannot filter or mip-map 32-bit float textures)")
+                    elif (filt is None or filt.val != "nearest") and _format(top) == "rgba32float":
+                        # https://derivative.ca/UserGuide/Pixel_Formats: "32-bit floating point format does
+                        # not support any type of filtering. It will be forced to be nearest filtering"
+                        problems.append(f"{node.path}: sampler {name} filters {top.path}, which is 32-bit float "
+                                        "(TouchDesigner forces nearest filtering: no mipmaps, no smoothing)")
                     continue
                 if name not in vecs:
                     problems.append(f"{node.path}: uniform {name} is not bound on the Vectors page (it stays 0)")
