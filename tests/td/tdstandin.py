@@ -446,12 +446,99 @@ class OP:
     def __repr__(self) -> str:
         return f"{self.OPType}:{self.path}"
 
+    # extensions and callbacks (what makes a built network run here) ---------------------------
+    def __getattr__(self, name: str) -> Any:
+        """A COMP's promoted extension members, as TouchDesigner exposes them on the COMP."""
+        if name.startswith("_") or self.__dict__.get("family") != "COMP":
+            raise AttributeError(name)
+        for ext in self.extensions:
+            if hasattr(ext, name):
+                return getattr(ext, name)
+        raise AttributeError(f"'{self.OPType}' {self.path} has no attribute or promoted extension member {name!r}")
+
+    @property
+    def extensions(self) -> list[Any]:
+        """Instances of the ``ext`` sequence's promoted objects (created once, like TD does)."""
+        cache = self.__dict__.setdefault("_ext_cache", {})
+        out = []
+        for i in range(self.seq._seqs["ext"].numBlocks if "ext" in self.seq._seqs else 0):
+            obj, promote = self.par[f"ext{i}object"], self.par[f"ext{i}promote"]
+            if obj is None or not obj.val or not (promote and promote.val):
+                continue
+            if i not in cache:
+                cache[i] = eval(str(obj.val), {"op": self.op, "me": self, "parent": self.parent})  # noqa: S307
+            out.append(cache[i])
+        return out
+
+    def run_callback(self, fn: str, *args: Any) -> Any:
+        """Run ``fn`` of this DAT's text with ``me`` = the DAT and ``parent()`` = its COMP."""
+        if self.family != "DAT":
+            raise tdError(f"{self.path} is not a DAT")
+        g: dict[str, Any] = {"__name__": self.name, "me": self, "parent": self.parent, "op": self.parent().op}
+        exec(compile(self.text, self.path, "exec"), g)
+        return g[fn](*args) if fn in g else None
+
+
+class _ScriptOP(OP):
+    """Script TOP / CHOP: ``cook()`` runs the callbacks DAT's ``onCook(scriptOp)``."""
+
+    def cook(self, force: bool = False) -> None:
+        super().cook(force)
+        dat = _ref(self, self.par["callbacks"])
+        if dat is None:
+            raise tdError(f"{self.path}: no callbacks DAT")
+        dat.run_callback("onCook", self)
+
+
+class _ScriptTOP(_ScriptOP):
+    array: Any = None
+
+    def copyNumpyArray(self, arr: Any) -> None:
+        """https://derivative.ca/UserGuide/ScriptTOP_Class: uint8 / uint16 / float32, [H, W, 1-4]."""
+        import numpy as np  # noqa: PLC0415 (numpy is there in TD's Python and in the tests)
+
+        if not isinstance(arr, np.ndarray) or arr.dtype not in (np.uint8, np.uint16, np.float32) \
+                or arr.ndim != 3 or not 1 <= arr.shape[2] <= 4:
+            raise tdError(f"{self.path}: copyNumpyArray needs uint8/uint16/float32 [H, W, 1-4], got "
+                          f"{getattr(arr, 'dtype', type(arr))} {getattr(arr, 'shape', '')}")
+        self.array = arr.copy()
+
+
+class Channel:
+    def __init__(self, name: str) -> None:
+        self.name, self.vals = name, []
+
+
+class _ScriptCHOP(_ScriptOP):
+    numSamples = 1
+
+    def clear(self) -> None:
+        self.__dict__["chans"] = {}
+
+    def appendChan(self, name: str) -> Channel:
+        chans = self.__dict__.setdefault("chans", {})
+        chans[name] = Channel(name)
+        return chans[name]
+
+    def __getitem__(self, name: str) -> Channel | None:
+        return self.__dict__.get("chans", {}).get(name)
+
+
+_BEHAVIOUR = {"scriptTOP": _ScriptTOP, "scriptCHOP": _ScriptCHOP}
+
 
 def _optype(type_name: str) -> type:
-    return type(type_name, (OP,), {"OPType": type_name})
+    return type(type_name, (_BEHAVIOUR.get(type_name, OP),), {"OPType": type_name})
 
 
 OP_TYPES: dict[str, type] = {name: _optype(name) for name in PARS}
+
+
+def frame_start(root: OP, frame: int) -> None:
+    """Start a frame: every active Execute DAT with Frame Start on runs ``onFrameStart(frame)``."""
+    for node in list(walk(root)):
+        if node.OPType == "executeDAT" and node.par.active.val and node.par.framestart.val:
+            node.run_callback("onFrameStart", frame)
 
 
 class _Time:
