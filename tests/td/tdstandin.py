@@ -21,7 +21,12 @@ filter those); Parameter Execute DATs that watch custom parameters have ``custom
 loops are pulled by something downstream of the piece's output; state buffers are not seeded
 from one monochrome noise. Each problem is a one-line string naming the operator.
 
-Mock only what cannot run here (TouchDesigner itself): nothing here renders.
+It also runs a built network the way TouchDesigner's frame loop would drive the Python side:
+:func:`frame_start` calls the Execute DATs, a COMP exposes its promoted extension's members,
+Script TOP / CHOP ``cook()`` runs the callbacks DAT's ``onCook`` (``copyNumpyArray`` checks
+dtype and shape), and ``Par.eval()`` evaluates an expression in its operator's context.
+
+Mock only what cannot run here (TouchDesigner itself): nothing here renders or cooks images.
 """
 
 from __future__ import annotations
@@ -186,7 +191,53 @@ class Par:
         self._expr, self.mode = text, ParMode.EXPRESSION
 
     def eval(self) -> Any:
-        return self.val
+        """The value; an expression is evaluated in the owner's context (``me``, ``op``, ``parent``)."""
+        if self.mode != ParMode.EXPRESSION:
+            return self.val
+        import math  # noqa: PLC0415
+
+        owner = self.owner
+        ns = {"me": owner, "op": owner.parent().op, "parent": owner.parent, "math": math,
+              "absTime": _Time(), "tdu": None}
+        return eval(self._expr, ns)  # noqa: S307 - the builder's own expressions
+
+    # TouchDesigner's Par takes part in arithmetic with its evaluated value
+    def __float__(self) -> float:
+        return float(self.eval())
+
+    def __int__(self) -> int:
+        return int(self.eval())
+
+    def _num(self, other: Any) -> float:
+        return float(other)
+
+    def __mul__(self, o: Any) -> float:
+        return float(self) * self._num(o)
+
+    __rmul__ = __mul__
+
+    def __add__(self, o: Any) -> float:
+        return float(self) + self._num(o)
+
+    __radd__ = __add__
+
+    def __sub__(self, o: Any) -> float:
+        return float(self) - self._num(o)
+
+    def __rsub__(self, o: Any) -> float:
+        return self._num(o) - float(self)
+
+    def __truediv__(self, o: Any) -> float:
+        return float(self) / self._num(o)
+
+    def __rtruediv__(self, o: Any) -> float:
+        return self._num(o) / float(self)
+
+    def __lt__(self, o: Any) -> bool:
+        return float(self) < self._num(o)
+
+    def __gt__(self, o: Any) -> bool:
+        return float(self) > self._num(o)
 
     @property
     def menuIndex(self) -> int:
@@ -331,6 +382,7 @@ class OP:
         self.inputConnectors = [Connector(self, i, True) for i in range(n_in)]
         self.outputConnectors = [Connector(self, 0, False)]
         self.cooks = 0
+        self.time = _Time()  # me.time: the component time (rate, frame, seconds)
         self.saved: list[str] = []
         self.pages: list[Page] = []
 
@@ -505,8 +557,18 @@ class _ScriptTOP(_ScriptOP):
 
 
 class Channel:
+    """A CHOP channel; in an expression it is its first sample (TouchDesigner's Channel)."""
+
     def __init__(self, name: str) -> None:
         self.name, self.vals = name, []
+
+    def __float__(self) -> float:
+        return float(self.vals[0])
+
+    def __mul__(self, o: Any) -> float:
+        return float(self) * float(o)
+
+    __rmul__ = __mul__
 
 
 class _ScriptCHOP(_ScriptOP):
@@ -524,11 +586,40 @@ class _ScriptCHOP(_ScriptOP):
         return self.__dict__.get("chans", {}).get(name)
 
 
-_BEHAVIOUR = {"scriptTOP": _ScriptTOP, "scriptCHOP": _ScriptCHOP}
+class _OutCHOP(OP):
+    def __getitem__(self, name: str) -> Channel | None:
+        return self.inputs[0][name] if self.inputs else None
+
+
+class _TOP(OP):
+    """A TOP's resolution: its own array, else its source's (input or ``top`` parameter)."""
+
+    @property
+    def width(self) -> int:
+        return self._res()[1]
+
+    @property
+    def height(self) -> int:
+        return self._res()[0]
+
+    def _res(self) -> tuple[int, int]:
+        arr = self.__dict__.get("array")
+        if arr is not None:
+            return arr.shape[0], arr.shape[1]
+        src = self.inputs[0] if self.inputs else _ref(self, self.par["top"]) if self.par["top"] is not None else None
+        return src._res() if isinstance(src, _TOP) else (256, 256)
+
+
+class _ScriptTOPRes(_ScriptTOP, _TOP):
+    pass
+
+
+_BEHAVIOUR = {"scriptTOP": _ScriptTOPRes, "scriptCHOP": _ScriptCHOP, "outCHOP": _OutCHOP}
 
 
 def _optype(type_name: str) -> type:
-    return type(type_name, (_BEHAVIOUR.get(type_name, OP),), {"OPType": type_name})
+    base = _BEHAVIOUR.get(type_name) or (_TOP if type_name.endswith("TOP") else OP)
+    return type(type_name, (base,), {"OPType": type_name})
 
 
 OP_TYPES: dict[str, type] = {name: _optype(name) for name in PARS}

@@ -52,6 +52,28 @@ class LiveNetworkTest(unittest.TestCase):
         self.assertAlmostEqual(chop["w_structure"].vals[0], 0.7, places=6)
         self.assertEqual(chop["has_image"].vals[0], 1.0)
         self.assertIn("step 3", self.rx.Status)  # the promoted extension member, read on the COMP
+        self.check_bindings_evaluate(chop)
+
+    def check_bindings_evaluate(self, chop) -> None:
+        """Every uniform expression resolves in place (paths relative to its operator) to a number."""
+        import math
+
+        for name in ("stepx_seed", "stepx_sim", "stepx_mat", "stepx_trails", "stepx_show", "stepx_pop_sim"):
+            node = self.piece.op(name)
+            for i in range(node.seq.vec.numBlocks):
+                for c in "xyzw":
+                    par = node.par[f"vec{i}value{c}"]
+                    if par is not None and par.expr:
+                        v = float(par.eval())
+                        self.assertTrue(math.isfinite(v), f"{name} {node.par[f'vec{i}name'].val}.{c} = {v}")
+        sim = self.piece.op("stepx_sim")
+        phase = [float(sim.par[f"vec1value{c}"].eval()) for c in "xyz"]
+        self.assertEqual(sim.par.vec1name.val, "u_phase")
+        self.assertEqual(phase, [chop[n].vals[0] for n in ("w_noise", "w_structure", "w_detail")])
+        size = [float(sim.par[f"vec11value{c}"].eval()) for c in "xy"]
+        self.assertEqual(sim.par.vec11name.val, "u_mask_size")
+        h, w = self.rx.op("masks_rgba").array.shape[:2]
+        self.assertEqual(size, [w, h])
 
     def test_phase_weights_morph_over_frames(self) -> None:
         ext = self.rx.extensions[0]
