@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 RECEIVER_TOPS = {"word": "word_tex", "masks": "masks_rgba", "image": "step_image"}
 RECEIVER_CHOPS = ("phase", "words", "timeline")
@@ -84,8 +85,8 @@ class Builder:
         self.td = td
         self.lib_dir = os.path.abspath(lib_dir).replace("\\", "/")
         _lib(self.lib_dir)
-        from stepx_td import piece  # noqa: PLC0415 (after the path is set)
-        from stepx_td.glsl import splice_includes  # noqa: PLC0415
+        from stepx_td import piece
+        from stepx_td.glsl import splice_includes
 
         self.piece, self.splice = piece, splice_includes
 
@@ -350,7 +351,7 @@ def build(parent: Any, lib_dir: str, td: Any, *, pops: bool | None = None, save_
 def _textport_main(g: dict[str, Any]) -> dict[str, Any]:
     lib_dir = g.get("STEPX_TD_DIR") or os.path.dirname(os.path.abspath(g.get("__file__", ".")))
     _lib(lib_dir)
-    from stepx_td.tdseam import get_td  # noqa: PLC0415
+    from stepx_td.tdseam import get_td
 
     td = get_td()
     if td is None:

@@ -24,7 +24,7 @@ from bridge.preview.renderer import Camera, PreviewRenderer
 from bridge.preview.source import TraceSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "td_components"))
-from stepx_td.piece import PIECE_PARAMS  # noqa: E402 - the TouchDesigner piece's defaults, stated once
+from stepx_td.piece import PIECE_PARAMS
 
 FPS = 30.0
 PIECE = {p.name: p.default for p in PIECE_PARAMS}

@@ -9,7 +9,7 @@ the preview uses (bridge/preview/renderer.py, ``smoothing``).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 #: Channels of the phase CHOP the piece's shaders read, with the values used before any step.
 PHASE_DEFAULTS = {"w_noise": 1.0, "w_structure": 0.0, "w_detail": 0.0, "wind": 1.0, "attraction": 1.0,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from typing import Iterable
+from collections.abc import Iterable
 
 GLSLANG = "glslangValidator"
 
@@ -142,16 +142,17 @@ def compile_glsl(source: str, stage: str) -> tuple[bool, str]:
     """Compile ``source`` (``stage``: vert, frag, comp) with glslang; (ok, log)."""
     if not have_glslang():
         raise FileNotFoundError(f"{GLSLANG} not found: install Debian's glslang-tools (scripts/system-deps.sh does)")
-    proc = subprocess.run([GLSLANG, "--stdin", "-S", stage], input=source, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([GLSLANG, "--stdin", "-S", stage], input=source, capture_output=True, text=True,
+                          timeout=60, check=False)
     return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
 
-_DECL = re.compile(r"^\s*uniform\s+(\w+)\s+(\w+)\s*(\[[^\]]*\])?\s*;", re.M)
+_DECL = re.compile(r"^\s*uniform\s+(\w+)\s+(\w+)\s*(\[[^\]]*\])?\s*;", re.MULTILINE)
 
 
 def declared_uniforms(source: str) -> dict[str, str]:
     """``{name: glsl type}`` of the top-level ``uniform`` declarations in ``source``, in order,
     honouring ``#ifndef STEPX_HOST_DECLARES_UNIFORMS`` blocks when that macro is defined first."""
     if "#define STEPX_HOST_DECLARES_UNIFORMS" in source:
-        source = re.sub(r"#ifndef STEPX_HOST_DECLARES_UNIFORMS.*?#endif", "", source, flags=re.S)
+        source = re.sub(r"#ifndef STEPX_HOST_DECLARES_UNIFORMS.*?#endif", "", source, flags=re.DOTALL)
     return {m.group(2): m.group(1) for m in _DECL.finditer(source)}

@@ -34,7 +34,8 @@ from __future__ import annotations
 import builtins
 import re
 import types
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 DOC = "https://derivative.ca/UserGuide/"
 
@@ -159,7 +160,7 @@ _CUSTOM = re.compile(r"^[A-Z][a-z0-9]*$")
 class Par:
     """One parameter: ``val`` (constant), ``expr`` (expression), ``mode``; menus for custom ones."""
 
-    def __init__(self, owner: "OP", name: str, default: Any = None, custom: bool = False) -> None:
+    def __init__(self, owner: OP, name: str, default: Any = None, custom: bool = False) -> None:
         self.owner, self.name, self.isCustom = owner, name, custom
         self._val = default
         self.default, self.mode, self._expr = default, ParMode.CONSTANT, ""
@@ -194,12 +195,12 @@ class Par:
         """The value; an expression is evaluated in the owner's context (``me``, ``op``, ``parent``)."""
         if self.mode != ParMode.EXPRESSION:
             return self.val
-        import math  # noqa: PLC0415
+        import math
 
         owner = self.owner
         ns = {"me": owner, "op": owner.parent().op, "parent": owner.parent, "math": math,
               "absTime": _Time(), "tdu": None}
-        return eval(self._expr, ns)  # noqa: S307 - the builder's own expressions
+        return eval(self._expr, ns)
 
     # TouchDesigner's Par takes part in arithmetic with its evaluated value
     def __float__(self) -> float:
@@ -253,7 +254,7 @@ class Par:
 class ParCollection:
     """``op.par``: only documented names (and live sequence blocks, and appended custom ones)."""
 
-    def __init__(self, owner: "OP") -> None:
+    def __init__(self, owner: OP) -> None:
         object.__setattr__(self, "_owner", owner)
         object.__setattr__(self, "_pars", {})
 
@@ -290,7 +291,7 @@ class ParCollection:
 class Sequence:
     """``op.seq.<name>``: ``numBlocks`` decides which ``<name><i><field>`` parameters exist."""
 
-    def __init__(self, owner: "OP", name: str, fields: tuple[str, ...]) -> None:
+    def __init__(self, owner: OP, name: str, fields: tuple[str, ...]) -> None:
         self.owner, self.name, self.fields, self._n = owner, name, fields, 1
 
     @property
@@ -305,7 +306,7 @@ class Sequence:
 
 
 class SeqCollection:
-    def __init__(self, owner: "OP") -> None:
+    def __init__(self, owner: OP) -> None:
         self._owner = owner
         self._seqs = {k: Sequence(owner, k, v) for k, v in PARS[owner.OPType]["seq"].items()}
 
@@ -321,7 +322,7 @@ class SeqCollection:
 class Page:
     """A custom parameter page; ``appendFloat`` etc. return the new parameters as a list."""
 
-    def __init__(self, owner: "OP", name: str) -> None:
+    def __init__(self, owner: OP, name: str) -> None:
         self.owner, self.name, self.pars = owner, name, []
 
     def _append(self, style: str, name: str, label: str | None = None, size: int = 1) -> list[Par]:
@@ -345,11 +346,11 @@ class Page:
 
 
 class Connector:
-    def __init__(self, owner: "OP", index: int, is_input: bool) -> None:
+    def __init__(self, owner: OP, index: int, is_input: bool) -> None:
         self.owner, self.index, self.isInput = owner, index, is_input
         self.connections: list[Connector] = []
 
-    def connect(self, target: "OP | Connector") -> None:
+    def connect(self, target: OP | Connector) -> None:
         if self.isInput:
             raise tdError("connect() from an output connector to an input")
         dst = target if isinstance(target, Connector) else target._free_input()
@@ -367,7 +368,7 @@ class OP:
 
     OPType = "containerCOMP"
 
-    def __init__(self, name: str, parent: "OP | None") -> None:
+    def __init__(self, name: str, parent: OP | None) -> None:
         self.name, self._parent = name, parent
         self.path = (parent.path.rstrip("/") if parent else "") + "/" + name
         self.family = next(f for s, f in _FAMILY.items() if self.OPType.endswith(s))
@@ -413,13 +414,13 @@ class OP:
         return page
 
     # network ------------------------------------------------------------------------------
-    def parent(self, n: int = 1) -> "OP":
+    def parent(self, n: int = 1) -> OP:
         o = self
         for _ in range(n):
             o = o._parent
         return o
 
-    def create(self, optype: type, name: str | None = None) -> "OP":
+    def create(self, optype: type, name: str | None = None) -> OP:
         if not (isinstance(optype, type) and issubclass(optype, OP)):
             raise tdError(f"create() needs an operator type class, got {optype!r}")
         if self.family != "COMP":
@@ -432,10 +433,10 @@ class OP:
         return child
 
     @property
-    def children(self) -> list["OP"]:
+    def children(self) -> list[OP]:
         return list(self._kids.values())
 
-    def op(self, path: str) -> "OP | None":
+    def op(self, path: str) -> OP | None:
         node: OP | None = self
         if path.startswith("/"):
             while node._parent is not None:
@@ -454,7 +455,7 @@ class OP:
             node = node._parent if part == ".." else node._kids.get(part)
         return node
 
-    def ops(self, *patterns: str) -> list["OP"]:
+    def ops(self, *patterns: str) -> list[OP]:
         return [c for c in self._kids.values() if any(re.fullmatch(p.replace("*", ".*"), c.name) for p in patterns)]
 
     def _free_input(self) -> Connector:
@@ -464,11 +465,11 @@ class OP:
         raise tdError(f"{self.path}: no free input")
 
     @property
-    def inputs(self) -> list["OP"]:
+    def inputs(self) -> list[OP]:
         return [c.connections[0].owner for c in self.inputConnectors if c.connections]
 
     @property
-    def outputs(self) -> list["OP"]:
+    def outputs(self) -> list[OP]:
         return [d.owner for d in self.outputConnectors[0].connections]
 
     def cook(self, force: bool = False) -> None:
@@ -492,7 +493,7 @@ class OP:
         if self.family != "DAT":
             raise tdAttributeError(f"{self.path} has no module")
         mod = types.ModuleType(self.name)
-        exec(compile(self.text, self.path, "exec"), mod.__dict__)
+        exec(compile(self.text, self.path, "exec"), mod.__dict__)  # noqa: S102 - op(dat).module, as in TD
         return mod
 
     def __repr__(self) -> str:
@@ -518,7 +519,7 @@ class OP:
             if obj is None or not obj.val or not (promote and promote.val):
                 continue
             if i not in cache:
-                cache[i] = eval(str(obj.val), {"op": self.op, "me": self, "parent": self.parent})  # noqa: S307
+                cache[i] = eval(str(obj.val), {"op": self.op, "me": self, "parent": self.parent})
             out.append(cache[i])
         return out
 
@@ -527,7 +528,7 @@ class OP:
         if self.family != "DAT":
             raise tdError(f"{self.path} is not a DAT")
         g: dict[str, Any] = {"__name__": self.name, "me": self, "parent": self.parent, "op": self.parent().op}
-        exec(compile(self.text, self.path, "exec"), g)
+        exec(compile(self.text, self.path, "exec"), g)  # noqa: S102 - a DAT runs its text, as in TD
         return g[fn](*args) if fn in g else None
 
 
@@ -547,7 +548,7 @@ class _ScriptTOP(_ScriptOP):
 
     def copyNumpyArray(self, arr: Any) -> None:
         """https://derivative.ca/UserGuide/ScriptTOP_Class: uint8 / uint16 / float32, [H, W, 1-4]."""
-        import numpy as np  # noqa: PLC0415 (numpy is there in TD's Python and in the tests)
+        import numpy as np
 
         if not isinstance(arr, np.ndarray) or arr.dtype not in (np.uint8, np.uint16, np.float32) \
                 or arr.ndim != 3 or not 1 <= arr.shape[2] <= 4:
@@ -678,7 +679,7 @@ _BUILTIN_NAMES: list[str] = []
 
 def install(td: types.ModuleType) -> None:
     """Expose ``td``'s names as builtins (as the textport does) and through stepx_td.tdseam."""
-    from stepx_td import tdseam  # noqa: PLC0415
+    from stepx_td import tdseam
 
     for name in [n for n in vars(td) if not n.startswith("_")]:
         if not hasattr(builtins, name):
@@ -688,7 +689,7 @@ def install(td: types.ModuleType) -> None:
 
 
 def uninstall() -> None:
-    from stepx_td import tdseam  # noqa: PLC0415
+    from stepx_td import tdseam
 
     while _BUILTIN_NAMES:
         delattr(builtins, _BUILTIN_NAMES.pop())
@@ -700,14 +701,14 @@ def textport_exec(path: str, extra: dict[str, Any] | None = None) -> dict[str, A
     builtins, the script's globals hold only what the user typed (``extra``)."""
     g: dict[str, Any] = {"__name__": "__main__", **(extra or {})}
     with open(path, encoding="utf-8") as f:
-        exec(compile(f.read(), path, "exec"), g)
+        exec(compile(f.read(), path, "exec"), g)  # noqa: S102 - what the textport does
     return g
 
 
 # ---------------------------------------------------------------------------------------------
 # Network checks (what would be visibly broken in TouchDesigner)
 # ---------------------------------------------------------------------------------------------
-_UNIFORM = re.compile(r"^\s*uniform\s+(\w+)\s+(\w+)\s*;", re.M)
+_UNIFORM = re.compile(r"^\s*uniform\s+(\w+)\s+(\w+)\s*;", re.MULTILINE)
 
 
 def walk(node: OP) -> Iterable[OP]:

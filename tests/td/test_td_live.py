@@ -3,12 +3,13 @@ callbacks -> copyNumpyArray / channels, fed by a live ZeroMQ publisher (stand-in
 
 from __future__ import annotations
 
+import itertools
 import unittest
 
-import numpy as np
-
 import _td_common as C
+import numpy as np
 import tdstandin as S
+
 from bridge.transport import wire as bridge_wire
 from bridge.transport.zmq_pub import ZmqPublisher
 
@@ -41,7 +42,7 @@ class LiveNetworkTest(unittest.TestCase):
         self.assertIsNone(self.rx.op("masks_rgba").array)
         step = C.step_packet()
         packets = (C.run_packet(), step, C.image_packet())
-        send = lambda: [self.pub.send_bytes(bridge_wire.encode(p, "float16")) for p in packets]  # noqa: E731
+        send = lambda: [self.pub.send_bytes(bridge_wire.encode(p, "float16")) for p in packets]
         self.assertTrue(C.pump(send, self.tick), "the network never drew the step and the image")
         sent = bridge_wire.decode(bridge_wire.encode(step, "float16")).arrays["textures"]
         word = self.rx.op("word_tex").array
@@ -84,7 +85,7 @@ class LiveNetworkTest(unittest.TestCase):
         for i in range(5):
             ext.OnFrameStart(i, dt=0.1)
             seen.append(self.rx.op("phase_chop")["w_structure"].vals[0])
-        self.assertTrue(all(0.0 < a < b < 1.0 for a, b in zip(seen, seen[1:])), seen)  # eased, no cut
+        self.assertTrue(all(0.0 < a < b < 1.0 for a, b in itertools.pairwise(seen)), seen)  # eased, no cut
 
 
 if __name__ == "__main__":

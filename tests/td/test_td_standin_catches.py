@@ -13,9 +13,8 @@ import unittest
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-
 import _td_common as C
+import numpy as np
 import tdstandin as S
 
 FIX = C.ROOT / "tests" / "td" / "fixtures"
