@@ -288,20 +288,21 @@ def test_trails_leave_comet_tails_and_fade_to_the_background(ctx):
             frame = r.render("particles")
         return int((frame.max(axis=2) > 40).sum()), r
 
-    lit_plain, r0 = lit_after(0.0)
-    lit_trails, r1 = lit_after(0.9)
-    assert lit_trails > 1.3 * lit_plain
-    bg = np.round(np.array(r1.background) * 255).astype(int)
-    r1.count = 0  # draw no particles from now on: only the fading trail image is left
-    for _ in range(80):
-        frame = r1.render("particles")
-    assert np.abs(frame.astype(int) - bg).max() <= 1
-    r0.release()
-    r1.release()
+    with ctx:  # tests with owned contexts may have left another context current
+        lit_plain, r0 = lit_after(0.0)
+        lit_trails, r1 = lit_after(0.9)
+        assert lit_trails > 1.3 * lit_plain
+        bg = np.round(np.array(r1.background) * 255).astype(int)
+        r1.count = 0  # draw no particles from now on: only the fading trail image is left
+        for _ in range(80):
+            frame = r1.render("particles")
+        assert np.abs(frame.astype(int) - bg).max() <= 1
+        r0.release()
+        r1.release()
 
 
 def test_trails_must_be_a_decay_below_one(ctx):
-    with pytest.raises(PreviewError, match="trails"):
+    with ctx, pytest.raises(PreviewError, match="trails"):
         PreviewRenderer(32, 32, 10, ctx=ctx, trails=1.0)
 
 
