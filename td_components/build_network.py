@@ -23,8 +23,10 @@ It creates ``stepx`` (a Base COMP, saved as a .tox when ``STEPX_SAVE_TOX`` is se
   (the same force model) -> Trail POP.
 
 Every parameter is set through :meth:`Builder.par`, which fails loudly (:class:`BuildError`) on
-a name this TouchDesigner does not have: a half-built network that silently does nothing is
-worse than a clear error.
+a name this TouchDesigner does not have (``op.par['name']`` is None then, per
+https://derivative.ca/UserGuide/ParCollection_Class): a half-built network that silently does
+nothing is worse than a clear error. Sequence parameters (``vec1name``, ``sampler1top``, ``ext0object``)
+exist only once ``op.seq.<name>.numBlocks`` is large enough, so the builder grows them first.
 """
 
 from __future__ import annotations
