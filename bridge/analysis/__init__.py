@@ -1,0 +1,1 @@
+"""Offline analysis over many runs: head relevance, objects, evaluation."""
