@@ -1,0 +1,64 @@
+"""Selective aggregation (the paper's Eq. 4) and its evaluation: per-head maps of a generation,
+averaged over a chosen set of heads instead of all of them (DAAM).
+
+One generation is captured once with per-head maps for every cross-attention layer
+(``CaptureConfig(detail_layers="*")``); any head set — all heads, the k most or least relevant
+to a concept, any k — is then a weighted mean of those maps, with no second generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bridge.capture import CaptureConfig, capture
+from bridge.capture.tokens import TokenMap
+
+
+@dataclass
+class HeadMaps:
+    """One generation's per-head word maps, mean over steps: ``maps [total_heads, words, R, R]``
+    in ``layout`` order (heads of smaller layers upsampled bilinearly to the largest grid)."""
+
+    image: np.ndarray  # [H, W, 3] float in [0, 1]
+    tokens: TokenMap
+    layout: list[tuple[str, int]]
+    maps: torch.Tensor
+
+    def word(self, word: str, weights: torch.Tensor) -> torch.Tensor:
+        """``[R, R]``: Σ_h w_h · map_h / Σ_h w_h of one word (``weights [total_heads]`` ≥ 0)."""
+        return aggregate(self.maps[:, self.tokens.index(word)], weights)
+
+
+def aggregate(head_maps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted mean over the head axis: ``[heads, ...]`` with ``[heads]`` → ``[...]``."""
+    w = weights.to(head_maps.dtype)
+    total = w.sum()
+    if total <= 0:
+        raise ValueError("the head set is empty (all weights zero)")
+    return torch.tensordot(w, head_maps, dims=1) / total
+
+
+def head_maps(pipe: Any, prompt: str, layout: Sequence[tuple[str, int]], *, seed: int, steps: int = 20,
+              guidance: float = 4.0) -> HeadMaps:
+    """Generate ``prompt`` once and keep every head's word maps (mean over the steps)."""
+    names = [n for n, _ in layout]
+    with capture(pipe, CaptureConfig(detail_layers=names, layers=names)) as cap:
+        out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed))
+    run = cap.runs[-1]
+    tm = run.tokens(0)
+    size = max(max(f.layers[n].shape[-2:] for n in names) for f in run.frames[:1])
+    per_layer = []
+    for name, heads in layout:
+        m = torch.stack([f.layers[name][0] for f in run.frames]).mean(0).float()  # [heads, T, h, w]
+        if tuple(m.shape[-2:]) != tuple(size):
+            m = F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+        per_layer.append(m)
+    tokens = torch.cat(per_layer).cpu()  # [total_heads, T, R, R]
+    words = torch.stack([tm.word_maps(t) for t in tokens])  # [total_heads, words, R, R]
+    image = np.asarray(out.images[0], dtype=np.float32) / 255.0
+    return HeadMaps(image, tm, list(layout), words)
