@@ -105,7 +105,8 @@ def test_probe_matches_diffusers_attention_scores(sd_pipe):
     probe = UNetHeadProbe(sd_pipe)
     emb = word_embeddings(sd_pipe, ["cat", "red", "chair"])
     e = torch.stack([emb["cat"], emb["red"], emb["chair"]])  # [C, D]
-    keys = probe.concept_keys(e)
+    prompt, keys = probe.prepare(cs.prompts[0], ["cat", "red", "chair"])
+    assert prompt == cs.prompts[0]
     counts = torch.zeros(3, sum(h for _, h in probe.layout), dtype=torch.int64)
     ref = torch.zeros_like(counts)
     inputs: dict[str, list[torch.Tensor]] = {n: [] for n, _ in probe.layout}
@@ -113,7 +114,7 @@ def test_probe_matches_diffusers_attention_scores(sd_pipe):
                for l in probe.layers]
     try:
         with probe.counting(keys, counts):
-            sd_pipe(cs.prompts[0], num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0), output_type="latent")
+            sd_pipe(prompt, num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(0), output_type="latent")
     finally:
         for h in handles:
             h.remove()
@@ -227,3 +228,70 @@ def test_command_refuses_a_missing_concept_file(tmp_path, capsys):
 
     assert main(["relevance", "--concepts", str(tmp_path / "nope.toml"), "--runs", "1", "-o", str(tmp_path / "o")]) == 2
     assert "nor a shipped set" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- MM-DiT
+@pytest.mark.parametrize("builder", ["tiny_sd3_pipeline", "tiny_flux_pipeline"])
+def test_mmdit_probe_scores_every_joint_head_once_per_step(builder):
+    import bridge.models.tiny as tiny
+    from bridge.analysis.relevance.probe import probe_for
+    from bridge.analysis.relevance.probe_mmdit import MMDiTHeadProbe
+
+    pipe = getattr(tiny, builder)()
+    probe = probe_for(pipe)
+    assert isinstance(probe, MMDiTHeadProbe)
+    prompt, state = probe.prepare("a blue car", ["cat", "red", "chair"])
+    assert prompt == "a blue car, cat, red, chair"
+    counter = RelevanceCounter(pipe, parse_concepts(TINY_SET), GenerationPlan(seed=1, steps=2, guidance=3.0), probe)
+    a, _ = counter.run([0, 1])
+    b, _ = counter.run([1])
+    c, _ = counter.run([0])
+    assert a.sum() == 2 * 2 * sum(h for _, h in probe.layout)  # every head, every step, every generation
+    assert np.array_equal(a, b + c)  # generations are independent
+    with pytest.raises(ValueError, match="single words"):
+        probe.prepare("x", ["ice cream", "red", "chair"])
+
+
+# ----------------------------------------------------------------------------- selective aggregation
+def test_all_heads_equal_the_capture_daam_map(sd_pipe):
+    """The uniform mean over per-head maps is DAAM: the same map the capture aggregates itself."""
+    from bridge.analysis.relevance.selective import head_maps
+    from bridge.capture import capture
+
+    probe = UNetHeadProbe(sd_pipe)
+    hm = head_maps(sd_pipe, "a cat on a red chair", probe.layout, seed=3, steps=3, guidance=5.0)
+    with capture(sd_pipe) as cap:
+        sd_pipe("a cat on a red chair", num_inference_steps=3, guidance_scale=5.0, generator=torch.Generator().manual_seed(3))
+    daam = cap.runs[-1].mean_word_maps(0)  # [words, H, W]
+    ones = torch.ones(hm.maps.shape[0], dtype=torch.float64)
+    for word in ("cat", "red", "chair"):
+        assert torch.allclose(hm.word(word, ones), daam[hm.tokens.index(word)], rtol=1e-4, atol=1e-6)
+    top = torch.zeros_like(ones)
+    top[0] = 1.0
+    assert torch.allclose(hm.word("cat", top), hm.maps[0, hm.tokens.index("cat")])
+
+
+@pytest.mark.slow
+def test_eval_and_diagnose_commands_on_the_shapes_model(tmp_path, capsys):
+    """A tiny HRV on the embedded model, then the tables and the diagnosis figure from it."""
+    from PIL import Image
+
+    from bridge.cli import main
+
+    w = tmp_path / "w"
+    assert main(["relevance", "--concepts", "shapes", "--runs", "1", "--steps", "2", "-o", str(w), "--workers", "0"]) == 0
+    out = tmp_path / "eval"
+    assert main(["relevance-eval", "--weights", str(w), "--prompts", "2", "--steps", "3", "--k", "4", "--ablation", "2", "6",
+                 "-o", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    rows = result["table"]["shape:shape"]
+    assert {"all heads (DAAM)", "top-4", "bottom-4", "top-2", "top-6"} <= set(rows)
+    assert all(0.0 <= v <= 1.0 for r in rows.values() for v in r.values()) and result["objects_scored"] > 0
+    assert "| all heads (DAAM) |" in (out / "table.md").read_text()
+    png = tmp_path / "diag.png"
+    assert main(["relevance-diagnose", "a red circle on a yellow background", "--word", "yellow", "--weights", str(w),
+                 "--concepts", "colour", "background", "--steps", "3", "-o", str(png)]) == 0
+    img = Image.open(png)
+    assert img.size[0] > 2 * img.size[1]  # image + three panels side by side
+    assert main(["relevance-diagnose", "a red circle", "--word", "blue", "--weights", str(w), "--steps", "2", "-o", str(png)]) == 2
+    assert "not a word of the prompt" in capsys.readouterr().err

@@ -79,7 +79,6 @@ class RelevanceCounter:
         self.pipe, self.concepts, self.plan = pipe, concepts, plan
         self.probe = probe or probe_for(pipe)
         self.layout = list(self.probe.layout)
-        self.embeddings = word_embeddings(pipe, [w for ws in concepts.words for w in ws])
 
     @property
     def total_heads(self) -> int:
@@ -92,10 +91,9 @@ class RelevanceCounter:
         counts = torch.zeros(len(self.concepts.concepts), self.total_heads, dtype=torch.int64, device=device)
         for i in indices:
             d = draw(self.concepts, self.plan, int(i))
-            e = torch.stack([self.embeddings[ws[j]] for ws, j in zip(self.concepts.words, d.words)])  # [C, D]
-            keys = self.probe.concept_keys(e)
+            prompt, state = self.probe.prepare(d.prompt, [ws[j] for ws, j in zip(self.concepts.words, d.words)])
             size = {k: v for k, v in (("width", self.plan.width), ("height", self.plan.height)) if v}
-            with torch.no_grad(), self.probe.counting(keys, counts):
-                self.pipe(d.prompt, num_inference_steps=self.plan.steps, guidance_scale=self.plan.guidance,
+            with torch.no_grad(), self.probe.counting(state, counts):
+                self.pipe(prompt, num_inference_steps=self.plan.steps, guidance_scale=self.plan.guidance,
                           generator=torch.Generator("cpu").manual_seed(d.noise_seed), output_type="latent", **size)
         return counts.cpu().numpy(), time.perf_counter() - t0

@@ -10,7 +10,7 @@ The pipeline's own attention computes the image, untouched; the probe only reads
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
@@ -20,17 +20,17 @@ from .hrv import add_winners, head_winners
 
 
 class HeadProbe(Protocol):
-    """Scores heads of one pipeline against concept keys while it generates."""
+    """Scores heads of one pipeline against one sampled word per concept while it generates."""
 
     #: ``[(layer name, heads)]`` in a fixed order: the columns of the count matrix
     layout: list[tuple[str, int]]
 
-    def concept_keys(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``embeddings [C, D]`` (one text embedding per concept) → per layer ``[heads, C, d]`` keys."""
+    def prepare(self, prompt: str, words: Sequence[str]) -> tuple[str, Any]:
+        """The prompt to generate and the probe's state for this draw (``words[c]``: concept c's word)."""
         ...
 
-    def counting(self, keys: dict[str, torch.Tensor], counts: torch.Tensor) -> contextlib.AbstractContextManager[None]:
-        """While open, every denoiser evaluation adds each head's winning concept to ``counts [C, total_heads]``."""
+    def counting(self, state: Any, counts: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+        """While open, every denoising step adds each head's winning concept to ``counts [C, total_heads]``."""
         ...
 
 
@@ -45,6 +45,16 @@ class UNetHeadProbe:
         if not self.layers:
             raise ValueError(f"{type(pipe).__name__} has no cross-attention layers to score")
         self.layout = [(l.name, l.heads) for l in self.layers]
+        self._embeddings: dict[str, torch.Tensor] = {}
+
+    def prepare(self, prompt: str, words: Sequence[str]) -> tuple[str, dict[str, torch.Tensor]]:
+        """The prompt as given; the state is each layer's concept keys (the words encoded alone, as in HRV)."""
+        from .collect import word_embeddings
+
+        new = [w for w in words if w not in self._embeddings]
+        if new:
+            self._embeddings.update(word_embeddings(self.adapter.pipe, new))
+        return prompt, self.concept_keys(torch.stack([self._embeddings[w] for w in words]))
 
     def concept_keys(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
