@@ -207,8 +207,11 @@ def test_command_resumes_and_writes_what_serve_reads(tmp_path, reference_counts,
     assert "2 new generations" in capsys.readouterr().out
     chunks = sorted(p.name for p in (out / ".relevance").glob("chunk-*.npz"))
     assert set(chunks_before) < set(chunks) and len(chunks) == 3
+    assert main(base + ["--runs", str(RUNS)]) == 0  # nothing left to run: no model loaded, timings kept
     summary = json.loads((out / ".relevance" / "summary.json").read_text())
     assert np.array_equal(np.array(summary["counts"]), reference_counts)
+    assert [s["generations"] for s in summary["runs_stats"]] == [4, 2]
+    assert (out / ".relevance" / "hrv.png").stat().st_size > 0
     names = sorted(p.stem for p in out.glob("*.json"))
     assert names == ["animals", "colors", "objects"]
     w = load_head_weights(out / "animals.json")  # serve --concepts reads exactly this

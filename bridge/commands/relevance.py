@@ -105,11 +105,18 @@ def run(args: argparse.Namespace) -> int:
     layout = [tuple(x) for x in json.loads(layout_path.read_text())]
     done, total = store.load((len(concepts.concepts), sum(h for _, h in layout)))
     extra = sorted(done - set(range(args.runs)))
-    summary = {"runs": args.runs, "generations_counted": len(done), "plan": plan.as_dict(), "model": spec.model or spec.factory or "shapes",
-               "concept_set": concepts.name, "stats": stats.as_dict() if stats else None}
+    previous = json.loads((store.dir / "summary.json").read_text()) if (store.dir / "summary.json").is_file() else {}
+    runs_stats = list(previous.get("runs_stats", [])) + ([stats.as_dict()] if stats else [])  # every session's timings, kept
+    summary = {"runs_stats": runs_stats, "runs": args.runs, "generations_counted": len(done), "plan": plan.as_dict(), "model": spec.model or spec.factory or "shapes",
+               "concept_set": concepts.name}
     if extra:
         log.warning("the folder holds %d generations past --runs %d (an earlier, longer run); they are counted too", len(extra), args.runs)
     paths = write_results(out, concepts.concepts, total, layout, summary, top_k=args.top_k)
+    from bridge.analysis.relevance.diagnose import hrv_figure
+    from bridge.analysis.relevance.hrv import relevance_vectors
+    import torch
+
+    hrv_figure(relevance_vectors(torch.as_tensor(total)), list(concepts.concepts), layout, store.dir / "hrv.png")
     print(f"wrote {len(paths)} concept files to {out} ({len(done)} generations, {sum(h for _, h in layout)} heads in {len(layout)} layers)")
     if stats:
         print(f"{stats.generations} new generations in {stats.wall_s:.1f} s: {stats.generations_per_s:.3f} gen/s on {stats.workers} "

@@ -47,3 +47,38 @@ def diagnosis_figure(hm: HeadMaps, word: str, sets: dict[str, torch.Tensor], pat
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def hrv_figure(vectors: torch.Tensor, concepts: list[str], layout: list[tuple[str, int]], path: str | Path) -> Path:
+    """A heat map of the head relevance vectors: concepts × heads, layers separated by lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = vectors.double().numpy()  # [C, heads]
+    fig, ax = plt.subplots(figsize=(min(18, 2 + 0.12 * v.shape[1]), 1 + 0.3 * len(concepts)), dpi=110)
+    im = ax.imshow(v, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(concepts)), concepts, fontsize=8)
+    edges = np.cumsum([h for _, h in layout])[:-1] - 0.5
+    for e in edges:
+        ax.axvline(e, color="white", lw=0.6)
+    centres = np.cumsum([0] + [h for _, h in layout])[:-1] + np.array([h for _, h in layout]) / 2 - 0.5
+    ax.set_xticks(centres, [_short(n) for n, _ in layout], rotation=90, fontsize=6)
+    ax.set_title("head relevance vectors (unit norm per concept)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.02)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _short(name: str) -> str:
+    """``up_blocks.1.attentions.0.transformer_blocks.0.attn2`` → ``up1.0``."""
+    parts = name.split(".")
+    if parts[0].endswith("_blocks") and len(parts) > 3 and parts[1].isdigit():
+        return f"{parts[0].split('_')[0]}{parts[1]}.{parts[3]}"
+    if parts[0] == "mid_block":
+        return "mid"
+    return ".".join(parts[:2])
