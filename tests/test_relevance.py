@@ -84,6 +84,12 @@ def test_shipped_concept_sets_load():
     ("prompts = ['x']\nfoo = 1\n[concepts]\na = ['w']\nb = ['v']", "unknown keys"),
     ("prompts = ['x']\n[concepts]\n'a/b' = ['w']\nc = ['v']", "names a JSON file"),
     ("prompts = [", "not valid TOML"),
+    ("prompts = ['x']\n[concepts]\na = [1, 2]\nb = ['v']", "list of words"),
+    ("prompts = ['x', 3]\n[concepts]\na = ['w']\nb = ['v']", "list of strings"),
+    ("prompts = ['x']\n[generation]\nsteps = 'many'\n[concepts]\na = ['w']\nb = ['v']", "steps must be a whole number"),
+    ("prompts = ['x']\n[generation]\nwidth = 100\n[concepts]\na = ['w']\nb = ['v']", "multiple of 8"),
+    ("prompts = ['x']\n[generation]\nguidance = -1\n[concepts]\na = ['w']\nb = ['v']", "guidance must be a number"),
+    ("prompts = ['x']\n[generation]\nseed = 3\n[concepts]\na = ['w']\nb = ['v']", "takes steps, guidance"),
 ])
 def test_bad_concept_sets_are_refused_with_a_reason(text, message):
     with pytest.raises(ValueError, match=message):
@@ -183,6 +189,17 @@ def test_ray_any_split_gives_identical_counts(local_ray, reference_counts, worke
     assert 1 <= len(stats.per_worker) <= workers and sum(stats.per_worker.values()) == RUNS
     assert local_ray.is_initialized()  # a cluster the caller started is left running
     assert np.array_equal(counts, reference_counts)
+
+
+def test_head_sets_refuse_an_ablation_past_the_heads():
+    from bridge.analysis.relevance.shapes_eval import head_sets
+
+    rel = torch.arange(6, dtype=torch.float64)
+    sets = head_sets(rel, 2, [1, 6])
+    assert sets["top-2"].tolist() == [0, 0, 0, 0, 1, 1] and sets["bottom-2"].tolist() == [1, 1, 0, 0, 0, 0]
+    assert sets["top-6"].sum() == 6 and sets["all heads (DAAM)"].sum() == 6
+    with pytest.raises(ValueError, match="ablation k=7 is out of range"):
+        head_sets(rel, 2, [7])
 
 
 def test_chunked_rejects_zero():

@@ -73,14 +73,20 @@ def parse_concepts(text: str, name: str = "concepts") -> ConceptSet:
     if not isinstance(concepts, dict) or not concepts:
         raise ValueError(f"concept set {name}: needs a [concepts] table mapping each concept to a list of words")
     for c, ws in concepts.items():
-        if not isinstance(ws, list):
-            raise ValueError(f"concept set {name}: concept {c!r} must be a list of words, got {type(ws).__name__}")
+        if not isinstance(ws, list) or not all(isinstance(w, str) for w in ws):
+            raise ValueError(f"concept set {name}: concept {c!r} must be a list of words (strings)")
     prompts = data.get("prompts", [])
-    if not isinstance(prompts, list):
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"concept set {name}: 'prompts' must be a list of strings")
     generation = data.get("generation", {})
     if not isinstance(generation, dict) or set(generation) - {"steps", "guidance", "width", "height"}:
         raise ValueError(f"concept set {name}: [generation] takes steps, guidance, width, height")
+    for key, value in generation.items():
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0) if key == "guidance" else (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1 and (key == "steps" or value % 8 == 0))
+        if not ok:
+            want = "a number ≥ 0" if key == "guidance" else "a whole number ≥ 1" if key == "steps" else "a positive multiple of 8"
+            raise ValueError(f"concept set {name}: [generation] {key} must be {want}, got {value!r}")
     return ConceptSet(
         name=str(data.get("name", name)),
         concepts=tuple(str(c) for c in concepts),

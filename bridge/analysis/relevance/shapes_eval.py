@@ -35,8 +35,9 @@ def head_sets(relevance: torch.Tensor, k: int, ablation: Sequence[int], seed: in
         w[torch.randperm(n, generator=g)[:k]] = 1.0
         sets[f"random-{k}#{r}"] = w
     for j in ablation:
-        if 0 < j <= n:
-            sets[f"top-{j}"] = select_heads(relevance, j)
+        if not 0 < j <= n:
+            raise ValueError(f"ablation k={j} is out of range: the model has {n} heads")
+        sets[f"top-{j}"] = select_heads(relevance, j)
     return sets
 
 
