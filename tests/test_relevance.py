@@ -301,9 +301,15 @@ def test_eval_and_diagnose_commands_on_the_shapes_model(tmp_path, capsys):
     w = tmp_path / "w"
     assert main(["relevance", "--concepts", "shapes", "--runs", "1", "--steps", "2", "-o", str(w), "--workers", "0"]) == 0
     out = tmp_path / "eval"
-    assert main(["relevance-eval", "--weights", str(w), "--prompts", "2", "--steps", "3", "--k", "4", "--ablation", "2", "6",
-                 "-o", str(out)]) == 0
+    maps = tmp_path / "maps"
+    args = ["relevance-eval", "--weights", str(w), "--prompts", "2", "--steps", "3", "--k", "4", "--ablation", "2", "6", "--maps", str(maps)]
+    assert main(args + ["-o", str(out)]) == 0
     result = json.loads((out / "results.json").read_text())
+    # again from the kept per-head maps: no model at all (a path that does not exist is never loaded), same tables
+    assert main(args + ["-o", str(tmp_path / "again"), "--model", str(tmp_path / "no-such-model")]) == 0
+    assert json.loads((tmp_path / "again" / "results.json").read_text())["table"] == result["table"]
+    assert main(args + ["-o", str(tmp_path / "other"), "--guidance", "2"]) == 2  # other settings: refused
+    assert "other settings" in capsys.readouterr().err
     rows = result["table"]["shape:shape"]
     assert {"all heads (DAAM)", "top-4", "bottom-4", "top-2", "top-6"} <= set(rows)
     assert all(0.0 <= v <= 1.0 for r in rows.values() for v in r.values()) and result["objects_scored"] > 0

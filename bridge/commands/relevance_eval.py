@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--maps", default=None, metavar="DIR", help="keep each generation's per-head maps here and reuse them: "
+                   "a rerun (other --k, --ablation, --pairs or relevance vectors) needs no model")
     p.add_argument("-o", "--out", required=True, help="folder for results.json and table.md")
     add_model_arguments(p)
 
@@ -52,9 +54,8 @@ def run(args: argparse.Namespace) -> int:
     vectors = relevance_vectors(torch.tensor(summary["counts"]))
     relevance = {c: vectors[summary["concepts"].index(c)] for c, _ in args.pairs}
     layout = [tuple(x) for x in summary["layout"]]
-    pipe, _ = load_model(args)
-    result = evaluate(pipe, relevance, layout, eval_prompts(args.prompts, args.seed, args.split), args.pairs, k=args.k,
-                      ablation=args.ablation, seed=args.seed, steps=args.steps, guidance=args.guidance)
+    result = evaluate(lambda: load_model(args)[0], relevance, layout, eval_prompts(args.prompts, args.seed, args.split), args.pairs,
+                      k=args.k, ablation=args.ablation, seed=args.seed, steps=args.steps, guidance=args.guidance, maps_dir=args.maps)
     result.update(weights=str(args.weights), generations=summary.get("generations_counted"), split=args.split)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,15 @@ averaged over a chosen set of heads instead of all of them (DAAM).
 One generation is captured once with per-head maps for every cross-attention layer
 (``CaptureConfig(detail_layers="*")``); any head set — all heads, the k most or least relevant
 to a concept, any k — is then a weighted mean of those maps, with no second generation.
+``save_head_maps`` / ``load_head_maps`` keep a generation's per-head maps on disk (``.npz``, no
+pickle), so the tables can be recomputed for other head sets and relevance vectors without the model.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -62,3 +66,29 @@ def head_maps(pipe: Any, prompt: str, layout: Sequence[tuple[str, int]], *, seed
     words = torch.stack([tm.word_maps(t) for t in tokens])  # [total_heads, words, R, R]
     image = np.asarray(out.images[0], dtype=np.float32) / 255.0
     return HeadMaps(image, tm, list(layout), words)
+
+
+def save_head_maps(hm: HeadMaps, path: str | Path) -> Path:
+    """Write one generation's per-head maps as ``.npz`` (plain arrays and a JSON string, no pickle)."""
+    meta = {"prompt": hm.tokens.prompt, "length": hm.tokens.length, "tokens": list(hm.tokens.tokens),
+            "words": list(hm.tokens.words), "word_tokens": [list(t) for t in hm.tokens.word_tokens],
+            "special": list(hm.tokens.special), "layout": [list(x) for x in hm.layout]}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, image=(hm.image * 255).round().astype(np.uint8), maps=hm.maps.numpy().astype(np.float32),
+                            meta=np.array(json.dumps(meta)))
+    tmp.replace(path)
+    return path
+
+
+def load_head_maps(path: str | Path) -> HeadMaps:
+    """Read what :func:`save_head_maps` wrote: selective aggregation without the model."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        image = z["image"].astype(np.float32) / 255.0
+        maps = torch.from_numpy(z["maps"])
+    tm = TokenMap(prompt=meta["prompt"], length=meta["length"], tokens=tuple(meta["tokens"]), words=tuple(meta["words"]),
+                  word_tokens=tuple(tuple(t) for t in meta["word_tokens"]), special=tuple(meta["special"]))
+    return HeadMaps(image, tm, [tuple(x) for x in meta["layout"]], maps)

@@ -9,8 +9,10 @@ the k most relevant for every k of the ablation.
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +20,7 @@ import torch
 from bridge.models.shapes.evaluate import TAUS, map_iou, score_image
 
 from .hrv import select_heads
-from .selective import head_maps
+from .selective import head_maps, load_head_maps, save_head_maps
 
 log = logging.getLogger(__name__)
 RANDOM_SETS = 5
@@ -41,20 +43,41 @@ def head_sets(relevance: torch.Tensor, k: int, ablation: Sequence[int], seed: in
     return sets
 
 
-def evaluate(pipe: Any, relevance: dict[str, torch.Tensor], layout: Sequence[tuple[str, int]], prompts: Sequence[str],
+def evaluate(load_pipe: Callable[[], Any], relevance: dict[str, torch.Tensor], layout: Sequence[tuple[str, int]], prompts: Sequence[str],
              pairs: Sequence[tuple[str, str]], *, k: int, ablation: Sequence[int] = (), seed: int = 1234, steps: int = 20,
-             guidance: float = 4.0, min_area: int = 60, taus: Sequence[float] = TAUS) -> dict[str, Any]:
+             guidance: float = 4.0, min_area: int = 60, taus: Sequence[float] = TAUS,
+             maps_dir: str | Path | None = None) -> dict[str, Any]:
     """Mean IoU per (concept, word kind) → head set → τ, over every present object of every prompt.
 
     ``pairs``: ``(concept, kind)`` with kind ``shape`` or ``colour`` (which word of the object is scored).
     ``random-k`` sets are pooled into one row (mean over the random sets).
+    ``load_pipe()`` gives the pipeline; it is called only if a generation must run: with ``maps_dir``,
+    the per-head maps of generation i are read from ``maps_dir/NNNN.npz`` when there (no model needed)
+    and written there otherwise.
     """
     sets = {c: head_sets(relevance[c], k, ablation, seed) for c, _ in pairs}
     scores: dict[str, dict[str, dict[float, list[float]]]] = {
         f"{c}:{kind}": {name: {t: [] for t in taus} for name in sets[c]} for c, kind in pairs}
     objects = 0
+    loaded: list[Any] = []
+
+    def model() -> Any:
+        if not loaded:
+            loaded.append(load_pipe())
+        return loaded[0]
+
+    if maps_dir is not None:
+        _check_settings(Path(maps_dir), {"seed": seed, "steps": steps, "guidance": guidance, "layout": [list(x) for x in layout]})
     for i, prompt in enumerate(prompts):
-        hm = head_maps(pipe, prompt, layout, seed=seed + i, steps=steps, guidance=guidance)
+        cached = Path(maps_dir) / f"{i:04d}.npz" if maps_dir is not None else None
+        if cached is not None and cached.is_file():
+            hm = load_head_maps(cached)
+            if hm.tokens.prompt != prompt or hm.layout != [tuple(x) for x in layout]:
+                raise ValueError(f"{cached} holds maps of another prompt or model ({hm.tokens.prompt!r}); use another --maps folder")
+        else:
+            hm = head_maps(model(), prompt, layout, seed=seed + i, steps=steps, guidance=guidance)
+            if cached is not None:
+                save_head_maps(hm, cached)
         sc = score_image(hm.image, prompt, min_area)
         for o in sc["objects"]:
             if not o["present"]:
@@ -78,6 +101,19 @@ def evaluate(pipe: Any, relevance: dict[str, torch.Tensor], layout: Sequence[tup
             str(t): float(np.mean([np.mean(r[t]) for r in random_rows if r[t]])) if objects else float("nan") for t in taus}
         table[key] = rows
     return {"prompts": len(prompts), "objects_scored": objects, "k": k, "ablation": list(ablation), "taus": list(taus), "table": table}
+
+
+def _check_settings(folder: Path, settings: dict[str, Any]) -> None:
+    """A maps folder serves one set of generation settings: record them, or refuse others."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ValueError(f"{folder} holds maps generated with other settings ({', '.join(diff)} differ); use another --maps folder")
+    else:
+        path.write_text(json.dumps(settings) + "\n")
 
 
 def markdown(result: dict[str, Any]) -> str:
