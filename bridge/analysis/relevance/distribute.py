@@ -181,6 +181,9 @@ def _run_ray(spec, concepts, plan, chunks, workers, on_chunk, address):
         gpus = float(ray.cluster_resources().get("GPU", 0.0))
         n = workers if workers is not None else max(1, int(gpus))
         per_gpu = min(1.0, gpus / n) if gpus else 0.0  # one GPU each; shared when workers outnumber GPUs
+        cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        if n > cpus:  # each actor takes a CPU: more would wait for ever
+            raise ValueError(f"{n} Ray workers need {n} CPUs but the cluster has {cpus:g}; ask for fewer --workers")
         stats = RunStats(backend="ray", workers=n, gpus=gpus)
         actor_cls = ray.remote(num_gpus=per_gpu, num_cpus=1)(_Worker)
         t0 = time.perf_counter()
