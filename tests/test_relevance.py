@@ -209,7 +209,7 @@ def test_chunked_rejects_zero():
 
 
 # ----------------------------------------------------------------------------- the command
-def test_command_resumes_and_writes_what_serve_reads(tmp_path, reference_counts, capsys):
+def test_command_resumes_and_writes_what_serve_reads(tmp_path, reference_counts, capsys, sd_pipe):
     from bridge.capture import load_head_weights
     from bridge.cli import main
 
@@ -236,6 +236,12 @@ def test_command_resumes_and_writes_what_serve_reads(tmp_path, reference_counts,
     assert list(w) == [n for n, _ in layout]
     flat = flatten_by_layer(w, layout)
     assert flat.norm().item() == pytest.approx(1.0) or flat.abs().sum() == 0
+    from bridge.capture import CaptureConfig, capture, top_heads
+
+    for weights in (w, top_heads(w, 3)):  # the capture takes them as they are: selective aggregation
+        with capture(sd_pipe, CaptureConfig(head_weights=weights)) as cap:
+            sd_pipe("a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="latent")
+        assert torch.isfinite(cap.runs[-1].frames[-1].cross).all()
     # other settings into the same folder: refused, nothing overwritten
     before = (out / "animals.json").read_bytes()
     assert main(base + ["--runs", "2", "--steps", "5"]) == 2
@@ -291,7 +297,6 @@ def test_all_heads_equal_the_capture_daam_map(sd_pipe):
     assert torch.allclose(hm.word("cat", top), hm.maps[0, hm.tokens.index("cat")])
 
 
-@pytest.mark.slow
 def test_eval_and_diagnose_commands_on_the_shapes_model(tmp_path, capsys):
     """A tiny HRV on the embedded model, then the tables and the diagnosis figure from it."""
     from PIL import Image
