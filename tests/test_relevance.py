@@ -141,6 +141,14 @@ def test_probe_matches_diffusers_attention_scores(sd_pipe):
     assert torch.equal(counts, ref)
 
 
+def test_sdxl_heads_are_scored_with_both_text_encoders(sdxl_pipe):
+    counter = RelevanceCounter(sdxl_pipe, parse_concepts(TINY_SET), GenerationPlan(seed=1, steps=2, guidance=3.0))
+    emb = word_embeddings(sdxl_pipe, ["cat"])["cat"]
+    assert emb.shape[-1] == sdxl_pipe.unet.config.cross_attention_dim  # both encoders' hidden states, concatenated
+    counts, _ = counter.run([0])
+    assert counts.sum() == 2 * sum(h for _, h in counter.layout)
+
+
 # ----------------------------------------------------------------------------- exact merging
 @pytest.fixture(scope="module")
 def reference_counts():
