@@ -257,6 +257,16 @@ def test_command_resumes_and_writes_what_serve_reads(tmp_path, reference_counts,
     assert (out / "animals.json").read_bytes() == before
 
 
+def test_words_the_tokenizer_does_not_know_are_refused():
+    from bridge.analysis.relevance.collect import check_words
+    from bridge.models.loading import load_pipeline
+
+    pipe, _ = load_pipeline()  # the shapes model's word-level tokenizer
+    check_words(pipe, load_concepts("shapes").words[0])
+    with pytest.raises(ValueError, match="unknown to this model's tokenizer: 'dog', 'laptop'"):
+        RelevanceCounter(pipe, parse_concepts(TINY_SET.replace('"cat"', '"dog"').replace('"lamp"', '"laptop"')), PLAN)
+
+
 def test_command_refuses_a_missing_concept_file(tmp_path, capsys):
     from bridge.cli import main
 

@@ -72,11 +72,24 @@ def word_embeddings(pipe: Any, words: Iterable[str]) -> dict[str, torch.Tensor]:
     return out
 
 
+def check_words(pipe: Any, words: Iterable[str]) -> None:
+    """Refuse concept words the pipeline's tokenizer does not know (they would all be one ``<unk>`` token)."""
+    tok = adapter_for(pipe).tokenizer()
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is None:
+        return
+    unknown = [w for w in dict.fromkeys(words) if unk in tok(w, add_special_tokens=False)["input_ids"]]
+    if unknown:
+        shown = ", ".join(repr(w) for w in unknown[:8]) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+        raise ValueError(f"concept words unknown to this model's tokenizer: {shown}; use a concept set written for this model")
+
+
 class RelevanceCounter:
     """Runs generations on one pipeline and returns their summed counts ``[concepts, total_heads]`` (int64)."""
 
     def __init__(self, pipe: Any, concepts: ConceptSet, plan: GenerationPlan, probe: HeadProbe | None = None) -> None:
         self.pipe, self.concepts, self.plan = pipe, concepts, plan
+        check_words(pipe, [w for ws in concepts.words for w in ws])
         self.probe = probe or probe_for(pipe)
         self.layout = list(self.probe.layout)
 
