@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bridge.capture import CaptureConfig, capture
+from bridge.analysis.runs import CapturedRun, capture_prompts
+from bridge.capture import CaptureConfig
 from bridge.capture.tokens import TokenMap
 
 
@@ -49,23 +50,30 @@ def aggregate(head_maps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def head_maps(pipe: Any, prompt: str, layout: Sequence[tuple[str, int]], *, seed: int, steps: int = 20,
               guidance: float = 4.0) -> HeadMaps:
-    """Generate ``prompt`` once and keep every head's word maps (mean over the steps)."""
+    """Generate ``prompt`` once (the shared ``capture_prompts`` loop) and keep every head's word maps."""
     names = [n for n, _ in layout]
-    with capture(pipe, CaptureConfig(detail_layers=names, layers=names)) as cap:
-        out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed))
-    run = cap.runs[-1]
+    config = CaptureConfig(detail_layers=names, layers=names)
+    return from_run(next(capture_prompts(pipe, [prompt], steps=steps, guidance=guidance, seed=seed, config=config)), layout)
+
+
+def from_run(captured: CapturedRun, layout: Sequence[tuple[str, int]]) -> HeadMaps:
+    """The per-head word maps of a run captured with ``detail_layers`` over ``layout``, mean over steps."""
+    run = captured.run
     tm = run.tokens(0)
-    size = max(max(f.layers[n].shape[-2:] for n in names) for f in run.frames[:1])
+    missing = [n for n, _ in layout if n not in run.frames[0].layers]
+    if missing:
+        raise ValueError(f"the run kept no per-head maps of {missing[:2]}; capture it with CaptureConfig(detail_layers=...)")
+    size = max(tuple(run.frames[0].layers[n].shape[-2:]) for n, _ in layout)
     per_layer = []
-    for name, heads in layout:
+    for name, _heads in layout:
         m = torch.stack([f.layers[name][0] for f in run.frames]).mean(0).float()  # [heads, T, h, w]
-        if tuple(m.shape[-2:]) != tuple(size):
-            m = F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+        if tuple(m.shape[-2:]) != size:
+            m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
         per_layer.append(m)
     tokens = torch.cat(per_layer).cpu()  # [total_heads, T, R, R]
     words = torch.stack([tm.word_maps(t) for t in tokens])  # [total_heads, words, R, R]
-    image = np.asarray(out.images[0], dtype=np.float32) / 255.0
-    return HeadMaps(image, tm, list(layout), words)
+    image = np.asarray(captured.image, dtype=np.float32) / 255.0
+    return HeadMaps(image, tm, [tuple(x) for x in layout], words)
 
 
 def save_head_maps(hm: HeadMaps, path: str | Path) -> Path:
