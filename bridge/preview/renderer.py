@@ -18,10 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
+from bridge.protocol import PHASE_NAMES
+
 from .shaders import load_shader
 
 VIEWS = ("particles", "overlay", "image")
-PHASE_NAMES = ("noise", "structure", "detail")
 _LOCAL_SIZE = 256
 _MAX_DT = 1.0 / 30.0
 IMAGE_GLOW = 0.1  # step image behind the particles in the detail phase (the TD piece's Glow default)
