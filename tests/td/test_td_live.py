@@ -10,7 +10,7 @@ import _td_common as C
 import numpy as np
 import tdstandin as S
 
-from bridge.transport import wire as bridge_wire
+from bridge import protocol as bridge_wire
 from bridge.transport.zmq_pub import ZmqPublisher
 
 
