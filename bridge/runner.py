@@ -22,7 +22,9 @@ from bridge.host import HostSnapshot, OrderedWorker
 from bridge.latent_preview import LinearPreview, decode_full
 from bridge.packet import Packet
 from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
-from bridge.transport.control import GenerateParams
+from bridge.capture.errors import WordNotFoundError
+from bridge.capture.tokens import unseen_words
+from bridge.transport.schema import GenerateParams
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,11 @@ class Runner:
             return "host"
         return "device"
 
+    # --- checks at the door ----------------------------------------------------------------
+    def check(self, req: Request) -> list[str]:
+        """:func:`check_request` with this runner's model and concepts."""
+        return check_request(self.pipe, req, self.concepts)
+
     # --- configuration per request ---------------------------------------------------------
     def _capture_config(self, req: Request) -> CaptureConfig:
         base = self.capture_config
@@ -157,9 +164,13 @@ class Runner:
         self._inline = self.deliver == "inline" and getattr(self.publish, "deferred", None) is not None
         self._alive = getattr(self.publish, "alive", None)  # a PacketProcess: is its child up (no restart inline)?
         try:
-            tokens = build_token_map(adapter_for(self.pipe).tokenizer(), req.prompt)
+            tokenizer = adapter_for(self.pipe).tokenizer()
+            tokens = build_token_map(tokenizer, req.prompt)
             for word in req.focus:
                 tokens.index(word)  # a bad focus word fails before any compute, listing the words
+            state["unseen"] = unseen_words(tokenizer, tokens.words)
+            for line in unseen_warning(state["unseen"]):
+                log.warning(line)
             cap_cfg = self._capture_config(req)
             phase_cfg = self._phase_config(req)
             seed = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
@@ -234,7 +245,7 @@ class Runner:
         h, w = run.resolution
         self._send(Packet("run", {
             "run_id": run.run_id, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "words": list(tm.words),
-            "tokens": tm.to_dict(), "truncated_words": list(tm.truncated_words), "focus": state["focus"],
+            "tokens": tm.to_dict(), "truncated_words": list(tm.truncated_words), "unseen_words": list(state.get("unseen", [])), "focus": state["focus"],
             "total_steps": run.total_steps, "seed": seed, "guidance": req.guidance, "model": self.model_name,
             "scheduler": run.info.get("scheduler"), "pipeline": run.info.get("pipeline"), "map_size": [h, w],
             "width": req.width or run.latent_hw[1] * self._vae_scale(), "height": req.height or run.latent_hw[0] * self._vae_scale(),
@@ -417,6 +428,30 @@ def _timeline(run_id: str, engine: PhaseEngine) -> Packet:
     arrays = summary.arrays()  # per-step series [T, W] and steps [T]
     header = {k: v for k, v in summary.to_dict().items() if k not in arrays and k != "series"}
     return Packet("timeline", {"run_id": run_id, **header, "words": engine.words}, arrays)
+
+
+def check_request(pipe: Any, req: Request, concepts: dict[str, Any] | None = None) -> list[str]:
+    """Refuse ``req`` at the door (ValueError naming the fix: a focus word that is not a word of the
+    prompt, an unknown concept); return warnings (words the model never saw)."""
+    tokenizer = adapter_for(pipe).tokenizer()
+    tokens = build_token_map(tokenizer, req.prompt)
+    for word in req.focus:
+        try:
+            tokens.index(word)
+        except WordNotFoundError as exc:
+            raise ValueError(f"focus: {exc}") from None
+    if req.concept and req.concept not in (concepts or {}):
+        known = ", ".join(sorted(concepts or {})) or "(none loaded; start the daemon with --concepts DIR)"
+        raise ValueError(f"unknown concept {req.concept!r}; known concepts: {known}")
+    return unseen_warning(unseen_words(tokenizer, tokens.words))
+
+
+def unseen_warning(words: list[str]) -> list[str]:
+    """The warning for words the model never saw (empty when there are none)."""
+    if not words:
+        return []
+    return [f"the model never saw {', '.join(repr(w) for w in words)}: their maps exist but mean nothing "
+            "(the run packet lists them in 'unseen_words')"]
 
 
 def denoiser(pipe: Any) -> torch.nn.Module:

@@ -26,6 +26,7 @@ from .frames import CaptureRun, StepFrame
 from .graphs import StaticGraphs
 from .maps import batched_cross_attention_maps, batched_query_rows_map, cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, resize_maps, split_heads
 from .steps import estimate_x0, patch_method, step_outputs
+from .errors import PromptTooLongError
 from .tokens import token_maps_for
 
 log = logging.getLogger(__name__)
@@ -172,8 +173,11 @@ class Capture:
                     if isinstance(prompt, str):
                         prompt = [prompt]
                     self._pending_tokens = (
-                        token_maps_for(self.adapter.tokenizer(), prompt, repeats, self.adapter.sequence_length()) if prompt else None
+                        token_maps_for(self.adapter.tokenizer(), prompt, repeats, self.adapter.sequence_length(),
+                                       strict=self.config.strict_prompt_length) if prompt else None
                     )
+            except PromptTooLongError:  # strict_prompt_length: the caller asked for this to stop the run
+                raise
             except Exception as exc:  # never break generation for bookkeeping
                 log.warning("could not map the prompt's words to tokens: %s", exc)
                 self._pending_tokens = None
