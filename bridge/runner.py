@@ -177,6 +177,7 @@ class Runner:
             gen = torch.Generator(device="cpu").manual_seed(seed)
 
             def on_step(frame: StepFrame, run: CaptureRun) -> None:
+                ended = time.time()  # the step's end on the wire ("step_end", Unix seconds)
                 if cancel.is_set():  # the pipeline skips its remaining steps (diffusers' `interrupt`)
                     self.pipe._interrupt = True
                 if self.step_clock is not None:
@@ -187,10 +188,10 @@ class Runner:
                 tm = run.tokens(0)
                 word_maps = tm.word_maps(frame.cross[0])  # [W, H, W]
                 if state["phases"] == "host":
-                    self._later(*self._host_step_packet(run.run_id, state, phase_cfg, word_maps, frame))
+                    self._later(*self._host_step_packet(run.run_id, state, phase_cfg, word_maps, frame, ended))
                 else:
                     pf = state["engine"].update(word_maps, frame.step, frame.total_steps)
-                    self._later(*self._step_packet(run.run_id, pf, frame, state["focus"]))
+                    self._later(*self._step_packet(run.run_id, pf, frame, state["focus"], ended))
                 if self.image_every and frame.step % self.image_every == 0 and frame.x0 is not None:
                     self._later(*self._image_packet(run.run_id, frame))
                 self._pump()  # what needs no copy (on the CPU: all of it) goes at once
@@ -320,7 +321,7 @@ class Runner:
         self._pump(stale=True)
         self._out.flush()
 
-    def _step_packet(self, run_id: str, pf: PhaseFrame, frame: StepFrame, focus: list[int]) -> tuple[Callable[[], Callable[[], Packet]], HostSnapshot]:
+    def _step_packet(self, run_id: str, pf: PhaseFrame, frame: StepFrame, focus: list[int], ended: float) -> tuple[Callable[[], Callable[[], Packet]], HostSnapshot]:
         """On the model's thread: one concatenation of the frame's tensors (and a float32 timestep)
         on the device, so one copy to the host (one launch, one pinned block); ``fetch`` waits
         for it and returns the recipe."""
@@ -336,12 +337,12 @@ class Runner:
             host = snap.get()
             values = host["flat"].numpy()  # the pinned copy
             timestep = float(values[-1]) if fold else float(host["timestep"]) if "timestep" in host else float(ts)
-            return partial(step_packet, run_id, fields, values, layout, focus, timestep)
+            return partial(step_packet, run_id, fields, values, layout, focus, timestep, ended)
 
         return fetch, snap
 
     def _host_step_packet(self, run_id: str, state: dict, cfg: PhaseConfig, word_maps: torch.Tensor,
-                          frame: StepFrame) -> tuple[Callable[[], Callable[[], Packet | None]], HostSnapshot]:
+                          frame: StepFrame, ended: float) -> tuple[Callable[[], Callable[[], Packet | None]], HostSnapshot]:
         """On the model's thread: one non-blocking copy of the word maps; ``fetch`` waits for it
         and returns the recipe that runs the phases and builds the packet."""
         ts = frame.timestep
@@ -351,7 +352,7 @@ class Runner:
         def fetch() -> Callable[[], Packet | None]:
             host = snap.get()
             timestep = float(host["timestep"]) if "timestep" in host else float(ts)
-            return partial(host_step_packet, run_id, words, cfg, host["maps"].numpy(), step, total, focus, timestep)
+            return partial(host_step_packet, run_id, words, cfg, host["maps"].numpy(), step, total, focus, timestep, ended)
 
         return fetch, snap
 
@@ -375,7 +376,7 @@ _FRAME_FIELDS = tuple(f.name for f in dataclass_fields(PhaseFrame) if f.name not
 
 
 def step_packet(run_id: str, fields: dict[str, Any], flat: np.ndarray, layout: list[tuple[str, tuple[int, ...]]],
-                focus: list[int], timestep: float) -> Packet:
+                focus: list[int], timestep: float, ended: float | None = None) -> Packet:
     """The step Packet of one PhaseFrame from its tensors' host values, concatenated in ``layout``
     order (anything after them is ignored): a recipe, so it may run in the sink process
     (bridge.packet_process) as well as on the packet worker."""
@@ -385,11 +386,13 @@ def step_packet(run_id: str, fields: dict[str, Any], flat: np.ndarray, layout: l
         size = int(np.prod(shape, dtype=np.int64))
         tensors[name] = values[offset : offset + size].view(shape)
         offset += size
-    return _step(run_id, PhaseFrame(**fields, **tensors), focus, timestep)
+    return _step(run_id, PhaseFrame(**fields, **tensors), focus, timestep, ended)
 
 
-def _step(run_id: str, pf: PhaseFrame, focus: list[int], timestep: float) -> Packet:
-    return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
+def _step(run_id: str, pf: PhaseFrame, focus: list[int], timestep: float, ended: float | None) -> Packet:
+    """``step_end``: when the step ended on the model's thread (Unix seconds; the FanOut adds ``sent``)."""
+    return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep, "step_end": ended},
+                  pf.arrays("float32"))
 
 
 #: Phase engines of the runs whose phases run where packets are built (``phases_on="host"``): the
@@ -402,7 +405,7 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.ndarray, step: int, total: int,
-                     focus: list[int], timestep: float) -> Packet:
+                     focus: list[int], timestep: float, ended: float | None = None) -> Packet:
     """Run one step of the run's phases on the CPU (``maps`` ``[W, H, W]``) and build its Packet:
     a recipe, for the sink process or the packet worker."""
     with _ENGINES_LOCK:  # several runners' workers may share this process
@@ -413,7 +416,7 @@ def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.n
                 _ENGINES.popitem(last=False)
     with torch.inference_mode():  # one mode for the engine's state, whichever thread or process runs this step
         pf = engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total)
-    return _step(run_id, pf, focus, timestep)
+    return _step(run_id, pf, focus, timestep, ended)
 
 
 def timeline_packet(run_id: str) -> Packet | None:
