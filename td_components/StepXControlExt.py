@@ -1,7 +1,7 @@
 """StepXControlExt: the extension class of the StepX control Base COMP (thin TD glue).
 
 What: pulse parameters Generate / Cancel / Status send JSON requests to the daemon through
-``stepx_td.control`` (ZeroMQ REQ/REP, or OSC when Transport is ``osc``); ``OnFrameStart``
+``stepx_td.control`` (a ZeroMQ REQ socket to the daemon's ROUTER, or OSC when Transport is ``osc``); ``OnFrameStart``
 polls replies without blocking and shows the last one in the ``Lastreply`` parameter.
 
 Parameters (custom page "StepX Control"): Address, Controlport (ZeroMQ, default 5561),

@@ -1,4 +1,4 @@
-"""``stepx serve``: the daemon. Control in (ZeroMQ REQ/REP and OSC), every step out to the sinks."""
+"""``stepx serve``: the daemon. Control in (ZeroMQ ROUTER and OSC), every step out to the sinks."""
 
 from __future__ import annotations
 
