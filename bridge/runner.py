@@ -107,6 +107,8 @@ class Runner:
         self._inline = False  # this run hands recipes over on the model's thread (``deliver``)
         self._pending: deque[tuple[HostSnapshot | None, Callable[[], None]]] = deque()  # inline, in run order
         self._alive: Callable[[], bool] | None = None
+        self._check_lock = threading.Lock()
+        self._door_tokenizer: Any = None  # check()'s own tokenizer copy
 
     def phases_where(self) -> str:
         """Where this run's phases go (``host`` or ``device``), ``auto`` resolved against the
@@ -119,8 +121,15 @@ class Runner:
 
     # --- checks at the door ----------------------------------------------------------------
     def check(self, req: Request) -> list[str]:
-        """:func:`check_request` with this runner's model and concepts."""
-        return check_request(self.pipe, req, self.concepts)
+        """:func:`check_request` with this runner's model and concepts, on the caller's thread (a
+        control server's): with its own copy of the tokenizer, as a fast (Rust) tokenizer must not
+        be used by two threads at once and the model's thread may be tokenizing."""
+        with self._check_lock:
+            if self._door_tokenizer is None:
+                import copy
+
+                self._door_tokenizer = copy.deepcopy(adapter_for(self.pipe).tokenizer())
+            return check_request(self.pipe, req, self.concepts, self._door_tokenizer)
 
     # --- configuration per request ---------------------------------------------------------
     def _capture_config(self, req: Request) -> CaptureConfig:
@@ -433,10 +442,10 @@ def _timeline(run_id: str, engine: PhaseEngine) -> Packet:
     return Packet("timeline", {"run_id": run_id, **header, "words": engine.words}, arrays)
 
 
-def check_request(pipe: Any, req: Request, concepts: dict[str, Any] | None = None) -> list[str]:
+def check_request(pipe: Any, req: Request, concepts: dict[str, Any] | None = None, tokenizer: Any = None) -> list[str]:
     """Refuse ``req`` at the door (ValueError naming the fix: a focus word that is not a word of the
     prompt, an unknown concept); return warnings (words the model never saw)."""
-    tokenizer = adapter_for(pipe).tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else adapter_for(pipe).tokenizer()
     tokens = build_token_map(tokenizer, req.prompt)
     for word in req.focus:
         try:

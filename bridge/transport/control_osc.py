@@ -29,7 +29,8 @@ from typing import Any
 from pythonosc.osc_packet import OscPacket
 
 from bridge.transport import osc_encode
-from bridge.transport.control import (ControlError, Handler, check_bind, encode_reply, handle_object, reply_error)
+from bridge.transport.control import (ControlError, Handler, check_bind, decode_json, encode_reply, handle_object,
+                                      reply_error)
 from bridge.transport.schema import FIELDS, GenerateParams, SchemaError, check_fields, check_token
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,6 @@ class ControlOscServer:
         if name == "control":
             if len(args) != 1 or not isinstance(args[0], str):
                 raise ControlError("/stepx/control takes one string argument: a JSON request")
-            from bridge.transport.control import decode_json
-
             obj = decode_json(args[0].encode("utf-8", "surrogatepass"))
             if isinstance(obj, dict) and self.token is not None:
                 obj["token"] = self.token  # the first argument was the token, checked already

@@ -219,9 +219,9 @@ def parse_generate(d: Any, base: Optional[GenerateParams] = None, allowed_extra:
     """A GenerateParams from the fields in ``d``; fields left out come from ``base`` (the server's
     defaults, e.g. ``stepx serve --steps``). A request naming ``concept`` or ``head_weights``
     replaces both of the base's."""
-    given = check_fields(d, allowed_extra)
-    if "prompt" not in given:
+    if isinstance(d, dict) and d.get("prompt") is None:  # the one required field is named first
         raise SchemaError("'prompt' is required (a non-empty string)")
+    given = check_fields(d, allowed_extra)
     base = base or GenerateParams(prompt="")
     if "concept" in given or "head_weights" in given:
         given = {"concept": None, "head_weights": None, **given}
