@@ -23,7 +23,7 @@ import torch
 
 from bridge.packet import Packet
 from bridge.runner import Request, Runner, RunResult
-from bridge.transport.schema import state_code
+from bridge.request import state_code
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Daemon:
         self._wake.set()
 
     def status(self) -> dict[str, Any]:
-        """The status payload: ``state`` and ``state_code`` from the one table (schema.STATES),
+        """The status payload: ``state`` and ``state_code`` from the one table (bridge.request.STATES),
         ``device_memory`` in bytes (CUDA allocated, else the process's RSS)."""
         mem = torch.cuda.memory_allocated() if torch.cuda.is_available() else _rss_bytes()
         return {

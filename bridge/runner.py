@@ -24,7 +24,7 @@ from bridge.packet import Packet
 from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
 from bridge.capture.errors import WordNotFoundError
 from bridge.capture.tokens import unseen_words
-from bridge.transport.schema import GenerateParams
+from bridge.request import GenerateParams
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Parameters (custom page "StepX Control"): Address, Controlport (ZeroMQ, default 
 Oscport (default 7001), Transport (zmq / osc), Prompt, Seed (-1 = random), Steps (0 = the daemon's
 ``serve --steps``), Guidance (< 0 = the daemon's), Width and Height (0 = the model's), Focuswords
 (space separated), Token, Libpath, and the pulses Generate, Cancel, Status. Values are checked by
-the daemon's own schema before anything is sent (``stepx_td.schema``).
+the daemon's own schema before anything is sent (``stepx_td.request``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from bridge.runner import Runner
 from bridge.transport import osc_encode
 from bridge.transport.control_osc import ControlOscServer
 from bridge.transport.control_zmq import ControlZmqServer
-from bridge.transport.schema import FIELD_NAMES, MAX_REQUEST_BYTES, GenerateParams
+from bridge.request import FIELD_NAMES, MAX_REQUEST_BYTES, GenerateParams
 
 SEED = 1234
 GAPS = ("internal error", "could not be", "failed:")  # replies that mean a check was missing

@@ -31,7 +31,7 @@ CLI_FIELDS = {"steps": "--steps", "seed": "--seed", "guidance": "--guidance", "n
 def schema_type(name: str) -> Callable[[str], Any]:
     """An argparse ``type`` that parses one command-line word and checks it by the schema's rule
     for ``name`` (a bad value is argparse's one-line usage error, exit 2)."""
-    from bridge.transport.schema import FIELDS, SchemaError
+    from bridge.request import FIELDS, SchemaError
 
     f = FIELDS[name]
 
@@ -59,7 +59,7 @@ def schema_type(name: str) -> Callable[[str], Any]:
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    from bridge.transport.schema import DEFAULT_STEPS, FIELDS
+    from bridge.request import DEFAULT_STEPS, FIELDS
 
     def helps(name: str, extra: str = "") -> str:
         return f"{FIELDS[name].help}: {FIELDS[name].rule()}{extra}"
@@ -83,7 +83,7 @@ def check_generation_args(args: argparse.Namespace, prompt: str | None) -> None:
     """The door check for a command's generation options, by the rules a control request meets
     (a config file can set any of them, so they are checked again here): ValueError on the first
     bad one (``stepx`` prints it as one line, exit 2), before any model is loaded."""
-    from bridge.transport.schema import SchemaError, check_fields
+    from bridge.request import SchemaError, check_fields
 
     fields: dict[str, Any] = {name: getattr(args, dest.lstrip("-").replace("-", "_"), None)
                               for name, dest in CLI_FIELDS.items()}

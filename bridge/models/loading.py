@@ -55,7 +55,7 @@ SHAPES_GUIDANCE = 4.0
 
 def default_guidance(model_name: str) -> float:
     """The guidance a request gets when it names none, for the model ``load_pipeline`` named."""
-    from bridge.transport.schema import DEFAULT_GUIDANCE
+    from bridge.request import DEFAULT_GUIDANCE
 
     return SHAPES_GUIDANCE if model_name == SHAPES_MODEL_NAME else DEFAULT_GUIDANCE
 

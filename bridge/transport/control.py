@@ -4,7 +4,7 @@ Pure functions only (no sockets): ``parse_request`` turns a decoded JSON object 
 ``ControlRequest`` or raises ``ControlError`` with a message naming what was wrong and what
 would be right; ``handle_json`` wraps a whole request/reply round (bytes in, bytes out) so
 both servers (OSC, ZeroMQ) share one code path that never raises. The fields and their ranges
-are the schema's (``bridge.transport.schema``), stated once.
+are the schema's (``bridge.request``), stated once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from bridge.transport.schema import (COMMANDS, MAX_ID_CHARS, MAX_PLAYLIST, MAX_REQUEST_BYTES, GenerateParams,
+from bridge.request import (COMMANDS, MAX_ID_CHARS, MAX_PLAYLIST, MAX_REQUEST_BYTES, GenerateParams,
                                      SchemaError, check_token as _check_token, parse_generate as _parse_generate)
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """OSC control server: UDP in its own thread; at most one reply per datagram, to its sender.
 
-Two ways in, both validated by ``control`` (fields and ranges from ``schema``):
+Two ways in, both validated by ``control`` (fields and ranges from ``bridge.request``):
 
 * ``/stepx/control s`` with a JSON request (the same JSON as the ZeroMQ channel);
-* one address per generation field (``schema.osc_parameters()``: ``/stepx/prompt s``,
+* one address per generation field (``bridge.request.osc_parameters()``: ``/stepx/prompt s``,
   ``/stepx/steps i``, ``/stepx/width i``, …), staged **per sender** (IP and port) until that
   sender's ``/stepx/start``; ``/stepx/reset`` clears the sender's staging; commands
   ``/stepx/start``, ``/stepx/cancel``, ``/stepx/status``, ``/stepx/ping``.
@@ -31,7 +31,7 @@ from pythonosc.osc_packet import OscPacket
 from bridge.transport import osc_encode
 from bridge.transport.control import (ControlError, Handler, check_bind, decode_json, encode_reply, handle_object,
                                       reply_error)
-from bridge.transport.schema import FIELDS, GenerateParams, SchemaError, check_fields, check_token
+from bridge.request import FIELDS, GenerateParams, SchemaError, check_fields, check_token
 
 log = logging.getLogger(__name__)
 

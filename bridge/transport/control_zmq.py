@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from bridge.transport.control import ControlError, Handler, check_bind, encode_reply, handle_json, reply_error
-from bridge.transport.schema import MAX_REQUEST_BYTES, GenerateParams
+from bridge.request import MAX_REQUEST_BYTES, GenerateParams
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bridge.transport import osc_encode as enc
-from bridge.transport.schema import STATES
+from bridge.request import STATES
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class OscSender:
                 self._sendto(b)
 
     def status_message(self) -> bytes:
-        """/stepx/status: i state (the code of schema.STATES), f fps, i step, f uptime_seconds."""
+        """/stepx/status: i state (the code of bridge.request.STATES), f fps, i step, f uptime_seconds."""
         return enc.message("/stepx/status", STATES[self._state], float(self._fps), int(self._step),
                            float(time.monotonic() - self._t0))
 

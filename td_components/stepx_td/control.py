@@ -24,11 +24,11 @@ from typing import Any, Iterable
 
 import zmq
 
-from stepx_td.schema import COMMANDS, FIELDS, generate_request as schema_generate_request
+from stepx_td.request import COMMANDS, FIELDS, generate_request as schema_generate_request
 
 def generate_request(prompt: str, *, token: str | None = None, **params: Any) -> dict[str, Any]:
     """A ``generate`` request with only the fields that are set, checked by the daemon's own rules
-    (``stepx_td.schema``, a byte-identical copy of bridge/transport/schema.py): a bad value is a
+    (``stepx_td.request``, a byte-identical copy of bridge/request.py): a bad value is a
     ``ValueError`` here, in TouchDesigner, not a round trip later.
 
     Keyword names are the schema's fields (``seed``, ``steps``, ``guidance``, ``focus``,

@@ -18,10 +18,10 @@ class SourcesTest(unittest.TestCase):
                          (C.ROOT / "bridge" / "transport" / "wire.py").read_bytes(),
                          "copy bridge/transport/wire.py to td_components/stepx_td/wire.py")
 
-    def test_schema_is_byte_identical(self) -> None:
-        self.assertEqual((C.TD_DIR / "stepx_td" / "schema.py").read_bytes(),
-                         (C.ROOT / "bridge" / "transport" / "schema.py").read_bytes(),
-                         "copy bridge/transport/schema.py to td_components/stepx_td/schema.py")
+    def test_request_schema_is_byte_identical(self) -> None:
+        self.assertEqual((C.TD_DIR / "stepx_td" / "request.py").read_bytes(),
+                         (C.ROOT / "bridge" / "request.py").read_bytes(),
+                         "copy bridge/request.py to td_components/stepx_td/request.py")
 
     def test_force_model_is_byte_identical(self) -> None:
         self.assertEqual((C.TD_DIR / "glsl" / "particles_common.glsl").read_bytes(),

@@ -1,10 +1,12 @@
-"""The control request schema: every field a request may carry, its type and range, stated once.
+"""What to generate, and the request schema: every field a request may carry, its type and range,
+stated once.
 
-Everything that speaks requests is derived from ``GENERATE_FIELDS``: the JSON validator
-(``bridge.transport.control``), the OSC staging addresses (``osc_parameters``), the CLI options
-(``bridge.commands.common``) and TouchDesigner's request builder (``stepx_td.control``). Standard
-library only: ``td_components/stepx_td/schema.py`` is a byte-identical copy (TD's Python has
-numpy and pyzmq, nothing else), checked by tests/td/test_td_sources.py.
+Every door derives from ``GENERATE_FIELDS``: the JSON validator (``bridge.transport.control``),
+the OSC staging addresses (``osc_parameters``), the CLI options (``bridge.commands.common``) and
+TouchDesigner's request builder (``stepx_td.control``); the runner takes the ``GenerateParams``
+they produce. Its own module so the runner does not import the control parser. Standard library
+only: ``td_components/stepx_td/request.py`` is a byte-identical copy (TD's Python has numpy and
+pyzmq, nothing else), checked by tests/td/test_td_sources.py.
 
 Validation never trusts a type: booleans are not numbers, integers of any size are compared
 exactly (no float conversion that could overflow), floats must be finite, and every string and
