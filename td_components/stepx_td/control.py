@@ -1,15 +1,16 @@
 """Control sender for TouchDesigner: JSON requests to the StepX daemon, never blocking.
 
-What: ``ControlClient`` talks to the daemon's ZeroMQ REQ/REP control channel
-(docs/PROTOCOL.md "Control in"; a ROUTER socket on the daemon's side): ``send()`` queues a request and returns at once, ``poll()``
-(once per frame) sends the next queued request when the previous one was answered and
-collects replies, all with ``zmq.NOBLOCK``. ``osc_control_message()`` builds the OSC
+What: ``ControlClient`` talks to the daemon's ZeroMQ control channel with a REQ socket
+(docs/PROTOCOL.md "Control in"; a ROUTER on the daemon's side): ``send()`` queues a request and
+returns at once, ``poll()`` (once per frame) sends the next queued request when the previous one
+was answered and collects replies, all with ``zmq.NOBLOCK``. ``generate_request()`` checks a
+request by the daemon's own schema (``stepx_td.request``) before anything is sent. ``osc_control_message()`` builds the OSC
 alternative (``/stepx/control s <json>``) for an OSC Out DAT or a plain UDP socket.
 
 Why: a REQ socket that waits for its reply would freeze TouchDesigner's main thread while the
 daemon is busy or down; here a request that gets no reply within ``timeout_s`` is reported
 and the socket is re-created (the REQ state machine cannot otherwise send again).
-Imports: standard library and pyzmq only.
+Imports: standard library, pyzmq and ``stepx_td.request`` (standard library only).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Iterable
 import zmq
 
 from stepx_td.request import COMMANDS, FIELDS, generate_request as schema_generate_request
+
 
 def generate_request(prompt: str, *, token: str | None = None, **params: Any) -> dict[str, Any]:
     """A ``generate`` request with only the fields that are set, checked by the daemon's own rules
