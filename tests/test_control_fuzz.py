@@ -322,16 +322,41 @@ def test_a_request_takes_serve_defaults_and_a_focus_word_missing_from_the_prompt
 
 def test_control_thread_survives_a_raising_handler():
     def boom(req):
-        raise RuntimeError("kaboom")
+        raise RuntimeError("kaboom") if req.cmd == "ping" else SystemExit(3)
 
     srv = ControlZmqServer(boom, "tcp://127.0.0.1:*")
     ctx = zmq.Context.instance()
     req = _req(ctx, srv.endpoint)
     try:
-        for _ in range(3):
-            req.send(b'{"cmd":"ping"}')
-            assert "kaboom" in json.loads(req.recv())["error"]
+        for cmd in ("ping", "status", "ping"):
+            req.send(json.dumps({"cmd": cmd}).encode())
+            assert f"{cmd} failed" in json.loads(req.recv())["error"]
         assert srv.alive
     finally:
         req.close(); srv.close()
+
+
+def test_the_supervisor_restarts_a_loop_that_ends_anyway(handler):
+    """The last line: if the loop itself ever ends (here: a fault injected below the per-message
+    guards), it is started again on the same socket and the next client is answered."""
+    srv = ControlZmqServer(handler, "tcp://127.0.0.1:*")
+    answer, calls = srv.answer, []
+
+    def faulty(frames):
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemExit("injected")
+        return answer(frames)
+
+    srv.answer = faulty
+    ctx = zmq.Context.instance()
+    lost = _req(ctx, srv.endpoint)
+    lost.setsockopt(zmq.RCVTIMEO, 500)
+    try:
+        lost.send(b'{"cmd":"ping"}')
+        with pytest.raises(zmq.Again):
+            lost.recv()
+        assert _ping(ctx, srv.endpoint)["ok"] and srv.restarts == 1 and srv.alive
+    finally:
+        lost.close(); srv.close()
 

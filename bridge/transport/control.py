@@ -151,7 +151,7 @@ def handle_object(obj: Any, handler: Handler, token: str | None = None, source: 
     except ValueError as exc:  # the handler refused it (ControlError is a ValueError)
         log.warning("control: %s refused: %s", req.cmd, exc)
         return reply_error(str(exc), req.id)
-    except Exception as exc:  # the handler's failure is the client's answer, not our crash
+    except (Exception, SystemExit) as exc:  # the handler's failure is the client's answer, not our crash
         log.error("control: handler failed on %s: %r", req.cmd, exc)
         return reply_error(f"{req.cmd} failed: {exc}", req.id)
     return reply_ok(req, result)

@@ -65,7 +65,8 @@ class ControlOscServer:
         self._sock.settimeout(0.1)
         self.port: int = self._sock.getsockname()[1]
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="control-osc", daemon=True)
+        self.restarts = 0
+        self._thread = threading.Thread(target=self._supervise, name="control-osc", daemon=True)
         self._thread.start()
 
     @property
@@ -159,6 +160,17 @@ class ControlOscServer:
         if reply is None:
             return None
         return bounded_reply(reply, None if was_known else len(data))
+
+    def _supervise(self) -> None:
+        """The last line, not the first (``_serve`` catches everything per message): if the loop
+        ever ends before ``close()``, log it and start it again on the same socket."""
+        while not self._stop.is_set():
+            try:
+                self._serve()
+            except BaseException as exc:  # noqa: BLE001 - e.g. a handler that calls sys.exit()
+                self.restarts += 1
+                log.critical("control osc: loop ended by %r; restarting it (%d)", exc, self.restarts)
+                self._stop.wait(0.1)
 
     def _serve(self) -> None:
         while not self._stop.is_set():

@@ -46,7 +46,8 @@ class ControlZmqServer:
         self._sock.bind(endpoint)
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="control-zmq", daemon=True)
+        self.restarts = 0
+        self._thread = threading.Thread(target=self._supervise, name="control-zmq", daemon=True)
         self._thread.start()
 
     @property
@@ -77,6 +78,17 @@ class ControlZmqServer:
         except Exception as exc:  # handle_json never raises; this is the last line, not the first
             log.error("control zmq: unexpected %r (continuing)", exc)
             return envelope + [encode_reply(reply_error("internal error"))]
+
+    def _supervise(self) -> None:
+        """The last line, not the first (``_serve`` catches everything per message): if the loop
+        ever ends before ``close()``, log it and start it again on the same socket."""
+        while not self._stop.is_set():
+            try:
+                self._serve()
+            except BaseException as exc:  # noqa: BLE001 - e.g. a handler that calls sys.exit()
+                self.restarts += 1
+                log.critical("control zmq: loop ended by %r; restarting it (%d)", exc, self.restarts)
+                self._stop.wait(0.1)
 
     def _serve(self) -> None:
         while not self._stop.is_set():
