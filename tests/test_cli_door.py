@@ -89,3 +89,13 @@ def test_serve_run_for_honours_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_serve_checks_its_playlist_before_loading(tmp_path, capsys):
+    bad = tmp_path / "show.txt"
+    bad.write_text("# tonight\na red circle\n" + "x" * 2001 + "\n")
+    err = _refused(capsys, ["serve", "--model", "tiny", "--playlist", str(bad), "--control", "", "--osc-control", ""])
+    assert "line 3: 'prompt' is 2001 characters; at most 2000" in err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    assert "holds no prompt" in _refused(capsys, ["serve", "--model", "tiny", "--playlist", str(empty)])

@@ -71,6 +71,30 @@ def _check_control_binds(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error(str(exc))
 
 
+def read_playlist(path: str) -> list[str]:
+    """The prompts of a playlist file (one a line; blank lines and ``#`` comments skipped), each
+    checked by the request schema: ValueError naming the file and line."""
+    from bridge.request import SchemaError, check_fields
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--playlist {path}: cannot read it: {exc}") from None
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            check_fields({"prompt": text})
+        except SchemaError as exc:
+            raise ValueError(f"--playlist {path}, line {n}: {exc}") from None
+        prompts.append(text)
+    if not prompts:
+        raise ValueError(f"--playlist {path} holds no prompt")
+    return prompts
+
+
 def phases_where(runner: Any) -> str:
     """Where the daemon's runs compute their phases, for the start-up line."""
     if runner.phases_where() == "device":
@@ -86,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.daemon import Daemon, DaemonOptions
     from bridge.fanout import FanOut
     from bridge.packet_process import PacketProcess
-    from bridge.runner import Runner, denoiser
+    from bridge.runner import Runner, check_request, denoiser
     from bridge.sinks import build_sinks, restart_options, sink_options
     from bridge.transport.control_osc import ControlOscServer
     from bridge.transport.control_zmq import ControlZmqServer
@@ -95,10 +119,18 @@ def run(args: argparse.Namespace) -> int:
     args = apply_config_file(parser, given_flags(sys.argv[1:]), args, args.config)
     check_generation_args(args, args.prompt)
     _check_control_binds(parser, args)
+    prompts = ([args.prompt] if args.prompt else []) + (read_playlist(args.playlist) if args.playlist else [])
     pipe, name = load_model(args)
     concepts = {}
     if args.concepts:
         concepts = {f.stem: load_head_weights(f) for f in sorted(Path(args.concepts).glob("*.json"))}
+    defaults = request_factory(args, name)
+    for prompt in prompts:  # focus words must be words of every prompt: refused now, not at 3 a.m.
+        try:
+            for warning in check_request(pipe, defaults(prompt), concepts):
+                log.warning("%r: %s", prompt[:60], warning)
+        except ValueError as exc:
+            raise ValueError(f"prompt {prompt[:60]!r}: {exc}") from None
     on_cuda = next(denoiser(pipe).parameters()).device.type == "cuda"
     if args.sink_process == "on" or (args.sink_process == "auto" and on_cuda):
         # with no output named, publish where `stepx preview` listens
@@ -112,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
     runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
                     concepts=concepts, deliver=args.deliver)
     daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
-    defaults = request_factory(args, name)
     base = defaults("")  # what a control request leaves out: serve's --steps, --guidance, … (prompt is required)
     door = dict(allow_remote=args.allow_remote, token=args.token,
                 allow_unauthenticated=args.allow_remote_without_token, defaults=base)
@@ -124,8 +155,7 @@ def run(args: argparse.Namespace) -> int:
         servers.append(ControlOscServer(daemon.handle, host or "127.0.0.1", int(port), **door))
 
     if args.playlist:  # --prompt, if given too, plays first
-        prompts = [l.strip() for l in Path(args.playlist).read_text().splitlines() if l.strip() and not l.startswith("#")]
-        daemon.set_playlist([defaults(p) for p in ([args.prompt] if args.prompt else []) + prompts], loop=True)
+        daemon.set_playlist([defaults(p) for p in prompts], loop=True)
     elif args.prompt:
         daemon.submit(defaults(args.prompt))
 
