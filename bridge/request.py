@@ -19,8 +19,6 @@ import math
 from dataclasses import dataclass, field, fields as dc_fields, replace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-#: request commands (``start`` is an alias of ``generate``); ``docs/PROTOCOL.md`` "Control in".
-COMMANDS = ("generate", "start", "cancel", "playlist", "status", "ping")
 #: the largest request accepted, in bytes (ZeroMQ message or OSC ``/stepx/control`` string).
 MAX_REQUEST_BYTES = 256 * 1024
 MAX_ID_CHARS = 100
@@ -265,21 +263,3 @@ def osc_parameters() -> Dict[str, str]:
     """OSC staging address (``/stepx/<name>``) → type tags, one per generation field."""
     return {f"/stepx/{f.name}": f.osc_tags for f in GENERATE_FIELDS}
 
-
-#: the daemon's states, one table for both transports: the ZeroMQ ``status`` packet carries the
-#: name (``state``) and the code (``state_code``), the OSC heartbeat ``/stepx/status`` the code.
-#: Code 1 is reserved (it once meant "loading"; the daemon binds its sockets after the model loads).
-STATES: Dict[str, int] = {
-    "idle": 0,        # nothing to generate and nothing to replay
-    "generating": 2,  # a run is denoising
-    "error": 3,       # the last run failed (``message`` says why); stays until the next request
-    "replaying": 4,   # idle, looping the last finished run (packets carry ``"replay": true``)
-}
-
-
-def state_code(state: str) -> int:
-    """The code of a daemon state; an unknown name is a programming error, not "error"."""
-    try:
-        return STATES[state]
-    except KeyError:
-        raise ValueError(f"unknown daemon state {state!r}; known: {', '.join(STATES)}") from None

@@ -21,7 +21,7 @@ from bridge.daemon import Daemon, DaemonOptions
 from bridge.fanout import FanOut
 from bridge.runner import Request, Runner
 from bridge.transport.osc_out import OscSender
-from bridge.request import STATES
+from bridge.protocol import STATES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
 

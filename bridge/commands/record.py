@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", default=None, metavar="DIR", help="then export heat-map overlays, per-word GIFs, CSV tables, timeline plots and COCO masks to DIR")
     add_model_arguments(p)
     add_generation_arguments(p)
-    from bridge.sinks import add_sink_arguments
+    from bridge.stream.sinks import add_sink_arguments
 
     add_sink_arguments(p)
 
@@ -44,9 +44,9 @@ def check_output_path(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bridge.fanout import FanOut
+    from bridge.stream.fanout import FanOut
     from bridge.runner import Runner, check_request
-    from bridge.sinks import build_sinks
+    from bridge.stream.sinks import build_sinks
     from bridge.trace import TraceWriter
 
     check_generation_args(args, args.prompt)  # the rules a control request meets, before the model loads

@@ -14,8 +14,9 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from bridge.request import (COMMANDS, MAX_ID_CHARS, MAX_PLAYLIST, MAX_REQUEST_BYTES, GenerateParams,
-                                     SchemaError, check_token as _check_token, parse_generate as _parse_generate)
+from bridge.protocol import COMMANDS
+from bridge.request import (MAX_ID_CHARS, MAX_PLAYLIST, MAX_REQUEST_BYTES, GenerateParams, SchemaError,
+                            check_token as _check_token, parse_generate as _parse_generate)
 
 log = logging.getLogger(__name__)
 

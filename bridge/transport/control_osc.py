@@ -28,6 +28,7 @@ from typing import Any
 
 from pythonosc.osc_packet import OscPacket
 
+from bridge.protocol import COMMANDS, OSC_CONTROL_PORT
 from bridge.transport import osc_encode
 from bridge.transport.control import (ControlError, Handler, check_bind, decode_json, encode_reply, handle_object,
                                       reply_error)
@@ -36,7 +37,7 @@ from bridge.request import FIELDS, GenerateParams, SchemaError, check_fields, ch
 log = logging.getLogger(__name__)
 
 PREFIX = "/stepx/"
-COMMAND_ADDRS = ("start", "generate", "cancel", "status", "ping", "reset")
+COMMAND_ADDRS = (*(c for c in COMMANDS if c != "playlist"), "reset")  # a playlist is JSON control only
 MAX_MESSAGES = 64     # messages in one datagram (a bundle); more is refused whole
 MAX_SENDERS = 64      # staging areas kept (least recently used dropped first)
 MAX_KNOWN = 1024      # peers remembered as known
@@ -52,7 +53,7 @@ class _Malformed(Exception):
 class ControlOscServer:
     """Listen on ``host:port`` (port 0 picks a free one; see ``.port``)."""
 
-    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 7001, *,
+    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = OSC_CONTROL_PORT, *,
                  allow_remote: bool = False, token: str | None = None, allow_unauthenticated: bool = False,
                  defaults: GenerateParams | None = None) -> None:
         check_bind(host, allow_remote, token, allow_unauthenticated)

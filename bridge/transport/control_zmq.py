@@ -16,12 +16,12 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from bridge.transport.control import ControlError, Handler, check_bind, encode_reply, handle_json, reply_error
+from bridge.protocol import DEFAULT_CONTROL_ENDPOINT
 from bridge.request import MAX_REQUEST_BYTES, GenerateParams
+from bridge.transport.control import ControlError, Handler, check_bind, encode_reply, handle_json, reply_error
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5561"
 #: libzmq closes a connection that sends a message larger than this (no reply is possible then);
 #: anything between MAX_REQUEST_BYTES and this gets a clear "too large" error.
 MAX_WIRE_BYTES = 16 * 1024 * 1024
