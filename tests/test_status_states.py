@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bridge.daemon import Daemon, DaemonOptions
-from bridge.fanout import FanOut
+from bridge.stream.fanout import FanOut, SinkBase
 from bridge.runner import Request, Runner
 from bridge.transport.osc_out import OscSender
 from bridge.protocol import STATES
@@ -38,8 +38,8 @@ def test_the_documented_table_is_the_code_table():
     assert documented_states() == STATES
 
 
-class Collect:
-    name, encoding = "collect", None
+class Collect(SinkBase):
+    name, encoding, lossless = "collect", None, True
 
     def __init__(self) -> None:
         self.status: list[dict] = []
