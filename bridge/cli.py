@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bridge.commands.bench", "benchmark capture overhead against plain diffusers in one process"),
     "eval-shapes": ("bridge.models.shapes.evaluate", "evaluate the embedded shapes model: adherence and attention IoU"),
     "train-shapes": ("bridge.models.shapes.train", "train the embedded shapes model (GPU)"),
+    "titan": ("bridge.commands.titan", "TITAN: generate (or read traces), find the prompts' objects, write a COCO dataset"),
+    "eval-objects": ("bridge.analysis.objects.evaluate", "score object detection from attention against the shapes world's ground truth"),
 }
 
 

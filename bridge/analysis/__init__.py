@@ -1,0 +1,1 @@
+"""Offline analysis over runs and traces: objects (TITAN, text-guided detection), evaluation."""
