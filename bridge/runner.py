@@ -64,6 +64,7 @@ class Runner:
         phases_on: str = "auto",
         step_clock: Callable[[str, int], None] | None = None,
         deliver: str = "worker",
+        observer: Callable[[StepFrame, CaptureRun], None] | None = None,
     ) -> None:
         """``phases_on``: ``device`` runs the phases where the maps are, on the model's thread
         (compiled on CUDA: a few kernels per step), and packets are built from their results;
@@ -83,6 +84,9 @@ class Runner:
         paired SD 1.5 rounds on an H200 (docs/BENCHMARKS.md, "Delivery"), so the default is the
         one that leaves the model's thread alone. Other publishers always get built packets from
         the packet thread."""
+        # ``observer(frame, run)`` sees every step's frame on the model's thread (the objects
+        # analysis keeps word maps and self-attention from it); it must be quick.
+        self.observer = observer
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
         # its packet is built): benchmarks time step → subscriber latency from there.
         if phases_on not in ("auto", "host", "device"):
@@ -170,6 +174,8 @@ class Runner:
                     self.pipe._interrupt = True
                 if self.step_clock is not None:
                     self.step_clock(run.run_id, frame.step)
+                if self.observer is not None:
+                    self.observer(frame, run)
                 self._pump(stale=True)  # earlier steps' recipes: landed ones now, the rest to the packet thread
                 if state["words"] is None:
                     self._begin(req, run, seed, phase_cfg, state)
