@@ -50,7 +50,7 @@ def _trace_entry(line: str, base: Path) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bridge.analysis.objects import EvidenceRecorder, annotate, from_trace, grid_queries, parse_prompt
+    from bridge.analysis.objects import annotate, from_trace, parse_prompt
     from bridge.analysis.objects.dataset import TitanDataset
 
     src = Path(args.prompts)
@@ -110,15 +110,15 @@ def _trace_prompt(path: Path) -> str | None:
 
 def _generate(pipe, name: str, req, seed: int, trace: Path, grid: int):
     """One run through the Runner into ``trace``, its attention kept by an EvidenceRecorder."""
-    from bridge.analysis.objects import EvidenceRecorder, grid_queries
-    from bridge.capture import CaptureConfig
+    from bridge.analysis.objects import EvidenceRecorder
+    from bridge.analysis.objects.evidence import detection_config
     from bridge.fanout import FanOut
     from bridge.runner import Runner
     from bridge.trace import TraceWriter
 
     rec = EvidenceRecorder()
     with FanOut([TraceWriter(trace)]) as fanout:
-        runner = Runner(pipe, fanout.publish, name, image_every=0, capture_config=CaptureConfig(queries=grid_queries(grid)),
+        runner = Runner(pipe, fanout.publish, name, image_every=0, capture_config=detection_config(pipe, grid),
                         observer=rec)
         result = runner.run(dataclasses.replace(req, seed=seed))
     if result.status != "done" or result.image is None:

@@ -48,7 +48,7 @@ class DetectConfig:
     steps: Sequence[int] | None = None
     attribute_weight: float = 1.0
     tau: float = 0.4
-    guided_tau: float = 0.5
+    guided_tau: float = 0.4
     seed_high: float = 0.6
     seed_low: float = 0.2
     temperature: float = 30.0

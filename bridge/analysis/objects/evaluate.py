@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from .annotate import annotate, decode_rle, encode_rle
-from .detect import DetectConfig, grid_queries, instances, object_evidence, refine, to_image
-from .evidence import from_capture
+from .detect import DetectConfig, instances, object_evidence, refine, to_image
+from .evidence import detection_config, from_capture
 from .prompt import parse_prompt
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--out", required=True, help="folder for records.jsonl and results.json")
     p.add_argument("--resume", action="store_true", help="keep the generations already in OUT/records.jsonl")
+    p.add_argument("--score-only", action="store_true", help="score OUT/records.jsonl as it is (no generation)")
 
 
 def ground_truth(image: np.ndarray, prompt: str) -> list[dict[str, Any]]:
@@ -81,10 +82,10 @@ def _mention_detections(ev, prompt: str, cfg: DetectConfig) -> dict[str, list[di
 
 def generate_record(pipe, prompt: str, seed: int, args: argparse.Namespace, cfg: DetectConfig) -> dict[str, Any]:
     """One generation: its ground truth and every method's detections (masks as RLE)."""
-    from bridge.capture import CaptureConfig, capture  # noqa: PLC0415
+    from bridge.capture import capture  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    with capture(pipe, CaptureConfig(queries=grid_queries(args.grid))) as cap:
+    with capture(pipe, detection_config(pipe, args.grid)) as cap:
         out = pipe(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
                    generator=torch.Generator("cpu").manual_seed(seed))
     seconds = time.perf_counter() - t0
@@ -169,16 +170,17 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "records.jsonl"
     done: list[dict[str, Any]] = []
-    if args.resume and path.exists():
+    if (args.resume or args.score_only) and path.exists():
         done = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     elif path.exists() and path.stat().st_size:
         raise ValueError(f"{path} already holds records: pass --resume to continue it, or choose another --out")
     have = {(r["prompt"], r["seed"]) for r in done}
     jobs = [(p, s) for p in eval_prompts(args.prompts, args.prompt_seed, "heldout") for s in args.seeds]
-    pipe = load_shapes_pipeline("cpu", torch.float32)
     cfg = DetectConfig()
+    todo = [] if args.score_only else [j for j in jobs if j not in have]
+    pipe = load_shapes_pipeline("cpu", torch.float32) if todo else None
     with path.open("a") as f:
-        for prompt, seed in tqdm([j for j in jobs if j not in have], desc="eval-objects", unit="image", file=sys.stderr):
+        for prompt, seed in tqdm(todo, desc="eval-objects", unit="image", file=sys.stderr):
             rec = generate_record(pipe, prompt, seed, args, cfg)
             f.write(json.dumps(rec) + "\n")
             f.flush()

@@ -15,6 +15,9 @@ import torch
 
 from .detect import GRID_PREFIX
 
+#: the affinity averages the steps from this fraction of the run on (the image has settled)
+AFFINITY_FROM = 0.5
+
 
 @dataclass
 class Evidence:
@@ -22,7 +25,8 @@ class Evidence:
 
     words: the prompt's words as the capture split them.
     word_maps: ``[steps, words, h, w]`` float32 (row 0 = top of the image).
-    affinity: ``[g·g, H, W]`` mean self-attention of the grid queries over the steps, or None
+    affinity: ``[g·g, H, W]`` mean self-attention of the grid queries over the second half of the
+      steps (:data:`AFFINITY_FROM`; measured sharper than all steps), or None
       where the run had none (a trace, a run captured without :func:`grid_queries`).
     size: ``(height, width)`` of the image masks are made for.
     image: ``[height, width, 3]`` uint8 final image where known.
@@ -69,7 +73,7 @@ def from_capture(run: Any, image: Any = None, size: tuple[int, int] | None = Non
     if size is None:
         size = img.shape[:2] if img is not None else (run.latent_hw[0] * vae_scale, run.latent_hw[1] * vae_scale)
     maps = run.word_maps(0).detach().float().cpu()  # [S, W, h, w]
-    affs = [a for f in run.frames if (a := grid_affinity(f.self_maps)) is not None]
+    affs = [a for f in run.frames if f.step >= AFFINITY_FROM * f.total_steps and (a := grid_affinity(f.self_maps)) is not None]
     aff = torch.stack(affs).mean(0).cpu() if affs else None
     return Evidence(list(run.words), maps, aff, (int(size[0]), int(size[1])), img, "capture")
 
@@ -90,7 +94,7 @@ class EvidenceRecorder:
         tm = run.tokens(0)
         self.words, self.latent_hw = list(tm.words), tuple(run.latent_hw)
         self.maps.append(tm.word_maps(frame.cross[0]).detach().float().cpu())  # [W, h, w]
-        aff = grid_affinity(frame.self_maps)
+        aff = grid_affinity(frame.self_maps) if frame.step >= AFFINITY_FROM * frame.total_steps else None
         if aff is not None:
             aff = aff.detach().cpu()
             self.aff_sum = aff if self.aff_sum is None else self.aff_sum + aff
@@ -119,3 +123,29 @@ def from_trace(path: str | Path, run: int | str = 0, affinity: str | Path | None
     maps = torch.from_numpy(np.ascontiguousarray(data.maps[:, : len(data.words)]))  # [T, W, h, w]
     aff = torch.from_numpy(np.load(affinity)).float() if affinity is not None else None
     return Evidence(list(data.words), maps, aff, tuple(data.canvas_size()), data.final_image, str(path))
+
+
+def detection_config(pipe: Any, grid: int = 8, base: Any = None) -> Any:
+    """A :class:`~bridge.capture.CaptureConfig` for detection: ``base`` (default: DAAM's) plus the
+    ``grid × grid`` self-attention queries, taken from the self-attention layers at the denoiser's
+    finest resolution only — measured sharper than all layers pooled (docs/OBJECTS.md)."""
+    import dataclasses
+
+    from bridge.capture import CaptureConfig, adapter_for  # noqa: PLC0415
+
+    from .detect import grid_queries
+
+    base = base or CaptureConfig()
+    return dataclasses.replace(base, queries=(*base.queries, *grid_queries(grid)), self_layers=finest_self_layers(adapter_for(pipe)))
+
+
+def finest_self_layers(adapter: Any) -> list[str]:
+    """Layer patterns of the self-attention at the finest resolution: for a UNet, the first down
+    block that has attention and its mirror up block; for MM-DiT models (one resolution), all."""
+    if adapter.family != "unet":
+        return ["*"]
+    unet = adapter.denoiser()
+    for i, block in enumerate(unet.down_blocks):
+        if getattr(block, "attentions", None):
+            return [f"down_blocks.{i}.*", f"up_blocks.{len(unet.up_blocks) - 1 - i}.*"]
+    return ["*"]
