@@ -83,17 +83,35 @@ def as_evidence(run: Any) -> Evidence:
     raise TypeError(f"annotate takes an Evidence, a CaptureRun or a trace path, not {type(run).__name__}")
 
 
-def align(prompt_words: list[str], run_words: list[str]) -> list[int]:
-    """Position in ``run_words`` of each of ``prompt_words`` (in order, case-insensitive)."""
+def align(prompt_words: list[str], run_words: list[str]) -> list[int | None]:
+    """Position in ``run_words`` of each of ``prompt_words``, matched in order, case-insensitive;
+    None for a word the run does not have (a run's words may leave some out)."""
     folded = [w.lower() for w in run_words]
-    out, j = [], 0
+    out: list[int | None] = []
+    j = 0
     for w in prompt_words:
-        try:
-            j = folded.index(w.lower(), j)
-        except ValueError:
-            raise ValueError(f"the prompt's word {w!r} is not among the run's words (in order): {', '.join(run_words)}") from None
-        out.append(j)
-        j += 1
+        k = folded.index(w.lower(), j) if w.lower() in folded[j:] else None
+        out.append(k)
+        if k is not None:
+            j = k + 1
+    return out
+
+
+def object_word_indices(parsed: Parsed, run_words: list[str]) -> list[tuple["Category", list[list[int]]]]:
+    """Each category with its mentions' word positions in the run (noun first, then attributes).
+
+    A word an object needs that the run does not have raises, listing the run's words."""
+    pos = align(parsed.words, run_words)
+    out = []
+    for cat in categories(parsed):
+        idx = []
+        for m in cat.mentions:
+            missing = [parsed.words[i] for i in m.word_indices if pos[i] is None]
+            if missing:
+                raise ValueError(f"the object {m.name!r} needs the words {missing}, which the run does not have; "
+                                 f"its words are: {', '.join(run_words)}")
+            idx.append([pos[i] for i in m.word_indices])
+        out.append((cat, idx))
     return out
 
 
@@ -143,10 +161,8 @@ def annotate(run: Any, prompt: str | None = None, *, method: str = "guided", con
     parsed = parse_prompt(prompt if prompt is not None else " ".join(ev.words))
     if parsed.unknown:
         log.info("words the prompt handler could not classify (not objects): %s", ", ".join(parsed.unknown))
-    pos = align(parsed.words, ev.words)
     out: list[Instance] = []
-    for cat in categories(parsed):
-        idx = [[pos[i] for i in m.word_indices] for m in cat.mentions]
+    for cat, idx in object_word_indices(parsed, ev.words):
         found, used = detect_category(ev, idx, cat.count, method, cfg)
         out += [Instance(cat.name, tuple(m.name for m in cat.mentions), s, m.numpy(), used) for m, s in found]
     return out
