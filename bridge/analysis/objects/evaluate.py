@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     elif path.exists() and path.stat().st_size:
         raise ValueError(f"{path} already holds records: pass --resume to continue it, or choose another --out")
     have = {(r["prompt"], r["seed"]) for r in done}
-    jobs = [(p, s) for p in eval_prompts(args.prompts, args.prompt_seed, "heldout") for s in args.seeds]
+    prompts = eval_prompts(args.prompts, args.prompt_seed, "heldout")
+    jobs = [(p, s) for s in args.seeds for p in prompts]  # seed by seed: a stopped run has covered every composition
     cfg = DetectConfig()
     todo = [] if args.score_only else [j for j in jobs if j not in have]
     pipe = load_shapes_pipeline("cpu", torch.float32) if todo else None
