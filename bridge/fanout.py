@@ -37,7 +37,7 @@ from bridge.transport.wire import encode
 log = logging.getLogger(__name__)
 
 #: Packet kinds that latest-wins must never drop.
-KEEP_KINDS = frozenset({"run", "timeline", "end"})
+KEEP_KINDS = frozenset({"run", "timeline", "objects", "end"})
 
 
 @runtime_checkable

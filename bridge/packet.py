@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 #: Packet kinds, in the order a run produces them.
-KINDS = ("run", "step", "image", "timeline", "end", "status")
+KINDS = ("run", "step", "image", "timeline", "objects", "end", "status")
 
 
 @dataclass

@@ -65,6 +65,7 @@ class Runner:
         step_clock: Callable[[str, int], None] | None = None,
         deliver: str = "worker",
         observer: Callable[[StepFrame, CaptureRun], None] | None = None,
+        objects: bool = False,
     ) -> None:
         """``phases_on``: ``device`` runs the phases where the maps are, on the model's thread
         (compiled on CUDA: a few kernels per step), and packets are built from their results;
@@ -87,6 +88,9 @@ class Runner:
         # ``observer(frame, run)`` sees every step's frame on the model's thread (the objects
         # analysis keeps word maps and self-attention from it); it must be quick.
         self.observer = observer
+        # ``objects``: find the prompt's objects (text-guided detection, docs/OBJECTS.md) and publish
+        # them as an ``objects`` packet after the final image, before ``end``.
+        self.objects = objects
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
         # its packet is built): benchmarks time step → subscriber latency from there.
         if phases_on not in ("auto", "host", "device"):
@@ -132,8 +136,7 @@ class Runner:
             weights = self._split_flat_weights(list(weights))
         if not weights:
             return base
-        cfg = CaptureConfig(**{**base.__dict__, "head_weights": weights})
-        return cfg
+        return CaptureConfig(**{**base.__dict__, "head_weights": weights})
 
     def _split_flat_weights(self, flat: list[float]) -> dict[str, list[float]]:
         layers = Capture(self.pipe, self.capture_config).cross_layers
@@ -165,6 +168,12 @@ class Runner:
             for word in req.focus:
                 tokens.index(word)  # a bad focus word fails before any compute, listing the words
             cap_cfg = self._capture_config(req)
+            recorder = None
+            if self.objects:
+                from bridge.analysis.objects import EvidenceRecorder  # noqa: PLC0415 (the ``objects`` extra)
+                from bridge.analysis.objects.evidence import detection_config  # noqa: PLC0415
+
+                cap_cfg, recorder = detection_config(self.pipe, base=cap_cfg), EvidenceRecorder()
             phase_cfg = self._phase_config(req)
             seed = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
             gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -176,6 +185,8 @@ class Runner:
                     self.step_clock(run.run_id, frame.step)
                 if self.observer is not None:
                     self.observer(frame, run)
+                if recorder is not None:
+                    recorder(frame, run)
                 self._pump(stale=True)  # earlier steps' recipes: landed ones now, the rest to the packet thread
                 if state["words"] is None:
                     self._begin(req, run, seed, phase_cfg, state)
@@ -213,6 +224,8 @@ class Runner:
                 with torch.inference_mode():
                     image = decode_full(self.pipe, latents[:1])
                 self._send(Packet("image", {"run_id": run.run_id, "step": run.steps_done - 1, "final": True, "preview": "vae"}, {"image": image}))
+                if recorder is not None:
+                    self._send(objects_packet(run.run_id, req.prompt, recorder, image))
             self._finish(run, state, status, t0)
             t3 = time.perf_counter()
             self._drain()
@@ -409,6 +422,24 @@ def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.n
     with torch.inference_mode():  # one mode for the engine's state, whichever thread or process runs this step
         pf = engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total)
     return _step(run_id, pf, focus, timestep)
+
+
+def objects_packet(run_id: str, prompt: str, recorder: Any, image: np.ndarray) -> Packet:
+    """The run's objects (``bridge.analysis.objects.annotate``) as an ``objects`` packet: each
+    instance's category, mentions, score, bbox, area and RLE mask (JSON, no arrays). A prompt
+    whose objects cannot be found says why in ``error`` instead of failing the run."""
+    from bridge.analysis.objects import annotate, parse_prompt  # noqa: PLC0415
+
+    header: dict[str, Any] = {"run_id": run_id, "prompt": prompt, "instances": [], "unclassified_words": []}
+    try:
+        ev = recorder.evidence(image)
+        header["unclassified_words"] = parse_prompt(prompt).unknown
+        header["instances"] = [i.to_json() for i in annotate(ev, prompt)]
+        header["size"] = list(ev.size)
+    except ValueError as exc:
+        log.warning("objects of run %s: %s", run_id, exc)
+        header["error"] = str(exc)
+    return Packet("objects", header)
 
 
 def timeline_packet(run_id: str) -> Packet | None:

@@ -237,3 +237,32 @@ def test_score_perfect_and_shifted():
     assert res["guided"]["segm"]["AP"] == pytest.approx(1.0) and res["guided"]["mean_iou"] == 1.0
     assert res["wordmap"]["mean_iou"] == pytest.approx(40 / 160) and res["wordmap"]["segm"]["AP50"] == 0.0
     assert res["titan"]["detections"] == 0 and res["titan"]["mean_iou"] == 0.0
+
+
+# ---------------------------------------------------------------- the objects packet
+def test_runner_streams_an_objects_packet_before_end(shapes_pipe, tmp_path):
+    from bridge.runner import Request, collect
+    from bridge.trace import TraceReader, TraceWriter
+    from bridge.transport.wire import decode, encode
+
+    result, packets = collect(shapes_pipe, Request(PROMPT, seed=3, steps=8, guidance=4.0), image_every=0, objects=True)
+    kinds = [p.kind for p in packets]
+    assert result.status == "done" and kinds.count("objects") == 1 and kinds.index("objects") < kinds.index("end")
+    assert kinds.index("objects") > max(i for i, k in enumerate(kinds) if k == "image")
+    obj = packets[kinds.index("objects")]
+    assert obj.header["run_id"] == result.run_id and obj.header["prompt"] == PROMPT and obj.header["size"] == [128, 128]
+    truth = _truth(result.image, PROMPT)
+    got = {i["category"]: i for i in obj.header["instances"]}
+    assert sorted(got) == sorted(truth)
+    for cat, inst in got.items():
+        assert inst["method"] == "guided" and _iou(decode_rle(inst["segmentation"]), truth[cat]) > 0.5
+    back = decode(encode(obj, "float16"))  # the wire carries it as it is (JSON header, no arrays)
+    assert back.kind == "objects" and back.header == json.loads(json.dumps(obj.header))
+    with TraceWriter(tmp_path / "o.stepx") as w:  # and a trace keeps it
+        for p in packets:
+            w.send(p)
+    with TraceReader(tmp_path / "o.stepx") as r:
+        assert [p.kind for p in r.packets()].count("objects") == 1
+    # without the option: no objects packet and no grid queries
+    _, plain = collect(shapes_pipe, Request(PROMPT, seed=3, steps=2, guidance=4.0), image_every=0)
+    assert "objects" not in [p.kind for p in plain]

@@ -19,6 +19,7 @@ log = logging.getLogger("stepx.serve")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="TOML file with any of these options; flags override it")
+    p.add_argument("--objects", action="store_true", help="find each prompt's objects and stream them as an 'objects' packet at the run's end (docs/OBJECTS.md)")
     add_model_arguments(p)
     add_generation_arguments(p)
     from bridge.sinks import add_sink_arguments
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         fanout = FanOut(sinks)
         sink_names, publish = [s.name for s in sinks], fanout.publish
     runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
-                    concepts=concepts, deliver=args.deliver)
+                    concepts=concepts, deliver=args.deliver, objects=args.objects)
     daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
     servers = []
     if args.control:

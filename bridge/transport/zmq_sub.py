@@ -19,7 +19,7 @@ import zmq
 from bridge.transport.wire import TOPIC_ROOT, decode, encode, split
 
 DEFAULT_SUB_ENDPOINT = "tcp://127.0.0.1:5560"
-KEEP_KINDS = ("run", "timeline", "end")
+KEEP_KINDS = ("run", "timeline", "objects", "end")
 
 
 class ZmqSubscriber:

@@ -152,6 +152,22 @@ def score(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The finished generations in ``records.jsonl``; a last line torn by a kill is dropped (and
+    regenerated), a damaged line elsewhere is an error naming it."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    out = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines):
+                log.warning("%s: the last record was cut short; it is generated again", path)
+                break
+            raise ValueError(f"{path}: line {i} is not a JSON record") from None
+    return out
+
+
 def _bbox(m: np.ndarray) -> list[float]:
     rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
     if not len(rows):
@@ -171,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     path = out / "records.jsonl"
     done: list[dict[str, Any]] = []
     if (args.resume or args.score_only) and path.exists():
-        done = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        done = _read_records(path)
     elif path.exists() and path.stat().st_size:
         raise ValueError(f"{path} already holds records: pass --resume to continue it, or choose another --out")
     have = {(r["prompt"], r["seed"]) for r in done}
@@ -180,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = DetectConfig()
     todo = [] if args.score_only else [j for j in jobs if j not in have]
     pipe = load_shapes_pipeline("cpu", torch.float32) if todo else None
+    if done and path.read_text()[-1:] != "\n":  # drop a torn last line before appending
+        path.write_text("".join(json.dumps(r) + "\n" for r in done))
     with path.open("a") as f:
         for prompt, seed in tqdm(todo, desc="eval-objects", unit="image", file=sys.stderr):
             rec = generate_record(pipe, prompt, seed, args, cfg)
