@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             prompt, trace = line, ds.trace_path(image_id)
         if ds.done(image_id, prompt):
-            continue
+            continue  # finished before: never redone, never overwritten
         bar.set_postfix_str(prompt[:40])
         if trace_in is None:
             if trace.exists():  # generated before an interruption: annotate it, never overwrite it
@@ -91,9 +91,13 @@ def run(args: argparse.Namespace) -> int:
                 if ev is None:
                     failed.append(prompt)
                     continue
-        parsed = parse_prompt(prompt)
-        found = annotate(ev, prompt, method=args.method)
-        ds.add(image_id, prompt, ev, found, seed=seed, trace=trace, unknown=parsed.unknown)
+        try:
+            found = annotate(ev, prompt, method=args.method)
+            ds.add(image_id, prompt, ev, found, seed=seed, trace=trace, unknown=parse_prompt(prompt).unknown)
+        except ValueError as exc:  # one bad entry (a trace without an image, words it lacks) is reported, the rest go on
+            log.error("image %d (%s): %s", image_id, line, exc)
+            failed.append(line)
+            continue
         ds.write_coco()
     doc = ds.write_coco()
     print(json.dumps({"dataset": str(ds.root), "images": len(doc["images"]), "categories": len(doc["categories"]),
