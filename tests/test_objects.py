@@ -29,6 +29,15 @@ def test_handler_ordinary_english():
     car = parse_prompt("A vintage car and buildings line the naturally lit street.")
     assert [(o.category, o.count) for o in car.objects] == [("vintage car", 1), ("building", None), ("street", 1)]
     assert [o.category for o in parse_prompt("a photo of three cats").objects] == ["cat"]
+    cases = {
+        "a cat sitting on a red chair": ["cat", "red chair"],
+        "a man with a red umbrella walks down a rainy street": ["man", "red umbrella", "rainy street"],
+        "a dog and a cat, oil painting": ["dog", "cat"],
+        "a coffee cup on a table": ["coffee cup", "table"],
+    }
+    for prompt, want in cases.items():
+        assert [o.category for o in parse_prompt(prompt).objects] == want, prompt
+    assert parse_prompt("a dog and a cat, oil painting").scene == ["oil painting"]
 
 
 def test_handler_reports_unknown_words_never_guesses():

@@ -9,8 +9,10 @@ of English. A word that neither knows is *reported* in ``Parsed.unknown``, never
 Chunking rule (a noun phrase = optional count, attributes, a head noun):
   - a run of content words that can be adjectives or nouns, not broken by a closed-class word,
     is one phrase; its head is its last word that can be a noun, the words before are attributes;
-  - a word that can be a verb and is followed by an article ("buildings *line* the street") is
-    read as a verb and ends the phrase;
+  - after a noun, a word that can also be a verb is read as one (and ends the phrase) when it is a
+    participle ("a cat *sitting*"), a third-person verb before a preposition or article ("a man
+    *walks* down"), or any verb form before an article ("buildings *line* the street");
+  - punctuation ends a phrase ("a dog and a cat, oil painting");
   - "two red apples" gives count 2; a plural head with no numeral gives count ``None`` (several);
     "a"/"an"/"one" or a singular head gives count 1;
   - scene words (background, photo, ...) and words that can only be verbs or adverbs are not objects.
@@ -21,6 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bridge.capture.tokens import WORD_PATTERN
+import re
+
+_TOKEN = re.compile(rf"({WORD_PATTERN.pattern})|[,;:.!?()]")
 
 ARTICLES = frozenset({"a", "an", "the", "this", "that", "these", "those", "some", "many", "several", "few",
                       "every", "each", "its", "their", "his", "her", "our", "my", "your", "no", "any", "all"})
@@ -90,9 +95,39 @@ def _lemmas(word: str) -> dict[str, tuple[str, ...]]:
     return dict(getAllLemmas(word))
 
 
+def _breaks(prompt: str) -> set[int]:
+    """Indices of words directly followed by punctuation (``,;:.!?()``): "a dog and a cat, oil painting"."""
+    out, n = set(), -1
+    for m in _TOKEN.finditer(prompt):
+        if m.group(1):
+            n += 1
+        elif n >= 0:
+            out.add(n)
+    return out
+
+
+def _verb_after_noun(ws: list[str], i: int, pos: dict[str, tuple[str, ...]], kinds: list[str],
+                     lex: list[dict[str, tuple[str, ...]]], breaks: set[int]) -> bool:
+    """Whether a word that can be a noun reads as a verb here, right after a noun: a participle
+    ("a cat *sitting*"), a third-person verb after a singular noun ("a man *walks*"), or a base
+    verb after a plural noun before an article ("buildings *line* the street")."""
+    if "VERB" not in pos or not kinds or kinds[-1] not in ("noun", "nounadj") or i - 1 in breaks:
+        return False
+    w, prev = ws[i], ws[i - 1]
+    verb_lemma = pos["VERB"][0]
+    if verb_lemma != w and (w.endswith("ing") or w.endswith("ed")):
+        return True
+    nxt = ws[i + 1] if i + 1 < len(ws) else ""
+    prev_singular = lex[i - 1].get("NOUN", (prev,))[0] == prev
+    if verb_lemma != w and w.endswith("s") and prev_singular and (nxt in ARTICLES or nxt in FUNCTION_WORDS):
+        return True
+    return nxt in ARTICLES
+
+
 def parse_prompt(prompt: str) -> Parsed:
     """Objects of ``prompt`` with attributes and counts; unclassifiable words in ``unknown``."""
     ws = words(prompt)
+    breaks = _breaks(prompt)  # word positions a punctuation mark follows: phrases end there
     out = Parsed(prompt=prompt, words=ws, cleaned=" ".join(ws))
     kinds: list[str] = []  # per word: func | num | adj | noun | nounadj | verb | other | unknown | scene
     lex: list[dict[str, tuple[str, ...]]] = []
@@ -117,9 +152,7 @@ def parse_prompt(prompt: str) -> Parsed:
         elif w in SCENE_WORDS:
             kinds.append("scene")
         elif "NOUN" in pos:
-            nxt = ws[i + 1] if i + 1 < len(ws) else ""
-            verb_here = "VERB" in pos and nxt in ARTICLES and bool(kinds) and kinds[-1] in ("noun", "nounadj")
-            kinds.append("verb" if verb_here else ("nounadj" if "ADJ" in pos else "noun"))
+            kinds.append("verb" if _verb_after_noun(ws, i, pos, kinds, lex, breaks) else ("nounadj" if "ADJ" in pos else "noun"))
         elif "ADJ" in pos:
             kinds.append("adj")
         elif "VERB" in pos:  # participles used as attributes ("lit", "painted") stay verbs: not objects
@@ -136,8 +169,8 @@ def parse_prompt(prompt: str) -> Parsed:
             i += 1
             continue
         if k in ("adj", "noun", "nounadj", "scene"):
-            j = i
-            while j < len(ws) and kinds[j] in ("adj", "noun", "nounadj", "scene"):
+            j = i + 1
+            while j < len(ws) and kinds[j] in ("adj", "noun", "nounadj", "scene") and j - 1 not in breaks:
                 j += 1
             nouns = [t for t in range(i, j) if kinds[t] in ("noun", "nounadj", "scene")]
             if nouns and kinds[nouns[-1]] == "scene":  # "a yellow background": the setting, not an object
