@@ -136,6 +136,12 @@ def test_annotate_rejects_a_prompt_the_run_lacks():
         annotate(ev, "a red dog")
     with pytest.raises(ValueError, match="unknown method"):
         annotate(ev, method="magic")
+    from bridge.analysis.objects import detect_words
+
+    (chair,) = detect_words(ev, ["chair"], method="wordmap")
+    assert chair.category == "chair" and chair.mask.shape == (32, 32) and chair.method == "wordmap"
+    with pytest.raises(ValueError, match="not among the run's words: cat, on, chair"):
+        detect_words(ev, ["dog"])
 
 
 # ---------------------------------------------------------------- the shapes model, live and from a trace

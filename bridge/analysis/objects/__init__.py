@@ -10,13 +10,13 @@ Needs the ``objects`` extra (lemminflect's lexicon, pycocotools). docs/OBJECTS.m
 and its measured figures.
 """
 
-from .annotate import Category, Instance, align, annotate, categories, decode_rle, encode_rle
+from .annotate import Category, Instance, align, annotate, categories, decode_rle, detect_words, encode_rle
 from .detect import METHODS, DetectConfig, grid_queries
 from .evidence import Evidence, EvidenceRecorder, from_capture, from_trace
 from .prompt import Parsed, PromptObject, parse_prompt
 
 __all__ = [
-    "Category", "Instance", "align", "annotate", "categories", "decode_rle", "encode_rle",
+    "Category", "Instance", "align", "annotate", "categories", "decode_rle", "detect_words", "encode_rle",
     "METHODS", "DetectConfig", "grid_queries",
     "Evidence", "EvidenceRecorder", "from_capture", "from_trace",
     "Parsed", "PromptObject", "parse_prompt",

@@ -166,3 +166,20 @@ def annotate(run: Any, prompt: str | None = None, *, method: str = "guided", con
         found, used = detect_category(ev, idx, cat.count, method, cfg)
         out += [Instance(cat.name, tuple(m.name for m in cat.mentions), s, m.numpy(), used) for m, s in found]
     return out
+
+
+def detect_words(run: Any, words: list[str], *, count: int | None = 1, method: str = "guided",
+                 config: DetectConfig | None = None) -> list[Instance]:
+    """Text-guided detection of chosen words (the explorer's detection tab): ``words[0]`` is the
+    noun, the rest its attributes; each must be a word of the run (an error lists them)."""
+    ev = as_evidence(run)
+    if not words:
+        raise ValueError(f"name at least one word; the run's words are: {', '.join(ev.words)}")
+    folded = [w.lower() for w in ev.words]
+    missing = [w for w in words if w.lower() not in folded]
+    if missing:
+        raise ValueError(f"{', '.join(map(repr, missing))} not among the run's words: {', '.join(ev.words)}")
+    idx = [folded.index(w.lower()) for w in words]
+    found, used = detect_category(ev, [idx], count, method, config or DetectConfig())
+    name = " ".join([*words[1:], words[0]])
+    return [Instance(name, (name,), s, m.numpy(), used) for m, s in found]
