@@ -123,7 +123,8 @@ def score(records: list[dict[str, Any]]) -> dict[str, Any]:
     gt.dataset = {"images": images, "annotations": gts, "categories": [{"id": v, "name": k} for k, v in cat_id.items()]}
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
-    out: dict[str, Any] = {"generations": len(records), "objects": len(gts)}
+    out: dict[str, Any] = {"generations": len(records), "compositions": len({r["prompt"] for r in records}),
+                           "seeds": sorted({r["seed"] for r in records}), "objects": len(gts)}
     for method in METHOD_NAMES:
         dts = [{"image_id": i, "category_id": cat_id[d["category"]], "score": float(d["score"]), "segmentation": d["rle"],
                 "bbox": _bbox(decode_rle(d["rle"]))} for i, r in enumerate(records, start=1) for d in r["detections"][method]]
@@ -219,4 +220,6 @@ def format_table(res: dict[str, Any]) -> str:
         r = res[m]
         rows.append(f"| {m} | {r['segm']['AP']:.3f} | {r['segm']['AP50']:.3f} | {r['bbox']['AP']:.3f} | {r['bbox']['AP50']:.3f} "
                     f"| {r['mean_iou']:.3f} | {r['iou_over_0.5']:.1%} | {r['detections']} |")
-    return f"{res['generations']} generations, {res['objects']} objects\n" + "\n".join(rows)
+    head = (f"{res['generations']} generations ({res['compositions']} compositions, seeds {res['seeds']}), "
+            f"{res['objects']} objects drawn")
+    return head + "\n" + "\n".join(rows)
