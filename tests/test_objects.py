@@ -247,7 +247,7 @@ def test_score_perfect_and_shifted():
     shifted = np.roll(m, 6, axis=1)
     gt = [{"category": "red circle", "rle": encode_rle(m)}]
     det = lambda mask: [{"category": "red circle", "score": 0.9, "rle": encode_rle(mask)}]  # noqa: E731
-    rec = {"seconds": 1.0, "gt": gt, "detections": {"wordmap": det(shifted), "guided": det(m), "titan": []}}
+    rec = {"prompt": "a red circle", "seed": 0, "seconds": 1.0, "gt": gt, "detections": {"wordmap": det(shifted), "guided": det(m), "titan": []}}
     res = score([rec])
     assert res["guided"]["segm"]["AP"] == pytest.approx(1.0) and res["guided"]["mean_iou"] == 1.0
     assert res["wordmap"]["mean_iou"] == pytest.approx(40 / 160) and res["wordmap"]["segm"]["AP50"] == 0.0
