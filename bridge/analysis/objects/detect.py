@@ -3,8 +3,9 @@
 An object's *evidence* is the mean of its words' maps (noun and attributes) over the chosen
 steps; self-attention (DAAM-I2I) refines it. The capture's self-attention queries are a grid of
 ``g × g`` box queries (:func:`grid_queries`), so the run holds an affinity ``[g·g, H, W]``: where
-each grid cell attends. Refinement (``refine``) propagates the word evidence along that affinity
-and keeps it where the word agrees, then instances are the connected regions of the mask.
+each grid cell attends. Refinement (``refine``) describes every pixel by which cells attend to it,
+lets the pixels the words clearly point at (and clearly avoid) vote, and reshapes the word
+evidence by that vote; instances are the connected regions of the thresholded result.
 Shapes are commented at each tensor; every function is deterministic and device-agnostic.
 """
 
@@ -21,7 +22,7 @@ METHODS: tuple[str, ...] = ("wordmap", "guided")
 GRID_PREFIX = "grid:"
 
 
-def grid_queries(g: int = 8) -> list:
+def grid_queries(g: int = 8) -> list:  # list[bridge.capture.Query]
     """``g × g`` box queries covering the image, named ``grid:ROW,COL`` (row 0 = top)."""
     from bridge.capture import Query  # noqa: PLC0415
 
