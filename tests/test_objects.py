@@ -258,7 +258,7 @@ def test_score_perfect_and_shifted():
 def test_runner_streams_an_objects_packet_before_end(shapes_pipe, tmp_path):
     from bridge.runner import Request, collect
     from bridge.trace import TraceReader, TraceWriter
-    from bridge.transport.wire import decode, encode
+    from bridge.protocol import decode, encode
 
     result, packets = collect(shapes_pipe, Request(PROMPT, seed=3, steps=8, guidance=4.0), image_every=0, objects=True)
     kinds = [p.kind for p in packets]

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objects", action="store_true", help="find the prompt's objects and record them as an 'objects' packet at the run's end (docs/OBJECTS.md)")
     add_model_arguments(p)
     add_generation_arguments(p)
-    from bridge.sinks import add_sink_arguments
+    from bridge.stream.sinks import add_sink_arguments
 
     add_sink_arguments(p)
 
@@ -31,9 +31,9 @@ def default_path(prompt: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bridge.fanout import FanOut
+    from bridge.stream.fanout import FanOut
     from bridge.runner import Runner
-    from bridge.sinks import build_sinks
+    from bridge.stream.sinks import build_sinks
     from bridge.trace import TraceWriter
 
     out = Path(args.out) if args.out else default_path(args.prompt)

@@ -116,7 +116,7 @@ def _generate(pipe, name: str, req, seed: int, trace: Path, grid: int):
     """One run through the Runner into ``trace``, its attention kept by an EvidenceRecorder."""
     from bridge.analysis.objects import EvidenceRecorder
     from bridge.analysis.objects.evidence import detection_config
-    from bridge.fanout import FanOut
+    from bridge.stream.fanout import FanOut
     from bridge.runner import Runner
     from bridge.trace import TraceWriter
 
