@@ -42,7 +42,7 @@ METHOD_NAMES = ("wordmap", "guided", "titan")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompts", type=int, default=100, help="held-out compositions (default 100)")
+    p.add_argument("--prompts", type=int, default=100, help="held-out compositions drawn (default 100; a repeated draw counts once)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="generation seeds per composition (default 0 1)")
     p.add_argument("--prompt-seed", type=int, default=4321, help="seed of the composition sampler (the design set used 999)")
     p.add_argument("--steps", type=int, default=20)
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     elif path.exists() and path.stat().st_size:
         raise ValueError(f"{path} already holds records: pass --resume to continue it, or choose another --out")
     have = {(r["prompt"], r["seed"]) for r in done}
-    prompts = eval_prompts(args.prompts, args.prompt_seed, "heldout")
+    prompts = list(dict.fromkeys(eval_prompts(args.prompts, args.prompt_seed, "heldout")))  # the sampler may repeat one
     jobs = [(p, s) for s in args.seeds for p in prompts]  # seed by seed: a stopped run has covered every composition
     cfg = DetectConfig()
     todo = [] if args.score_only else [j for j in jobs if j not in have]
@@ -205,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
             f.write(json.dumps(rec) + "\n")
             f.flush()
             done.append(rec)
-    res = score([r for r in done if (r["prompt"], r["seed"]) in set(jobs)])
+    unique = {(r["prompt"], r["seed"]): r for r in reversed(done)}  # one record per job (the first written)
+    res = score([unique[j] for j in jobs if j in unique])
     res["settings"] = {"prompts": args.prompts, "seeds": args.seeds, "prompt_seed": args.prompt_seed, "steps": args.steps,
                        "guidance": args.guidance, "grid": args.grid, "threads": args.threads, "config": DetectConfig().__dict__}
     (out / "results.json").write_text(json.dumps(res, indent=1))
