@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("bridge.commands.export", "export a trace: heat-map PNGs, GIFs, CSV, timeline plots, ZIP"),
     "preview": ("bridge.commands.preview", "render the stream or a trace with the moderngl preview"),
     "bench": ("bridge.commands.bench", "benchmark capture overhead against plain diffusers in one process"),
+    "relevance": ("bridge.commands.relevance", "head relevance vectors: which heads attend to which concept, over random generations"),
+    "relevance-eval": ("bridge.commands.relevance_eval", "selective aggregation on the shapes world: all vs top-k vs bottom-k heads, ablation over k"),
+    "relevance-diagnose": ("bridge.commands.relevance_diagnose", "one word's map under each concept's most relevant heads, side by side (PNG)"),
     "eval-shapes": ("bridge.models.shapes.evaluate", "evaluate the embedded shapes model: adherence and attention IoU"),
     "train-shapes": ("bridge.models.shapes.train", "train the embedded shapes model (GPU)"),
     "titan": ("bridge.commands.titan", "TITAN: generate (or read traces), find the prompts' objects, write a COCO dataset"),
@@ -49,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for SIGINT (128 + 2)
+        if max(known.verbose, args.verbose) >= 2:
+            raise
+        print(f"stepx {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         # what a user got wrong (a path, a model, a word, an extra not installed): say it plainly;
         # -vv shows the traceback
