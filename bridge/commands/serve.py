@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--no-idle-replay", action="store_true", help="do not loop the last run while idle")
     i.add_argument("--replay-fps", type=float, default=10.0, help="frame rate of the idle replay")
     i.add_argument("--concepts", default=None, help="folder of head-weight JSON files, one per concept name")
+    i.add_argument("--explore", nargs="?", const="127.0.0.1:8765", default=None, metavar="HOST:PORT",
+                   help="also serve the browser explorer (default 127.0.0.1:8765): its Live tab follows this daemon step by step")
     i.add_argument("--run-for", type=float, default=None, help="stop after this many seconds (tests, timed shows)")
 
 
@@ -51,6 +53,53 @@ def phases_where(runner: Any) -> str:
     if runner.phases_where() == "device":
         return "device"
     return "sink process" if getattr(runner.publish, "deferred", None) is not None else "packet worker"
+
+
+class _Explorer:
+    """The explorer beside the daemon: its server thread, and what feeds its Live tab."""
+
+    def __init__(self, server: Any, sink: Any, feed: Any) -> None:
+        self.server, self.sink, self.feed = server, sink, feed
+
+    def close(self) -> None:
+        if self.feed is not None:
+            self.feed.close()
+        self.server.stop()
+
+
+def start_explorer(args: argparse.Namespace, outputs_in_child: bool) -> _Explorer:
+    """Serve the explorer on ``args.explore``. Its Live tab is fed by a sink in the daemon's fan-out,
+    or, when the outputs run in the sink process, by a subscriber to the daemon's ZeroMQ stream
+    (published for it if no --zmq was asked for)."""
+    try:
+        from bridge.explore.app import Explorer, create_app
+        from bridge.explore.engine import Engine
+        from bridge.explore.live import LiveHub, LiveSink, ZmqFeed
+        from bridge.explore.server import BackgroundServer, check_host
+    except ImportError as exc:
+        raise ImportError(f"--explore needs the explorer extra: pip install 'stepx-bridge[explorer]' ({exc})") from None
+    from bridge.sinks import DEFAULT_ZMQ, host_port
+
+    try:
+        host, port = host_port(args.explore)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"--explore: {exc}") from None
+    check_host(host, args.allow_remote)
+    hub = LiveHub()
+    sink = feed = None
+    if outputs_in_child:
+        args.zmq = args.zmq or DEFAULT_ZMQ
+        source = args.zmq
+    else:
+        sink, source = LiveSink(hub), "this daemon's fan-out"
+    engine = Engine(refuse="this explorer belongs to `stepx serve`: the model is the show's; follow it in the Live tab, "
+                           "or run `stepx explore` (its own model) to generate and inspect")
+    server = BackgroundServer(create_app(Explorer(engine, hub, args.concepts, live_source=source)), host, port).start()
+    if outputs_in_child:
+        feed = ZmqFeed(hub, args.zmq.replace("*", "127.0.0.1"))
+    log.info("explorer on %s (live from %s)", server.url, source)
+    print(json.dumps({"explorer": server.url}), flush=True)
+    return _Explorer(server, sink, feed)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,13 +121,15 @@ def run(args: argparse.Namespace) -> int:
     if args.concepts:
         concepts = {f.stem: load_head_weights(f) for f in sorted(Path(args.concepts).glob("*.json"))}
     on_cuda = next(denoiser(pipe).parameters()).device.type == "cuda"
-    if args.sink_process == "on" or (args.sink_process == "auto" and on_cuda):
+    in_child = args.sink_process == "on" or (args.sink_process == "auto" and on_cuda)
+    explorer = start_explorer(args, in_child) if args.explore else None
+    if in_child:
         # with no output named, publish where `stepx preview` listens
         fanout: Any = PacketProcess(partial(build_sinks, sink_options(args), default_zmq=True),
                                     restart_sinks=partial(build_sinks, restart_options(args), default_zmq=True))
         sink_names, publish = fanout.sink_names, fanout  # the object itself: it takes recipes (deferred)
     else:
-        sinks = build_sinks(args, default_zmq=True)
+        sinks = build_sinks(args, default_zmq=True) + ([explorer.sink] if explorer is not None else [])
         fanout = FanOut(sinks)
         sink_names, publish = [s.name for s in sinks], fanout.publish
     runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
@@ -116,5 +167,7 @@ def run(args: argparse.Namespace) -> int:
         for s in servers:
             s.close()
         fanout.close()
+        if explorer is not None:
+            explorer.close()
         log.info("stopped; %d runs", daemon.runs_done)
     return 0

@@ -1,0 +1,66 @@
+"""``stepx explore``: the browser explorer (Generate & Inspect, Region-to-region, Live, Traces, …)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+log = logging.getLogger("stepx.explore")
+
+DEFAULT_PORT = 8765
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("traces", nargs="*", help=".stepx traces to open at start (more can be opened in the page)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a --host other machines can reach")
+    p.add_argument("--live", nargs="?", const="tcp://127.0.0.1:5560", default=None, metavar="ENDPOINT",
+                   help="follow a running `stepx serve` in the Live tab through its ZeroMQ stream "
+                        "(default endpoint tcp://127.0.0.1:5560)")
+    p.add_argument("--concepts", default=None, metavar="DIR", help="folder of head-weight JSON files, one per concept (Head relevance tab)")
+    p.add_argument("--device", default="auto", help="device for models loaded by Generate: auto, cpu, cuda, mps")
+    p.add_argument("--dtype", default="auto", help="auto (float16 on cuda, else float32), float32, float16, bfloat16")
+    p.add_argument("--open", action="store_true", help="open the page in the default web browser")
+
+
+def explorer_from_args(args: argparse.Namespace, live_source: str = "") -> "object":
+    """The app state the options ask for, with the given traces already open."""
+    from bridge.explore.app import Explorer
+    from bridge.explore.engine import Engine
+    from bridge.explore.runs import runs_from_trace
+
+    ex = Explorer(Engine(args.device, None if args.dtype == "auto" else args.dtype), concepts_dir=args.concepts,
+                  live_source=live_source)
+    for path in args.traces:
+        for run in runs_from_trace(path):
+            ex.add(run)
+    return ex
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from bridge.explore.app import create_app
+        from bridge.explore.live import ZmqFeed
+        from bridge.explore.server import check_host
+    except ImportError as exc:
+        raise ImportError(f"the explorer needs its extra: pip install 'stepx-bridge[explorer]' ({exc})") from None
+    import uvicorn
+
+    check_host(args.host, args.allow_remote)
+    ex = explorer_from_args(args, live_source=args.live or "")
+    feed = ZmqFeed(ex.hub, args.live) if args.live else None
+    url = f"http://{args.host}:{args.port}/"
+    print(json.dumps({"explorer": url, "live": args.live, "traces": list(args.traces)}), flush=True)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        uvicorn.run(create_app(ex), host=args.host, port=args.port, log_level="warning", ws_ping_interval=None)
+    finally:
+        if feed is not None:
+            feed.close()
+    return 0
+

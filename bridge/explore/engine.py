@@ -1,0 +1,210 @@
+"""Models and generation for the explorer: load on first use, generate with capture, answer
+self-attention (DAAM-I2I) queries.
+
+A generated run keeps each step's predicted clean latent (small: ``[1, C, h, w]``) and decodes it
+with the model's own VAE the first time the page shows that step (then the run keeps the
+image). Region queries re-run the same request (same seed, same model) with only that query's
+self-attention rows captured: capture never changes the image (tested in tests/test_capture_*),
+so the maps belong to the image on screen, and no full HW×HW matrix is ever built.
+
+One lock serialises the model: a diffusers pipeline is not re-entrant.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from bridge.capture import Capture, CaptureConfig, Query, adapter_for, build_token_map
+from bridge.latent_preview import decode_full
+from bridge.phases.morph import phase_index, run_progress
+
+from .runs import InspectRun, scaled
+
+log = logging.getLogger(__name__)
+
+#: where the page's early / mid / late columns sit, as fractions of the run
+STAGES = {"early": 0.15, "mid": 0.5, "late": 1.0}
+MAX_STEPS = 200
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """What the Generate button sends (checked by :meth:`checked`)."""
+
+    prompt: str
+    model: str = "shapes"
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 7.5
+    width: int | None = None
+    height: int | None = None
+
+    @classmethod
+    def checked(cls, body: dict[str, Any]) -> "GenerateRequest":
+        """From the page's JSON; a bad value raises ValueError naming it and the allowed range."""
+        prompt = str(body.get("prompt") or "").strip()
+        if not prompt:
+            raise ValueError("the prompt is empty; type what to draw")
+        try:
+            seed = int(body.get("seed", 0))
+            steps = int(body.get("steps", 20))
+            guidance = float(body.get("guidance", 7.5))
+            width = int(body["width"]) if body.get("width") else None
+            height = int(body["height"]) if body.get("height") else None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"seed and steps must be whole numbers, guidance a number: {exc}") from None
+        if not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be 1-{MAX_STEPS}, got {steps}")
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be 0 or more, got {seed}")
+        if not 0.0 <= guidance <= 50.0:
+            raise ValueError(f"guidance must be 0-50, got {guidance}")
+        for name, v in (("width", width), ("height", height)):
+            if v is not None and (v < 64 or v > 2048 or v % 8):
+                raise ValueError(f"{name} must be a multiple of 8 in 64-2048, got {v}")
+        model = str(body.get("model") or "shapes").strip() or "shapes"
+        return cls(prompt, model, seed, steps, guidance, width, height)
+
+
+class Engine:
+    """Loaded models (most recent ``keep_models``) and the generations made with them."""
+
+    def __init__(self, device: str = "auto", dtype: str | None = None, keep_models: int = 1, refuse: str | None = None) -> None:
+        """``refuse``: generation is off, and this says why (the explorer of ``stepx serve``
+        leaves the model to the show)."""
+        self.device, self.dtype, self.keep_models, self.refuse = device, dtype, keep_models, refuse
+        self._models: OrderedDict[str, tuple[Any, str]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._requests: dict[str, GenerateRequest] = {}
+        self._regions: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+
+    # --- models ----------------------------------------------------------------------------------
+    def pipe(self, model: str) -> tuple[Any, str]:
+        """The pipeline of ``model`` (loaded on first use; call with the lock held)."""
+        key = "shapes" if model in ("", "shapes") else model
+        got = self._models.get(key)
+        if got is None:
+            from bridge.models.loading import load_pipeline
+
+            while len(self._models) >= self.keep_models:  # one big model in memory at a time
+                self._models.popitem(last=False)
+            got = self._models[key] = load_pipeline(None if key == "shapes" else key, self.device, self.dtype)
+        self._models.move_to_end(key)
+        return got
+
+    # --- generation ---------------------------------------------------------------------------------
+    def generate(self, req: GenerateRequest) -> InspectRun:
+        """One generation with capture: every step's word maps and predicted clean latent."""
+        if self.refuse:
+            raise ValueError(self.refuse)
+        with self._lock:
+            pipe, name = self.pipe(req.model)
+            tokens = build_token_map(adapter_for(pipe).tokenizer(), req.prompt, strict=True)  # over the limit: PromptTooLongError
+            if not tokens.words:
+                raise ValueError("the prompt has no words to inspect (letters or digits)")
+            latents: dict[int, torch.Tensor] = {}
+            maps: list[np.ndarray] = []
+
+            def on_step(frame: Any, run: Any) -> None:
+                maps.append(run.tokens(0).word_maps(frame.cross[0]).float().cpu().numpy())  # [words, H, W]
+                if frame.x0 is not None:
+                    latents[frame.step] = frame.x0[:1].detach().clone()
+
+            with torch.inference_mode(), Capture(pipe, CaptureConfig(keep_frames=False), on_step) as cap:
+                final = pipe(**self._kwargs(req)).images
+                final_image = decode_full(pipe, final[:1])
+            run = cap.last_run
+        steps = np.arange(len(maps), dtype=np.int64)
+        phases = [phase_index(run_progress(int(s), len(maps)), (0.2, 0.6)) for s in steps]
+        header = {"run_id": run.run_id, "prompt": req.prompt, "seed": req.seed, "steps": req.steps, "guidance": req.guidance,
+                  "model": name, "words": list(tokens.words), "height": final_image.shape[0], "width": final_image.shape[1],
+                  "phases": phases, "scheduler": run.info.get("scheduler")}
+
+        def decode(step: int) -> np.ndarray | None:
+            z = latents.get(step)
+            if z is None:
+                return None
+            with self._lock, torch.inference_mode():
+                return decode_full(self.pipe(req.model)[0], z)
+
+        out = InspectRun(header, list(tokens.words), steps, np.stack(maps), image_source=decode, final_image=final_image)
+        self._requests[out.id] = req
+        return out
+
+    def _kwargs(self, req: GenerateRequest) -> dict[str, Any]:
+        kw: dict[str, Any] = dict(prompt=req.prompt, num_inference_steps=req.steps, guidance_scale=req.guidance,
+                                  generator=torch.Generator(device="cpu").manual_seed(req.seed), output_type="latent")
+        if req.width:
+            kw["width"] = req.width
+        if req.height:
+            kw["height"] = req.height
+        return kw
+
+    # --- DAAM-I2I ------------------------------------------------------------------------------------
+    def region(self, run: InspectRun, query: Query) -> dict[str, Any]:
+        """Self-attention maps of ``query`` at every step of ``run`` (re-running its request with
+        only that query captured): ``{"steps": [...], "maps": [T, H, W] scaled, "stages": {...}}``.
+        The last few answers are kept."""
+        req = self._requests.get(run.id)
+        if req is None:
+            raise ValueError("region-to-region needs the model: this run came from a trace, which records no "
+                             "self-attention; generate it in Generate & Inspect (same prompt and seed) to query regions")
+        key = (run.id, query)
+        if key in self._regions:
+            self._regions.move_to_end(key)
+            return self._regions[key]
+        maps: list[np.ndarray] = []
+        with self._lock:
+            pipe, _ = self.pipe(req.model)
+            cfg = CaptureConfig(keep_frames=False, cross=False, queries=[query])
+            with torch.inference_mode(), Capture(pipe, cfg, lambda f, r: maps.append(f.self_maps[query.name][0].float().cpu().numpy())) as cap:
+                pipe(**self._kwargs(req))
+            del cap
+        stack = np.stack([scaled(m) for m in maps])  # [T, H, W]
+        n = len(maps)
+        stages = {name: min(n - 1, max(0, int(round(f * n)) - 1)) for name, f in STAGES.items()}
+        answer = {"steps": list(range(n)), "maps": stack, "stages": stages}
+        self._regions[key] = answer
+        while len(self._regions) > 32:
+            self._regions.popitem(last=False)
+        return answer
+
+    def forget(self, run_id: str) -> None:
+        self._requests.pop(run_id, None)
+
+    # --- head relevance --------------------------------------------------------------------------------
+    def compare_heads(self, run: InspectRun, relevance: dict[str, list[float]], word: str, k: int) -> dict[str, np.ndarray]:
+        """``word``'s map at the run's last step aggregated over all heads, over the ``k`` most
+        relevant heads and over the ``k`` least relevant ones (selective aggregation: weights 1 on
+        the chosen heads, 0 elsewhere), each scaled to its maximum: ``{"all", "top", "bottom"}``."""
+        from bridge.capture import top_heads
+
+        req = self._requests.get(run.id)
+        if req is None:
+            raise ValueError("comparing heads needs the model: generate the run in Generate & Inspect first")
+        index = run.word_index(word)
+        weights = {"all": None, "top": top_heads(relevance, k),
+                   "bottom": top_heads({n: [-v for v in vs] for n, vs in relevance.items()}, k)}
+        out: dict[str, np.ndarray] = {}
+        with self._lock:
+            pipe, _ = self.pipe(req.model)
+            layers = {l.name: l.heads for l in Capture(pipe).cross_layers}
+            unknown = sorted(set(relevance) - set(layers))
+            if unknown or not relevance:
+                raise ValueError(f"these head weights do not fit {req.model}: unknown layers {', '.join(unknown[:3]) or '(none given)'}; "
+                                 f"its cross-attention layers are {', '.join(list(layers)[:3])}, …")
+            for name, w in weights.items():
+                last: list[torch.Tensor] = []
+                cfg = CaptureConfig(keep_frames=False, head_weights=w)
+                with torch.inference_mode(), Capture(pipe, cfg, lambda f, r: last.__setitem__(slice(None), [r.tokens(0).word_maps(f.cross[0])])):
+                    pipe(**self._kwargs(req))
+                maps = last[0].float().cpu().numpy()  # [words, H, W]
+                out[name] = scaled(maps.sum(0) if index is None else maps[index])
+        return out

@@ -1,0 +1,58 @@
+"""Run the explorer app with uvicorn: in the foreground (``stepx explore``) or on a background
+thread (``stepx serve --explore``, tests). Loopback by default: the page can generate images and
+read files the server is given, so it is not offered to the network unless asked."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def check_host(host: str, allow_remote: bool) -> str:
+    """``host`` if it is a loopback address or ``allow_remote`` is set; else a one-line error."""
+    try:
+        loop = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loop = False
+    if not loop and not allow_remote:
+        raise ValueError(f"refusing to serve the explorer on {host!r}: it is not a loopback address; "
+                         f"use 127.0.0.1, or pass --allow-remote to open it to the network")
+    return host
+
+
+class BackgroundServer:
+    """uvicorn serving ``app`` on a daemon thread; ``url`` once started (port 0 = any free port)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", ws="auto",
+                                ws_ping_interval=None)
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # the owning command handles signals
+        self.thread = threading.Thread(target=self.server.run, name="stepx-explorer", daemon=True)
+        self.host = host
+        self.port = port
+
+    def start(self, timeout: float = 20.0) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the explorer server did not start on {self.host}:{self.port}")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
