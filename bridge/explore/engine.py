@@ -106,7 +106,11 @@ class Engine:
             raise ValueError(self.refuse)
         with self._lock:
             pipe, name = self.pipe(req.model)
-            tokens = build_token_map(adapter_for(pipe).tokenizer(), req.prompt, strict=True)  # over the limit: PromptTooLongError
+            tokens = build_token_map(adapter_for(pipe).tokenizer(), req.prompt)
+            if tokens.truncated_words:  # the page says so instead of showing maps of a cut prompt
+                cut = tokens.truncated_words
+                raise ValueError(f"the prompt is over {name}'s {tokens.length}-token limit: {len(cut)} word(s) do not fit, "
+                                 f"from {cut[0]!r} on; shorten the prompt")
             if not tokens.words:
                 raise ValueError("the prompt has no words to inspect (letters or digits)")
             latents: dict[int, torch.Tensor] = {}

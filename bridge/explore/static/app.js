@@ -351,7 +351,7 @@ $("#heads-go").onclick = () => Heads.go();
 
 // ---------------------------------------------------------------- Live
 const Live = {
-  run: null, step: null, image: null, socket: null, retry: 500, count: 0,
+  run: null, step: null, image: null, socket: null, retry: 500, count: 0, seen: new Set(),
   connect() {
     const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/live`);
     ws.binaryType = "arraybuffer";
@@ -376,7 +376,7 @@ const Live = {
     this.count++;
     const h = p.header;
     if (p.kind === "run") {
-      this.run = h; this.step = null; this.image = null;
+      this.run = h; this.step = null; this.image = null; this.seen = new Set();
       $("#live-prompt").textContent = `“${h.prompt}” — ${h.model || ""}, seed ${h.seed}, ${h.total_steps} steps`;
       const sel = $("#live-word"), keep = sel.value;
       sel.innerHTML = ""; sel.add(new Option("Global (sum over words)", "Global"));
@@ -387,7 +387,9 @@ const Live = {
       if (this.run && h.run_id !== this.run.run_id) return;
       this.step = p;
       $("#live-step").textContent = `step ${h.step + 1} / ${h.total_steps} · ${h.phase_name || "phase " + h.phase}`;
+      this.seen.add(h.step);
       document.body.dataset.liveStep = String(h.step);
+      document.body.dataset.liveSeen = String(this.seen.size);
       document.body.dataset.liveRun = h.run_id;
     } else if (p.kind === "image" && p.arrays.image) {
       if (this.run && h.run_id !== this.run.run_id) return;

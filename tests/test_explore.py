@@ -1,0 +1,180 @@
+"""The explorer's server without a browser: region parsing, the live hub, traces, and what bad
+input gets over real HTTP (a real uvicorn server on a free port)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason="the explorer extra (starlette, uvicorn) is not installed")
+
+from bridge.explore.live import LiveHub, _Client, packet_kind  # noqa: E402
+from bridge.explore.regions import RegionError, parse_indices, parse_points, query_from_request  # noqa: E402
+from bridge.explore.runs import GLOBAL, InspectRun, runs_from_trace, scaled  # noqa: E402
+from bridge.packet import Packet  # noqa: E402
+from bridge.transport.wire import encode  # noqa: E402
+
+from explore_helpers import call, record_trace  # noqa: E402
+
+
+# --- regions (pure) ----------------------------------------------------------------------------------
+def test_pixel_specs_as_in_the_guide():
+    assert parse_indices("100", 1024) == [100]
+    assert parse_indices("0-1023", 1024) == list(range(1024))
+    assert parse_indices("0,1,2,3", 1024) == [0, 1, 2, 3]
+    assert parse_indices(" 5, 3-4  9 ", 16) == [3, 4, 5, 9]
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("300", "out of range"), ("", "no pixel index"), ("a", "not a pixel index"), ("9-3", "backwards"), ("0-256", "0-255"),
+])
+def test_bad_pixel_specs_say_what_is_wrong(spec, words):
+    with pytest.raises(RegionError, match=words):
+        parse_indices(spec, 256)
+
+
+def test_polygon_text_in_both_spellings():
+    assert parse_points("1,2 3,4 5,6") == parse_points("1 2 3 4 5 6") == [(1, 2), (3, 4), (5, 6)]
+    with pytest.raises(RegionError, match="odd count"):
+        parse_points("1,2 3")
+    with pytest.raises(RegionError, match="not a number"):
+        parse_points("1,2 x,4 5,6")
+
+
+def test_requests_become_queries_in_normalised_coordinates():
+    q = query_from_request({"kind": "box", "x0": 64, "y0": 0, "x1": 0, "y1": 32}, (128, 128), (16, 16))
+    assert q.kind == "box" and q.points == ((0.0, 0.0), (0.5, 0.25))
+    q = query_from_request({"kind": "pixels", "spec": "17"}, (128, 128), (16, 16))  # row 1, column 1
+    assert q.kind == "pixel" and q.points == ((1.5 / 16, 1.5 / 16),)
+    assert query_from_request({"kind": "polygon", "spec": "0,0 128,0 0,128"}, (128, 128), (16, 16)).kind == "polygon"
+    assert query_from_request({"kind": "diffused", "x": 5, "y": 5}, (128, 128), (16, 16)).iterations == 2
+    with pytest.raises(RegionError, match="at least 3 points, got 2"):
+        query_from_request({"kind": "polygon", "spec": "1,1 5,5"}, (128, 128), (16, 16))
+    with pytest.raises(RegionError, match="outside the 128×128 image"):
+        query_from_request({"kind": "pixel", "x": 200, "y": 5}, (128, 128), (16, 16))
+    with pytest.raises(RegionError, match="no area"):
+        query_from_request({"kind": "box", "x0": 5, "y0": 5, "x1": 5, "y1": 50}, (128, 128), (16, 16))
+    with pytest.raises(RegionError, match="unknown region kind"):
+        query_from_request({"kind": "lasso"}, (128, 128), (16, 16))
+
+
+# --- runs (pure) ----------------------------------------------------------------------------------------
+def test_global_is_the_sum_over_words_scaled():
+    maps = np.zeros((2, 2, 2, 2), np.float32)  # [T, words, H, W]
+    maps[1, 0, 0, 0], maps[1, 1, 1, 1], maps[1, 1, 0, 0] = 1.0, 3.0, 1.0
+    run = InspectRun({}, ["red", "red"], np.arange(2), maps)
+    assert run.choices() == [GLOBAL, "red", "red#2"]
+    np.testing.assert_allclose(run.heat(GLOBAL, 1), [[2 / 3, 0], [0, 1]])
+    np.testing.assert_allclose(run.heat("red#2", 1), [[1 / 3, 0], [0, 1]])
+    assert not run.heat(GLOBAL, 0).any()  # an all-zero map stays zero, no division by zero
+    with pytest.raises(ValueError, match="choose one of: Global, red, red#2"):
+        run.heat("blue", 1)
+    with pytest.raises(ValueError, match="step 7 is not in this run"):
+        run.heat("red", 7)
+    assert scaled(np.array([[np.nan, 2.0]])).tolist() == [[0.0, 1.0]]
+
+
+# --- live hub -----------------------------------------------------------------------------------------------
+def _wire(kind, **header):
+    arrays = {"textures": np.ones((2, 2, 2), np.float32)} if kind == "step" else {}
+    return encode(Packet(kind, {"run_id": "r", **header}, arrays))
+
+
+def test_a_client_keeps_run_and_end_and_only_the_newest_step():
+    c = _Client()
+    for seq, (kind, step) in enumerate([("run", None), ("step", 0), ("step", 1), ("image", 1), ("step", 2), ("end", None)]):
+        c.offer(seq, kind, _wire(kind, step=step))
+    got = [packet_kind(d) for d in c.take()]
+    assert got == ["run", "image", "step", "end"] and c.dropped == 2
+
+
+def test_a_late_joiner_gets_the_current_run_first():
+    hub = LiveHub()
+    for kind, step in [("run", None), ("step", 0), ("step", 1)]:
+        hub.push(_wire(kind, step=step))
+
+    class FakeSocket:  # only what LiveHub.serve touches; the real socket is tested in the browser tests
+        def __init__(self):
+            self.sent, self.closing = [], asyncio.Event()
+
+        async def send_bytes(self, data):
+            self.sent.append(data)
+            if len(self.sent) == 2:
+                self.closing.set()
+
+        async def receive_text(self):
+            from starlette.websockets import WebSocketDisconnect
+
+            await self.closing.wait()
+            raise WebSocketDisconnect(1000)
+
+    ws = FakeSocket()
+    asyncio.run(asyncio.wait_for(hub.serve(ws), 5))
+    from bridge.transport.wire import decode
+
+    assert [decode(d).kind for d in ws.sent] == ["run", "step"] and decode(ws.sent[1]).step == 1
+    assert hub.clients == 0  # gone once closed
+
+
+# --- the server over HTTP --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shapes_pipe():
+    from bridge.models.loading import load_pipeline
+
+    return load_pipeline()[0]
+
+
+@pytest.fixture(scope="module")
+def server(shapes_pipe):
+    from bridge.explore.app import Explorer, create_app
+    from bridge.explore.engine import Engine
+    from bridge.explore.server import BackgroundServer
+
+    engine = Engine(device="cpu")
+    engine._models["shapes"] = (shapes_pipe, "stepx-shapes")  # the module's pipeline: loaded once
+    srv = BackgroundServer(create_app(Explorer(engine))).start()
+    yield srv
+    srv.stop()
+
+
+def test_bad_input_gets_one_line_and_the_server_keeps_serving(server, tmp_path):
+    u = server.url
+    status, run = call(u + "api/generate", {"prompt": "a red circle above a blue square", "steps": 4, "seed": 2})
+    assert status == 200 and run["words"][0] == GLOBAL and run["steps"] == [0, 1, 2, 3]
+    rid = run["id"]
+    bad = [
+        (u + "api/generate", {"prompt": "a red circle " * 12, "steps": 2}, 400, "32"),
+        (u + "api/generate", {"prompt": "  ", "steps": 2}, 400, "prompt is empty"),
+        (u + "api/generate", {"prompt": "a circle", "steps": 0}, 400, "steps must be 1-200"),
+        (u + f"api/runs/{rid}/region", {"kind": "polygon", "spec": "1,1 9,9"}, 400, "at least 3 points"),
+        (u + f"api/runs/{rid}/region", {"kind": "pixels", "spec": "999"}, 400, "out of range"),
+        (u + f"api/runs/{rid}/heat.png?word=zebra&step=1", None, 400, "not a word of this prompt"),
+        (u + f"api/runs/{rid}/heat.png?word=red&step=-3", None, 400, "step must be in 0-3"),
+        (u + "api/runs/nope/image.png", None, 404, "no run 'nope'"),
+        (u + "api/traces?name=junk.stepx", b"this is not a trace at all" * 10, 400, "junk.stepx cannot be opened"),
+        (u + f"api/runs/{rid}/titan", {}, 501, "bridge.analysis.objects"),
+    ]
+    for url, body, want, words in bad:
+        status, answer = call(url, raw=body) if isinstance(body, bytes) else call(url, body)
+        assert status == want, (url, answer)
+        assert words in answer["error"] and "\n" not in answer["error"], answer
+    status, png = call(u + f"api/runs/{rid}/overlay.png?word=circle&step=3&alpha=0.5")
+    assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"  # still serving
+
+
+def test_a_trace_opens_with_no_model_and_exports(server, shapes_pipe, tmp_path):
+    path = record_trace(shapes_pipe, tmp_path / "two words.stepx", "a green triangle", steps=4)
+    status, answer = call(server.url + "api/traces?name=two%20words.stepx", raw=path.read_bytes())
+    assert status == 200, answer
+    (run,) = answer["runs"]
+    assert run["source"] == "trace" and run["words"] == [GLOBAL, "a", "green", "triangle"] and not run["regions"]
+    status, answer = call(server.url + f"api/runs/{run['id']}/region", {"kind": "pixel", "x": 3, "y": 3})
+    assert status == 400 and "from a trace" in answer["error"]
+    status, data = call(server.url + f"api/runs/{run['id']}/export.zip")
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert status == 200 and "gifs/02_triangle.gif" in names and "measures.csv" in names and "frames/03_Global/step_003.png" in names
+    assert runs_from_trace(path)[0].words == ["a", "green", "triangle"]
