@@ -111,6 +111,7 @@ def tab(driver, name: str) -> None:
 INSPECT = "#inspect-view .inspector"
 
 
+@pytest.mark.slow
 def test_generate_inspect_regions_and_export(browser, explorer, shots, downloads):
     ex, srv = explorer
     d = browser

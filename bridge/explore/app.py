@@ -29,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from bridge.capture import CaptureError, load_head_weights
+from bridge.phases.morph import PHASE_NAMES
 from bridge.preview.colormap import _INFERNO
 
 from . import analysis
@@ -157,7 +158,7 @@ async def index(ex: Explorer, request: Request) -> Response:
 @guarded
 async def info(ex: Explorer, request: Request) -> Response:
     return JSONResponse({"analysis": analysis.status(), "concepts": list(ex.concepts()), "live": ex.live_source,
-                         "colormap": _INFERNO.tolist(),
+                         "colormap": _INFERNO.tolist(), "phases": list(PHASE_NAMES),
                          "global": "Global is DAAM's global heat map: the sum of every word's map, scaled to its maximum",
                          "runs": [r.summary() for r in ex.runs.values()]})
 

@@ -188,6 +188,8 @@ class InspectRun:
             "steps": [int(s) for s in self.steps], "width": w, "height": h, "grid": list(self.grid),
             "seed": self.header.get("seed"), "model": self.header.get("model"), "complete": self.ended,
             "regions": self.source == "generated",
+            "images": ("each step's image: the model's VAE on that step's predicted clean latent" if self.source == "generated"
+                       else "each step's image as recorded: a quick linear preview per step, the VAE decode at the end"),
         }
 
 

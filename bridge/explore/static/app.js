@@ -81,6 +81,7 @@ class Inspector {
     $(".empty", r).hidden = true;
     $(".body", r).hidden = false;
     $(".prompt", r).textContent = `“${run.prompt}” — ${run.model || "trace"}, seed ${run.seed ?? "?"}, ${run.steps.length} steps${run.complete ? "" : " (incomplete run)"}`;
+    $(".image-note", r).textContent = run.images;
     const sel = $(".word", r);
     sel.innerHTML = "";
     for (const w of run.words) sel.add(new Option(w === "Global" ? "Global (sum over words)" : w, w));
@@ -374,6 +375,7 @@ const Live = {
   },
   handle(p) {
     this.count++;
+    say($("#live-conn"), `connected${state.info && state.info.live ? " to " + state.info.live : ""} · ${this.count} packets`, "ok");
     const h = p.header;
     if (p.kind === "run") {
       this.run = h; this.step = null; this.image = null; this.seen = new Set();
@@ -386,7 +388,8 @@ const Live = {
     } else if (p.kind === "step" && p.arrays.textures) {
       if (this.run && h.run_id !== this.run.run_id) return;
       this.step = p;
-      $("#live-step").textContent = `step ${h.step + 1} / ${h.total_steps} · ${h.phase_name || "phase " + h.phase}`;
+      const phase = (state.info && state.info.phases[h.phase]) || "phase " + h.phase;
+      $("#live-step").textContent = `step ${h.step + 1} / ${h.total_steps} · ${phase} phase`;
       this.seen.add(h.step);
       document.body.dataset.liveStep = String(h.step);
       document.body.dataset.liveSeen = String(this.seen.size);
