@@ -178,3 +178,32 @@ def test_a_trace_opens_with_no_model_and_exports(server, shapes_pipe, tmp_path):
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert status == 200 and "gifs/02_triangle.gif" in names and "measures.csv" in names and "frames/03_Global/step_003.png" in names
     assert runs_from_trace(path)[0].words == ["a", "green", "triangle"]
+
+
+def test_the_zeromq_feed_pushes_what_a_publisher_sends():
+    """``stepx explore --live`` (and ``serve --explore`` with a sink process): a real PUB socket."""
+    import socket
+    import time
+
+    from bridge.explore.live import ZmqFeed
+    from bridge.transport.zmq_pub import ZmqPublisher
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pub = ZmqPublisher(f"tcp://127.0.0.1:{port}")
+    hub = LiveHub()
+    feed = ZmqFeed(hub, f"tcp://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 20
+        while hub.received < 3 and time.monotonic() < deadline:  # a SUB socket joins late: send until it hears
+            pub.send_bytes(_wire("run"))
+            time.sleep(0.05)
+        pub.send_bytes(_wire("step", step=4))
+        while "step" not in hub._current and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert hub.received >= 3 and "step" in hub._current
+    finally:
+        feed.close()
+        pub.close()
+    assert not feed._thread.is_alive()

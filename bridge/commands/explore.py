@@ -6,6 +6,8 @@ import argparse
 import json
 import logging
 
+from bridge.transport.zmq_sub import DEFAULT_SUB_ENDPOINT
+
 log = logging.getLogger("stepx.explore")
 
 DEFAULT_PORT = 8765
@@ -16,9 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
     p.add_argument("--allow-remote", action="store_true", help="allow a --host other machines can reach")
-    p.add_argument("--live", nargs="?", const="tcp://127.0.0.1:5560", default=None, metavar="ENDPOINT",
+    p.add_argument("--live", nargs="?", const=DEFAULT_SUB_ENDPOINT, default=None, metavar="ENDPOINT",
                    help="follow a running `stepx serve` in the Live tab through its ZeroMQ stream "
-                        "(default endpoint tcp://127.0.0.1:5560)")
+                        f"(default endpoint {DEFAULT_SUB_ENDPOINT})")
     p.add_argument("--concepts", default=None, metavar="DIR", help="folder of head-weight JSON files, one per concept (Head relevance tab)")
     p.add_argument("--device", default="auto", help="device for models loaded by Generate: auto, cpu, cuda, mps")
     p.add_argument("--dtype", default="auto", help="auto (float16 on cuda, else float32), float32, float16, bfloat16")
@@ -40,27 +42,37 @@ def explorer_from_args(args: argparse.Namespace, live_source: str = "") -> "obje
 
 
 def run(args: argparse.Namespace) -> int:
+    from bridge.explore.server import check_host
+
+    check_host(args.host, args.allow_remote)  # before anything heavy is imported
     try:
         from bridge.explore.app import create_app
         from bridge.explore.live import ZmqFeed
-        from bridge.explore.server import check_host
+        from bridge.explore.server import BackgroundServer
     except ImportError as exc:
         raise ImportError(f"the explorer needs its extra: pip install 'stepx-bridge[explorer]' ({exc})") from None
-    import uvicorn
+    import signal
+    import threading
 
-    check_host(args.host, args.allow_remote)
     ex = explorer_from_args(args, live_source=args.live or "")
     feed = ZmqFeed(ex.hub, args.live) if args.live else None
-    url = f"http://{args.host}:{args.port}/"
-    print(json.dumps({"explorer": url, "live": args.live, "traces": list(args.traces)}), flush=True)
+    try:
+        server = BackgroundServer(create_app(ex), args.host, args.port).start()
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc} (is the port taken? try --port 0 for any free port)") from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(json.dumps({"explorer": server.url, "live": args.live, "traces": list(args.traces)}), flush=True)
     if args.open:
         import webbrowser
 
-        webbrowser.open(url)
+        webbrowser.open(server.url)
     try:
-        uvicorn.run(create_app(ex), host=args.host, port=args.port, log_level="warning", ws_ping_interval=None)
+        while not stop.wait(0.5) and server.thread.is_alive():
+            pass
     finally:
+        server.stop()
         if feed is not None:
             feed.close()
     return 0
-

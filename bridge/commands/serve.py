@@ -75,16 +75,12 @@ def start_explorer(args: argparse.Namespace, outputs_in_child: bool) -> _Explore
         from bridge.explore.app import Explorer, create_app
         from bridge.explore.engine import Engine
         from bridge.explore.live import LiveHub, LiveSink, ZmqFeed
-        from bridge.explore.server import BackgroundServer, check_host
+        from bridge.explore.server import BackgroundServer, address
     except ImportError as exc:
         raise ImportError(f"--explore needs the explorer extra: pip install 'stepx-bridge[explorer]' ({exc})") from None
-    from bridge.sinks import DEFAULT_ZMQ, host_port
+    from bridge.sinks import DEFAULT_ZMQ
 
-    try:
-        host, port = host_port(args.explore)
-    except argparse.ArgumentTypeError as exc:
-        raise ValueError(f"--explore: {exc}") from None
-    check_host(host, args.allow_remote)
+    host, port = address(args.explore, args.allow_remote)
     hub = LiveHub()
     sink = feed = None
     if outputs_in_child:
@@ -116,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     from bridge.transport.control_zmq import ControlZmqServer
 
     args = apply_config_file(argparse.ArgumentParser(prog="stepx serve"), given_flags(sys.argv[1:]), args, args.config)
+    if args.explore:  # a bad address fails before the model loads
+        from bridge.explore.server import address
+
+        address(args.explore, args.allow_remote)
     pipe, name = load_model(args)
     concepts = {}
     if args.concepts:

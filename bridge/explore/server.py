@@ -25,6 +25,19 @@ def check_host(host: str, allow_remote: bool) -> str:
     return host
 
 
+def address(text: str, allow_remote: bool) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``PORT``: on 127.0.0.1) of the explorer; port 0 = any free port."""
+    host, sep, port = text.rpartition(":")
+    host = (host.strip("[]") if sep else "") or "127.0.0.1"
+    try:
+        number = int(port)
+        if not 0 <= number < 65536:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{text!r} is not HOST:PORT for the explorer (e.g. 127.0.0.1:8765; port 0 = any free port)") from None
+    return check_host(host, allow_remote), number
+
+
 class BackgroundServer:
     """uvicorn serving ``app`` on a daemon thread; ``url`` once started (port 0 = any free port)."""
 

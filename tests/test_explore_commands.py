@@ -1,0 +1,101 @@
+"""``stepx explore`` and ``stepx serve --explore`` as a user runs them: real processes, free ports,
+the Live WebSocket read by an independent client (the ``websockets`` library), SIGTERM to stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette", reason="the explorer extra (starlette, uvicorn) is not installed")
+
+from explore_helpers import call, record_trace  # noqa: E402
+
+from bridge.transport.wire import decode  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str]) -> tuple[subprocess.Popen, str]:
+    """Start ``stepx ARGS`` and return it with the explorer URL it prints."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("{") and "explorer" in (doc := json.loads(line)):
+            return proc, doc["explorer"]
+    proc.kill()
+    raise AssertionError(f"no explorer URL; stderr: {proc.stderr.read()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_explore_opens_traces_given_on_the_command_line(sd_pipe, tmp_path):
+    trace = record_trace(sd_pipe, tmp_path / "a.stepx", "a red circle", steps=3)
+    proc, url = start(["explore", str(trace), "--port", "0"])
+    try:
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/")
+        status, info = call(url + "api/info")
+        (run,) = info["runs"]
+        assert status == 200 and run["source"] == "trace" and run["words"] == ["Global", "a", "red", "circle"]
+        status, png = call(url + f"api/runs/{run['id']}/overlay.png?word=red&step=2")
+        assert status == 200 and png[:4] == b"\x89PNG"
+    finally:
+        assert stop(proc) == 0
+
+
+def test_explore_refuses_a_network_address_unless_asked():
+    out = subprocess.run([sys.executable, "-m", "bridge.cli", "explore", "--host", "0.0.0.0", "--port", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--allow-remote" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_serve_explore_streams_every_step_to_a_websocket(sink_process="off"):
+    """The explorer's sink in the daemon's fan-out (with the outputs in a sink process it follows
+    the ZeroMQ stream instead: tests/test_explore.py checks that feed)."""
+    from websockets.sync.client import connect
+
+    pub, ctl, osc = free_port(), free_port(), free_port()
+    proc, url = start(["serve", "--model", "tiny", "--steps", "6", "--prompt", "a red circle", "--zmq", f"tcp://127.0.0.1:{pub}",
+                       "--control", f"tcp://127.0.0.1:{ctl}", "--osc-control", f"127.0.0.1:{osc}", "--sink-process", sink_process,
+                       "--explore", "127.0.0.1:0"])
+    try:
+        kinds, steps = [], set()
+        with connect(url.replace("http", "ws") + "ws/live", open_timeout=20) as ws:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not ({"run", "step", "image"} <= set(kinds) and len(steps) >= 3):
+                p = decode(ws.recv(timeout=30))
+                kinds.append(p.kind)
+                if p.kind == "step":
+                    steps.add(p.step)
+                    assert p.arrays["textures"].shape[0] == 4  # 3 words + the global view
+        assert {"run", "step", "image"} <= set(kinds) and len(steps) >= 3, kinds
+        status, answer = call(url + "api/generate", {"prompt": "a blue square"})
+        assert status == 400 and "belongs to `stepx serve`" in answer["error"]
+    finally:
+        assert stop(proc) == 0
