@@ -129,14 +129,29 @@ def shapes_pipe():
 
 
 @pytest.fixture(scope="module")
-def server(shapes_pipe):
+def concepts(shapes_pipe, tmp_path_factory):
+    """A head-weights folder as `stepx serve --concepts` reads it: one JSON file per concept."""
+    import json
+
+    from bridge.capture import Capture
+
+    folder = tmp_path_factory.mktemp("concepts")
+    layers = Capture(shapes_pipe).cross_layers
+    rng = np.random.default_rng(0)
+    (folder / "shape.json").write_text(json.dumps({l.name: rng.random(l.heads).round(4).tolist() for l in layers}))
+    (folder / "other_model.json").write_text(json.dumps({"down_blocks.9.attn2": [1.0, 0.5]}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(shapes_pipe, concepts):
     from bridge.explore.app import Explorer, create_app
     from bridge.explore.engine import Engine
     from bridge.explore.server import BackgroundServer
 
     engine = Engine(device="cpu")
     engine._models["shapes"] = (shapes_pipe, "stepx-shapes")  # the module's pipeline: loaded once
-    srv = BackgroundServer(create_app(Explorer(engine))).start()
+    srv = BackgroundServer(create_app(Explorer(engine, concepts_dir=str(concepts)))).start()
     yield srv
     srv.stop()
 
@@ -207,3 +222,27 @@ def test_the_zeromq_feed_pushes_what_a_publisher_sends():
         feed.close()
         pub.close()
     assert not feed._thread.is_alive()
+
+
+def test_head_relevance_compares_all_top_and_bottom_heads(server):
+    u = server.url
+    status, info = call(u + "api/info")
+    assert info["concepts"] == ["other_model", "shape"]
+    status, run = call(u + "api/generate", {"prompt": "a red circle", "steps": 3, "seed": 5})
+    status, answer = call(u + f"api/runs/{run['id']}/heads", {"concept": "shape", "word": "circle", "k": 4})
+    assert status == 200, answer
+    maps = answer["maps"]
+    assert set(maps) == {"all", "top", "bottom"} and answer["heads"] > 4
+    assert len({maps["all"], maps["top"], maps["bottom"]}) == 3  # three different aggregations, three pictures
+    ex = server.server.config.app.state.explorer
+    inspected = ex.runs[run["id"]]
+    relevance = ex.relevance("shape")
+    got = ex.engine.compare_heads(inspected, relevance, "circle", 4)
+    np.testing.assert_allclose(got["all"], inspected.heat("circle", 2), atol=1e-5)  # uniform weights: DAAM's map
+    assert not np.allclose(got["top"], got["bottom"])
+    for body, words in [({"concept": "nope", "word": "circle"}, "unknown concept 'nope'; known: other_model, shape"),
+                        ({"concept": "other_model", "word": "circle", "k": 1}, "do not fit"),
+                        ({"concept": "shape", "word": "circle", "k": 0}, "k must be 1-"),
+                        ({"concept": "shape", "word": "square"}, "not a word of this prompt")]:
+        status, answer = call(u + f"api/runs/{run['id']}/heads", body)
+        assert status == 400 and words in answer["error"], answer

@@ -57,15 +57,22 @@ def shapes_pipe():
 
 
 @pytest.fixture(scope="module")
-def explorer(shapes_pipe):
-    """A real server (uvicorn, free port) whose engine already holds the embedded model."""
+def explorer(shapes_pipe, tmp_path_factory):
+    """A real server (uvicorn, free port) whose engine already holds the embedded model, with one
+    head-relevance concept (a head-weights JSON file, as `--concepts DIR` reads them)."""
+    import json
+
+    from bridge.capture import Capture
     from bridge.explore.app import Explorer, create_app
     from bridge.explore.engine import Engine
     from bridge.explore.server import BackgroundServer
 
+    concepts = tmp_path_factory.mktemp("concepts")
+    rng = np.random.default_rng(1)
+    (concepts / "shape.json").write_text(json.dumps({l.name: rng.random(l.heads).tolist() for l in Capture(shapes_pipe).cross_layers}))
     engine = Engine(device="cpu")
     engine._models["shapes"] = (shapes_pipe, "stepx-shapes")
-    ex = Explorer(engine)
+    ex = Explorer(engine, concepts_dir=str(concepts))
     srv = BackgroundServer(create_app(ex)).start()
     yield ex, srv
     srv.stop()
@@ -212,13 +219,20 @@ def test_generate_inspect_regions_and_export(browser, explorer, shots, downloads
     status, answer = call(srv.url + f"api/runs/{run.id}/word.gif?word=zebra")
     assert status == 400 and "choose one of: Global" in answer["error"]
 
-    for name in ("detect", "titan", "heads"):
+    tab(d, "heads")
+    Select(d.find_element(By.ID, "heads-word")).select_by_value("circle")
+    k = d.find_element(By.ID, "heads-k")
+    k.clear()
+    k.send_keys("4")
+    d.find_element(By.ID, "heads-go").click()
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#heads-out img")) == 3, what="three head aggregations")
+    captions = [e.text for e in d.find_elements(By.CSS_SELECTOR, "#heads-out figcaption")]
+    assert captions == ["all heads (“circle”)", "4 most relevant heads (“circle”)", "4 least relevant heads (“circle”)"]
+    d.save_screenshot(str(shots / "explorer_heads.png"))
+    for name in ("detect", "titan"):
         tab(d, name)
         time.sleep(0.2)
         d.save_screenshot(str(shots / f"explorer_{name}.png"))
-    note = d.find_element(By.ID, "heads-unavailable").text
-    assert "--concepts DIR" in note
-    tab(d, "titan")
     assert "Not available: bridge.analysis.objects" in d.find_element(By.ID, "titan-unavailable").text
 
 
