@@ -171,7 +171,6 @@ def test_bad_input_gets_one_line_and_the_server_keeps_serving(server, tmp_path):
         (u + f"api/runs/{rid}/heat.png?word=red&step=-3", None, 400, "step must be in 0-3"),
         (u + "api/runs/nope/image.png", None, 404, "no run 'nope'"),
         (u + "api/traces?name=junk.stepx", b"this is not a trace at all" * 10, 400, "junk.stepx cannot be opened"),
-        (u + f"api/runs/{rid}/titan", {}, 501, "bridge.analysis.objects"),
     ]
     for url, body, want, words in bad:
         status, answer = call(url, raw=body) if isinstance(body, bytes) else call(url, body)
@@ -246,3 +245,33 @@ def test_head_relevance_compares_all_top_and_bottom_heads(server):
                         ({"concept": "shape", "word": "square"}, "not a word of this prompt")]:
         status, answer = call(u + f"api/runs/{run['id']}/heads", body)
         assert status == 400 and words in answer["error"], answer
+
+
+def _objects_available() -> bool:
+    from bridge.explore.analysis import availability
+
+    return availability().available
+
+
+@pytest.mark.skipif(_objects_available(), reason="bridge.analysis.objects is installed: the tabs work (next test)")
+def test_object_tabs_say_plainly_when_the_package_is_missing(server):
+    status, run = call(server.url + "api/generate", {"prompt": "a red circle", "steps": 2})
+    for path, body in (("titan", {}), ("detect", {"text": "red circle"})):
+        status, answer = call(server.url + f"api/runs/{run['id']}/{path}", body)
+        assert status == 501 and "bridge.analysis.objects is not installed" in answer["error"]
+    assert call(server.url + "api/info")[1]["analysis"]["titan"]["available"] is False
+
+
+@pytest.mark.skipif(not _objects_available(), reason="bridge.analysis.objects (the objects engineer's package) is not installed")
+def test_titan_and_text_guided_detection_through_the_seam(server):
+    status, run = call(server.url + "api/generate", {"prompt": "a red circle above a blue square", "steps": 8, "seed": 3})
+    status, titan = call(server.url + f"api/runs/{run['id']}/titan", {})
+    assert status == 200, titan
+    assert {i["category"] for i in titan["instances"]} <= {"red circle", "blue square"} and titan["instances"]
+    assert titan["images"][0]["src"].startswith("data:image/png;base64,")
+    assert {c["name"] for c in titan["coco"]["categories"]} == {i["category"] for i in titan["instances"]}
+    assert len(titan["coco"]["annotations"]) == len(titan["instances"]) and titan["coco"]["images"][0]["width"] == 128
+    status, found = call(server.url + f"api/runs/{run['id']}/detect", {"text": "blue square"})
+    assert status == 200 and {i["category"] for i in found["instances"]} <= {"blue square"}
+    status, answer = call(server.url + f"api/runs/{run['id']}/detect", {"text": "green star"})
+    assert status == 400 and "its words are: a, red, circle" in answer["error"]

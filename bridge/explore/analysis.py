@@ -1,26 +1,33 @@
-"""The one seam between the explorer and the analysis packages it shows.
+"""The one seam between the explorer and the object-annotation package it shows.
 
-Text-guided detection and TITAN come from ``bridge.analysis.objects``; head relevance from
-``bridge.analysis.relevance``. Those packages are optional here: when one is not importable in
-this install (or lacks what the tab calls), its tab says so plainly and shows nothing made up.
-Every call the tabs make goes through this module, so wiring a new API version touches only it.
+Text-guided detection and TITAN come from ``bridge.analysis.objects`` (``annotate``, the
+self-attention ``grid_queries`` it reads, ``Evidence``, its ``render`` picture and its dataset's COCO
+writer). That package is optional here: when it is not importable in this install (or lacks
+what the tabs call), the tabs say so plainly and show nothing made up. Every call into it goes
+through this module, so a new version of its API touches only this file.
+
+Head relevance needs no package here: ``stepx relevance -o DIR`` writes one head-weights JSON per
+concept, the format ``--concepts DIR`` reads (``bridge.explore.app``).
 """
 
 from __future__ import annotations
 
+import base64
 import importlib
+import io
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-#: tab -> (module, the functions the tab calls)
-PACKAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "objects": ("bridge.analysis.objects", ("detect", "titan")),
-    "relevance": ("bridge.analysis.relevance", ("load_relevance", "concepts")),
-}
+import numpy as np
+
+OBJECTS = "bridge.analysis.objects"
+#: what the tabs call in it
+NEEDED = ("annotate", "grid_queries", "Evidence")
 
 
 class Unavailable(RuntimeError):
-    """The analysis package a tab needs is not usable in this install; the message says why."""
+    """The package a tab needs is not usable in this install; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -32,47 +39,75 @@ class Availability:
         return {"available": self.available, "reason": self.reason}
 
 
-def availability(tab: str) -> Availability:
-    """Whether ``tab``'s package can be imported and offers what the tab calls."""
-    module_name, needed = PACKAGES[tab]
+def availability() -> Availability:
+    """Whether the objects package imports and offers what the tabs call."""
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(OBJECTS)
     except ImportError as exc:
-        return Availability(False, f"{module_name} is not installed in this environment ({exc.msg}); "
-                                   f"this tab shows its results once it is")
-    missing = [n for n in needed if not callable(getattr(module, n, None))]
+        return Availability(False, f"{OBJECTS} is not installed in this environment ({exc}); "
+                                   f"these tabs show its results once it is (pip install 'stepx-bridge[objects]')")
+    missing = [n for n in NEEDED if getattr(module, n, None) is None]
     if missing:
-        return Availability(False, f"{module_name} is installed but has no {', '.join(missing)}; "
-                                   f"this explorer version cannot call it")
-    return Availability(True, f"{module_name} is available")
+        return Availability(False, f"{OBJECTS} is installed but has no {', '.join(missing)}; this explorer cannot call it")
+    return Availability(True, f"{OBJECTS} is available")
 
 
 def status() -> dict[str, dict[str, Any]]:
-    return {tab: availability(tab).to_dict() for tab in PACKAGES}
+    """Per tab: available or why not (the page shows the reason)."""
+    got = availability().to_dict()
+    return {"detect": got, "titan": got}
 
 
-def _module(tab: str) -> Any:
-    got = availability(tab)
+def _objects() -> Any:
+    got = availability()
     if not got.available:
         raise Unavailable(got.reason)
-    return importlib.import_module(PACKAGES[tab][0])
+    return importlib.import_module(OBJECTS)
 
 
-def detect(run: Any, words: list[str]) -> dict[str, Any]:
-    """Text-guided detection over ``run`` for ``words`` (boxes, masks, COCO document)."""
-    return _module("objects").detect(run, words)
+def evidence(run: Any, engine: Any) -> Any:
+    """The objects package's Evidence of an inspected run: a generated run is captured again with
+    its self-attention grid (same seed, same image) so detection can refine word maps with it; a
+    trace has word maps only (the package then says it used the ``wordmap`` method)."""
+    import torch
+
+    objects = _objects()
+    image = run.final_image
+    size = run.canvas()
+    if run.source == "generated":
+        from bridge.capture import CaptureConfig
+
+        captured = engine.recapture(run, CaptureConfig(queries=objects.grid_queries()))
+        return objects.from_capture(captured, image=image, size=size)
+    return objects.Evidence(list(run.words), torch.from_numpy(np.ascontiguousarray(run.maps)), None, size, image, "trace")
 
 
-def titan(run: Any) -> dict[str, Any]:
-    """TITAN: the prompt's objects found automatically and annotated (boxes, masks, COCO document)."""
-    return _module("objects").titan(run)
+def find(run: Any, engine: Any, text: str | None) -> dict[str, Any]:
+    """Objects of ``text`` (TITAN: None = the whole prompt) in ``run``: the picture with masks and
+    boxes, one record per instance, and the COCO document of this image."""
+    objects = _objects()
+    ev = evidence(run, engine)
+    found = objects.annotate(ev, text)
+    from bridge.analysis.objects.visualise import render  # noqa: PLC0415 (same package, optional)
+
+    image = ev.image if ev.image is not None else np.full((*ev.size, 3), 128, np.uint8)
+    buf = io.BytesIO()
+    render(image, found).save(buf, format="PNG")
+    picture = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    records = [i.to_json() for i in found]
+    return {
+        "images": [{"src": picture, "label": f"{len(found)} object instance(s): " + (", ".join(sorted({i.category for i in found})) or "none found")}],
+        "instances": [{k: v for k, v in r.items() if k != "segmentation"} for r in records],
+        "coco": coco(run, records),
+    }
 
 
-def concepts() -> list[str]:
-    """Names of the head-relevance concepts the relevance package can load."""
-    return list(_module("relevance").concepts())
+def coco(run: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The COCO document of one image, written by the TITAN dataset's own writer (one format)."""
+    from bridge.analysis.objects.dataset import TitanDataset  # noqa: PLC0415
 
-
-def relevance(concept: str) -> dict[str, list[float]]:
-    """A concept's head relevance vector, split by layer."""
-    return dict(_module("relevance").load_relevance(concept))
+    h, w = run.canvas()
+    record = {"image": {"id": 1, "file_name": "final.png", "width": int(w), "height": int(h), "prompt": run.header.get("prompt"),
+                        "seed": run.header.get("seed")}, "instances": records}
+    with tempfile.TemporaryDirectory(prefix="stepx-coco-") as d:
+        return TitanDataset(d).write_coco([record])

@@ -69,25 +69,20 @@ class Explorer:
             raise LookupError(f"no run {run_id!r} is open (runs older than the last {KEEP_RUNS} are closed); generate or open it again")
         return got
 
-    def concepts(self) -> dict[str, str]:
-        """Concept name -> where its head weights come from: ``--concepts DIR`` JSON files, then
-        the relevance package's concepts."""
-        out: dict[str, str] = {}
-        if self.concepts_dir is not None and self.concepts_dir.is_dir():
-            out.update({f.stem: "file" for f in sorted(self.concepts_dir.glob("*.json"))})
-        if analysis.availability("relevance").available:
-            out.update({c: "relevance" for c in analysis.concepts() if c not in out})
-        return out
+    def concepts(self) -> list[str]:
+        """Concepts with head weights: the ``--concepts DIR`` JSON files (what ``stepx relevance -o
+        DIR`` writes and ``stepx serve --concepts`` reads)."""
+        if self.concepts_dir is None or not self.concepts_dir.is_dir():
+            return []
+        return [f.stem for f in sorted(self.concepts_dir.glob("*.json"))]
 
     def relevance(self, concept: str) -> dict[str, list[float]]:
-        where = self.concepts().get(concept)
-        if where is None:
-            known = ", ".join(self.concepts()) or "none (start with --concepts DIR of head-weight JSON files)"
+        """A concept's head relevance vector, split by layer."""
+        if concept not in self.concepts():
+            known = ", ".join(self.concepts()) or "none (start the explorer with --concepts DIR, e.g. the output of stepx relevance -o DIR)"
             raise ValueError(f"unknown concept {concept!r}; known: {known}")
-        if where == "file":
-            assert self.concepts_dir is not None
-            return load_head_weights(self.concepts_dir / f"{concept}.json")
-        return analysis.relevance(concept)
+        assert self.concepts_dir is not None
+        return load_head_weights(self.concepts_dir / f"{concept}.json")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -157,7 +152,7 @@ async def index(ex: Explorer, request: Request) -> Response:
 
 @guarded
 async def info(ex: Explorer, request: Request) -> Response:
-    return JSONResponse({"analysis": analysis.status(), "concepts": list(ex.concepts()), "live": ex.live_source,
+    return JSONResponse({"analysis": analysis.status(), "concepts": ex.concepts(), "live": ex.live_source,
                          "colormap": _INFERNO.tolist(), "phases": list(PHASE_NAMES),
                          "global": "Global is DAAM's global heat map: the sum of every word's map, scaled to its maximum",
                          "runs": [r.summary() for r in ex.runs.values()]})
@@ -255,18 +250,19 @@ async def open_trace(ex: Explorer, request: Request) -> Response:
 
 @guarded
 async def detection(ex: Explorer, request: Request) -> Response:
+    """Text-guided detection: the objects the typed text names (words of the prompt)."""
     run = ex.run(request.path_params["run"])
-    body = await _json(request)
-    words = [str(w) for w in body.get("words") or []]
-    for w in words:
-        run.word_index(w)
-    return JSONResponse(await run_in_threadpool(analysis.detect, run, words))
+    text = str((await _json(request)).get("text") or "").strip()
+    if not text:
+        raise ValueError("type what to find, with words of the prompt (e.g. red circle)")
+    return JSONResponse(await run_in_threadpool(analysis.find, run, ex.engine, text))
 
 
 @guarded
 async def titan(ex: Explorer, request: Request) -> Response:
+    """TITAN: every object of the prompt, found and annotated."""
     run = ex.run(request.path_params["run"])
-    return JSONResponse(await run_in_threadpool(analysis.titan, run))
+    return JSONResponse(await run_in_threadpool(analysis.find, run, ex.engine, None))
 
 
 @guarded

@@ -180,6 +180,19 @@ class Engine:
             self._regions.popitem(last=False)
         return answer
 
+    def recapture(self, run: InspectRun, config: CaptureConfig) -> Any:
+        """The CaptureRun of ``run``'s request generated again under ``config`` (same seed, same
+        image): for analyses that need more than the inspected maps (self-attention grids)."""
+        req = self._requests.get(run.id)
+        if req is None:
+            raise ValueError("this needs the model: the run came from a trace, which records no self-attention; "
+                             "generate it in Generate & Inspect (same prompt and seed)")
+        with self._lock:
+            pipe, _ = self.pipe(req.model)
+            with torch.inference_mode(), Capture(pipe, config) as cap:
+                pipe(**self._kwargs(req))
+        return cap.last_run
+
     def forget(self, run_id: str) -> None:
         self._requests.pop(run_id, None)
 

@@ -282,7 +282,7 @@ function unavailable(tab) {
 
 const Objects = {
   show(tab) {
-    const why = unavailable("objects");
+    const why = unavailable(tab);
     const note = $(`#${tab}-unavailable`);
     note.hidden = !why; note.textContent = why ? "Not available: " + why : "";
     $(`#${tab}-body`).hidden = !!why;
@@ -291,7 +291,8 @@ const Objects = {
       box.innerHTML = "";
       for (const w of state.generated.words.slice(1)) {
         const l = document.createElement("label"), cb = document.createElement("input");
-        cb.type = "checkbox"; cb.value = w;
+        cb.type = "checkbox"; cb.value = w.split("#")[0];
+        cb.addEventListener("change", () => { $("#detect-text").value = $$("#detect-words input:checked").map(i => i.value).join(" "); });
         l.append(cb, " " + w);
         box.appendChild(l);
       }
@@ -301,6 +302,16 @@ const Objects = {
     out.innerHTML = "";
     for (const im of ans.images || []) {
       out.appendChild(figure(im.src, im.label));
+    }
+    if (ans.instances) {
+      const list = document.createElement("ol");
+      list.className = "instances";
+      for (const i of ans.instances) {
+        const li = document.createElement("li");
+        li.textContent = `${i.category} — score ${i.score.toFixed(2)}, box [${i.bbox.join(", ")}], ${i.area} px, ${i.method}`;
+        list.appendChild(li);
+      }
+      out.appendChild(list);
     }
     if (ans.coco) {
       const a = document.createElement("a");
@@ -317,17 +328,16 @@ const Objects = {
     catch (e) { say(status, e.message, "error"); }
   },
 };
-$("#detect-go").onclick = () => Objects.go("detect", "detect", { words: $$("#detect-words input:checked").map(i => i.value) });
+$("#detect-go").onclick = () => Objects.go("detect", "detect", { text: $("#detect-text").value });
 $("#titan-go").onclick = () => Objects.go("titan", "titan", {});
 
 const Heads = {
   show() {
     const concepts = (state.info && state.info.concepts) || [];
     const note = $("#heads-unavailable");
-    const why = unavailable("relevance");
     note.hidden = concepts.length > 0;
-    note.textContent = concepts.length ? "" : "No head-relevance concepts: " + (why || "") +
-      " Start with --concepts DIR (head-weight JSON files, one per concept) to compare heads.";
+    note.textContent = concepts.length ? "" : "No head-relevance concepts loaded: start the explorer with --concepts DIR " +
+      "(one head-weights JSON file per concept, as stepx relevance -o DIR writes them) to compare heads.";
     const sel = $("#heads-concept");
     sel.innerHTML = ""; concepts.forEach(c => sel.add(new Option(c, c)));
     const ws = $("#heads-word");
