@@ -101,8 +101,8 @@ def guarded(fn: Callable[[Explorer, Request], Awaitable[Response]]) -> Callable[
             return _error(404, str(exc.args[0] if exc.args else exc))
         except analysis.Unavailable as exc:
             return _error(501, str(exc))
-        except (ValueError, CaptureError, FileNotFoundError, ImportError) as exc:
-            return _error(400, str(exc))
+        except (ValueError, CaptureError, OSError, ImportError) as exc:  # OSError: a model path or hub id that does not load
+            return _error(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         except Exception as exc:  # noqa: BLE001 (the server must keep serving)
             log.exception("explorer request %s failed", request.url.path)
             return _error(500, f"{type(exc).__name__}: {exc}")

@@ -13,9 +13,11 @@ One lock serialises the model: a diffusers pipeline is not re-entrant.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ import torch
 
 from bridge.capture import Capture, CaptureConfig, Query, adapter_for, build_token_map
 from bridge.latent_preview import decode_full
+from bridge.phases import PhaseConfig
 from bridge.phases.morph import phase_index, run_progress
 
 from .runs import InspectRun, scaled
@@ -52,14 +55,15 @@ class GenerateRequest:
         prompt = str(body.get("prompt") or "").strip()
         if not prompt:
             raise ValueError("the prompt is empty; type what to draw")
+        seed, steps = _whole(body, "seed", 0), _whole(body, "steps", 20)
+        width = _whole(body, "width", None) if body.get("width") else None
+        height = _whole(body, "height", None) if body.get("height") else None
         try:
-            seed = int(body.get("seed", 0))
-            steps = int(body.get("steps", 20))
             guidance = float(body.get("guidance", 7.5))
-            width = int(body["width"]) if body.get("width") else None
-            height = int(body["height"]) if body.get("height") else None
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"seed and steps must be whole numbers, guidance a number: {exc}") from None
+        except (TypeError, ValueError):
+            raise ValueError(f"guidance must be a number, got {body.get('guidance')!r}") from None
+        if guidance != guidance:
+            raise ValueError("guidance must be a number, got NaN")
         if not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be 1-{MAX_STEPS}, got {steps}")
         if not 0 <= seed < 2**63:
@@ -71,6 +75,20 @@ class GenerateRequest:
                 raise ValueError(f"{name} must be a multiple of 8 in 64-2048, got {v}")
         model = str(body.get("model") or "shapes").strip() or "shapes"
         return cls(prompt, model, seed, steps, guidance, width, height)
+
+
+def _whole(body: dict[str, Any], key: str, default: int | None) -> Any:
+    """``body[key]`` as an int; a fraction, text or a bool is refused with its name."""
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) and value is not None:
+        raise ValueError(f"{key} must be a whole number, got {value!r}")
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        raise ValueError(f"{key} must be a whole number, got {value!r}") from None
+    if number is None or not math.isfinite(number) or number != int(number):
+        raise ValueError(f"{key} must be a whole number, got {value!r}")
+    return int(number)
 
 
 class Engine:
@@ -93,9 +111,18 @@ class Engine:
         if got is None:
             from bridge.models.loading import load_pipeline
 
-            while len(self._models) >= self.keep_models:  # one big model in memory at a time
+            path = Path(key).expanduser()
+            if not path.exists() and (key.startswith(("/", ".", "~")) or path.suffix in (".safetensors", ".ckpt")):
+                raise ValueError(f"cannot load the model {model!r}: no such file or folder")  # the loaded model stays
+            if self.keep_models <= 1:
+                self._models.clear()  # free the old model's memory before a big one loads
+            try:
+                got = load_pipeline(None if key == "shapes" else key, self.device, self.dtype)
+            except (OSError, RuntimeError, ValueError) as exc:  # a path, hub id or file that does not load: the user's to fix
+                raise ValueError(f"cannot load the model {model!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            while len(self._models) >= self.keep_models:
                 self._models.popitem(last=False)
-            got = self._models[key] = load_pipeline(None if key == "shapes" else key, self.device, self.dtype)
+            self._models[key] = got
         self._models.move_to_end(key)
         return got
 
@@ -121,12 +148,14 @@ class Engine:
                 if frame.x0 is not None:
                     latents[frame.step] = frame.x0[:1].detach().clone()
 
-            with torch.inference_mode(), Capture(pipe, CaptureConfig(keep_frames=False), on_step) as cap:
-                final = pipe(**self._kwargs(req)).images
+            with torch.inference_mode():
+                with Capture(pipe, CaptureConfig(keep_frames=False), on_step) as cap:
+                    final = pipe(**self._kwargs(req)).images
                 final_image = decode_full(pipe, final[:1])
             run = cap.last_run
         steps = np.arange(len(maps), dtype=np.int64)
-        phases = [phase_index(run_progress(int(s), len(maps)), (0.2, 0.6)) for s in steps]
+        boundaries = PhaseConfig().boundaries
+        phases = [phase_index(run_progress(int(s), len(maps)), boundaries) for s in steps]
         header = {"run_id": run.run_id, "prompt": req.prompt, "seed": req.seed, "steps": req.steps, "guidance": req.guidance,
                   "model": name, "words": list(tokens.words), "height": final_image.shape[0], "width": final_image.shape[1],
                   "phases": phases, "scheduler": run.info.get("scheduler")}
