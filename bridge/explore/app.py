@@ -20,6 +20,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -29,8 +30,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from bridge.capture import CaptureError, load_head_weights
-from bridge.phases.morph import PHASE_NAMES
-from bridge.preview.colormap import _INFERNO
+from bridge.export import heat_rgb
+from bridge.phases import PHASE_NAMES
 
 from . import analysis
 from .engine import Engine, GenerateRequest
@@ -142,6 +143,9 @@ def _data_url(rgb: Any) -> str:
 
 
 #: a run's renderings never change (its id is new for every generation or opened trace)
+#: inferno as a 256-entry RGB table for the Live tab's heat maps: the exports' colour map, sampled (stated once)
+COLORMAP = (heat_rgb(np.linspace(0.0, 1.0, 256)[None]) * 255).round().astype(int)[0].tolist()
+
 _PNG = {"media_type": "image/png", "headers": {"Cache-Control": "private, max-age=3600"}}
 
 
@@ -153,7 +157,7 @@ async def index(ex: Explorer, request: Request) -> Response:
 @guarded
 async def info(ex: Explorer, request: Request) -> Response:
     return JSONResponse({"analysis": analysis.status(), "concepts": ex.concepts(), "live": ex.live_source,
-                         "colormap": _INFERNO.tolist(), "phases": list(PHASE_NAMES),
+                         "colormap": COLORMAP, "phases": list(PHASE_NAMES),
                          "global": "Global is DAAM's global heat map: the sum of every word's map, scaled to its maximum",
                          "runs": [r.summary() for r in ex.runs.values()]})
 

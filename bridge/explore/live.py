@@ -19,9 +19,10 @@ import threading
 from collections import deque
 from typing import Any
 
+from bridge.fanout import KEEP_KINDS as KEEP  # the fan-out's rule: these are never replaced by newer frames
+
 log = logging.getLogger(__name__)
 
-KEEP = frozenset({"run", "timeline", "end"})
 
 
 def packet_kind(data: bytes) -> str:
@@ -141,6 +142,7 @@ class LiveSink:
     name = "explorer"
     encoding = "float32"
     inline = True  # push() never blocks: it only schedules work on the event loop
+    lossless = False  # latest wins, like every live output
 
     def __init__(self, hub: LiveHub) -> None:
         self.hub = hub

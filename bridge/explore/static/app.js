@@ -34,14 +34,10 @@ function loadImage(url) {
   });
 }
 
-// inferno, the same polynomial as shaders/colormap.glsl (coefficients from the server: stated once)
+// inferno as the exports draw it: a 256-entry table from the server (bridge.export.heat_rgb, sampled)
 function colour(t) {
-  const c = state.colormap;
-  t = Math.min(1, Math.max(0, t));
-  const out = [0, 0, 0];
-  let p = 1;
-  for (let i = 0; i < c.length; i++) { for (let k = 0; k < 3; k++) out[k] += c[i][k] * p; p *= t; }
-  return out.map(v => Math.round(255 * Math.min(1, Math.max(0, v))));
+  const lut = state.colormap;
+  return lut[Math.round(255 * Math.min(1, Math.max(0, t || 0)))];
 }
 
 // ---------------------------------------------------------------- tabs
