@@ -316,3 +316,32 @@ def test_traces_open_in_the_page(browser, explorer, shapes_pipe, shots, tmp_path
     corrupt.write_bytes(bytes(raw))
     d.find_element(By.ID, "trace-file").send_keys(str(corrupt))
     wait(d, lambda d: "broken.stepx cannot be opened" in d.find_element(By.ID, "trace-status").text, 30, "the corrupt-trace error")
+
+
+@pytest.mark.parametrize("encoding", ["float32", "float16", "uint8"])
+def test_the_page_decodes_the_wire_format_as_python_encodes_it(browser, explorer, encoding):
+    """static/wire.js against bridge's encoder: every float encoding, a uint8 image, the header."""
+    from bridge.packet import Packet
+    from bridge.transport.wire import encode
+
+    ex, srv = explorer
+    d = browser
+    if not d.current_url.startswith(srv.url):
+        d.get(srv.url)
+    rng = np.random.default_rng(7)
+    textures = rng.random((3, 5, 4), dtype=np.float32)  # [maps, H, W]
+    image = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    data = encode(Packet("step", {"run_id": "r1", "step": 3, "phase": 1, "words": ["a", "b"]}, {"textures": textures, "image": image}), encoding)
+    got = d.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+        const p = decodeWire(bytes.buffer);
+        return {kind: p.kind, step: p.header.step, words: p.header.words, tshape: p.arrays.textures.shape,
+                textures: Array.from(p.arrays.textures.data), ishape: p.arrays.image.shape, image: Array.from(p.arrays.image.data)};
+    """, base64.b64encode(data).decode())
+    assert got["kind"] == "step" and got["step"] == 3 and got["words"] == ["a", "b"]
+    assert got["tshape"] == [3, 5, 4] and got["ishape"] == [6, 5, 3]
+    tol = {"float32": 1e-7, "float16": 1e-3, "uint8": 0.5 / 255 + 1e-7}[encoding]
+    np.testing.assert_allclose(np.asarray(got["textures"]).reshape(3, 5, 4), textures, atol=tol)
+    np.testing.assert_array_equal(np.asarray(got["image"]).reshape(6, 5, 3), image)
+    bad = d.execute_script("try { decodeWire(new Uint8Array([115, 0, 1, 2]).buffer); return 'decoded'; } catch (e) { return e.message; }")
+    assert "truncated" in bad
