@@ -278,3 +278,27 @@ def test_titan_and_text_guided_detection_through_the_seam(server):
     assert status == 200 and {i["category"] for i in found["instances"]} <= {"blue square"}
     status, answer = call(server.url + f"api/runs/{run['id']}/detect", {"text": "green star"})
     assert status == 400 and "its words are: a, red, circle" in answer["error"]
+
+
+def test_every_region_kind_answers_with_early_mid_late(server, shapes_pipe):
+    import torch
+
+    from bridge.capture import Capture, CaptureConfig, Query
+
+    u = server.url
+    status, run = call(u + "api/generate", {"prompt": "a red circle above a blue square", "steps": 5, "seed": 9})
+    for body in ({"kind": "pixel", "x": 100, "y": 40}, {"kind": "pixels", "spec": "0,1,2, 17-19"},
+                 {"kind": "box", "x0": 10, "y0": 10, "x1": 70, "y1": 50}, {"kind": "polygon", "spec": "10,10 100,20 60,110"},
+                 {"kind": "diffused", "x": 100, "y": 40, "iterations": 3}):
+        status, answer = call(u + f"api/runs/{run['id']}/region", body)
+        assert status == 200, answer
+        assert [(k, v["step"]) for k, v in answer["stages"].items()] == [("early", 1), ("mid", 2), ("late", 4)]
+        assert answer["query"] == ("pixels" if body["kind"] == "pixels" else body["kind"])
+    # the maps are the capture's own for that query on the same request
+    ex = server.server.config.app.state.explorer
+    query = Query.box("region", 10 / 128, 10 / 128, 70 / 128, 50 / 128)
+    got = ex.engine.region(ex.runs[run["id"]], query)["maps"]  # [T, H, W]
+    with torch.inference_mode(), Capture(shapes_pipe, CaptureConfig(queries=[query], cross=False)) as cap:
+        shapes_pipe("a red circle above a blue square", num_inference_steps=5, generator=torch.Generator().manual_seed(9), output_type="latent")
+    want = np.stack([f.self_maps["region"][0].numpy() for f in cap.last_run.frames])
+    np.testing.assert_allclose(got, want / want.max(axis=(1, 2), keepdims=True), atol=1e-5)

@@ -32,7 +32,7 @@ from .runs import InspectRun, scaled
 
 log = logging.getLogger(__name__)
 
-#: where the page's early / mid / late columns sit, as fractions of the run
+#: where the page's early / mid / late columns sit, as fractions of the run (0 = first step, 1 = last)
 STAGES = {"early": 0.15, "mid": 0.5, "late": 1.0}
 MAX_STEPS = 200
 
@@ -202,7 +202,7 @@ class Engine:
             del cap
         stack = np.stack([scaled(m) for m in maps])  # [T, H, W]
         n = len(maps)
-        stages = {name: min(n - 1, max(0, int(round(f * n)) - 1)) for name, f in STAGES.items()}
+        stages = {name: int(f * (n - 1) + 0.5) for name, f in STAGES.items()}  # step indices 0 … n-1
         answer = {"steps": list(range(n)), "maps": stack, "stages": stages}
         self._regions[key] = answer
         while len(self._regions) > 32:
