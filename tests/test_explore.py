@@ -122,13 +122,6 @@ def test_a_late_joiner_gets_the_current_run_first():
 
 # --- the server over HTTP --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def shapes_pipe():
-    from bridge.models.loading import load_pipeline
-
-    return load_pipeline()[0]
-
-
-@pytest.fixture(scope="module")
 def concepts(shapes_pipe, tmp_path_factory):
     """A head-weights folder as `stepx serve --concepts` reads it: one JSON file per concept."""
     import json

@@ -50,13 +50,6 @@ def shots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shapes_pipe():
-    from bridge.models.loading import load_pipeline
-
-    return load_pipeline()[0]
-
-
-@pytest.fixture(scope="module")
 def explorer(shapes_pipe, tmp_path_factory):
     """A real server (uvicorn, free port) whose engine already holds the embedded model, with one
     head-relevance concept (a head-weights JSON file, as `--concepts DIR` reads them)."""
