@@ -12,13 +12,18 @@ import pytest
 
 pytest.importorskip("starlette", reason="the explorer extra (starlette, uvicorn) is not installed")
 
-from bridge.explore.live import LiveHub, _Client, packet_kind  # noqa: E402
-from bridge.explore.regions import RegionError, parse_indices, parse_points, query_from_request  # noqa: E402
-from bridge.explore.runs import GLOBAL, InspectRun, runs_from_trace, scaled  # noqa: E402
-from bridge.packet import Packet  # noqa: E402
-from bridge.transport.wire import encode  # noqa: E402
+from explore_helpers import call, record_trace
 
-from explore_helpers import call, record_trace  # noqa: E402
+from bridge.explore.live import LiveHub, _Client, packet_kind
+from bridge.explore.regions import (
+    RegionError,
+    parse_indices,
+    parse_points,
+    query_from_request,
+)
+from bridge.explore.runs import GLOBAL, InspectRun, runs_from_trace, scaled
+from bridge.packet import Packet
+from bridge.transport.wire import encode
 
 
 # --- regions (pure) ----------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("starlette", reason="the explorer extra (starlette, uvicorn) is not installed")
 
-from explore_helpers import call, record_trace  # noqa: E402
+from explore_helpers import call, record_trace
 
-from bridge.transport.wire import decode  # noqa: E402
+from bridge.transport.wire import decode
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--open", action="store_true", help="open the page in the default web browser")
 
 
-def explorer_from_args(args: argparse.Namespace, live_source: str = "") -> "object":
+def explorer_from_args(args: argparse.Namespace, live_source: str = "") -> object:
     """The app state the options ask for, with the given traces already open."""
     from bridge.explore.app import Explorer
     from bridge.explore.engine import Engine

@@ -88,7 +88,7 @@ def find(run: Any, engine: Any, text: str | None) -> dict[str, Any]:
     objects = _objects()
     ev = evidence(run, engine)
     found = objects.annotate(ev, text)
-    from bridge.analysis.objects.visualise import render  # noqa: PLC0415 (same package, optional)
+    from bridge.analysis.objects.visualise import render
 
     image = ev.image if ev.image is not None else np.full((*ev.size, 3), 128, np.uint8)
     buf = io.BytesIO()
@@ -104,7 +104,7 @@ def find(run: Any, engine: Any, text: str | None) -> dict[str, Any]:
 
 def coco(run: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
     """The COCO document of one image, written by the TITAN dataset's own writer (one format)."""
-    from bridge.analysis.objects.dataset import TitanDataset  # noqa: PLC0415
+    from bridge.analysis.objects.dataset import TitanDataset
 
     h, w = run.canvas()
     record = {"image": {"id": 1, "file_name": "final.png", "width": int(w), "height": int(h), "prompt": run.header.get("prompt"),

@@ -17,8 +17,9 @@ import json
 import logging
 import tempfile
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
@@ -104,7 +105,7 @@ def guarded(fn: Callable[[Explorer, Request], Awaitable[Response]]) -> Callable[
             return _error(501, str(exc))
         except (ValueError, CaptureError, OSError, ImportError) as exc:  # OSError: a model path or hub id that does not load
             return _error(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        except Exception as exc:  # noqa: BLE001 (the server must keep serving)
+        except Exception as exc:
             log.exception("explorer request %s failed", request.url.path)
             return _error(500, f"{type(exc).__name__}: {exc}")
 
@@ -240,10 +241,14 @@ async def open_trace(ex: Explorer, request: Request) -> Response:
         raise ValueError(f"{name} is {size / 1e9:.1f} GB; the explorer opens traces up to {MAX_TRACE_BYTES / 1e9:.0f} GB")
     with tempfile.TemporaryDirectory(prefix="stepx-trace-") as d:
         path = Path(d) / name
-        with open(path, "wb") as f:
+        received = 0
+        with path.open("wb") as f:  # local disk, a chunk at a time
             async for chunk in request.stream():
+                received += len(chunk)
+                if received > MAX_TRACE_BYTES:
+                    raise ValueError(f"{name} is over {MAX_TRACE_BYTES / 1e9:.0f} GB, the most the explorer opens")
                 f.write(chunk)
-        if path.stat().st_size == 0:
+        if received == 0:
             raise ValueError(f"{name} is empty: choose a .stepx trace recorded by stepx record or stepx serve --record")
         try:
             runs = await run_in_threadpool(runs_from_trace, path)
@@ -306,7 +311,7 @@ async def live_status(ex: Explorer, request: Request) -> Response:
 def create_app(explorer: Explorer | None = None) -> Starlette:
     """The ASGI app; ``app.state.explorer`` is its state."""
     ex = explorer or Explorer()
-    bind = lambda fn: functools.partial(fn, ex)  # noqa: E731
+    bind = lambda fn: functools.partial(fn, ex)
     routes = [
         Route("/", bind(index)),
         Route("/api/info", bind(info)),

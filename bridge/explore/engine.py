@@ -50,7 +50,7 @@ class GenerateRequest:
     height: int | None = None
 
     @classmethod
-    def checked(cls, body: dict[str, Any]) -> "GenerateRequest":
+    def checked(cls, body: dict[str, Any]) -> GenerateRequest:
         """From the page's JSON; a bad value raises ValueError naming it and the allowed range."""
         prompt = str(body.get("prompt") or "").strip()
         if not prompt:
@@ -62,7 +62,7 @@ class GenerateRequest:
             guidance = float(body.get("guidance", 7.5))
         except (TypeError, ValueError):
             raise ValueError(f"guidance must be a number, got {body.get('guidance')!r}") from None
-        if guidance != guidance:
+        if math.isnan(guidance):
             raise ValueError("guidance must be a number, got NaN")
         if not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be 1-{MAX_STEPS}, got {steps}")
@@ -247,10 +247,17 @@ class Engine:
                 raise ValueError(f"these head weights do not fit {req.model}: unknown layers {', '.join(unknown[:3]) or '(none given)'}; "
                                  f"its cross-attention layers are {', '.join(list(layers)[:3])}, …")
             for name, w in weights.items():
-                last: list[torch.Tensor] = []
-                cfg = CaptureConfig(keep_frames=False, head_weights=w)
-                with torch.inference_mode(), Capture(pipe, cfg, lambda f, r: last.__setitem__(slice(None), [r.tokens(0).word_maps(f.cross[0])])):
-                    pipe(**self._kwargs(req))
-                maps = last[0].float().cpu().numpy()  # [words, H, W]
+                maps = self._last_word_maps(pipe, req, CaptureConfig(keep_frames=False, head_weights=w))  # [words, H, W]
                 out[name] = scaled(maps.sum(0) if index is None else maps[index])
         return out
+
+    def _last_word_maps(self, pipe: Any, req: GenerateRequest, config: CaptureConfig) -> np.ndarray:
+        """``[words, H, W]`` word maps of the request's last step under ``config`` (lock held)."""
+        last: list[np.ndarray] = []
+
+        def keep(frame: Any, run: Any) -> None:
+            last[:] = [run.tokens(0).word_maps(frame.cross[0]).float().cpu().numpy()]
+
+        with torch.inference_mode(), Capture(pipe, config, keep):
+            pipe(**self._kwargs(req))
+        return last[0]

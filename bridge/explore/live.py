@@ -19,7 +19,9 @@ import threading
 from collections import deque
 from typing import Any
 
-from bridge.fanout import KEEP_KINDS as KEEP  # the fan-out's rule: these are never replaced by newer frames
+from bridge.fanout import (
+    KEEP_KINDS as KEEP,  # the fan-out's rule: these are never replaced by newer frames
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import io
 import tempfile
 import threading
 import uuid
-import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -219,7 +219,3 @@ def runs_from_trace(path: str | Path) -> list[InspectRun]:
         raise ValueError(f"{Path(path).name} holds no run with step maps to inspect")
     return runs
 
-
-def zip_names(data: bytes) -> list[str]:
-    with zipfile.ZipFile(io.BytesIO(data)) as z:
-        return z.namelist()

@@ -52,7 +52,7 @@ class BackgroundServer:
         self.host = host
         self.port = port
 
-    def start(self, timeout: float = 20.0) -> "BackgroundServer":
+    def start(self, timeout: float = 20.0) -> BackgroundServer:
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
