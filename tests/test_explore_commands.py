@@ -54,22 +54,46 @@ def stop(proc: subprocess.Popen) -> int:
             proc.kill()
 
 
-def test_explore_opens_traces_given_on_the_command_line(sd_pipe, tmp_path):
+@pytest.mark.slow
+def test_explore_opens_traces_and_follows_a_publisher(sd_pipe, tmp_path):
+    """``stepx explore TRACE --live ENDPOINT``: the trace is open in the page, and what a StepX
+    publisher sends reaches the Live WebSocket as it was sent."""
+    from websockets.sync.client import connect
+
+    from bridge.packet import Packet
+    from bridge.transport.wire import encode
+    from bridge.transport.zmq_pub import ZmqPublisher
+
     trace = record_trace(sd_pipe, tmp_path / "a.stepx", "a red circle", steps=3)
-    proc, url = start(["explore", str(trace), "--port", "0"])
+    port = free_port()
+    pub = ZmqPublisher(f"tcp://127.0.0.1:{port}")
+    proc, url = start(["explore", str(trace), "--port", "0", "--live", f"tcp://127.0.0.1:{port}"])
     try:
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/")
         status, info = call(url + "api/info")
         (run,) = info["runs"]
         assert status == 200 and run["source"] == "trace" and run["words"] == ["Global", "a", "red", "circle"]
+        assert info["live"] == f"tcp://127.0.0.1:{port}"
         status, png = call(url + f"api/runs/{run['id']}/overlay.png?word=red&step=2")
         assert status == 200 and png[:4] == b"\x89PNG"
+        sent = encode(Packet("run", {"run_id": "live1", "prompt": "a blue square", "words": ["a", "blue", "square"]}), "float16")
+        with connect(url.replace("http", "ws") + "ws/live", open_timeout=20) as ws:
+            got = None
+            deadline = time.monotonic() + 30
+            while got is None and time.monotonic() < deadline:  # a SUB socket joins late: publish until it hears
+                pub.send_bytes(sent)
+                try:
+                    got = ws.recv(timeout=0.3)
+                except TimeoutError:
+                    pass
+        assert got == sent
     finally:
+        pub.close()
         assert stop(proc) == 0
 
 
 def test_explore_refuses_a_network_address_unless_asked():
-    out = subprocess.run([sys.executable, "-m", "bridge.cli", "explore", "--host", "0.0.0.0", "--port", "0"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "bridge.cli", "explore", "--host", "0.0.0.0", "--port", "0"], check=False, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--allow-remote" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 

@@ -363,7 +363,13 @@ const Live = {
     const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/live`);
     ws.binaryType = "arraybuffer";
     this.socket = ws;
-    ws.onopen = () => { this.retry = 500; say($("#live-conn"), `connected${state.info && state.info.live ? " to " + state.info.live : ""}; waiting for packets`, "ok"); document.body.dataset.live = "open"; };
+    ws.onopen = () => {
+      this.retry = 500;
+      document.body.dataset.live = "open";
+      const source = state.info && state.info.live;
+      say($("#live-conn"), source ? `connected to ${source}; waiting for packets`
+        : "connected, but this explorer follows no stream: run `stepx serve --explore`, or `stepx explore --live` beside a running `stepx serve`", source ? "ok" : "");
+    };
     ws.onclose = () => {
       document.body.dataset.live = "closed";
       say($("#live-conn"), "disconnected; reconnecting…", "error");
