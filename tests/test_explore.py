@@ -300,3 +300,12 @@ def test_every_region_kind_answers_with_early_mid_late(server, shapes_pipe):
         shapes_pipe("a red circle above a blue square", num_inference_steps=5, generator=torch.Generator().manual_seed(9), output_type="latent")
     want = np.stack([f.self_maps["region"][0].numpy() for f in cap.last_run.frames])
     np.testing.assert_allclose(got, want / want.max(axis=(1, 2), keepdims=True), atol=1e-5)
+
+
+def test_an_explorer_open_to_the_network_loads_only_its_listed_models():
+    from bridge.explore.engine import Engine, GenerateRequest
+
+    engine = Engine(device="cpu", allowed=["tiny"])
+    assert engine.allowed == ["shapes", "tiny"]
+    with pytest.raises(ValueError, match=r"loads only shapes, tiny \(its --model options\), not '/etc/model.ckpt'"):
+        engine.generate(GenerateRequest.checked({"prompt": "a red circle", "model": "/etc/model.ckpt"}))

@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="follow a running `stepx serve` in the Live tab through its ZeroMQ stream "
                         f"(default endpoint {DEFAULT_SUB_ENDPOINT})")
     p.add_argument("--concepts", default=None, metavar="DIR", help="folder of head-weight JSON files, one per concept (Head relevance tab)")
+    p.add_argument("--model", action="append", default=None, metavar="MODEL",
+                   help="a model the page offers (repeatable; 'shapes' is always offered). On 127.0.0.1 the page may "
+                        "also type any model the loader takes; with --allow-remote only these load")
     p.add_argument("--device", default="auto", help="device for models loaded by Generate: auto, cpu, cuda, mps")
     p.add_argument("--dtype", default="auto", help="auto (float16 on cuda, else float32), float32, float16, bfloat16")
     p.add_argument("--open", action="store_true", help="open the page in the default web browser")
@@ -33,8 +36,9 @@ def explorer_from_args(args: argparse.Namespace, live_source: str = "") -> objec
     from bridge.explore.engine import Engine
     from bridge.explore.runs import runs_from_trace
 
-    ex = Explorer(Engine(args.device, None if args.dtype == "auto" else args.dtype), concepts_dir=args.concepts,
-                  live_source=live_source)
+    allowed = list(args.model or []) if args.allow_remote else None
+    ex = Explorer(Engine(args.device, None if args.dtype == "auto" else args.dtype, allowed=allowed), concepts_dir=args.concepts,
+                  live_source=live_source, models=["shapes", *(m for m in args.model or [] if m != "shapes")])
     for path in args.traces:
         for run in runs_from_trace(path):
             ex.add(run)

@@ -51,12 +51,13 @@ class Explorer:
     """The app's state: the engine, the runs open in the page, the live hub, head-weight concepts."""
 
     def __init__(self, engine: Engine | None = None, hub: LiveHub | None = None, concepts_dir: str | None = None,
-                 live_source: str = "") -> None:
+                 live_source: str = "", models: list[str] | None = None) -> None:
         self.engine = engine or Engine()
         self.hub = hub or LiveHub()
         self.runs: OrderedDict[str, InspectRun] = OrderedDict()
         self.concepts_dir = Path(concepts_dir) if concepts_dir else None
         self.live_source = live_source
+        self.models = models or ["shapes"]  # what the page's model field offers
 
     def add(self, run: InspectRun) -> InspectRun:
         self.runs[run.id] = run
@@ -158,6 +159,7 @@ async def index(ex: Explorer, request: Request) -> Response:
 @guarded
 async def info(ex: Explorer, request: Request) -> Response:
     return JSONResponse({"analysis": analysis.status(), "concepts": ex.concepts(), "live": ex.live_source,
+                         "models": ex.models, "any_model": ex.engine.allowed is None,
                          "colormap": COLORMAP, "phases": list(PHASE_NAMES),
                          "global": "Global is DAAM's global heat map: the sum of every word's map, scaled to its maximum",
                          "runs": [r.summary() for r in ex.runs.values()]})

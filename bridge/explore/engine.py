@@ -94,10 +94,14 @@ def _whole(body: dict[str, Any], key: str, default: int | None) -> Any:
 class Engine:
     """Loaded models (most recent ``keep_models``) and the generations made with them."""
 
-    def __init__(self, device: str = "auto", dtype: str | None = None, keep_models: int = 1, refuse: str | None = None) -> None:
+    def __init__(self, device: str = "auto", dtype: str | None = None, keep_models: int = 1, refuse: str | None = None,
+                 allowed: list[str] | None = None) -> None:
         """``refuse``: generation is off, and this says why (the explorer of ``stepx serve``
-        leaves the model to the show)."""
+        leaves the model to the show). ``allowed``: the only models the page may load (None: any
+        the loader takes; an explorer open to the network lists them, so nobody can make the
+        server load an arbitrary file)."""
         self.device, self.dtype, self.keep_models, self.refuse = device, dtype, keep_models, refuse
+        self.allowed = None if allowed is None else ["shapes", *[m for m in allowed if m != "shapes"]]
         self._models: OrderedDict[str, tuple[Any, str]] = OrderedDict()
         self._lock = threading.Lock()
         self._requests: dict[str, GenerateRequest] = {}
@@ -107,6 +111,8 @@ class Engine:
     def pipe(self, model: str) -> tuple[Any, str]:
         """The pipeline of ``model`` (loaded on first use; call with the lock held)."""
         key = "shapes" if model in ("", "shapes") else model
+        if self.allowed is not None and key not in self.allowed:
+            raise ValueError(f"this explorer loads only {', '.join(self.allowed)} (its --model options), not {model!r}")
         got = self._models.get(key)
         if got is None:
             from bridge.models.loading import load_pipeline

@@ -472,6 +472,10 @@ $$("#tabs button").forEach(b => b.addEventListener("click", () => showTab(b.data
   try {
     state.info = await api("/api/info").then(r => r.json());
     state.colormap = state.info.colormap;
+    const models = $("#models");
+    models.innerHTML = "";
+    state.info.models.forEach(m => models.appendChild(new Option(m, m)));
+    if (!state.info.any_model) $("#gen-model").title = "this explorer loads only: " + state.info.models.join(", ");
     const opened = state.info.runs.filter(r => r.source === "trace");
     if (opened.length) {
       Traces.runs = opened;
