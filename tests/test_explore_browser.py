@@ -38,7 +38,7 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
                 allow_module_level=True)
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--window-size=1400,1000")
+         "--disable-component-update", "--disable-sync", "--window-size=1400,1150")
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +194,10 @@ def test_generate_inspect_regions_and_export(browser, explorer, shots, downloads
     assert data(d, "#rg-results", "state") == "ready", d.find_element(By.ID, "rg-status").text
     captions = [e.text for e in d.find_elements(By.CSS_SELECTOR, "#rg-results figcaption")]
     assert [c.split()[0] for c in captions] == ["early", "mid", "late"]
+    wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#rg-results canvas.answer")) == 3, 20, "the box drawn on the answers")
+    answer = canvas(d, "#rg-results canvas.answer")
+    edge = answer[y0 - 1 : y0 + 2, x0 + 3 : x1 - 3].astype(int)  # [3, w, 3] rows around the box's top edge
+    assert (np.abs(edge - [0x35, 0xE0, 0xFF]).sum(2).min(0) < 60).mean() > 0.8  # drawn in the outline colour
     d.save_screenshot(str(shots / "explorer_regions.png"))
 
     # a polygon of two points and a pixel out of range: a clear line in the page, and it keeps working

@@ -213,6 +213,24 @@ const Regions = {
     }
     if (this.point) { g.beginPath(); g.arc(this.point[0], this.point[1], 4, 0, 7); g.fill(); }
   },
+  async outline(fig, body) {  // the queried region drawn over an answer, in the image's own pixels
+    const img = $("img", fig), run = state.generated;
+    await img.decode();
+    const c = document.createElement("canvas");
+    c.width = run.width; c.height = run.height; c.className = "answer";
+    const g = c.getContext("2d");
+    g.drawImage(img, 0, 0, c.width, c.height);
+    g.lineWidth = Math.max(2, run.width / 128); g.strokeStyle = "#35e0ff"; g.fillStyle = "#35e0ff";
+    if (body.kind === "box") g.strokeRect(body.x0, body.y0, body.x1 - body.x0, body.y1 - body.y0);
+    if (body.kind === "pixel" || body.kind === "diffused") { g.beginPath(); g.arc(body.x, body.y, 2 * g.lineWidth, 0, 7); g.fill(); }
+    if (body.kind === "polygon") {
+      const pts = body.spec.trim().split(/[\s,;]+/).map(Number);
+      g.beginPath();
+      for (let i = 0; i + 1 < pts.length; i += 2) i ? g.lineTo(pts[i], pts[i + 1]) : g.moveTo(pts[i], pts[i + 1]);
+      g.closePath(); g.stroke();
+    }
+    img.replaceWith(c);
+  },
   async ask(body) {
     const run = state.generated;
     const status = $("#rg-status"), out = $("#rg-results");
@@ -223,7 +241,9 @@ const Regions = {
       const ans = await postJSON(`/api/runs/${run.id}/region`, body);
       out.innerHTML = "";
       for (const [name, s] of Object.entries(ans.stages)) {
-        out.appendChild(figure(s.overlay, `${name} (step ${s.step})`));
+        const fig = figure(s.overlay, `${name} (step ${s.step})`);
+        out.appendChild(fig);
+        this.outline(fig, body);
       }
       say(status, `${ans.query} query over ${ans.cells} of ${ans.grid[0] * ans.grid[1]} grid cells: early, mid and late steps side by side.`, "ok");
       out.dataset.state = "ready";
