@@ -22,8 +22,8 @@ from bridge.explore.regions import (
     query_from_request,
 )
 from bridge.explore.runs import GLOBAL, InspectRun, runs_from_trace, scaled
-from bridge.packet import Packet
-from bridge.transport.wire import encode
+from bridge.protocol import Packet
+from bridge.protocol import encode
 
 
 # --- regions (pure) ----------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_a_late_joiner_gets_the_current_run_first():
 
     ws = FakeSocket()
     asyncio.run(asyncio.wait_for(hub.serve(ws), 5))
-    from bridge.transport.wire import decode
+    from bridge.protocol import decode
 
     assert [decode(d).kind for d in ws.sent] == ["run", "step"] and decode(ws.sent[1]).step == 1
     assert hub.clients == 0  # gone once closed

@@ -256,7 +256,7 @@ def test_generate_inspect_regions_and_export(browser, explorer, shots, downloads
 
 def test_live_follows_a_run_in_two_tabs_and_a_closed_tab_leaks_nothing(browser, explorer, shapes_pipe, shots):
     from bridge.explore.live import LiveSink
-    from bridge.fanout import FanOut
+    from bridge.stream.fanout import FanOut
     from bridge.runner import Request, Runner
 
     ex, srv = explorer
@@ -326,8 +326,8 @@ def test_traces_open_in_the_page(browser, explorer, shapes_pipe, shots, tmp_path
 @pytest.mark.parametrize("encoding", ["float32", "float16", "uint8"])
 def test_the_page_decodes_the_wire_format_as_python_encodes_it(browser, explorer, encoding):
     """static/wire.js against bridge's encoder: every float encoding, a uint8 image, the header."""
-    from bridge.packet import Packet
-    from bridge.transport.wire import encode
+    from bridge.protocol import Packet
+    from bridge.protocol import encode
 
     ex, srv = explorer
     d = browser

@@ -18,7 +18,7 @@ pytest.importorskip("starlette", reason="the explorer extra (starlette, uvicorn)
 
 from explore_helpers import call, record_trace
 
-from bridge.transport.wire import decode
+from bridge.protocol import decode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,8 +60,8 @@ def test_explore_opens_traces_and_follows_a_publisher(sd_pipe, tmp_path):
     publisher sends reaches the Live WebSocket as it was sent."""
     from websockets.sync.client import connect
 
-    from bridge.packet import Packet
-    from bridge.transport.wire import encode
+    from bridge.protocol import Packet
+    from bridge.protocol import encode
     from bridge.transport.zmq_pub import ZmqPublisher
 
     trace = record_trace(sd_pipe, tmp_path / "a.stepx", "a red circle", steps=3)

@@ -6,16 +6,15 @@ import argparse
 import json
 import logging
 
+from bridge.explore.server import DEFAULT_PORT
+from bridge.protocol import DEFAULT_HOST
 from bridge.transport.zmq_sub import DEFAULT_SUB_ENDPOINT
 
 log = logging.getLogger("stepx.explore")
 
-DEFAULT_PORT = 8765
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("traces", nargs="*", help=".stepx traces to open at start (more can be opened in the page)")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to serve on (default {DEFAULT_HOST}: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
     p.add_argument("--allow-remote", action="store_true", help="allow a --host other machines can reach")
     p.add_argument("--live", nargs="?", const=DEFAULT_SUB_ENDPOINT, default=None, metavar="ENDPOINT",

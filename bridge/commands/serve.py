@@ -40,8 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--no-idle-replay", action="store_true", help="do not loop the last run while idle")
     i.add_argument("--replay-fps", type=float, default=10.0, help="frame rate of the idle replay")
     i.add_argument("--concepts", default=None, help="folder of head-weight JSON files, one per concept name")
-    i.add_argument("--explore", nargs="?", const="127.0.0.1:8765", default=None, metavar="HOST:PORT",
-                   help="also serve the browser explorer (default 127.0.0.1:8765): its Live tab follows this daemon step by step")
+    from bridge.explore.server import DEFAULT_PORT as EXPLORER_PORT
+
+    i.add_argument("--explore", nargs="?", const=f"{DEFAULT_HOST}:{EXPLORER_PORT}", default=None, metavar="HOST:PORT",
+                   help=f"also serve the browser explorer (default {DEFAULT_HOST}:{EXPLORER_PORT}): its Live tab follows this daemon step by step")
     i.add_argument("--run-for", type=float, default=None, help="stop after this many seconds (tests, timed shows)")
 
 
@@ -75,7 +77,7 @@ def start_explorer(args: argparse.Namespace, outputs_in_child: bool) -> _Explore
         from bridge.explore.server import BackgroundServer, address
     except ImportError as exc:
         raise ImportError(f"--explore needs the explorer extra: pip install 'stepx-bridge[explorer]' ({exc})") from None
-    from bridge.sinks import DEFAULT_ZMQ
+    from bridge.stream.sinks import DEFAULT_ZMQ
 
     host, port = address(args.explore, args.allow_remote)
     hub = LiveHub()

@@ -19,13 +19,10 @@ import threading
 from collections import deque
 from typing import Any
 
-from bridge.fanout import (
-    KEEP_KINDS as KEEP,  # the fan-out's rule: these are never replaced by newer frames
-)
+from bridge.protocol import KEEP_KINDS as KEEP  # kinds a newer frame never replaces (the protocol's rule)
+from bridge.stream.fanout import SinkBase
 
 log = logging.getLogger(__name__)
-
-
 
 def packet_kind(data: bytes) -> str:
     """The kind in a wire message's topic (``stepx/step`` → ``step``); '' if there is none."""
@@ -138,8 +135,9 @@ class LiveHub:
             return
 
 
-class LiveSink:
-    """A fan-out sink (``bridge.fanout.Sink``) that hands each encoded packet to a hub."""
+class LiveSink(SinkBase):
+    """A fan-out sink (the ``Sink`` protocol of ``bridge.stream.fanout``) that hands each encoded
+    packet to a hub."""
 
     name = "explorer"
     encoding = "float32"

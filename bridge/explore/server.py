@@ -10,7 +10,12 @@ import threading
 import time
 from typing import Any
 
+from bridge.protocol import DEFAULT_HOST
+
 log = logging.getLogger(__name__)
+
+#: where ``stepx explore`` and ``stepx serve --explore`` serve the page unless told otherwise (on DEFAULT_HOST)
+DEFAULT_PORT = 8765
 
 
 def check_host(host: str, allow_remote: bool) -> str:
@@ -28,7 +33,7 @@ def check_host(host: str, allow_remote: bool) -> str:
 def address(text: str, allow_remote: bool) -> tuple[str, int]:
     """``HOST:PORT`` (or ``PORT``: on 127.0.0.1) of the explorer; port 0 = any free port."""
     host, sep, port = text.rpartition(":")
-    host = (host.strip("[]") if sep else "") or "127.0.0.1"
+    host = (host.strip("[]") if sep else "") or DEFAULT_HOST
     try:
         number = int(port)
         if not 0 <= number < 65536:
@@ -41,7 +46,7 @@ def address(text: str, allow_remote: bool) -> tuple[str, int]:
 class BackgroundServer:
     """uvicorn serving ``app`` on a daemon thread; ``url`` once started (port 0 = any free port)."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: Any, host: str = DEFAULT_HOST, port: int = 0) -> None:
         import uvicorn
 
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", ws="auto",
