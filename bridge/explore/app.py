@@ -32,7 +32,7 @@ from starlette.websockets import WebSocket
 
 from bridge.capture import CaptureError, load_head_weights
 from bridge.export import heat_rgb
-from bridge.phases import PHASE_NAMES
+from bridge.protocol import PHASE_NAMES
 
 from . import analysis
 from .engine import Engine, GenerateRequest
