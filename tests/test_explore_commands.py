@@ -123,3 +123,34 @@ def test_serve_explore_streams_every_step_to_a_websocket(sink_process="off"):
         assert status == 400 and "belongs to `stepx serve`" in answer["error"]
     finally:
         assert stop(proc) == 0
+
+
+def test_serve_explore_with_a_sink_process_follows_the_daemons_zeromq_stream():
+    """With the outputs in the sink process, the explorer subscribes to the daemon's ZeroMQ stream
+    (asked for if no --zmq was given); here the daemon's publisher is a real PUB socket."""
+    import argparse
+
+    from bridge.commands.serve import start_explorer
+    from bridge.protocol import Packet, encode
+    from bridge.transport.zmq_pub import ZmqPublisher
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    args = argparse.Namespace(explore="127.0.0.1:0", allow_remote=False, zmq=endpoint, concepts=None)
+    explorer = start_explorer(args, outputs_in_child=True)
+    pub = ZmqPublisher(endpoint)
+    try:
+        assert explorer.sink is None and explorer.feed is not None
+        hub = explorer.server.server.config.app.state.explorer.hub
+        deadline = time.monotonic() + 20
+        while hub.received == 0 and time.monotonic() < deadline:
+            pub.send_bytes(encode(Packet("run", {"run_id": "r"})))
+            time.sleep(0.05)
+        assert hub.received > 0
+        status, live = call(explorer.server.url + "api/live")
+        assert status == 200 and live["source"] == endpoint
+    finally:
+        pub.close()
+        explorer.close()
+    bad = argparse.Namespace(explore="0.0.0.0:0", allow_remote=False, zmq=None, concepts=None)
+    with pytest.raises(ValueError, match="--allow-remote"):
+        start_explorer(bad, outputs_in_child=False)
