@@ -50,18 +50,16 @@ def shots(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def explorer(shapes_pipe, tmp_path_factory):
-    """A real server (uvicorn, free port) whose engine already holds the embedded model, with one
-    head-relevance concept (a head-weights JSON file, as `--concepts DIR` reads them)."""
-    import json
-
-    from bridge.capture import Capture
+    """A real server (uvicorn, free port) whose engine already holds the embedded model, with the
+    head-relevance concepts `stepx relevance` writes for it (a short run: 3 generations)."""
+    from bridge.cli import main
     from bridge.explore.app import Explorer, create_app
     from bridge.explore.engine import Engine
     from bridge.explore.server import BackgroundServer
 
     concepts = tmp_path_factory.mktemp("concepts")
-    rng = np.random.default_rng(1)
-    (concepts / "shape.json").write_text(json.dumps({l.name: rng.random(l.heads).tolist() for l in Capture(shapes_pipe).cross_layers}))
+    assert main(["relevance", "--concepts", "shapes", "--runs", "3", "--steps", "5", "-o", str(concepts), "--device", "cpu",
+                 "--workers", "0", "--threads", "1"]) == 0
     engine = Engine(device="cpu")
     engine._models["shapes"] = (shapes_pipe, "stepx-shapes")
     ex = Explorer(engine, concepts_dir=str(concepts))
@@ -226,6 +224,8 @@ def test_generate_inspect_regions_and_export(browser, explorer, shots, downloads
     assert status == 400 and "choose one of: Global" in answer["error"]
 
     tab(d, "heads")
+    assert [o.text for o in Select(d.find_element(By.ID, "heads-concept")).options] == ["background", "colour", "position", "shape", "size"]
+    Select(d.find_element(By.ID, "heads-concept")).select_by_value("shape")
     Select(d.find_element(By.ID, "heads-word")).select_by_value("circle")
     k = d.find_element(By.ID, "heads-k")
     k.clear()
