@@ -83,11 +83,21 @@ def evidence(run: Any, engine: Any) -> Any:
 
 
 def find(run: Any, engine: Any, text: str | None) -> dict[str, Any]:
-    """Objects of ``text`` (TITAN: None = the whole prompt) in ``run``: the picture with masks and
+    """Objects in ``run``: TITAN (``text`` None) finds every object of the prompt (``annotate``);
+    text-guided detection finds the one a phrase of prompt words names, noun last as written
+    ("red circle": ``detect_words(["circle", "red"])``). Returns the picture with masks and
     boxes, one record per instance, and the COCO document of this image."""
     objects = _objects()
+    words = text.split() if text is not None else []
+    if text is not None and not words:
+        raise ValueError("type what to find, with words of the prompt (e.g. red circle)")
     ev = evidence(run, engine)
-    found = objects.annotate(ev, text)
+    if text is None:
+        found = objects.annotate(ev)
+    elif getattr(objects, "detect_words", None) is not None:
+        found = objects.detect_words(ev, [words[-1], *words[:-1]])
+    else:  # an older package: its prompt handler reads the phrase
+        found = objects.annotate(ev, text)
     from bridge.analysis.objects.visualise import render
 
     image = ev.image if ev.image is not None else np.full((*ev.size, 3), 128, np.uint8)
