@@ -161,9 +161,10 @@ def test_bad_input_gets_one_line_and_the_server_keeps_serving(server, tmp_path):
     rid = run["id"]
     bad = [
         (u + "api/generate", {"prompt": "a red circle " * 12, "steps": 2}, 400, "32"),
-        (u + "api/generate", {"prompt": "  ", "steps": 2}, 400, "prompt is empty"),
-        (u + "api/generate", {"prompt": "a circle", "steps": 0}, 400, "steps must be 1-200"),
-        (u + "api/generate", {"prompt": "a circle", "seed": 2.5}, 400, "seed must be a whole number"),
+        (u + "api/generate", {"prompt": "  ", "steps": 2}, 400, "'prompt' must not be empty"),
+        (u + "api/generate", {"prompt": "a circle", "steps": 0}, 400, "'steps' = 0 is out of range"),
+        (u + "api/generate", {"prompt": "a circle", "seed": 2.5}, 400, "'seed' must be an integer"),
+        (u + "api/generate", {"prompt": "a circle", "focus": ["circle"]}, 400, "takes no 'focus'"),
         (u + "api/generate", {"prompt": "a circle", "model": str(tmp_path / "no-model")}, 400, "cannot load the model"),
         (u + "api/generate", [1, 2], 400, "must be a JSON object"),
         (u + f"api/runs/{rid}/region", {"kind": "polygon", "spec": "1,1 9,9"}, 400, "at least 3 points"),

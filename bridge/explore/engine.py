@@ -13,7 +13,6 @@ One lock serialises the model: a diffusers pipeline is not re-entrant.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,12 +33,13 @@ log = logging.getLogger(__name__)
 
 #: where the page's early / mid / late columns sit, as fractions of the run (0 = first step, 1 = last)
 STAGES = {"early": 0.15, "mid": 0.5, "late": 1.0}
-MAX_STEPS = 200
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """What the Generate button sends (checked by :meth:`checked`)."""
+    """What the Generate button sends: a generation (checked by the one request schema,
+    ``bridge.request``) and the model to load. The seed is always set (a random one if none was
+    given), so the run can be generated again for region queries."""
 
     prompt: str
     model: str = "shapes"
@@ -48,47 +48,21 @@ class GenerateRequest:
     guidance: float = 7.5
     width: int | None = None
     height: int | None = None
+    negative_prompt: str = ""
 
     @classmethod
-    def checked(cls, body: dict[str, Any]) -> GenerateRequest:
-        """From the page's JSON; a bad value raises ValueError naming it and the allowed range."""
-        prompt = str(body.get("prompt") or "").strip()
-        if not prompt:
-            raise ValueError("the prompt is empty; type what to draw")
-        seed, steps = _whole(body, "seed", 0), _whole(body, "steps", 20)
-        width = _whole(body, "width", None) if body.get("width") else None
-        height = _whole(body, "height", None) if body.get("height") else None
-        try:
-            guidance = float(body.get("guidance", 7.5))
-        except (TypeError, ValueError):
-            raise ValueError(f"guidance must be a number, got {body.get('guidance')!r}") from None
-        if math.isnan(guidance):
-            raise ValueError("guidance must be a number, got NaN")
-        if not 1 <= steps <= MAX_STEPS:
-            raise ValueError(f"steps must be 1-{MAX_STEPS}, got {steps}")
-        if not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be 0 or more, got {seed}")
-        if not 0.0 <= guidance <= 50.0:
-            raise ValueError(f"guidance must be 0-50, got {guidance}")
-        for name, v in (("width", width), ("height", height)):
-            if v is not None and (v < 64 or v > 2048 or v % 8):
-                raise ValueError(f"{name} must be a multiple of 8 in 64-2048, got {v}")
+    def checked(cls, body: Any) -> "GenerateRequest":
+        """From the page's JSON; a bad value raises ValueError (the schema's SchemaError) naming it
+        and the allowed range."""
+        from bridge.request import parse_generate
+
+        params = parse_generate(body, allowed_extra=("model",))  # the same rules as every other door
+        for unused in ("focus", "concept", "head_weights", "phase_boundaries"):
+            if getattr(params, unused):
+                raise ValueError(f"the explorer's Generate takes no {unused!r}; inspect any word after generating")
         model = str(body.get("model") or "shapes").strip() or "shapes"
-        return cls(prompt, model, seed, steps, guidance, width, height)
-
-
-def _whole(body: dict[str, Any], key: str, default: int | None) -> Any:
-    """``body[key]`` as an int; a fraction, text or a bool is refused with its name."""
-    value = body.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)) and value is not None:
-        raise ValueError(f"{key} must be a whole number, got {value!r}")
-    try:
-        number = float(value) if value is not None else None
-    except ValueError:
-        raise ValueError(f"{key} must be a whole number, got {value!r}") from None
-    if number is None or not math.isfinite(number) or number != int(number):
-        raise ValueError(f"{key} must be a whole number, got {value!r}")
-    return int(number)
+        seed = params.seed if params.seed is not None else int(np.random.default_rng().integers(0, 2**32))
+        return cls(params.prompt, model, seed, params.steps, params.guidance, params.width, params.height, params.negative_prompt)
 
 
 class Engine:
@@ -184,6 +158,8 @@ class Engine:
             kw["width"] = req.width
         if req.height:
             kw["height"] = req.height
+        if req.negative_prompt:
+            kw["negative_prompt"] = req.negative_prompt
         return kw
 
     # --- DAAM-I2I ------------------------------------------------------------------------------------
