@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("bridge.commands.serve", "run the generation daemon: control in, every step out to the sinks"),
     "replay": ("bridge.commands.replay", "play a recorded trace through the same sinks, no model or GPU needed"),
     "export": ("bridge.commands.export", "export a trace: heat-map PNGs, GIFs, CSV, timeline plots, ZIP"),
+    "explore": ("bridge.commands.explore", "the browser explorer: generate and inspect, regions, live, traces"),
     "preview": ("bridge.commands.preview", "render the stream or a trace with the moderngl preview"),
     "bench": ("bridge.commands.bench", "benchmark capture overhead against plain diffusers in one process"),
     "relevance": ("bridge.commands.relevance", "head relevance vectors: which heads attend to which concept, over random generations"),
