@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "relevance-eval": ("bridge.commands.relevance_eval", "selective aggregation on the shapes world: all vs top-k vs bottom-k heads, ablation over k"),
     "relevance-diagnose": ("bridge.commands.relevance_diagnose", "one word's map under each concept's most relevant heads, side by side (PNG)"),
     "titan": ("bridge.commands.titan", "TITAN: generate (or read traces), find the prompts' objects, write a COCO dataset"),
-    "eval-objects": ("bridge.analysis.objects.evaluate", "score object detection from attention against the shapes world's ground truth"),
+    "eval-objects": ("bridge.commands.eval_objects", "score object detection from attention against the shapes world's ground truth"),
     "eval-shapes": ("bridge.commands.eval_shapes", "evaluate the embedded shapes model: adherence and attention IoU"),
     "train-shapes": ("bridge.commands.train_shapes", "train the embedded shapes model (GPU)"),
     "doctor": ("bridge.commands.doctor", "what this machine can do, and the fix for each thing that is missing"),
