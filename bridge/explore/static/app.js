@@ -421,7 +421,7 @@ const Live = {
       if (this.run && h.run_id !== this.run.run_id) return;
       this.step = p;
       const phase = (state.info && state.info.phases[h.phase]) || "phase " + h.phase;
-      $("#live-step").textContent = `step ${h.step + 1} / ${h.total_steps} · ${phase} phase`;
+      $("#live-step").textContent = `step ${h.step} / ${h.total_steps - 1} · ${phase} phase`;
       this.seen.add(h.step);
       document.body.dataset.liveStep = String(h.step);
       document.body.dataset.liveSeen = String(this.seen.size);
