@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapter_for, build_token_map
+from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapter_for
 from bridge.host import HostSnapshot, OrderedWorker
 from bridge.latent_preview import LinearPreview, decode_full
 from bridge.packet import Packet
@@ -157,7 +157,7 @@ class Runner:
         self._inline = self.deliver == "inline" and getattr(self.publish, "deferred", None) is not None
         self._alive = getattr(self.publish, "alive", None)  # a PacketProcess: is its child up (no restart inline)?
         try:
-            tokens = build_token_map(adapter_for(self.pipe).tokenizer(), req.prompt)
+            tokens = adapter_for(self.pipe).token_map(req.prompt)  # the run's own word map (FLUX: T5 tokens)
             for word in req.focus:
                 tokens.index(word)  # a bad focus word fails before any compute, listing the words
             cap_cfg = self._capture_config(req)
@@ -205,7 +205,7 @@ class Runner:
             image = None
             if status == "done":
                 with torch.inference_mode():
-                    image = decode_full(self.pipe, latents[:1])
+                    image = decode_full(self.pipe, cap.adapter.frame_latents(latents)[:1])  # FLUX: unpacked
                 self._send(Packet("image", {"run_id": run.run_id, "step": run.steps_done - 1, "final": True, "preview": "vae"}, {"image": image}))
             self._finish(run, state, status, t0)
             t3 = time.perf_counter()

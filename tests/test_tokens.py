@@ -81,3 +81,19 @@ def test_alignment_covers_every_word_token(prompt):
     ids = TOK(prompt, truncation=True, max_length=77).input_ids
     for p in used:
         assert 0 < p < len(ids) - 1
+
+
+@pytest.mark.parametrize("prompt", ["a red circle, above a blue square.", "Photo: a cat's tree (in the city)!", "a  red\tcircle"])
+def test_sentencepiece_tokenizer_maps_words_by_offsets(prompt):
+    """T5 (FLUX's only word-bearing encoder): pieces tokenized one by one gain ``▁`` starts that the
+    whole prompt lacks, so the chunk count cannot match; the offsets place every word exactly."""
+    from bridge.capture.tokens import build_offset_token_map
+    from bridge.models.tiny import t5_tokenizer
+
+    tok = t5_tokenizer()
+    tm = build_token_map(tok, prompt, 48)
+    assert tm == build_offset_token_map(tok, prompt, 48)
+    assert [w.lower() for w in tm.words] == [w.lower() for w in __import__("re").findall(r"\w+(?:'\w+)*", prompt)]
+    ids = tok(prompt)["input_ids"]
+    for w, span in zip(tm.words, tm.word_tokens):
+        assert tok.decode([ids[p] for p in span]).replace(" ", "") in (w, w.lower()) or "<unk>" in tok.decode([ids[p] for p in span])

@@ -7,12 +7,14 @@ cross-attention. The capture session (bookkeeping of runs and steps) is shared.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from .errors import UnsupportedPipelineError
+from .tokens import TokenMap, token_maps_for
 
 if TYPE_CHECKING:
     from .session import Capture
@@ -66,6 +68,29 @@ class Adapter:
 
     def sequence_length(self) -> int:
         return int(self.tokenizer().model_max_length)
+
+    def frame_latents(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """The pipeline's latents as ``[B, C, h, w]`` (FLUX unpacks its ``[B, N, C·4]`` sequence)."""
+        return x
+
+    def prompt_token_maps(self, arguments: dict[str, Any], repeats: int) -> list[TokenMap] | None:
+        """One TokenMap per batch row for a pipeline call's bound ``arguments`` (defaults applied),
+        in diffusers' order (each prompt ``repeats`` times); None without a text prompt.
+
+        MM-DiT adapters override this (SD3: CLIP and T5 parts; FLUX: T5 only)."""
+        prompt = arguments.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or ())
+        return token_maps_for(self.tokenizer(), prompts, repeats, self.sequence_length()) if prompts else None
+
+    def token_map(self, prompt: str, **call_kwargs: Any) -> TokenMap:
+        """The word map capture will use for ``pipe(prompt, **call_kwargs)``: checks a request's
+        words (focus) before any compute, with the same tokenizer and sequence as the run."""
+        bound = inspect.signature(self.pipe.__call__).bind_partial(prompt=prompt, **call_kwargs)
+        bound.apply_defaults()
+        maps = self.prompt_token_maps(dict(bound.arguments), 1)
+        if not maps:
+            raise ValueError("the prompt is empty: it has no words to map")
+        return maps[0]
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:

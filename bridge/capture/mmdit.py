@@ -29,25 +29,22 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import re
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from .adapters import Adapter, Layer, register
-from .errors import PromptTooLongError, UnsupportedProcessorError
+from .errors import UnsupportedProcessorError
 from . import sdpa_tap
 from .maps import joint_text_probabilities
 from .steps import patch_method
-from .tokens import TokenMap, build_token_map
+from .tokens import TokenMap, build_offset_token_map, build_token_map
 
 if TYPE_CHECKING:
     from .config import CaptureConfig
     from .session import Capture
 
 log = logging.getLogger(__name__)
-
-_WORD = re.compile(r"\w+(?:'\w+)*")
 
 #: Processors whose attention is exactly ``softmax(q kᵀ/√d)`` over the joint sequence built
 #: from the observed projections (and, for FLUX, RoPE from ``image_rotary_emb``).
@@ -58,44 +55,6 @@ DEFAULT_BUDGET = 1 << 25  # logits per block of the normaliser pass (128 MiB in 
 
 
 # --- tokens ----------------------------------------------------------------------------------------
-def build_offset_token_map(tokenizer: Any, prompt: str, length: int, strict: bool = False) -> TokenMap:
-    """Map ``prompt``'s words onto a *fast* tokenizer's sequence by character offsets.
-
-    For SentencePiece tokenizers (T5), where tokenizing words one by one does not reproduce the
-    tokens of the whole prompt (``▁`` word-start pieces, merged punctuation). A token belongs to
-    the word whose characters it covers; tokens covering only punctuation or spaces belong to no
-    word. The sequence is the pipeline's: ``length`` positions, end token, padding.
-    """
-    full = tokenizer(prompt, truncation=False, add_special_tokens=True, return_offsets_mapping=True, verbose=False)
-    fits = len(full["input_ids"]) <= length
-    ids = tokenizer(prompt, truncation=True, max_length=length, padding="max_length")["input_ids"]
-    specials = set(tokenizer.all_special_ids)
-    spans = [(m.start(), m.end(), m.group(0)) for m in _WORD.finditer(prompt)]
-    words: list[str] = []
-    word_tokens: list[tuple[int, ...]] = []
-    truncated: list[str] = []
-    for ws, we, text in spans:
-        pos = [
-            p for p, ((s, e), i) in enumerate(zip(full["offset_mapping"], full["input_ids"]))
-            if i not in specials and e > s and s < we and e > ws
-        ]
-        kept = tuple(p for p in pos if fits or p < length - 1)  # the last position holds the end token
-        if len(kept) < len(pos) or not pos:
-            truncated.append(text)
-        if kept:
-            words.append(text)
-            word_tokens.append(kept)
-    if truncated:
-        msg = f"prompt is longer than the T5 tokenizer's {length} tokens; these words were cut: {', '.join(truncated)}"
-        if strict:
-            raise PromptTooLongError(msg)
-        log.warning(msg)
-    in_words = {p for span in word_tokens for p in span}
-    special = tuple(p for p, i in enumerate(ids) if i in specials and p not in in_words)
-    tokens = tuple(tokenizer.convert_ids_to_tokens(ids))
-    return TokenMap(prompt, length, tokens, tuple(words), tuple(word_tokens), special, tuple(truncated))
-
-
 def _empty_map(prompt: str, length: int) -> TokenMap:
     """A sequence part that carries no words (SD3 without T5: zeros stand in for its tokens)."""
     return TokenMap(prompt, length, ("",) * length, (), (), tuple(range(length)))

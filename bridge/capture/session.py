@@ -26,7 +26,6 @@ from .frames import CaptureRun, StepFrame
 from .graphs import StaticGraphs
 from .maps import batched_cross_attention_maps, batched_query_rows_map, cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, resize_maps, split_heads
 from .steps import estimate_x0, patch_method, step_outputs
-from .tokens import token_maps_for
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +162,8 @@ class Capture:
             try:
                 bound = sig.bind_partial(*args, **kwargs)
                 repeats = int(bound.arguments.get("num_images_per_prompt") or 1)
-                maker = getattr(self.adapter, "prompt_token_maps", None)  # optional: adapter-built token maps
-                if maker is not None:
-                    bound.apply_defaults()
-                    self._pending_tokens = maker(bound.arguments, repeats)
-                else:
-                    prompt = bound.arguments.get("prompt")
-                    if isinstance(prompt, str):
-                        prompt = [prompt]
-                    self._pending_tokens = (
-                        token_maps_for(self.adapter.tokenizer(), prompt, repeats, self.adapter.sequence_length()) if prompt else None
-                    )
+                bound.apply_defaults()
+                self._pending_tokens = self.adapter.prompt_token_maps(bound.arguments, repeats)
             except Exception as exc:  # never break generation for bookkeeping
                 log.warning("could not map the prompt's words to tokens: %s", exc)
                 self._pending_tokens = None

@@ -145,7 +145,14 @@ def build_token_map(tokenizer: Any, prompt: str, length: int | None = None, stri
                 word_tokens.append(span)
         pos += n
     if pos != len(full) - (1 if full and full[-1] == tokenizer.eos_token_id else 0):
-        raise RuntimeError(f"word/token alignment failed for prompt {prompt!r}: {pos} chunk tokens vs {len(full)} ids")
+        # SentencePiece (T5): pieces tokenized one by one gain ``▁`` word starts that the whole
+        # prompt's tokens lack; a fast tokenizer's character offsets place them exactly.
+        if getattr(tokenizer, "is_fast", False):
+            return build_offset_token_map(tokenizer, prompt, length, strict)
+        raise RuntimeError(
+            f"{type(tokenizer).__name__} does not tokenize {prompt!r} word by word as a whole "
+            f"({pos} tokens from its words, {len(full)} ids); use its fast (offset-giving) version"
+        )
     if truncated:
         msg = f"prompt is longer than the tokenizer's {length} tokens; these words were cut: {', '.join(truncated)}"
         if strict:
@@ -155,6 +162,44 @@ def build_token_map(tokenizer: Any, prompt: str, length: int | None = None, stri
     tokens = tuple(tokenizer.convert_ids_to_tokens(ids))
     in_words = {p for span in word_tokens for p in span}
     special = tuple(p for p, i in enumerate(ids) if i in tokenizer.all_special_ids and p not in in_words)
+    return TokenMap(prompt, length, tokens, tuple(words), tuple(word_tokens), special, tuple(truncated))
+
+
+def build_offset_token_map(tokenizer: Any, prompt: str, length: int, strict: bool = False) -> TokenMap:
+    """Map ``prompt``'s words onto a *fast* tokenizer's sequence by character offsets.
+
+    For SentencePiece tokenizers (T5), where tokenizing words one by one does not reproduce the
+    tokens of the whole prompt (``▁`` word-start pieces, merged punctuation). A token belongs to
+    the word whose characters it covers; tokens covering only punctuation or spaces belong to no
+    word. The sequence is the pipeline's: ``length`` positions, end token, padding.
+    """
+    full = tokenizer(prompt, truncation=False, add_special_tokens=True, return_offsets_mapping=True, verbose=False)
+    fits = len(full["input_ids"]) <= length
+    ids = tokenizer(prompt, truncation=True, max_length=length, padding="max_length")["input_ids"]
+    specials = set(tokenizer.all_special_ids)
+    spans = [(m.start(), m.end(), m.group(0)) for m in _WORD.finditer(prompt)]
+    words: list[str] = []
+    word_tokens: list[tuple[int, ...]] = []
+    truncated: list[str] = []
+    for ws, we, text in spans:
+        pos = [
+            p for p, ((s, e), i) in enumerate(zip(full["offset_mapping"], full["input_ids"]))
+            if i not in specials and e > s and s < we and e > ws
+        ]
+        kept = tuple(p for p in pos if fits or p < length - 1)  # the last position holds the end token
+        if len(kept) < len(pos) or not pos:
+            truncated.append(text)
+        if kept:
+            words.append(text)
+            word_tokens.append(kept)
+    if truncated:
+        msg = f"prompt is longer than the tokenizer's {length} tokens; these words were cut: {', '.join(truncated)}"
+        if strict:
+            raise PromptTooLongError(msg)
+        log.warning(msg)
+    in_words = {p for span in word_tokens for p in span}
+    special = tuple(p for p, i in enumerate(ids) if i in specials and p not in in_words)
+    tokens = tuple(tokenizer.convert_ids_to_tokens(ids))
     return TokenMap(prompt, length, tokens, tuple(words), tuple(word_tokens), special, tuple(truncated))
 
 

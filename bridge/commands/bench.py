@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "dispatch", "sd15", "sdxl", "sd35m", "flux"],
+    p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "dispatch", "sd15", "sdturbo", "sdxl", "sd35m", "flux"],
                    help="model: embedded shapes, tiny random, dispatch (SD 1.5's topology with tiny channels at 32²: a CPU proxy "
                         "of the launch-bound GPU regime), or a full-size random-weight architecture")
     p.add_argument("--device", default="auto")
@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start no new round after S seconds of timed rounds (then fewer than --runs are reported): "
                         "for machines that stop a command at a time limit")
     p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--scheduler", default=None, help="the full-size UNet pipelines' scheduler (default: the model's): "
+                   "euler, ddim, dpm, heun, dpm2, pndm, euler_a, lms, or the few-step lcm and turbo")
     p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_inline", "publish_device", "publish_inproc", "publish_null", "publish_drop", "capture_latent", "capture_busy", "queries", "daam"],
                    help="capture_eager: capture with the map maths never replayed as a CUDA graph; publish: capture + phases + "
                         "ZeroMQ as the runner does with a PacketProcess (the sink and the phases in the child, on its CPU); publish_inline: the "
@@ -58,11 +60,14 @@ def run(args: argparse.Namespace) -> int:
         import sys
 
         sys.setswitchinterval(args.switch_interval)
-    if args.arch in ("sd15", "sdxl", "sd35m", "flux"):
+    if args.arch in ("sd15", "sdturbo", "sdxl", "sd35m", "flux"):
         from bridge.models import fullsize
 
         dtype = (torch.bfloat16 if args.arch == "flux" else torch.float16) if device.type == "cuda" else torch.float32
-        pipe = getattr(fullsize, f"{args.arch}_pipeline")(str(device), dtype)
+        extra = {"scheduler": args.scheduler} if args.scheduler else {}
+        if extra and args.arch not in ("sd15", "sdturbo", "sdxl"):
+            raise SystemExit(f"--scheduler applies to the UNet architectures, not {args.arch} (flow matching)")
+        pipe = getattr(fullsize, f"{args.arch}_pipeline")(str(device), dtype, **extra)
     elif args.arch == "dispatch":
         from bridge.models.tiny import dispatch_sd_pipeline
 
