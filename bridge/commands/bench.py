@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from bridge.commands.common import add_threads_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "dispatch", "sd15", "sdturbo", "sdxl", "sd35m", "flux"],
@@ -33,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "no socket)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
     p.add_argument("--map-size", type=int, default=None, help="side of the captured maps (default: the latent's)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's); 1 for the dispatch proxy")
+    add_threads_argument(p)  # 1 for the dispatch proxy
     p.add_argument("--switch-interval", type=float, default=None, metavar="S",
                    help="Python's GIL switch interval for the whole bench (sys.setswitchinterval; default 0.005)")
     p.add_argument("--model-cpus", default=None, metavar="LIST", help="run the model's process on these CPUs only (e.g. 0-7; Linux)")
@@ -54,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(min(torch.get_num_threads(), len(cpus)))  # OpenMP sized its pool before: no spinning on fewer CPUs
     sink_cpus = parse_cpus(args.sink_cpus) if args.sink_cpus else None
     device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.switch_interval:
         import sys
 
@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         pipe = dispatch_sd_pipeline().to(device)
     else:
         pipe, _ = load_pipeline(None if args.arch == "shapes" else "tiny", str(device))
+    from bridge.threads import configure_threads
+
+    configure_threads(args.threads, device)
     if "plain" not in args.variants:
         args.variants = ["plain", *args.variants]
     result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants, profile=args.profile,

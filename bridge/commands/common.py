@@ -20,6 +20,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-config", default=None, metavar="DIR", help="diffusers folder (or hub id) of the same architecture as a single-file --model; needed offline (default for shapes-architecture files: the embedded shapes folder)")
     g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", default="auto", help="auto (float16 on cuda, else float32), float32, float16, bfloat16")
+    add_threads_argument(g)
+
+
+def add_threads_argument(g: Any) -> None:
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: on a CPU, the CPUs not busy with other work at start, at least 1; on a GPU, torch's)")
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,9 +71,13 @@ def given_flags(argv: list[str]) -> set[str]:
 def load_model(args: argparse.Namespace) -> tuple[Any, str]:
     """The pipeline the model options name: ``(pipe, name)``."""
     from bridge.models.loading import load_pipeline
+    from bridge.runner import denoiser
+    from bridge.threads import configure_threads
 
-    return load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch,
-                         config=args.model_config)
+    pipe, name = load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch,
+                               config=args.model_config)
+    configure_threads(args.threads, next(denoiser(pipe).parameters()).device)
+    return pipe, name
 
 
 def phase_config_from_args(args: argparse.Namespace) -> Any:
