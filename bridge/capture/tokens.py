@@ -8,10 +8,14 @@ its tokens' maps. Words past the tokenizer's limit are reported, never silently 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -119,6 +123,40 @@ def _chunks(prompt: str) -> list[tuple[str, bool]]:
     return out
 
 
+def _per_tokenizer(build: Callable[..., TokenMap]) -> Callable[..., TokenMap]:
+    """Keep the last maps built per tokenizer: a prompt maps the same way every run, and a map
+    kept also keeps its averaging matrices on the device, so a repeated prompt costs the run
+    neither tokenizing nor a host→device copy (a fixed cost per run, which weighs most in 1–4
+    step models). A map that raised (strict, too long) is not kept."""
+    cache: "weakref.WeakKeyDictionary[Any, OrderedDict]" = weakref.WeakKeyDictionary()
+    lock = threading.Lock()  # the model's thread and a control thread (validating a request) may both ask
+
+    @functools.wraps(build)
+    def cached(tokenizer: Any, prompt: str, length: int | None = None, strict: bool = False) -> TokenMap:
+        key = (prompt, length, strict)
+        with lock:
+            try:
+                maps = cache.setdefault(tokenizer, OrderedDict())
+            except TypeError:  # not weak-referenceable: built every time
+                maps = None
+            if maps is not None and key in maps:
+                maps.move_to_end(key)
+                return maps[key]
+        tm = build(tokenizer, prompt, length, strict)
+        if maps is not None:
+            with lock:
+                maps[key] = tm
+                if len(maps) > _MAPS_PER_TOKENIZER:
+                    maps.popitem(last=False)
+        return tm
+
+    return cached
+
+
+_MAPS_PER_TOKENIZER = 64
+
+
+@_per_tokenizer
 def build_token_map(tokenizer: Any, prompt: str, length: int | None = None, strict: bool = False) -> TokenMap:
     """Map ``prompt``'s words onto the token sequence that ``tokenizer`` produces for it.
 
@@ -161,10 +199,12 @@ def build_token_map(tokenizer: Any, prompt: str, length: int | None = None, stri
     ids = tokenizer(prompt, truncation=True, max_length=length, padding="max_length")["input_ids"]
     tokens = tuple(tokenizer.convert_ids_to_tokens(ids))
     in_words = {p for span in word_tokens for p in span}
-    special = tuple(p for p, i in enumerate(ids) if i in tokenizer.all_special_ids and p not in in_words)
+    specials = set(tokenizer.all_special_ids)  # a property that rebuilds its list on every access
+    special = tuple(p for p, i in enumerate(ids) if i in specials and p not in in_words)
     return TokenMap(prompt, length, tokens, tuple(words), tuple(word_tokens), special, tuple(truncated))
 
 
+@_per_tokenizer
 def build_offset_token_map(tokenizer: Any, prompt: str, length: int, strict: bool = False) -> TokenMap:
     """Map ``prompt``'s words onto a *fast* tokenizer's sequence by character offsets.
 
