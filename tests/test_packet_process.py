@@ -11,10 +11,10 @@ from functools import partial
 import numpy as np
 import pytest
 
-from bridge.packet import Packet
-from bridge.packet_process import PacketProcess
+from bridge.protocol import Packet
+from bridge.stream.process import PacketProcess
 from bridge.runner import Request, Runner, collect
-from bridge.sinks import SinkError, build_sinks
+from bridge.stream.sinks import SinkError, build_sinks
 from bridge.trace import TraceReader
 from bridge.transport.zmq_sub import ZmqSubscriber
 
@@ -79,7 +79,7 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
             return False
 
         assert received("first")
-        pp.deferred(partial(int, "not a number"))  # raises in the child: logged, skipped
+        pp.publish_recipe(partial(int, "not a number"))  # raises in the child: logged, skipped
         assert received("after a bad recipe")
         first = pp._proc.pid
         assert pp.alive()
@@ -98,7 +98,7 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
 def test_a_replaced_child_continues_the_recording(tmp_path) -> None:
     """serve's restart factory: a child that dies between runs is replaced by one that appends to
     the trace, so the runs recorded before the crash are still in it."""
-    from bridge.sinks import restart_options
+    from bridge.stream.sinks import restart_options
 
     trace = tmp_path / "night.stepx"
     options = argparse.Namespace(record=str(trace))
@@ -127,7 +127,7 @@ def test_a_replaced_child_continues_the_recording(tmp_path) -> None:
 
 
 def test_cpu_lists_parse_and_a_child_can_be_kept_to_some_cpus() -> None:
-    from bridge.packet_process import parse_cpus
+    from bridge.stream.process import parse_cpus
 
     assert parse_cpus("0-3,8, 10-11") == {0, 1, 2, 3, 8, 10, 11}
     with pytest.raises(ValueError, match="not a CPU list"):

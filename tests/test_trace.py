@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge.fanout import FanOut
-from bridge.packet import Packet
+from bridge.stream.fanout import FanOut
+from bridge.protocol import Packet
 from bridge.trace import (
     RECORD, TraceCorruptError, TraceFormatError, TracePartialError, TraceReader, TraceWriter, partial_path,
 )

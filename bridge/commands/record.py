@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", default=None, metavar="DIR", help="then export heat-map overlays, per-word GIFs, CSV tables, timeline plots and COCO masks to DIR")
     add_model_arguments(p)
     add_generation_arguments(p)
-    from bridge.sinks import add_sink_arguments
+    from bridge.stream.sinks import add_sink_arguments
 
     add_sink_arguments(p)
 
@@ -30,9 +30,9 @@ def default_path(prompt: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bridge.fanout import FanOut
+    from bridge.stream.fanout import FanOut
     from bridge.runner import Runner
-    from bridge.sinks import build_sinks
+    from bridge.stream.sinks import build_sinks
     from bridge.trace import TraceWriter
 
     out = Path(args.out) if args.out else default_path(args.prompt)

@@ -22,11 +22,11 @@ from typing import Any
 
 import zmq
 
-from bridge.transport.wire import TOPIC_ROOT, encode
+from bridge.protocol import DEFAULT_DATA_ENDPOINT, TOPIC_ROOT, encode
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5560"
+DEFAULT_PUB_ENDPOINT = DEFAULT_DATA_ENDPOINT
 _RUN_TOPIC = (TOPIC_ROOT + "run").encode()
 _END_TOPIC = (TOPIC_ROOT + "end").encode()
 
@@ -42,6 +42,7 @@ class ZmqPublisher:
     """
 
     inline = True  # FanOut: send on the producer's thread (non-blocking, microseconds)
+    lossless = False  # a subscriber takes the latest frames
 
     def __init__(self, endpoint: str = DEFAULT_PUB_ENDPOINT, *, encoding: str = "float16",
                  sndhwm: int = 4, name: str = "zmq", context: zmq.Context | None = None,
