@@ -132,7 +132,7 @@ def _per_tokenizer(build: Callable[..., TokenMap]) -> Callable[..., TokenMap]:
 
     @functools.wraps(build)
     def cached(tokenizer: Any, prompt: str, length: int | None = None, strict: bool = False) -> TokenMap:
-        key = (prompt, length, strict)
+        key = (prompt, length, strict, _vocabulary_size(tokenizer))  # tokens added since (textual inversion): built again
         with lock:
             try:
                 maps = cache.setdefault(tokenizer, OrderedDict())
@@ -153,6 +153,13 @@ def _per_tokenizer(build: Callable[..., TokenMap]) -> Callable[..., TokenMap]:
 
 
 _MAPS_PER_TOKENIZER = 64
+
+
+def _vocabulary_size(tokenizer: Any) -> int | None:
+    try:
+        return len(tokenizer)  # with added tokens
+    except TypeError:
+        return None
 
 
 @_per_tokenizer
