@@ -536,8 +536,11 @@ class TraceReader:
                     expect = idx
                 payload = mm[off + self._frame.size: off + self._frame.size + n]
                 why = self._record(off, expect, n, payload)
-                if why:
-                    self._skip(off, nxt, 1, f"record #{expect} at byte {off}: {why}")
+                last = self.skipped[-1] if self.skipped else None
+                if why and why.startswith("orphan") and last and last.end == off and "its run packet" in last.reason:
+                    self.skipped[-1] = Skipped(last.offset, nxt, last.records + 1, last.reason)  # the same lost run
+                elif why:
+                    self._skip(off, nxt, 1, f"record #{expect} at byte {off}: {why.removeprefix('orphan: ')}")
                 off, expect = nxt, expect + 1
 
     def _record(self, off: int, i: int, n: int, payload: bytes) -> str | None:
@@ -560,7 +563,8 @@ class TraceReader:
         elif not self.runs:
             return f"a {rec.kind!r} packet before any run packet"
         elif rec.run_id is not None and rec.run_id != self.runs[-1].run_id:
-            return f"a {rec.kind!r} packet of run {rec.run_id!r} inside run {self.runs[-1].run_id!r} (its run packet was lost)"
+            return (f"orphan: a {rec.kind!r} packet of run {rec.run_id!r} inside run {self.runs[-1].run_id!r} "
+                    f"(its run packet was lost; the run's later records are skipped with it)")
         pos = len(self.index)
         self.index.append(rec)
         if self.runs:
