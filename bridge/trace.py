@@ -225,7 +225,10 @@ class TraceWriter:
         self._named_final = False  # the open file is currently called PATH (not PATH.partial)
         if self.path.is_dir():
             raise IsADirectoryError(f"{self.path} is a folder; name a trace file inside it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(f"{self.path.parent} is not a folder (a file is in the way)") from None
         there = self.path.exists()
         if there and existing == "refuse":
             raise FileExistsError(f"{self.path} already holds a recording; refusing to replace it. Choose another "

@@ -91,3 +91,51 @@ def request_factory(args: argparse.Namespace) -> Callable[[str], Any]:
                        head_weights=head_weights)
 
     return make
+
+
+#: seconds a command may take to stop cleanly after SIGTERM / Ctrl-C before it is ended anyway
+STOP_GRACE = 5.0
+
+
+def stop_on_signals(stop: Callable[[], None], grace: float = STOP_GRACE,
+                    before_exit: Callable[[], None] | None = None) -> list[int]:
+    """On SIGTERM or SIGINT call ``stop()`` (cancel within one step, finalise, return normally).
+
+    Why a deadline too: one step of an oversized request can outlast any patience, and a
+    supervisor's SIGTERM must be honoured within seconds whatever is running. If the process is
+    still here ``grace`` seconds after the first signal, or a second signal comes, it logs what
+    it is doing, runs ``before_exit`` (best effort: close what can be closed) and exits with
+    ``128 + signal``; a recording cut off so stays ``PATH.partial`` (docs/RELIABILITY.md).
+    Returns the list the caught signal numbers are appended to (empty: none came).
+    """
+    import logging
+    import os
+    import signal
+    import threading
+
+    log = logging.getLogger("stepx")
+    caught: list[int] = []
+
+    def force(signum: int) -> None:
+        log.error("still running %.0fs after signal %d: exiting now (an unfinished recording stays .partial)",
+                  grace, signum)
+        if before_exit is not None:
+            try:
+                before_exit()
+            except Exception as exc:  # best effort: the exit matters more
+                log.error("closing before exit failed: %r", exc)
+        os._exit(128 + signum)
+
+    def handler(signum: int, _frame: object) -> None:
+        if caught:  # a second signal: the user means it
+            force(signum)
+        caught.append(signum)
+        log.warning("signal %d: stopping (cancel within one step, then finalise)", signum)
+        timer = threading.Timer(grace, force, args=(signum,))
+        timer.daemon = True
+        timer.start()
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return caught

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from bridge.commands.common import (
     add_generation_arguments, add_model_arguments, apply_config_file, given_flags, load_model, phase_config_from_args, request_factory,
+    stop_on_signals,
 )
 
 log = logging.getLogger("stepx.serve")
@@ -99,14 +99,16 @@ def run(args: argparse.Namespace) -> int:
     elif args.prompt:
         daemon.submit(defaults(args.prompt))
 
-    def shutdown(signum: int, _frame: object) -> None:
-        log.info("signal %d: shutting down", signum)
-        daemon.stop()
+    def close_outputs() -> None:  # a forced exit still finalises what it can
+        for s in servers:
+            s.close()
+        fanout.close(timeout=2.0)
 
-    signal.signal(signal.SIGINT, shutdown)
-    signal.signal(signal.SIGTERM, shutdown)
+    stop_on_signals(daemon.stop, before_exit=close_outputs)
     if args.run_for:
-        threading.Timer(args.run_for, daemon.stop).start()
+        timer = threading.Timer(args.run_for, daemon.stop)
+        timer.daemon = True  # never what keeps the process alive after a stop
+        timer.start()
     log.info("serving %s; control %s, OSC control %s", name, args.control or "off", args.osc_control or "off")
     print(json.dumps({"serving": name, "control": args.control, "osc_control": args.osc_control, "sinks": sink_names,
                       "phases": phases_where(runner)}), flush=True)
