@@ -6,8 +6,16 @@ the sinks' threads) takes the GIL from that thread, and every hand-over of the G
 more: with the sinks in-process, capture + phases + publish measured 1.10–1.16× plain on an
 H100, against 0.99–1.02× for capture alone (docs/BENCHMARKS.md). A :class:`PacketProcess`
 runs the :class:`~bridge.fanout.FanOut` and its sinks in a spawned child. The parent pickles
-each item (protocol 5, arrays out of band) and pushes it over a loopback ZeroMQ PUSH socket,
-whose I/O thread does the sending without the GIL.
+each item (protocol 5, arrays out of band) and sends it over a ZeroMQ socket whose I/O thread
+does the sending without the GIL.
+
+The channel admits only the daemon's own child (docs/SECURITY.md, "Internal channels and
+traces"): an ``ipc://`` socket file in a fresh directory that only this user can enter (0700,
+``tempfile.mkdtemp``), bound by a PAIR socket, which takes one peer and no other. So no other
+local process can read the items (prompts, images) or feed the child a pickle; a loopback TCP
+port would admit any local process, and a PUSH socket would deal packets out to it. Where
+ZeroMQ has no ``ipc://`` (older Windows builds) the PacketProcess refuses to start and says so:
+run without the sink process there (``--sink-process off``).
 
 An item is a Packet, or a *recipe*: a picklable zero-argument callable (a ``functools.partial``
 of a module-level function over host arrays) that the child calls to build the Packet (or None:
@@ -30,8 +38,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import pickle
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from typing import Any, Callable
@@ -69,6 +80,16 @@ def set_cpus(cpus: set[int]) -> None:
 
 class PacketProcessError(RuntimeError):
     """The sink process could not start or stopped answering."""
+
+
+def private_endpoint() -> tuple[str, str]:
+    """``(folder, endpoint)``: an ``ipc://`` endpoint in a new directory only this user can enter."""
+    if not zmq.has("ipc"):
+        raise PacketProcessError("this ZeroMQ build has no ipc:// transport, which the sink process needs to keep "
+                                 "its channel private; run with --sink-process off")
+    folder = tempfile.mkdtemp(prefix="stepx-sinks-")  # mode 0700: no other user can reach the socket
+    os.chmod(folder, 0o700)  # (mkdtemp already does; said twice because it is the point)
+    return folder, f"ipc://{os.path.join(folder, 'items')}"
 
 
 class PacketProcess:
@@ -110,14 +131,15 @@ class PacketProcess:
     # -- the child's life ------------------------------------------------------------------------
     def _start(self, factory: SinkFactory | None = None) -> None:
         self._last_start = time.monotonic()
-        sock = self._zctx.socket(zmq.PUSH)
+        folder, endpoint = private_endpoint()
+        sock = self._zctx.socket(zmq.PAIR)  # one peer: the child; nobody else is dealt a packet
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDTIMEO, int(self._send_timeout * 1000))
-        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        sock.bind(endpoint)
         here, there = self._mp.Pipe()
         proc = self._mp.Process(target=serve, name=self._name, daemon=True,
-                                args=(factory or self._factory, f"tcp://127.0.0.1:{port}", there, self._keep_max,
+                                args=(factory or self._factory, endpoint, there, self._keep_max,
                                       logging.getLogger().getEffectiveLevel(), self._cpus))
         proc.start()
         there.close()
@@ -135,8 +157,10 @@ class PacketProcess:
                 proc.kill()
             sock.close(linger=0)
             here.close()
+            shutil.rmtree(folder, ignore_errors=True)
             raise detail if isinstance(detail, BaseException) else PacketProcessError(str(detail))
-        self._sock, self._conn, self._proc = sock, here, proc
+        self._sock, self._conn, self._proc, self._folder = sock, here, proc, folder
+        self.endpoint = endpoint
         self.sink_names = list(detail)
 
     def _revive(self) -> bool:
@@ -148,6 +172,7 @@ class PacketProcess:
         log.error("the sink process died (exit code %s); starting a new one", self._proc.exitcode)
         self._sock.close(linger=0)
         self._conn.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
         try:
             self._start(self._restart_factory)
         except Exception as exc:  # keep the producer alive: try again after the interval
@@ -223,6 +248,7 @@ class PacketProcess:
                 self._proc.join(1)
             self._sock.close(linger=0)
             self._conn.close()
+            shutil.rmtree(self._folder, ignore_errors=True)
         self._zctx.term()
 
     def __enter__(self) -> "PacketProcess":
@@ -255,7 +281,7 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
             conn.send(("error", PacketProcessError(f"{type(exc).__name__}: {exc}")))
         return
     zctx = zmq.Context()
-    pull = zctx.socket(zmq.PULL)
+    pull = zctx.socket(zmq.PAIR)
     pull.setsockopt(zmq.LINGER, 0)
     pull.connect(endpoint)
     conn.send(("ready", [s.name for s in sinks]))

@@ -139,3 +139,42 @@ def test_cpu_lists_parse_and_a_child_can_be_kept_to_some_cpus() -> None:
         child = pp._proc.pid
         assert os.sched_getaffinity(child) == {mine[-1]}
     assert sorted(os.sched_getaffinity(0)) == mine  # the parent is left as it was
+
+
+def test_the_internal_channel_admits_only_the_child(tmp_path) -> None:
+    """The items (prompts, images, pickles) travel on an ipc:// socket in a 0700 directory, bound by
+    a PAIR socket: a second local peer that reaches the socket gets no packet and feeds nothing in."""
+    import pickle
+    import stat
+
+    import zmq
+
+    from tests.test_trace import run_packets
+
+    trace = tmp_path / "private.stepx"
+    with PacketProcess(_sinks(record=str(trace))) as pp:
+        assert pp.endpoint.startswith("ipc://")
+        folder = os.path.dirname(pp.endpoint[len("ipc://"):])
+        st = os.stat(folder)
+        assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+        ctx = zmq.Context()
+        intruder = ctx.socket(zmq.PAIR)
+        intruder.setsockopt(zmq.LINGER, 0)
+        intruder.setsockopt(zmq.SNDTIMEO, 500)
+        intruder.connect(pp.endpoint)  # the same user can reach the file; the socket takes one peer
+        time.sleep(0.3)
+        forged = Packet("run", {"run_id": "forged", "prompt": "x", "words": ["x"], "total_steps": 1})
+        try:
+            intruder.send_multipart([b"P", pickle.dumps(forged)])
+        except zmq.Again:
+            pass
+        packets = run_packets("r1", steps=12)
+        for p in packets:
+            pp(p)
+        assert pp.flush() and pp.dropped == 0
+        assert intruder.poll(500) == 0  # not one packet dealt to the second peer
+        intruder.close()
+        ctx.term()
+    assert not os.path.exists(folder)  # removed with the channel
+    with TraceReader(trace) as tr:
+        assert [r.run_id for r in tr.runs] == ["r1"] and len(tr) == len(packets)
