@@ -198,6 +198,9 @@ class Daemon:
         self._state = "replaying"
         self._wake.clear()  # a wake left from the run's own submit must not cut the replay short; new work is seen below
         period = 1.0 / max(self.options.replay_fps, 0.1)
+        if self._wake.wait(period):  # one frame's pause at the loop point: the last end, then the next run
+            self._wake.clear()
+            return
         for p in self._last_packets:
             if self._stop.is_set() or self._pending is not None or self._playlist:
                 return
