@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from bridge.budget import MAX_STEP_SECONDS, Budget, BudgetError, latent_tokens
 from bridge.packet import Packet
 from bridge.runner import Request, Runner, RunResult
 
@@ -34,6 +35,7 @@ class DaemonOptions:
     playlist_pause: float = 2.0
     heartbeat: float = 1.0
     progress: bool = False  # a console progress bar per run (stepx serve turns it on for a terminal)
+    max_step_seconds: float = MAX_STEP_SECONDS  # refuse requests predicted to take longer per step (bridge.budget)
 
 
 class Daemon:
@@ -60,12 +62,14 @@ class Daemon:
         self.results: deque[RunResult] = deque(maxlen=32)  # the latest runs only: a show runs all night
         self.runs_done = 0
         self._started = time.time()
+        self.budget = Budget(runner.pipe, self.options.max_step_seconds)
 
     # --- control (any thread) --------------------------------------------------------------
     def handle(self, req: Any) -> dict[str, Any]:
         """Handler for the control servers: takes a validated ControlRequest, returns the reply payload."""
         cmd = "generate" if req.cmd == "start" else req.cmd
         if cmd == "generate":
+            self.check(req.params)  # refused at the door, with the reason, if the machine cannot serve it
             self.submit(req.params)
             return {"queued": True}
         if cmd == "cancel":
@@ -76,9 +80,16 @@ class Daemon:
             self._wake.set()
             return {"cancelled": True}
         if cmd == "playlist":
+            for item in req.playlist:
+                self.check(item)
             self.set_playlist(list(req.playlist), bool(req.loop))
             return {"playlist": len(self._playlist), "loop": self._playlist_loop}
         return self.status()  # status, ping
+
+    def check(self, request: Request) -> None:
+        """Raise :class:`~bridge.budget.BudgetError` if ``request`` cannot be served on this machine
+        (memory, or a step too long to cancel within); from what is known, never running the model."""
+        self.budget.check(request.width, request.height, request.guidance, probe=False)
 
     def submit(self, request: Request) -> None:
         """Queue ``request`` (latest wins) and preempt the current run."""
@@ -153,6 +164,13 @@ class Daemon:
     def _generate(self, req: Request) -> None:
         self._cancel.clear()
         self._current, self._state, self._message = req, "generating", ""
+        try:  # here, on the model's thread, a first oversized request may time one probe step
+            self.budget.check(req.width, req.height, req.guidance)
+        except BudgetError as exc:
+            self._state, self._message = "error", str(exc)
+            self.publish(Packet("status", {**self.status(), "error": str(exc)}))
+            log.error("request not started: %s", exc)
+            return
         bar = None
         if self.options.progress:
             from tqdm import tqdm
@@ -182,6 +200,9 @@ class Daemon:
                 bar.close()
         self.results.append(result)
         self.runs_done += 1
+        if result.status == "done" and result.timings and result.steps:
+            self.budget.learn(latent_tokens(self.runner.pipe, req.width, req.height),
+                              result.timings["denoise"] / result.steps)
         if result.status == "done":
             self._last_packets = record.items
         if result.status == "error":

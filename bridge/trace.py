@@ -333,6 +333,9 @@ class TraceWriter:
             if self._f.closed:
                 return
             self._f.close()
+            if self.records == 0:  # nothing was recorded: leave no empty file behind
+                self.partial.unlink(missing_ok=True)
+                return
             if not self._named_final and self._has_run and not self._open_run:
                 self._finalise()
             if not self._named_final:

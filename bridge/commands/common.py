@@ -32,6 +32,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--phase-boundaries", type=float, nargs=2, default=None, metavar=("A", "B"), help="phase boundaries as fractions (default 0.2 0.6)")
     g.add_argument("--image-every", type=int, default=1, help="publish a quick step image every N steps (0 = final only)")
     g.add_argument("--head-weights", default=None, help="JSON file of head weights {layer: [w per head]} (selective aggregation)")
+    g.add_argument("--max-step-seconds", type=float, default=30.0, metavar="S",
+                   help="refuse a request predicted to take longer than S seconds per step on this machine (a cancel "
+                        "or SIGTERM answers within one step; default 30; see docs/RELIABILITY.md)")
 
 
 def apply_config_file(p: argparse.ArgumentParser, argv_flags: set[str], args: argparse.Namespace, path: str | None) -> argparse.Namespace:

@@ -57,6 +57,15 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         writer.close()
         raise
+    from bridge.budget import Budget, BudgetError
+
+    request = request_factory(args)(args.prompt)
+    try:
+        Budget(pipe, args.max_step_seconds).check(request.width, request.height, request.guidance)
+    except BudgetError as exc:
+        writer.close()
+        print(f"stepx record: {exc}", file=sys.stderr)
+        return 2
     cancel = threading.Event()
     signalled = stop_on_signals(cancel.set)
     bar = tqdm(total=args.steps, desc="denoising", unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
@@ -68,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             fanout.publish(packet)
 
         runner = Runner(pipe, publish, name, image_every=args.image_every)  # the request carries the phase boundaries
-        result = runner.run(request_factory(args)(args.prompt), cancel)
+        result = runner.run(request, cancel)
     bar.close()
     if writer.failed:
         print(f"stepx record: error: {writer.failed}", file=sys.stderr)

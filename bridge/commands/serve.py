@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         sink_names, publish = [s.name for s in sinks], fanout.publish
     runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
                     concepts=concepts, deliver=args.deliver)
-    daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
+    daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty(),
+                                                         max_step_seconds=args.max_step_seconds))
     servers = []
     if args.control:
         servers.append(ControlZmqServer(daemon.handle, args.control, allow_remote=args.allow_remote, token=args.token))
