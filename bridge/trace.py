@@ -106,7 +106,8 @@ def check_fields(kind: str, header: dict[str, Any]) -> None:
 
     whole("step", 0, MAX_STEPS)
     whole("total_steps", 0, MAX_STEPS)
-    whole("steps", 0, MAX_STEPS)
+    if kind == "end":  # (elsewhere "steps" may name other things)
+        whole("steps", 0, MAX_STEPS)
     whole("width", 0, MAX_SIDE)
     whole("height", 0, MAX_SIDE)
     rid = header.get("run_id")
@@ -117,8 +118,8 @@ def check_fields(kind: str, header: dict[str, Any]) -> None:
                               or not all(isinstance(w, str) for w in words)):
         raise ValueError(f"{kind} field 'words' = {_short(words)} is not a list of at most {MAX_WORDS} strings")
     size = header.get("map_size")
-    if size is not None and (not isinstance(size, list) or len(size) != 2 or any(
-            isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE for v in size)):
+    sides = size if isinstance(size, list) and len(size) == 2 else [size]  # [H, W], or one side (square)
+    if size is not None and any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE for v in sides):
         raise ValueError(f"{kind} field 'map_size' = {_short(size)} is not [H, W] with sides in 1..{MAX_SIDE}")
     for name in ("progress", "timestep", "guidance"):
         v = header.get(name)
