@@ -110,3 +110,27 @@ def test_an_error_mid_step_is_reported_as_itself(sd_pipe):
     assert result.status == "error" and result.error == "RuntimeError: the GPU fell over"
     ends = [p for p in packets if p.kind == "end"]
     assert [e.header["status"] for e in ends] == ["error"] and "fell over" in ends[0].header["error"]
+
+
+STUCK = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from bridge.commands.common import stop_on_signals
+stop_on_signals(lambda: print("stopping", flush=True), grace=1.0, before_exit=lambda: print("closed", flush=True))
+print("ready", flush=True)
+time.sleep(120)  # a step that never ends: stop() cannot reach it
+"""
+
+
+def test_a_stop_is_honoured_even_when_the_work_cannot_be_cancelled():
+    proc = subprocess.Popen([sys.executable, "-c", STUCK, str(ROOT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)  # the grace is 1 s; 30 s only bounds a hung test
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert stdout.split() == ["stopping", "closed"] and "exiting now" in stderr
