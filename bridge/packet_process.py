@@ -5,26 +5,29 @@ Any Python that runs beside it in the same process (packing, float16 encoding, s
 the sinks' threads) takes the GIL from that thread, and every hand-over of the GIL costs it
 more: with the sinks in-process, capture + phases + publish measured 1.10–1.16× plain on an
 H100, against 0.99–1.02× for capture alone (docs/BENCHMARKS.md). A :class:`PacketProcess`
-runs the :class:`~bridge.fanout.FanOut` and its sinks in a spawned child. The parent pickles
-each item (protocol 5, arrays out of band) and sends it over a ZeroMQ socket whose I/O thread
-does the sending without the GIL.
+runs the :class:`~bridge.fanout.FanOut` and its sinks in a spawned child. The parent encodes
+each item as a wire message (no pickle: :mod:`bridge.item_codec`) and sends it over a ZeroMQ
+socket whose I/O thread does the sending without the GIL.
 
 The channel admits only the daemon's own child (docs/SECURITY.md, "Internal channels and
 traces"): an ``ipc://`` socket file in a fresh directory that only this user can enter (0700,
-``tempfile.mkdtemp``), bound by a PAIR socket, which takes one peer and no other. So no other
-local process can read the items (prompts, images) or feed the child a pickle; a loopback TCP
+``tempfile.mkdtemp``), bound by a PAIR socket, and removed (file and directory) as soon as the
+child's first message arrives on it: from then on there is nothing to connect to. So no other
+local process can read the items (prompts, images) or feed the child one (and an item can only
+name an allow-listed recipe: nothing on the channel is unpickled); a loopback TCP
 port would admit any local process, and a PUSH socket would deal packets out to it. Where
 ZeroMQ has no ``ipc://`` (older Windows builds) the PacketProcess refuses to start and says so:
 run without the sink process there (``--sink-process off``).
 
-An item is a Packet, or a *recipe*: a picklable zero-argument callable (a ``functools.partial``
-of a module-level function over host arrays) that the child calls to build the Packet (or None:
+An item is a Packet, or a *recipe*: a ``functools.partial`` of an allow-listed module-level
+function over host arrays (:func:`bridge.item_codec.recipes`) that the child calls to build the Packet (or None:
 nothing to send), so the phases, the packing and the header maths run there too (``Runner``
 sends recipes when its ``publish`` has a ``deferred`` method; by default it then runs the
 phases in the child, on the CPU, from each step's word maps).
 
 Sinks are built in the child from ``sinks``, a picklable factory (e.g.
-``functools.partial(build_sinks, args)``), so a socket or a file belongs to one process only.
+``functools.partial(build_sinks, args)``; handed over once by ``multiprocessing``'s spawn, on
+the child's inherited pipe, never on the item channel), so a socket or a file belongs to one process only.
 A sink that cannot open raises in the parent, from the constructor, with the child's error.
 If the child dies, the next item starts a new one (at most once every ``restart_every``
 seconds; items in between are dropped and counted), so a long show keeps going.
@@ -39,15 +42,17 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import pickle
 import shutil
 import signal
 import tempfile
 import threading
 import time
+from functools import partial
 from typing import Any, Callable
 
 import zmq
+
+from bridge.item_codec import decode_item, encode_item
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +152,11 @@ class PacketProcess:
             if not here.poll(self._start_timeout):
                 raise PacketProcessError(f"the sink process did not start within {self._start_timeout:.0f}s")
             status, detail = here.recv()
+            if status == "ready":  # the child's hello on the channel: connected; now close the door
+                if not sock.poll(int(self._start_timeout * 1000)):
+                    raise PacketProcessError("the sink process never connected to its channel")
+                sock.recv()
+                shutil.rmtree(folder, ignore_errors=True)  # the socket file goes: nobody can connect after it
         except (EOFError, OSError):
             status, detail = "error", PacketProcessError(f"the sink process exited while starting (code {proc.exitcode})")
         except PacketProcessError as exc:
@@ -197,9 +207,7 @@ class PacketProcess:
         self._push(_RECIPE, recipe)
 
     def _push(self, tag: bytes, item: Any) -> bool:
-        buffers: list[pickle.PickleBuffer] = []
-        data = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
-        frames = [tag, data, *(b.raw() for b in buffers)]
+        frames = [tag, encode_item(item)]  # no pickle: a wire message (bridge.item_codec)
         with self._lock:
             if self._closed:
                 raise RuntimeError("PacketProcess is closed")
@@ -221,7 +229,7 @@ class PacketProcess:
         with self._lock:
             if self._closed or not self._proc.is_alive():
                 return False
-            token = pickle.dumps(time.monotonic_ns())
+            token = str(time.monotonic_ns()).encode()
             self._sock.send_multipart([_FLUSH, token])
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0 and self._conn.poll(left):
@@ -284,6 +292,7 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
     pull = zctx.socket(zmq.PAIR)
     pull.setsockopt(zmq.LINGER, 0)
     pull.connect(endpoint)
+    pull.send(b"hello")  # the parent removes the socket file once this arrives
     conn.send(("ready", [s.name for s in sinks]))
     parent = mp.parent_process()
     errors, last_log = 0, -1e9
@@ -301,8 +310,8 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
                 conn.send(("flushed", frames[1].bytes))
                 continue
             try:
-                item = pickle.loads(frames[1].buffer, buffers=[f.buffer for f in frames[2:]])
-                packet = item() if tag == _RECIPE else item
+                item = decode_item(frames[1].buffer)  # a Packet, or a partial of an allow-listed recipe
+                packet = item() if isinstance(item, partial) else item
                 if packet is not None:  # a recipe may find nothing to send (a timeline of no steps)
                     fan.publish(packet)
             except Exception as exc:  # one bad item must not stop the stream
