@@ -1,11 +1,10 @@
 """Items for the sink process's channel, without pickle: what crosses it cannot run code.
 
 Why: pickle runs whatever a byte string names, so a channel that carries pickles is only as
-safe as the guarantee that nobody else can write to it. Here a Packet travels as its own wire
-message (``bridge.transport.wire``, float32: the most any sink sends), and a *recipe* (a
-``functools.partial`` that the child calls to build a Packet) travels as a wire message of kind
-``recipe`` whose header names the function and holds its arguments as JSON, arrays in the
-message's array block. The child calls only functions on an allow-list (:func:`recipes`), so a
+safe as the guarantee that nobody else can write to it. Here an item is one JSON frame and one
+frame per array (its raw bytes, sent without a copy): a Packet as its kind, header and arrays,
+a *recipe* (a ``functools.partial`` that the child calls to build a Packet) as the function's
+name and its arguments. Arrays keep their dtype (from numpy's dtype list the wire allows). The child calls only functions on an allow-list (:func:`recipes`), so a
 forged item can at worst name one of them with bad arguments: an error, logged and skipped.
 
 Arguments may be None, bool, int, float (NaN and infinities too), str, lists, tuples, dicts
@@ -16,6 +15,8 @@ recipes (the idle replay wraps one); anything else is refused in the parent with
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 from functools import partial
 from typing import Any, Callable
@@ -23,9 +24,6 @@ from typing import Any, Callable
 import numpy as np
 
 from bridge.transport import wire
-
-RECIPE_KIND = "recipe"
-
 
 def _name(fn: Callable) -> str:
     return f"{fn.__module__}:{fn.__qualname__}"
@@ -45,25 +43,45 @@ def _dataclasses() -> dict[str, type]:
     return {"PhaseConfig": PhaseConfig}
 
 
-def encode_item(item: Any) -> bytes:
-    """A Packet or an allow-listed recipe as one wire message (raises TypeError/ValueError otherwise)."""
+def encode_item(item: Any) -> list[Any]:
+    """A Packet or an allow-listed recipe as message frames: one JSON frame, then each array's
+    bytes as its own frame (sent without a copy, as pickle's out-of-band buffers were). Raises
+    TypeError/ValueError for anything else."""
+    arrays: dict[str, np.ndarray] = {}
     if isinstance(item, partial):
-        arrays: dict[str, np.ndarray] = {}
-        head = _recipe(item, arrays, recipes())
-        return wire.encode(wire.WirePacket(RECIPE_KIND, head, arrays), "float32")
-    if hasattr(item, "kind") and hasattr(item, "header"):
-        if item.kind == RECIPE_KIND:
-            raise ValueError(f"a Packet of kind {RECIPE_KIND!r} cannot be sent: the name is the recipe's")
-        return wire.encode(item, "float32")
-    raise TypeError(f"{type(item).__name__} is neither a Packet nor a recipe (functools.partial)")
+        head: dict[str, Any] = {"recipe": _recipe(item, arrays, recipes())}
+    elif hasattr(item, "kind") and hasattr(item, "header"):
+        head = {"packet": {"kind": str(item.kind), "header": _enc(dict(item.header or {}), arrays, {}),
+                           "arrays": {k: _enc(np.asarray(v), arrays, {}) for k, v in (item.arrays or {}).items()}}}
+    else:
+        raise TypeError(f"{type(item).__name__} is neither a Packet nor a recipe (functools.partial)")
+    blocks = [np.ascontiguousarray(a) for a in arrays.values()]
+    head["arrays"] = [{"dtype": b.dtype.str, "shape": list(b.shape)} for b in blocks]
+    return [json.dumps(head, separators=(",", ":"), allow_nan=False).encode(), *(memoryview(b).cast("B") for b in blocks)]
 
 
-def decode_item(data: bytes | memoryview) -> Any:
-    """The Packet, or the recipe rebuilt as a partial of an allow-listed function."""
-    packet = wire.decode(data)
-    if packet.kind != RECIPE_KIND:
-        return packet
-    return _rebuild(packet.header, packet.arrays, recipes())
+def decode_item(frames: list[Any]) -> Any:
+    """The Packet, or the recipe rebuilt as a partial of an allow-listed function, from the
+    frames of :func:`encode_item` (bytes or buffers)."""
+    try:
+        head = json.loads(bytes(frames[0]))
+        specs = head["arrays"]
+        if not isinstance(specs, list) or len(specs) != len(frames) - 1:
+            raise ValueError(f"{len(frames) - 1} array frames for {len(specs) if isinstance(specs, list) else '?'} arrays")
+        arrays = {}
+        for i, (spec, buf) in enumerate(zip(specs, frames[1:])):
+            dtype, shape = np.dtype(spec["dtype"]), tuple(int(n) for n in spec["shape"])
+            if dtype.str not in wire.WIRE_DTYPES or any(n < 0 for n in shape):
+                raise ValueError(f"array {i}: dtype {dtype.str} / shape {shape} not allowed")
+            arrays[f"a{i}"] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a sink-process item: {exc}") from None
+    if "recipe" in head:
+        return _rebuild(head["recipe"], arrays, recipes())
+    body = head["packet"]
+    from bridge.packet import Packet  # noqa: PLC0415
+
+    return Packet(str(body["kind"]), _dec(body["header"], arrays, {}), {k: _dec(v, arrays, {}) for k, v in body["arrays"].items()})
 
 
 def _recipe(fn: partial, arrays: dict[str, np.ndarray], allowed: dict[str, Callable]) -> dict[str, Any]:
@@ -74,7 +92,15 @@ def _recipe(fn: partial, arrays: dict[str, np.ndarray], allowed: dict[str, Calla
             "kwargs": {str(k): _enc(v, arrays, allowed) for k, v in fn.keywords.items()}}
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
 def _enc(value: Any, arrays: dict[str, np.ndarray], allowed: dict[str, Callable]) -> Any:
+    kind = type(value)
+    if kind in _PLAIN or kind is float and math.isfinite(value):  # the common case first: this runs per step
+        return value
+    if kind is list and all(type(v) in _PLAIN for v in value):
+        return value
     if isinstance(value, np.ndarray):
         key = f"a{len(arrays)}"
         arrays[key] = value
@@ -94,9 +120,14 @@ def _enc(value: Any, arrays: dict[str, np.ndarray], allowed: dict[str, Callable]
     if isinstance(value, partial):
         return {"$r": _recipe(value, arrays, allowed)}
     if dataclasses.is_dataclass(value) and _dataclasses().get(type(value).__name__) is type(value):
-        return {"$c": type(value).__name__,
-                "v": {f.name: _enc(getattr(value, f.name), arrays, allowed) for f in dataclasses.fields(value)}}
+        return _enc_config(value)  # frozen settings: encoded once per value
     raise TypeError(f"a recipe argument of type {type(value).__name__} cannot cross to the sink process")
+
+
+@functools.lru_cache(maxsize=32)
+def _enc_config(value: Any) -> dict[str, Any]:
+    return {"$c": type(value).__name__,
+            "v": {f.name: _enc(getattr(value, f.name), {}, {}) for f in dataclasses.fields(value)}}
 
 
 def _rebuild(head: dict[str, Any], arrays: dict[str, np.ndarray], allowed: dict[str, Callable]) -> partial:

@@ -6,8 +6,8 @@ the sinks' threads) takes the GIL from that thread, and every hand-over of the G
 more: with the sinks in-process, capture + phases + publish measured 1.10–1.16× plain on an
 H100, against 0.99–1.02× for capture alone (docs/BENCHMARKS.md). A :class:`PacketProcess`
 runs the :class:`~bridge.fanout.FanOut` and its sinks in a spawned child. The parent encodes
-each item as a wire message (no pickle: :mod:`bridge.item_codec`) and sends it over a ZeroMQ
-socket whose I/O thread does the sending without the GIL.
+each item as a JSON frame plus raw array frames (no pickle: :mod:`bridge.item_codec`) and sends
+it over a ZeroMQ socket whose I/O thread does the sending without the GIL.
 
 The channel admits only the daemon's own child (docs/SECURITY.md, "Internal channels and
 traces"): an ``ipc://`` socket file in a fresh directory that only this user can enter (0700,
@@ -207,7 +207,7 @@ class PacketProcess:
         self._push(_RECIPE, recipe)
 
     def _push(self, tag: bytes, item: Any) -> bool:
-        frames = [tag, encode_item(item)]  # no pickle: a wire message (bridge.item_codec)
+        frames = [tag, *encode_item(item)]  # no pickle: JSON + raw array frames (bridge.item_codec)
         with self._lock:
             if self._closed:
                 raise RuntimeError("PacketProcess is closed")
@@ -310,7 +310,7 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
                 conn.send(("flushed", frames[1].bytes))
                 continue
             try:
-                item = decode_item(frames[1].buffer)  # a Packet, or a partial of an allow-listed recipe
+                item = decode_item([f.buffer for f in frames[1:]])  # a Packet, or an allow-listed recipe
                 packet = item() if isinstance(item, partial) else item
                 if packet is not None:  # a recipe may find nothing to send (a timeline of no steps)
                     fan.publish(packet)

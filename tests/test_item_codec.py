@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import numpy as np
@@ -12,7 +13,6 @@ from bridge.item_codec import decode_item, encode_item
 from bridge.packet import Packet
 from bridge.phases import PhaseConfig
 from bridge.runner import host_step_packet, timeline_packet
-from bridge.transport import wire
 
 
 def test_packets_and_recipes_round_trip_exactly():
@@ -39,6 +39,9 @@ def test_only_allow_listed_functions_cross():
         encode_item(partial(os.system, "echo owned"))
     with pytest.raises(TypeError, match="cannot cross"):
         encode_item(partial(timeline_packet, object()))
-    forged = wire.encode(wire.WirePacket("recipe", {"fn": "os:system", "args": ["echo owned"], "kwargs": {}}, {}), "float32")
+    forged = json.dumps({"recipe": {"fn": "os:system", "args": ["echo owned"], "kwargs": {}}, "arrays": []}).encode()
     with pytest.raises(ValueError, match="not on the allow-list"):
-        decode_item(forged)
+        decode_item([forged])
+    for junk in ([b"\x80\x04K\x01."], [b'{"arrays": [{"dtype": "O", "shape": [1]}]}', b"x" * 8], [b"{}"]):
+        with pytest.raises(ValueError, match="not a sink-process item"):  # a pickle, an object array, nothing
+            decode_item(junk)
