@@ -4,7 +4,7 @@ the copy has landed). A controlled stand-in for SD 1.5's launch-bound loop: ``--
 small kernels per step (about 28 ms of launching on a fast host, as SD 1.5 at 512² spends per
 step), 20 steps per round, each step ending with the runner's snapshot of ``[words, 64, 64]``
 maps; rounds of each mode interleaved, median of per-round ratios against ``none`` (the
-snapshot made and dropped). The recipes go to a real :class:`~bridge.packet_process.PacketProcess`
+snapshot made and dropped). The recipes go to a real :class:`~bridge.stream.process.PacketProcess`
 that runs the phases and publishes to ZeroMQ, as in ``stepx bench``'s *publish*.
 
     python bench/delivery_bench.py [--rounds 40] [--launches 5000] [--device cuda]
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from bridge.bench import _zmq_sinks, median_ci
-from bridge.host import HostSnapshot, OrderedWorker
-from bridge.packet_process import PacketProcess
+from bridge.stream.host import HostSnapshot, OrderedWorker
+from bridge.stream.process import PacketProcess
 from bridge.phases import PhaseConfig
-from bridge.runner import host_step_packet
+from bridge.stream.recipes import host_step_packet
 
 WORDS = ["a", "photo", "of", "a", "red", "fox"]
 
@@ -59,14 +59,14 @@ def main() -> None:
                 x.add_(1.0)
             snap = HostSnapshot({"maps": maps * 1.0, "timestep": ts})
             if mode == "worker":
-                worker.put(lambda snap=snap, step=step: packets.deferred(recipe(run_id, snap, step)))
+                worker.put(lambda snap=snap, step=step: packets.publish_recipe(recipe(run_id, snap, step)))
             elif mode == "inline":
                 while pending and pending[0][0].ready():
                     done, s = pending.pop(0)
-                    packets.deferred(recipe(run_id, done, s))
+                    packets.publish_recipe(recipe(run_id, done, s))
                 pending.append((snap, step))
         for done, s in pending:  # the run's end: what is left
-            packets.deferred(recipe(run_id, done, s))
+            packets.publish_recipe(recipe(run_id, done, s))
         worker.flush()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

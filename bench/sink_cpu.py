@@ -3,7 +3,7 @@ that slows the thread launching the model's kernels on a GPU host (docs/BENCHMAR
 ``capture_busy``, two processes busy 4 ms in every 30, made capture 2.3 % slower on an H200).
 
 Pushes ``--runs`` runs of ``--steps`` step recipes (the runner's own: phases on the CPU, then the
-step packet) to a real :class:`~bridge.packet_process.PacketProcess` publishing float16 over
+step packet) to a real :class:`~bridge.stream.process.PacketProcess` publishing float16 over
 ZeroMQ, one every ``--interval`` seconds (SD 1.5's step on an H200), to a subscriber in a third
 process that receives and decodes every packet, as ``stepx bench``'s *publish* does. Prints the
 CPU milliseconds per step of each process (all its threads, from ``/proc``), the received count,
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from bridge.bench import _zmq_sinks
-from bridge.packet_process import PacketProcess
+from bridge.stream.process import PacketProcess
 from bridge.phases import PhaseConfig
-from bridge.runner import host_step_packet
-from bridge.transport.wire import encode
+from bridge.stream.recipes import host_step_packet
+from bridge.protocol import encode
 
 ENDPOINT = "tcp://127.0.0.1:5593"
 
@@ -90,14 +90,14 @@ def main() -> None:
     child = sinks._proc.pid  # noqa: SLF001 — a measurement of that very process
     time.sleep(0.5)  # the subscriber connects
     for step in range(args.steps):  # warm-up run: imports, first allocations
-        sinks.deferred(recipe(-1, step))
+        sinks.publish_recipe(recipe(-1, step))
     sinks.flush()
     time.sleep(0.2)
     c0, s0 = cpu_seconds(child), cpu_seconds(sub.pid)
     t0 = time.perf_counter()
     for run in range(args.runs):
         for step in range(args.steps):
-            sinks.deferred(recipe(run, step))
+            sinks.publish_recipe(recipe(run, step))
             time.sleep(args.interval)
     sinks.flush()
     time.sleep(0.3)

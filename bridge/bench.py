@@ -48,7 +48,7 @@ def _daam_trace():
 def _subscribe(endpoints: list[str], ready: Any, stop: Any, out: Any, cpus: set[int] | None = None) -> None:
     """Subscriber process: stamp each step packet's arrival (``time.perf_counter``, the system's
     monotonic clock on Linux, comparable across processes) until ``stop``; send the stamps."""
-    from bridge.packet_process import set_cpus
+    from bridge.stream.process import set_cpus
     from bridge.transport.zmq_sub import ZmqSubscriber
 
     if cpus:
@@ -98,7 +98,7 @@ class Latency:
 
 def _busy(on: Any, stop: Any, spin: float, period: float, cpus: set[int] | None) -> None:
     """A process that keeps one CPU busy for ``spin`` of every ``period`` seconds while ``on`` is set."""
-    from bridge.packet_process import set_cpus
+    from bridge.stream.process import set_cpus
 
     if cpus:
         set_cpus(cpus)
@@ -132,13 +132,18 @@ class Busy:
 
 
 class _Drop:
-    """A publisher that takes recipes (as a PacketProcess does) and drops everything."""
+    """A remote-like Publisher (recipes are not run here, as with a PacketProcess) that drops everything."""
 
-    def __call__(self, packet: Any) -> None:
+    remote = True
+
+    def publish(self, packet: Any) -> None:
         pass
 
-    def deferred(self, recipe: Any) -> None:
+    def publish_recipe(self, recipe: Any) -> None:
         pass
+
+    def alive(self) -> bool:
+        return True
 
 
 def median_ci(ratios: np.ndarray, level: float = 0.95, resamples: int = 4000) -> list[float]:
@@ -193,8 +198,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     has passed since the first one began (``runs`` in the result is then the rounds done), so a
     run under a time limit still reports what it measured."""
     from bridge.capture import CaptureConfig, Query, capture, graph_stats
-    from bridge.fanout import FanOut
-    from bridge.packet_process import PacketProcess
+    from bridge.stream.fanout import FanOut
+    from bridge.stream.process import PacketProcess
     from bridge.runner import Request, Runner, denoiser
     from bridge.transport.zmq_pub import ZmqPublisher
 
@@ -202,11 +207,11 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     size = {k: v for k, v in (("height", height), ("width", width)) if v}
     res = (map_size, map_size) if map_size else None
     variants = list(variants or ["plain", "capture", "publish", "queries"])
-    # publish / publish_inline / publish_device: the sink in a PacketProcess (the phases there too,
+    # publish / publish_device: the sink in a PacketProcess (the phases there too,
     # on its CPU / compiled on the GPU); publish_inproc: the same sink in this process (FanOut,
     # phases on the GPU where there is one) on the next port; publish_null / publish_drop: no
     # sink / recipes dropped. Only the variants that reach the subscriber time its latency.
-    in_child = [v for v in variants if v in ("publish", "publish_device", "publish_inline")]
+    in_child = [v for v in variants if v in ("publish", "publish_device")]
     endpoint_inproc = _next_port(endpoint)
     endpoints = ([endpoint] if in_child else []) + ([endpoint_inproc] if "publish_inproc" in variants else [])
     latency = Latency(endpoints, sink_cpus) if endpoints else None
@@ -231,7 +236,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     for v, sink in sinks.items():
         runners[v] = Runner(pipe, sink, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
                             step_clock=latency.step_end if latency and v in subscribed else None,
-                            phases_on="device" if v == "publish_device" else "auto", deliver="inline" if v == "publish_inline" else "worker")
+                            phases_on="device" if v == "publish_device" else "auto")
     busy = Busy(cpus=sink_cpus) if "capture_busy" in variants else None
     if busy:
         closers.append(busy.close)
@@ -295,7 +300,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
             tc.compute_global_heat_map()
 
     table: dict[str, Callable[[], Any]] = {"plain": plain, "capture": with_capture, "capture_eager": with_capture_eager, "publish": publisher("publish"),
-                                            "publish_device": publisher("publish_device"), "publish_inline": publisher("publish_inline"), "publish_inproc": publisher("publish_inproc"),
+                                            "publish_device": publisher("publish_device"), "publish_inproc": publisher("publish_inproc"),
                                             "publish_drop": publisher("publish_drop"),
                                             "capture_latent": with_capture_latent, "capture_busy": with_capture_busy,
                                             "publish_null": publisher("publish_null"), "queries": with_queries, "daam": with_daam}

@@ -22,8 +22,9 @@ from typing import Any, Callable
 import torch
 
 from bridge.budget import MAX_STEP_SECONDS, Budget, BudgetError, latent_tokens
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge.runner import Request, Runner, RunResult
+from bridge.stream.publisher import Publisher, Recipe, as_publisher
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,10 @@ class DaemonOptions:
 class Daemon:
     """Owns the request queue, the current run and the idle loop; see the module docstring."""
 
-    def __init__(self, runner: Runner, publish: Callable[[Packet], None], options: DaemonOptions | None = None) -> None:
+    def __init__(self, runner: Runner, publish: Publisher | Callable[[Packet], None], options: DaemonOptions | None = None) -> None:
         self.runner = runner
-        self.publish = publish
+        self.publisher = as_publisher(publish)
+        self.publish = self.publisher.publish
         self.options = options or DaemonOptions()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -190,8 +192,8 @@ class Daemon:
             if clock is not None:
                 clock(run_id, step)
 
-        record = _RunRecord(self.publish)
-        self.runner.publish, self.runner.step_clock = record, on_step
+        record = _RunRecord(self.publisher)
+        self.runner.publisher, self.runner.step_clock = record, on_step
         try:
             result = self.runner.run(req, self._cancel)
         finally:
@@ -229,7 +231,7 @@ class Daemon:
                 self.publish(Packet(p.kind, {**p.header, "replay": True}, p.arrays))
                 is_step = p.kind == "step"
             else:
-                self.publish.deferred(partial(replayed, p))  # type: ignore[attr-defined]
+                self.publisher.publish_recipe(partial(replayed, p))
                 is_step = True
             if is_step and self._wake.wait(period):
                 self._wake.clear()
@@ -244,25 +246,29 @@ class Daemon:
 
 
 class _RunRecord:
-    """The runner's publisher for one run: forwards everything to the daemon's publisher and keeps
-    it for the idle replay; has ``deferred`` (so the runner sends recipes) and ``alive`` when that
-    one does."""
+    """The runner's Publisher for one run: forwards everything to the daemon's publisher and keeps
+    it for the idle replay (recipes as recipes, so a remote publisher builds them again)."""
 
-    def __init__(self, publish: Callable[[Packet], None]) -> None:
-        self._publish = publish
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self.remote = publisher.remote
         self.items: list[Any] = []  # Packets and recipes, in run order
-        if getattr(publish, "deferred", None) is not None:
-            self.deferred = self._deferred
-        if getattr(publish, "alive", None) is not None:
-            self.alive = publish.alive  # type: ignore[attr-defined]
 
-    def __call__(self, packet: Packet) -> None:
+    def publish(self, packet: Packet) -> None:
         self.items.append(packet)
-        self._publish(packet)
+        self._publisher.publish(packet)
 
-    def _deferred(self, recipe: Callable[[], Packet | None]) -> None:
+    def publish_recipe(self, recipe: Recipe) -> None:
+        if not self.remote:  # built here: keep the packet, so the replay does not build it again
+            packet = recipe()
+            if packet is not None:
+                self.publish(packet)
+            return
         self.items.append(recipe)
-        self._publish.deferred(recipe)  # type: ignore[attr-defined]
+        self._publisher.publish_recipe(recipe)
+
+    def alive(self) -> bool:
+        return self._publisher.alive()
 
 
 def replayed(recipe: Callable[[], Packet | None]) -> Packet | None:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bridge.transport import wire
+from bridge import protocol as wire
 
 def _name(fn: Callable) -> str:
     return f"{fn.__module__}:{fn.__qualname__}"
@@ -32,7 +32,7 @@ def _name(fn: Callable) -> str:
 def recipes() -> dict[str, Callable]:
     """The allow-list: every function the child may call to build a Packet, by qualified name."""
     from bridge.daemon import replayed  # noqa: PLC0415 (heavy modules; only where recipes are used)
-    from bridge.runner import host_step_packet, step_packet, timeline_packet  # noqa: PLC0415
+    from bridge.stream.recipes import host_step_packet, step_packet, timeline_packet  # noqa: PLC0415
 
     return {_name(f): f for f in (step_packet, host_step_packet, timeline_packet, replayed)}
 
@@ -79,9 +79,7 @@ def decode_item(frames: list[Any]) -> Any:
     if "recipe" in head:
         return _rebuild(head["recipe"], arrays, recipes())
     body = head["packet"]
-    from bridge.packet import Packet  # noqa: PLC0415
-
-    return Packet(str(body["kind"]), _dec(body["header"], arrays, {}), {k: _dec(v, arrays, {}) for k, v in body["arrays"].items()})
+    return wire.Packet(str(body["kind"]), _dec(body["header"], arrays, {}), {k: _dec(v, arrays, {}) for k, v in body["arrays"].items()})
 
 
 def _recipe(fn: partial, arrays: dict[str, np.ndarray], allowed: dict[str, Callable]) -> dict[str, Any]:

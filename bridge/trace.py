@@ -1,7 +1,7 @@
 """Traces: recorded runs on disk, one append-only file of CRC-framed wire Packets.
 
 Why this shape: every record is exactly the bytes a ZeroMQ subscriber receives
-(``bridge.transport.wire``), so there is one array format, not two, and replay can send the
+(``bridge.protocol``), so there is one array format, not two, and replay can send the
 stored bytes as they are. A length + CRC32 frame per record makes truncation and bit rot
 detectable and nameable (record number, byte offset). The writer fsyncs each record and
 renames ``PATH.partial`` -> ``PATH`` only after an ``end`` packet, so a file named ``PATH``
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from bridge.transport import wire
+from bridge import protocol as wire
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,8 @@ class TraceWriter:
     latest-wins slots would otherwise drop steps when a disk stalls).
     """
 
-    lossless = True
+    lossless = True  # Sink (bridge.stream.fanout): every packet, in order, on its own thread
+    inline = False
 
     def __init__(self, path: str | os.PathLike[str], *, encoding: str = "float16", append: bool = False,
                  existing: str = "refuse", fsync: bool = True, skip_kinds: tuple[str, ...] = ("status",),

@@ -103,33 +103,35 @@ def test_sd3_tap_takes_the_lse_from_the_models_kernel_and_leaves_the_image_exact
     torch.testing.assert_close(cap.last_run.frames[0].cross.float(), untapped.last_run.frames[0].cross.float(), rtol=2e-2, atol=2e-3)
 
 
-def test_runner_hands_recipes_over_on_the_model_thread_once_copies_land(cuda_pipe):
-    """On CUDA the runner's inline delivery waits for real events: every step goes out once, in
-    order, with the same maps as the packet thread's, and the model's thread hands over those whose
-    copy had landed by the next step's end."""
+def test_runner_recipes_wait_for_real_copies_on_the_packet_thread(cuda_pipe):
+    """On CUDA a remote publisher's recipes wait for real events on the packet thread: every step
+    goes out once, in order, with the same maps whether the phases ran on the host or the device."""
     import threading
 
     from bridge.runner import Request, Runner
 
     class Recipes:
+        remote = True
+
         def __init__(self):
             self.got = []
 
-        def __call__(self, packet):
+        def publish(self, packet):
             self.got.append((packet, threading.current_thread().name))
 
-        def deferred(self, recipe):
-            self(recipe())
+        def publish_recipe(self, recipe):
+            self.publish(recipe())
 
-    runs = {}
-    for deliver in ("inline", "worker"):
-        pub = Recipes()
-        result = Runner(cuda_pipe, pub, image_every=0, deliver=deliver).run(Request("a red circle above a blue square", seed=3, steps=6))
-        assert result.status == "done"
-        runs[deliver] = pub.got
-    steps = {d: [(p, name) for p, name in got if p.kind == "step"] for d, got in runs.items()}
-    assert [p.header["step"] for p, _ in steps["inline"]] == list(range(6))
-    assert {name for _, name in steps["worker"]} == {"stepx-packets"}
-    assert threading.main_thread().name in {name for _, name in steps["inline"]}
-    for (a, _), (w, _) in zip(steps["inline"], steps["worker"], strict=True):
-        np.testing.assert_array_equal(a.arrays["rgba"], w.arrays["rgba"])
+        def alive(self):
+            return True
+
+    pub = Recipes()
+    req = Request("a red circle above a blue square", seed=3, steps=6)
+    assert Runner(cuda_pipe, pub, image_every=0).run(req).status == "done"
+    local: list = []
+    assert Runner(cuda_pipe, local.append, image_every=0, phases_on="host").run(req).status == "done"
+    steps = [(p, name) for p, name in pub.got if p.kind == "step"]
+    assert [p.header["step"] for p, _ in steps] == list(range(6))
+    assert {name for _, name in steps} == {"stepx-packets"}
+    for (a, _), b in zip(steps, [p for p in local if p.kind == "step"], strict=True):
+        np.testing.assert_array_equal(a.arrays["rgba"], b.arrays["rgba"])

@@ -12,7 +12,7 @@ import torch
 
 from bridge.capture import CaptureConfig, Query, UnsupportedProcessorError, capture, supported_pipelines
 from bridge.capture.maps import joint_text_probabilities
-from bridge.capture.mmdit import build_offset_token_map
+from bridge.capture.tokens import build_offset_token_map
 from bridge.models.tiny import t5_tokenizer, tiny_flux_pipeline, tiny_sd3_pipeline
 
 PROMPT = "a red circle above a blue square"

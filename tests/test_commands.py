@@ -49,15 +49,15 @@ def test_record_bad_focus_word_fails_clearly(tmp_path, capsys):
     assert "'dog' is not a word of the prompt" in err and "'circle'" in err
 
 
-@pytest.mark.parametrize("sink_process, deliver", [("off", "worker"), ("on", "worker"), ("on", "inline")])
-def test_serve_control_and_sigterm_finalises_the_trace(tmp_path, sink_process, deliver):
+@pytest.mark.parametrize("sink_process", ["off", "on"])
+def test_serve_control_and_sigterm_finalises_the_trace(tmp_path, sink_process):
     pub, ctl, osc = free_port(), free_port(), free_port()
     trace = tmp_path / "show.stepx"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--steps", "400", "--prompt", "a red circle",
          "--zmq", f"tcp://127.0.0.1:{pub}", "--control", f"tcp://127.0.0.1:{ctl}", "--osc-control", f"127.0.0.1:{osc}",
-         "--record", str(trace), "--no-idle-replay", "--sink-process", sink_process, "--deliver", deliver],
+         "--record", str(trace), "--no-idle-replay", "--sink-process", sink_process],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sub = ZmqSubscriber(f"tcp://127.0.0.1:{pub}", topics=["stepx/"])
     ctx = zmq.Context.instance()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bridge.daemon import Daemon, DaemonOptions
-from bridge.fanout import FanOut
-from bridge.packet import Packet
+from bridge.stream.fanout import FanOut
+from bridge.protocol import Packet
 from bridge.runner import Request, Runner
 from bridge.transport.control import parse_request
 
@@ -19,7 +19,7 @@ from bridge.transport.control import parse_request
 class Collect:
     """A sink that keeps every packet (thread-safe)."""
 
-    name, encoding = "collect", None
+    name, encoding, inline, lossless = "collect", None, False, False
 
     def __init__(self) -> None:
         self.packets: list[Packet] = []
@@ -139,7 +139,7 @@ def test_idle_replay_keeps_the_patch_alive(sd_pipe):
 
 
 class Raising:
-    name, encoding = "raising", "float16"
+    name, encoding, inline, lossless = "raising", "float16", False, False
 
     def send(self, packet, data):
         raise ConnectionError("receiver went away")
@@ -163,8 +163,8 @@ def test_through_a_sink_process_the_phases_run_there_and_the_idle_replay_still_p
     import argparse
     from functools import partial
 
-    from bridge.packet_process import PacketProcess
-    from bridge.sinks import build_sinks
+    from bridge.stream.process import PacketProcess
+    from bridge.stream.sinks import build_sinks
     from bridge.transport.zmq_sub import ZmqSubscriber
 
     endpoint = f"ipc://{tmp_path}/d.sock"

@@ -17,9 +17,9 @@ from bridge.export import (
     select_words, step_table,
 )
 from bridge.export.coco import rle_decode
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge.phases.timeline import area_under_curve
-from bridge.preview.colormap import colormap
+from bridge.colormap import colormap
 from bridge.trace import TraceReader, TraceWriter
 
 WORDS = ["cat", "table"]

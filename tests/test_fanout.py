@@ -3,13 +3,16 @@
 import time
 
 import numpy as np
+import pytest
 
-from bridge.fanout import FanOut, Sink
-from bridge.packet import Packet
-from bridge.transport import wire
+from bridge.stream.fanout import FanOut, Sink
+from bridge.protocol import Packet
+from bridge import protocol as wire
 
 
 class Recorder:
+    inline, lossless = False, False  # the Sink protocol's flags: own thread, latest frames
+
     def __init__(self, name, encoding=None, delay=0.0, fail=False):
         self.name, self.encoding, self.delay, self.fail = name, encoding, delay, fail
         self.got, self.datas, self.closed = [], [], False
@@ -93,11 +96,11 @@ def test_lossless_sink_gets_every_packet_in_order():
     """The recorder (lossless = True) never loses a step, even when it is much slower than the producer."""
     import time as _time
 
-    from bridge.fanout import FanOut
-    from bridge.packet import Packet
+    from bridge.stream.fanout import FanOut
+    from bridge.protocol import Packet
 
     class SlowRecorder:
-        name, encoding, lossless = "rec", "float16", True
+        name, encoding, lossless, inline = "rec", "float16", True, False
 
         def __init__(self):
             self.steps = []
@@ -147,3 +150,18 @@ def test_inline_sink_gets_every_packet_on_the_producers_thread():
     assert fo.stats["inline"].delivered == 50 and fo.stats["bad"].errors == 50
     assert fo.stats["slow"].dropped > 0  # the threaded sink's latest-wins still applies to it
     assert fast.closed and bad.closed and slow.closed
+
+
+def test_an_undeclared_sink_is_refused_at_the_door():
+    """A sink must declare the Sink protocol (inline, lossless, ...): FanOut names what is missing."""
+    class Bare:
+        name, encoding = "bare", None
+
+        def send(self, packet, data):
+            pass
+
+        def close(self):
+            pass
+
+    with pytest.raises(TypeError, match="lacks inline, lossless"):
+        FanOut([Bare()])

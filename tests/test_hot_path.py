@@ -158,7 +158,7 @@ def test_packet_worker_uses_one_torch_thread_and_leaves_the_rest_of_the_process_
 
     import torch
 
-    from bridge.host import OrderedWorker
+    from bridge.stream.host import OrderedWorker
 
     default = torch.get_num_threads()
     worker = OrderedWorker(torch_threads=1)

@@ -10,9 +10,9 @@ import pytest
 
 from bridge.daemon import replayed
 from bridge.item_codec import decode_item, encode_item
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge.phases import PhaseConfig
-from bridge.runner import host_step_packet, timeline_packet
+from bridge.stream.recipes import host_step_packet, timeline_packet
 
 
 def test_packets_and_recipes_round_trip_exactly():

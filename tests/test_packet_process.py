@@ -11,12 +11,13 @@ from functools import partial
 import numpy as np
 import pytest
 
-from bridge.packet import Packet
-from bridge.packet_process import PacketProcess
-from bridge.runner import Request, Runner, collect, step_packet
-from bridge.sinks import SinkError, build_sinks
+from bridge.protocol import Packet
+from bridge.stream.process import PacketProcess
+from bridge.runner import Request, Runner, collect
+from bridge.stream.recipes import step_packet
+from bridge.stream.sinks import SinkError, build_sinks
 from bridge.trace import TraceReader
-from bridge.transport import wire
+from bridge import protocol as wire
 from bridge.transport.zmq_sub import ZmqSubscriber
 
 REQ = Request(prompt="a red circle above a blue square", steps=4, seed=5, width=64, height=64)
@@ -81,9 +82,9 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
 
         assert received("first")
         with pytest.raises(ValueError, match="not a recipe the sink process runs"):
-            pp.deferred(partial(int, "not a number"))  # only allow-listed functions cross the channel
+            pp.publish_recipe(partial(int, "not a number"))  # only allow-listed functions cross the channel
         bad = partial(step_packet, "r", {}, np.zeros(3, np.float32), [("textures", (9, 9))], [], 0.0)
-        pp.deferred(bad)  # an allowed recipe that fails in the child: logged, skipped
+        pp.publish_recipe(bad)  # an allowed recipe that fails in the child: logged, skipped
         assert received("after a bad recipe")
         first = pp._proc.pid
         assert pp.alive()
@@ -102,7 +103,7 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
 def test_a_replaced_child_continues_the_recording(tmp_path) -> None:
     """serve's restart factory: a child that dies between runs is replaced by one that appends to
     the trace, so the runs recorded before the crash are still in it."""
-    from bridge.sinks import restart_options
+    from bridge.stream.sinks import restart_options
 
     trace = tmp_path / "night.stepx"
     options = argparse.Namespace(record=str(trace))
@@ -131,7 +132,7 @@ def test_a_replaced_child_continues_the_recording(tmp_path) -> None:
 
 
 def test_cpu_lists_parse_and_a_child_can_be_kept_to_some_cpus() -> None:
-    from bridge.packet_process import parse_cpus
+    from bridge.stream.process import parse_cpus
 
     assert parse_cpus("0-3,8, 10-11") == {0, 1, 2, 3, 8, 10, 11}
     with pytest.raises(ValueError, match="not a CPU list"):
@@ -153,7 +154,7 @@ def test_the_internal_channel_admits_only_the_child(tmp_path) -> None:
 
     import zmq
 
-    from bridge.packet_process import private_endpoint
+    from bridge.stream.process import private_endpoint
     from tests.test_trace import run_packets
 
     folder, endpoint = private_endpoint()

@@ -9,7 +9,7 @@ import pytest
 
 moderngl = pytest.importorskip("moderngl", reason="moderngl not installed (pip install moderngl)")
 
-from bridge.preview.colormap import colormap  # noqa: E402
+from bridge.colormap import colormap  # noqa: E402
 from bridge.preview.renderer import PreviewError, PreviewRenderer, create_context  # noqa: E402
 from bridge.preview.shaders import SHADER_DIR, load_shader  # noqa: E402
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge.preview.player import PreviewPlayer, UnknownWordError
 from bridge.preview.source import TraceSource
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from bridge.commands import replay
-from bridge.packet import Packet
-from bridge.sinks import SinkError, build_sinks, zmq_endpoint
+from bridge.protocol import Packet
+from bridge.stream.sinks import SinkError, build_sinks, zmq_endpoint
 from bridge.trace import RECORD, TraceReader, TraceWriter, partial_path
 from bridge.transport.zmq_sub import ZmqSubscriber
 

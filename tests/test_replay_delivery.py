@@ -14,11 +14,11 @@ from pathlib import Path
 import zmq
 
 from bridge.daemon import Daemon, DaemonOptions
-from bridge.fanout import FanOut
-from bridge.packet import Packet
+from bridge.protocol import Packet
+from bridge.stream.fanout import FanOut
 from bridge.runner import Request, Runner
 from bridge.trace import TraceReader, TraceWriter
-from bridge.transport.wire import decode
+from bridge.protocol import decode
 from bridge.transport.zmq_pub import ZmqPublisher
 from tests.test_trace import run_packets, write
 

@@ -86,81 +86,59 @@ def test_cancel_stops_the_run_after_the_current_step(sd_pipe):
 
 
 class _Recipes:
-    """A publisher that takes recipes, as a PacketProcess does (built here instead of in a child),
-    and notes which thread handed each packet over."""
+    """A remote Publisher, as a PacketProcess is (its recipes built here instead of in a child),
+    that notes which thread handed each packet over."""
+
+    remote = True
 
     def __init__(self, fail_step: int | None = None) -> None:
         self.got: list[tuple[str, int | None, str]] = []
         self.packets = []
         self.fail_step = fail_step
 
-    def __call__(self, packet) -> None:
+    def publish(self, packet) -> None:
         import threading
 
         self.got.append((packet.kind, packet.header.get("step"), threading.current_thread().name))
         self.packets.append(packet)
 
-    def deferred(self, recipe) -> None:
+    def publish_recipe(self, recipe) -> None:
         packet = recipe()
         if packet.kind == "step" and packet.header["step"] == self.fail_step:
             raise ConnectionError("the sink process went away")
-        self(packet)
+        self.publish(packet)
+
+    def alive(self) -> bool:
+        return True
 
 
-@pytest.mark.parametrize("deliver", ["inline", "worker"])
-def test_recipes_go_out_in_order_from_the_model_thread_or_the_packet_thread(sd_pipe, deliver):
-    """``inline`` hands recipes over on the model's thread (on the CPU a copy has always landed),
-    ``worker`` (the default) on the packet thread; the packets are the same either way."""
-    import threading
-
+def test_recipes_go_out_in_order_from_the_packet_thread(sd_pipe):
+    """A remote publisher gets recipes (phases where they are built), all from the packet thread;
+    the packets equal those a plain callable gets."""
     from bridge.runner import Runner
+    from bridge.stream.publisher import Publisher
 
     pub = _Recipes()
-    result = Runner(sd_pipe, pub, image_every=2, deliver=deliver).run(Request(PROMPT, seed=5, steps=4))
+    assert isinstance(pub, Publisher)
+    runner = Runner(sd_pipe, pub, image_every=2)
+    assert runner.phases_where() == "host"
+    result = runner.run(Request(PROMPT, seed=5, steps=4))
     assert result.status == "done"
     assert [(k, s) for k, s, _ in pub.got] == [("run", None), ("step", 0), ("image", 0), ("step", 1), ("step", 2), ("image", 2),
                                                ("step", 3), ("image", 3), ("timeline", None), ("end", None)]
-    threads = {name for kind, _, name in pub.got if kind in ("run", "step", "image")}
-    assert threads == ({threading.main_thread().name} if deliver == "inline" else {"stepx-packets"})
+    assert {name for _, _, name in pub.got} == {"stepx-packets"}
     _, reference = collect(sd_pipe, Request(PROMPT, seed=5, steps=4), image_every=0)
-    for mine, theirs in zip([p for p in pub.packets if p.kind == "step"], [p for p in reference if p.kind == "step"]):
-        np.testing.assert_array_equal(mine.arrays["rgba"], theirs.arrays["rgba"])
+    mine, theirs = [p for p in pub.packets if p.kind == "step"], [p for p in reference if p.kind == "step"]
+    assert len(mine) == len(theirs) == 4
+    for a, b in zip(mine, theirs):
+        np.testing.assert_array_equal(a.arrays["rgba"], b.arrays["rgba"])
 
 
-def test_a_copy_not_landed_by_the_next_step_goes_to_the_packet_thread_in_order(sd_pipe, monkeypatch):
-    """Where the GPU sets the pace a step's copy may not have landed when the next step ends: the
-    packet thread takes it (and waits for it) and everything after it while it has work, so the
-    order holds."""
-    import threading
-
-    import bridge.runner as runner_mod
-    from bridge.host import HostSnapshot
-
-    made = []
-
-    class SlowSnapshot(HostSnapshot):
-        def __init__(self, tensors):
-            super().__init__(tensors)
-            self.index = len(made)
-            made.append(self)
-
-        def ready(self) -> bool:
-            return self.index != 1  # step 1's copy "has not landed" whenever the model's thread looks
-
-    monkeypatch.setattr(runner_mod, "HostSnapshot", SlowSnapshot)
-    pub = _Recipes()
-    result = runner_mod.Runner(sd_pipe, pub, image_every=0, deliver="inline").run(Request(PROMPT, seed=5, steps=5))
-    assert result.status == "done"
-    steps = [(s, name) for kind, s, name in pub.got if kind == "step"]
-    assert [s for s, _ in steps] == [0, 1, 2, 3, 4]
-    assert steps[0][1] == threading.main_thread().name and steps[1][1] == "stepx-packets"
-
-
-def test_an_inline_hand_over_that_fails_is_logged_and_the_run_goes_on(sd_pipe, caplog):
+def test_a_hand_over_that_fails_is_logged_and_the_run_goes_on(sd_pipe, caplog):
     from bridge.runner import Runner
 
     pub = _Recipes(fail_step=1)
-    result = Runner(sd_pipe, pub, image_every=0, deliver="inline").run(Request(PROMPT, seed=5, steps=4))
+    result = Runner(sd_pipe, pub, image_every=0).run(Request(PROMPT, seed=5, steps=4))
     assert result.status == "done"
     assert [s for kind, s, _ in pub.got if kind == "step"] == [0, 2, 3]
     assert [k for k, _, _ in pub.got][-1] == "end"
@@ -170,7 +148,7 @@ def test_an_inline_hand_over_that_fails_is_logged_and_the_run_goes_on(sd_pipe, c
 def test_ordered_worker_busy_until_its_jobs_have_run():
     import threading
 
-    from bridge.host import OrderedWorker
+    from bridge.stream.host import OrderedWorker
 
     worker = OrderedWorker()
     gate = threading.Event()
@@ -183,53 +161,3 @@ def test_ordered_worker_busy_until_its_jobs_have_run():
     worker.flush()
     assert not worker.busy
     worker.close()
-
-
-def test_a_copy_goes_out_between_the_next_steps_layers_once_it_has_landed(sd_pipe, monkeypatch):
-    """Inline delivery does not wait for the next step's end: the capture polls between layers, so
-    a copy that lands during the next step goes out from inside it."""
-    import bridge.runner as runner_mod
-    from bridge.host import HostSnapshot
-
-    events = []
-    made = []
-
-    class LateSnapshot(HostSnapshot):
-        def __init__(self, tensors):
-            super().__init__(tensors)
-            self.index, self.queries = len(made), 0
-            made.append(self)
-
-        def ready(self) -> bool:
-            self.queries += 1
-            return self.index != 1 or self.queries >= 3  # step 1's copy "lands" at the third look
-
-    class Pub(_Recipes):
-        def __call__(self, packet):
-            super().__call__(packet)
-            if packet.kind == "step":
-                events.append(("sent", packet.header["step"]))
-
-    monkeypatch.setattr(runner_mod, "HostSnapshot", LateSnapshot)
-    runner = runner_mod.Runner(sd_pipe, Pub(), image_every=0, deliver="inline", step_clock=lambda run_id, step: events.append(("ended", step)))
-    assert runner.run(Request(PROMPT, seed=5, steps=4)).status == "done"
-    assert events.index(("ended", 1)) < events.index(("sent", 1)) < events.index(("ended", 2))
-    assert made[1].queries == 3  # looked at between layers, then no more
-    assert [e for e in events if e[0] == "sent"] == [("sent", s) for s in range(4)]
-
-
-def test_while_the_sink_process_is_down_the_packet_thread_hands_over(sd_pipe):
-    """A push to a dead sink process starts a new one (seconds): never on the model's thread."""
-    import threading
-
-    from bridge.runner import Runner
-
-    class Down(_Recipes):
-        def alive(self) -> bool:
-            return False
-
-    pub = Down()
-    result = Runner(sd_pipe, pub, image_every=0, deliver="inline").run(Request(PROMPT, seed=5, steps=3))
-    assert result.status == "done"
-    assert [(k, s) for k, s, _ in pub.got] == [("run", None), ("step", 0), ("step", 1), ("step", 2), ("image", 2), ("timeline", None), ("end", None)]
-    assert {name for _, _, name in pub.got} == {"stepx-packets"} != {threading.main_thread().name}

@@ -9,7 +9,7 @@ import threading
 import time
 
 from bridge.daemon import Daemon, DaemonOptions
-from bridge.fanout import FanOut
+from bridge.stream.fanout import FanOut
 from bridge.runner import Request, Runner
 
 
@@ -19,7 +19,7 @@ def rss_mb() -> float:
 
 
 class Slow:
-    name, encoding = "slow", "float16"
+    name, encoding, inline, lossless = "slow", "float16", False, False
 
     def __init__(self) -> None:
         self.steps = 0
@@ -33,7 +33,7 @@ class Slow:
 
 
 class Broken:
-    name, encoding = "broken", None
+    name, encoding, inline, lossless = "broken", None, False, False
 
     def send(self, packet, data) -> None:
         raise BrokenPipeError("the receiver is gone")
@@ -92,7 +92,7 @@ import zmq  # noqa: E402
 
 from bridge.trace import TraceReader  # noqa: E402
 from bridge.transport.osc_encode import message as osc_message  # noqa: E402
-from bridge.transport.wire import decode  # noqa: E402
+from bridge.protocol import decode  # noqa: E402
 from bridge.transport.zmq_sub import ZmqSubscriber  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

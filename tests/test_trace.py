@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge.fanout import FanOut
-from bridge.packet import Packet
-from bridge.transport import wire
+from bridge import protocol as wire
+from bridge.protocol import Packet
+from bridge.stream.fanout import FanOut
 from bridge.trace import (
     RECORD, TraceCorruptError, encode_preamble, encode_record, TraceFormatError, TracePartialError, TraceReader, TraceWriter, partial_path,
 )

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge.trace import (
     TraceCorruptError, TraceError, TraceReader, TraceWriteError, TraceWriter, encode_preamble, encode_record,
 )
-from bridge.transport import wire
+from bridge import protocol as wire
 from tests.test_trace import run_packets, write
 
 ROOT = Path(__file__).resolve().parents[1]

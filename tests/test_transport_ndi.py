@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge.transport import textures
 
 pytestmark = pytest.mark.skipif("ndi" not in textures.available(), reason="cyndilib not importable here")

@@ -8,9 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge.transport import osc_encode
-from bridge.transport.osc_out import OscSender, packet_messages, word_measures
+from bridge.phases.measures import word_measures
+from bridge.transport.osc_out import OscSender, packet_messages
 
 
 def free_udp_port():

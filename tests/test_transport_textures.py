@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bridge.packet import Packet
+from bridge.protocol import Packet
 from bridge.transport import textures
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from bridge.packet import Packet
-from bridge.transport import wire
+from bridge.protocol import Packet
+from bridge import protocol as wire
 
 
 def step_packet(words=3, size=8, seed=0):
@@ -95,12 +95,12 @@ def test_fuzz_random_bytes_only_raise_wire_error(blob):
 
 
 def test_wire_decodes_with_numpy_json_stdlib_only():
-    """A TouchDesigner receiver copies wire.py alone: no torch, no other bridge modules."""
+    """A TouchDesigner receiver copies protocol.py alone: no torch, no other bridge modules."""
     data = wire.encode(step_packet(), "float16")
     code = ("import sys, importlib.util; sys.modules['bridge'] = None;"  # as in TouchDesigner: no bridge package
             "spec = importlib.util.spec_from_file_location('wire', sys.argv[1]);"
             "m = importlib.util.module_from_spec(spec); sys.modules['wire'] = m; spec.loader.exec_module(m);"
-            "p = m.decode(sys.stdin.buffer.read()); assert type(p).__name__ == 'WirePacket';"
+            "p = m.decode(sys.stdin.buffer.read()); assert type(p).__name__ == 'Packet';"
             "assert 'torch' not in sys.modules and not any(k.startswith('bridge') and sys.modules[k] for k in sys.modules);"
             "print(p.kind, p.arrays['textures'].shape)")
     out = subprocess.run([sys.executable, "-c", code, wire.__file__], input=data, capture_output=True, timeout=60,
@@ -143,7 +143,7 @@ def test_float16_encoding_same_bytes_without_torch():
             "m = importlib.util.module_from_spec(spec); sys.modules['wire'] = m; spec.loader.exec_module(m);"
             "x = m.decode(sys.stdin.buffer.read()).arrays['x'].astype(np.float32);"
             "assert 'torch' not in sys.modules;"
-            "sys.stdout.buffer.write(m.encode(m.WirePacket('step', {'run_id': 'r'}, {'x': x}), 'float16'))")
+            "sys.stdout.buffer.write(m.encode(m.Packet('step', {'run_id': 'r'}, {'x': x}), 'float16'))")
     out = subprocess.run([sys.executable, "-c", code, wire.__file__], input=wire.encode(Packet("step", {"run_id": "r"}, {"x": x}), "float32"),
                          capture_output=True, timeout=60, cwd="/")
     assert out.returncode == 0, out.stderr.decode()

@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 
-from bridge.packet import Packet
-from bridge.transport import wire
+from bridge.protocol import Packet
+from bridge import protocol as wire
 from bridge.transport.zmq_pub import ZmqPublisher
 from bridge.transport.zmq_sub import ZmqSubscriber, wait_joined
 

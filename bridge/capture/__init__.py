@@ -13,7 +13,8 @@ from .config import CaptureConfig, load_head_weights, top_heads
 from .errors import CaptureError, PromptTooLongError, UnsupportedPipelineError, UnsupportedProcessorError, WordNotFoundError
 from .frames import CaptureRun, StepFrame
 from .queries import Query
-from .session import Capture, capture, graph_stats
+from .evaluation import graph_stats
+from .session import Capture, capture
 from .tokens import TokenMap, build_token_map
 
 __all__ = [

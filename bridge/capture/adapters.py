@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from .errors import UnsupportedPipelineError
+from .tokens import token_maps_for
 
 if TYPE_CHECKING:
+    from .config import CaptureConfig
     from .session import Capture
+    from .tokens import TokenMap
 
 _REGISTRY: dict[str, type["Adapter"]] = {}
 
@@ -31,10 +34,16 @@ class Layer:
 
 
 class Adapter:
-    """Base class; subclasses set ``pipelines`` (class names) and implement the hooks."""
+    """Base class of a model family; subclasses set ``pipelines`` (class names) and implement the
+    hooks that raise NotImplementedError. Every other hook the session calls is declared here
+    with a no-op default, so a family overrides only what differs (see docs/CAPTURE.md,
+    "Adding a model family")."""
 
     pipelines: tuple[str, ...] = ()
     family: str = ""
+    #: The pipeline encodes the negative prompt in a second ``encode_prompt`` call (FLUX true
+    #: CFG): only the first call of a run holds the prompt.
+    first_encode_per_run: bool = False
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -66,6 +75,27 @@ class Adapter:
 
     def sequence_length(self) -> int:
         return int(self.tokenizer().model_max_length)
+
+    # --- optional hooks: no-op defaults ----------------------------------------------------------
+    def configure(self, config: "CaptureConfig") -> None:
+        """Take adapter options from ``config.extra`` (called once per Capture)."""
+
+    def prompt_token_maps(self, arguments: dict[str, Any], repeats: int) -> "list[TokenMap] | None":
+        """Token maps of the prompts in ``encode_prompt``'s bound ``arguments`` (defaults applied),
+        ``repeats`` per prompt; None when the call has no prompt text. By default: the
+        ``prompt`` argument through :meth:`tokenizer`."""
+        prompt = arguments.get("prompt")
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        return token_maps_for(self.tokenizer(), prompt, repeats, self.sequence_length()) if prompt else None
+
+    def skip_evaluation(self, args: tuple, kwargs: dict) -> bool:
+        """Whether this denoiser call is not one to observe (e.g. FLUX's separate uncond pass)."""
+        return False
+
+    def frame_latents(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """The pipeline's latents (or x0) as ``[batch, C, h, w]`` (e.g. FLUX unpacks its tokens)."""
+        return x
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:

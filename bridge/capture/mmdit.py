@@ -29,17 +29,16 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import re
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from .adapters import Adapter, Layer, register
-from .errors import PromptTooLongError, UnsupportedProcessorError
+from .errors import UnsupportedProcessorError
 from . import sdpa_tap
 from .maps import joint_text_probabilities
 from .steps import patch_method
-from .tokens import TokenMap, build_token_map
+from .tokens import TokenMap, empty_token_map, build_offset_token_map, build_token_map, combine_token_maps
 
 if TYPE_CHECKING:
     from .config import CaptureConfig
@@ -47,104 +46,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_WORD = re.compile(r"\w+(?:'\w+)*")
-
 #: Processors whose attention is exactly ``softmax(q kᵀ/√d)`` over the joint sequence built
 #: from the observed projections (and, for FLUX, RoPE from ``image_rotary_emb``).
 SD3_PROCESSORS = ("JointAttnProcessor2_0",)
 FLUX_PROCESSORS = ("FluxAttnProcessor",)  # FluxAttnProcessor2_0() constructs a FluxAttnProcessor
 TEXT_ENCODER_CHOICES = ("both", "clip", "t5")
 DEFAULT_BUDGET = 1 << 25  # logits per block of the normaliser pass (128 MiB in float32)
-
-
-# --- tokens ----------------------------------------------------------------------------------------
-def build_offset_token_map(tokenizer: Any, prompt: str, length: int, strict: bool = False) -> TokenMap:
-    """Map ``prompt``'s words onto a *fast* tokenizer's sequence by character offsets.
-
-    For SentencePiece tokenizers (T5), where tokenizing words one by one does not reproduce the
-    tokens of the whole prompt (``▁`` word-start pieces, merged punctuation). A token belongs to
-    the word whose characters it covers; tokens covering only punctuation or spaces belong to no
-    word. The sequence is the pipeline's: ``length`` positions, end token, padding.
-    """
-    full = tokenizer(prompt, truncation=False, add_special_tokens=True, return_offsets_mapping=True, verbose=False)
-    fits = len(full["input_ids"]) <= length
-    ids = tokenizer(prompt, truncation=True, max_length=length, padding="max_length")["input_ids"]
-    specials = set(tokenizer.all_special_ids)
-    spans = [(m.start(), m.end(), m.group(0)) for m in _WORD.finditer(prompt)]
-    words: list[str] = []
-    word_tokens: list[tuple[int, ...]] = []
-    truncated: list[str] = []
-    for ws, we, text in spans:
-        pos = [
-            p for p, ((s, e), i) in enumerate(zip(full["offset_mapping"], full["input_ids"]))
-            if i not in specials and e > s and s < we and e > ws
-        ]
-        kept = tuple(p for p in pos if fits or p < length - 1)  # the last position holds the end token
-        if len(kept) < len(pos) or not pos:
-            truncated.append(text)
-        if kept:
-            words.append(text)
-            word_tokens.append(kept)
-    if truncated:
-        msg = f"prompt is longer than the T5 tokenizer's {length} tokens; these words were cut: {', '.join(truncated)}"
-        if strict:
-            raise PromptTooLongError(msg)
-        log.warning(msg)
-    in_words = {p for span in word_tokens for p in span}
-    special = tuple(p for p, i in enumerate(ids) if i in specials and p not in in_words)
-    tokens = tuple(tokenizer.convert_ids_to_tokens(ids))
-    return TokenMap(prompt, length, tokens, tuple(words), tuple(word_tokens), special, tuple(truncated))
-
-
-def _empty_map(prompt: str, length: int) -> TokenMap:
-    """A sequence part that carries no words (SD3 without T5: zeros stand in for its tokens)."""
-    return TokenMap(prompt, length, ("",) * length, (), (), tuple(range(length)))
-
-
-def _keys(tm: TokenMap) -> list[tuple[str, int]]:
-    seen: dict[str, int] = {}
-    out = []
-    for w in tm.words:
-        seen[w.lower()] = seen.get(w.lower(), 0) + 1
-        out.append((w.lower(), seen[w.lower()]))
-    return out
-
-
-def combine_token_maps(parts: Sequence[tuple[TokenMap, bool]], prompt: str) -> TokenMap:
-    """One TokenMap over concatenated sequences (SD3: 77 CLIP positions, then T5).
-
-    ``parts`` are ``(map, use)`` in sequence order; each part's positions are offset by the
-    lengths before it. A word's tokens are its tokens in the parts with ``use=True`` (words are
-    matched across parts by text and occurrence: the second "a" is the second "a"), so its map is
-    the mean over the chosen encoders' tokens. Words with no token in any chosen part are listed
-    as truncated.
-    """
-    order: list[tuple[str, int]] = []
-    text: dict[tuple[str, int], str] = {}
-    positions: dict[tuple[str, int], list[int]] = {}
-    truncated: list[str] = []
-    offsets = [sum(tm.length for tm, _ in parts[:i]) for i in range(len(parts))]
-    ranked = sorted(range(len(parts)), key=lambda i: not parts[i][1])  # word order: chosen parts first
-    for i in ranked:
-        tm, use = parts[i]
-        for key, w, span in zip(_keys(tm), tm.words, tm.word_tokens):
-            if key not in text:
-                order.append(key)
-                text[key] = w
-                positions[key] = []
-            if use:
-                positions[key] += [offsets[i] + p for p in span]
-        if use:
-            truncated += [w for w in tm.truncated_words if w not in truncated]
-    tokens = tuple(t for tm, _ in parts for t in tm.tokens)
-    special = [offsets[i] + p for i, (tm, _) in enumerate(parts) for p in tm.special]
-    offset = sum(tm.length for tm, _ in parts)
-    keep = [k for k in order if positions[k]]
-    truncated += [text[k] for k in order if not positions[k] and text[k] not in truncated]
-    return TokenMap(
-        prompt, offset, tokens, tuple(text[k] for k in keep), tuple(tuple(positions[k]) for k in keep),
-        tuple(special), tuple(truncated),
-    )
 
 
 def _as_list(prompt: Any) -> list[str] | None:
@@ -320,7 +227,7 @@ class SD3Adapter(_MMDiTAdapter):
         maps = []
         for prompt, prompt3 in zip(prompts, t5_prompts):
             clip = build_token_map(self.pipe.tokenizer, prompt, clip_len, self.strict and use_clip)
-            t5 = build_offset_token_map(tok3, prompt3, t5_len, self.strict and use_t5) if has_t5 else _empty_map(prompt3, t5_len)
+            t5 = build_offset_token_map(tok3, prompt3, t5_len, self.strict and use_t5) if has_t5 else empty_token_map(prompt3, t5_len)
             maps.append(combine_token_maps([(clip, use_clip), (t5, use_t5 and has_t5)], prompt))
         return [m for m in maps for _ in range(repeats)]
 

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
+from bridge.protocol import word_index
+
 from .errors import PromptTooLongError, WordNotFoundError
 
 log = logging.getLogger(__name__)
@@ -46,13 +48,10 @@ class TokenMap:
             if 0 <= word < len(self.words):
                 return word
             raise WordNotFoundError(f"word index {word} is out of range: the prompt has {len(self.words)} words: {self._listing()}")
-        text, _, nth = word.strip().lower().partition("#")
-        seen = 0
-        for i, w in enumerate(self.words):
-            if w.lower() == text:
-                seen += 1
-                if seen == (int(nth) if nth.isdigit() else 1):
-                    return i
+        found = word_index(self.words, word)
+        if found is not None:
+            return found
+        text = word.strip().lower().partition("#")[0]
         cut = " (it was cut by the tokenizer's limit)" if text in (w.lower() for w in self.truncated_words) else ""
         raise WordNotFoundError(f"{word!r} is not a word of the prompt{cut}; the prompt's words are: {self._listing()}")
 
@@ -162,3 +161,93 @@ def token_maps_for(tokenizer: Any, prompts: Sequence[str], repeats: int = 1, len
     """One TokenMap per batch row, in diffusers' order (each prompt repeated ``repeats`` times)."""
     maps = [build_token_map(tokenizer, p, length) for p in prompts]
     return [m for m in maps for _ in range(repeats)]
+
+
+# --- token offsets: fast tokenizers and joint text streams (SD3, FLUX) ----------------------------------------------------------------------------------------
+def build_offset_token_map(tokenizer: Any, prompt: str, length: int, strict: bool = False) -> TokenMap:
+    """Map ``prompt``'s words onto a *fast* tokenizer's sequence by character offsets.
+
+    For SentencePiece tokenizers (T5), where tokenizing words one by one does not reproduce the
+    tokens of the whole prompt (``▁`` word-start pieces, merged punctuation). A token belongs to
+    the word whose characters it covers; tokens covering only punctuation or spaces belong to no
+    word. The sequence is the pipeline's: ``length`` positions, end token, padding.
+    """
+    full = tokenizer(prompt, truncation=False, add_special_tokens=True, return_offsets_mapping=True, verbose=False)
+    fits = len(full["input_ids"]) <= length
+    ids = tokenizer(prompt, truncation=True, max_length=length, padding="max_length")["input_ids"]
+    specials = set(tokenizer.all_special_ids)
+    spans = [(m.start(), m.end(), m.group(0)) for m in _WORD.finditer(prompt)]
+    words: list[str] = []
+    word_tokens: list[tuple[int, ...]] = []
+    truncated: list[str] = []
+    for ws, we, text in spans:
+        pos = [
+            p for p, ((s, e), i) in enumerate(zip(full["offset_mapping"], full["input_ids"]))
+            if i not in specials and e > s and s < we and e > ws
+        ]
+        kept = tuple(p for p in pos if fits or p < length - 1)  # the last position holds the end token
+        if len(kept) < len(pos) or not pos:
+            truncated.append(text)
+        if kept:
+            words.append(text)
+            word_tokens.append(kept)
+    if truncated:
+        msg = f"prompt is longer than the T5 tokenizer's {length} tokens; these words were cut: {', '.join(truncated)}"
+        if strict:
+            raise PromptTooLongError(msg)
+        log.warning(msg)
+    in_words = {p for span in word_tokens for p in span}
+    special = tuple(p for p, i in enumerate(ids) if i in specials and p not in in_words)
+    tokens = tuple(tokenizer.convert_ids_to_tokens(ids))
+    return TokenMap(prompt, length, tokens, tuple(words), tuple(word_tokens), special, tuple(truncated))
+
+
+def empty_token_map(prompt: str, length: int) -> TokenMap:
+    """A sequence part that carries no words (SD3 without T5: zeros stand in for its tokens)."""
+    return TokenMap(prompt, length, ("",) * length, (), (), tuple(range(length)))
+
+
+def _keys(tm: TokenMap) -> list[tuple[str, int]]:
+    seen: dict[str, int] = {}
+    out = []
+    for w in tm.words:
+        seen[w.lower()] = seen.get(w.lower(), 0) + 1
+        out.append((w.lower(), seen[w.lower()]))
+    return out
+
+
+def combine_token_maps(parts: Sequence[tuple[TokenMap, bool]], prompt: str) -> TokenMap:
+    """One TokenMap over concatenated sequences (SD3: 77 CLIP positions, then T5).
+
+    ``parts`` are ``(map, use)`` in sequence order; each part's positions are offset by the
+    lengths before it. A word's tokens are its tokens in the parts with ``use=True`` (words are
+    matched across parts by text and occurrence: the second "a" is the second "a"), so its map is
+    the mean over the chosen encoders' tokens. Words with no token in any chosen part are listed
+    as truncated.
+    """
+    order: list[tuple[str, int]] = []
+    text: dict[tuple[str, int], str] = {}
+    positions: dict[tuple[str, int], list[int]] = {}
+    truncated: list[str] = []
+    offsets = [sum(tm.length for tm, _ in parts[:i]) for i in range(len(parts))]
+    ranked = sorted(range(len(parts)), key=lambda i: not parts[i][1])  # word order: chosen parts first
+    for i in ranked:
+        tm, use = parts[i]
+        for key, w, span in zip(_keys(tm), tm.words, tm.word_tokens):
+            if key not in text:
+                order.append(key)
+                text[key] = w
+                positions[key] = []
+            if use:
+                positions[key] += [offsets[i] + p for p in span]
+        if use:
+            truncated += [w for w in tm.truncated_words if w not in truncated]
+    tokens = tuple(t for tm, _ in parts for t in tm.tokens)
+    special = [offsets[i] + p for i, (tm, _) in enumerate(parts) for p in tm.special]
+    offset = sum(tm.length for tm, _ in parts)
+    keep = [k for k in order if positions[k]]
+    truncated += [text[k] for k in order if not positions[k] and text[k] not in truncated]
+    return TokenMap(
+        prompt, offset, tokens, tuple(text[k] for k in keep), tuple(tuple(positions[k]) for k in keep),
+        tuple(special), tuple(truncated),
+    )

@@ -19,10 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start no new round after S seconds of timed rounds (then fewer than --runs are reported): "
                         "for machines that stop a command at a time limit")
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_inline", "publish_device", "publish_inproc", "publish_null", "publish_drop", "capture_latent", "capture_busy", "queries", "daam"],
+    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_device", "publish_inproc", "publish_null", "publish_drop", "capture_latent", "capture_busy", "queries", "daam"],
                    help="capture_eager: capture with the map maths never replayed as a CUDA graph; publish: capture + phases + "
-                        "ZeroMQ as the runner does with a PacketProcess (the sink and the phases in the child, on its CPU); publish_inline: the "
-                        "same with each recipe handed over by the model's thread (Runner(deliver='inline')); publish_drop: the "
+                        "ZeroMQ as the runner does with a PacketProcess (the sink and the phases in the child, on its CPU); publish_drop: the "
                         "runner as for publish, its recipes dropped (no pickling, no socket); capture_latent: capture with the "
                         "runner's latent output and one VAE decode, no packets; capture_busy: capture while two other processes keep a CPU "
                         "busy 4 ms in every 30 (about what the sink process and a subscriber do); "
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bridge.bench import print_table, run_bench
     from bridge.models.loading import load_pipeline, pick_device
-    from bridge.packet_process import parse_cpus, set_cpus
+    from bridge.stream.process import parse_cpus, set_cpus
 
     if args.model_cpus:
         set_cpus(cpus := parse_cpus(args.model_cpus))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bridge.export import ExportOptions, export_trace
-from bridge.preview.colormap import COLORMAPS
+from bridge.colormap import COLORMAPS
 from bridge.trace import TraceError, TracePartialError, TraceReader
 
 

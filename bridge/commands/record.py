@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", default=None, metavar="DIR", help="then export heat-map overlays, per-word GIFs, CSV tables, timeline plots and COCO masks to DIR")
     add_model_arguments(p)
     add_generation_arguments(p)
-    from bridge.sinks import add_sink_arguments
+    from bridge.stream.sinks import add_sink_arguments
 
     add_sink_arguments(p)
     p.set_defaults(record_existing="refuse")  # one take, one file: a second take never replaces the first
@@ -40,9 +40,9 @@ def default_path(prompt: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bridge.fanout import FanOut
+    from bridge.stream.fanout import FanOut
     from bridge.runner import Runner
-    from bridge.sinks import SinkError, build_sinks, open_recorder
+    from bridge.stream.sinks import SinkError, build_sinks, open_recorder
 
     out = Path(args.out) if args.out else default_path(args.prompt)
     try:  # before the model loads: a path that cannot be written fails in a second, not after a load

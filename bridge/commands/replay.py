@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from bridge.fanout import FanOut
-from bridge.sinks import SinkError, add_sink_arguments, build_sinks
+from bridge.stream.fanout import FanOut
+from bridge.stream.sinks import SinkError, add_sink_arguments, build_sinks
 from bridge.trace import TraceError, TracePartialError, TraceReader
 
 log = logging.getLogger(__name__)

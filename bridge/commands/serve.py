@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bridge.protocol import DEFAULT_CONTROL_ENDPOINT, DEFAULT_HOST, OSC_CONTROL_PORT
 from bridge.commands.common import (
     add_generation_arguments, add_model_arguments, apply_config_file, given_flags, load_model, phase_config_from_args, request_factory,
     stop_on_signals,
@@ -21,19 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="TOML file with any of these options; flags override it")
     add_model_arguments(p)
     add_generation_arguments(p)
-    from bridge.sinks import add_sink_arguments
+    from bridge.stream.sinks import add_sink_arguments
 
     add_sink_arguments(p)
     p.add_argument("--sink-process", choices=("auto", "on", "off"), default="auto",
                    help="run the outputs (encoding, sockets, the recorder) in a child process, so they never take "
                         "the model's thread's time (auto: on when the model runs on CUDA)")
-    p.add_argument("--deliver", choices=("worker", "inline"), default="worker",
-                   help="who hands each step to the sink process: worker = a packet thread woken per step (default); "
-                        "inline = the model's thread once the step's copy has landed; they measure the same "
-                        "(docs/BENCHMARKS.md, 'Delivery')")
     c = p.add_argument_group("control")
-    c.add_argument("--control", default="tcp://127.0.0.1:5561", help="ZeroMQ REQ/REP control endpoint ('' = off)")
-    c.add_argument("--osc-control", default="127.0.0.1:7001", help="OSC control HOST:PORT ('' = off)")
+    c.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT, help="ZeroMQ REQ/REP control endpoint ('' = off)")
+    c.add_argument("--osc-control", default=f"{DEFAULT_HOST}:{OSC_CONTROL_PORT}", help="OSC control HOST:PORT ('' = off)")
     c.add_argument("--allow-remote", action="store_true", help="allow binding control to non-local addresses")
     c.add_argument("--token", default=None, help="shared token every control request must carry")
     i = p.add_argument_group("installation")
@@ -50,7 +47,7 @@ def phases_where(runner: Any) -> str:
     """Where the daemon's runs compute their phases, for the start-up line."""
     if runner.phases_where() == "device":
         return "device"
-    return "sink process" if getattr(runner.publish, "deferred", None) is not None else "packet worker"
+    return "sink process" if runner.publisher.remote else "packet worker"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
 
     from bridge.capture import load_head_weights
     from bridge.daemon import Daemon, DaemonOptions
-    from bridge.fanout import FanOut
-    from bridge.packet_process import PacketProcess
+    from bridge.stream.fanout import FanOut
+    from bridge.stream.process import PacketProcess
     from bridge.runner import Runner, denoiser
-    from bridge.sinks import build_sinks, restart_options, sink_options
+    from bridge.stream.sinks import build_sinks, restart_options, sink_options
     from bridge.transport.control_osc import ControlOscServer
     from bridge.transport.control_zmq import ControlZmqServer
 
@@ -76,13 +73,13 @@ def run(args: argparse.Namespace) -> int:
         # with no output named, publish where `stepx preview` listens
         fanout: Any = PacketProcess(partial(build_sinks, sink_options(args), default_zmq=True),
                                     restart_sinks=partial(build_sinks, restart_options(args), default_zmq=True))
-        sink_names, publish = fanout.sink_names, fanout  # the object itself: it takes recipes (deferred)
+        sink_names, publish = fanout.sink_names, fanout  # the object itself: a remote Publisher, it takes recipes
     else:
         sinks = build_sinks(args, default_zmq=True)
         fanout = FanOut(sinks)
         sink_names, publish = [s.name for s in sinks], fanout.publish
     runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
-                    concepts=concepts, deliver=args.deliver)
+                    concepts=concepts)
     daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty(),
                                                          max_step_seconds=args.max_step_seconds))
     servers = []

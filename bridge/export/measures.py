@@ -1,6 +1,6 @@
 """Per-step, per-word numbers of the maps as recorded (pure numpy).
 
-Definitions match the live stream (bridge.transport.osc_out.word_measures, the same as the
+Definitions match the live stream (bridge.phases.measures.word_measures, the same as the
 phases' timelines): mass = mean value, entropy = Shannon entropy of the map as a distribution
 / log(H*W), centroid in [0, 1] with y = 0 at the top. Added here: peak (max value) and its
 position, and the AUC so far (running sum of mass / number of steps, so the last step's value
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bridge.transport.osc_out import word_measures
+from bridge.phases.measures import word_measures
 
 MEASURES = ("mass", "entropy", "peak", "peak_x", "peak_y", "centroid_x", "centroid_y", "auc_so_far")
 

@@ -1,7 +1,7 @@
 """Heat-map overlays as pure array functions (uint8 RGB, row 0 = top, like every map and image).
 
 The blend is the preview's (shaders/overlay.frag): ``mix(image, colormap(map), alpha)``, with
-the same colour maps (bridge.preview.colormap mirrors shaders/colormap.glsl).
+the same colour maps (bridge.colormap mirrors shaders/colormap.glsl).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from bridge.preview.colormap import COLORMAPS, colormap
+from bridge.colormap import COLORMAPS, colormap
 
 GREY = 128
 

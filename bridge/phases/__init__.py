@@ -42,13 +42,9 @@ from .timeline import (
     step_measures,
 )
 
+#: What users import: the engine, its config and outputs, and the named choices. The building
+#: blocks stay importable from their modules (bridge.phases.normalise, .masks, .morph, ...).
 __all__ = [
     "COMPILE_MODES", "DTYPES", "GLOBAL_VIEWS", "NORMALISATIONS", "PHASE_NAMES", "RGBA_CHANNELS", "SERIES",
-    "PhaseConfig", "PhaseEngine", "PhaseFrame", "StepOut", "StepState", "TimelineSummary",
-    "accumulate_phases", "area_under_curve", "blend", "blend_phase_maps", "chaos_force", "chaos_mask",
-    "convert", "distribution_change", "emergence_steps", "force_gains", "global_view", "initial_state", "minmax_normalise",
-    "normalise", "pack_rgba", "peak_steps", "phase_index", "phase_maps", "phase_progress", "phase_step", "phase_weights",
-    "run_progress", "running_max_normalise", "settledness", "share_normalise", "smoothstep",
-    "spatial_distribution", "stabilisation_steps", "stability_force", "stability_mask", "step_measures", "step_scalars",
-    "to_host", "update_change_ema", "update_running_max",
+    "PhaseConfig", "PhaseEngine", "PhaseFrame", "TimelineSummary", "area_under_curve",
 ]

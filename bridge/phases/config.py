@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 #: Normalisation modes for the per-word textures (see docs/PHASES.md).
-NORMALISATIONS = ("running_max", "minmax", "share")
+Normalisation = Literal["running_max", "minmax", "share"]
+NORMALISATIONS: tuple[str, ...] = get_args(Normalisation)
 #: How the global view is built from the word textures.
-GLOBAL_VIEWS = ("max", "mean")
+GlobalView = Literal["max", "mean"]
+GLOBAL_VIEWS: tuple[str, ...] = get_args(GlobalView)
 
 
 def _check_triple(name: str, value: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -36,7 +39,7 @@ class PhaseConfig:
     global_view: ``max`` (default) or ``mean`` over the word textures.
     """
 
-    normalisation: str = "running_max"
+    normalisation: Normalisation = "running_max"
     boundaries: tuple[float, float] = (0.2, 0.6)
     crossfade: float = 0.1
     settle_rate: float = 0.3
@@ -45,7 +48,7 @@ class PhaseConfig:
     attraction: tuple[float, float, float] = (0.1, 0.6, 1.0)
     stable_threshold: float = 0.02
     emergence_fraction: float = 0.5
-    global_view: str = "max"
+    global_view: GlobalView = "max"
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:

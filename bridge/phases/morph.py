@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-PHASE_NAMES = ("noise", "structure", "detail")
+from bridge.protocol import PHASE_NAMES  # one list of names, shared with every receiver
 
 
 def smoothstep(x: float) -> float:

@@ -16,7 +16,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .renderer import PHASE_NAMES, VIEWS, PreviewError
+from bridge.protocol import PHASE_NAMES, word_index
+
+from .renderer import VIEWS, PreviewError
 
 log = logging.getLogger(__name__)
 
@@ -138,18 +140,16 @@ class PreviewPlayer:
         for f in candidates:  # the daemon sends word indices; hand-made streams may send words
             if isinstance(f, int) and not isinstance(f, bool) and 0 <= f < len(self.words):
                 return f
-            if f in self.words:
-                return self.words.index(f)
+            if isinstance(f, str) and (found := word_index(self.words, f)) is not None:
+                return found
         return None
 
     def _resolve(self, word: str) -> int | None:
         if word.lower() == GLOBAL:
             return None
-        if word in self.words:
-            return self.words.index(word)
-        lowered = [w.lower() for w in self.words]
-        if word.lower() in lowered:
-            return lowered.index(word.lower())
+        found = word_index(self.words, word)  # the protocol's rule: case-insensitive, "a#2" = the second "a"
+        if found is not None:
+            return found
         raise UnknownWordError(
             f"word {word!r} is not in the run's prompt; its words are: "
             f"{', '.join(repr(w) for w in self.words) or '(none)'} (or 'global' for the global view)")

@@ -18,10 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
+from bridge.protocol import PHASE_NAMES
+
 from .shaders import load_shader
 
 VIEWS = ("particles", "overlay", "image")
-PHASE_NAMES = ("noise", "structure", "detail")
 _LOCAL_SIZE = 256
 _MAX_DT = 1.0 / 30.0
 _FLOATS = 12  # particle state: 3 x vec4, see shaders/particles_common.glsl

@@ -41,7 +41,7 @@ class ZmqSource:
     realtime = True
 
     def __init__(self, endpoint: str, *, subscriber: Any | None = None) -> None:
-        from bridge.transport.wire import TOPIC_ROOT
+        from bridge.protocol import TOPIC_ROOT
         from bridge.transport.zmq_sub import ZmqSubscriber
 
         self.endpoint = endpoint

@@ -15,9 +15,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from bridge.protocol import COMMANDS
+from bridge.request import GenerateParams
+
 log = logging.getLogger(__name__)
 
-COMMANDS = ("generate", "start", "cancel", "playlist", "status", "ping")
 GENERATE_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "focus",
                    "phase_boundaries", "head_weights", "concept", "width", "height")
 MAX_REQUEST_BYTES = 256 * 1024
@@ -26,25 +28,6 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 class ControlError(ValueError):
     """A control request was malformed or out of range; the message says how to fix it."""
-
-
-@dataclass
-class GenerateParams:
-    """One generation. Ranges: steps 1..500, guidance 0..50, seed 0..2**32-1 (None = random),
-    phase_boundaries (a, b) with 0 < a < b < 1, head_weights finite >= 0 (at most 4096),
-    width/height multiples of 8 in 64..4096."""
-
-    prompt: str
-    negative_prompt: str = ""
-    seed: int | None = None
-    steps: int = 30
-    guidance: float = 7.5
-    focus: list[str] = field(default_factory=list)
-    phase_boundaries: tuple[float, float] | None = None
-    head_weights: list[float] | dict[str, list[float]] | None = None  # flat over (layer, head), or per layer
-    concept: str | None = None
-    width: int | None = None
-    height: int | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any
 
 from pythonosc.osc_packet import OscPacket
 
+from bridge.protocol import COMMANDS, OSC_CONTROL_PORT
 from bridge.transport import osc_encode
 from bridge.transport.control import (ControlError, Handler, check_bind, handle_object, parse_generate,
                                       reply_error)
@@ -32,13 +33,13 @@ log = logging.getLogger(__name__)
 
 SCALAR_PARAMS = {"prompt", "negative_prompt", "seed", "steps", "guidance", "concept"}
 LIST_PARAMS = {"focus", "phase_boundaries", "head_weights"}
-COMMAND_ADDRS = {"start", "generate", "cancel", "status", "ping"}
+COMMAND_ADDRS = set(COMMANDS) - {"playlist"}  # a playlist is a list of requests: JSON control only
 
 
 class ControlOscServer:
     """Listen on ``host:port`` (port 0 picks a free one; see ``.port``)."""
 
-    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 7001, *,
+    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = OSC_CONTROL_PORT, *,
                  allow_remote: bool = False, token: str | None = None) -> None:
         check_bind(host, allow_remote, token)
         self.handler, self.token = handler, token

@@ -12,11 +12,11 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from bridge.protocol import DEFAULT_CONTROL_ENDPOINT
 from bridge.transport.control import Handler, check_bind, handle_json
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5561"
 
 
 class ControlZmqServer:

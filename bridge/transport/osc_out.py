@@ -16,32 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from bridge.phases.measures import word_measures
+from bridge.protocol import OSC_OUT_PORT
 from bridge.transport import osc_encode as enc
 
 log = logging.getLogger(__name__)
 
 STATE_CODES = {"idle": 0, "loading": 1, "running": 2, "error": 3}
 END_CODES = {"done": 0, "cancelled": 1, "error": 2}
-
-
-def word_measures(maps: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-map mass, normalised entropy and centroid from ``maps [N, H, W]`` in [0, 1].
-
-    mass = mean value; entropy = Shannon entropy of the map as a distribution / log(H*W)
-    (0 = one hot pixel, 1 = flat); centroid (x, y) in [0, 1], y = 0 at the top row.
-    """
-    m = np.clip(np.asarray(maps, dtype=np.float32), 0.0, None)  # [N, H, W]
-    n, h, w = m.shape
-    total = m.reshape(n, -1).sum(1)  # [N]
-    p = m.reshape(n, -1) / np.maximum(total, 1e-12)[:, None]
-    ent = -(p * np.log(np.maximum(p, 1e-12))).sum(1) / np.log(max(h * w, 2))
-    ys, xs = (np.arange(h, dtype=np.float32) + 0.5) / h, (np.arange(w, dtype=np.float32) + 0.5) / w
-    pm = p.reshape(n, h, w)
-    cx = (pm.sum(1) * xs).sum(1)
-    cy = (pm.sum(2) * ys).sum(1)
-    empty = total <= 1e-12
-    ent[empty], cx[empty], cy[empty] = 0.0, 0.5, 0.5
-    return {"mass": m.reshape(n, -1).mean(1), "entropy": ent, "cx": cx, "cy": cy}
 
 
 def _f(x: Any, default: float = 0.0) -> float:
@@ -100,7 +82,9 @@ class OscSender:
     and a ``/stepx/status`` heartbeat once a second from its own thread.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 7000, *, name: str = "osc",
+    inline, lossless = False, False  # Sink: on its own thread, latest frames
+
+    def __init__(self, host: str = "127.0.0.1", port: int = OSC_OUT_PORT, *, name: str = "osc",
                  heartbeat: float | None = 1.0, max_datagram: int = enc.MAX_DATAGRAM) -> None:
         self.name, self.encoding = name, None
         self.addr = (host, port)

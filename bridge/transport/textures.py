@@ -72,6 +72,8 @@ def to_rgba(image: np.ndarray) -> np.ndarray:
 class NdiSender:
     """NDI video sender (cyndilib). ``send_rgba(frame uint8 [h, w, 4])``; size fixed at first frame."""
 
+    inline, lossless = False, False  # Sink: on its own thread, latest frames
+
     def __init__(self, name: str = "StepX", fps: int = 30) -> None:
         check("ndi")
         from cyndilib.sender import Sender  # noqa: PLC0415 (lazy on purpose)
@@ -111,6 +113,7 @@ class _LazyPlatformSender:
     """Spout / Syphon: checked at construction (import or a clear error), drawn via the lib."""
 
     backend = ""
+    inline, lossless = False, False  # Sink: on its own thread, latest frames
 
     def __init__(self, name: str = "StepX") -> None:
         check(self.backend)

@@ -29,11 +29,11 @@ from typing import Any
 
 import zmq
 
-from bridge.transport.wire import TOPIC_ROOT, encode
+from bridge.protocol import DEFAULT_DATA_ENDPOINT, TOPIC_ROOT, encode
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5560"
+DEFAULT_PUB_ENDPOINT = DEFAULT_DATA_ENDPOINT
 #: frames queued per subscriber before XPUB drops for it (the module docstring says why 32)
 SNDHWM = 32
 _RUN_TOPIC = (TOPIC_ROOT + "run").encode()
@@ -51,6 +51,7 @@ class ZmqPublisher:
     """
 
     inline = True  # FanOut: send on the producer's thread (non-blocking, microseconds)
+    lossless = False  # a subscriber takes the latest frames
 
     def __init__(self, endpoint: str = DEFAULT_PUB_ENDPOINT, *, encoding: str = "float16",
                  sndhwm: int = SNDHWM, name: str = "zmq", context: zmq.Context | None = None,

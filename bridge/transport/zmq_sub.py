@@ -16,10 +16,9 @@ from typing import Any, Iterable
 
 import zmq
 
-from bridge.transport.wire import TOPIC_ROOT, decode, encode, split
+from bridge.protocol import DEFAULT_DATA_ENDPOINT, KEEP_KINDS, TOPIC_ROOT, Packet, decode, encode, split
 
-DEFAULT_SUB_ENDPOINT = "tcp://127.0.0.1:5560"
-KEEP_KINDS = ("run", "timeline", "end")
+DEFAULT_SUB_ENDPOINT = DEFAULT_DATA_ENDPOINT
 
 
 class ZmqSubscriber:
@@ -91,8 +90,6 @@ class ZmqSubscriber:
 def wait_joined(pub: Any, sub: ZmqSubscriber, timeout: float = 5.0, kind: str = "status") -> None:
     """Send probe packets until ``sub`` sees one, then drain (ZeroMQ's slow joiner), for tests and
     benchmarks that must not lose their first frames. Raises TimeoutError after ``timeout`` s."""
-    from bridge.packet import Packet
-
     probe = encode(Packet(kind, {"state": "probe"}))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

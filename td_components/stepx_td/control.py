@@ -24,7 +24,11 @@ from typing import Any, Iterable
 
 import zmq
 
-COMMANDS = ("generate", "start", "cancel", "playlist", "status", "ping")
+try:  # imported as part of the stepx_td package
+    from .protocol import COMMANDS, CONTROL_PORT, OSC_CONTROL_PORT
+except ImportError:  # pragma: no cover - loaded as a loose module
+    from protocol import COMMANDS, CONTROL_PORT, OSC_CONTROL_PORT  # type: ignore[no-redef]
+
 
 
 def generate_request(prompt: str, *, seed: int | None = None, steps: int | None = None,
@@ -89,7 +93,7 @@ def osc_control_message(request: dict[str, Any]) -> bytes:
     return osc_message("/stepx/control", json.dumps(request, separators=(",", ":")))
 
 
-def send_osc(request: dict[str, Any], host: str = "127.0.0.1", port: int = 7001) -> None:
+def send_osc(request: dict[str, Any], host: str = "127.0.0.1", port: int = OSC_CONTROL_PORT) -> None:
     """Fire-and-forget UDP send of ``osc_control_message(request)`` (never blocks)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setblocking(False)
@@ -99,7 +103,7 @@ def send_osc(request: dict[str, Any], host: str = "127.0.0.1", port: int = 7001)
 class ControlClient:
     """Non-blocking REQ client: ``send()`` queues, ``poll()`` sends and collects replies."""
 
-    def __init__(self, address: str = "127.0.0.1", port: int = 5561, *, token: str | None = None,
+    def __init__(self, address: str = "127.0.0.1", port: int = CONTROL_PORT, *, token: str | None = None,
                  timeout_s: float = 5.0, context: zmq.Context | None = None) -> None:
         self.endpoint = f"tcp://{address}:{int(port)}"
         self.token = token

@@ -13,7 +13,7 @@ each ``poll()`` drains what has arrived *without waiting*, keeps every ``run``/`
 Why this shape: TouchDesigner runs Python on its main (render) thread, so nothing here may
 block; decoding only the newest frame of each kind keeps the per-frame cost bounded whatever
 the publisher's rate. This module imports only numpy, pyzmq and the standard library (plus
-the vendored ``wire`` module, a byte-identical copy of ``bridge/transport/wire.py``), so it
+the vendored ``protocol`` module, a byte-identical copy of ``bridge/protocol.py``), so it
 runs inside TouchDesigner's own Python (3.11, numpy 1.26) without the ``bridge`` package.
 """
 
@@ -27,16 +27,15 @@ import numpy as np
 import zmq
 
 try:  # imported as part of the stepx_td package (tests, TD with the folder on sys.path)
-    from . import wire
+    from . import protocol as wire
 except ImportError:  # pragma: no cover - loaded as a loose module
-    import wire  # type: ignore[no-redef]
+    import protocol as wire  # type: ignore[no-redef]
 
-KEEP_KINDS = ("run", "timeline", "end")
-LATEST_KINDS = ("step", "image", "status")
+KEEP_KINDS, LATEST_KINDS, PHASE_NAMES = wire.KEEP_KINDS, wire.LATEST_KINDS, wire.PHASE_NAMES
+
 #: Receiver-side output format of textures: ``auto`` keeps uint8 payloads as uint8 and turns
 #: float32/float16 payloads into float32 (Script TOP takes float32 or uint8, not float16).
 OUTPUT_FORMATS = ("auto", "float32", "uint8")
-PHASE_NAMES = ("noise", "structure", "detail")
 _CHAN_BAD = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -113,7 +112,7 @@ class StreamReceiver:
     prefixes (``stepx/`` = everything). ``poll()`` never waits; call it once per frame.
     """
 
-    def __init__(self, address: str = "127.0.0.1", port: int = 5560, topics: Iterable[str] = ("stepx/",),
+    def __init__(self, address: str = "127.0.0.1", port: int = wire.DATA_PORT, topics: Iterable[str] = ("stepx/",),
                  *, output: str = "auto", max_messages: int = 256, rcvhwm: int = 16,
                  context: zmq.Context | None = None) -> None:
         if output not in OUTPUT_FORMATS:
@@ -206,15 +205,15 @@ class StreamReceiver:
         words = self.words
         if isinstance(focus, str):
             text = focus.strip()
-            if text in ("", "global", "*"):
+            if text.lower() in wire.GLOBAL_FOCUS:
                 return len(words)
             if text.lstrip("-").isdigit():
                 focus = int(text)
             else:
-                lowered = [w.lower() for w in words]
-                if text.lower() not in lowered:
+                found = wire.word_index(words, text)  # the protocol's rule: case-insensitive, "a#2" = the second "a"
+                if found is None:
                     raise ValueError(f"focus word {text!r} is not in the prompt; its words are: {', '.join(words)}")
-                return lowered.index(text.lower())
+                return found
         idx = int(focus)
         if idx < 0:
             idx = len(words) + 1 + idx  # -1 -> global (last map)

@@ -20,7 +20,7 @@ WORDS = ["red", "fox", "snow"]
 
 
 def packet(kind: str, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> Any:
-    """A duck-typed Packet (kind, header, arrays) for bridge.transport.wire.encode."""
+    """A duck-typed Packet (kind, header, arrays) for bridge.protocol.encode."""
     return SimpleNamespace(kind=kind, header=header, arrays=arrays or {})
 
 

@@ -11,7 +11,7 @@ import unittest
 import numpy as np
 
 import _td_common as C
-from bridge.transport import wire as bridge_wire
+from bridge import protocol as bridge_wire
 from bridge.transport.zmq_pub import ZmqPublisher
 from stepx_td import decoder
 

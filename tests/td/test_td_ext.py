@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 import _td_common as C
-from bridge.transport import wire as bridge_wire
+from bridge import protocol as bridge_wire
 from bridge.transport.zmq_pub import ZmqPublisher
 from stepx_td import tdseam
 

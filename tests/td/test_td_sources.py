@@ -9,14 +9,14 @@ import unittest
 import _td_common as C
 from stepx_td.glsl import splice_includes
 
-ALLOWED = {"numpy", "zmq", "stepx_td", "wire", "__future__"}
+ALLOWED = {"numpy", "zmq", "stepx_td", "protocol", "__future__"}
 
 
 class SourcesTest(unittest.TestCase):
     def test_wire_is_byte_identical(self) -> None:
-        self.assertEqual((C.TD_DIR / "stepx_td" / "wire.py").read_bytes(),
-                         (C.ROOT / "bridge" / "transport" / "wire.py").read_bytes(),
-                         "copy bridge/transport/wire.py to td_components/stepx_td/wire.py")
+        self.assertEqual((C.TD_DIR / "stepx_td" / "protocol.py").read_bytes(),
+                         (C.ROOT / "bridge" / "protocol.py").read_bytes(),
+                         "copy bridge/protocol.py to td_components/stepx_td/protocol.py")
 
     def test_force_model_is_byte_identical(self) -> None:
         self.assertEqual((C.TD_DIR / "glsl" / "particles_common.glsl").read_bytes(),
@@ -40,8 +40,6 @@ class SourcesTest(unittest.TestCase):
                     [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
                 for n in names:
                     top = n.split(".")[0]
-                    if top == "bridge" and f.name == "wire.py":
-                        continue  # wire.py's optional, lazy bridge.packet import (falls back to WirePacket)
                     if top == "td":
                         continue  # only inside tdseam.get_td(), guarded by ImportError
                     self.assertTrue(top in stdlib or top in ALLOWED, f"{f.name} imports {n}")

@@ -206,20 +206,16 @@ def map_iou(word_map: torch.Tensor, mask: np.ndarray, tau: float) -> float:
 # ---------------------------------------------------------------------- main
 def evaluate(pipe, prompts: list[str], steps: int = 20, guidance: float = 4.0, seed: int = 1234, min_area: int = 60,
              sheet: Path | None = None) -> dict:
-    from bridge.capture import CaptureConfig, capture
+    from bridge.analysis import capture_prompts
 
     objs_total = objs_ok = objs_present = 0
     rel_total = rel_ok = bg_ok = 0
     iou = {kind: {t: [] for t in TAUS} for kind in ("shape", "colour")}
     per_prompt, times, tiles = [], [], []
-    for i, prompt in enumerate(prompts):
-        g = torch.Generator("cpu").manual_seed(seed + i)
-        t0 = time.perf_counter()
-        with capture(pipe, CaptureConfig()) as cap:
-            out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=g)
-        times.append(time.perf_counter() - t0)
-        run = cap.runs[-1]
-        image = np.asarray(out.images[0], dtype=np.float32) / 255.0
+    for done in capture_prompts(pipe, prompts, steps=steps, guidance=guidance, seed=seed):
+        i, prompt, run = done.index, done.prompt, done.run
+        times.append(done.seconds)
+        image = np.asarray(done.image, dtype=np.float32) / 255.0
         sc = score_image(image, prompt, min_area)
         tm = run.token_maps[0]
         maps = run.mean_word_maps(0)  # [words, h, w], mean over steps (DAAM)
@@ -242,7 +238,7 @@ def evaluate(pipe, prompts: list[str], steps: int = 20, guidance: float = 4.0, s
         bg_ok += sc["background"]
         per_prompt.append(rec)
         if sheet is not None and len(tiles) < 12:
-            tiles.append((out.images[0], maps, tm, sc))
+            tiles.append((done.image, maps, tm, sc))
         log.info("%d/%d %s: %s", i + 1, len(prompts), prompt, [o["correct"] for o in sc["objects"]])
     summary = {
         "prompts": len(prompts),

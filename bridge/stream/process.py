@@ -5,7 +5,7 @@ Any Python that runs beside it in the same process (packing, float16 encoding, s
 the sinks' threads) takes the GIL from that thread, and every hand-over of the GIL costs it
 more: with the sinks in-process, capture + phases + publish measured 1.10–1.16× plain on an
 H100, against 0.99–1.02× for capture alone (docs/BENCHMARKS.md). A :class:`PacketProcess`
-runs the :class:`~bridge.fanout.FanOut` and its sinks in a spawned child. The parent encodes
+runs the :class:`~bridge.stream.fanout.FanOut` and its sinks in a spawned child. The parent encodes
 each item as a JSON frame plus raw array frames (no pickle: :mod:`bridge.item_codec`) and sends
 it over a ZeroMQ socket whose I/O thread does the sending without the GIL.
 
@@ -22,7 +22,7 @@ run without the sink process there (``--sink-process off``).
 An item is a Packet, or a *recipe*: a ``functools.partial`` of an allow-listed module-level
 function over host arrays (:func:`bridge.item_codec.recipes`) that the child calls to build the Packet (or None:
 nothing to send), so the phases, the packing and the header maths run there too (``Runner``
-sends recipes when its ``publish`` has a ``deferred`` method; by default it then runs the
+sends recipes to a remote Publisher such as this one; by default it then runs the
 phases in the child, on the CPU, from each step's word maps).
 
 Sinks are built in the child from ``sinks``, a picklable factory (e.g.
@@ -100,7 +100,7 @@ def private_endpoint() -> tuple[str, str]:
 class PacketProcess:
     """A publish callable whose FanOut and sinks live in a child process (module docstring).
 
-    ``publish(packet)`` / ``deferred(recipe)`` never wait for a sink; they wait for the local
+    ``publish(packet)`` / ``publish_recipe(recipe)`` never wait for a sink; they wait for the local
     socket only when ``hwm`` items are already queued for the child (then at most
     ``send_timeout`` seconds, after which the item is dropped and counted).
     """
@@ -192,17 +192,21 @@ class PacketProcess:
         return True
 
     # -- producer side -------------------------------------------------------------------------
-    def __call__(self, packet: Any) -> None:
-        """Publish a built Packet. Pass the PacketProcess itself as the ``publish`` of Runner and
-        Daemon: they look for its ``deferred`` method to send recipes."""
+    #: A Publisher whose recipes run in the child (bridge.stream.publisher).
+    remote = True
+
+    def publish(self, packet: Any) -> None:
+        """Publish a built Packet. Pass the PacketProcess itself to Runner and Daemon: it is a
+        remote Publisher, so they send it recipes."""
         self._push(_PACKET, packet)
 
+    __call__ = publish
+
     def alive(self) -> bool:
-        """Whether the child is running, so a push returns at once instead of starting a new one
-        (the runner's inline delivery leaves the restart to its packet thread)."""
+        """Whether the child is running, so a push returns at once instead of starting a new one."""
         return not self._closed and self._proc.is_alive()
 
-    def deferred(self, recipe: Callable[[], Any]) -> None:
+    def publish_recipe(self, recipe: Callable[[], Any]) -> None:
         """Publish the Packet that ``recipe()`` builds, calling it in the child."""
         self._push(_RECIPE, recipe)
 
@@ -278,7 +282,7 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
         import torch  # recipes pack on the CPU: one thread, the model's process needs the cores
 
         torch.set_num_threads(1)
-        from bridge.fanout import FanOut
+        from bridge.stream.fanout import FanOut
 
         sinks = factory()
         fan = FanOut(sinks, keep_max)

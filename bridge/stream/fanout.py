@@ -30,28 +30,45 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
-from bridge.transport.wire import encode
+from bridge.protocol import KEEP_KINDS, encode
 
 log = logging.getLogger(__name__)
 
-#: Packet kinds that latest-wins must never drop.
-KEEP_KINDS = frozenset({"run", "timeline", "end"})
 
 
 @runtime_checkable
 class Sink(Protocol):
     """Anything that consumes Packets. ``encoding`` is a wire encoding (``float32``,
     ``float16``, ``uint8``) if the sink wants encoded bytes, or None if it reads the
-    Packet itself (OSC, preview). ``send`` runs on the sink's own thread."""
+    Packet itself (OSC, preview). ``send`` runs on the sink's own thread, or with ``inline`` on
+    the producer's (it must then never block); ``lossless`` sinks see every packet (see above).
+    :class:`SinkBase` gives the defaults."""
 
     name: str
     encoding: str | None
+    inline: bool
+    lossless: bool
 
     def send(self, packet: Any, data: bytes | None) -> None: ...
 
     def close(self) -> None: ...
+
+
+class SinkBase:
+    """Defaults for a Sink: reads Packets (no encoding), on its own thread, latest-wins."""
+
+    name: str = "sink"
+    encoding: str | None = None
+    inline: bool = False
+    lossless: bool = False
+
+    def send(self, packet: Any, data: bytes | None) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the sink holds (sockets, files); nothing by default."""
 
 
 @dataclass
@@ -107,13 +124,17 @@ class FanOut:
 
     def __init__(self, sinks: Iterable[Sink], keep_max: int = 64) -> None:
         self.sinks: list[Sink] = list(sinks)
+        for s in self.sinks:
+            if not isinstance(s, Sink):
+                missing = [m for m in ("name", "encoding", "inline", "lossless", "send", "close") if not hasattr(s, m)]
+                raise TypeError(f"{type(s).__name__} is not a Sink: it lacks {', '.join(missing)} (subclass bridge.stream.fanout.SinkBase)")
         names = [s.name for s in self.sinks]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique, got {names}")
         self.stats: dict[str, SinkStats] = {s.name: SinkStats() for s in self.sinks}
-        self._inline = [s for s in self.sinks if getattr(s, "inline", False)]  # called on the producer's thread
-        self._threaded = [s for s in self.sinks if not getattr(s, "inline", False)]
-        self._boxes = {s.name: _Mailbox(keep_max, bool(getattr(s, "lossless", False))) for s in self._threaded}
+        self._inline = [s for s in self.sinks if s.inline]  # called on the producer's thread
+        self._threaded = [s for s in self.sinks if not s.inline]
+        self._boxes = {s.name: _Mailbox(keep_max, s.lossless) for s in self._threaded}
         self._last_log: dict[str, float] = {}
         self._encodings = sorted({s.encoding for s in self.sinks if s.encoding})
         self._seq = itertools.count()
@@ -135,6 +156,18 @@ class FanOut:
             self._boxes[s.name].put(seq, packet, encoded.get(s.encoding) if s.encoding else None, self.stats[s.name], s.name)
         for s in self._inline:
             self._deliver(s, packet, encoded.get(s.encoding) if s.encoding else None)
+
+    #: A local Publisher (bridge.stream.publisher): recipes are built here, on the caller's thread.
+    remote = False
+
+    def publish_recipe(self, recipe: Callable[[], Any]) -> None:
+        """Build the recipe's Packet here and publish it (None: nothing to send)."""
+        packet = recipe()
+        if packet is not None:
+            self.publish(packet)
+
+    def alive(self) -> bool:
+        return not self._closed
 
     def _deliver(self, sink: Sink, packet: Any, data: bytes | None) -> None:
         """``sink.send``, counted; a failure is logged (the first, then one line every 30 s: shows run all night)."""

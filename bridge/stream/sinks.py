@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bridge.fanout import Sink
+from bridge.protocol import DEFAULT_DATA_ENDPOINT, OSC_OUT_PORT
+from bridge.stream.fanout import Sink
 from bridge.trace import EXISTING
 
 log = logging.getLogger(__name__)
 
 #: ``--zmq`` with no value publishes here (the PUB port of docs/PROTOCOL.md).
-DEFAULT_ZMQ = "tcp://127.0.0.1:5560"
-DEFAULT_OSC_PORT = 7000
+DEFAULT_ZMQ = DEFAULT_DATA_ENDPOINT
+DEFAULT_OSC_PORT = OSC_OUT_PORT
 
 #: flag -> (module, class, platforms where it can work, pip extra)
 PLATFORM_SINKS: dict[str, tuple[str, str, tuple[str, ...], str]] = {

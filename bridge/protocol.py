@@ -1,9 +1,17 @@
-"""StepX wire format v1: one Packet as one self-describing byte string.
+"""The StepX protocol: every fact a producer and a receiver must agree on, in one module.
 
-Why this shape: a single-part message lets a ZeroMQ subscriber use ``ZMQ_CONFLATE`` (libzmq
-refuses CONFLATE with multipart messages); the leading topic makes ZMQ ``SUBSCRIBE`` prefix
-filtering work; a JSON header plus raw little-endian C-order arrays can be read with numpy
-alone, in any language, and nothing is pickled.
+It holds the packet kinds and which of them latest-wins may drop, the default ports, the phase
+names, the control command names, the focus-word rule, the one :class:`Packet` class, and the
+wire format v1 that carries a Packet as one self-describing byte string.
+
+This module imports nothing but the standard library and numpy: TouchDesigner's receiver uses a
+byte-identical copy (``td_components/stepx_td/protocol.py``; a test checks it). Edit this file,
+then copy it there.
+
+Why the wire has this shape: a single-part message lets a ZeroMQ subscriber use
+``ZMQ_CONFLATE`` (libzmq refuses CONFLATE with multipart messages); the leading topic makes ZMQ
+``SUBSCRIBE`` prefix filtering work; a JSON header plus raw little-endian C-order arrays can be
+read with numpy alone, in any language, and nothing is pickled.
 
 Layout (all integers little-endian; see docs/PROTOCOL.md for the full spec)::
 
@@ -14,10 +22,6 @@ Layout (all integers little-endian; see docs/PROTOCOL.md for the full spec)::
     header     header_len bytes of UTF-8 JSON
     pad        0x00 bytes until the data block starts at a multiple of 8
     data       data_len bytes; each array at header["arrays"][i]["offset"] (8-aligned)
-
-This module must import nothing but the standard library and numpy (a TouchDesigner
-receiver reuses it as is), and nothing from the rest of ``bridge`` except, lazily and
-optionally, ``bridge.packet.Packet``.
 """
 
 from __future__ import annotations
@@ -27,34 +31,70 @@ import math
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-MAGIC = b"STPX"
-VERSION = 1
-TOPIC_ROOT = "stepx/"
-PREAMBLE = struct.Struct("<4sHHII")  # magic, version, flags, header_len, data_len
-ENCODINGS = ("float32", "float16", "uint8")
-#: dtypes allowed on the wire (numpy ``dtype.str`` spelling, little-endian or byte-sized).
-WIRE_DTYPES = ("<f4", "<f2", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "|b1", "<f8")
-MAX_HEADER = 16 * 1024 * 1024
+# --- packets ---------------------------------------------------------------------------------
+#: Packet kinds, in the order a run produces them.
+KINDS = ("run", "step", "image", "timeline", "end", "status")
+#: Kinds that latest-wins (a slow sink, a conflating receiver) must never drop: each is once per run.
+KEEP_KINDS = ("run", "timeline", "end")
+#: Kinds where only the newest matters to a live receiver.
+LATEST_KINDS = ("step", "image", "status")
+
+# --- ports and endpoints ---------------------------------------------------------------------
+#: The daemon publishes packets here (ZeroMQ PUB); ``stepx preview`` and TD subscribe.
+DEFAULT_HOST = "127.0.0.1"
+DATA_PORT = 5560
+#: The daemon's ZeroMQ control socket.
+CONTROL_PORT = 5561
+#: Where the OSC sink sends (a TouchDesigner OSC In CHOP listens).
+OSC_OUT_PORT = 7000
+#: The daemon's OSC control port.
+OSC_CONTROL_PORT = 7001
+DEFAULT_DATA_ENDPOINT = f"tcp://{DEFAULT_HOST}:{DATA_PORT}"
+DEFAULT_CONTROL_ENDPOINT = f"tcp://{DEFAULT_HOST}:{CONTROL_PORT}"
+
+# --- names -----------------------------------------------------------------------------------
+#: The three morph phases, in order (a step packet's ``phase`` is an index into this).
+PHASE_NAMES = ("noise", "structure", "detail")
+#: Control commands (``start`` is an alias of ``generate``).
+COMMANDS = ("generate", "start", "cancel", "playlist", "status", "ping")
+#: Focus spellings that mean the global view rather than a word.
+GLOBAL_FOCUS = ("global", "*", "")
 
 
-class WireError(ValueError):
-    """The bytes are not a valid StepX v1 message (truncated, corrupt, or unsupported)."""
+def word_index(words: Sequence[str], word: str) -> int | None:
+    """The focus-word rule, the same everywhere (record, serve, preview, TouchDesigner): the
+    index of ``word`` in ``words``, case-insensitive and trimmed; ``"a#2"`` is the second "a"
+    (``#1`` the first); None when the prompt has no such word."""
+    text, _, nth = word.strip().lower().partition("#")
+    want = int(nth) if nth.isdigit() and int(nth) > 0 else 1 if not nth else 0
+    seen = 0
+    for i, w in enumerate(words):
+        if w.lower() == text:
+            seen += 1
+            if seen == want:
+                return i
+    return None
 
 
 @dataclass
-class WirePacket:
-    """Decoded message when ``bridge.packet`` is not importable (e.g. inside TouchDesigner).
+class Packet:
+    """One message: ``kind`` (see KINDS), a JSON-able ``header`` and named arrays.
 
-    Same attributes as ``bridge.packet.Packet``: ``kind``, ``header``, ``arrays``.
+    Arrays keep their own dtype and shape; maps are ``[words, H, W]`` with row 0 = top of
+    the image. Nothing is pickled on the wire: see :func:`encode`.
     """
 
     kind: str
     header: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown packet kind {self.kind!r}; expected one of {', '.join(KINDS)}")
 
     @property
     def run_id(self) -> str | None:
@@ -65,15 +105,20 @@ class WirePacket:
         return self.header.get("step")
 
 
-def _make_packet(kind: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
-    try:  # inside the bridge package: return the real Packet
-        from bridge.packet import Packet  # noqa: PLC0415 (optional, lazy on purpose)
-    except ImportError:  # standalone receiver
-        return WirePacket(kind, header, arrays)
-    try:
-        return Packet(kind, header, arrays)
-    except ValueError:  # a newer kind this Packet class does not know
-        return WirePacket(kind, header, arrays)
+# --- wire format -----------------------------------------------------------------------------
+MAGIC = b"STPX"
+#: The wire version this module writes; it reads every version from 1 up to this one.
+VERSION = 1
+TOPIC_ROOT = "stepx/"
+PREAMBLE = struct.Struct("<4sHHII")  # magic, version, flags, header_len, data_len
+ENCODINGS = ("float32", "float16", "uint8")
+#: dtypes allowed on the wire (numpy ``dtype.str`` spelling, little-endian or byte-sized).
+WIRE_DTYPES = ("<f4", "<f2", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "|b1", "<f8")
+MAX_HEADER = 16 * 1024 * 1024
+
+
+class WireError(ValueError):
+    """The bytes are not a valid StepX message (truncated, corrupt, or unsupported)."""
 
 
 def topic_for(kind: str) -> bytes:
@@ -205,8 +250,8 @@ def split(data: bytes | bytearray | memoryview) -> tuple[str, dict[str, Any], me
     magic, version, _flags, hlen, dlen = PREAMBLE.unpack_from(buf, pre_at)
     if magic != MAGIC:
         raise WireError(f"bad magic {magic!r} at byte {pre_at}; expected {MAGIC!r}")
-    if version != VERSION:
-        raise WireError(f"wire version {version} not supported; this decoder reads version {VERSION}")
+    if not 1 <= version <= VERSION:
+        raise WireError(f"wire version {version} not supported; this decoder reads versions 1 to {VERSION}")
     if hlen > MAX_HEADER:
         raise WireError(f"header length {hlen} exceeds the {MAX_HEADER}-byte limit")
     h_at = pre_at + PREAMBLE.size
@@ -222,8 +267,8 @@ def split(data: bytes | bytearray | memoryview) -> tuple[str, dict[str, Any], me
     return topic, header, buf[data_at:data_at + dlen]
 
 
-def decode(data: bytes | bytearray | memoryview, dequantize: bool = False) -> Any:
-    """Decode one v1 message into a Packet (``WirePacket`` outside the bridge package).
+def decode(data: bytes | bytearray | memoryview, dequantize: bool = False) -> Packet:
+    """Decode one message (any version this module knows) into a Packet.
 
     Arrays are read-only numpy views on ``data`` (no copy). With ``dequantize=True``, arrays
     sent with the uint8 encoding come back as float32 in [0, 1].
@@ -252,4 +297,6 @@ def decode(data: bytes | bytearray | memoryview, dequantize: bool = False) -> An
     header = head.get("header")
     if not isinstance(header, dict):
         raise WireError("header 'header' must be a JSON object")
-    return _make_packet(head["kind"], header, arrays)
+    if head["kind"] not in KINDS:
+        raise WireError(f"unknown packet kind {head['kind']!r}; this decoder knows {', '.join(KINDS)}")
+    return Packet(head["kind"], header, arrays)

@@ -1,0 +1,58 @@
+"""The Publisher protocol: what the runner and the daemon hand their Packets to.
+
+A publisher takes built Packets (``publish``) and *recipes* (``publish_recipe``): zero-argument
+callables (a ``functools.partial`` of an allow-listed function, :mod:`bridge.item_codec`) that build a Packet (or None) from host arrays. A remote publisher
+(``remote = True``, the :class:`~bridge.stream.process.PacketProcess`) runs recipes in the sink
+process, so the phases and packing leave the model's process; a local one runs them where it is
+called. The runner asks these declared members, never ``getattr``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, runtime_checkable
+
+from bridge.protocol import Packet
+
+#: A zero-argument callable that builds one Packet (or None: nothing to send); to cross to the sink
+#: process it must be a ``functools.partial`` of a function in ``bridge.item_codec.recipes()``.
+Recipe = Callable[[], "Packet | None"]
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """Where Packets go. ``remote``: recipes run in another process (so ``auto`` phases go there)."""
+
+    remote: bool
+
+    def publish(self, packet: Packet) -> None: ...
+
+    def publish_recipe(self, recipe: Recipe) -> None: ...
+
+    def alive(self) -> bool:
+        """Whether a publish returns at once (a remote child that is down restarts first)."""
+        ...
+
+
+class LocalPublisher:
+    """A plain ``Callable[[Packet], None]`` (a list's ``append``, a test's recorder) as a Publisher."""
+
+    remote = False
+
+    def __init__(self, send: Callable[[Packet], None]) -> None:
+        self._send = send
+
+    def publish(self, packet: Packet) -> None:
+        self._send(packet)
+
+    def publish_recipe(self, recipe: Recipe) -> None:
+        packet = recipe()
+        if packet is not None:
+            self._send(packet)
+
+    def alive(self) -> bool:
+        return True
+
+
+def as_publisher(target: Publisher | Callable[[Packet], None]) -> Publisher:
+    """``target`` itself if it is a Publisher, else a LocalPublisher around the callable."""
+    return target if isinstance(target, Publisher) else LocalPublisher(target)

@@ -1,0 +1,82 @@
+"""Packet recipes: module-level functions that build a run's Packets from host arrays.
+
+The runner makes a ``functools.partial`` of one of these per step; it runs on the packet worker
+or, pickled, in the sink process (:mod:`bridge.stream.process`), which is why they live in the
+delivery room and take only picklable arguments.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import fields as dataclass_fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
+from bridge.protocol import Packet
+
+
+#: PhaseFrame's tensors (copied to the host per step) and its other fields (plain values).
+FRAME_TENSORS = ("textures", "settled", "accumulated", "phase_maps", "live")
+FRAME_FIELDS = tuple(f.name for f in dataclass_fields(PhaseFrame) if f.name not in FRAME_TENSORS and not f.name.startswith("_"))
+
+
+def step_packet(run_id: str, fields: dict[str, Any], flat: np.ndarray, layout: list[tuple[str, tuple[int, ...]]],
+                focus: list[int], timestep: float) -> Packet:
+    """The step Packet of one PhaseFrame from its tensors' host values, concatenated in ``layout``
+    order (anything after them is ignored): a recipe, so it may run in the sink process
+    (bridge.stream.process) as well as on the packet worker."""
+    values = torch.from_numpy(np.require(flat, np.float32, requirements="W"))  # from a socket it is read-only
+    tensors, offset = {}, 0
+    for name, shape in layout:
+        size = int(np.prod(shape, dtype=np.int64))
+        tensors[name] = values[offset : offset + size].view(shape)
+        offset += size
+    return _step(run_id, PhaseFrame(**fields, **tensors), focus, timestep)
+
+
+def _step(run_id: str, pf: PhaseFrame, focus: list[int], timestep: float) -> Packet:
+    return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
+
+
+#: Phase engines of the runs whose phases run where packets are built (``phases_on="host"``): the
+#: packet workers, or a PacketProcess's child. A run's engine goes with its
+#: timeline packet; a run that never ends (an error) is dropped after KEEP_ENGINES newer ones. The
+#: daemon's idle replay sends a run's recipes again: its step 0 starts the run's phases afresh.
+_ENGINES: "OrderedDict[str, PhaseEngine]" = OrderedDict()
+KEEP_ENGINES = 4
+_ENGINES_LOCK = threading.Lock()
+
+
+def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.ndarray, step: int, total: int,
+                     focus: list[int], timestep: float) -> Packet:
+    """Run one step of the run's phases on the CPU (``maps`` ``[W, H, W]``) and build its Packet:
+    a recipe, for the sink process or the packet worker."""
+    with _ENGINES_LOCK:  # several runners' workers may share this process
+        engine = _ENGINES.get(run_id)
+        if engine is None or engine.last_step is not None and step <= engine.last_step:  # a new run, or a replay of one
+            engine = _ENGINES[run_id] = PhaseEngine(words, cfg, device="cpu")
+            while len(_ENGINES) > KEEP_ENGINES:
+                _ENGINES.popitem(last=False)
+    with torch.inference_mode():  # one mode for the engine's state, whichever thread or process runs this step
+        pf = engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total)
+    return _step(run_id, pf, focus, timestep)
+
+
+def timeline_packet(run_id: str) -> Packet | None:
+    """The run's timeline from the engine that :func:`host_step_packet` kept (None if it saw no step)."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.pop(run_id, None)
+    return None if engine is None else timeline_of(run_id, engine)
+
+
+def timeline_of(run_id: str, engine: PhaseEngine) -> Packet:
+    summary = engine.summary()
+    arrays = summary.arrays()  # per-step series [T, W] and steps [T]
+    header = {k: v for k, v in summary.to_dict().items() if k not in arrays and k != "series"}
+    return Packet("timeline", {"run_id": run_id, **header, "words": engine.words}, arrays)
+
+
