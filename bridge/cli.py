@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("bridge.commands.export", "export a trace: heat-map PNGs, GIFs, CSV, timeline plots, ZIP"),
     "preview": ("bridge.commands.preview", "render the stream or a trace with the moderngl preview"),
     "bench": ("bridge.commands.bench", "benchmark capture overhead against plain diffusers in one process"),
+    "relevance": ("bridge.commands.relevance", "head relevance vectors: which heads attend to which concept, over random generations"),
+    "relevance-eval": ("bridge.commands.relevance_eval", "selective aggregation on the shapes world: all vs top-k vs bottom-k heads, ablation over k"),
+    "relevance-diagnose": ("bridge.commands.relevance_diagnose", "one word's map under each concept's most relevant heads, side by side (PNG)"),
     "eval-shapes": ("bridge.models.shapes.evaluate", "evaluate the embedded shapes model: adherence and attention IoU"),
     "train-shapes": ("bridge.models.shapes.train", "train the embedded shapes model (GPU)"),
 }

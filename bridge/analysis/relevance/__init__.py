@@ -1,0 +1,1 @@
+"""Head relevance vectors (HRV) and selective aggregation: see docs/RELEVANCE.md."""
