@@ -429,6 +429,8 @@ class TraceReader:
             lost = sum(k.records for k in self.skipped)
             self.problem = (f"skipped {len(self.skipped)} damaged stretch(es) ({lost} record(s) lost), the first "
                             f"{first.reason}" + (f"; also {self.problem}" if self.problem else ""))
+            for k in self.skipped if allow_partial else ():  # strict: the error below says it
+                log.warning("%s: %s; skipped bytes %d..%d (%d record(s))", path, k.reason, k.offset, k.end, k.records)
             if not allow_partial:
                 self._f.close()
                 raise TraceCorruptError(
@@ -582,8 +584,7 @@ class TraceReader:
         return None
 
     def _skip(self, off: int, end: int, records: int, reason: str) -> None:
-        self.skipped.append(Skipped(off, end, records, f"{reason}"))
-        log.warning("%s: %s; skipped bytes %d..%d", self.path, reason, off, end)
+        self.skipped.append(Skipped(off, end, records, reason))
 
     def _truncated(self, off: int, i: int, what: str) -> None:
         self.truncated_at = off

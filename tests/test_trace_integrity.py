@@ -115,14 +115,15 @@ def test_crafted_fields_are_range_checked(tmp_path, field, value):
         TraceReader(path)
 
 
-def test_export_and_replay_refuse_a_crafted_trace_with_one_clear_line(tmp_path):
+def test_export_replay_and_preview_refuse_a_crafted_trace_with_one_clear_line(tmp_path):
     pk = run_packets()
     pk[2] = Packet("step", {**pk[2].header, "step": 10**30}, pk[2].arrays)
     path = tmp_path / "crafted.stepx"
     path.write_bytes(encode_preamble({"format": "stepx-trace", "version": 2})
                      + b"".join(encode_record(wire.encode(p, "float16"), i) for i, p in enumerate(pk)))
-    for cmd in (["export", str(path), "-o", str(tmp_path / "x")], ["replay", str(path), "--fps", "0", "--delay", "0",
-                                                                    "--zmq", "tcp://127.0.0.1:0"]):
+    for cmd in (["export", str(path), "-o", str(tmp_path / "x")],
+                ["replay", str(path), "--fps", "0", "--delay", "0", "--zmq", "tcp://127.0.0.1:0"],
+                ["preview", "--trace", str(path), "--headless", "--out", str(tmp_path / "p"), "--frames", "1"]):
         r = subprocess.run([sys.executable, "-m", "bridge.cli", *cmd], capture_output=True, text=True, timeout=120,
                            cwd=ROOT, env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
         assert r.returncode != 0, (cmd, r.stderr)
