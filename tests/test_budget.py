@@ -9,7 +9,7 @@ import pytest
 
 from bridge.budget import Budget, BudgetError, StepRate, latent_tokens, memory_bytes, predict_step_seconds
 from bridge.daemon import Daemon, DaemonOptions
-from bridge.runner import Request, Runner
+from bridge.runner import Runner
 from bridge.transport.control import handle_object
 
 

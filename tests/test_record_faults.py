@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -11,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from bridge.cli import main
 from bridge.runner import Request, Runner

@@ -14,7 +14,7 @@ import pytest
 
 from bridge.protocol import Packet
 from bridge.trace import (
-    TraceCorruptError, TraceError, TraceReader, TraceWriteError, TraceWriter, encode_preamble, encode_record,
+    TraceCorruptError, TraceError, TraceReader, TraceWriter, encode_preamble, encode_record,
 )
 from bridge import protocol as wire
 from tests.test_trace import run_packets, write
