@@ -62,8 +62,8 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"send OSC over UDP (e.g. 127.0.0.1:{DEFAULT_OSC_PORT})")
     g.add_argument("--record", default=None, metavar="PATH", help="record a trace to PATH (docs/TRACE.md)")
     g.add_argument("--record-existing", choices=EXISTING, default="append",
-                   help="when the trace file already exists: append the new runs (default here), refuse "
-                        "(exit with an error), or overwrite it (the only choice that replaces a recording)")
+                   help="when the trace file already exists: append the new runs, refuse (exit with an error), "
+                        "or overwrite it (the only choice that replaces a recording); default: %(default)s")
     g.add_argument("--spout", default=None, metavar="NAME", help="share textures over Spout (Windows)")
     g.add_argument("--syphon", default=None, metavar="NAME", help="share textures over Syphon (macOS)")
     g.add_argument("--ndi", default=None, metavar="NAME", help="send textures as an NDI source")
