@@ -15,9 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
-from bridge.commands.common import (
-    add_generation_arguments, add_model_arguments, load_model, request_factory, stop_on_signals,
-)
+from bridge.commands.common import (add_generation_arguments, add_model_arguments, check_generation_args, load_model,
+                                    request_factory, stop_on_signals)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,14 +36,29 @@ def default_path(prompt: str) -> Path:
     return Path("out") / f"{slug}.stepx"
 
 
+def check_output_path(out: Path) -> None:
+    """Make ``out``'s folder, or ValueError naming the part of the path that is in the way."""
+    for parent in [out.parent, *out.parent.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"cannot write {out}: {parent} is a file, not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot write {out}: {exc.strerror or exc}") from None
+    if out.is_dir():
+        raise ValueError(f"-o {out} is a folder; give a trace file name (e.g. {out / 'run.stepx'})")
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bridge.stream.fanout import FanOut
-    from bridge.runner import Runner
+    from bridge.runner import Runner, check_request
     from bridge.stream.sinks import SinkError, build_sinks, open_recorder
 
+    check_generation_args(args, args.prompt)  # the rules a control request meets, before the model loads
     out = Path(args.out) if args.out else default_path(args.prompt)
+    check_output_path(out)
     try:  # before the model loads: a path that cannot be written fails in a second, not after a load
         writer = open_recorder(out, args.record_existing)
     except SinkError as exc:
@@ -54,12 +68,14 @@ def run(args: argparse.Namespace) -> int:
         args.record = None  # the trace above is this command's own
         sinks = [writer, *build_sinks(args)]
         pipe, name = load_model(args)
+        request = request_factory(args, name)(args.prompt)
+        for warning in check_request(pipe, request):  # ValueError: a focus word that is not a word of the prompt
+            print(f"stepx record: warning: {warning}", file=sys.stderr)
     except BaseException:
         writer.close()
         raise
     from bridge.budget import Budget, BudgetError
 
-    request = request_factory(args)(args.prompt)
     try:
         Budget(pipe, args.max_step_seconds).check(request.width, request.height, request.guidance)
     except BudgetError as exc:
