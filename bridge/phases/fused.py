@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .measures import update_stable_since
 from .normalise import GLOBAL_VIEWS, NORMALISERS
 from .timeline import measures_of, pixel_centres
 
@@ -36,6 +37,8 @@ SCALARS = (
     "rate",  # change-EMA rate: 0 at the first step, 1 at the second, settle_rate after
     "seen",  # 1 if a previous step exists in this run, else 0
     "scale",  # settle_scale
+    "step",  # this step's 0-based index (for stable_since)
+    "threshold",  # stable_threshold: change below which a word's map counts as stable
 )
 
 
@@ -47,6 +50,7 @@ class StepState(NamedTuple):
     change_ema: Tensor  # [N+1, H, W]
     prev_dist: Tensor  # [N, H*W]
     acc: Tensor  # [3, N+1, H, W] weighted sums of the textures per phase
+    stable_since: Tensor  # [N] first step of the current below-threshold streak, -1 if none
 
 
 class StepOut(NamedTuple):
@@ -58,17 +62,19 @@ class StepOut(NamedTuple):
     accumulated: Tensor  # [N+1, H, W]
     phase_maps: Tensor  # [3, H, W] the global view's
     measures: Tensor  # [7, N] SERIES order
-    live: Tensor  # [7N + 2(N+1)]
+    live: Tensor  # [7N + 2(N+1) + N]: measures, settled means, texture means, stable_since
 
 
 def initial_state(n: int, h: int, w: int, device: torch.device) -> StepState:
-    """Zero state for a new run (see the module docstring for why zeros are exact)."""
+    """Zero state for a new run (see the module docstring for why zeros are exact); no word
+    stable yet (``stable_since`` = -1)."""
     z = lambda *shape: torch.zeros(shape, dtype=torch.float32, device=device)
-    return StepState(z(n), z(n + 1, h, w), z(n + 1, h, w), z(n, h * w), z(3, n + 1, h, w))
+    return StepState(z(n), z(n + 1, h, w), z(n + 1, h, w), z(n, h * w), z(3, n + 1, h, w), z(n) - 1.0)
 
 
 def step_scalars(
-    weights: tuple[float, float, float], weight_sums: list[float], seen_steps: int, settle_rate: float, settle_scale: float
+    weights: tuple[float, float, float], weight_sums: list[float], seen_steps: int, settle_rate: float, settle_scale: float,
+    step: int = 0, stable_threshold: float = 0.02,
 ) -> list[float]:
     """The ``scal`` values (SCALARS order) of one step, from host bookkeeping.
 
@@ -78,7 +84,7 @@ def step_scalars(
     coef = [w / s if (w > 0.0 and s > 0.0) else 0.0 for w, s in zip(weights, weight_sums)]
     inv = [1.0 / s if s > 0.0 else 0.0 for s in weight_sums]
     rate = 0.0 if seen_steps == 0 else (1.0 if seen_steps == 1 else settle_rate)
-    return [*weights, *coef, *inv, rate, 1.0 if seen_steps > 0 else 0.0, settle_scale]
+    return [*weights, *coef, *inv, rate, 1.0 if seen_steps > 0 else 0.0, settle_scale, float(step), float(stable_threshold)]
 
 
 def _safe(x: Tensor) -> Tensor:
@@ -127,7 +133,9 @@ def phase_step(
     change = torch.where(seen > 0, 0.5 * (dist - state.prev_dist).abs().sum(dim=1), math.nan)  # [N]
     measures = measures_of(total[:, 0] / hw, dist, change, xs, ys)  # [7, N], the one definition (timeline.py)
 
-    live = torch.cat([measures.reshape(-1), settled.mean(dim=(1, 2)), textures.mean(dim=(1, 2))])
+    stable_since = update_stable_since(state.stable_since, change, scal[12], scal[13])  # [N]
+
+    live = torch.cat([measures.reshape(-1), settled.mean(dim=(1, 2)), textures.mean(dim=(1, 2)), stable_since])
     return StepOut(
-        StepState(running_max, textures, ema, dist, acc), textures, settled, accumulated, global_phase_maps, measures, live
+        StepState(running_max, textures, ema, dist, acc, stable_since), textures, settled, accumulated, global_phase_maps, measures, live
     )

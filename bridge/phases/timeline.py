@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .measures import area_under_curve, emergence_steps, peak_steps, stabilisation_steps
+
 #: Per-step series, in the row order of :func:`step_measures`.
 SERIES = ("mass", "share", "entropy", "centroid_x", "centroid_y", "spread", "change")
 
@@ -76,48 +78,6 @@ def step_measures(maps: Tensor, dist: Tensor, change: Tensor) -> Tensor:
     """:func:`measures_of` from a step's raw maps ``[N, H, W]``, dist ``[N, H*W]``, change ``[N]``."""
     _, h, w = maps.shape
     return measures_of(maps.flatten(1).mean(dim=1), dist, change, *pixel_centres(h, w, maps.device, maps.dtype))
-
-
-def peak_steps(mass: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Step of each word's largest mass (first one on ties). mass: ``[T, N]``; steps: ``[T]``."""
-    if mass.shape[0] == 0:
-        return np.full(mass.shape[1], -1, dtype=np.int64)
-    return steps[np.argmax(mass, axis=0)].astype(np.int64)
-
-
-def emergence_steps(mass: np.ndarray, steps: np.ndarray, fraction: float) -> np.ndarray:
-    """First step at which each word's mass reaches ``fraction`` of its peak mass (-1 if the
-    word never has any mass). mass: ``[T, N]``; steps: ``[T]``. Scale-invariant."""
-    if mass.shape[0] == 0:
-        return np.full(mass.shape[1], -1, dtype=np.int64)
-    peak = mass.max(axis=0)  # [N]
-    reached = mass >= fraction * peak[None]  # [T, N]
-    out = steps[np.argmax(reached, axis=0)].astype(np.int64)
-    out[peak <= 0] = -1
-    return out
-
-
-def stabilisation_steps(change: np.ndarray, steps: np.ndarray, threshold: float) -> np.ndarray:
-    """First step from which each word's map changes less than ``threshold`` (total variation
-    vs the previous step) at every later step of the run; -1 if the last change is still at or
-    above it. Step 0 has no change (NaN) and never counts. change: ``[T, N]``; steps: ``[T]``."""
-    t, n = change.shape
-    out = np.full(n, -1, dtype=np.int64)
-    if t == 0:
-        return out
-    below = np.nan_to_num(change, nan=np.inf) < threshold  # [T, N]
-    stays = np.flip(np.logical_and.accumulate(np.flip(below, axis=0), axis=0), axis=0)  # [T, N]
-    found = stays.any(axis=0)
-    out[found] = steps[np.argmax(stays, axis=0)][found]
-    return out
-
-
-def area_under_curve(mass: np.ndarray) -> np.ndarray:
-    """AUC: sum of the per-step mass over the recorded steps divided by their number (the
-    mean mass over the run; rectangle rule, one step = width 1/T). mass: ``[T, N]`` -> ``[N]``."""
-    if mass.shape[0] == 0:
-        return np.zeros(mass.shape[1], dtype=np.float64)
-    return mass.astype(np.float64).sum(axis=0) / mass.shape[0]
 
 
 @dataclass
