@@ -100,3 +100,15 @@ def agreement_with_final(dist: np.ndarray) -> np.ndarray:
 def concentration(entropy: np.ndarray) -> np.ndarray:
     """Concentration = 1 - normalised entropy (0 uniform, 1 one pixel); any shape."""
     return 1.0 - np.asarray(entropy, dtype=np.float64)
+
+
+def localisation_steps(agreement: np.ndarray, steps: np.ndarray, level: float = 0.9) -> np.ndarray:
+    """First step from which each word's layout agrees with its final one at ``level`` or more
+    (:func:`agreement_with_final`) at every later step: when the word's *place* is decided.
+    agreement: ``[T, N]``; steps: ``[T]`` -> ``[N]`` (the last step at worst)."""
+    t, n = agreement.shape
+    if t == 0:
+        return np.full(n, -1, dtype=np.int64)
+    above = agreement >= level  # [T, N]; the last row is 1 (agreement with itself)
+    stays = np.flip(np.logical_and.accumulate(np.flip(above, axis=0), axis=0), axis=0)
+    return steps[np.argmax(stays, axis=0)].astype(np.int64)
