@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for SIGINT (128 + 2)
+        if max(known.verbose, args.verbose) >= 2:
+            raise
+        print(f"stepx {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         # what a user got wrong (a path, a model, a word, an extra not installed): say it plainly;
         # -vv shows the traceback

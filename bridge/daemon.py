@@ -23,6 +23,7 @@ import torch
 
 from bridge.protocol import Packet
 from bridge.runner import Request, Runner, RunResult
+from bridge.protocol import state_code
 from bridge.stream.publisher import Publisher, Recipe, as_publisher
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,9 @@ class Daemon:
         """Handler for the control servers: takes a validated ControlRequest, returns the reply payload."""
         cmd = "generate" if req.cmd == "start" else req.cmd
         if cmd == "generate":
+            warnings = self.runner.check(req.params)  # a focus word not in the prompt is refused here (ValueError)
             self.submit(req.params)
-            return {"queued": True}
+            return {"queued": True, **({"warnings": warnings} if warnings else {})}
         if cmd == "cancel":
             with self._lock:
                 self._pending = None
@@ -78,6 +80,11 @@ class Daemon:
             self._wake.set()
             return {"cancelled": True}
         if cmd == "playlist":
+            for i, item in enumerate(req.playlist):
+                try:
+                    self.runner.check(item)
+                except ValueError as exc:
+                    raise ValueError(f"playlist item {i}: {exc}") from None
             self.set_playlist(list(req.playlist), bool(req.loop))
             return {"playlist": len(self._playlist), "loop": self._playlist_loop}
         return self.status()  # status, ping
@@ -107,9 +114,11 @@ class Daemon:
         self._wake.set()
 
     def status(self) -> dict[str, Any]:
+        """The status payload: ``state`` and ``state_code`` from the one table (bridge.protocol.STATES),
+        ``device_memory`` in bytes (CUDA allocated, else the process's RSS)."""
         mem = torch.cuda.memory_allocated() if torch.cuda.is_available() else _rss_bytes()
         return {
-            "state": self._state, "fps": round(self._fps, 2), "step": self._step, "device_memory": int(mem),
+            "state": self._state, "state_code": state_code(self._state), "fps": round(self._fps, 2), "step": self._step, "device_memory": int(mem),
             "prompt": self._current.prompt if self._current else "", "message": self._message,
             "playlist": len(self._playlist), "uptime": round(time.time() - self._started, 1),
         }
@@ -129,7 +138,8 @@ class Daemon:
                 elif self.options.idle_replay and self._last_packets:
                     self._replay_once()
                 else:
-                    self._state = "idle"
+                    if self._state != "error":  # an error stays visible until the next request
+                        self._state = "idle"
                     self._wake.wait(0.2)
                     self._wake.clear()
         finally:
@@ -197,7 +207,8 @@ class Daemon:
     def _replay_once(self) -> None:
         """Play the last run's packets once at ``replay_fps``, stopping as soon as work arrives.
         Recipes (a run published through a sink process) are sent again to be built there."""
-        self._state = "replaying"
+        if self._state != "error":  # an error stays visible until the next request (the replay still plays)
+            self._state = "replaying"
         self._wake.clear()  # a wake left from the run's own submit must not cut the replay short; new work is seen below
         period = 1.0 / max(self.options.replay_fps, 0.1)
         for p in self._last_packets:

@@ -64,6 +64,24 @@ COMMANDS = ("generate", "start", "cancel", "playlist", "status", "ping")
 #: Focus spellings that mean the global view rather than a word.
 GLOBAL_FOCUS = ("global", "*", "")
 
+#: The daemon's states, one table for both transports: the ZeroMQ ``status`` packet carries the
+#: name (``state``) and the code (``state_code``), the OSC heartbeat ``/stepx/status`` the code.
+#: Code 1 is reserved (it once meant "loading"; the daemon binds its sockets after the model loads).
+STATES: dict[str, int] = {
+    "idle": 0,        # nothing to generate and nothing to replay
+    "generating": 2,  # a run is denoising
+    "error": 3,       # the last run failed (``message`` says why); stays until the next request
+    "replaying": 4,   # idle, looping the last finished run (packets carry ``"replay": true``)
+}
+
+
+def state_code(state: str) -> int:
+    """The code of a daemon state; an unknown name is a programming error, not "error"."""
+    try:
+        return STATES[state]
+    except KeyError:
+        raise ValueError(f"unknown daemon state {state!r}; known: {', '.join(STATES)}") from None
+
 
 def word_index(words: Sequence[str], word: str) -> int | None:
     """The focus-word rule, the same everywhere (record, serve, preview, TouchDesigner): the

@@ -20,6 +20,8 @@ import torch
 
 from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapter_for, build_token_map
 from bridge.latent_preview import LinearPreview, decode_full
+from bridge.capture.errors import WordNotFoundError
+from bridge.capture.tokens import unseen_words
 from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
 from bridge.protocol import Packet
 from bridge.request import GenerateParams
@@ -45,6 +47,7 @@ class RunState:
     words: list[str] | None = None  # None until the first step: no run packet has gone out
     focus: list[int] = field(default_factory=list)
     engine: PhaseEngine | None = None  # phases on the device only
+    unseen: list[str] = field(default_factory=list)  # words the model never saw (reported, not hidden)
 
 
 @dataclass
@@ -108,6 +111,8 @@ class Runner:
         self.capture_config = capture_config or CaptureConfig()
         self.concepts = concepts or {}
         self._preview: LinearPreview | None = None
+        self._check_lock = threading.Lock()
+        self._door_tokenizer: Any = None  # check()'s own tokenizer copy
         self._out = OrderedWorker(torch_threads=1)  # its CPU ops must not take the model thread's cores
 
     def phases_where(self) -> Literal["host", "device"]:
@@ -150,6 +155,18 @@ class Runner:
             return self.phase_config
         return PhaseConfig(**{**self.phase_config.__dict__, "boundaries": tuple(req.phase_boundaries)})
 
+    # --- checks at the door ----------------------------------------------------------------
+    def check(self, req: Request) -> list[str]:
+        """:func:`check_request` with this runner's model and concepts, on the caller's thread (a
+        control server's): with its own copy of the tokenizer, as a fast (Rust) tokenizer must not
+        be used by two threads at once and the model's thread may be tokenizing."""
+        with self._check_lock:
+            if self._door_tokenizer is None:
+                import copy
+
+                self._door_tokenizer = copy.deepcopy(adapter_for(self.pipe).tokenizer())
+            return check_request(self.pipe, req, self.concepts, self._door_tokenizer)
+
     # --- the run ---------------------------------------------------------------------------
     def run(self, req: Request, cancel: threading.Event | None = None) -> RunResult:
         """Generate ``req``; never raises for a bad request or a failed run: the result says."""
@@ -157,15 +174,20 @@ class Runner:
         t0 = time.perf_counter()
         state = RunState(phases=self.phases_where())
         try:
-            tokens = build_token_map(adapter_for(self.pipe).tokenizer(), req.prompt)
+            tokenizer = adapter_for(self.pipe).tokenizer()
+            tokens = build_token_map(tokenizer, req.prompt)
             for word in req.focus:
                 tokens.index(word)  # a bad focus word fails before any compute, listing the words
+            state.unseen = unseen_words(tokenizer, tokens.words)
+            for line in unseen_warning(state.unseen):
+                log.warning(line)
             cap_cfg = self._capture_config(req)
             phase_cfg = self._phase_config(req)
             seed = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
             gen = torch.Generator(device="cpu").manual_seed(seed)
 
             def on_step(frame: StepFrame, run: CaptureRun) -> None:
+                ended = time.time()  # the step's end on the wire ("step_end", Unix seconds)
                 if cancel.is_set():  # the pipeline skips its remaining steps (diffusers' `interrupt`)
                     self.pipe._interrupt = True
                 if self.step_clock is not None:
@@ -175,10 +197,10 @@ class Runner:
                 tm = run.tokens(0)
                 word_maps = tm.word_maps(frame.cross[0])  # [W, H, W]
                 if state.engine is None:  # phases where packets are built
-                    self._later(self._host_step_packet(run.run_id, state, phase_cfg, word_maps, frame))
+                    self._later(self._host_step_packet(run.run_id, state, phase_cfg, word_maps, frame, ended))
                 else:
                     pf = state.engine.update(word_maps, frame.step, frame.total_steps)
-                    self._later(self._step_packet(run.run_id, pf, frame, state.focus))
+                    self._later(self._step_packet(run.run_id, pf, frame, state.focus, ended))
                 if self.image_every and frame.step % self.image_every == 0 and frame.x0 is not None:
                     self._later(self._image_packet(run.run_id, frame))
 
@@ -230,7 +252,7 @@ class Runner:
         h, w = run.resolution
         self._send(Packet("run", {
             "run_id": run.run_id, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "words": list(tm.words),
-            "tokens": tm.to_dict(), "truncated_words": list(tm.truncated_words), "focus": state.focus,
+            "tokens": tm.to_dict(), "truncated_words": list(tm.truncated_words), "unseen_words": list(state.unseen), "focus": state.focus,
             "total_steps": run.total_steps, "seed": seed, "guidance": req.guidance, "model": self.model_name,
             "scheduler": run.info.get("scheduler"), "pipeline": run.info.get("pipeline"), "map_size": [h, w],
             "width": req.width or run.latent_hw[1] * self._vae_scale(), "height": req.height or run.latent_hw[0] * self._vae_scale(),
@@ -270,7 +292,7 @@ class Runner:
         """Wait until everything handed to the packet thread has gone."""
         self._out.flush()
 
-    def _step_packet(self, run_id: str, pf: PhaseFrame, frame: StepFrame, focus: list[int]) -> Callable[[], Recipe]:
+    def _step_packet(self, run_id: str, pf: PhaseFrame, frame: StepFrame, focus: list[int], ended: float) -> Callable[[], Recipe]:
         """On the model's thread: one concatenation of the frame's tensors (and a float32 timestep)
         on the device, so one copy to the host (one launch, one pinned block); ``fetch`` waits
         for it and returns the recipe."""
@@ -286,12 +308,12 @@ class Runner:
             host = snap.get()
             values = host["flat"].numpy()  # the pinned copy
             timestep = float(values[-1]) if fold else float(host["timestep"]) if "timestep" in host else float(ts)
-            return partial(step_packet, run_id, fields, values, layout, focus, timestep)
+            return partial(step_packet, run_id, fields, values, layout, focus, timestep, ended)
 
         return fetch
 
     def _host_step_packet(self, run_id: str, state: RunState, cfg: PhaseConfig, word_maps: torch.Tensor,
-                          frame: StepFrame) -> Callable[[], Recipe]:
+                          frame: StepFrame, ended: float) -> Callable[[], Recipe]:
         """On the model's thread: one non-blocking copy of the word maps; ``fetch`` waits for it
         and returns the recipe that runs the phases and builds the packet."""
         ts = frame.timestep
@@ -301,7 +323,7 @@ class Runner:
         def fetch() -> Recipe:
             host = snap.get()
             timestep = float(host["timestep"]) if "timestep" in host else float(ts)
-            return partial(host_step_packet, run_id, words, cfg, host["maps"].numpy(), step, total, focus, timestep)
+            return partial(host_step_packet, run_id, words, cfg, host["maps"].numpy(), step, total, focus, timestep, ended)
 
         return fetch
 
@@ -316,6 +338,30 @@ class Runner:
 
     def _vae_scale(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor", 8))
+
+
+def check_request(pipe: Any, req: Request, concepts: dict[str, Any] | None = None, tokenizer: Any = None) -> list[str]:
+    """Refuse ``req`` at the door (ValueError naming the fix: a focus word that is not a word of the
+    prompt, an unknown concept); return warnings (words the model never saw)."""
+    tokenizer = tokenizer if tokenizer is not None else adapter_for(pipe).tokenizer()
+    tokens = build_token_map(tokenizer, req.prompt)
+    for word in req.focus:
+        try:
+            tokens.index(word)
+        except WordNotFoundError as exc:
+            raise ValueError(f"focus: {exc}") from None
+    if req.concept and req.concept not in (concepts or {}):
+        known = ", ".join(sorted(concepts or {})) or "(none loaded; start the daemon with --concepts DIR)"
+        raise ValueError(f"unknown concept {req.concept!r}; known concepts: {known}")
+    return unseen_warning(unseen_words(tokenizer, tokens.words))
+
+
+def unseen_warning(words: list[str]) -> list[str]:
+    """The warning for words the model never saw (empty when there are none)."""
+    if not words:
+        return []
+    return [f"the model never saw {', '.join(repr(w) for w in words)}: their maps exist but mean nothing "
+            "(the run packet lists them in 'unseen_words')"]
 
 
 def denoiser(pipe: Any) -> torch.nn.Module:

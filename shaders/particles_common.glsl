@@ -43,6 +43,9 @@
 //   v <- (v + dt (Chaos + Stability)) * exp(-k dt);  p <- fract(p + dt v)
 //   depth <- depth + (mix(S, luminance(image(p)), w_d) - depth) * (1 - exp(-depth_rate dt))
 
+// A host that declares the uniforms itself from its parameter pages (TouchDesigner's GLSL POP)
+// defines STEPX_HOST_DECLARES_UNIFORMS before the include; everyone else gets them here.
+#ifndef STEPX_HOST_DECLARES_UNIFORMS
 uniform sampler2D u_mask;
 uniform sampler2D u_image;
 uniform float u_has_image;
@@ -59,6 +62,7 @@ uniform float u_grip;
 uniform vec2  u_mask_size;
 uniform float u_mask_lod_max;
 uniform float u_depth_rate;
+#endif
 
 uint px_hash(uint x) {
     x ^= x >> 16; x *= 0x7feb352du;

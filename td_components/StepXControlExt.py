@@ -1,12 +1,14 @@
 """StepXControlExt: the extension class of the StepX control Base COMP (thin TD glue).
 
 What: pulse parameters Generate / Cancel / Status send JSON requests to the daemon through
-``stepx_td.control`` (ZeroMQ REQ/REP, or OSC when Transport is ``osc``); ``OnFrameStart``
+``stepx_td.control`` (a ZeroMQ REQ socket to the daemon's ROUTER, or OSC when Transport is ``osc``); ``OnFrameStart``
 polls replies without blocking and shows the last one in the ``Lastreply`` parameter.
 
 Parameters (custom page "StepX Control"): Address, Controlport (ZeroMQ, default 5561),
-Oscport (default 7001), Transport (zmq / osc), Prompt, Seed (-1 = random), Steps, Guidance,
-Focuswords (space separated), Token, Libpath, and the pulses Generate, Cancel, Status.
+Oscport (default 7001), Transport (zmq / osc), Prompt, Seed (-1 = random), Steps (0 = the daemon's
+``serve --steps``), Guidance (< 0 = the daemon's), Width and Height (0 = the model's), Focuswords
+(space separated), Token, Libpath, and the pulses Generate, Cancel, Status. Values are checked by
+the daemon's own schema before anything is sent (``stepx_td.request``).
 """
 
 from __future__ import annotations
@@ -59,12 +61,14 @@ class StepXControlExt:
         return self._client().send(request)
 
     def Generate(self) -> Any:
-        """Send ``generate`` with the COMP's Prompt, Seed, Steps, Guidance and Focuswords."""
+        """Send ``generate`` with the COMP's Prompt, Seed, Steps, Guidance, Width, Height and Focuswords."""
         o = self.ownerComp
+        guidance = float(_par(o, "Guidance", -1.0))
         try:
             req = self.control.generate_request(
-                str(_par(o, "Prompt", "")), seed=int(_par(o, "Seed", -1)), steps=int(_par(o, "Steps", 30)),
-                guidance=float(_par(o, "Guidance", 7.5)), focus=str(_par(o, "Focuswords", "")))
+                str(_par(o, "Prompt", "")), seed=int(_par(o, "Seed", -1)), steps=int(_par(o, "Steps", 0)) or None,
+                guidance=guidance if guidance >= 0 else None, width=int(_par(o, "Width", 0)),
+                height=int(_par(o, "Height", 0)), focus=str(_par(o, "Focuswords", "")))
         except ValueError as exc:
             self._show({"ok": False, "error": str(exc)})
             return None

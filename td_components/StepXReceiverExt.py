@@ -1,23 +1,27 @@
 """StepXReceiverExt: the extension class of the StepX receiver Base COMP (thin TD glue).
 
 What: once per frame (from the Execute DAT's ``onFrameStart``) it polls
-``stepx_td.decoder.StreamReceiver`` without blocking, pushes textures into Script TOPs with
-``copyNumpyArray`` (the TOPs have "Modify Outside of Cook" on) and asks the Script CHOPs to
-re-cook; each Script CHOP's ``onCook`` calls back ``CookChop`` to fill its channels (channel
-values can only be written from inside a Script CHOP's cook).
+``stepx_td.decoder.StreamReceiver`` without blocking, keeps the newest arrays and channels and
+asks the Script TOPs / CHOPs to re-cook; each one's ``onCook`` calls back ``CookTop`` /
+``CookChop``, which copy the data in (``copyNumpyArray`` and channel values are written from
+inside the operator's own cook). The phase weights the piece's shaders read (``w_noise``,
+``w_structure``, ``w_detail`` of the phase CHOP) ease towards each step's weights over ``Morph``
+seconds (stepx_td.morph), so the three phases morph instead of cutting; until the first step
+the phase CHOP holds stepx_td.morph.PHASE_DEFAULTS, so expressions never see a missing channel.
 
 Why thin: everything that can be tested without TouchDesigner lives in ``stepx_td``; this
 class only reads the COMP's parameters and touches operators. It reaches ``td`` only through
 ``stepx_td.tdseam`` and operators only through ``ownerComp.op(name)``.
 
 Parameters of the owner COMP (custom page "StepX"): Address, Port, Focusword, Encoding
-(auto / float32 / uint8: the texture format handed to the TOPs), Libpath (folder holding
-``stepx_td``), Active.
+(auto / float32 / uint8: the texture format handed to the TOPs), Morph (seconds), Libpath
+(folder holding ``stepx_td``), Active.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 #: Operator names inside the COMP (build_network.py creates them).
@@ -31,12 +35,12 @@ def _par(owner: Any, name: str, default: Any) -> Any:
     return default if p is None else p.eval()
 
 
-def _import_decoder(libpath: str) -> Any:
+def _import_lib(libpath: str) -> tuple[Any, Any]:
     if libpath and libpath not in sys.path:
         sys.path.insert(0, libpath)
-    from stepx_td import decoder  # noqa: PLC0415 (after the path is set)
+    from stepx_td import decoder, morph  # noqa: PLC0415 (after the path is set)
 
-    return decoder
+    return decoder, morph
 
 
 class StepXReceiverExt:
@@ -48,6 +52,13 @@ class StepXReceiverExt:
         self._conn: tuple[str, int] | None = None
         self._pushed: tuple[Any, ...] | None = None
         self.channels: dict[str, dict[str, Any]] = {k: {} for k in CHOPS}
+        self.arrays: dict[str, Any] = {}
+        self.decoder, morph = _import_lib(str(_par(ownerComp, "Libpath", "")))
+        self.morph = morph.PhaseMorph()
+        self.phase_defaults = dict(morph.PHASE_DEFAULTS)
+        self.weight_names = morph.WEIGHTS
+        self._raw_phase: dict[str, float] = {}
+        self._last_frame_time: float | None = None
         self.Status = "idle"
         self.Frames = 0
 
@@ -55,7 +66,7 @@ class StepXReceiverExt:
     def Connect(self) -> None:
         """(Re)open the subscriber with the current Address/Port."""
         self.Disconnect()
-        decoder = _import_decoder(str(_par(self.ownerComp, "Libpath", "")))
+        decoder = self.decoder
         address = str(_par(self.ownerComp, "Address", "127.0.0.1"))
         port = int(_par(self.ownerComp, "Port", 5560))
         self.receiver = decoder.StreamReceiver(address, port, output=str(_par(self.ownerComp, "Encoding", "auto")))
@@ -73,10 +84,17 @@ class StepXReceiverExt:
         self.Disconnect()
 
     # -- per frame -------------------------------------------------------------------------
-    def OnFrameStart(self, frame: int | None = None) -> bool:
-        """Poll once (never blocks) and update the TOPs/CHOPs; True when something changed."""
+    def OnFrameStart(self, frame: int | None = None, dt: float | None = None) -> bool:
+        """Poll once (never blocks) and update the TOPs/CHOPs; True when something new arrived.
+
+        ``dt``: seconds since the last frame (default: measured), for the phase morph."""
         if not _par(self.ownerComp, "Active", True):
             return False
+        now = time.monotonic()
+        if dt is None:
+            dt = 0.0 if self._last_frame_time is None else min(now - self._last_frame_time, 0.25)
+        self._last_frame_time = now
+        self._advance_morph(dt)
         conn = (str(_par(self.ownerComp, "Address", "127.0.0.1")), int(_par(self.ownerComp, "Port", 5560)))
         if self.receiver is None or conn != self._conn:
             self.Connect()
@@ -106,20 +124,49 @@ class StepXReceiverExt:
                 self.Status = f"run {(rx.run or {}).get('run_id')} step {rx.latest['step'].header.get('step')} ({rx.encoding})"
         for key, arr in arrays.items():
             top = self.ownerComp.op(TOPS[key])
-            if arr is not None and top is not None:
-                top.copyNumpyArray(arr)
+            if arr is not None:
+                self.arrays[key] = arr
+                if top is not None:
+                    top.cook(force=True)
+
+    def CookTop(self, scriptOp: Any, which: str) -> None:
+        """Copy the newest ``which`` array ('word', 'masks', 'image') into ``scriptOp`` (from its onCook)."""
+        arr = self.arrays.get(which)
+        if arr is not None:
+            scriptOp.copyNumpyArray(arr)
 
     def _update_channels(self, rx: Any) -> None:
-        self.channels = {"phase": rx.phase_channels(), "words": rx.word_channels(), "timeline": rx.timeline_channels()}
+        self._raw_phase = {k: float(v[0]) for k, v in rx.phase_channels().items()}
+        self._raw_phase["has_image"] = 1.0 if rx.latest.get("image") is not None else 0.0
+        self.morph.set_target([self._raw_phase.get(n, d) for n, d in zip(self.weight_names, (1.0, 0.0, 0.0))])
+        self.channels = {"phase": self._phase_channels(), "words": rx.word_channels(), "timeline": rx.timeline_channels()}
         for name in CHOPS.values():
             chop = self.ownerComp.op(name)
             if chop is not None:
                 chop.cook(force=True)
 
+    def _phase_channels(self) -> dict[str, list[float]]:
+        """Stream channels + defaults for what has not arrived, with the eased weights."""
+        out = {**self.phase_defaults, **self._raw_phase}
+        weights = self.morph.current or self.morph.target
+        out.update({f"target_{n}": out[n] for n in self.weight_names})
+        out.update(dict(zip(self.weight_names, weights)))
+        return {k: [v] for k, v in out.items()}
+
+    def _advance_morph(self, dt: float) -> None:
+        """Ease the weights; re-cook the phase CHOP while they move."""
+        if self.morph.current is None or self.morph.settled:
+            return
+        self.morph.advance(dt, float(_par(self.ownerComp, "Morph", 0.6)))
+        self.channels["phase"] = self._phase_channels()
+        chop = self.ownerComp.op(CHOPS["phase"])
+        if chop is not None:
+            chop.cook(force=True)
+
     def CookChop(self, scriptOp: Any, which: str) -> None:
         """Fill ``scriptOp`` (a Script CHOP, from its ``onCook``) with the ``which`` channels."""
         scriptOp.clear()
-        chans = self.channels.get(which) or {}
+        chans = self.channels.get(which) or ({k: [v] for k, v in self.phase_defaults.items()} if which == "phase" else {})
         if not chans:
             return
         scriptOp.numSamples = max(len(v) for v in chans.values())

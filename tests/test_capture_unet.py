@@ -313,3 +313,17 @@ def test_prompt_embeds_give_maps_without_words(sd_pipe):
     assert cap.last_run.frames[0].cross.shape == (1, 77, 32, 32)
     with pytest.raises(ValueError, match="prompt text"):
         cap.last_run.words
+
+
+def test_strict_prompt_length_raises_on_unet_pipelines(sd_pipe):
+    """``capture(pipe, strict_prompt_length=True)`` used to be read by the MM-DiT path only."""
+    from bridge.capture import PromptTooLongError, capture
+
+    limit = sd_pipe.tokenizer.model_max_length
+    long_prompt = " ".join(["red circle"] * limit)
+    with pytest.raises(PromptTooLongError, match="these words were cut"):
+        with capture(sd_pipe, strict_prompt_length=True):
+            sd_pipe(long_prompt, num_inference_steps=1, output_type="latent")
+    with capture(sd_pipe) as cap:  # not strict: the words are cut and reported, the run goes on
+        sd_pipe(long_prompt, num_inference_steps=1, output_type="latent")
+    assert cap.last_run.tokens(0).truncated_words

@@ -44,7 +44,7 @@ def test_record_writes_a_trace_and_exports(tmp_path, capsys):
 
 def test_record_bad_focus_word_fails_clearly(tmp_path, capsys):
     rc = main(["record", "a red circle", "--model", "tiny", "--steps", "2", "-o", str(tmp_path / "x.stepx"), "--focus", "dog"])
-    assert rc == 1
+    assert rc == 2 and not list(tmp_path.iterdir())  # refused at the door: nothing written
     err = capsys.readouterr().err
     assert "'dog' is not a word of the prompt" in err and "'circle'" in err
 

@@ -58,10 +58,22 @@ def test_fuzz_handle_json_always_replies(data):
        st.sampled_from(["/stepx/seed", "/stepx/steps", "/stepx/prompt", "/stepx/focus", "/stepx/start",
                         "/stepx/control", "/stepx/phase_boundaries", "/nope"]))
 def test_fuzz_osc_datagrams(blob, args, addr):
-    srv = ControlOscServer.__new__(ControlOscServer)  # parser only; no socket
-    srv.handler, srv.token, srv.staged = handler, None, {}
-    for reply in srv.handle_datagram(blob) + srv.handle_datagram(osc_encode.message(addr, *args)):
-        assert isinstance(reply["ok"], bool)
+    srv = _parser_only()
+    peer = ("127.0.0.1", 1)
+    assert srv.handle_datagram(blob, peer) is None or blob.startswith(b"/stepx/") or blob.startswith(b"#bundle")
+    reply = srv.handle_datagram(osc_encode.message(addr, *args), peer)
+    assert reply is None if addr == "/nope" else isinstance(reply["ok"], bool)
+
+
+def _parser_only():
+    """A ControlOscServer without its socket (the datagram logic alone)."""
+    import threading
+    from collections import OrderedDict
+
+    srv = ControlOscServer.__new__(ControlOscServer)
+    srv.handler, srv.token, srv.defaults = handler, None, None
+    srv.staged, srv.known, srv._lock = OrderedDict(), OrderedDict(), threading.Lock()
+    return srv
 
 
 def test_remote_bind_needs_flag():
@@ -98,10 +110,18 @@ def test_osc_server_stages_params_then_starts():
             msg = OscPacket(cli.recv(65536)).messages[0].message
             assert msg.address == "/stepx/reply"
             return json.loads(msg.params[0])
-        assert ask("/stepx/prompt", "a red fox")["ok"]
+        cli.sendto(b"garbage", ("127.0.0.1", srv.port))  # malformed, from an unknown peer: no reply
+        # a new sender's first message is executed, but its reply may not outgrow the datagram:
+        # 32 bytes cannot hold one, so none comes
+        cli.sendto(osc_encode.message("/stepx/prompt", "a red fox"), ("127.0.0.1", srv.port))
+        cli.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            cli.recv(65536)
+        cli.settimeout(2.0)
+        assert ask("/stepx/prompt", "a red fox")["ok"]  # now a known peer: full replies
         assert ask("/stepx/steps", 12)["ok"]
         assert not ask("/stepx/steps", -1)["ok"]
-        cli.sendto(b"garbage", ("127.0.0.1", srv.port)); cli.recv(65536)
+        cli.sendto(b"garbage", ("127.0.0.1", srv.port)); cli.recv(65536)  # a known peer gets the error
         rep = ask("/stepx/start")
         assert rep == {"ok": True, "id": None, "cmd": "generate", "result": {"queued": "generate"}}
         assert calls[-1].params.prompt == "a red fox" and calls[-1].params.steps == 12

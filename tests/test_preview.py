@@ -273,3 +273,57 @@ def test_output_writers(tmp_path):
             for f in frames:
                 w.write(f)
         assert (tmp_path / "c.mp4").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- trails (shaders/trails.glsl)
+
+def test_trails_leave_comet_tails_and_fade_to_the_background(ctx):
+    """With trails the moving particles light more pixels than without; the trail image fades
+    to exactly the background once nothing new is drawn (no ghost that never leaves)."""
+    def lit_after(trails: float) -> tuple[int, PreviewRenderer]:
+        r = PreviewRenderer(96, 96, 3000, ctx=ctx, seed=2, trails=trails)
+        r.set_inputs(np.zeros((16, 16), np.float32), None, (1.0, 0.0, 0.0), immediate=True)
+        for _ in range(12):
+            r.update(1.0 / 30.0)
+            frame = r.render("particles")
+        return int((frame.max(axis=2) > 40).sum()), r
+
+    with ctx:  # tests with owned contexts may have left another context current
+        lit_plain, r0 = lit_after(0.0)
+        lit_trails, r1 = lit_after(0.9)
+        assert lit_trails > 1.3 * lit_plain
+        bg = np.round(np.array(r1.background) * 255).astype(int)
+        r1.count = 0  # draw no particles from now on: only the fading trail image is left
+        for _ in range(80):
+            frame = r1.render("particles")
+        assert np.abs(frame.astype(int) - bg).max() <= 1
+        r0.release()
+        r1.release()
+
+
+def test_trails_must_be_a_decay_below_one(ctx):
+    with ctx, pytest.raises(PreviewError, match="trails"):
+        PreviewRenderer(32, 32, 10, ctx=ctx, trails=1.0)
+
+
+def test_preview_defaults_are_the_touchdesigner_pieces():
+    """The preview's force constants, look and glow are the TD piece's defaults (stepx_td/piece.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "td_components"))
+    from stepx_td.piece import PIECE_PARAMS
+
+    from bridge.preview.renderer import IMAGE_GLOW, ForceParams
+
+    piece = {p.name: p.default for p in PIECE_PARAMS}
+    f = ForceParams()
+    assert (f.wind, f.wind_scale, f.chaos_floor, f.attraction, f.damping, f.grip, f.depth_rate) == (
+        piece["Wind"], piece["Windscale"], piece["Chaosfloor"], piece["Attraction"], piece["Damping"],
+        piece["Grip"], piece["Depthrate"])
+    assert f.wind_dir == (piece["Winddirx"], -piece["Winddiry"])  # the preview's y points down, TD's up
+    assert IMAGE_GLOW == piece["Glow"]
+    import inspect
+
+    defaults = inspect.signature(PreviewRenderer).parameters
+    assert tuple(defaults["background"].default) == (piece["Backgroundr"], piece["Backgroundg"], piece["Backgroundb"])

@@ -120,3 +120,35 @@ def test_a_patch_hears_when_a_word_stabilises():
     final = summary.stabilisation_step.tolist()
     assert final == [5, 5]  # the maps are fixed from step 4, so step 5 is the first with no change
     assert sorted(heard) == [(5, 0, 5), (5, 1, 5)]
+
+
+def test_a_huge_word_never_drops_the_run_identity():
+    """A 1,440-character word (the prompt limit allows 2,000) used to drop the whole run-start
+    bundle: now its name is cut with a marker and every datagram still fits."""
+    from pythonosc.osc_packet import OscPacket
+
+    from bridge.transport.osc_out import MAX_NAME_BYTES, TRUNCATED
+
+    long_word = "x" * 1440
+    run = Packet("run", {"run_id": "r9", "total_steps": 20, "seed": 1, "words": ["a", long_word, "é" * 300],
+                         "width": 128, "height": 128})
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(2.0)
+    sender = OscSender("127.0.0.1", rx.getsockname()[1], heartbeat=None)
+    try:
+        sender.send(run)
+        got = {}
+        for _ in range(sender.datagrams_sent):
+            data = rx.recv(65536)
+            assert len(data) <= osc_encode.MAX_DATAGRAM
+            for m in OscPacket(data).messages:
+                got[m.message.address] = list(m.message.params)
+    finally:
+        sender.close()
+        rx.close()
+    assert got["/stepx/run/start"] == [20, 1, 3, 128, 128] and got["/stepx/run/id"] == ["r9"]
+    name1, name2 = got["/stepx/word/1/name"][0], got["/stepx/word/2/name"][0]
+    assert name1.endswith(TRUNCATED) and long_word.startswith(name1[:-1]) and len(name1.encode()) <= MAX_NAME_BYTES
+    assert name2.endswith(TRUNCATED) and len(name2.encode()) <= MAX_NAME_BYTES  # cut on a UTF-8 boundary
+    assert got["/stepx/word/0/name"] == ["a"]

@@ -44,6 +44,8 @@ class Adapter:
     #: The pipeline encodes the negative prompt in a second ``encode_prompt`` call (FLUX true
     #: CFG): only the first call of a run holds the prompt.
     first_encode_per_run: bool = False
+    #: ``CaptureConfig.strict_prompt_length``: a prompt cut by the tokenizer raises instead of warning.
+    strict: bool = False
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
@@ -78,7 +80,9 @@ class Adapter:
 
     # --- optional hooks: no-op defaults ----------------------------------------------------------
     def configure(self, config: "CaptureConfig") -> None:
-        """Take adapter options from ``config.extra`` (called once per Capture)."""
+        """Take adapter options from ``config`` (``extra``, ``strict_prompt_length``; called once per
+        Capture). Overrides set ``strict`` themselves or call this."""
+        self.strict = bool(config.strict_prompt_length)
 
     def prompt_token_maps(self, arguments: dict[str, Any], repeats: int) -> "list[TokenMap] | None":
         """Token maps of the prompts in ``encode_prompt``'s bound ``arguments`` (defaults applied),
@@ -87,7 +91,7 @@ class Adapter:
         prompt = arguments.get("prompt")
         if isinstance(prompt, str):
             prompt = [prompt]
-        return token_maps_for(self.tokenizer(), prompt, repeats, self.sequence_length()) if prompt else None
+        return token_maps_for(self.tokenizer(), prompt, repeats, self.sequence_length(), self.strict) if prompt else None
 
     def skip_evaluation(self, args: tuple, kwargs: dict) -> bool:
         """Whether this denoiser call is not one to observe (e.g. FLUX's separate uncond pass)."""

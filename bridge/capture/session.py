@@ -23,6 +23,7 @@ from .config import CaptureConfig, head_weight_vector, matches
 from .frames import CaptureRun, StepFrame
 from .evaluation import BatchedEvaluation, _canonical, _EvalPlan, _StepAccumulator
 from .steps import estimate_x0, patch_method, step_outputs
+from .errors import PromptTooLongError
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ class Capture(BatchedEvaluation):
                 repeats = int(bound.arguments.get("num_images_per_prompt") or 1)
                 bound.apply_defaults()
                 self._pending_tokens = self.adapter.prompt_token_maps(bound.arguments, repeats)
+            except PromptTooLongError:  # strict_prompt_length: the caller asked for this to stop the run
+                raise
             except Exception as exc:  # never break generation for bookkeeping
                 log.warning("could not map the prompt's words to tokens: %s", exc)
                 self._pending_tokens = None

@@ -157,10 +157,32 @@ def build_token_map(tokenizer: Any, prompt: str, length: int | None = None, stri
     return TokenMap(prompt, length, tokens, tuple(words), tuple(word_tokens), special, tuple(truncated))
 
 
-def token_maps_for(tokenizer: Any, prompts: Sequence[str], repeats: int = 1, length: int | None = None) -> list[TokenMap]:
-    """One TokenMap per batch row, in diffusers' order (each prompt repeated ``repeats`` times)."""
-    maps = [build_token_map(tokenizer, p, length) for p in prompts]
+def token_maps_for(tokenizer: Any, prompts: Sequence[str], repeats: int = 1, length: int | None = None,
+                   strict: bool = False) -> list[TokenMap]:
+    """One TokenMap per batch row, in diffusers' order (each prompt repeated ``repeats`` times);
+    ``strict``: a prompt longer than ``length`` raises PromptTooLongError."""
+    maps = [build_token_map(tokenizer, p, length, strict) for p in prompts]
     return [m for m in maps for _ in range(repeats)]
+
+
+#: a tokenizer with fewer tokens than this has a closed vocabulary (the embedded shapes model's
+#: 123): only words it holds as one whole-word token were ever seen in training.
+CLOSED_VOCABULARY = 1000
+
+
+def unseen_words(tokenizer: Any, words: Sequence[str]) -> list[str]:
+    """The words the model never saw: any word with an unknown-token piece, and, for a
+    closed-vocabulary tokenizer (fewer than CLOSED_VOCABULARY tokens), any word it does not hold
+    as one whole-word token (the embedded model spells "crimson" from fragments: c ri m s on).
+    Their maps exist but mean nothing; callers report them instead of mapping them silently."""
+    unk = getattr(tokenizer, "unk_token", None)
+    closed = len(tokenizer) < CLOSED_VOCABULARY
+    out = []
+    for w in dict.fromkeys(words):
+        pieces = tokenizer.tokenize(w)
+        if (unk is not None and unk in pieces) or (closed and len(pieces) != 1):
+            out.append(w)
+    return out
 
 
 # --- token offsets: fast tokenizers and joint text streams (SD3, FLUX) ----------------------------------------------------------------------------------------

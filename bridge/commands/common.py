@@ -22,16 +22,82 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", help="auto (float16 on cuda, else float32), float32, float16, bfloat16")
 
 
+#: generation options derived from the request schema: schema field -> CLI flag (the same names,
+#: types and ranges as a control request; ``--prompt``/the positional prompt is checked the same way).
+CLI_FIELDS = {"steps": "--steps", "seed": "--seed", "guidance": "--guidance", "negative_prompt": "--negative",
+              "focus": "--focus", "phase_boundaries": "--phase-boundaries", "width": "--width", "height": "--height"}
+
+
+def schema_type(name: str) -> Callable[[str], Any]:
+    """An argparse ``type`` that parses one command-line word and checks it by the schema's rule
+    for ``name`` (a bad value is argparse's one-line usage error, exit 2)."""
+    from bridge.request import FIELDS, SchemaError
+
+    f = FIELDS[name]
+
+    def parse(text: str) -> Any:
+        value: Any = text
+        if f.kind == "int":
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected {f.rule()}") from None
+        elif f.kind in ("float", "pair"):
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if f.kind in ("int", "float", "text"):
+            try:
+                return f.check(value)
+            except SchemaError as exc:
+                raise argparse.ArgumentTypeError(str(exc).replace(f"'{name}'", CLI_FIELDS.get(name, name))) from None
+        return value  # list kinds: each item here, the whole list in check_generation_args
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    from bridge.request import DEFAULT_STEPS, FIELDS
+
+    def helps(name: str, extra: str = "") -> str:
+        return f"{FIELDS[name].help}: {FIELDS[name].rule()}{extra}"
+
     g = p.add_argument_group("generation")
-    g.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    g.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
-    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale; 1 = off")
-    g.add_argument("--negative", default="", help="negative prompt")
-    g.add_argument("--focus", nargs="*", default=[], help="focus words (must be words of the prompt)")
-    g.add_argument("--phase-boundaries", type=float, nargs=2, default=None, metavar=("A", "B"), help="phase boundaries as fractions (default 0.2 0.6)")
+    g.add_argument("--steps", type=schema_type("steps"), default=DEFAULT_STEPS, help=helps("steps", f" (default {DEFAULT_STEPS})"))
+    g.add_argument("--seed", type=schema_type("seed"), default=None, help=helps("seed"))
+    g.add_argument("--guidance", type=schema_type("guidance"), default=None,
+                   help=helps("guidance", " (default: the model's: 4.0 for the embedded model, else 7.5)"))
+    g.add_argument("--negative", type=schema_type("negative_prompt"), default="", help=helps("negative_prompt"))
+    g.add_argument("--focus", nargs="*", default=[], help=helps("focus"))
+    g.add_argument("--phase-boundaries", type=schema_type("phase_boundaries"), nargs=2, default=None, metavar=("A", "B"),
+                   help=helps("phase_boundaries", " (default 0.2 0.6)"))
+    g.add_argument("--width", type=schema_type("width"), default=None, help=helps("width", " (default: the model's)"))
+    g.add_argument("--height", type=schema_type("height"), default=None, help=helps("height", " (default: the model's)"))
     g.add_argument("--image-every", type=int, default=1, help="publish a quick step image every N steps (0 = final only)")
     g.add_argument("--head-weights", default=None, help="JSON file of head weights {layer: [w per head]} (selective aggregation)")
+
+
+def check_generation_args(args: argparse.Namespace, prompt: str | None) -> None:
+    """The door check for a command's generation options, by the rules a control request meets
+    (a config file can set any of them, so they are checked again here): ValueError on the first
+    bad one (``stepx`` prints it as one line, exit 2), before any model is loaded."""
+    from bridge.request import SchemaError, check_fields
+
+    fields: dict[str, Any] = {name: getattr(args, dest.lstrip("-").replace("-", "_"), None)
+                              for name, dest in CLI_FIELDS.items()}
+    if prompt is not None:
+        fields["prompt"] = prompt
+    try:
+        check_fields({k: v for k, v in fields.items() if v is not None and v != []})
+    except SchemaError as exc:
+        msg = str(exc)
+        for name, flag in CLI_FIELDS.items():
+            msg = msg.replace(f"'{name}'", flag)
+        raise ValueError(msg) from None
+    if getattr(args, "image_every", 0) < 0:
+        raise ValueError("--image-every must be >= 0")
 
 
 def apply_config_file(p: argparse.ArgumentParser, argv_flags: set[str], args: argparse.Namespace, path: str | None) -> argparse.Namespace:
@@ -63,9 +129,11 @@ def given_flags(argv: list[str]) -> set[str]:
 
 
 def load_model(args: argparse.Namespace) -> tuple[Any, str]:
-    """The pipeline the model options name: ``(pipe, name)``."""
-    from bridge.models.loading import load_pipeline
+    """The pipeline the model options name: ``(pipe, name)``; a device that is not here is a
+    ValueError (one line from ``stepx``), checked before anything loads."""
+    from bridge.models.loading import load_pipeline, pick_device
 
+    pick_device(args.device)
     return load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch,
                          config=args.model_config)
 
@@ -77,17 +145,20 @@ def phase_config_from_args(args: argparse.Namespace) -> Any:
     return PhaseConfig(boundaries=tuple(args.phase_boundaries)) if args.phase_boundaries else PhaseConfig()
 
 
-def request_factory(args: argparse.Namespace) -> Callable[[str], Any]:
-    """``prompt -> Request`` with the generation options' settings (head weights read once)."""
+def request_factory(args: argparse.Namespace, model_name: str = "") -> Callable[[str], Any]:
+    """``prompt -> Request`` with the generation options' settings (head weights read once); no
+    ``--guidance`` means the model's default (``default_guidance(model_name)``)."""
     from bridge.capture import load_head_weights
+    from bridge.models.loading import default_guidance
     from bridge.runner import Request
 
     head_weights = load_head_weights(args.head_weights) if args.head_weights else None
+    guidance = args.guidance if args.guidance is not None else default_guidance(model_name)
 
     def make(prompt: str) -> Request:
         return Request(prompt=prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
-                       guidance=args.guidance, focus=list(args.focus),
+                       guidance=guidance, focus=list(args.focus),
                        phase_boundaries=tuple(args.phase_boundaries) if args.phase_boundaries else None,
-                       head_weights=head_weights)
+                       head_weights=head_weights, width=getattr(args, "width", None), height=getattr(args, "height", None))
 
     return make

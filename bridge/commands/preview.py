@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--particles", type=int, default=65536, help="particle count (default 65536)")
     parser.add_argument("--size", default="512x512", metavar="WxH", help="frame size (default 512x512)")
     parser.add_argument("--colormap", choices=("inferno", "turbo"), default="inferno", help="heat-map colours")
+    parser.add_argument("--trails", type=float, default=0.0, metavar="DECAY",
+                        help="particle trails: per-frame decay in [0, 1) (default 0 = none; 0.86 = the "
+                             "TouchDesigner piece's look, shaders/trails.glsl)")
     parser.add_argument("--headless", action="store_true", help="render offscreen (EGL) even where a display exists")
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="headless output: a folder (PNG frames), a .gif or a .mp4 (implies --headless)")
@@ -99,7 +102,7 @@ def run_headless(args: argparse.Namespace, source: PacketSource, player: Preview
         raise PreviewError(f"--frames must be >= 1, got {args.frames}")
     width, height = parse_size(args.size)
     _prime(source, player, args.wait)
-    renderer = PreviewRenderer(width, height, particles=args.particles, colormap=args.colormap)
+    renderer = PreviewRenderer(width, height, particles=args.particles, colormap=args.colormap, trails=args.trails)
     try:
         loop = PreviewLoop(source, player, renderer)
         with open_writer(args.out, fps=args.frame_rate) as writer:
@@ -130,7 +133,8 @@ def run_window(args: argparse.Namespace, source: PacketSource, player: PreviewPl
                             "aspect_ratio": width / height, "vsync": True})
     window: Any = mglw.create_window_from_settings()
     bw, bh = window.buffer_size
-    renderer = PreviewRenderer(bw, bh, particles=args.particles, ctx=window.ctx, colormap=args.colormap)
+    renderer = PreviewRenderer(bw, bh, particles=args.particles, ctx=window.ctx, colormap=args.colormap,
+                               trails=args.trails)
     loop = PreviewLoop(source, player, renderer)
     keys = window.keys
     view_keys = {keys.NUMBER_1: VIEWS[0], keys.NUMBER_2: VIEWS[1], keys.NUMBER_3: VIEWS[2]}

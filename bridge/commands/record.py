@@ -8,7 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from bridge.commands.common import add_generation_arguments, add_model_arguments, load_model, request_factory
+from bridge.commands.common import (add_generation_arguments, add_model_arguments, check_generation_args, load_model,
+                                    request_factory)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,17 +28,34 @@ def default_path(prompt: str) -> Path:
     return Path("out") / f"{slug}.stepx"
 
 
+def check_output_path(out: Path) -> None:
+    """Make ``out``'s folder, or ValueError naming the part of the path that is in the way."""
+    for parent in [out.parent, *out.parent.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"cannot write {out}: {parent} is a file, not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot write {out}: {exc.strerror or exc}") from None
+    if out.is_dir():
+        raise ValueError(f"-o {out} is a folder; give a trace file name (e.g. {out / 'run.stepx'})")
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bridge.stream.fanout import FanOut
-    from bridge.runner import Runner
+    from bridge.runner import Runner, check_request
     from bridge.stream.sinks import build_sinks
     from bridge.trace import TraceWriter
 
+    check_generation_args(args, args.prompt)  # the rules a control request meets, before the model loads
     out = Path(args.out) if args.out else default_path(args.prompt)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(out)
     pipe, name = load_model(args)
+    request = request_factory(args, name)(args.prompt)
+    for warning in check_request(pipe, request):  # ValueError: a focus word that is not a word of the prompt
+        print(f"stepx record: warning: {warning}", file=sys.stderr)
     args.record = None  # the trace below is this command's own
     writer = TraceWriter(out)
     sinks = [writer, *build_sinks(args)]
@@ -50,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             fanout.publish(packet)
 
         runner = Runner(pipe, publish, name, image_every=args.image_every)  # the request carries the phase boundaries
-        result = runner.run(request_factory(args)(args.prompt))
+        result = runner.run(request)
     bar.close()
     if result.status != "done":
         print(f"stepx record: the run failed: {result.error}", file=sys.stderr)

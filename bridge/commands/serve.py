@@ -1,4 +1,4 @@
-"""``stepx serve``: the daemon. Control in (ZeroMQ REQ/REP and OSC), every step out to the sinks."""
+"""``stepx serve``: the daemon. Control in (ZeroMQ ROUTER and OSC), every step out to the sinks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 
 from bridge.protocol import DEFAULT_CONTROL_ENDPOINT, DEFAULT_HOST, OSC_CONTROL_PORT
 from bridge.commands.common import (
-    add_generation_arguments, add_model_arguments, apply_config_file, given_flags, load_model, phase_config_from_args, request_factory,
+    add_generation_arguments, add_model_arguments, apply_config_file, check_generation_args, given_flags, load_model,
+    phase_config_from_args, request_factory,
 )
 
 log = logging.getLogger("stepx.serve")
@@ -29,9 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the outputs (encoding, sockets, the recorder) in a child process, so they never take "
                         "the model's thread's time (auto: on when the model runs on CUDA)")
     c = p.add_argument_group("control")
-    c.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT, help="ZeroMQ REQ/REP control endpoint ('' = off)")
+    c.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT, help="ZeroMQ control endpoint (ROUTER; REQ or DEALER clients; '' = off)")
     c.add_argument("--osc-control", default=f"{DEFAULT_HOST}:{OSC_CONTROL_PORT}", help="OSC control HOST:PORT ('' = off)")
-    c.add_argument("--allow-remote", action="store_true", help="allow binding control to non-local addresses")
+    c.add_argument("--allow-remote", action="store_true", help="allow binding control to non-local addresses (needs --token)")
+    c.add_argument("--allow-remote-without-token", action="store_true",
+                   help="with --allow-remote and no --token: let anyone who can reach the ports drive the daemon "
+                        "(refused without this flag; docs/SECURITY.md)")
     c.add_argument("--token", default=None, help="shared token every control request must carry")
     i = p.add_argument_group("installation")
     i.add_argument("--prompt", default=None, help="generate this prompt at start")
@@ -41,6 +45,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--replay-fps", type=float, default=10.0, help="frame rate of the idle replay")
     i.add_argument("--concepts", default=None, help="folder of head-weight JSON files, one per concept name")
     i.add_argument("--run-for", type=float, default=None, help="stop after this many seconds (tests, timed shows)")
+
+
+def _check_control_binds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse unsafe or malformed control endpoints before the model loads (one line, exit 2)."""
+    from urllib.parse import urlsplit
+
+    from bridge.transport.control import ControlError, check_bind
+
+    hosts = []
+    if args.control and args.control.startswith("tcp://"):
+        hosts.append(urlsplit(args.control).hostname or "")
+    if args.osc_control:
+        host, _, port = args.osc_control.rpartition(":")
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            parser.error(f"--osc-control {args.osc_control!r}: expected HOST:PORT with a port 0..65535")
+        hosts.append(host or "127.0.0.1")
+    try:
+        for host in hosts:
+            check_bind(host, args.allow_remote, args.token, args.allow_remote_without_token)
+    except ControlError as exc:
+        parser.error(str(exc))
+
+
+def read_playlist(path: str) -> list[str]:
+    """The prompts of a playlist file (one a line; blank lines and ``#`` comments skipped), each
+    checked by the request schema: ValueError naming the file and line."""
+    from bridge.request import SchemaError, check_fields
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--playlist {path}: cannot read it: {exc}") from None
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            check_fields({"prompt": text})
+        except SchemaError as exc:
+            raise ValueError(f"--playlist {path}, line {n}: {exc}") from None
+        prompts.append(text)
+    if not prompts:
+        raise ValueError(f"--playlist {path} holds no prompt")
+    return prompts
 
 
 def phases_where(runner: Any) -> str:
@@ -58,16 +107,27 @@ def run(args: argparse.Namespace) -> int:
     from bridge.daemon import Daemon, DaemonOptions
     from bridge.stream.fanout import FanOut
     from bridge.stream.process import PacketProcess
-    from bridge.runner import Runner, denoiser
+    from bridge.runner import Runner, check_request, denoiser
     from bridge.stream.sinks import build_sinks, restart_options, sink_options
     from bridge.transport.control_osc import ControlOscServer
     from bridge.transport.control_zmq import ControlZmqServer
 
-    args = apply_config_file(argparse.ArgumentParser(prog="stepx serve"), given_flags(sys.argv[1:]), args, args.config)
+    parser = argparse.ArgumentParser(prog="stepx serve")
+    args = apply_config_file(parser, given_flags(sys.argv[1:]), args, args.config)
+    check_generation_args(args, args.prompt)
+    _check_control_binds(parser, args)
+    prompts = ([args.prompt] if args.prompt else []) + (read_playlist(args.playlist) if args.playlist else [])
     pipe, name = load_model(args)
     concepts = {}
     if args.concepts:
         concepts = {f.stem: load_head_weights(f) for f in sorted(Path(args.concepts).glob("*.json"))}
+    defaults = request_factory(args, name)
+    for prompt in prompts:  # focus words must be words of every prompt: refused now, not at 3 a.m.
+        try:
+            for warning in check_request(pipe, defaults(prompt), concepts):
+                log.warning("%r: %s", prompt[:60], warning)
+        except ValueError as exc:
+            raise ValueError(f"prompt {prompt[:60]!r}: {exc}") from None
     on_cuda = next(denoiser(pipe).parameters()).device.type == "cuda"
     if args.sink_process == "on" or (args.sink_process == "auto" and on_cuda):
         # with no output named, publish where `stepx preview` listens
@@ -81,18 +141,18 @@ def run(args: argparse.Namespace) -> int:
     runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
                     concepts=concepts)
     daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
+    base = defaults("")  # what a control request leaves out: serve's --steps, --guidance, … (prompt is required)
+    door = dict(allow_remote=args.allow_remote, token=args.token,
+                allow_unauthenticated=args.allow_remote_without_token, defaults=base)
     servers = []
     if args.control:
-        servers.append(ControlZmqServer(daemon.handle, args.control, allow_remote=args.allow_remote, token=args.token))
+        servers.append(ControlZmqServer(daemon.handle, args.control, **door))
     if args.osc_control:
         host, _, port = args.osc_control.rpartition(":")
-        servers.append(ControlOscServer(daemon.handle, host or "127.0.0.1", int(port), allow_remote=args.allow_remote, token=args.token))
-
-    defaults = request_factory(args)
+        servers.append(ControlOscServer(daemon.handle, host or "127.0.0.1", int(port), **door))
 
     if args.playlist:  # --prompt, if given too, plays first
-        prompts = [l.strip() for l in Path(args.playlist).read_text().splitlines() if l.strip() and not l.startswith("#")]
-        daemon.set_playlist([defaults(p) for p in ([args.prompt] if args.prompt else []) + prompts], loop=True)
+        daemon.set_playlist([defaults(p) for p in prompts], loop=True)
     elif args.prompt:
         daemon.submit(defaults(args.prompt))
 
@@ -102,14 +162,19 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, shutdown)
     signal.signal(signal.SIGTERM, shutdown)
+    timer = None
     if args.run_for:
-        threading.Timer(args.run_for, daemon.stop).start()
+        timer = threading.Timer(args.run_for, daemon.stop)
+        timer.daemon = True  # a SIGTERM before it fires must end the process, not wait for it
+        timer.start()
     log.info("serving %s; control %s, OSC control %s", name, args.control or "off", args.osc_control or "off")
     print(json.dumps({"serving": name, "control": args.control, "osc_control": args.osc_control, "sinks": sink_names,
                       "phases": phases_where(runner)}), flush=True)
     try:
         daemon.serve_forever()
     finally:
+        if timer is not None:
+            timer.cancel()
         for s in servers:
             s.close()
         fanout.close()

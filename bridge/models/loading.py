@@ -15,9 +15,22 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` → cuda, then mps, then cpu; otherwise the named device."""
+    """``auto`` → cuda, then mps, then cpu; otherwise the named device, which must exist here
+    (ValueError naming what is available, never a traceback from deep in torch)."""
     if name != "auto":
-        return torch.device(name)
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(f"--device {name!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"--device {name}: CUDA is not available here (torch {torch.__version__}, "
+                                 f"built {'with' if torch.version.cuda else 'without'} CUDA); use --device cpu or auto")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise ValueError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -32,6 +45,19 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(sorted(DTYPES))} or auto")
     return DTYPES[name]
+
+
+SHAPES_MODEL_NAME = "stepx-shapes"
+#: the embedded model's guidance: what it is evaluated with (docs/SHAPES.md); other models get
+#: the schema's default (7.5). One value for the CLI, control requests and the docs.
+SHAPES_GUIDANCE = 4.0
+
+
+def default_guidance(model_name: str) -> float:
+    """The guidance a request gets when it names none, for the model ``load_pipeline`` named."""
+    from bridge.request import DEFAULT_GUIDANCE
+
+    return SHAPES_GUIDANCE if model_name == SHAPES_MODEL_NAME else DEFAULT_GUIDANCE
 
 
 def load_pipeline(
@@ -52,7 +78,7 @@ def load_pipeline(
     if model in (None, "", "shapes"):
         from bridge.models.shapes import load_shapes_pipeline
 
-        pipe, name = load_shapes_pipeline(device=dev, dtype=dt), "stepx-shapes"
+        pipe, name = load_shapes_pipeline(device=dev, dtype=dt), SHAPES_MODEL_NAME
     elif model == "tiny":
         from bridge.models.tiny import tiny_sd_pipeline
 

@@ -25,6 +25,7 @@ from .shaders import load_shader
 VIEWS = ("particles", "overlay", "image")
 _LOCAL_SIZE = 256
 _MAX_DT = 1.0 / 30.0
+IMAGE_GLOW = 0.1  # step image behind the particles in the detail phase (the TD piece's Glow default)
 _FLOATS = 12  # particle state: 3 x vec4, see shaders/particles_common.glsl
 
 
@@ -120,14 +121,15 @@ class PreviewRenderer:
     moderngl context (else a standalone EGL one is created and owned); ``prefer_compute`` uses the
     GL 4.3 compute shader when available, else transform feedback (GL 3.3). ``seed`` makes the
     initial particles deterministic. ``smoothing`` is the time constant (s) for crossfading masks,
-    images and phase weights between steps.
+    images and phase weights between steps. ``trails`` in [0, 1) is the per-frame decay of the
+    particle trails (0 = none; shaders/trails.glsl, the same maths as TouchDesigner's trails).
     """
 
     def __init__(self, width: int = 512, height: int = 512, particles: int = 65536, ctx=None,
                  prefer_compute: bool = True, *, seed: int = 0, shader_dir: str | Path | None = None,
                  colormap: str = "inferno", overlay_alpha: float = 0.6, smoothing: float = 0.15,
                  params: ForceParams | None = None, camera: Camera | None = None,
-                 point_size: float | None = None, background=(0.02, 0.02, 0.035)):
+                 point_size: float | None = None, background=(0.02, 0.02, 0.035), trails: float = 0.0):
         import moderngl
         self._mgl = moderngl
         if width < 16 or height < 16:
@@ -147,6 +149,9 @@ class PreviewRenderer:
         self.smoothing = float(smoothing)
         self.point_size = float(point_size) if point_size else max(1.5, 2.4 * self.height / 512.0)
         self.background = tuple(float(c) for c in background)
+        if not 0.0 <= float(trails) < 1.0:
+            raise PreviewError(f"trails must be a decay in [0, 1), got {trails!r}")
+        self.trails = float(trails)
         self.time = 0.0
         self.compute_error: str | None = None
 
@@ -168,12 +173,22 @@ class PreviewRenderer:
                                              fragment_shader=src("overlay.frag"))
         self._hud_prog = self.ctx.program(vertex_shader=src("fullscreen.vert"),
                                           fragment_shader=src("hud.frag"))
+        self._trail_prog = self.ctx.program(vertex_shader=src("fullscreen.vert"),
+                                            fragment_shader=src("trails.frag"))
+        self._trail_vao = self.ctx.vertex_array(self._trail_prog, [])
         self._screen_vao = self.ctx.vertex_array(self._screen_prog, [])
         self._hud_vao = self.ctx.vertex_array(self._hud_prog, [])
 
         # target
         self._color = self.ctx.texture((self.width, self.height), 4)
         self.fbo = self.ctx.framebuffer(color_attachments=[self._color])
+        # trails: this frame's particles (premultiplied) and two trail images (ping-pong)
+        size = (self.width, self.height)
+        self._trail_tex = [self.ctx.texture(size, 4, dtype="f2") for _ in range(3)]
+        self._trail_fbo = [self.ctx.framebuffer(color_attachments=[t]) for t in self._trail_tex]
+        self._trail_cur = 0  # index of the newest trail image; 2 holds this frame's particles
+        for f in self._trail_fbo:
+            f.clear(0.0, 0.0, 0.0, 0.0)
 
         # inputs (owned textures)
         self._mask_tex = None
@@ -433,24 +448,16 @@ class PreviewRenderer:
         wph = self._phase_cur if self._phase_cur is not None else self._phase_target
         screen = {"u_mask": 0, "u_image": 1, "u_alpha": self.overlay_alpha, "u_colormap": cmap,
                   "u_has_image": has_image, "u_background": self.background,
-                  "u_image_glow": float(0.22 * wph[2])}
+                  "u_image_glow": float(IMAGE_GLOW * wph[2])}
         screen["u_mode"] = {"overlay": 0, "image": 1, "particles": 2}[view]
         self._set_uniforms(self._screen_prog, screen)
         self._screen_vao.render(mgl.TRIANGLES, vertices=3)
-        if view == "particles":
+        if view == "particles" and self.trails > 0.0:
+            self._draw_trails(wph, cmap, has_image)
+        elif view == "particles":
             ctx.enable(mgl.BLEND | mgl.PROGRAM_POINT_SIZE)
             ctx.blend_func = mgl.ONE, mgl.ONE_MINUS_SRC_ALPHA
-            self._set_uniforms(self._render_prog, {
-                "u_mask": 0, "u_image": 1, "u_depth_scale": self.camera.depth_scale,
-                "u_point_size": self.point_size * self.camera.distance,
-                "u_phase": tuple(float(x) for x in wph), "u_has_image": has_image,
-                "u_colormap": cmap, "u_opacity": 0.8})
-            try:
-                self._render_prog["u_mvp"].write(self.mvp().T.astype("f4").tobytes())  # column-major
-            except KeyError:
-                pass
-            self._render_vaos[self._cur].render(mgl.POINTS, vertices=self.count)
-            ctx.disable(mgl.PROGRAM_POINT_SIZE)
+            self._draw_points(wph, cmap, has_image)
         if self._hud_tex is not None:
             tw, th = self._hud_size
             margin = 8
@@ -462,6 +469,50 @@ class PreviewRenderer:
             self._hud_vao.render(mgl.TRIANGLES, vertices=3)
             ctx.viewport = (0, 0, self.width, self.height)
         ctx.disable(mgl.BLEND)
+
+    def _draw_points(self, wph, cmap: int, has_image: float) -> None:
+        """Draw the particles into the bound framebuffer, premultiplied-alpha blended."""
+        ctx, mgl = self.ctx, self._mgl
+        ctx.enable(mgl.BLEND | mgl.PROGRAM_POINT_SIZE)
+        ctx.blend_func = mgl.ONE, mgl.ONE_MINUS_SRC_ALPHA
+        self._set_uniforms(self._render_prog, {
+            "u_depth_scale": self.camera.depth_scale,
+            "u_point_size": self.point_size * self.camera.distance,
+            "u_phase": tuple(float(x) for x in wph), "u_colormap": cmap, "u_opacity": 0.8})
+        try:
+            self._render_prog["u_mvp"].write(self.mvp().T.astype("f4").tobytes())  # column-major
+        except KeyError:
+            pass
+        self._render_vaos[self._cur].render(mgl.POINTS, vertices=self.count)
+        ctx.disable(mgl.PROGRAM_POINT_SIZE)
+
+    def _draw_trails(self, wph, cmap: int, has_image: float) -> None:
+        """Particles -> trail image (fade previous + over) -> shown over the background."""
+        ctx, mgl = self.ctx, self._mgl
+        ctx.disable(mgl.BLEND)
+        self._trail_fbo[2].use()
+        ctx.clear(0.0, 0.0, 0.0, 0.0)
+        self._draw_points(wph, cmap, has_image)
+        ctx.disable(mgl.BLEND)
+        src, dst = self._trail_cur, 1 - self._trail_cur
+        self._trail_fbo[dst].use()
+        self._trail_tex[src].use(3)
+        self._trail_tex[2].use(4)
+        common = {"u_prev": 3, "u_cur": 4, "u_image": 1, "u_decay": self.trails, "u_background": self.background,
+                  "u_has_image": has_image, "u_image_glow": float(IMAGE_GLOW * wph[2])}
+        self._set_uniforms(self._trail_prog, {**common, "u_mode": 0})
+        self._trail_vao.render(mgl.TRIANGLES, vertices=3)
+        self._trail_cur = dst
+        self.fbo.use()
+        self._trail_tex[dst].use(3)
+        self._set_uniforms(self._trail_prog, {**common, "u_mode": 1})
+        self._trail_vao.render(mgl.TRIANGLES, vertices=3)
+
+    @_current
+    def clear_trails(self) -> None:
+        """Forget the trail images (e.g. on a new run)."""
+        for f in self._trail_fbo:
+            f.clear(0.0, 0.0, 0.0, 0.0)
 
     @_current
     def render(self, view: str = "particles") -> np.ndarray:
@@ -489,7 +540,7 @@ class PreviewRenderer:
     @_current
     def _release_objects(self) -> None:
         for obj in [*self._buffers, self._mask_tex, self._image_tex, self._blank_image, self._hud_tex,
-                    self._color, self.fbo]:
+                    self._color, self.fbo, *self._trail_fbo, *self._trail_tex]:
             if obj is not None:
                 obj.release()
         self._buffers = []

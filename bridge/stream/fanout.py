@@ -150,6 +150,8 @@ class FanOut:
         non-blocking sends of inline sinks)."""
         if self._closed:
             raise RuntimeError("FanOut is closed")
+        if packet.kind == "step":  # the send time (Unix seconds) on the wire: receivers measure latency from it
+            packet = type(packet)(packet.kind, {**packet.header, "sent": time.time()}, packet.arrays)
         encoded = {enc: encode(packet, enc) for enc in self._encodings}
         seq = next(self._seq)
         for s in self._threaded:

@@ -25,7 +25,7 @@ FRAME_FIELDS = tuple(f.name for f in dataclass_fields(PhaseFrame) if f.name not 
 
 
 def step_packet(run_id: str, fields: dict[str, Any], flat: np.ndarray, layout: list[tuple[str, tuple[int, ...]]],
-                focus: list[int], timestep: float) -> Packet:
+                focus: list[int], timestep: float, ended: float | None = None) -> Packet:
     """The step Packet of one PhaseFrame from its tensors' host values, concatenated in ``layout``
     order (anything after them is ignored): a recipe, so it may run in the sink process
     (bridge.stream.process) as well as on the packet worker."""
@@ -35,11 +35,13 @@ def step_packet(run_id: str, fields: dict[str, Any], flat: np.ndarray, layout: l
         size = int(np.prod(shape, dtype=np.int64))
         tensors[name] = values[offset : offset + size].view(shape)
         offset += size
-    return _step(run_id, PhaseFrame(**fields, **tensors), focus, timestep)
+    return _step(run_id, PhaseFrame(**fields, **tensors), focus, timestep, ended)
 
 
-def _step(run_id: str, pf: PhaseFrame, focus: list[int], timestep: float) -> Packet:
-    return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep}, pf.arrays("float32"))
+def _step(run_id: str, pf: PhaseFrame, focus: list[int], timestep: float, ended: float | None) -> Packet:
+    """``step_end``: when the step ended on the model's thread (Unix seconds; the FanOut adds ``sent``)."""
+    return Packet("step", {"run_id": run_id, **pf.scalars(), "focus": focus, "timestep": timestep, "step_end": ended},
+                  pf.arrays("float32"))
 
 
 #: Phase engines of the runs whose phases run where packets are built (``phases_on="host"``): the
@@ -52,7 +54,7 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.ndarray, step: int, total: int,
-                     focus: list[int], timestep: float) -> Packet:
+                     focus: list[int], timestep: float, ended: float | None = None) -> Packet:
     """Run one step of the run's phases on the CPU (``maps`` ``[W, H, W]``) and build its Packet:
     a recipe, for the sink process or the packet worker."""
     with _ENGINES_LOCK:  # several runners' workers may share this process
@@ -63,7 +65,7 @@ def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.n
                 _ENGINES.popitem(last=False)
     with torch.inference_mode():  # one mode for the engine's state, whichever thread or process runs this step
         pf = engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total)
-    return _step(run_id, pf, focus, timestep)
+    return _step(run_id, pf, focus, timestep, ended)
 
 
 def timeline_packet(run_id: str) -> Packet | None:

@@ -19,11 +19,24 @@ import numpy as np
 from bridge.phases.measures import word_measures
 from bridge.protocol import OSC_OUT_PORT
 from bridge.transport import osc_encode as enc
+from bridge.protocol import STATES
 
 log = logging.getLogger(__name__)
 
-STATE_CODES = {"idle": 0, "loading": 1, "running": 2, "error": 3}
 END_CODES = {"done": 0, "cancelled": 1, "error": 2}
+#: a word name longer than this (UTF-8 bytes) is cut and ends with TRUNCATED, so the run-start
+#: bundle always fits a datagram: the run's identity is never dropped for one long word.
+MAX_NAME_BYTES = 256
+TRUNCATED = "\u2026"  # …
+
+
+def short_name(word: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``word`` if it fits ``limit`` UTF-8 bytes, else its longest prefix that does plus ``…``."""
+    raw = word.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return word
+    cut = raw[: limit - len(TRUNCATED.encode("utf-8"))].decode("utf-8", "ignore")
+    return cut + TRUNCATED
 
 
 def _f(x: Any, default: float = 0.0) -> float:
@@ -86,8 +99,8 @@ def packet_messages(packet: Any) -> list[bytes]:
         words = list(h.get("words") or [])
         msgs = [M("/stepx/run/start", int(h.get("total_steps", 0)), int(h.get("seed") or 0), len(words),
                   int(h.get("width", 0)), int(h.get("height", 0))),
-                M("/stepx/run/id", str(h.get("run_id", ""))), M("/stepx/words/count", len(words))]
-        msgs += [M(f"/stepx/word/{i}/name", str(w)) for i, w in enumerate(words)]
+                M("/stepx/run/id", short_name(str(h.get("run_id", "")))), M("/stepx/words/count", len(words))]
+        msgs += [M(f"/stepx/word/{i}/name", short_name(str(w))) for i, w in enumerate(words)]
         return msgs
     if k == "end":
         return [M("/stepx/run/end", END_CODES.get(str(h.get("status", "done")), 2)),
@@ -131,22 +144,27 @@ class OscSender:
         """Sink interface: translate, bundle and send one Packet."""
         h = packet.header
         if packet.kind == "run":
-            self._state = "running"
-        elif packet.kind == "end":
-            self._state = "idle"
+            self._state = "replaying" if h.get("replay") else "generating"
+        elif packet.kind == "end" and not h.get("replay"):
+            self._state = "error" if h.get("status") == "error" else "idle"
         elif packet.kind == "status":
-            self._state = str(h.get("state", self._state))
+            state = h.get("state")
+            if state in STATES:  # the daemon's own word wins; anything else keeps the last known state
+                self._state = str(state)
             self._fps = _f(h.get("fps"))
         elif packet.kind == "step":
             self._step = int(h.get("step", -1))
         msgs = packet_messages(packet)
-        if msgs:
-            for b in enc.bundles(msgs, enc.timetag(), self.max_datagram):
+        fits = [m for m in msgs if 20 + len(m) <= self.max_datagram]
+        if len(fits) < len(msgs):  # cannot happen for the messages above (names are cut); never drop the rest
+            log.warning("osc: %d %s message(s) too large for a datagram were left out", len(msgs) - len(fits), packet.kind)
+        if fits:
+            for b in enc.bundles(fits, enc.timetag(), self.max_datagram):
                 self._sendto(b)
 
     def status_message(self) -> bytes:
-        """/stepx/status: i state, f fps, i step, f uptime_seconds."""
-        return enc.message("/stepx/status", STATE_CODES.get(self._state, 3), float(self._fps), int(self._step),
+        """/stepx/status: i state (the code of bridge.protocol.STATES), f fps, i step, f uptime_seconds."""
+        return enc.message("/stepx/status", STATES[self._state], float(self._fps), int(self._step),
                            float(time.monotonic() - self._t0))
 
     def _heartbeat(self, period: float) -> None:

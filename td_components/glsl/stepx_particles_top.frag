@@ -5,12 +5,14 @@
 //
 // GLSL TOP setup (build_network.py does this): # of Color Buffers = 3, Pixel Format 32-bit
 // float RGBA, resolution = particle grid (e.g. 512 x 512 = 262,144 particles).
-//   input 0: state A (x, y, vx, vy)   from a Feedback TOP (first frame: a Noise TOP seed)
+//   input 0: state A (x, y, vx, vy)   from a Feedback TOP (first frame: stepx_seed.frag)
 //   input 1: state B (depth, seed, S, age)
 //   input 2: state C (r, g, b, has_image): step-image colour under the particle
-//   Samplers page: u_mask  -> the receiver's masks_rgba TOP (R = StabilityMask), mipmapped
-//                  u_image -> the receiver's step_image TOP
-//   Vectors page: every uniform listed in particles_common.glsl (u_phase from the phase CHOP).
+//   Samplers page: u_mask  -> stepx_masks (R = StabilityMask; 16-bit float so it can be
+//                             mip-mapped and filtered; filter Mipmap Linear)
+//                  u_image -> stepx_image (the step image, 8-bit)
+//   Vectors page: every uniform of particles_common.glsl, bound as listed in stepx_td/piece.py
+//   (GLSL TOP shaders declare their own uniforms, as below; TouchDesigner only sets them).
 // Coordinates: TD textures are bottom-up and the receiver flips rows, so here p.y = 0 is the
 // BOTTOM of the image; the maths is the preview's, only u_wind_dir's y points up.
 

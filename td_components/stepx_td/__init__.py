@@ -1,8 +1,9 @@
 """StepX TouchDesigner helpers: stream decoder, control sender, TD seam.
 
 Imports only numpy, pyzmq and the standard library, so this folder can be put on
-TouchDesigner's ``sys.path`` as is. ``protocol.py`` is a byte-identical copy of
-``bridge/protocol.py`` (a test checks it): edit the original, then copy it here.
+TouchDesigner's ``sys.path`` as is. ``protocol.py`` and ``request.py`` are byte-identical copies
+of ``bridge/protocol.py`` and ``bridge/request.py`` (a test checks them): edit the originals, then
+copy them here.
 """
 
-__all__ = ["decoder", "control", "protocol", "tdseam"]
+__all__ = ["decoder", "control", "protocol", "request", "tdseam"]

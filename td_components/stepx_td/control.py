@@ -1,15 +1,16 @@
 """Control sender for TouchDesigner: JSON requests to the StepX daemon, never blocking.
 
-What: ``ControlClient`` talks to the daemon's ZeroMQ REQ/REP control channel
-(docs/PROTOCOL.md "Control in"): ``send()`` queues a request and returns at once, ``poll()``
-(once per frame) sends the next queued request when the previous one was answered and
-collects replies, all with ``zmq.NOBLOCK``. ``osc_control_message()`` builds the OSC
+What: ``ControlClient`` talks to the daemon's ZeroMQ control channel with a REQ socket
+(docs/PROTOCOL.md "Control in"; a ROUTER on the daemon's side): ``send()`` queues a request and
+returns at once, ``poll()`` (once per frame) sends the next queued request when the previous one
+was answered and collects replies, all with ``zmq.NOBLOCK``. ``generate_request()`` checks a
+request by the daemon's own schema (``stepx_td.request``) before anything is sent. ``osc_control_message()`` builds the OSC
 alternative (``/stepx/control s <json>``) for an OSC Out DAT or a plain UDP socket.
 
 Why: a REQ socket that waits for its reply would freeze TouchDesigner's main thread while the
 daemon is busy or down; here a request that gets no reply within ``timeout_s`` is reported
 and the socket is re-created (the REQ state machine cannot otherwise send again).
-Imports: standard library and pyzmq only.
+Imports: standard library, pyzmq and ``stepx_td.request`` (standard library only).
 """
 
 from __future__ import annotations
@@ -26,41 +27,38 @@ import zmq
 
 try:  # imported as part of the stepx_td package
     from .protocol import COMMANDS, CONTROL_PORT, OSC_CONTROL_PORT
+    from .request import FIELDS, generate_request as schema_generate_request
 except ImportError:  # pragma: no cover - loaded as a loose module
     from protocol import COMMANDS, CONTROL_PORT, OSC_CONTROL_PORT  # type: ignore[no-redef]
+    from request import FIELDS, generate_request as schema_generate_request  # type: ignore[no-redef]
 
 
+def generate_request(prompt: str, *, token: str | None = None, **params: Any) -> dict[str, Any]:
+    """A ``generate`` request with only the fields that are set, checked by the daemon's own rules
+    (``stepx_td.request``, a byte-identical copy of bridge/request.py): a bad value is a
+    ``ValueError`` here, in TouchDesigner, not a round trip later.
 
-def generate_request(prompt: str, *, seed: int | None = None, steps: int | None = None,
-                     guidance: float | None = None, focus: Iterable[str] | str | None = None,
-                     negative_prompt: str | None = None, width: int | None = None,
-                     height: int | None = None, token: str | None = None) -> dict[str, Any]:
-    """A ``generate`` request with only the fields that are set (the daemon validates ranges).
-
-    ``focus`` may be a list or a space/comma separated string; seed ``< 0`` means random.
+    Keyword names are the schema's fields (``seed``, ``steps``, ``guidance``, ``focus``,
+    ``negative_prompt``, ``width``, ``height``, ``phase_boundaries``, ``head_weights``, ``concept``).
+    TD-friendly spellings: ``seed < 0`` means random, ``width``/``height`` 0 mean the model's
+    size, empty strings mean "not set", ``focus`` may be a space/comma separated string.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt must be a non-empty string")
-    req: dict[str, Any] = {"cmd": "generate", "prompt": prompt}
-    if negative_prompt:
-        req["negative_prompt"] = negative_prompt
-    if seed is not None and int(seed) >= 0:
-        req["seed"] = int(seed)
-    if steps is not None:
-        req["steps"] = int(steps)
-    if guidance is not None:
-        req["guidance"] = float(guidance)
-    if focus:
-        words = focus.replace(",", " ").split() if isinstance(focus, str) else [str(w) for w in focus]
-        if words:
-            req["focus"] = words
-    if width:
-        req["width"] = int(width)
-    if height:
-        req["height"] = int(height)
-    if token:
-        req["token"] = token
-    return req
+    given: dict[str, Any] = {}
+    for name, value in params.items():
+        if name not in FIELDS or name == "prompt":
+            raise ValueError(f"unknown field {name!r}; fields: {', '.join(FIELDS)}")
+        if value is None or value == "" or (name in ("width", "height") and value == 0):
+            continue
+        if name == "seed" and isinstance(value, (int, float)) and value < 0:
+            continue
+        if name == "focus" and isinstance(value, str):
+            value = value.replace(",", " ").split()
+            if not value:
+                continue
+        given[name] = value
+    return schema_generate_request(prompt, token=token, **given)
 
 
 def simple_request(cmd: str, token: str | None = None) -> dict[str, Any]:

@@ -267,7 +267,10 @@ class StreamReceiver:
         if got is None:
             return None
         img, quantized = got
-        return flip_rows(rgb_to_rgba(to_output(img, quantized, self.output)))
+        # A uint8 step image is colour bytes (unorm8) whatever the header says: float32 output
+        # must be 0..1, not 0..255 (a white image in TouchDesigner otherwise).
+        unorm = quantized or img.dtype == np.uint8
+        return flip_rows(rgb_to_rgba(to_output(img, unorm, self.output)))
 
     # -- CHOP channels ---------------------------------------------------------------------
     def phase_channels(self) -> dict[str, np.ndarray]:

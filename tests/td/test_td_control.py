@@ -70,6 +70,12 @@ class ControlTest(unittest.TestCase):
         self.assertNotIn("seed", req)
         with self.assertRaises(ValueError):
             control.generate_request("  ")
+        # the daemon's own rules, checked in TD before sending (stepx_td.request, the same schema)
+        for bad in ({"steps": 100000}, {"width": 100}, {"guidance": float("nan")}, {"seed": 2**40}, {"colour": 1}):
+            with self.assertRaises(ValueError):
+                control.generate_request("p", **bad)
+        req = control.generate_request("p", steps=None, guidance=None, width=0, height=256, focus="")
+        self.assertEqual(req, {"cmd": "generate", "prompt": "p", "height": 256})
         self.assertEqual(json.loads(handle_json(json.dumps({**req, "id": 1}).encode(), lambda r: None))["ok"], True)
 
     def test_osc_message_bytes(self) -> None:

@@ -36,8 +36,14 @@ class Pars:
 
 
 class FakeTOP:
-    def __init__(self) -> None:
+    """A Script TOP: ``cook()`` runs its onCook, which calls the extension's ``CookTop``."""
+
+    def __init__(self, which: str = "", ext: Any = None) -> None:
         self.arrays: list[np.ndarray] = []
+        self.which, self.ext = which, ext
+
+    def cook(self, force: bool = False) -> None:
+        self.ext.CookTop(self, self.which)
 
     def copyNumpyArray(self, arr: np.ndarray) -> None:
         assert arr.dtype in (np.float32, np.uint8) and arr.flags.c_contiguous and arr.ndim == 3 and arr.shape[2] == 4
@@ -82,11 +88,11 @@ class ReceiverExtTest(unittest.TestCase):
         self.mod = load("StepXReceiverExt")
         self.comp = FakeComp(Address="127.0.0.1", Port=port, Focusword="fox", Encoding="auto",
                              Libpath=str(C.TD_DIR), Active=True)
-        for name in self.mod.TOPS.values():
-            self.comp.ops[name] = FakeTOP()
         for name in self.mod.CHOPS.values():
             self.comp.ops[name] = FakeScriptCHOP()
         self.ext = self.mod.StepXReceiverExt(self.comp)
+        for which, name in self.mod.TOPS.items():
+            self.comp.ops[name] = FakeTOP(which, self.ext)
 
     def tearDown(self) -> None:
         self.ext.onDestroyTD()
@@ -107,7 +113,9 @@ class ReceiverExtTest(unittest.TestCase):
         self.assertGreater(chop.cooks, 0)
         self.ext.CookChop(chop, "phase")
         self.assertEqual(chop.numSamples, 1)
-        self.assertAlmostEqual(chop.chans["w_structure"].vals[0], 0.7, places=6)
+        self.assertAlmostEqual(chop.chans["w_structure"].vals[0], 0.7, places=6)  # the first step: taken as is
+        self.assertEqual(chop.chans["has_image"].vals[0], 1.0)
+        self.assertAlmostEqual(chop.chans["wind"].vals[0], 1.5, places=6)
         self.assertIn("step 3", self.ext.Status)
         # focus change re-pushes without new data; an unknown word reports the prompt's words
         self.comp.par.Focusword.val = "cat"
@@ -115,6 +123,13 @@ class ReceiverExtTest(unittest.TestCase):
         self.ext.OnFrameStart(3)
         self.assertIn("red, fox, snow", self.ext.Status)
         self.assertEqual(len(self.comp.ops["word_tex"].arrays), n)
+
+    def test_phase_chop_has_defaults_before_any_step(self) -> None:
+        chop = self.comp.ops["phase_chop"]
+        self.ext.CookChop(chop, "phase")
+        vals = {k: c.vals[0] for k, c in chop.chans.items()}
+        self.assertEqual(vals, {"w_noise": 1.0, "w_structure": 0.0, "w_detail": 0.0, "wind": 1.0, "attraction": 1.0,
+                                "has_image": 0.0})
 
     def test_inactive_does_nothing(self) -> None:
         self.comp.par.Active.val = False

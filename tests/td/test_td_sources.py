@@ -9,7 +9,7 @@ import unittest
 import _td_common as C
 from stepx_td.glsl import splice_includes
 
-ALLOWED = {"numpy", "zmq", "stepx_td", "protocol", "__future__"}
+ALLOWED = {"numpy", "zmq", "stepx_td", "protocol", "__future__", "request"}
 
 
 class SourcesTest(unittest.TestCase):
@@ -17,6 +17,11 @@ class SourcesTest(unittest.TestCase):
         self.assertEqual((C.TD_DIR / "stepx_td" / "protocol.py").read_bytes(),
                          (C.ROOT / "bridge" / "protocol.py").read_bytes(),
                          "copy bridge/protocol.py to td_components/stepx_td/protocol.py")
+
+    def test_request_schema_is_byte_identical(self) -> None:
+        self.assertEqual((C.TD_DIR / "stepx_td" / "request.py").read_bytes(),
+                         (C.ROOT / "bridge" / "request.py").read_bytes(),
+                         "copy bridge/request.py to td_components/stepx_td/request.py")
 
     def test_force_model_is_byte_identical(self) -> None:
         self.assertEqual((C.TD_DIR / "glsl" / "particles_common.glsl").read_bytes(),
