@@ -97,3 +97,17 @@ def test_ray_workers_give_the_same_numbers(results):
         assert a.seed == b.seed
         np.testing.assert_allclose(a.words.summary.series["mass"], b.words.summary.series["mass"], rtol=1e-5)
         assert a.words.summary.stabilisation_step.tolist() == b.words.summary.stabilisation_step.tolist()
+
+
+def test_attribute_noun_pairs_split_by_the_noun_role():
+    from bridge.analysis.study.report import TIMINGS, attribute_vs_noun
+
+    def row(run, i, role, frac):
+        return {"run": run, "index": i, "role": role, **{f"{t}_frac": frac for t in TIMINGS}}
+
+    rows = [row(0, 0, "other", 0.5), row(0, 1, "attribute", 0.2), row(0, 2, "attribute", 0.3), row(0, 3, "object", 0.4),
+            row(0, 4, "preposition", 0.9), row(0, 5, "attribute", 0.1), row(0, 6, "background", 0.8),
+            row(1, 0, "attribute", 0.5), row(1, 1, "object", 0.5)]
+    objects = attribute_vs_noun(rows)
+    assert objects["stabilised"][0] == pytest.approx(((0.2 - 0.4) + (0.3 - 0.4) + 0.0) / 3)
+    assert attribute_vs_noun(rows, ("background",))["peak"][0] == pytest.approx(0.1 - 0.8)

@@ -73,25 +73,31 @@ def role_table(rows: Sequence[dict], measures: Sequence[str]) -> list[dict]:
     return out
 
 
-def attribute_vs_noun(results: Sequence[RunResult]) -> dict[str, tuple[float, float, float]]:
-    """Per timing: mean (attribute step − its noun's step) / (T−1) over attribute–noun pairs of
-    the same phrase, with a bootstrap CI over runs. Negative: attributes settle first."""
+def attribute_vs_noun(rows: Sequence[dict], nouns: Sequence[str] = ("object", "detail")) -> dict[str, tuple[float, float, float]]:
+    """Per timing: mean (attribute − its noun) in fractions of the run, over attribute–noun pairs
+    of one phrase (the attribute followed, through attributes only, by a noun whose role is in
+    ``nouns``), with a bootstrap CI over runs. Negative: the attribute comes first. ``rows``
+    are :func:`unit_rows` of words (or words.csv read back with numbers)."""
+    by_run: dict[int, list[dict]] = {}
+    for r in rows:
+        by_run.setdefault(int(r["run"]), []).append(r)
     diffs: dict[str, list[float]] = {k: [] for k in TIMINGS}
     groups: list[int] = []
-    for r_i, r in enumerate(results):
-        w = r.words
-        rows = {row["index"]: row for row in unit_rows(r, r_i, w)}
-        for j, role in enumerate(w.roles):
-            if role != "attribute":
+    for run, units in by_run.items():
+        units = sorted(units, key=lambda r: int(r["index"]))
+        for j, u in enumerate(units):
+            if u["role"] != "attribute":
                 continue
-            noun = next((k for k in range(j + 1, len(w.roles)) if w.roles[k] in NOUN_ROLES), None)
-            if noun is None or any(w.roles[k] not in ("attribute",) for k in range(j + 1, noun)):
+            k = j + 1
+            while k < len(units) and units[k]["role"] == "attribute":
+                k += 1
+            if k == len(units) or units[k]["role"] not in nouns:
                 continue
-            for k in TIMINGS:
-                diffs[k].append(rows[j][f"{k}_frac"] - rows[noun][f"{k}_frac"])
-            groups.append(r_i)
+            for t in TIMINGS:
+                diffs[t].append(float(u[f"{t}_frac"]) - float(units[k][f"{t}_frac"]))
+            groups.append(run)
     g = np.array(groups)
-    return {k: bootstrap_mean(np.array(v, dtype=np.float64), g) for k, v in diffs.items()}
+    return {t: bootstrap_mean(np.array(v, dtype=np.float64), g) for t, v in diffs.items()}
 
 
 def _fmt(ci: tuple[float, float, float]) -> str:
@@ -234,7 +240,7 @@ def write_report(results: Sequence[RunResult], out: Path, meta: dict, k: int = 3
              _write_csv(out / "topk.csv", topk), _write_csv(out / "blocks.csv", blocks)]
     measures = [f"{t}_frac" for t in TIMINGS] + ["mean_share", "final_entropy"]
     wt, pt = role_table(words, measures), role_table(phrases, measures)
-    avn = attribute_vs_noun(results)
+    avn = {"object or detail": attribute_vs_noun(words), "background": attribute_vs_noun(words, ("background",))}
     plots = out / "plots"
     files.append(_plot_curves(_role_curves(results, "agreement"), "localisation: agreement of each step's map with the final map",
                               "1 − TV(p_t, p_T)", plots / "agreement.png"))
@@ -262,9 +268,10 @@ def write_report(results: Sequence[RunResult], out: Path, meta: dict, k: int = 3
         for t in table:
             md.write(f"| {t['role']} | {t['n']} | {t['never_stable']} | " + " | ".join(_fmt(t[m]) for m in measures) + " |\n")
         md.write("\n")
-    md.write("## Attribute − noun (same phrase), fraction of the run\n\n| timing | mean [95% CI] |\n|---|---|\n")
-    for key, ci in avn.items():
-        md.write(f"| {key} | {_fmt(ci)} |\n")
+    md.write("## Attribute − noun (same phrase), fraction of the run\n\n| noun | " + " | ".join(TIMINGS) + " |\n|" +
+             "---|" * (len(TIMINGS) + 1) + "\n")
+    for noun, cis in avn.items():
+        md.write(f"| {noun} | " + " | ".join(_fmt(cis[t]) for t in TIMINGS) + " |\n")
     if results:
         r0 = results[0]
         md.write(f"\n## Top-{k} words by share, run 0 (\"{r0.prompt}\", seed {r0.seed})\n\n| step | " +
