@@ -61,11 +61,13 @@ def test_study_on_the_embedded_model_uses_the_timeline_definitions(results, tmp_
     assert np.allclose(s.auc, s.series["mass"].astype(np.float64).mean(0))
     assert np.allclose(r.words.agreement[-1], 1.0)
     assert set(r.block_mass) >= {"down_blocks.0", "mid_block", "up_blocks.1"}
+    mid = [k for k in r.layer_mass if k.startswith("mid_block")]
+    assert mid and np.allclose(r.block_mass["mid_block"], np.mean([r.layer_mass[k] for k in mid], axis=0))
     rows = unit_rows(r, 0, r.words)
     assert rows[2]["stabilised_step"] == int(s.stabilisation_step[2])
     files = write_report(results, tmp_path / "rep", {"model": "shapes"}, k=2)
     names = {f.name for f in files}
-    assert {"report.md", "words.csv", "phrases.csv", "topk.csv", "blocks.csv", "timings.png", "agreement.png"} <= names
+    assert {"report.md", "words.csv", "phrases.csv", "topk.csv", "blocks.csv", "layers.csv", "timings.png", "agreement.png"} <= names
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| background |" in md and "Attribute − noun" in md
     topk = list(csv.DictReader(open(tmp_path / "rep" / "topk.csv")))

@@ -227,7 +227,7 @@ def _plot_blocks(results: Sequence[RunResult], path: Path) -> Path | None:
 
 
 def write_report(results: Sequence[RunResult], out: Path, meta: dict, k: int = 3) -> list[Path]:
-    """Write words.csv, phrases.csv, topk.csv, blocks.csv, plots/*.png and report.md under ``out``."""
+    """Write words.csv, phrases.csv, topk.csv, blocks.csv, layers.csv, plots/*.png and report.md under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     words = [row for i, r in enumerate(results) for row in unit_rows(r, i, r.words)]
     phrases = [row for i, r in enumerate(results) for row in unit_rows(r, i, r.phrases)]
@@ -236,7 +236,10 @@ def write_report(results: Sequence[RunResult], out: Path, meta: dict, k: int = 3
     blocks = [{"run": i, "prompt": r.prompt, "seed": r.seed, "block": b, "step": t, "word": r.words.names[j],
                "role": r.words.roles[j], "mass": float(m[t, j])}
               for i, r in enumerate(results) for b, m in r.block_mass.items() for t in range(m.shape[0]) for j in range(m.shape[1])]
-    files = [_write_csv(out / "words.csv", words), _write_csv(out / "phrases.csv", phrases),
+    layers = [{"run": i, "prompt": r.prompt, "seed": r.seed, "layer": name, "step": t, "word": r.words.names[j],
+               "role": r.words.roles[j], "mass": float(m[t, j])}
+              for i, r in enumerate(results) for name, m in r.layer_mass.items() for t in range(m.shape[0]) for j in range(m.shape[1])]
+    files = [_write_csv(out / "words.csv", words), _write_csv(out / "layers.csv", layers), _write_csv(out / "phrases.csv", phrases),
              _write_csv(out / "topk.csv", topk), _write_csv(out / "blocks.csv", blocks)]
     measures = [f"{t}_frac" for t in TIMINGS] + ["mean_share", "final_entropy"]
     wt, pt = role_table(words, measures), role_table(phrases, measures)

@@ -44,6 +44,7 @@ class RunResult:
     words: UnitCurves
     phrases: UnitCurves
     block_mass: dict[str, np.ndarray] = field(default_factory=dict)  # block -> [T, N] word mass from its layers
+    layer_mass: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> [T, N] word mass
     seconds: float = 0.0
 
 
@@ -64,19 +65,23 @@ def block_of(layer: str) -> str:
     return parts[0] if parts[0] == "mid_block" else ".".join(parts[:2])
 
 
-def block_masses(run: Any, row: int = 0) -> dict[str, np.ndarray]:
-    """Each UNet block's word mass curve ``[T, N]`` from its layers' per-head maps (mean over
-    heads and layers, then the mean over pixels at the layer's own grid: the block's ``mass``)."""
+def layer_masses(run: Any, row: int = 0) -> dict[str, np.ndarray]:
+    """Each kept layer's word mass curve ``[T, N]``: its per-head maps averaged over heads, split
+    into words, then the mean over pixels at the layer's own grid (the layer's ``mass``)."""
     tm = run.tokens(row)
-    per: dict[str, list[list[Tensor]]] = {}
+    per: dict[str, list[Tensor]] = {}
     for f in run.frames:
-        step_blocks: dict[str, list[Tensor]] = {}
         for name, m in f.layers.items():  # [B, heads, tokens, h, w]
-            words = tm.word_maps(m[row].float().mean(0))  # [N, h, w]
-            step_blocks.setdefault(block_of(name), []).append(words.flatten(1).mean(1))  # [N]
-        for b, v in step_blocks.items():
-            per.setdefault(b, []).append(torch.stack(v).mean(0))
-    return {b: torch.stack(v).numpy().astype(np.float64) for b, v in sorted(per.items()) if len(v) == len(run.frames)}
+            per.setdefault(name, []).append(tm.word_maps(m[row].float().mean(0)).flatten(1).mean(1))  # [N]
+    return {k: torch.stack(v).numpy().astype(np.float64) for k, v in sorted(per.items()) if len(v) == len(run.frames)}
+
+
+def block_masses(layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per UNet block, the mean of its layers' mass curves ``[T, N]``."""
+    groups: dict[str, list[np.ndarray]] = {}
+    for name, m in layers.items():
+        groups.setdefault(block_of(name), []).append(m)
+    return {b: np.mean(v, axis=0) for b, v in sorted(groups.items())}
 
 
 def analyse(captured: Any, prompt: StudyPrompt, config: PhaseConfig | None = None,
@@ -90,11 +95,12 @@ def analyse(captured: Any, prompt: StudyPrompt, config: PhaseConfig | None = Non
     maps = run.word_maps().float().cpu()  # [T, N, H, W]
     groups = grouper.phrases(words, roles)
     phrase_roles = [roles[idx[-1]] for _, idx in groups]  # a phrase's role is its noun's
+    layers = layer_masses(run)
     return RunResult(
         prompt=prompt.text, seed=captured.seed, steps=maps.shape[0],
         words=unit_curves(maps, words, roles, config),
         phrases=unit_curves(phrase_maps(maps, groups), [g for g, _ in groups], phrase_roles, config),
-        block_mass=block_masses(run), seconds=captured.seconds,
+        block_mass=block_masses(layers), layer_mass=layers, seconds=captured.seconds,
     )
 
 
