@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("bridge.commands.serve", "run the generation daemon: control in, every step out to the sinks"),
     "replay": ("bridge.commands.replay", "play a recorded trace through the same sinks, no model or GPU needed"),
     "export": ("bridge.commands.export", "export a trace: heat-map PNGs, GIFs, CSV, timeline plots, ZIP"),
+    "explore": ("bridge.commands.explore", "the browser explorer: generate and inspect, regions, live, traces"),
     "preview": ("bridge.commands.preview", "render the stream or a trace with the moderngl preview"),
     "bench": ("bridge.commands.bench", "benchmark capture overhead against plain diffusers in one process"),
     "relevance": ("bridge.commands.relevance", "head relevance vectors: which heads attend to which concept, over random generations"),
@@ -26,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("bridge.commands.study", "when does each element emerge? per-word/phrase timings over templates and seeds, with CIs"),
     "eval-shapes": ("bridge.models.shapes.evaluate", "evaluate the embedded shapes model: adherence and attention IoU"),
     "train-shapes": ("bridge.models.shapes.train", "train the embedded shapes model (GPU)"),
+    "titan": ("bridge.commands.titan", "TITAN: generate (or read traces), find the prompts' objects, write a COCO dataset"),
+    "eval-objects": ("bridge.analysis.objects.evaluate", "score object detection from attention against the shapes world's ground truth"),
 }
 
 

@@ -37,9 +37,9 @@ import numpy as np
 
 # --- packets ---------------------------------------------------------------------------------
 #: Packet kinds, in the order a run produces them.
-KINDS = ("run", "step", "image", "timeline", "end", "status")
+KINDS = ("run", "step", "image", "timeline", "objects", "end", "status")
 #: Kinds that latest-wins (a slow sink, a conflating receiver) must never drop: each is once per run.
-KEEP_KINDS = ("run", "timeline", "end")
+KEEP_KINDS = ("run", "timeline", "objects", "end")
 #: Kinds where only the newest matters to a live receiver.
 LATEST_KINDS = ("step", "image", "status")
 

@@ -27,7 +27,7 @@ from bridge.protocol import Packet
 from bridge.request import GenerateParams
 from bridge.stream.host import HostSnapshot, OrderedWorker
 from bridge.stream.publisher import Publisher, Recipe, as_publisher
-from bridge.stream.recipes import FRAME_FIELDS, FRAME_TENSORS, host_step_packet, step_packet, timeline_of, timeline_packet
+from bridge.stream.recipes import FRAME_FIELDS, FRAME_TENSORS, host_step_packet, objects_packet, step_packet, timeline_of, timeline_packet
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class Runner:
         concepts: dict[str, dict[str, list[float]]] | None = None,
         phases_on: PhasesOn = "auto",
         step_clock: Callable[[str, int], None] | None = None,
+        observer: Callable[[StepFrame, CaptureRun], None] | None = None,
+        objects: bool = False,
     ) -> None:
         """``publish``: a :class:`~bridge.stream.publisher.Publisher`, or a plain callable taking
         Packets (wrapped in a LocalPublisher).
@@ -98,11 +100,17 @@ class Runner:
         same, 1.001× over 443 paired rounds, docs/BENCHMARKS.md "Delivery", and was removed)."""
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
         # its packet is built): benchmarks time step → subscriber latency from there.
+        # ``observer(frame, run)`` sees every step's frame on the model's thread (the objects
+        # analysis keeps word maps and self-attention from it); it must be quick.
+        # ``objects``: find the prompt's objects (text-guided detection, docs/OBJECTS.md) and
+        # publish them as an ``objects`` packet after the final image, before ``end``.
         if phases_on not in ("auto", "host", "device"):
             raise ValueError(f"phases_on must be 'auto', 'host' or 'device', got {phases_on!r}")
         self.device = next(denoiser(pipe).parameters()).device
         self.phases_on = phases_on
         self.step_clock = step_clock
+        self.observer = observer
+        self.objects = objects
         self.pipe = pipe
         self.publisher = as_publisher(publish)
         self.model_name = model_name
@@ -182,6 +190,12 @@ class Runner:
             for line in unseen_warning(state.unseen):
                 log.warning(line)
             cap_cfg = self._capture_config(req)
+            recorder = None
+            if self.objects:
+                from bridge.analysis.objects import EvidenceRecorder  # noqa: PLC0415 (the ``objects`` extra)
+                from bridge.analysis.objects.evidence import detection_config  # noqa: PLC0415
+
+                cap_cfg, recorder = detection_config(self.pipe, base=cap_cfg), EvidenceRecorder()
             phase_cfg = self._phase_config(req)
             seed = req.seed if req.seed is not None else int(torch.randint(0, 2**31 - 1, (1,)).item())
             gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -192,6 +206,10 @@ class Runner:
                     self.pipe._interrupt = True
                 if self.step_clock is not None:
                     self.step_clock(run.run_id, frame.step)
+                if self.observer is not None:
+                    self.observer(frame, run)
+                if recorder is not None:
+                    recorder(frame, run)
                 if state.words is None:
                     self._begin(req, run, seed, phase_cfg, state)
                 tm = run.tokens(0)
@@ -225,6 +243,8 @@ class Runner:
                 with torch.inference_mode():
                     image = decode_full(self.pipe, latents[:1])
                 self._send(Packet("image", {"run_id": run.run_id, "step": run.steps_done - 1, "final": True, "preview": "vae"}, {"image": image}))
+                if recorder is not None:
+                    self._send(objects_packet(run.run_id, req.prompt, recorder.evidence(image)))
             self._finish(run, state, status, t0)
             t3 = time.perf_counter()
             self._drain()

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Debian packages the tests use for real peers: liblo's oscdump (OSC) and Mesa's EGL llvmpipe
-# (headless OpenGL), and glslang's glslangValidator (compiles the TouchDesigner shaders under
-# TouchDesigner's injected preamble, tests/td/test_td_glsl.py).
+# Debian packages the tests use for real peers: liblo's oscdump (OSC), Mesa's EGL llvmpipe
+# (headless OpenGL), glslang's glslangValidator (compiles the TouchDesigner shaders under
+# TouchDesigner's injected preamble, tests/td/test_td_glsl.py), and chromium + chromium-driver
+# (the explorer's browser tests, driven by Selenium; no browser is downloaded at test time).
 # Installs what is missing when run as root; otherwise says what to install.
 set -euo pipefail
-pkgs=(liblo-tools libegl1 libegl-mesa0 libgl1-mesa-dri glslang-tools)
+pkgs=(liblo-tools libegl1 libegl-mesa0 libgl1-mesa-dri glslang-tools chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

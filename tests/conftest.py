@@ -28,3 +28,11 @@ def sdxl_pipe():
     from bridge.models.tiny import tiny_sdxl_pipeline
 
     return tiny_sdxl_pipeline()
+
+
+@pytest.fixture(scope="session")
+def shapes_pipe():
+    """The embedded shapes model, loaded once for the session (a module may define its own)."""
+    from bridge.models.loading import load_pipeline
+
+    return load_pipeline()[0]

@@ -118,7 +118,8 @@ def test_export_everything(trace, tmp_path):
     # plots: one PNG per measure
     for m in ("mass", "entropy", "peak", "auc_so_far"):
         assert Image.open(out / "plots" / f"{m}.png").size == (800, 450)
-    # COCO: category per word, masks at image size; cat = top-left quadrant, table = bottom half
+    # COCO: a category per object of "a cat on a table" (not per word), masks at image size;
+    # cat = top-left quadrant, table = bottom half
     doc = json.loads((out / "coco.json").read_text())
     assert [c["name"] for c in doc["categories"]] == WORDS
     assert doc["images"][0] == {"id": 1, "file_name": "final.png", "width": IW, "height": IH}
@@ -181,8 +182,27 @@ def test_pure_measures_and_masks():
     (poly,) = polygons(mask)
     xs, ys = poly[0::2], poly[1::2]
     assert min(xs) == 1 and max(xs) == 3 and min(ys) == 1 and max(ys) == 3
-    doc = coco_document(["a"], [np.zeros((4, 4))], (4, 4), 0.4, "x.png")
-    assert doc["annotations"] == [] and doc["categories"][0]["name"] == "a"
+    doc = coco_document([("cat", [[0]], 1)], [np.zeros((4, 4))], (4, 4), 0.4, "x.png")
+    assert doc["annotations"] == [] and doc["categories"][0]["name"] == "cat"
+
+
+def test_coco_categories_are_objects_with_instances():
+    """Words like "a" are no category; "two red apples" is one category with two instances."""
+    from bridge.export.coco import prompt_objects
+
+    words = ["a", "brass", "pitcher", "beside", "two", "red", "apples"]
+    objects, unknown = prompt_objects("a brass pitcher beside two red apples", words)
+    assert [(n, c) for n, _, c in objects] == [("brass pitcher", 1), ("red apple", 2)] and unknown == []
+    maps = np.zeros((len(words), 8, 8), np.float32)
+    maps[1:3, 0:3, 0:3] = 1.0  # brass, pitcher: top-left
+    maps[5:7, 6:8, 0:2] = 1.0  # red, apples: two separate spots at the bottom
+    maps[5:7, 6:8, 5:8] = 1.0
+    maps[0] = 1.0  # "a" covers everything: it must not become an object
+    doc = coco_document(objects, maps, (8, 8), 0.4, "x.png")
+    assert [c["name"] for c in doc["categories"]] == ["brass pitcher", "red apple"]
+    by_cat = [[a for a in doc["annotations"] if a["category_id"] == k] for k in (1, 2)]
+    assert len(by_cat[0]) == 1 and rle_decode(by_cat[0][0]["rle"])[:3, :3].all()
+    assert sorted(a["area"] for a in by_cat[1]) == [4, 6] and sum(a["area"] for a in doc["annotations"]) == 19
 
 
 def test_load_run_aligns_images(trace):

@@ -1,5 +1,6 @@
 """Offline work over many runs: capture over prompt sets, and what builds on it (evaluation,
-head relevance, object annotation). Imports capture and models; never delivery or transport."""
+head relevance, object annotation: ``bridge.analysis.objects``). Imports capture and models;
+never delivery or transport."""
 
 from .runs import CapturedRun, capture_prompts
 

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\w+(?:'\w+)*")
 _PUNCT = re.compile(r"[^\w\s]+")
+WORD_PATTERN = _WORD  #: what a prompt's word is, for modules that split prompts the same way (objects)
 
 
 @dataclass(frozen=True)

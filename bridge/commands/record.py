@@ -16,6 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="the text prompt")
     p.add_argument("-o", "--out", default=None, help="trace file to write (default: out/<prompt>.stepx)")
     p.add_argument("--export", default=None, metavar="DIR", help="then export heat-map overlays, per-word GIFs, CSV tables, timeline plots and COCO masks to DIR")
+    p.add_argument("--objects", action="store_true", help="find the prompt's objects and record them as an 'objects' packet at the run's end (docs/OBJECTS.md)")
     add_model_arguments(p)
     add_generation_arguments(p)
     from bridge.stream.sinks import add_sink_arguments
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(1)
             fanout.publish(packet)
 
-        runner = Runner(pipe, publish, name, image_every=args.image_every)  # the request carries the phase boundaries
+        runner = Runner(pipe, publish, name, image_every=args.image_every, objects=args.objects)  # the request carries the phase boundaries
         result = runner.run(request)
     bar.close()
     if result.status != "done":

@@ -21,6 +21,7 @@ log = logging.getLogger("stepx.serve")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="TOML file with any of these options; flags override it")
+    p.add_argument("--objects", action="store_true", help="find each prompt's objects and stream them as an 'objects' packet at the run's end (docs/OBJECTS.md)")
     add_model_arguments(p)
     add_generation_arguments(p)
     from bridge.stream.sinks import add_sink_arguments
@@ -44,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--no-idle-replay", action="store_true", help="do not loop the last run while idle")
     i.add_argument("--replay-fps", type=float, default=10.0, help="frame rate of the idle replay")
     i.add_argument("--concepts", default=None, help="folder of head-weight JSON files, one per concept name")
+    from bridge.explore.server import DEFAULT_PORT as EXPLORER_PORT
+
+    i.add_argument("--explore", nargs="?", const=f"{DEFAULT_HOST}:{EXPLORER_PORT}", default=None, metavar="HOST:PORT",
+                   help=f"also serve the browser explorer (default {DEFAULT_HOST}:{EXPLORER_PORT}): its Live tab follows this daemon step by step")
     i.add_argument("--run-for", type=float, default=None, help="stop after this many seconds (tests, timed shows)")
 
 
@@ -99,6 +104,49 @@ def phases_where(runner: Any) -> str:
     return "sink process" if runner.publisher.remote else "packet worker"
 
 
+class _Explorer:
+    """The explorer beside the daemon: its server thread, and what feeds its Live tab."""
+
+    def __init__(self, server: Any, sink: Any, feed: Any) -> None:
+        self.server, self.sink, self.feed = server, sink, feed
+
+    def close(self) -> None:
+        if self.feed is not None:
+            self.feed.close()
+        self.server.stop()
+
+
+def start_explorer(args: argparse.Namespace, outputs_in_child: bool) -> _Explorer:
+    """Serve the explorer on ``args.explore``. Its Live tab is fed by a sink in the daemon's fan-out,
+    or, when the outputs run in the sink process, by a subscriber to the daemon's ZeroMQ stream
+    (published for it if no --zmq was asked for)."""
+    try:
+        from bridge.explore.app import Explorer, create_app
+        from bridge.explore.engine import Engine
+        from bridge.explore.live import LiveHub, LiveSink, ZmqFeed
+        from bridge.explore.server import BackgroundServer, address
+    except ImportError as exc:
+        raise ImportError(f"--explore needs the explorer extra: pip install 'stepx-bridge[explorer]' ({exc})") from None
+    from bridge.stream.sinks import DEFAULT_ZMQ
+
+    host, port = address(args.explore, args.allow_remote)
+    hub = LiveHub()
+    sink = feed = None
+    if outputs_in_child:
+        args.zmq = args.zmq or DEFAULT_ZMQ
+        source = args.zmq
+    else:
+        sink, source = LiveSink(hub), "this daemon's fan-out"
+    engine = Engine(refuse="this explorer belongs to `stepx serve`: the model is the show's; follow it in the Live tab, "
+                           "or run `stepx explore` (its own model) to generate and inspect")
+    server = BackgroundServer(create_app(Explorer(engine, hub, args.concepts, live_source=source)), host, port).start()
+    if outputs_in_child:
+        feed = ZmqFeed(hub, args.zmq.replace("*", "127.0.0.1"))
+    log.info("explorer on %s (live from %s)", server.url, source)
+    print(json.dumps({"explorer": server.url}), flush=True)
+    return _Explorer(server, sink, feed)
+
+
 def run(args: argparse.Namespace) -> int:
     import threading
     from functools import partial
@@ -116,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
     args = apply_config_file(parser, given_flags(sys.argv[1:]), args, args.config)
     check_generation_args(args, args.prompt)
     _check_control_binds(parser, args)
+    if args.explore:  # a bad address fails before the model loads
+        from bridge.explore.server import address
+
+        address(args.explore, args.allow_remote)
     prompts = ([args.prompt] if args.prompt else []) + (read_playlist(args.playlist) if args.playlist else [])
     pipe, name = load_model(args)
     concepts = {}
@@ -129,17 +181,19 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ValueError(f"prompt {prompt[:60]!r}: {exc}") from None
     on_cuda = next(denoiser(pipe).parameters()).device.type == "cuda"
-    if args.sink_process == "on" or (args.sink_process == "auto" and on_cuda):
+    in_child = args.sink_process == "on" or (args.sink_process == "auto" and on_cuda)
+    explorer = start_explorer(args, in_child) if args.explore else None
+    if in_child:
         # with no output named, publish where `stepx preview` listens
         fanout: Any = PacketProcess(partial(build_sinks, sink_options(args), default_zmq=True),
                                     restart_sinks=partial(build_sinks, restart_options(args), default_zmq=True))
         sink_names, publish = fanout.sink_names, fanout  # the object itself: a remote Publisher, it takes recipes
     else:
-        sinks = build_sinks(args, default_zmq=True)
+        sinks = build_sinks(args, default_zmq=True) + ([explorer.sink] if explorer is not None else [])
         fanout = FanOut(sinks)
         sink_names, publish = [s.name for s in sinks], fanout.publish
     runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
-                    concepts=concepts)
+                    concepts=concepts, objects=args.objects)
     daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
     base = defaults("")  # what a control request leaves out: serve's --steps, --guidance, … (prompt is required)
     door = dict(allow_remote=args.allow_remote, token=args.token,
@@ -178,5 +232,7 @@ def run(args: argparse.Namespace) -> int:
         for s in servers:
             s.close()
         fanout.close()
+        if explorer is not None:
+            explorer.close()
         log.info("stopped; %d runs", daemon.runs_done)
     return 0

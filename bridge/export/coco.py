@@ -1,7 +1,10 @@
 """COCO-style annotations from word maps: threshold -> binary mask -> RLE and polygons (pure).
 
-Following DAAM's segmentation protocol, a word's map is resized (bilinear) to the image,
-divided by its own maximum, and thresholded at ``tau``. RLE is the exact mask (COCO's
+Categories are the prompt's *objects* (``bridge.analysis.objects``: "two red apples" is the
+category "red apple"), not its words. Following DAAM's segmentation protocol, each of an object's
+words' maps (noun and attributes) is resized (bilinear) to the image and divided by its own
+maximum; their mean is thresholded at ``tau``, and each connected region is one instance (at most
+as many as the prompt asks for). RLE is the exact mask (COCO's
 uncompressed form: column-major run lengths starting with a run of zeros); polygons are the
 outer boundaries of each connected region, in pixel coordinates (pixel (r, c) covers
 x in [c, c+1], y in [r, r+1]), holes not subtracted.
@@ -9,11 +12,14 @@ x in [c, c+1], y in [r, r+1]), holes not subtracted.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from .render import resize_map
+
+#: ``(category, mentions, count)``: each mention's word indices (noun first); count None = any
+ObjectWords = tuple[str, Sequence[Sequence[int]], "int | None"]
 
 
 def mask_from_map(m: np.ndarray, size: tuple[int, int], tau: float = 0.4) -> np.ndarray:
@@ -81,22 +87,56 @@ def bbox(mask: np.ndarray) -> list[int]:
     return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
-def coco_document(words: list[str], maps: list[np.ndarray], size: tuple[int, int], tau: float,
-                  file_name: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A COCO JSON dict: one image, one category per word, one annotation per non-empty mask.
+def object_mask(maps: Sequence[np.ndarray], size: tuple[int, int], tau: float) -> np.ndarray:
+    """Bool ``[height, width]``: the mean of the maps' ``resize / max``, thresholded at ``tau``."""
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau must be in [0, 1], got {tau}")
+    norm = []
+    for m in maps:
+        r = np.nan_to_num(resize_map(m, size), nan=0.0)
+        peak = float(r.max()) if r.size else 0.0
+        norm.append(r / peak if peak > 0 else np.zeros(size))
+    return np.mean(norm, axis=0) >= tau if norm else np.zeros(size, dtype=bool)
 
+
+def coco_document(objects: Sequence[ObjectWords], maps: np.ndarray | Sequence[np.ndarray], size: tuple[int, int], tau: float,
+                  file_name: str, info: dict[str, Any] | None = None, min_area: float = 0.002) -> dict[str, Any]:
+    """A COCO JSON dict: one image, one category per object, one annotation per instance.
+
+    ``objects``: ``(category, mentions, count)`` with each mention's word indices into ``maps``
+    (``[words, h, w]``). A category's mentions share its evidence, and up to ``count`` of its
+    connected regions (None = all) above ``min_area`` of the image become instances, largest first.
     ``segmentation`` holds polygons (iscrowd 0); ``rle`` holds the exact mask.
     """
+    from bridge.analysis.objects.detect import label_components  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
     h, w = size
-    cats = [{"id": i + 1, "name": word, "supercategory": "word"} for i, word in enumerate(words)]
+    cats = [{"id": i + 1, "name": name, "supercategory": "object"} for i, (name, _, _) in enumerate(objects)]
     anns = []
-    for i, (word, m) in enumerate(zip(words, maps)):
-        mask = mask_from_map(m, size, tau)
-        if not mask.any():
-            continue
-        anns.append({"id": len(anns) + 1, "image_id": 1, "category_id": i + 1, "iscrowd": 0,
-                     "segmentation": polygons(mask), "rle": rle_encode(mask), "area": int(mask.sum()),
-                     "bbox": bbox(mask), "tau": tau})
-    return {"info": {"description": "StepX Bridge word masks (final-step maps)", "tau": tau, **(info or {})},
+    for i, (name, mentions, count) in enumerate(objects):
+        words = sorted({j for m in mentions for j in m})
+        mask = object_mask([maps[j] for j in words], size, tau)
+        labels, n = label_components(torch.from_numpy(mask))
+        regions = sorted((labels.numpy() == k for k in range(1, n + 1)), key=lambda r: -int(r.sum()))
+        regions = [r for r in regions if r.sum() >= min_area * h * w][: None if count is None else count]
+        for r in regions:
+            anns.append({"id": len(anns) + 1, "image_id": 1, "category_id": i + 1, "iscrowd": 0,
+                         "segmentation": polygons(r), "rle": rle_encode(r), "area": int(r.sum()),
+                         "bbox": bbox(r), "tau": tau})
+    return {"info": {"description": "StepX Bridge object masks (final-step maps)", "tau": tau, **(info or {})},
             "images": [{"id": 1, "file_name": file_name, "width": int(w), "height": int(h)}],
             "categories": cats, "annotations": anns}
+
+
+def prompt_objects(prompt: str, run_words: list[str]) -> tuple[list[ObjectWords], list[str]]:
+    """The prompt's objects as ``coco_document`` takes them, and the words the handler could not
+    classify (needs the ``objects`` extra: the prompt handler's lexicon)."""
+    try:
+        from bridge.analysis.objects.annotate import object_word_indices  # noqa: PLC0415
+        from bridge.analysis.objects.prompt import parse_prompt  # noqa: PLC0415
+
+        parsed = parse_prompt(prompt)
+    except ImportError as exc:
+        raise ImportError(f"COCO export finds the prompt's objects with the prompt handler: pip install 'stepx-bridge[objects]' ({exc})") from exc
+    return [(c.name, idx, c.count) for c, idx in object_word_indices(parsed, run_words)], parsed.unknown

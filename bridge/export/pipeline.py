@@ -11,7 +11,7 @@ import numpy as np
 from bridge.trace import TraceReader
 
 from . import writers as W
-from .coco import coco_document
+from .coco import coco_document, prompt_objects
 from .data import RunData, load_run, select_words
 from .measures import MEASURES, SUMMARY, run_summary, step_table
 from .plots import timeline_png
@@ -76,9 +76,10 @@ def export_run(run: RunData, out: Path, opts: ExportOptions) -> list[Path]:
             png = timeline_png(run.steps, table[m], words, m, run.phases)
             files.append(W.write_bytes(out / "plots" / f"{m}.png", png))
     if opts.coco:
-        final_maps = [run.maps[-1, i] for i in idx]
-        doc = coco_document(words, final_maps, size, opts.tau, "final.png" if run.final_image is not None else "",
-                            {"run_id": run.run_id, "step": int(run.steps[-1]), "prompt": run.header.get("prompt")})
+        prompt = run.header.get("prompt") or " ".join(run.words)
+        objects, unknown = prompt_objects(prompt, run.words)
+        doc = coco_document(objects, run.maps[-1, : len(run.words)], size, opts.tau, "final.png" if run.final_image is not None else "",
+                            {"run_id": run.run_id, "step": int(run.steps[-1]), "prompt": prompt, "unclassified_words": unknown})
         files.append(W.write_json(out / "coco.json", doc))
     manifest: dict[str, Any] = {
         "run_id": run.run_id, "prompt": run.header.get("prompt"), "words": words, "steps": run.steps.tolist(),

@@ -7,6 +7,7 @@ delivery room and take only picklable arguments.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import fields as dataclass_fields
@@ -17,6 +18,8 @@ import torch
 
 from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
 from bridge.protocol import Packet
+
+log = logging.getLogger(__name__)
 
 
 #: PhaseFrame's tensors (copied to the host per step) and its other fields (plain values).
@@ -82,3 +85,20 @@ def timeline_of(run_id: str, engine: PhaseEngine) -> Packet:
     return Packet("timeline", {"run_id": run_id, **header, "words": engine.words}, arrays)
 
 
+
+
+def objects_packet(run_id: str, prompt: str, evidence: Any) -> Packet:
+    """The run's objects (``bridge.analysis.objects.annotate`` on its Evidence) as an ``objects``
+    packet: each instance's category, mentions, score, bbox, area and RLE mask, JSON only. A prompt
+    whose objects cannot be found says why in ``error`` instead of failing the run."""
+    from bridge.analysis.objects import annotate, parse_prompt  # noqa: PLC0415 (the ``objects`` extra)
+
+    header: dict[str, Any] = {"run_id": run_id, "prompt": prompt, "size": list(evidence.size), "instances": [],
+                              "unclassified_words": []}
+    try:
+        header["unclassified_words"] = parse_prompt(prompt).unknown
+        header["instances"] = [i.to_json() for i in annotate(evidence, prompt)]
+    except ValueError as exc:
+        log.warning("objects of run %s: %s", run_id, exc)
+        header["error"] = str(exc)
+    return Packet("objects", header)
