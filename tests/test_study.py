@@ -55,7 +55,8 @@ def test_study_on_the_embedded_model_uses_the_timeline_definitions(results, tmp_
     assert [r.seed for r in results] == [0, 1]
     r = results[0]
     assert r.words.names[:3] == ["a", "red", "circle"] and r.words.roles[2] == "object"
-    assert [n for n in r.phrases.names] == ["a red circle", "a blue square", "a yellow background"]
+    assert r.phrases.names == ["red circle", "blue square", "yellow background"]  # the TITAN handler's phrases
+    assert r.phrases.roles == ["object", "object", "background"]
     s = r.words.summary  # a PhaseEngine's TimelineSummary: the same numbers as the timeline packet
     assert s.series["mass"].shape == (6, len(r.words.names))
     assert np.allclose(s.auc, s.series["mass"].astype(np.float64).mean(0))

@@ -1,9 +1,9 @@
-"""Noun phrases as units ("a red car"): which words form one, behind a seam.
+"""Noun phrases as units ("red car"): which words form one, behind a seam.
 
-:class:`PhraseGrouper` is the seam: the TITAN prompt handler of ``bridge.analysis.objects``
-(its phrases) can replace :class:`TaggedPhrases`, the minimal grouping used until then: a
-phrase is a run of attributes ending in a noun (object, background or detail), with the
-determiner just before it.
+:class:`PhraseGrouper` is the seam. :class:`TitanPhrases` (the default) takes the phrases of
+the TITAN prompt handler (``bridge.analysis.objects.parse_prompt``: attributes + head noun,
+objects and scene phrases such as "yellow background"); :class:`TaggedPhrases` groups by the
+template's role tags instead ([determiner] attribute* noun).
 """
 
 from __future__ import annotations
@@ -42,6 +42,28 @@ class TaggedPhrases:
             else:
                 start = None
         return out
+
+
+class TitanPhrases:
+    """The TITAN prompt handler's noun phrases (objects, then scene phrases), as word indices
+    into the capture's words; phrases whose words cannot be found in them are left out."""
+
+    def phrases(self, words: Sequence[str], roles: Sequence[str]) -> list[tuple[str, list[int]]]:
+        from bridge.analysis.objects import parse_prompt
+
+        parsed = parse_prompt(" ".join(words))
+        folded = [w.casefold() for w in words]
+        if [w.casefold() for w in parsed.words] != folded:  # the handler split differently: nothing to map
+            return []
+        out = [(o.name, sorted(o.word_indices)) for o in parsed.objects]
+        for scene in parsed.scene:  # "yellow background": the first match not already used
+            sw = scene.split()
+            used = {i for _, idx in out for i in idx}
+            for i in range(len(folded) - len(sw) + 1):
+                if folded[i:i + len(sw)] == sw and not used & set(range(i, i + len(sw))):
+                    out.append((scene, list(range(i, i + len(sw)))))
+                    break
+        return sorted(out, key=lambda g: g[1][0])
 
 
 def phrase_maps(word_maps: Tensor, groups: list[tuple[str, list[int]]]) -> Tensor:

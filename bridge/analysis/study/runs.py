@@ -20,7 +20,7 @@ from bridge.phases import PhaseConfig, PhaseEngine, TimelineSummary
 from bridge.phases.measures import agreement_with_final
 from bridge.phases.timeline import spatial_distribution
 
-from .phrases import PhraseGrouper, TaggedPhrases, phrase_maps
+from .phrases import PhraseGrouper, TitanPhrases, phrase_maps
 from .prompts import StudyPrompt, align_roles
 
 
@@ -88,7 +88,7 @@ def analyse(captured: Any, prompt: StudyPrompt, config: PhaseConfig | None = Non
             grouper: PhraseGrouper | None = None) -> RunResult:
     """A :class:`bridge.analysis.CapturedRun` of ``prompt`` -> its :class:`RunResult`."""
     config = config or PhaseConfig()
-    grouper = grouper or TaggedPhrases()
+    grouper = grouper or TitanPhrases()
     run = captured.run
     words = run.words
     roles = align_roles(prompt, words)
