@@ -77,6 +77,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--height", type=schema_type("height"), default=None, help=helps("height", " (default: the model's)"))
     g.add_argument("--image-every", type=int, default=1, help="publish a quick step image every N steps (0 = final only)")
     g.add_argument("--head-weights", default=None, help="JSON file of head weights {layer: [w per head]} (selective aggregation)")
+    g.add_argument("--max-step-seconds", type=float, default=30.0, metavar="S",
+                   help="refuse a request predicted to take longer than S seconds per step on this machine (a cancel "
+                        "or SIGTERM answers within one step; default 30; see docs/RELIABILITY.md)")
 
 
 def check_generation_args(args: argparse.Namespace, prompt: str | None) -> None:
@@ -162,3 +165,51 @@ def request_factory(args: argparse.Namespace, model_name: str = "") -> Callable[
                        head_weights=head_weights, width=getattr(args, "width", None), height=getattr(args, "height", None))
 
     return make
+
+
+#: seconds a command may take to stop cleanly after SIGTERM / Ctrl-C before it is ended anyway
+STOP_GRACE = 5.0
+
+
+def stop_on_signals(stop: Callable[[], None], grace: float = STOP_GRACE,
+                    before_exit: Callable[[], None] | None = None) -> list[int]:
+    """On SIGTERM or SIGINT call ``stop()`` (cancel within one step, finalise, return normally).
+
+    Why a deadline too: one step of an oversized request can outlast any patience, and a
+    supervisor's SIGTERM must be honoured within seconds whatever is running. If the process is
+    still here ``grace`` seconds after the first signal, or a second signal comes, it logs what
+    it is doing, runs ``before_exit`` (best effort: close what can be closed) and exits with
+    ``128 + signal``; a recording cut off so stays ``PATH.partial`` (docs/RELIABILITY.md).
+    Returns the list the caught signal numbers are appended to (empty: none came).
+    """
+    import logging
+    import os
+    import signal
+    import threading
+
+    log = logging.getLogger("stepx")
+    caught: list[int] = []
+
+    def force(signum: int) -> None:
+        log.error("still running %.0fs after signal %d: exiting now (an unfinished recording stays .partial)",
+                  grace, signum)
+        if before_exit is not None:
+            try:
+                before_exit()
+            except Exception as exc:  # best effort: the exit matters more
+                log.error("closing before exit failed: %r", exc)
+        os._exit(128 + signum)
+
+    def handler(signum: int, _frame: object) -> None:
+        if caught:  # a second signal: the user means it
+            force(signum)
+        caught.append(signum)
+        log.warning("signal %d: stopping (cancel within one step, then finalise)", signum)
+        timer = threading.Timer(grace, force, args=(signum,))
+        timer.daemon = True
+        timer.start()
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return caught
