@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "relevance": ("bridge.commands.relevance", "head relevance vectors: which heads attend to which concept, over random generations"),
     "relevance-eval": ("bridge.commands.relevance_eval", "selective aggregation on the shapes world: all vs top-k vs bottom-k heads, ablation over k"),
     "relevance-diagnose": ("bridge.commands.relevance_diagnose", "one word's map under each concept's most relevant heads, side by side (PNG)"),
+    "study": ("bridge.commands.study", "when does each element emerge? per-word/phrase timings over templates and seeds, with CIs"),
     "eval-shapes": ("bridge.models.shapes.evaluate", "evaluate the embedded shapes model: adherence and attention IoU"),
     "train-shapes": ("bridge.models.shapes.train", "train the embedded shapes model (GPU)"),
     "titan": ("bridge.commands.titan", "TITAN: generate (or read traces), find the prompts' objects, write a COCO dataset"),

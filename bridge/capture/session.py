@@ -224,10 +224,10 @@ class Capture(BatchedEvaluation):
         run, acc = self._run, self._acc
         assert run is not None
         size = run.resolution
-        cross = _canonical(acc.canonical, acc.cross, size, 1.0 / (self.cross_weight * acc.evals)) if self.cross_layers else None
+        cross = _canonical(acc.canonical, acc.cross, size, 1.0 / (self.cross_weight * acc.evals), upsample=self.config.upsample) if self.cross_layers else None
         names = list(acc.canonical_queries) + [n for n in acc.queries if n not in acc.canonical_queries]
         queries = {  # a distribution over the canonical grid: resized densities keep their mass
-            name: _canonical(acc.canonical_queries.get(name), acc.queries.get(name, {}), size, 1.0 / (self.self_weight * acc.evals), True)
+            name: _canonical(acc.canonical_queries.get(name), acc.queries.get(name, {}), size, 1.0 / (self.self_weight * acc.evals), True, self.config.upsample)
             for name in names
         }
         detail = {name: m / acc.evals for name, m in acc.detail.items()}
