@@ -353,6 +353,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "cpus": sorted(__import__("os").sched_getaffinity(0)) if hasattr(__import__("os"), "sched_getaffinity") else None,
         "sink_cpus": sorted(sink_cpus) if sink_cpus else None,
         "median_seconds": {v: statistics.median(t) for v, t in times.items()},
+        "frames_per_second": {v: round(1.0 / statistics.median(t), 2) for v, t in times.items()},  # one image per call
         "seconds": {v: [round(x, 5) for x in t] for v, t in times.items()},
         "median_ratio_vs_plain": ratios,
         "ratio_ci95": {v: median_ci(r) for v, r in per_round.items()},
@@ -442,12 +443,13 @@ def _python_profiles(table: dict[str, Callable[[], None]], variants: list[str], 
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"{result['pipeline']} on {result['device']}, {result['steps']} steps, {result['runs']} interleaved runs")
-    print(f"{'variant':14s} {'median s':>9s} {'ratio':>7s} {'95% CI':>13s} {'best-of':>8s} {'peak MiB':>9s}")
+    print(f"{'variant':14s} {'median s':>9s} {'fps':>7s} {'ratio':>7s} {'95% CI':>13s} {'best-of':>8s} {'peak MiB':>9s}")
     for v, r in result["median_ratio_vs_plain"].items():
         mem = (result.get("peak_memory_mb") or {}).get(v, "")
         lo, hi = (result.get("ratio_ci95") or {}).get(v, (r, r))
         best = (result.get("best_ratio_vs_plain") or {}).get(v, r)
-        print(f"{v:14s} {result['median_seconds'][v]:9.3f} {r:7.3f} {lo:6.3f}-{hi:6.3f} {best:8.3f} {mem!s:>9s}")
+        sec = result["median_seconds"][v]
+        print(f"{v:14s} {sec:9.3f} {1 / sec:7.2f} {r:7.3f} {lo:6.3f}-{hi:6.3f} {best:8.3f} {mem!s:>9s}")
     if result.get("cpu_steal_percent") is not None:
         print(f"CPU steal during the timed rounds: {result['cpu_steal_percent']} %; load average {result.get('loadavg')}")
     if any((result.get("capture_graphs") or {}).values()):

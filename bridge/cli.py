@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "relevance": ("bridge.commands.relevance", "head relevance vectors: which heads attend to which concept, over random generations"),
     "relevance-eval": ("bridge.commands.relevance_eval", "selective aggregation on the shapes world: all vs top-k vs bottom-k heads, ablation over k"),
     "relevance-diagnose": ("bridge.commands.relevance_diagnose", "one word's map under each concept's most relevant heads, side by side (PNG)"),
+    "study": ("bridge.commands.study", "when does each element emerge? per-word/phrase timings over templates and seeds, with CIs"),
     "titan": ("bridge.commands.titan", "TITAN: generate (or read traces), find the prompts' objects, write a COCO dataset"),
     "eval-objects": ("bridge.commands.eval_objects", "score object detection from attention against the shapes world's ground truth"),
     "eval-shapes": ("bridge.commands.eval_shapes", "evaluate the embedded shapes model: adherence and attention IoU"),

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from bridge.budget import MAX_STEP_SECONDS, Budget, BudgetError, latent_tokens
 from bridge.protocol import Packet
 from bridge.runner import Request, Runner, RunResult
 from bridge.protocol import state_code
@@ -36,6 +37,7 @@ class DaemonOptions:
     playlist_pause: float = 2.0
     heartbeat: float = 1.0
     progress: bool = False  # a console progress bar per run (stepx serve turns it on for a terminal)
+    max_step_seconds: float = MAX_STEP_SECONDS  # refuse requests predicted to take longer per step (bridge.budget)
 
 
 class Daemon:
@@ -63,6 +65,7 @@ class Daemon:
         self.results: deque[RunResult] = deque(maxlen=32)  # the latest runs only: a show runs all night
         self.runs_done = 0
         self._started = time.time()
+        self.budget = Budget(runner.pipe, self.options.max_step_seconds)
 
     # --- control (any thread) --------------------------------------------------------------
     def handle(self, req: Any) -> dict[str, Any]:
@@ -70,6 +73,7 @@ class Daemon:
         cmd = "generate" if req.cmd == "start" else req.cmd
         if cmd == "generate":
             warnings = self.runner.check(req.params)  # a focus word not in the prompt is refused here (ValueError)
+            self.check(req.params)  # refused at the door, with the reason, if the machine cannot serve it
             self.submit(req.params)
             return {"queued": True, **({"warnings": warnings} if warnings else {})}
         if cmd == "cancel":
@@ -83,11 +87,17 @@ class Daemon:
             for i, item in enumerate(req.playlist):
                 try:
                     self.runner.check(item)
+                    self.check(item)
                 except ValueError as exc:
                     raise ValueError(f"playlist item {i}: {exc}") from None
             self.set_playlist(list(req.playlist), bool(req.loop))
             return {"playlist": len(self._playlist), "loop": self._playlist_loop}
         return self.status()  # status, ping
+
+    def check(self, request: Request) -> None:
+        """Raise :class:`~bridge.budget.BudgetError` if ``request`` cannot be served on this machine
+        (memory, or a step too long to cancel within); from what is known, never running the model."""
+        self.budget.check(request.width, request.height, request.guidance, probe=False)
 
     def submit(self, request: Request) -> None:
         """Queue ``request`` (latest wins) and preempt the current run."""
@@ -165,6 +175,13 @@ class Daemon:
     def _generate(self, req: Request) -> None:
         self._cancel.clear()
         self._current, self._state, self._message = req, "generating", ""
+        try:  # here, on the model's thread, a first oversized request may time one probe step
+            self.budget.check(req.width, req.height, req.guidance)
+        except BudgetError as exc:
+            self._state, self._message = "error", str(exc)
+            self.publish(Packet("status", {**self.status(), "error": str(exc)}))
+            log.error("request not started: %s", exc)
+            return
         bar = None
         if self.options.progress:
             from tqdm import tqdm
@@ -194,6 +211,9 @@ class Daemon:
                 bar.close()
         self.results.append(result)
         self.runs_done += 1
+        if result.status == "done" and result.timings and result.steps:
+            self.budget.learn(latent_tokens(self.runner.pipe, req.width, req.height),
+                              result.timings["denoise"] / result.steps)
         if result.status == "done":
             self._last_packets = record.items
         if result.status == "error":
@@ -211,6 +231,9 @@ class Daemon:
             self._state = "replaying"
         self._wake.clear()  # a wake left from the run's own submit must not cut the replay short; new work is seen below
         period = 1.0 / max(self.options.replay_fps, 0.1)
+        if self._wake.wait(period):  # one frame's pause at the loop point: the last end, then the next run
+            self._wake.clear()
+            return
         for p in self._last_packets:
             if self._stop.is_set() or self._pending is not None or self._playlist:
                 return

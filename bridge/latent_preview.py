@@ -32,12 +32,12 @@ def decode_full(pipe, latents: torch.Tensor) -> np.ndarray:
     vae = pipe.vae
     scale = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
     shift = float(getattr(vae.config, "shift_factor", 0.0) or 0.0)
-    upcast = (vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-              and hasattr(pipe, "upcast_vae"))
+    dtype = vae.dtype  # diffusers walks every submodule for it: read once (a fixed cost per run)
+    upcast = dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False)) and hasattr(pipe, "upcast_vae")
     if upcast:
         vae.to(torch.float32)
     try:
-        z = (latents.to(vae.dtype) / scale) + shift
+        z = (latents.to(torch.float32 if upcast else dtype) / scale) + shift
         image = vae.decode(z, return_dict=False)[0]  # [1, 3, H, W] in [-1, 1]
     finally:
         if upcast:

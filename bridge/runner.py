@@ -18,10 +18,10 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapter_for, build_token_map
+from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapter_for
 from bridge.latent_preview import LinearPreview, decode_full
 from bridge.capture.errors import WordNotFoundError
-from bridge.capture.tokens import unseen_words
+from bridge.capture.tokens import build_token_map, unseen_words
 from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
 from bridge.protocol import Packet
 from bridge.request import GenerateParams
@@ -182,8 +182,9 @@ class Runner:
         t0 = time.perf_counter()
         state = RunState(phases=self.phases_where())
         try:
-            tokenizer = adapter_for(self.pipe).tokenizer()
-            tokens = build_token_map(tokenizer, req.prompt)
+            adapter = adapter_for(self.pipe)
+            tokens = adapter.token_map(req.prompt)  # the run's own word map (FLUX: its T5 tokens)
+            tokenizer = adapter.tokenizer()
             for word in req.focus:
                 tokens.index(word)  # a bad focus word fails before any compute, listing the words
             state.unseen = unseen_words(tokenizer, tokens.words)
@@ -241,7 +242,7 @@ class Runner:
             image = None
             if status == "done":
                 with torch.inference_mode():
-                    image = decode_full(self.pipe, latents[:1])
+                    image = decode_full(self.pipe, cap.adapter.frame_latents(latents)[:1])  # FLUX: unpacked
                 self._send(Packet("image", {"run_id": run.run_id, "step": run.steps_done - 1, "final": True, "preview": "vae"}, {"image": image}))
                 if recorder is not None:
                     self._send(objects_packet(run.run_id, req.prompt, recorder.evidence(image)))

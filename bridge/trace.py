@@ -7,11 +7,19 @@ detectable and nameable (record number, byte offset). The writer fsyncs each rec
 renames ``PATH.partial`` -> ``PATH`` only after an ``end`` packet, so a file named ``PATH``
 always ends with a finished run and a crash leaves a readable ``PATH.partial``.
 
+Version 2 adds a CRC of each record's frame header, so a reader that meets a damaged record
+(a flipped bit, a torn write) can tell a true frame from payload bytes that happen to look like
+one and resynchronise at the next 8-aligned record mark: one bad record costs that record, not
+the rest of the file. Version 1 files (no frame CRC) still read; their resync relies on the
+payload CRC alone.
+
 Layout (little-endian; docs/TRACE.md has the byte table and a numpy-only reader)::
 
     preamble  8s magic b"STPXTRAC", u16 version, u16 flags, u32 json_len,
               json_len bytes of a UTF-8 JSON line ("\\n"-terminated), 0x00 pad to 8
-    record    4s b"SXRC", u32 payload_len, u32 crc32(payload), u32 record_index,
+    record    v2: 4s b"SXRC", u32 payload_len, u32 crc32(payload), u32 record_index,
+                  u32 reserved (0), u32 crc32(the 20 bytes before it),
+              v1: the first four fields only (16 bytes);
               payload (one wire v1 message), 0x00 pad to 8          -- repeated
 """
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -33,12 +42,22 @@ from bridge import protocol as wire
 log = logging.getLogger(__name__)
 
 MAGIC = b"STPXTRAC"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # what this reader reads
 PREAMBLE = struct.Struct("<8sHHI")  # magic, version, flags, json_len
 RECORD_MARK = b"SXRC"
-RECORD = struct.Struct("<4sIII")  # mark, payload_len, crc32, record_index
+RECORD = struct.Struct("<4sIIIII")  # v2: mark, payload_len, crc32(payload), record_index, reserved, crc32(frame[:20])
+RECORD_V1 = struct.Struct("<4sIII")  # v1: mark, payload_len, crc32(payload), record_index
+FRAMES = {1: RECORD_V1, 2: RECORD}
 MAX_RECORD = 1 << 31
+#: Ranges of the header fields every tool reads from a file (a crafted trace gets a clear error).
+MAX_STEPS = 100_000
+MAX_SIDE = 16_384
+MAX_WORDS = 4_096
+MAX_ID = 256
 PARTIAL_SUFFIX = ".partial"
+#: what a writer does with a trace already at its path (see TraceWriter)
+EXISTING = ("refuse", "append", "overwrite")
 FORMAT_NAME = "stepx-trace"
 
 
@@ -56,6 +75,61 @@ class TraceCorruptError(TraceError):
 
 class TracePartialError(TraceError):
     """The trace stops early: a short record at the end, or a run without its ``end`` record."""
+
+
+class TraceWriteError(OSError):
+    """The recorder could not write (disk full, I/O error): it stopped, keeping every whole record."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A stretch of a trace the reader could not use and stepped over (bytes ``offset`` to ``end``)."""
+
+    offset: int
+    end: int
+    records: int  # record numbers that are missing there (from the indices either side; 0 if unknown)
+    reason: str
+
+
+def check_fields(kind: str, header: dict[str, Any]) -> None:
+    """Raise ValueError unless the fields the project's tools read are of the right type and range.
+
+    Every record read from a file passes through here, so a crafted ``step = 10**30`` is a clear
+    error at the door of ``export``, ``replay`` and the preview, not a traceback deep inside them."""
+
+    def whole(name: str, lo: int, hi: int) -> None:
+        v = header.get(name)
+        if v is None:
+            return
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"{kind} field {name!r} = {_short(v)} is not a whole number in {lo}..{hi}")
+
+    whole("step", 0, MAX_STEPS)
+    whole("total_steps", 0, MAX_STEPS)
+    if kind == "end":  # (elsewhere "steps" may name other things)
+        whole("steps", 0, MAX_STEPS)
+    whole("width", 0, MAX_SIDE)
+    whole("height", 0, MAX_SIDE)
+    rid = header.get("run_id")
+    if rid is not None and (not isinstance(rid, str) or len(rid) > MAX_ID):
+        raise ValueError(f"{kind} field 'run_id' = {_short(rid)} is not a string of at most {MAX_ID} characters")
+    words = header.get("words")
+    if words is not None and (not isinstance(words, list) or len(words) > MAX_WORDS
+                              or not all(isinstance(w, str) for w in words)):
+        raise ValueError(f"{kind} field 'words' = {_short(words)} is not a list of at most {MAX_WORDS} strings")
+    size = header.get("map_size")
+    sides = size if isinstance(size, list) and len(size) == 2 else [size]  # [H, W], or one side (square)
+    if size is not None and any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE for v in sides):
+        raise ValueError(f"{kind} field 'map_size' = {_short(size)} is not [H, W] with sides in 1..{MAX_SIDE}")
+    for name in ("progress", "timestep", "guidance"):
+        v = header.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or abs(v) > 1e12):
+            raise ValueError(f"{kind} field {name!r} = {_short(v)} is not a finite number")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _align8(n: int) -> int:
@@ -80,16 +154,22 @@ def _set_aside(path: Path, why: str) -> Path:
     raise FileExistsError(f"no free name beside {path} to keep it")
 
 
-def encode_preamble(info: dict[str, Any]) -> bytes:
+def encode_preamble(info: dict[str, Any], version: int = VERSION) -> bytes:
     """The file preamble: magic, version, and one JSON line describing the format."""
     line = (json.dumps(info, separators=(",", ":"), sort_keys=True) + "\n").encode("utf-8")
-    head = PREAMBLE.pack(MAGIC, VERSION, 0, len(line)) + line
+    head = PREAMBLE.pack(MAGIC, version, 0, len(line)) + line
     return head + b"\x00" * (_align8(len(head)) - len(head))
 
 
-def encode_record(payload: bytes, index: int) -> bytes:
-    """One framed record: mark, length, CRC32 of the payload, index, payload, pad to 8."""
-    head = RECORD.pack(RECORD_MARK, len(payload), zlib.crc32(payload) & 0xFFFFFFFF, index & 0xFFFFFFFF)
+def encode_record(payload: bytes, index: int, version: int = VERSION) -> bytes:
+    """One framed record: mark, length, CRC32 of the payload, index (v2: reserved and the
+    frame's own CRC32), payload, pad to 8."""
+    crc, index = zlib.crc32(payload) & 0xFFFFFFFF, index & 0xFFFFFFFF
+    if version == 1:
+        head = RECORD_V1.pack(RECORD_MARK, len(payload), crc, index)
+    else:
+        first = RECORD_V1.pack(RECORD_MARK, len(payload), crc, index) + b"\x00" * 4
+        head = first + struct.pack("<I", zlib.crc32(first) & 0xFFFFFFFF)
     return head + payload + b"\x00" * (_align8(len(payload)) - len(payload))
 
 
@@ -101,11 +181,23 @@ def encode_record(payload: bytes, index: int) -> bytes:
 class TraceWriter:
     """Record Packets to ``path``; a fan-out Sink (``name``, ``encoding``, ``send``, ``close``).
 
-    Writes go to ``PATH.partial``, each record flushed and fsynced; an ``end`` packet renames
-    the file atomically to ``PATH`` (and a later ``run`` packet renames it back while that run
-    is written, so ``PATH`` always names a file whose last run finished). ``append=True``
-    continues an existing finished trace (a daemon session: one file, many runs).
-    ``skip_kinds`` are not recorded (status heartbeats by default).
+    Writes go to ``PATH.partial``, each record written whole and fsynced; an ``end`` packet
+    renames the file atomically to ``PATH`` (and a later ``run`` packet renames it back while
+    that run is written, so ``PATH`` always names a file whose last run finished).
+
+    ``existing`` says what happens when ``PATH`` is already there (a recording is never
+    destroyed unless asked): ``"refuse"`` (the default) raises :class:`FileExistsError` naming
+    the choices, ``"append"`` continues it (a daemon session: one file, many runs; a damaged
+    or unfinished file is refused, never appended to), ``"overwrite"`` replaces it when the
+    first run ends. ``append=True`` is ``existing="append"``.
+
+    ``skip_kinds`` are not recorded (status heartbeats by default), nor packets marked
+    ``"replay": true`` (the daemon's idle loop re-sends a run already recorded) unless
+    ``skip_replays=False``.
+
+    A write that fails (disk full, I/O error) stops the recorder: the file is cut back to the
+    last whole record, the error is logged once, ``failed`` says why, and every later ``send``
+    raises :class:`TraceWriteError`. What was recorded before stays readable.
 
     ``lossless = True`` tells a fan-out that this sink must see every packet (FanOut's
     latest-wins slots would otherwise drop steps when a disk stalls).
@@ -115,43 +207,88 @@ class TraceWriter:
     inline = False
 
     def __init__(self, path: str | os.PathLike[str], *, encoding: str = "float16", append: bool = False,
-                 fsync: bool = True, skip_kinds: tuple[str, ...] = ("status",), name: str = "record") -> None:
+                 existing: str = "refuse", fsync: bool = True, skip_kinds: tuple[str, ...] = ("status",),
+                 skip_replays: bool = True, name: str = "record") -> None:
         if encoding not in wire.ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; expected one of {', '.join(wire.ENCODINGS)}")
+        existing = "append" if append else existing
+        if existing not in EXISTING:
+            raise ValueError(f"existing={existing!r}; expected one of {', '.join(EXISTING)}")
         self.name, self.encoding = name, encoding
         self.path = Path(path)
         self.partial = partial_path(self.path)
-        self.fsync, self.skip_kinds = fsync, frozenset(skip_kinds)
+        self.fsync, self.skip_kinds, self.skip_replays = fsync, frozenset(skip_kinds), skip_replays
         self.records = 0
+        self.failed: str | None = None
+        self.version = VERSION
         self._lock = threading.Lock()
         self._open_run = False  # a run packet was written and its end not yet
         self._has_run = False  # at least one run packet is in the file
         self._named_final = False  # the open file is currently called PATH (not PATH.partial)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise IsADirectoryError(f"{self.path} is a folder; name a trace file inside it")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(f"{self.path.parent} is not a folder (a file is in the way)") from None
+        there = self.path.exists()
+        if there and existing == "refuse":
+            raise FileExistsError(f"{self.path} already holds a recording; refusing to replace it. Choose another "
+                                  f"path, or say what to do with it: append (add the new runs to it) or overwrite")
         if self.partial.exists():  # an earlier writer stopped mid-run (a crash): keep what it wrote
             aside = _set_aside(self.partial, "interrupted")
             log.warning("%s was left by a recording that never finished; kept as %s", self.partial, aside)
-        if append and self.path.exists():
-            reader = TraceReader(self.path)  # raises if damaged or unfinished: never append to those
-            self.records, self._has_run = len(reader.index), True
+        if there and existing == "append":
+            try:
+                reader = TraceReader(self.path)  # raises if damaged or unfinished: never append to those
+            except TraceError as exc:
+                raise TraceError(f"cannot append to {self.path}: {exc}") from None
+            self.records, self._has_run, self.version = len(reader.index), True, reader.version
+            end = reader.data_end
             reader.close()
             os.replace(self.path, self.partial)
-            self._f = open(self.partial, "r+b")
-            self._f.seek(reader.data_end)
-            self._f.truncate()
+            self._f = open(self.partial, "r+b", buffering=0)
+            self._f.truncate(end)
+            self._f.seek(end)
+            self._good_end = end
         else:
-            self._f = open(self.partial, "wb")
-            self._f.write(encode_preamble({
+            self._f = open(self.partial, "wb", buffering=0)
+            self._good_end = 0
+            self._write(encode_preamble({
                 "format": FORMAT_NAME, "version": VERSION, "payload": "stepx wire v1 (docs/PROTOCOL.md)",
-                "record": "<4sIII: b'SXRC', payload_len, crc32(payload), record_index; payload; pad to 8",
+                "record": "<4sIIIII: b'SXRC', payload_len, crc32(payload), record_index, 0, crc32(these 20 bytes); "
+                          "payload; pad to 8",
                 "encoding": encoding, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }))
-            self._sync()
+            }), "the preamble")
 
-    def _sync(self) -> None:
-        self._f.flush()
-        if self.fsync:
-            os.fsync(self._f.fileno())
+    def _write(self, data: bytes, what: str) -> None:
+        """Write ``data`` whole and sync it, or cut the file back to the last whole record and stop."""
+        try:
+            view, done = memoryview(data), 0
+            while done < len(view):  # an unbuffered write may be partial
+                done += self._f.write(view[done:])
+            if self.fsync:
+                os.fsync(self._f.fileno())
+        except OSError as exc:
+            self._fail(exc, what)
+        self._good_end += len(data)
+
+    def _fail(self, exc: OSError, what: str) -> None:
+        kept = "nothing" if self.records == 0 else f"the {self.records} whole records before it"
+        try:
+            self._f.truncate(self._good_end)
+            if self.fsync:
+                os.fsync(self._f.fileno())
+            cut = f"cut back to byte {self._good_end}, keeping {kept}"
+        except OSError as exc2:
+            cut = f"could not cut back to byte {self._good_end} ({exc2}); readers skip the torn record"
+        self._f.close()
+        if self._good_end == 0:  # not even the preamble: nothing worth keeping
+            self.partial.unlink(missing_ok=True)
+        where = self.path if self._named_final else self.partial
+        self.failed = f"writing {what} to {where} failed ({exc.strerror or exc}): recording stopped; {cut}"
+        log.error("trace %s", self.failed)
+        raise TraceWriteError(exc.errno, self.failed) from exc
 
     def _sync_dir(self) -> None:
         if self.fsync and hasattr(os, "O_DIRECTORY"):
@@ -164,14 +301,15 @@ class TraceWriter:
     def write_bytes(self, payload: bytes, kind: str) -> None:
         """Append one encoded Packet (``kind`` drives the PATH/PATH.partial renames)."""
         with self._lock:
+            if self.failed:
+                raise TraceWriteError(self.failed)
             if self._f.closed:
                 raise ValueError(f"trace {self.path} is closed")
             if self._named_final:  # being written again: unfinished until the next end
                 os.replace(self.path, self.partial)
                 self._named_final = False
-            self._f.write(encode_record(payload, self.records))
+            self._write(encode_record(payload, self.records, self.version), f"record #{self.records} ({kind})")
             self.records += 1
-            self._sync()
             if kind == "run":
                 self._open_run = self._has_run = True
             elif kind == "end":
@@ -187,17 +325,19 @@ class TraceWriter:
 
     def send(self, packet: Any, data: bytes | None = None) -> None:
         """Sink interface: record the pre-encoded ``data`` (encoded here if not given)."""
-        if packet.kind in self.skip_kinds:
+        if packet.kind in self.skip_kinds or (self.skip_replays and packet.header.get("replay") is True):
             return
         self.write_bytes(data if data is not None else wire.encode(packet, self.encoding), packet.kind)
 
     def close(self) -> None:
-        """Flush and close. Without a final ``end`` the file stays ``PATH.partial`` (on purpose)."""
+        """Close. Without a final ``end`` the file stays ``PATH.partial`` (on purpose)."""
         with self._lock:
             if self._f.closed:
                 return
-            self._sync()
             self._f.close()
+            if self.records == 0:  # nothing was recorded: leave no empty file behind
+                self.partial.unlink(missing_ok=True)
+                return
             if not self._named_final and self._has_run and not self._open_run:
                 self._finalise()
             if not self._named_final:
@@ -239,13 +379,19 @@ class RunInfo:
 
 
 class TraceReader:
-    """Read a trace written by :class:`TraceWriter`, checking every frame and CRC on open.
+    """Read a trace written by :class:`TraceWriter`, checking every frame, CRC and field on open.
 
     Opening scans the file once and builds ``index`` (one :class:`RecordInfo` per record) and
-    ``runs``. A damaged file raises :class:`TraceFormatError` / :class:`TraceCorruptError`; a
-    file that stops early (short last record, or a last run without ``end``) raises
-    :class:`TracePartialError` unless ``allow_partial=True``, in which case ``partial`` is True
-    and ``problem`` says what is missing. If ``PATH`` does not exist but ``PATH.partial`` does,
+    ``runs``. A damaged record (bad mark, frame or payload CRC, an undecodable payload, a field
+    out of range) does not end the scan: the reader resynchronises at the next true record and
+    lists what it stepped over in ``skipped`` (:class:`Skipped`). By default any damage then
+    raises :class:`TraceCorruptError` naming the first bad record and how many intact records
+    ``allow_partial=True`` would recover; with it, ``partial`` is True, ``problem`` says what
+    was skipped or is missing, and every intact record is there.
+
+    A file that stops early (short last record, or a last run without ``end``) raises
+    :class:`TracePartialError` unless ``allow_partial=True``. Not a trace at all, or an unknown
+    version: :class:`TraceFormatError`. If ``PATH`` does not exist but ``PATH.partial`` does,
     that file is opened (with ``allow_partial``) or named in the error.
     """
 
@@ -260,29 +406,45 @@ class TraceReader:
                     f"{path} does not exist but {alt} does: that recording never finished "
                     f"(no end record); open it with allow_partial=True / --allow-partial to use what is there")
             path = alt
+        if path.is_dir():
+            raise TraceFormatError(f"{path} is a folder, not a trace file")
         self.path = path
         self.index: list[RecordInfo] = []
         self.runs: list[RunInfo] = []
+        self.skipped: list[Skipped] = []
         self.problem: str | None = None
         self.truncated_at: int | None = None
         self._f = open(path, "rb")
         try:
             self.info, self.data_start = self._read_preamble()
+            self._frame = FRAMES[self.version]
             self._scan()
         except BaseException:
             self._f.close()
             raise
-        self.data_end = self.index[-1].offset + RECORD.size + _align8(self.index[-1].length) if self.index \
-            else self.data_start
+        last = self.index[-1] if self.index else None
+        self.data_end = last.offset + self._frame.size + _align8(last.length) if last else self.data_start
+        if self.skipped:
+            first = self.skipped[0]
+            lost = sum(k.records for k in self.skipped)
+            self.problem = (f"skipped {len(self.skipped)} damaged stretch(es) ({lost} record(s) lost), the first "
+                            f"{first.reason}" + (f"; also {self.problem}" if self.problem else ""))
+            for k in self.skipped if allow_partial else ():  # strict: the error below says it
+                log.warning("%s: %s; skipped bytes %d..%d (%d record(s))", path, k.reason, k.offset, k.end, k.records)
+            if not allow_partial:
+                self._f.close()
+                raise TraceCorruptError(
+                    f"{path}: {first.reason}; {len(self.skipped)} damaged stretch(es) in all; "
+                    f"pass allow_partial=True / --allow-partial to use the {len(self.index)} intact records")
         if self.problem is None:
             if not self.runs:
                 self.problem = "the trace holds no run packet"
             elif not self.runs[-1].ended:
                 r = self.runs[-1]
-                last = [self.index[i].step for i in r.records if self.index[i].kind == "step"]
+                last_steps = [self.index[i].step for i in r.records if self.index[i].kind == "step"]
                 self.problem = (f"run {r.run_id!r} (run #{r.number}) has no end record: it stops after "
-                                f"{len(last)} step packets (last step {last[-1] if last else None} of "
-                                f"{r.header.get('total_steps')})")
+                                f"{len(last_steps)} step packets (last step {last_steps[-1] if last_steps else None} "
+                                f"of {r.header.get('total_steps')})")
         self.partial = self.problem is not None or path.name.endswith(PARTIAL_SUFFIX)
         if self.partial and self.problem is None:
             self.problem = f"the file is still named {path.name} (the writer never renamed it)"
@@ -301,72 +463,132 @@ class TraceReader:
         magic, version, _flags, jlen = PREAMBLE.unpack(raw)
         if magic != MAGIC:
             raise TraceFormatError(f"{self.path}: bad magic {magic!r} at byte 0; a StepX trace starts with {MAGIC!r}")
-        if version != VERSION:
-            raise TraceFormatError(f"{self.path}: trace version {version}; this reader reads version {VERSION}")
+        if version not in VERSIONS:
+            raise TraceFormatError(f"{self.path}: trace version {version}; this reader reads versions "
+                                   f"{', '.join(map(str, VERSIONS))}")
+        self.version = version
         line = self._f.read(jlen)
         try:
             if len(line) < jlen:
                 raise ValueError(f"only {len(line)} of {jlen} bytes")
             info = json.loads(line.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise TraceFormatError(f"{self.path}: preamble JSON line at byte {PREAMBLE.size} is unreadable: {exc}") from None
         return info, _align8(PREAMBLE.size + jlen)
 
+    def _frame_at(self, mm: Any, off: int, size: int) -> tuple[int, int, int] | str:
+        """``(payload_len, crc, index)`` of a frame that checks out at ``off``, else why not (a
+        string; ``"short"`` when the file ends inside the frame or its payload)."""
+        fr = self._frame
+        if off + fr.size > size:
+            return "short"
+        fields = fr.unpack_from(mm, off)
+        mark, n, crc, idx = fields[:4]
+        if mark != RECORD_MARK:
+            return f"bad record mark {bytes(mark)!r} (expected {RECORD_MARK!r})"
+        if self.version >= 2 and zlib.crc32(mm[off:off + 20]) & 0xFFFFFFFF != fields[5]:
+            return "frame CRC mismatch (the length or index field is damaged)"
+        if n > MAX_RECORD:
+            return f"impossible length {n}"
+        if off + fr.size + n > size:
+            return "short"
+        got = zlib.crc32(mm[off + fr.size:off + fr.size + n]) & 0xFFFFFFFF
+        if got != crc:
+            return f"CRC mismatch (stored {crc:08x}, computed {got:08x}); the record is corrupt"
+        return n, crc, idx
+
+    def _resync(self, mm: Any, start: int, size: int) -> int:
+        """Offset of the next 8-aligned frame after ``start`` that checks out (or ``size``)."""
+        at = start + 8
+        while (at := mm.find(RECORD_MARK, at)) >= 0:
+            if at % 8 == 0 and not isinstance(self._frame_at(mm, at, size), str):
+                return at
+            at += 8 - at % 8 if at % 8 else 8
+        return size
+
     def _scan(self) -> None:
-        f, off, i = self._f, self.data_start, 0
-        size = os.fstat(f.fileno()).st_size
-        while off < size:
-            f.seek(off)
-            raw = f.read(RECORD.size)
-            if len(raw) < RECORD.size:
-                self._truncated(off, i, f"record #{i} at byte {off}: only {len(raw)} of the {RECORD.size} frame bytes")
-                return
-            mark, n, crc, idx = RECORD.unpack(raw)
-            if mark != RECORD_MARK:
-                raise TraceCorruptError(f"{self.path}: record #{i} at byte {off}: bad record mark {mark!r} "
-                                        f"(expected {RECORD_MARK!r}); the file is corrupt here")
-            if n > MAX_RECORD:
-                raise TraceCorruptError(f"{self.path}: record #{i} at byte {off}: impossible length {n}")
-            payload = f.read(n)
-            if len(payload) < n:
-                self._truncated(off, i, f"record #{i} at byte {off}: payload has {len(payload)} of {n} bytes")
-                return
-            if zlib.crc32(payload) & 0xFFFFFFFF != crc:
-                raise TraceCorruptError(f"{self.path}: record #{i} at byte {off}: CRC mismatch "
-                                        f"(stored {crc:08x}, computed {zlib.crc32(payload) & 0xFFFFFFFF:08x}); "
-                                        f"the record is corrupt")
-            if idx != i & 0xFFFFFFFF:
-                raise TraceCorruptError(f"{self.path}: record #{i} at byte {off}: frame says index {idx}; "
-                                        f"records are missing or out of order")
-            try:
-                _topic, head, _block = wire.split(payload)
-                wire.decode(payload)  # validates the array table against the data block
-            except wire.WireError as exc:
-                raise TraceCorruptError(f"{self.path}: record #{i} at byte {off}: bad wire payload: {exc}") from None
-            h = head.get("header") or {}
-            step = h.get("step")
-            rec = RecordInfo(i, off, n, head["kind"], h.get("run_id"), step if isinstance(step, int) else None)
-            self._add(rec, h)
-            off += RECORD.size + _align8(n)
-            i += 1
+        size = os.fstat(self._f.fileno()).st_size
+        if size <= self.data_start:
+            return
+        with mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            off, expect = self.data_start, 0
+            while off < size:
+                got = self._frame_at(mm, off, size)
+                if got == "short" and self._resync(mm, off, size) == size:  # the file ends inside this record
+                    have = size - off - self._frame.size
+                    what = (f"only {size - off} of the {self._frame.size} frame bytes" if have < 0 else
+                            f"payload has {have} of {RECORD_V1.unpack_from(mm, off)[1]} bytes")
+                    self._truncated(off, expect, f"record #{expect} at byte {off}: {what}")
+                    return
+                if isinstance(got, str):  # damaged: step over it to the next true frame
+                    nxt = self._resync(mm, off, size)
+                    reason = "the frame is cut short" if got == "short" else got
+                    self._skip(off, nxt, 0, f"record #{expect} at byte {off}: {reason}")
+                    off = nxt
+                    continue
+                n, _crc, idx = got
+                nxt = off + self._frame.size + _align8(n)
+                if idx != expect & 0xFFFFFFFF:
+                    if idx < expect and self.index:
+                        self._skip(off, nxt, 0, f"record #{expect} at byte {off}: frame says index {idx}; "
+                                                f"records are out of order")
+                        off = nxt
+                        continue
+                    missing = idx - expect
+                    if self.skipped and self.skipped[-1].end == off:  # the records lost in the stretch just skipped
+                        last = self.skipped.pop()
+                        self.skipped.append(Skipped(last.offset, last.end, missing, last.reason))
+                    else:
+                        self._skip(off, off, missing, f"record #{expect} at byte {off}: frame says index {idx}; "
+                                                      f"records are missing or out of order")
+                    expect = idx
+                payload = mm[off + self._frame.size: off + self._frame.size + n]
+                why = self._record(off, expect, n, payload)
+                last = self.skipped[-1] if self.skipped else None
+                if why and why.startswith("orphan") and last and last.end == off and "its run packet" in last.reason:
+                    self.skipped[-1] = Skipped(last.offset, nxt, last.records + 1, last.reason)  # the same lost run
+                elif why:
+                    self._skip(off, nxt, 1, f"record #{expect} at byte {off}: {why.removeprefix('orphan: ')}")
+                off, expect = nxt, expect + 1
+
+    def _record(self, off: int, i: int, n: int, payload: bytes) -> str | None:
+        """Index one record whose frame checked out; why it cannot be used, else None."""
+        try:
+            _topic, head, _block = wire.split(payload)
+            wire.decode(payload)  # validates the array table against the data block
+        except (wire.WireError, RecursionError) as exc:
+            return f"bad wire payload: {exc}"
+        h = head.get("header") or {}
+        try:
+            check_fields(head["kind"], h)
+        except ValueError as exc:
+            return f"field out of range: {exc}"
+        rec = RecordInfo(i, off, n, head["kind"], h.get("run_id"), h.get("step"))
+        if rec.kind == "run":
+            self.runs.append(RunInfo(len(self.runs), rec.run_id, dict(h)))
+        elif rec.kind == "status":
+            pass
+        elif not self.runs:
+            return f"a {rec.kind!r} packet before any run packet"
+        elif rec.run_id is not None and rec.run_id != self.runs[-1].run_id:
+            return (f"orphan: a {rec.kind!r} packet of run {rec.run_id!r} inside run {self.runs[-1].run_id!r} "
+                    f"(its run packet was lost; the run's later records are skipped with it)")
+        pos = len(self.index)
+        self.index.append(rec)
+        if self.runs:
+            self.runs[-1].records.append(pos)
+            if rec.kind == "end":
+                self.runs[-1].ended = True
+        return None
+
+    def _skip(self, off: int, end: int, records: int, reason: str) -> None:
+        self.skipped.append(Skipped(off, end, records, reason))
 
     def _truncated(self, off: int, i: int, what: str) -> None:
         self.truncated_at = off
         self.problem = f"truncated at {what} (file ends at byte {os.fstat(self._f.fileno()).st_size})"
-
-    def _add(self, rec: RecordInfo, header: dict[str, Any]) -> None:
-        pos = len(self.index)
-        self.index.append(rec)
-        if rec.kind == "run":
-            self.runs.append(RunInfo(len(self.runs), rec.run_id, dict(header)))
-        elif not self.runs:
-            if rec.kind != "status":
-                raise TraceCorruptError(f"{self.path}: record #{rec.index} at byte {rec.offset}: a {rec.kind!r} "
-                                        f"packet before any run packet")
-            return
-        self.runs[-1].records.append(pos)
-        if rec.kind == "end":
-            self.runs[-1].ended = True
 
     # -- access ------------------------------------------------------------------------
     @property
@@ -390,11 +612,11 @@ class TraceReader:
 
     def read_bytes(self, pos: int) -> bytes:
         """The wire payload of ``index[pos]`` (the exact bytes a subscriber would receive)."""
-        rec = self.index[pos]
+        rec, fr = self.index[pos], self._frame
         self._f.seek(rec.offset)
-        raw = self._f.read(RECORD.size + rec.length)
-        data = raw[RECORD.size:]
-        if len(data) != rec.length or zlib.crc32(data) & 0xFFFFFFFF != RECORD.unpack_from(raw)[2]:
+        raw = self._f.read(fr.size + rec.length)
+        data = raw[fr.size:]
+        if len(data) != rec.length or zlib.crc32(data) & 0xFFFFFFFF != fr.unpack_from(raw)[2]:
             raise TraceCorruptError(f"{self.path}: record #{rec.index} at byte {rec.offset} changed since it was opened")
         return data
 

@@ -315,6 +315,28 @@ def test_prompt_embeds_give_maps_without_words(sd_pipe):
         cap.last_run.words  # noqa: B018 (the property raises)
 
 
+def test_layers_are_found_once_per_unet_and_again_when_one_is_replaced():
+    """Every run installs a new capture: the walk over the UNet's modules is done once, and done
+    again when a layer module was swapped (its hooks must go on the new one)."""
+    import copy
+
+    from bridge.capture import adapter_for
+
+    pipe = tiny_sd_pipeline()
+    first = adapter_for(pipe).layers()
+    again = adapter_for(pipe).layers()
+    assert [(l.name, l.module) for l in again] == [(l.name, l.module) for l in first]
+    name = next(l.name for l in first if l.cross)
+    parent, _, leaf = name.rpartition(".")
+    new = copy.deepcopy(pipe.unet.get_submodule(name))
+    setattr(pipe.unet.get_submodule(parent), leaf, new)
+    swapped = {l.name: l.module for l in adapter_for(pipe).layers()}
+    assert swapped[name] is new and len(swapped) == len(first)
+    with capture(pipe) as cap:
+        generate(pipe, steps=1)
+    assert cap.last_run.frames[0].cross.shape[1] == 77
+
+
 def test_strict_prompt_length_raises_on_unet_pipelines(sd_pipe):
     """``capture(pipe, strict_prompt_length=True)`` used to be read by the MM-DiT path only."""
     from bridge.capture import PromptTooLongError, capture

@@ -114,7 +114,7 @@ def test_export_everything(trace, tmp_path):
     assert float(last["peak"]) == pytest.approx(float(np.float16(0.9)), rel=1e-5)
     assert float(last["centroid_x"]) == pytest.approx(0.25) and float(last["centroid_y"]) == pytest.approx(0.25)
     summary = list(csv.DictReader(open(out / "summary.csv")))
-    assert [r["word"] for r in summary] == WORDS and int(summary[0]["peak_mass_step"]) == T - 1
+    assert [r["word"] for r in summary] == WORDS and int(summary[0]["peak_step"]) == T - 1 and summary[0]["measures_from"] == "textures"
     # plots: one PNG per measure
     for m in ("mass", "entropy", "peak", "auc_so_far"):
         assert Image.open(out / "plots" / f"{m}.png").size == (800, 450)
@@ -221,3 +221,37 @@ def test_timeline_lines_are_all_distinct():
         styles = line_styles(n)
         assert len(styles) == n and len(set(styles)) == n
     assert timeline_png(np.arange(3), np.random.rand(3, 11), [f"w{i}" for i in range(11)], "mass")[:4] == b"\x89PNG"
+
+
+def test_summary_csv_agrees_with_the_timeline_packet(tmp_path):
+    """A real run's trace: summary.csv's AUC, peak and stabilisation steps are the timeline
+    packet's numbers for the same words (one definition per name), from the raw-map series the
+    step packets carry, not from the textures."""
+    import torch
+
+    from bridge.phases import PhaseEngine
+    from bridge.stream.recipes import timeline_of
+
+    words = ["red", "car"]
+    engine = PhaseEngine(words)
+    g = torch.Generator().manual_seed(3)
+    path = tmp_path / "t.trace"
+    n_steps = 8
+    with TraceWriter(path) as w:
+        w.send(Packet("run", {"run_id": "r", "prompt": "a red car", "words": words, "total_steps": n_steps}))
+        for s in range(n_steps):
+            raw = torch.rand(2, 8, 8, generator=g) * (0.02 if s > 4 else 0.2) + torch.linspace(0, 0.1, 64).view(1, 8, 8)
+            frame = engine.update(raw, s, n_steps)
+            w.send(Packet("step", {"run_id": "r", **frame.scalars()}, {"textures": frame.textures.numpy()}))
+        tl = timeline_of("r", engine)
+        w.send(Packet("end", {"run_id": "r", "status": "done"}))
+    out = tmp_path / "x"
+    export_trace(path, out, ExportOptions(csv=True))
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["measures_from"] for r in rows] == ["raw", "raw"]
+    h = tl.header
+    for j, r in enumerate(rows):
+        assert float(r["auc"]) == pytest.approx(h["auc"][j], rel=1e-5)  # the CSV keeps 6 digits
+        assert int(r["peak_step"]) == h["peak_step"][j]
+        assert int(r["stabilisation_step"]) == h["stabilisation_step"][j]
+        assert int(r["emergence_step"]) == h["emergence_step"][j]

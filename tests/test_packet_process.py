@@ -14,8 +14,10 @@ import pytest
 from bridge.protocol import Packet
 from bridge.stream.process import PacketProcess
 from bridge.runner import Request, Runner, collect
+from bridge.stream.recipes import step_packet
 from bridge.stream.sinks import SinkError, build_sinks
 from bridge.trace import TraceReader
+from bridge import protocol as wire
 from bridge.transport.zmq_sub import ZmqSubscriber
 
 REQ = Request(prompt="a red circle above a blue square", steps=4, seed=5, width=64, height=64)
@@ -81,7 +83,10 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
             return False
 
         assert received("first")
-        pp.publish_recipe(partial(int, "not a number"))  # raises in the child: logged, skipped
+        with pytest.raises(ValueError, match="not a recipe the sink process runs"):
+            pp.publish_recipe(partial(int, "not a number"))  # only allow-listed functions cross the channel
+        bad = partial(step_packet, "r", {}, np.zeros(3, np.float32), [("textures", (9, 9))], [], 0.0)
+        pp.publish_recipe(bad)  # an allowed recipe that fails in the child: logged, skipped
         assert received("after a bad recipe")
         first = pp._proc.pid
         assert pp.alive()
@@ -141,3 +146,39 @@ def test_cpu_lists_parse_and_a_child_can_be_kept_to_some_cpus() -> None:
         child = pp._proc.pid
         assert os.sched_getaffinity(child) == {mine[-1]}
     assert sorted(os.sched_getaffinity(0)) == mine  # the parent is left as it was
+
+
+def test_the_internal_channel_admits_only_the_child(tmp_path) -> None:
+    """The items (prompts, images) travel on an ipc:// socket made in a 0700 directory, and the
+    socket file is gone once the child has connected: a local peer that tries to connect then
+    gets no packet and feeds nothing in."""
+    import stat
+
+    import zmq
+
+    from bridge.stream.process import private_endpoint
+    from tests.test_trace import run_packets
+
+    folder, endpoint = private_endpoint()
+    st = os.stat(folder)
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid() and endpoint.startswith("ipc://")
+    os.rmdir(folder)
+    trace = tmp_path / "private.stepx"
+    with PacketProcess(_sinks(record=str(trace))) as pp:
+        path = pp.endpoint[len("ipc://"):]
+        assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))  # nothing left to connect to
+        ctx = zmq.Context()
+        intruder = ctx.socket(zmq.PAIR)
+        intruder.setsockopt(zmq.LINGER, 0)
+        intruder.connect(pp.endpoint)
+        forged = Packet("run", {"run_id": "forged", "prompt": "x", "words": ["x"], "total_steps": 1})
+        intruder.send_multipart([b"P", wire.encode(forged)], zmq.NOBLOCK)  # queued on its side, never delivered
+        packets = run_packets("r1", steps=12)
+        for p in packets:
+            pp(p)
+        assert pp.flush() and pp.dropped == 0
+        assert intruder.poll(500) == 0  # not one packet dealt to it
+        intruder.close()
+        ctx.term()
+    with TraceReader(trace) as tr:
+        assert [r.run_id for r in tr.runs] == ["r1"] and len(tr) == len(packets)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from bridge.phases.measures import stabilisation_steps
 from bridge.phases import (
     NORMALISATIONS,
     PhaseConfig,
@@ -39,6 +40,7 @@ class Reference:
         self.cfg = cfg
         self.rm = self.prev = self.ema = self.prev_dist = self.acc = None
         self.sums = [0.0, 0.0, 0.0]
+        self.changes, self.steps = [], []
 
     def step(self, maps, step, total):
         cfg = self.cfg
@@ -59,7 +61,12 @@ class Reference:
         change = distribution_change(dist, self.prev_dist)
         self.prev_dist = dist
         measures = step_measures(maps, dist, change)
-        live = torch.cat([measures.reshape(-1), settled.flatten(1).mean(1), tex.flatten(1).mean(1)])
+        # stable_since: the offline stabilisation step of the run so far (the oracle of the live rule)
+        self.changes.append(change.numpy().astype(np.float64))
+        self.steps.append(step)
+        since = stabilisation_steps(np.stack(self.changes), np.asarray(self.steps), cfg.stable_threshold)
+        live = torch.cat([measures.reshape(-1), settled.flatten(1).mean(1), tex.flatten(1).mean(1),
+                          torch.from_numpy(since).float()])
         return {"textures": tex, "settled": settled, "accumulated": accumulated,
                 "phase_maps": phase_maps(self.acc[:, -1:], self.sums)[:, 0], "live": live, "all_phase_maps": phase_maps(self.acc, self.sums)}
 

@@ -230,3 +230,19 @@ def test_config_validation_messages():
     with pytest.raises(ValueError, match="wind"):
         PhaseConfig(wind=(1.0, 2.0))
     assert PhaseConfig(boundaries=[0.3, 0.7]).boundaries == (0.3, 0.7)
+
+
+def test_one_table_of_formulas_names_every_mode():
+    """Each normalisation / global view is one function in normalise.py's tables, keyed exactly
+    by the config's Literals; the fused step and the reference both dispatch through them."""
+    import inspect
+
+    from bridge.phases import fused
+    from bridge.phases.config import GLOBAL_VIEWS as VIEW_NAMES
+    from bridge.phases.config import NORMALISATIONS as MODE_NAMES
+    from bridge.phases.normalise import GLOBAL_VIEWS, NORMALISERS
+
+    assert tuple(NORMALISERS) == MODE_NAMES and tuple(GLOBAL_VIEWS) == VIEW_NAMES
+    src = inspect.getsource(fused.phase_step)
+    assert "NORMALISERS[normalisation]" in src and "GLOBAL_VIEWS[global_view]" in src
+    assert '== "minmax"' not in src and "amax(dim=0)" not in src  # no second copy of a formula

@@ -139,7 +139,7 @@ def test_truncated_and_corrupt_traces_give_clear_errors(tmp_path, capsys):
     path = tmp_path / "bad.trace"
     make_trace(path)
     with TraceReader(path) as tr:
-        rec = tr.index[4]
+        rec, total = tr.index[4], len(tr.index)
     data = path.read_bytes()
     path.write_bytes(data[: rec.offset + 7])
     assert replay.run(parse(str(path), "--delay", "0")) == 2
@@ -147,8 +147,14 @@ def test_truncated_and_corrupt_traces_give_clear_errors(tmp_path, capsys):
     bad = bytearray(data)
     bad[rec.offset + RECORD.size + 30] ^= 0xFF
     path.write_bytes(bytes(bad))
-    assert replay.run(parse(str(path), "--delay", "0", "--allow-partial")) == 2
-    assert f"record #4 at byte {rec.offset}: CRC mismatch" in capsys.readouterr().err
+    assert replay.run(parse(str(path), "--delay", "0")) == 2  # damage is refused by default, naming the record
+    err = capsys.readouterr().err
+    assert f"record #4 at byte {rec.offset}: CRC mismatch" in err and "--allow-partial" in err
+    # with --allow-partial the reader steps over the bad record and plays every intact one
+    assert replay.run(parse(str(path), "--delay", "0", "--fps", "0", "--allow-partial",
+                            "--zmq", f"tcp://127.0.0.1:{free_port()}")) == 0
+    err = capsys.readouterr().err
+    assert f"record #4 at byte {rec.offset}: CRC mismatch" in err and f"sent {total - 1} packets" in err
 
 
 def test_sink_options():

@@ -161,3 +161,23 @@ def test_ordered_worker_busy_until_its_jobs_have_run():
     worker.flush()
     assert not worker.busy
     worker.close()
+
+
+@pytest.mark.parametrize("arch", ["flux", "sd3"])
+def test_mmdit_pipelines_publish_with_their_own_word_map(arch):
+    """FLUX's words are T5 (SentencePiece) tokens: the focus check before the run uses the run's own
+    word map, and the final image is decoded from FLUX's unpacked latents."""
+    from bridge.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
+
+    pipe = tiny_flux_pipeline() if arch == "flux" else tiny_sd3_pipeline()
+    prompt = "a red circle, above a blue square."
+    result, packets = collect(pipe, Request(prompt, seed=2, steps=2, width=64, height=64, focus=["square"]))
+    assert result.status == "done", result.error
+    run = packets[0]
+    assert run.kind == "run" and run.header["words"][run.header["focus"][0]] == "square"
+    assert run.header["words"] == ["a", "red", "circle", "above", "a", "blue", "square"]
+    assert [p.header["step"] for p in packets if p.kind == "step"] == [0, 1]
+    image = [p for p in packets if p.kind == "image"][-1]
+    assert image.header["final"] and image.arrays["image"].shape == (64, 64, 3)
+    bad, _ = collect(pipe, Request(prompt, seed=2, steps=2, width=64, height=64, focus=["hexagon"]))
+    assert bad.status == "error" and "'hexagon' is not a word of the prompt" in bad.error

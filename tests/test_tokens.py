@@ -81,3 +81,33 @@ def test_alignment_covers_every_word_token(prompt):
     ids = TOK(prompt, truncation=True, max_length=77).input_ids
     for p in used:
         assert 0 < p < len(ids) - 1
+
+
+@pytest.mark.parametrize("prompt", ["a red circle, above a blue square.", "Photo: a cat's tree (in the city)!", "a  red\tcircle"])
+def test_sentencepiece_tokenizer_maps_words_by_offsets(prompt):
+    """T5 (FLUX's only word-bearing encoder): pieces tokenized one by one gain ``▁`` starts that the
+    whole prompt lacks, so the chunk count cannot match; the offsets place every word exactly."""
+    from bridge.capture.tokens import build_offset_token_map
+    from bridge.models.tiny import t5_tokenizer
+
+    tok = t5_tokenizer()
+    tm = build_token_map(tok, prompt, 48)
+    assert tm == build_offset_token_map(tok, prompt, 48)
+    assert [w.lower() for w in tm.words] == [w.lower() for w in __import__("re").findall(r"\w+(?:'\w+)*", prompt)]
+    ids = tok(prompt)["input_ids"]
+    for w, span in zip(tm.words, tm.word_tokens):
+        assert tok.decode([ids[p] for p in span]).replace(" ", "") in (w, w.lower()) or "<unk>" in tok.decode([ids[p] for p in span])
+
+
+def test_maps_are_kept_per_tokenizer_and_rebuilt_when_tokens_are_added():
+    """A repeated prompt is not tokenized again (its map, and the device matrices it holds, are
+    reused run after run); a token added to the tokenizer since gives a new map."""
+    tok = clip_tokenizer()
+    first = build_token_map(tok, "a <cat-toy> on a table")
+    assert build_token_map(tok, "a <cat-toy> on a table") is first
+    assert build_token_map(tok, "a <cat-toy> on a table", 40) is not first  # another sequence length
+    assert first.averaging_matrix() is first.averaging_matrix()
+    tok.add_tokens(["<cat-toy>"])
+    again = build_token_map(tok, "a <cat-toy> on a table")
+    assert again is not first and again.tokens[2] == "<cat-toy>" != first.tokens[2]
+    assert again.word_tokens[1] == again.word_tokens[2] == (2,)  # "cat" and "toy" share the added token

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge.stream.fanout import FanOut
+from bridge import protocol as wire
 from bridge.protocol import Packet
+from bridge.stream.fanout import FanOut
 from bridge.trace import (
-    RECORD, TraceCorruptError, TraceFormatError, TracePartialError, TraceReader, TraceWriter, partial_path,
+    RECORD, TraceCorruptError, encode_preamble, encode_record, TraceFormatError, TracePartialError, TraceReader, TraceWriter, partial_path,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,9 +161,11 @@ def test_crc_mismatch_is_an_error_naming_the_record(tmp_path):
     data = bytearray(path.read_bytes())
     data[rec.offset + RECORD.size + rec.length - 5] ^= 0x40  # one flipped bit in the array data
     path.write_bytes(bytes(data))
-    for allow in (False, True):
-        with pytest.raises(TraceCorruptError, match=rf"record #3 at byte {rec.offset}: CRC mismatch"):
-            TraceReader(path, allow_partial=allow)
+    with pytest.raises(TraceCorruptError, match=rf"record #3 at byte {rec.offset}: CRC mismatch.*allow-partial"):
+        TraceReader(path)
+    with TraceReader(path, allow_partial=True) as tr:  # the reader steps over the bad record, keeps the rest
+        assert tr.partial and [k.records for k in tr.skipped] == [1] and "CRC mismatch" in tr.problem
+        assert [r.index for r in tr.index] == [i for i in range(len(run_packets())) if i != 3]
 
 
 def test_bad_magic_and_bad_mark(tmp_path):
@@ -197,7 +200,7 @@ def test_documented_minimal_reader_runs_with_numpy_alone(tmp_path):
     doc = (ROOT / "docs" / "TRACE.md").read_text(encoding="utf-8")
     section = doc.split("## Minimal reader", 1)[1]
     listing = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert 20 <= len(listing.strip().splitlines()) <= 40
+    assert 20 <= len(listing.strip().splitlines()) <= 45
     path = tmp_path / "m.trace"
     pk = run_packets()
     write(path, pk)
@@ -222,13 +225,20 @@ def test_documented_minimal_reader_runs_with_numpy_alone(tmp_path):
     assert np.array_equal(tex, np.stack([p.arrays["textures"].astype(np.float16) for p in pk if p.kind == "step"]))
     assert np.array_equal(np.load(tmp_path / "i.npy"), np.stack([p.arrays["image"] for p in pk if p.kind == "image"]))
     with TraceReader(path) as tr:
-        at = tr.index[-1].offset + RECORD.size + 8  # inside the end record's payload
+        at = tr.index[2].offset + 5  # the length field of record 2: the reader must resynchronise
     data = bytearray(path.read_bytes())
-    data[at] ^= 1
+    data[at] ^= 0x10
     path.write_bytes(bytes(data))
     r = subprocess.run([sys.executable, "-I", "-c", probe, str(path), str(tmp_path / "t.npy"), str(tmp_path / "i.npy")],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert r.returncode != 0 and "CRC mismatch" in r.stderr
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().split(",") == [p.kind for i, p in enumerate(pk) if i != 2]
+    v1 = tmp_path / "v1.trace"  # a file written before the frame CRC reads with the same listing
+    v1.write_bytes(encode_preamble({"format": "stepx-trace", "version": 1}, version=1)
+                   + b"".join(encode_record(wire.encode(p, "float16"), i, version=1) for i, p in enumerate(pk)))
+    r = subprocess.run([sys.executable, "-I", "-c", probe, str(v1), str(tmp_path / "t.npy"), str(tmp_path / "i.npy")],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip().split(",") == [p.kind for p in pk], r.stderr
 
 
 def test_a_recording_left_unfinished_is_kept_aside_not_overwritten(tmp_path):

@@ -77,6 +77,51 @@ def test_oscdump_receives_bundles_and_heartbeat():
     assert all(not ln.startswith("00000000.00000001") for ln in lines)
 
 
+def test_a_patch_hears_when_a_word_stabilises():
+    """Real engine frames -> OSC over real UDP, decoded with python-osc: the word mass is the
+    timeline's raw mass, and /stepx/word/<i>/stabilised arrives at the step the run's summary
+    reports as its stabilisation step."""
+    import torch
+    from pythonosc.osc_packet import OscPacket
+
+    from bridge.phases import PhaseEngine
+
+    engine = PhaseEngine(["red", "car"])
+    g = torch.Generator().manual_seed(0)
+    recv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    recv.bind(("127.0.0.1", 0))
+    recv.settimeout(2.0)
+    sender = OscSender("127.0.0.1", recv.getsockname()[1], heartbeat=None)
+    n_steps, heard, masses = 10, [], {}
+    base = torch.rand(2, 8, 8, generator=g)
+    try:
+        for s in range(n_steps):
+            raw = base + (0.5 if s < 4 else 0.0) * torch.rand(2, 8, 8, generator=g)
+            frame = engine.update(raw, s, n_steps)
+            sender.send(Packet("step", {"run_id": "r", **frame.scalars()}, {"textures": frame.textures.numpy()}))
+            masses[s] = frame.scalars()["mass"]
+            while True:
+                try:
+                    data = recv.recv(65536)
+                except socket.timeout:
+                    break
+                for m in OscPacket(data).messages:
+                    msg = m.message
+                    if msg.address.endswith("/stabilised"):
+                        heard.append((s, int(msg.address.split("/")[3]), msg.params[0]))
+                    if msg.address == "/stepx/word/0/mass":
+                        assert msg.params[0] == pytest.approx(masses[s][0], rel=1e-6)
+                if s == n_steps - 1 or len(data) < 1400:
+                    recv.settimeout(0.2)
+    finally:
+        sender.close()
+        recv.close()
+    summary = engine.summary()
+    final = summary.stabilisation_step.tolist()
+    assert final == [5, 5]  # the maps are fixed from step 4, so step 5 is the first with no change
+    assert sorted(heard) == [(5, 0, 5), (5, 1, 5)]
+
+
 def test_a_huge_word_never_drops_the_run_identity():
     """A 1,440-character word (the prompt limit allows 2,000) used to drop the whole run-start
     bundle: now its name is cut with a marker and every datagram still fits."""

@@ -7,6 +7,7 @@ cross-attention. The capture session (bookkeeping of runs and steps) is shared.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -100,6 +101,17 @@ class Adapter:
     def frame_latents(self, x: torch.Tensor | None) -> torch.Tensor | None:
         """The pipeline's latents (or x0) as ``[batch, C, h, w]`` (e.g. FLUX unpacks its tokens)."""
         return x
+
+    def token_map(self, prompt: str, **call_kwargs: Any) -> "TokenMap":
+        """The word map capture will use for ``pipe(prompt, **call_kwargs)``: checks a request's
+        words (focus) before any compute, with the same tokenizer and sequence as the run (FLUX:
+        its T5 tokens)."""
+        bound = inspect.signature(self.pipe.__call__).bind_partial(prompt=prompt, **call_kwargs)
+        bound.apply_defaults()
+        maps = self.prompt_token_maps(dict(bound.arguments), 1)
+        if not maps:
+            raise ValueError("the prompt is empty: it has no words to map")
+        return maps[0]
 
 
 def register(cls: type[Adapter]) -> type[Adapter]:

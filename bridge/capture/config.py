@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from .maps import UPSAMPLE_MODES
 from .queries import Query
 
 
@@ -32,6 +33,11 @@ class CaptureConfig:
     detail_layers: patterns of layers whose per-head, per-layer maps are also kept.
     keep_frames: keep every StepFrame on the run (the default); off for a pure stream.
     cross: capture cross-attention word maps (on by default).
+    upsample: how a layer coarser than ``resolution`` is upsampled: ``bilinear`` (default) or
+      ``bicubic`` (DAAM's and the head-relevance paper's choice, negatives clamped to 0). Bilinear
+      stays the default: it never leaves [min, max] of the coarse map (no ringing to clamp, so a
+      word's mass and entropy are not shifted by overshoot), and the live textures and recorded
+      traces keep their meaning; pick bicubic to compare numbers with DAAM.
     cuda_graphs: on CUDA, run each evaluation's map maths eagerly once, then capture them as a CUDA
       graph over static copies of their inputs and replay it (``bridge/capture/graphs.py``); off
       computes them eagerly every time.
@@ -47,12 +53,15 @@ class CaptureConfig:
     cross: bool = True
     strict_prompt_length: bool = False
     cuda_graphs: bool = True
+    upsample: str = "bilinear"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [q.name for q in self.queries]
         if len(set(names)) != len(names):
             raise ValueError(f"query names must be unique, got {names}")
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"CaptureConfig.upsample {self.upsample!r} is unknown; expected one of {', '.join(UPSAMPLE_MODES)}")
         if self.resolution is not None:
             h, w = self.resolution
             if h < 1 or w < 1:

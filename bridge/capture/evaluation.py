@@ -203,7 +203,7 @@ class BatchedEvaluation:
 
                 def cross(qk: list, grid=grid, heads=heads, weights=weights) -> tuple[str | None, torch.Tensor]:
                     maps = batched_cross_attention_maps(qk[0::2], qk[1::2], weights, heads, rows)  # [B, T, N]
-                    return None, resize_maps(maps.view(maps.shape[0], maps.shape[1], *grid), size)  # [B, T, H, W]
+                    return None, resize_maps(maps.view(maps.shape[0], maps.shape[1], *grid), size, self.config.upsample)  # [B, T, H, W]
 
                 steps.append(cross)
             else:  # the self-attention query named ``what``; densities keep their mass when resized
@@ -215,7 +215,7 @@ class BatchedEvaluation:
 
                 def rows_map(qk: list, grid=grid, heads=heads, cells=cells, weights=weights, what=what) -> tuple[str | None, torch.Tensor]:
                     m = batched_query_rows_map(qk[0::2], qk[1::2], cells, weights, heads, rows)  # [B, N]
-                    return what, resize_maps(m.view(-1, *grid), size).mul_(grid[0] * grid[1] / area)  # [B, H, W]
+                    return what, resize_maps(m.view(-1, *grid), size, self.config.upsample).mul_(grid[0] * grid[1] / area)  # [B, H, W]
 
                 steps.append(rows_map)
         counts = [2 * len(items) for _, items in groups]
@@ -260,7 +260,8 @@ class BatchedEvaluation:
         return got
 
 
-def _canonical(summed: torch.Tensor | None, grids: dict, size: tuple[int, int], scale: float, density: bool = False) -> torch.Tensor | None:
+def _canonical(summed: torch.Tensor | None, grids: dict, size: tuple[int, int], scale: float, density: bool = False,
+               upsample: str = "bilinear") -> torch.Tensor | None:
     """``scale``·(the batched layers' canonical-grid sum + Σ_g resize(m_g) of the per-layer sums
     at their own grids, each × its cell count / the canonical area for a ``density``, so resized
     densities keep their mass). The sums are the step's own, updated in place."""
@@ -268,7 +269,7 @@ def _canonical(summed: torch.Tensor | None, grids: dict, size: tuple[int, int], 
     area = size[0] * size[1]
     for g, m in grids.items():
         a = scale * (g[0] * g[1] / area) if density else scale
-        r = resize_maps(m, size)
+        r = resize_maps(m, size, upsample)
         out = r.mul_(a) if out is None else out.add_(r, alpha=a)
     return out
 

@@ -161,6 +161,10 @@ def diffused_query_map(
     return result
 
 
+#: How coarser layers' maps are upsampled to the canonical grid (CaptureConfig.upsample).
+UPSAMPLE_MODES = ("bilinear", "bicubic")
+
+
 def layer_grid(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     """The ``(h, w)`` grid of a UNet layer with ``tokens`` image tokens, given the latent size.
 
@@ -174,14 +178,24 @@ def layer_grid(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
-def resize_maps(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize ``[..., h, w]`` maps to ``size``: bilinear (align_corners=False) up, area down."""
+def resize_maps(x: torch.Tensor, size: tuple[int, int], upsample: str = "bilinear") -> torch.Tensor:
+    """Resize ``[..., h, w]`` maps to ``size``: ``upsample`` (``bilinear`` or ``bicubic``,
+    align_corners=False) up, area down. Bicubic (DAAM's and the head-relevance paper's choice)
+    can overshoot below zero next to a sharp peak; those values are clamped to 0 (attention is
+    non-negative)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
+    if upsample not in UPSAMPLE_MODES:
+        raise ValueError(f"unknown upsample mode {upsample!r}; expected one of {', '.join(UPSAMPLE_MODES)}")
     lead = x.shape[:-2]
     flat = x.reshape(-1, 1, *x.shape[-2:])
     up = size[0] >= x.shape[-2] and size[1] >= x.shape[-1]
-    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False) if up else F.interpolate(flat, size=size, mode="area")
+    if not up:
+        out = F.interpolate(flat, size=size, mode="area")
+    elif upsample == "bicubic":
+        out = F.interpolate(flat, size=size, mode="bicubic", align_corners=False).clamp_min_(0.0)
+    else:
+        out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
     return out.reshape(*lead, *size)
 
 

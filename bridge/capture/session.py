@@ -78,7 +78,7 @@ class Capture(BatchedEvaluation):
         return self.apply()
 
     def __exit__(self, *exc: Any) -> None:
-        self.remove()
+        self.remove(emit=exc[0] is None)  # unwinding from an error: no half-finished step to hide it
 
     @property
     def active(self) -> bool:
@@ -114,11 +114,14 @@ class Capture(BatchedEvaluation):
             raise
         return self
 
-    def remove(self) -> None:
-        """Remove every hook exactly; an unfinished run is kept, marked ``interrupted``."""
+    def remove(self, emit: bool = True) -> None:
+        """Remove every hook exactly; an unfinished run is kept, marked ``interrupted``.
+        ``emit=False``: a step whose evaluations were not closed is dropped, not sent to the
+        callbacks (the model raised mid-step; the callers must see that error, not one from a
+        half-built frame)."""
         while self._removers:
             self._removers.pop()()
-        self._finish("interrupted")
+        self._finish("interrupted", emit)
 
     # --- hooks ---------------------------------------------------------------------------------
     def _wrap_encode(self, original: Callable) -> Callable:
@@ -221,10 +224,10 @@ class Capture(BatchedEvaluation):
         run, acc = self._run, self._acc
         assert run is not None
         size = run.resolution
-        cross = _canonical(acc.canonical, acc.cross, size, 1.0 / (self.cross_weight * acc.evals)) if self.cross_layers else None
+        cross = _canonical(acc.canonical, acc.cross, size, 1.0 / (self.cross_weight * acc.evals), upsample=self.config.upsample) if self.cross_layers else None
         names = list(acc.canonical_queries) + [n for n in acc.queries if n not in acc.canonical_queries]
         queries = {  # a distribution over the canonical grid: resized densities keep their mass
-            name: _canonical(acc.canonical_queries.get(name), acc.queries.get(name, {}), size, 1.0 / (self.self_weight * acc.evals), True)
+            name: _canonical(acc.canonical_queries.get(name), acc.queries.get(name, {}), size, 1.0 / (self.self_weight * acc.evals), True, self.config.upsample)
             for name in names
         }
         detail = {name: m / acc.evals for name, m in acc.detail.items()}
@@ -254,11 +257,11 @@ class Capture(BatchedEvaluation):
         if run.total_steps and run.steps_done >= run.total_steps:
             self._finish("done")
 
-    def _finish(self, status: str) -> None:
+    def _finish(self, status: str, emit: bool = True) -> None:
         run = self._run
         if run is None:
             return
-        if self._acc.evals:  # evaluations not yet closed by a scheduler step
+        if self._acc.evals and emit:  # evaluations not yet closed by a scheduler step
             self._emit(None, None)
             if self._run is None:
                 return

@@ -29,7 +29,10 @@ def step_outputs(out: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(prev_sample, pred_original_sample)`` from a scheduler step's output, tuple or dataclass."""
     if isinstance(out, tuple):
         return (out[0] if out else None), (out[1] if len(out) > 1 and torch.is_tensor(out[1]) else None)
-    return getattr(out, "prev_sample", None), getattr(out, "pred_original_sample", None)
+    x0 = getattr(out, "pred_original_sample", None)
+    if x0 is None:
+        x0 = getattr(out, "denoised", None)  # LCMScheduler's name for its (boundary-scaled) x0
+    return getattr(out, "prev_sample", None), x0
 
 
 def estimate_x0(sched: Any, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,

@@ -8,10 +8,14 @@ its tokens' maps. Words past the tokenizer's limit are reported, never silently 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -119,6 +123,47 @@ def _chunks(prompt: str) -> list[tuple[str, bool]]:
     return out
 
 
+def _per_tokenizer(build: Callable[..., TokenMap]) -> Callable[..., TokenMap]:
+    """Keep the last maps built per tokenizer: a prompt maps the same way every run, and a map
+    kept also keeps its averaging matrices on the device, so a repeated prompt costs the run
+    neither tokenizing nor a host→device copy (a fixed cost per run, which weighs most in 1–4
+    step models). A map that raised (strict, too long) is not kept."""
+    cache: "weakref.WeakKeyDictionary[Any, OrderedDict]" = weakref.WeakKeyDictionary()
+    lock = threading.Lock()  # the model's thread and a control thread (validating a request) may both ask
+
+    @functools.wraps(build)
+    def cached(tokenizer: Any, prompt: str, length: int | None = None, strict: bool = False) -> TokenMap:
+        key = (prompt, length, strict, _vocabulary_size(tokenizer))  # tokens added since (textual inversion): built again
+        with lock:
+            try:
+                maps = cache.setdefault(tokenizer, OrderedDict())
+            except TypeError:  # not weak-referenceable: built every time
+                maps = None
+            if maps is not None and key in maps:
+                maps.move_to_end(key)
+                return maps[key]
+        tm = build(tokenizer, prompt, length, strict)
+        if maps is not None:
+            with lock:
+                maps[key] = tm
+                if len(maps) > _MAPS_PER_TOKENIZER:
+                    maps.popitem(last=False)
+        return tm
+
+    return cached
+
+
+_MAPS_PER_TOKENIZER = 64
+
+
+def _vocabulary_size(tokenizer: Any) -> int | None:
+    try:
+        return len(tokenizer)  # with added tokens
+    except TypeError:
+        return None
+
+
+@_per_tokenizer
 def build_token_map(tokenizer: Any, prompt: str, length: int | None = None, strict: bool = False) -> TokenMap:
     """Map ``prompt``'s words onto the token sequence that ``tokenizer`` produces for it.
 
@@ -145,7 +190,14 @@ def build_token_map(tokenizer: Any, prompt: str, length: int | None = None, stri
                 word_tokens.append(span)
         pos += n
     if pos != len(full) - (1 if full and full[-1] == tokenizer.eos_token_id else 0):
-        raise RuntimeError(f"word/token alignment failed for prompt {prompt!r}: {pos} chunk tokens vs {len(full)} ids")
+        # SentencePiece (T5): pieces tokenized one by one gain ``▁`` word starts that the whole
+        # prompt's tokens lack; a fast tokenizer's character offsets place them exactly.
+        if getattr(tokenizer, "is_fast", False):
+            return build_offset_token_map(tokenizer, prompt, length, strict)
+        raise RuntimeError(
+            f"{type(tokenizer).__name__} does not tokenize {prompt!r} word by word as a whole "
+            f"({pos} tokens from its words, {len(full)} ids); use its fast (offset-giving) version"
+        )
     if truncated:
         msg = f"prompt is longer than the tokenizer's {length} tokens; these words were cut: {', '.join(truncated)}"
         if strict:
@@ -154,7 +206,8 @@ def build_token_map(tokenizer: Any, prompt: str, length: int | None = None, stri
     ids = tokenizer(prompt, truncation=True, max_length=length, padding="max_length")["input_ids"]
     tokens = tuple(tokenizer.convert_ids_to_tokens(ids))
     in_words = {p for span in word_tokens for p in span}
-    special = tuple(p for p, i in enumerate(ids) if i in tokenizer.all_special_ids and p not in in_words)
+    specials = set(tokenizer.all_special_ids)  # a property that rebuilds its list on every access
+    special = tuple(p for p, i in enumerate(ids) if i in specials and p not in in_words)
     return TokenMap(prompt, length, tokens, tuple(words), tuple(word_tokens), special, tuple(truncated))
 
 
@@ -187,6 +240,7 @@ def unseen_words(tokenizer: Any, words: Sequence[str]) -> list[str]:
 
 
 # --- token offsets: fast tokenizers and joint text streams (SD3, FLUX) ----------------------------------------------------------------------------------------
+@_per_tokenizer
 def build_offset_token_map(tokenizer: Any, prompt: str, length: int, strict: bool = False) -> TokenMap:
     """Map ``prompt``'s words onto a *fast* tokenizer's sequence by character offsets.
 
@@ -215,7 +269,7 @@ def build_offset_token_map(tokenizer: Any, prompt: str, length: int, strict: boo
             words.append(text)
             word_tokens.append(kept)
     if truncated:
-        msg = f"prompt is longer than the T5 tokenizer's {length} tokens; these words were cut: {', '.join(truncated)}"
+        msg = f"prompt is longer than the tokenizer's {length} tokens; these words were cut: {', '.join(truncated)}"
         if strict:
             raise PromptTooLongError(msg)
         log.warning(msg)

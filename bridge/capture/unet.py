@@ -8,6 +8,7 @@ projection is recomputed and the image is bit-for-bit the same as without captur
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -21,6 +22,17 @@ if TYPE_CHECKING:
 
 #: Processors that compute q = to_q(x), k = to_k(context) and softmax(q kᵀ/√d) over exactly
 #: those keys (for IP-Adapter: the text part of its decoupled attention).
+#: each UNet's attention layers, as found by UNetAdapter.layers()
+_LAYERS: "weakref.WeakKeyDictionary[torch.nn.Module, list[Layer]]" = weakref.WeakKeyDictionary()
+
+
+def _submodule(root: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 OBSERVABLE_PROCESSORS = (
     "AttnProcessor",
     "AttnProcessor2_0",
@@ -49,13 +61,22 @@ class UNetAdapter(Adapter):
         return self.pipe.tokenizer if getattr(self.pipe, "tokenizer", None) is not None else self.pipe.tokenizer_2
 
     def layers(self) -> list[Layer]:
+        """The UNet's attention layers, found by walking its ~1,700 modules once per UNet (a fixed
+        cost of every run, since each run installs a new capture); walked again if one of the
+        layers found was replaced since."""
         from diffusers.models.attention_processor import Attention
 
-        return [
+        unet = self.pipe.unet
+        known = _LAYERS.get(unet)
+        if known is not None and all(_submodule(unet, l.name) is l.module for l in known):
+            return list(known)
+        found = [
             Layer(name, m, bool(m.is_cross_attention), int(m.heads))
-            for name, m in self.pipe.unet.named_modules()
+            for name, m in unet.named_modules()
             if isinstance(m, Attention) and (name.endswith("attn1") or name.endswith("attn2"))
         ]
+        _LAYERS[unet] = found
+        return list(found)
 
     def check(self, layers: list[Layer]) -> None:
         for layer in layers:

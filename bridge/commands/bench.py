@@ -6,9 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from bridge.commands.common import add_threads_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "dispatch", "sd15", "sdxl", "sd35m", "flux"],
+    p.add_argument("--arch", default="shapes", choices=["shapes", "tiny", "dispatch", "sd15", "sdturbo", "sdxl", "sd35m", "flux"],
                    help="model: embedded shapes, tiny random, dispatch (SD 1.5's topology with tiny channels at 32²: a CPU proxy "
                         "of the launch-bound GPU regime), or a full-size random-weight architecture")
     p.add_argument("--device", default="auto")
@@ -19,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start no new round after S seconds of timed rounds (then fewer than --runs are reported): "
                         "for machines that stop a command at a time limit")
     p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--scheduler", default=None, help="the full-size UNet pipelines' scheduler (default: the model's): "
+                   "euler, ddim, dpm, heun, dpm2, pndm, euler_a, lms, or the few-step lcm and turbo")
     p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_device", "publish_inproc", "publish_null", "publish_drop", "capture_latent", "capture_busy", "queries", "daam"],
                    help="capture_eager: capture with the map maths never replayed as a CUDA graph; publish: capture + phases + "
                         "ZeroMQ as the runner does with a PacketProcess (the sink and the phases in the child, on its CPU); publish_drop: the "
@@ -30,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "no socket)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
     p.add_argument("--map-size", type=int, default=None, help="side of the captured maps (default: the latent's)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's); 1 for the dispatch proxy")
+    add_threads_argument(p)  # 1 for the dispatch proxy
     p.add_argument("--switch-interval", type=float, default=None, metavar="S",
                    help="Python's GIL switch interval for the whole bench (sys.setswitchinterval; default 0.005)")
     p.add_argument("--model-cpus", default=None, metavar="LIST", help="run the model's process on these CPUs only (e.g. 0-7; Linux)")
@@ -51,23 +55,27 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(min(torch.get_num_threads(), len(cpus)))  # OpenMP sized its pool before: no spinning on fewer CPUs
     sink_cpus = parse_cpus(args.sink_cpus) if args.sink_cpus else None
     device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.switch_interval:
         import sys
 
         sys.setswitchinterval(args.switch_interval)
-    if args.arch in ("sd15", "sdxl", "sd35m", "flux"):
+    if args.arch in ("sd15", "sdturbo", "sdxl", "sd35m", "flux"):
         from bridge.models import fullsize
 
         dtype = (torch.bfloat16 if args.arch == "flux" else torch.float16) if device.type == "cuda" else torch.float32
-        pipe = getattr(fullsize, f"{args.arch}_pipeline")(str(device), dtype)
+        extra = {"scheduler": args.scheduler} if args.scheduler else {}
+        if extra and args.arch not in ("sd15", "sdturbo", "sdxl"):
+            raise SystemExit(f"--scheduler applies to the UNet architectures, not {args.arch} (flow matching)")
+        pipe = getattr(fullsize, f"{args.arch}_pipeline")(str(device), dtype, **extra)
     elif args.arch == "dispatch":
         from bridge.models.tiny import dispatch_sd_pipeline
 
         pipe = dispatch_sd_pipeline().to(device)
     else:
         pipe, _ = load_pipeline(None if args.arch == "shapes" else "tiny", str(device))
+    from bridge.threads import configure_threads
+
+    configure_threads(args.threads, device)
     if "plain" not in args.variants:
         args.variants = ["plain", *args.variants]
     result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants, profile=args.profile,

@@ -20,6 +20,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-config", default=None, metavar="DIR", help="diffusers folder (or hub id) of the same architecture as a single-file --model; needed offline (default for shapes-architecture files: the embedded shapes folder)")
     g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", default="auto", help="auto (float16 on cuda, else float32), float32, float16, bfloat16")
+    add_threads_argument(g)
+
+
+def add_threads_argument(g: Any) -> None:
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: on a CPU, the CPUs not busy with other work at start, at least 1; on a GPU, torch's)")
 
 
 #: generation options derived from the request schema: schema field -> CLI flag (the same names,
@@ -77,6 +83,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--height", type=schema_type("height"), default=None, help=helps("height", " (default: the model's)"))
     g.add_argument("--image-every", type=int, default=1, help="publish a quick step image every N steps (0 = final only)")
     g.add_argument("--head-weights", default=None, help="JSON file of head weights {layer: [w per head]} (selective aggregation)")
+    g.add_argument("--max-step-seconds", type=float, default=30.0, metavar="S",
+                   help="refuse a request predicted to take longer than S seconds per step on this machine (a cancel "
+                        "or SIGTERM answers within one step; default 30; see docs/RELIABILITY.md)")
 
 
 def check_generation_args(args: argparse.Namespace, prompt: str | None) -> None:
@@ -130,12 +139,17 @@ def given_flags(argv: list[str]) -> set[str]:
 
 def load_model(args: argparse.Namespace) -> tuple[Any, str]:
     """The pipeline the model options name: ``(pipe, name)``; a device that is not here is a
-    ValueError (one line from ``stepx``), checked before anything loads."""
+    ValueError (one line from ``stepx``), checked before anything loads. Sets torch's CPU threads
+    (``--threads``, else the default for the model's device: bridge/threads.py)."""
     from bridge.models.loading import load_pipeline, pick_device
+    from bridge.runner import denoiser
+    from bridge.threads import configure_threads
 
     pick_device(args.device)
-    return load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch,
-                         config=args.model_config)
+    pipe, name = load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch,
+                               config=args.model_config)
+    configure_threads(args.threads, next(denoiser(pipe).parameters()).device)
+    return pipe, name
 
 
 def phase_config_from_args(args: argparse.Namespace) -> Any:
@@ -162,3 +176,51 @@ def request_factory(args: argparse.Namespace, model_name: str = "") -> Callable[
                        head_weights=head_weights, width=getattr(args, "width", None), height=getattr(args, "height", None))
 
     return make
+
+
+#: seconds a command may take to stop cleanly after SIGTERM / Ctrl-C before it is ended anyway
+STOP_GRACE = 5.0
+
+
+def stop_on_signals(stop: Callable[[], None], grace: float = STOP_GRACE,
+                    before_exit: Callable[[], None] | None = None) -> list[int]:
+    """On SIGTERM or SIGINT call ``stop()`` (cancel within one step, finalise, return normally).
+
+    Why a deadline too: one step of an oversized request can outlast any patience, and a
+    supervisor's SIGTERM must be honoured within seconds whatever is running. If the process is
+    still here ``grace`` seconds after the first signal, or a second signal comes, it logs what
+    it is doing, runs ``before_exit`` (best effort: close what can be closed) and exits with
+    ``128 + signal``; a recording cut off so stays ``PATH.partial`` (docs/RELIABILITY.md).
+    Returns the list the caught signal numbers are appended to (empty: none came).
+    """
+    import logging
+    import os
+    import signal
+    import threading
+
+    log = logging.getLogger("stepx")
+    caught: list[int] = []
+
+    def force(signum: int) -> None:
+        log.error("still running %.0fs after signal %d: exiting now (an unfinished recording stays .partial)",
+                  grace, signum)
+        if before_exit is not None:
+            try:
+                before_exit()
+            except Exception as exc:  # best effort: the exit matters more
+                log.error("closing before exit failed: %r", exc)
+        os._exit(128 + signum)
+
+    def handler(signum: int, _frame: object) -> None:
+        if caught:  # a second signal: the user means it
+            force(signum)
+        caught.append(signum)
+        log.warning("signal %d: stopping (cancel within one step, then finalise)", signum)
+        timer = threading.Timer(grace, force, args=(signum,))
+        timer.daemon = True
+        timer.start()
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return caught

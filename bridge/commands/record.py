@@ -1,4 +1,10 @@
-"""``stepx record PROMPT -o TRACE``: one run with capture, recorded to a trace (no daemon)."""
+"""``stepx record PROMPT -o TRACE``: one run with capture, recorded to a trace (no daemon).
+
+A failed write is a failed command (exit 1, no success summary); SIGTERM or Ctrl-C cancels the
+run within one step and finalises the trace with an ``end`` packet of status ``cancelled`` (exit
+143 / 130), as the daemon does; an existing TRACE is refused unless ``--record-existing`` says
+append or overwrite.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,11 @@ import argparse
 import json
 import re
 import sys
+import threading
 from pathlib import Path
 
 from bridge.commands.common import (add_generation_arguments, add_model_arguments, check_generation_args, load_model,
-                                    request_factory)
+                                    request_factory, stop_on_signals)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from bridge.stream.sinks import add_sink_arguments
 
     add_sink_arguments(p)
+    p.set_defaults(record_existing="refuse")  # one take, one file: a second take never replaces the first
 
 
 def default_path(prompt: str) -> Path:
@@ -47,19 +55,36 @@ def run(args: argparse.Namespace) -> int:
 
     from bridge.stream.fanout import FanOut
     from bridge.runner import Runner, check_request
-    from bridge.stream.sinks import build_sinks
-    from bridge.trace import TraceWriter
+    from bridge.stream.sinks import SinkError, build_sinks, open_recorder
 
     check_generation_args(args, args.prompt)  # the rules a control request meets, before the model loads
     out = Path(args.out) if args.out else default_path(args.prompt)
     check_output_path(out)
-    pipe, name = load_model(args)
-    request = request_factory(args, name)(args.prompt)
-    for warning in check_request(pipe, request):  # ValueError: a focus word that is not a word of the prompt
-        print(f"stepx record: warning: {warning}", file=sys.stderr)
-    args.record = None  # the trace below is this command's own
-    writer = TraceWriter(out)
-    sinks = [writer, *build_sinks(args)]
+    try:  # before the model loads: a path that cannot be written fails in a second, not after a load
+        writer = open_recorder(out, args.record_existing)
+    except SinkError as exc:
+        print(f"stepx record: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        args.record = None  # the trace above is this command's own
+        sinks = [writer, *build_sinks(args)]
+        pipe, name = load_model(args)
+        request = request_factory(args, name)(args.prompt)
+        for warning in check_request(pipe, request):  # ValueError: a focus word that is not a word of the prompt
+            print(f"stepx record: warning: {warning}", file=sys.stderr)
+    except BaseException:
+        writer.close()
+        raise
+    from bridge.budget import Budget, BudgetError
+
+    try:
+        Budget(pipe, args.max_step_seconds).check(request.width, request.height, request.guidance)
+    except BudgetError as exc:
+        writer.close()
+        print(f"stepx record: {exc}", file=sys.stderr)
+        return 2
+    cancel = threading.Event()
+    signalled = stop_on_signals(cancel.set)
     bar = tqdm(total=args.steps, desc="denoising", unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
 
     with FanOut(sinks) as fanout:
@@ -69,11 +94,18 @@ def run(args: argparse.Namespace) -> int:
             fanout.publish(packet)
 
         runner = Runner(pipe, publish, name, image_every=args.image_every, objects=args.objects)  # the request carries the phase boundaries
-        result = runner.run(request)
+        result = runner.run(request, cancel)
     bar.close()
-    if result.status != "done":
+    if writer.failed:
+        print(f"stepx record: error: {writer.failed}", file=sys.stderr)
+        return 1
+    if result.status == "error":
         print(f"stepx record: the run failed: {result.error}", file=sys.stderr)
         return 1
+    if signalled:
+        print(f"stepx record: stopped by signal {signalled[0]} after {result.steps} steps; the trace is finalised "
+              f"(end status cancelled): {out}", file=sys.stderr)
+        return 128 + signalled[0]
     summary = {"trace": str(out), "run_id": result.run_id, "steps": result.steps, "seconds": round(result.seconds, 2),
                "words": result.run.words if result.run else []}
     if args.export:

@@ -54,7 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: Ray with one worker per GPU when there are ≥2, else this process; 0: this process; N: Ray with N workers")
     g.add_argument("--chunk", type=_positive, default=4, help="generations per task (default 4)")
     g.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
     g.add_argument("--factory", default=None, metavar="MODULE:FUNCTION", help="build the pipeline with this function instead of --model (random-weight benchmarks)")
     add_model_arguments(p)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 from bridge.protocol import DEFAULT_CONTROL_ENDPOINT, DEFAULT_HOST, OSC_CONTROL_PORT
 from bridge.commands.common import (
     add_generation_arguments, add_model_arguments, apply_config_file, check_generation_args, given_flags, load_model,
-    phase_config_from_args, request_factory,
+    phase_config_from_args, request_factory, stop_on_signals,
 )
 
 log = logging.getLogger("stepx.serve")
@@ -194,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
         sink_names, publish = [s.name for s in sinks], fanout.publish
     runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
                     concepts=concepts, objects=args.objects)
-    daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty()))
+    daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty(),
+                                                         max_step_seconds=args.max_step_seconds))
     base = defaults("")  # what a control request leaves out: serve's --steps, --guidance, … (prompt is required)
     door = dict(allow_remote=args.allow_remote, token=args.token,
                 allow_unauthenticated=args.allow_remote_without_token, defaults=base)
@@ -210,12 +210,12 @@ def run(args: argparse.Namespace) -> int:
     elif args.prompt:
         daemon.submit(defaults(args.prompt))
 
-    def shutdown(signum: int, _frame: object) -> None:
-        log.info("signal %d: shutting down", signum)
-        daemon.stop()
+    def close_outputs() -> None:  # a forced exit still finalises what it can
+        for s in servers:
+            s.close()
+        fanout.close(timeout=2.0)
 
-    signal.signal(signal.SIGINT, shutdown)
-    signal.signal(signal.SIGTERM, shutdown)
+    stop_on_signals(daemon.stop, before_exit=close_outputs)
     timer = None
     if args.run_for:
         timer = threading.Timer(args.run_for, daemon.stop)

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from bridge.phases.timeline import SERIES
+
 from bridge.trace import TraceReader
 
 
@@ -16,6 +18,8 @@ class RunData:
 
     maps: ``[T, V, H, W]`` float32 (V = words + global view); steps: ``[T]`` step numbers;
     images: step -> uint8 ``[h, w, 3]`` (only steps that had an image packet); phases: ``[T]``.
+    series: the raw-map measures the step packets carried (SERIES name -> ``[T, words]``), or
+    None when some step lacks them (then the export computes them from the textures).
     """
 
     run_id: str | None
@@ -27,6 +31,7 @@ class RunData:
     images: dict[int, np.ndarray] = field(default_factory=dict)
     final_image: np.ndarray | None = None
     ended: bool = True
+    series: dict[str, np.ndarray] | None = None
 
     def image_at(self, step: int) -> np.ndarray | None:
         """The image of ``step``, else the last earlier one, else None."""
@@ -69,6 +74,7 @@ def load_run(reader: TraceReader, run: int | str = 0) -> RunData:
     info = reader.run(run)
     words = list(info.header.get("words") or [])
     steps, maps, phases, images, final = [], [], [], {}, None
+    rows: list[list[Any] | None] = []
     for pos in info.records:
         kind = reader.index[pos].kind
         if kind not in ("step", "image"):
@@ -83,6 +89,7 @@ def load_run(reader: TraceReader, run: int | str = 0) -> RunData:
             steps.append(int(p.header.get("step", len(steps))))
             maps.append(np.asarray(tex, dtype=np.float32))
             phases.append(int(p.header.get("phase") or 0))
+            rows.append([p.header.get(name) for name in SERIES])
         else:
             img = p.arrays.get("image")
             if img is None or img.ndim != 3 or img.shape[2] < 3:
@@ -101,4 +108,16 @@ def load_run(reader: TraceReader, run: int | str = 0) -> RunData:
     if final is None and images:
         final = images[max(images)]
     return RunData(info.run_id, dict(info.header), words, np.asarray(steps, dtype=np.int64), np.stack(maps),
-                   np.asarray(phases, dtype=np.int64), images, final, info.ended)
+                   np.asarray(phases, dtype=np.int64), images, final, info.ended, _series(rows, len(words)))
+
+
+def _series(rows: list[list[Any]], n: int) -> dict[str, np.ndarray] | None:
+    """SERIES name -> ``[T, n]`` from the step headers, None unless every step has every series
+    as n numbers (None in a header, the first step's change, reads as NaN)."""
+    try:
+        arr = np.array([[[np.nan if v is None else float(v) for v in col] for col in row] for row in rows], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if arr.shape != (len(rows), len(SERIES), n):
+        return None
+    return {name: arr[:, i] for i, name in enumerate(SERIES)}

@@ -13,7 +13,7 @@ from bridge.trace import TraceReader
 from . import writers as W
 from .coco import coco_document, prompt_objects
 from .data import RunData, load_run, select_words
-from .measures import MEASURES, step_table
+from .measures import MEASURES, SUMMARY, run_summary, step_table
 from .plots import timeline_png
 from .render import grey_canvas, overlay, resize_image
 
@@ -61,16 +61,16 @@ def export_run(run: RunData, out: Path, opts: ExportOptions) -> list[Path]:
             files.append(W.write_gif(out / "gifs" / f"{name}.gif", frames, opts.gif_fps))
     if run.final_image is not None:
         files.append(W.write_png(out / "final.png", run.final_image))
-    table = step_table(run.maps[:, idx])  # name -> [T, N]
+    series = None if run.series is None else {k: v[:, idx] for k, v in run.series.items()}
+    table = step_table(run.maps[:, idx], series)  # name -> [T, N]
+    measures_from = "raw" if series is not None else "textures"
     if opts.csv:
         rows = [[run.run_id, int(s), word] + [float(table[m][t, j]) for m in MEASURES]
                 for t, s in enumerate(run.steps) for j, word in enumerate(words)]
         files.append(W.write_csv(out / "measures.csv", ["run_id", "step", "word", *MEASURES], rows))
-        peak_t = table["mass"].argmax(axis=0)
-        summary = [[run.run_id, word, float(table["auc_so_far"][-1, j]), float(table["mass"][peak_t[j], j]),
-                    int(run.steps[peak_t[j]]), float(table["entropy"][:, j].mean())] for j, word in enumerate(words)]
-        files.append(W.write_csv(out / "summary.csv",
-                                 ["run_id", "word", "auc", "peak_mass", "peak_mass_step", "mean_entropy"], summary))
+        summ = run_summary(table, run.steps, **_phase_settings(run.header))
+        summary = [[run.run_id, word, *[summ[k][j].item() for k in SUMMARY], measures_from] for j, word in enumerate(words)]
+        files.append(W.write_csv(out / "summary.csv", ["run_id", "word", *SUMMARY, "measures_from"], summary))
     if opts.plots:
         for m in PLOTTED:
             png = timeline_png(run.steps, table[m], words, m, run.phases)
@@ -83,11 +83,18 @@ def export_run(run: RunData, out: Path, opts: ExportOptions) -> list[Path]:
         files.append(W.write_json(out / "coco.json", doc))
     manifest: dict[str, Any] = {
         "run_id": run.run_id, "prompt": run.header.get("prompt"), "words": words, "steps": run.steps.tolist(),
-        "complete": run.ended, "canvas": {"height": size[0], "width": size[1]}, "options": asdict(opts),
+        "complete": run.ended, "measures_from": measures_from, "canvas": {"height": size[0], "width": size[1]}, "options": asdict(opts),
         "files": sorted(f.relative_to(out).as_posix() for f in files),
     }
     files.append(W.write_json(out / "export.json", manifest))
     return files
+
+
+def _phase_settings(header: dict[str, Any]) -> dict[str, float]:
+    """The run's stable_threshold / emergence_fraction if its header names them, else the defaults."""
+    phases = header.get("phases") if isinstance(header.get("phases"), dict) else {}
+    keys = ("stable_threshold", "emergence_fraction")
+    return {k: float(phases[k]) for k in keys if isinstance(phases.get(k), (int, float))}
 
 
 def export_trace(trace: TraceReader | str | Path, out: str | Path, opts: ExportOptions | None = None,

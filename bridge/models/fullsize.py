@@ -60,6 +60,30 @@ def _sd15(scheduler: str):
     return pipe
 
 
+def sdturbo_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "turbo"):
+    """SD-Turbo's architecture (SD 2.1's UNet 865M with linear projections and 1024-wide
+    cross-attention, VAE, OpenCLIP ViT-H text encoder), random weights, 512², its trailing-timestep
+    Euler scheduler: the 1–4 step model, run with guidance 0."""
+    return _on_device(lambda: _sdturbo(scheduler), device, dtype)
+
+
+def _sdturbo(scheduler: str):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+    )
+    pipe = StableDiffusionPipeline(unet=unet, vae=_sd_vae(0.18215), text_encoder=_clip_text(1024, 23, 16, 4096, "gelu"),
+                                   tokenizer=clip_tokenizer(), scheduler=make_scheduler(scheduler), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def sdxl_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "euler"):
     """SDXL base's architecture (UNet 2.6B, VAE, CLIP ViT-L + OpenCLIP bigG), random weights, 1024²."""
     return _on_device(lambda: _sdxl(scheduler), device, dtype)

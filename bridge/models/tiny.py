@@ -115,21 +115,27 @@ def dispatch_sd_pipeline(seed: int = 0, scheduler: str = "dpm"):
     return pipe
 
 
+#: short name → diffusers scheduler class; "lcm" and "turbo" are the few-step (1–4 step) ones
+SCHEDULERS = {
+    "euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler",
+    "heun": "HeunDiscreteScheduler", "dpm2": "KDPM2DiscreteScheduler", "pndm": "PNDMScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler", "lms": "LMSDiscreteScheduler",
+    "lcm": "LCMScheduler", "turbo": "EulerDiscreteScheduler",
+}
+
+
 def make_scheduler(name: str):
     """A scheduler by short name, with Stable Diffusion's noise schedule."""
     import diffusers
 
-    classes = {
-        "euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler",
-        "heun": "HeunDiscreteScheduler", "dpm2": "KDPM2DiscreteScheduler", "pndm": "PNDMScheduler",
-        "euler_a": "EulerAncestralDiscreteScheduler", "lms": "LMSDiscreteScheduler",
-    }
-    if name not in classes:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(classes)}")
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     kwargs = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1)
     if name == "pndm":
         kwargs["skip_prk_steps"] = True
-    return getattr(diffusers, classes[name])(**kwargs)
+    if name == "turbo":  # SD-Turbo's scheduler config: Euler over trailing timesteps (1 step starts at t = 999)
+        kwargs["timestep_spacing"] = "trailing"
+    return getattr(diffusers, SCHEDULERS[name])(**kwargs)
 
 
 # --- MM-DiT (SD3 / FLUX) -------------------------------------------------------------------------

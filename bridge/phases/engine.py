@@ -144,7 +144,8 @@ class PhaseEngine:
             self._state = initial_state(n, h, w, device)
             self._coords = pixel_centres(h, w, device)
         scal = torch.tensor(
-            step_scalars(weights, self._acc_weight, len(self._steps), cfg.settle_rate, cfg.settle_scale), dtype=torch.float32
+            step_scalars(weights, self._acc_weight, len(self._steps), cfg.settle_rate, cfg.settle_scale, step, cfg.stable_threshold),
+            dtype=torch.float32,
         )
         if device.type != "cpu":
             scal = scal.to(device, non_blocking=True)

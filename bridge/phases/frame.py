@@ -20,8 +20,9 @@ class PhaseFrame:
 
     textures, settled, accumulated: ``[N+1, H, W]`` in [0, 1] (words in prompt order, global last).
     phase_maps: ``[3, H, W]`` the global view's accumulated map per phase (noise, structure, detail).
-    live: ``[7 * N + 2 * (N + 1)]`` flat per-word measures (SERIES rows), then the per-view
-    means of ``settled`` and of the texture; copied to the host once by ``scalars()``.
+    live: ``[7 * N + 2 * (N + 1) + N]`` flat per-word measures (SERIES rows), then the per-view
+    means of ``settled`` and of the texture, then each word's ``stable_since``; copied to the
+    host once by ``scalars()``.
     """
 
     words: list[str]
@@ -64,10 +65,11 @@ class PhaseFrame:
         """JSON-able header values (one device -> host copy of ``live``, cached)."""
         if self._scalars is None:
             n = len(self.words)
-            live = self.live.cpu().numpy().astype(np.float64)  # [7N + 2(N+1)]
+            live = self.live.cpu().numpy().astype(np.float64)  # [7N + 2(N+1) + N]
             rows = live[: len(SERIES) * n].reshape(len(SERIES), n)  # [7, N]
             settled_mean = live[len(SERIES) * n : len(SERIES) * n + n + 1]  # [N+1]
-            texture_mean = live[len(SERIES) * n + n + 1 :]  # [N+1]
+            texture_mean = live[len(SERIES) * n + n + 1 : len(SERIES) * n + 2 * (n + 1)]  # [N+1]
+            stable_since = live[len(SERIES) * n + 2 * (n + 1) :]  # [N]
 
             def clean(values: np.ndarray) -> list[float | None]:
                 return [v if math.isfinite(v) else None for v in values.tolist()]
@@ -86,6 +88,9 @@ class PhaseFrame:
                 out[name] = clean(rows[i])
             out["settled"] = clean(settled_mean[:n])
             out["settled_global"] = float(settled_mean[n])
+            # first step of each word's current stable streak (-1: changing); at the last step
+            # it is the run's stabilisation step (bridge.phases.measures.update_stable_since)
+            out["stable_since"] = [int(v) for v in stable_since.tolist()]
             stability = texture_mean  # mean StabilityMask per view
             chaos = 1.0 - texture_mean  # mean ChaosMask per view
             out["forces"] = {

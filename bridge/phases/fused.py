@@ -25,6 +25,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .measures import update_stable_since
+from .normalise import GLOBAL_VIEWS, NORMALISERS
+from .timeline import measures_of
+
 #: Layout of the per-step scalars vector ``scal`` (float32, on the engine's device).
 SCALARS = (
     "w0", "w1", "w2",  # phase weights of this step
@@ -33,6 +37,8 @@ SCALARS = (
     "rate",  # change-EMA rate: 0 at the first step, 1 at the second, settle_rate after
     "seen",  # 1 if a previous step exists in this run, else 0
     "scale",  # settle_scale
+    "step",  # this step's 0-based index (for stable_since)
+    "threshold",  # stable_threshold: change below which a word's map counts as stable
 )
 
 
@@ -44,6 +50,7 @@ class StepState(NamedTuple):
     change_ema: Tensor  # [N+1, H, W]
     prev_dist: Tensor  # [N, H*W]
     acc: Tensor  # [3, N+1, H, W] weighted sums of the textures per phase
+    stable_since: Tensor  # [N] first step of the current below-threshold streak, -1 if none
 
 
 class StepOut(NamedTuple):
@@ -55,24 +62,19 @@ class StepOut(NamedTuple):
     accumulated: Tensor  # [N+1, H, W]
     phase_maps: Tensor  # [3, H, W] the global view's
     measures: Tensor  # [7, N] SERIES order
-    live: Tensor  # [7N + 2(N+1)]
+    live: Tensor  # [7N + 2(N+1) + N]: measures, settled means, texture means, stable_since
 
 
 def initial_state(n: int, h: int, w: int, device: torch.device) -> StepState:
-    """Zero state for a new run (see the module docstring for why zeros are exact)."""
+    """Zero state for a new run (see the module docstring for why zeros are exact); no word
+    stable yet (``stable_since`` = -1)."""
     z = lambda *shape: torch.zeros(shape, dtype=torch.float32, device=device)
-    return StepState(z(n), z(n + 1, h, w), z(n + 1, h, w), z(n, h * w), z(3, n + 1, h, w))
-
-
-def pixel_centres(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Pixel-centre coordinates ``xs`` ``[W]`` = (j+0.5)/W and ``ys`` ``[H]`` = (i+0.5)/H (a run constant)."""
-    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
-    return xs, ys
+    return StepState(z(n), z(n + 1, h, w), z(n + 1, h, w), z(n, h * w), z(3, n + 1, h, w), z(n) - 1.0)
 
 
 def step_scalars(
-    weights: tuple[float, float, float], weight_sums: list[float], seen_steps: int, settle_rate: float, settle_scale: float
+    weights: tuple[float, float, float], weight_sums: list[float], seen_steps: int, settle_rate: float, settle_scale: float,
+    step: int = 0, stable_threshold: float = 0.02,
 ) -> list[float]:
     """The ``scal`` values (SCALARS order) of one step, from host bookkeeping.
 
@@ -82,10 +84,7 @@ def step_scalars(
     coef = [w / s if (w > 0.0 and s > 0.0) else 0.0 for w, s in zip(weights, weight_sums)]
     inv = [1.0 / s if s > 0.0 else 0.0 for s in weight_sums]
     rate = 0.0 if seen_steps == 0 else (1.0 if seen_steps == 1 else settle_rate)
-    return [*weights, *coef, *inv, rate, 1.0 if seen_steps > 0 else 0.0, settle_scale]
-
-
-_TINY = torch.finfo(torch.float32).tiny
+    return [*weights, *coef, *inv, rate, 1.0 if seen_steps > 0 else 0.0, settle_scale, float(step), float(stable_threshold)]
 
 
 def _safe(x: Tensor) -> Tensor:
@@ -110,20 +109,9 @@ def phase_step(
     flat = maps.reshape(n, hw)  # [N, H*W]
     total = flat.sum(dim=1, keepdim=True)  # [N, 1], shared by the distribution and the mass
 
-    # Textures: words then the global view.
-    running_max = state.running_max
-    if normalisation == "running_max":
-        running_max = torch.maximum(running_max, flat.amax(dim=1))  # [N]
-        words_tex = (maps / _safe(running_max)[:, None, None]).clamp_(0.0, 1.0)
-    elif normalisation == "minmax":
-        lo, hi = torch.aminmax(flat, dim=1)  # one pass for both
-        span = (hi - lo)[:, None, None]
-        words_tex = ((maps - lo[:, None, None]) / _safe(span) * (span > 0)).clamp_(0.0, 1.0)
-    elif normalisation == "share":
-        words_tex = (maps / _safe(maps.sum(dim=0, keepdim=True))).clamp_(0.0, 1.0)
-    else:
-        raise ValueError(f"unknown normalisation {normalisation!r}")
-    gview = words_tex.amax(dim=0) if global_view == "max" else words_tex.mean(dim=0)
+    # Textures: words then the global view, from the one table of formulas (normalise.py).
+    words_tex, running_max = NORMALISERS[normalisation](maps, state.running_max)  # [N, H, W], [N]
+    gview = GLOBAL_VIEWS[global_view](words_tex)  # [H, W]
     textures = torch.cat([words_tex, gview[None]])  # [N+1, H, W]
 
     # Temporal settledness: ema += rate * (|tex - prev| - ema); settled = seen * exp(-ema / scale).
@@ -143,20 +131,11 @@ def phase_step(
     # Timelines from the raw maps.
     dist = torch.where(total > 0, flat / _safe(total), 1.0 / hw)  # [N, H*W]
     change = torch.where(seen > 0, 0.5 * (dist - state.prev_dist).abs().sum(dim=1), math.nan)  # [N]
-    mass = total[:, 0] / hw  # [N]
-    mass_total = mass.sum()
-    share = mass / _safe(mass_total)
-    # p log p with 0 log 0 = 0 (clamping to the smallest normal float only changes terms below 1e-36;
-    # log + mul is about twice as fast as xlogy on CPU)
-    entropy = -(dist * dist.clamp_min(_TINY).log()).sum(dim=1) / math.log(hw) if hw > 1 else torch.zeros_like(mass)
-    grid = dist.view(n, h, w)
-    px, py = grid.sum(dim=1), grid.sum(dim=2)  # [N, W], [N, H] marginals
-    cx, cy = px @ xs, py @ ys  # [N]
-    var = (px * (xs - cx[:, None]).square()).sum(dim=1) + (py * (ys - cy[:, None]).square()).sum(dim=1)
-    spread = var.clamp_min(0.0).sqrt()
-    measures = torch.stack([mass, share, entropy, cx, cy, spread, change])  # [7, N]
+    measures = measures_of(total[:, 0] / hw, dist, change, xs, ys)  # [7, N], the one definition (timeline.py)
 
-    live = torch.cat([measures.reshape(-1), settled.mean(dim=(1, 2)), textures.mean(dim=(1, 2))])
+    stable_since = update_stable_since(state.stable_since, change, scal[12], scal[13])  # [N]
+
+    live = torch.cat([measures.reshape(-1), settled.mean(dim=(1, 2)), textures.mean(dim=(1, 2)), stable_since])
     return StepOut(
-        StepState(running_max, textures, ema, dist, acc), textures, settled, accumulated, global_phase_maps, measures, live
+        StepState(running_max, textures, ema, dist, acc, stable_since), textures, settled, accumulated, global_phase_maps, measures, live
     )

@@ -6,6 +6,8 @@ word's values are small and their scale drifts over the run; textures need a fix
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -21,9 +23,9 @@ def minmax_normalise(maps: Tensor) -> Tensor:
     maps: ``[N, H, W]`` non-negative. Returns ``[N, H, W]``.
     """
     flat = maps.flatten(1)  # [N, H*W]
-    lo = flat.amin(dim=1)[:, None, None]  # [N, 1, 1]
-    span = (flat.amax(dim=1) - flat.amin(dim=1))[:, None, None]  # [N, 1, 1]
-    out = (maps - lo) / _safe(span) * (span > 0)  # [N, H, W]
+    lo, hi = torch.aminmax(flat, dim=1)  # [N] each, one pass
+    span = (hi - lo)[:, None, None]  # [N, 1, 1]
+    out = (maps - lo[:, None, None]) / _safe(span) * (span > 0)  # [N, H, W]
     return out.clamp_(0.0, 1.0)
 
 
@@ -55,27 +57,59 @@ def share_normalise(maps: Tensor) -> Tensor:
     return (maps / _safe(total)).clamp_(0.0, 1.0)
 
 
+# --- The one table of formulas -------------------------------------------------------------
+# Each normaliser maps (maps [N, H, W] >= 0, running max [N], zeros before the first step) to
+# (textures [N, H, W] in [0, 1], running max [N] after this step). The fused step
+# (bridge/phases/fused.py, compiled or eager) and the step-at-a-time reference (normalise())
+# both look the formula up here, so a new mode is one function and one Literal entry
+# (phases/config.py). Zeros are an exact "no previous step": maps are >= 0, so
+# max(0, step max) is the step max.
+
+
+def _running_max_mode(maps: Tensor, running_max: Tensor) -> tuple[Tensor, Tensor]:
+    running_max = update_running_max(running_max, maps)  # [N]
+    return running_max_normalise(maps, running_max), running_max
+
+
+def _minmax_mode(maps: Tensor, running_max: Tensor) -> tuple[Tensor, Tensor]:
+    return minmax_normalise(maps), running_max
+
+
+def _share_mode(maps: Tensor, running_max: Tensor) -> tuple[Tensor, Tensor]:
+    return share_normalise(maps), running_max
+
+
+#: normalisation mode -> (maps, running_max) -> (textures, running_max); keys = config.NORMALISATIONS.
+NORMALISERS: dict[str, Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]] = {
+    "running_max": _running_max_mode,
+    "minmax": _minmax_mode,
+    "share": _share_mode,
+}
+
+#: global view -> textures [N, H, W] -> [H, W]; keys = config.GLOBAL_VIEWS.
+GLOBAL_VIEWS: dict[str, Callable[[Tensor], Tensor]] = {
+    "max": lambda textures: textures.amax(dim=0),  # union: where any word attends
+    "mean": lambda textures: textures.mean(dim=0),  # average: dims as the prompt grows
+}
+
+
 def normalise(maps: Tensor, mode: str, running_max: Tensor | None = None) -> Tensor:
-    """Dispatch to one normalisation mode; ``running_max`` ([N]) is needed for ``running_max``."""
-    if mode == "minmax":
-        return minmax_normalise(maps)
-    if mode == "share":
-        return share_normalise(maps)
-    if mode == "running_max":
-        if running_max is None:
-            raise ValueError("running_max normalisation needs the running maximum ([N]); see update_running_max")
-        return running_max_normalise(maps, running_max)
-    raise ValueError(f"unknown normalisation {mode!r}; expected running_max, minmax or share")
+    """The step-at-a-time reference: one mode from :data:`NORMALISERS`; ``running_max`` ([N],
+    after :func:`update_running_max` for this step) is needed for ``running_max``."""
+    if mode not in NORMALISERS:
+        raise ValueError(f"unknown normalisation {mode!r}; expected {', '.join(NORMALISERS)}")
+    if mode == "running_max" and running_max is None:
+        raise ValueError("running_max normalisation needs the running maximum ([N]); see update_running_max")
+    state = running_max if running_max is not None else torch.zeros(maps.shape[:1], dtype=maps.dtype, device=maps.device)
+    return NORMALISERS[mode](maps, state)[0]
 
 
 def global_view(textures: Tensor, mode: str = "max") -> Tensor:
-    """One map for the whole prompt from the word textures.
+    """One map for the whole prompt from the word textures ``[N, H, W]`` -> ``[H, W]``.
 
     ``max``: where *any* word attends (union; keeps a lone object as bright as it is alone).
-    ``mean``: average over words (dims as the prompt grows). textures: ``[N, H, W]`` -> ``[H, W]``.
+    ``mean``: average over words (dims as the prompt grows).
     """
-    if mode == "max":
-        return textures.amax(dim=0)
-    if mode == "mean":
-        return textures.mean(dim=0)
-    raise ValueError(f"unknown global view {mode!r}; expected max or mean")
+    if mode not in GLOBAL_VIEWS:
+        raise ValueError(f"unknown global view {mode!r}; expected {', '.join(GLOBAL_VIEWS)}")
+    return GLOBAL_VIEWS[mode](textures)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .measures import area_under_curve, emergence_steps, peak_steps, stabilisation_steps
+
 #: Per-step series, in the row order of :func:`step_measures`.
 SERIES = ("mass", "share", "entropy", "centroid_x", "centroid_y", "spread", "change")
 
@@ -36,73 +38,46 @@ def distribution_change(dist: Tensor, previous: Tensor | None) -> Tensor:
     return 0.5 * (dist - previous).abs().sum(dim=1)
 
 
-def step_measures(maps: Tensor, dist: Tensor, change: Tensor) -> Tensor:
-    """Live timeline values of one step, stacked ``[7, N]`` in :data:`SERIES` order.
+_TINY = torch.finfo(torch.float32).tiny
 
-    mass: mean raw attention per pixel; share: mass / sum of the words' masses;
-    entropy: Shannon entropy of the spatial distribution / log(H*W) (0 focused, 1 uniform);
-    centroid_x/y: attention-weighted centre, pixel centres at (j+0.5)/W, (i+0.5)/H, y from the top;
-    spread: sqrt of the weighted variance of the distance from the centroid (image units);
-    change: :func:`distribution_change`. maps: ``[N, H, W]``; dist: ``[N, H*W]``; change: ``[N]``.
+
+def pixel_centres(h: int, w: int, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Pixel-centre coordinates ``xs`` ``[W]`` = (j+0.5)/W and ``ys`` ``[H]`` = (i+0.5)/H (a run constant)."""
+    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
+    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
+    return xs, ys
+
+
+def measures_of(mass: Tensor, dist: Tensor, change: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """Live timeline values of one step, stacked ``[7, N]`` in :data:`SERIES` order: the one
+    definition the fused step (phases/fused.py) and :func:`step_measures` share.
+
+    mass ``[N]``: mean raw attention per pixel; share: mass / sum of the words' masses;
+    entropy: Shannon entropy of the spatial distribution / log(H*W) (0 focused, 1 uniform;
+    0 log 0 = 0); centroid_x/y: attention-weighted centre, pixel centres from
+    :func:`pixel_centres`, y from the top; spread: sqrt of the weighted variance of the
+    distance from the centroid (image units); change ``[N]``: :func:`distribution_change`.
+    dist ``[N, H*W]`` from :func:`spatial_distribution`; xs ``[W]``, ys ``[H]``.
     """
-    n, h, w = maps.shape
-    mass = maps.flatten(1).mean(dim=1)  # [N]
+    n, (h, w) = mass.shape[0], (ys.shape[0], xs.shape[0])
+    hw = h * w
     total = mass.sum()
     share = mass / torch.where(total > 0, total, torch.ones_like(total))  # [N]
-    hw = h * w
-    entropy = -torch.xlogy(dist, dist).sum(dim=1) / math.log(hw) if hw > 1 else torch.zeros_like(mass)  # [N]
+    # p log p with 0 log 0 = 0 (clamping to the smallest normal float only changes terms below 1e-36;
+    # log + mul is about twice as fast as xlogy on CPU)
+    entropy = -(dist * dist.clamp_min(_TINY).log()).sum(dim=1) / math.log(hw) if hw > 1 else torch.zeros_like(mass)
     grid = dist.view(n, h, w)  # [N, H, W]
-    px = grid.sum(dim=1)  # [N, W] marginal over columns
-    py = grid.sum(dim=2)  # [N, H] marginal over rows
-    xs = (torch.arange(w, device=maps.device, dtype=maps.dtype) + 0.5) / w  # [W]
-    ys = (torch.arange(h, device=maps.device, dtype=maps.dtype) + 0.5) / h  # [H]
-    cx = (px * xs).sum(dim=1)  # [N]
-    cy = (py * ys).sum(dim=1)  # [N]
-    var = (px * (xs[None] - cx[:, None]) ** 2).sum(dim=1) + (py * (ys[None] - cy[:, None]) ** 2).sum(dim=1)
+    px, py = grid.sum(dim=1), grid.sum(dim=2)  # [N, W], [N, H] marginals
+    cx, cy = px @ xs, py @ ys  # [N]
+    var = (px * (xs - cx[:, None]).square()).sum(dim=1) + (py * (ys - cy[:, None]).square()).sum(dim=1)
     spread = var.clamp_min(0.0).sqrt()  # [N]
     return torch.stack([mass, share, entropy, cx, cy, spread, change])  # [7, N]
 
 
-def peak_steps(mass: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Step of each word's largest mass (first one on ties). mass: ``[T, N]``; steps: ``[T]``."""
-    if mass.shape[0] == 0:
-        return np.full(mass.shape[1], -1, dtype=np.int64)
-    return steps[np.argmax(mass, axis=0)].astype(np.int64)
-
-
-def emergence_steps(mass: np.ndarray, steps: np.ndarray, fraction: float) -> np.ndarray:
-    """First step at which each word's mass reaches ``fraction`` of its peak mass (-1 if the
-    word never has any mass). mass: ``[T, N]``; steps: ``[T]``. Scale-invariant."""
-    if mass.shape[0] == 0:
-        return np.full(mass.shape[1], -1, dtype=np.int64)
-    peak = mass.max(axis=0)  # [N]
-    reached = mass >= fraction * peak[None]  # [T, N]
-    out = steps[np.argmax(reached, axis=0)].astype(np.int64)
-    out[peak <= 0] = -1
-    return out
-
-
-def stabilisation_steps(change: np.ndarray, steps: np.ndarray, threshold: float) -> np.ndarray:
-    """First step from which each word's map changes less than ``threshold`` (total variation
-    vs the previous step) at every later step of the run; -1 if the last change is still at or
-    above it. Step 0 has no change (NaN) and never counts. change: ``[T, N]``; steps: ``[T]``."""
-    t, n = change.shape
-    out = np.full(n, -1, dtype=np.int64)
-    if t == 0:
-        return out
-    below = np.nan_to_num(change, nan=np.inf) < threshold  # [T, N]
-    stays = np.flip(np.logical_and.accumulate(np.flip(below, axis=0), axis=0), axis=0)  # [T, N]
-    found = stays.any(axis=0)
-    out[found] = steps[np.argmax(stays, axis=0)][found]
-    return out
-
-
-def area_under_curve(mass: np.ndarray) -> np.ndarray:
-    """AUC: sum of the per-step mass over the recorded steps divided by their number (the
-    mean mass over the run; rectangle rule, one step = width 1/T). mass: ``[T, N]`` -> ``[N]``."""
-    if mass.shape[0] == 0:
-        return np.zeros(mass.shape[1], dtype=np.float64)
-    return mass.astype(np.float64).sum(axis=0) / mass.shape[0]
+def step_measures(maps: Tensor, dist: Tensor, change: Tensor) -> Tensor:
+    """:func:`measures_of` from a step's raw maps ``[N, H, W]``, dist ``[N, H*W]``, change ``[N]``."""
+    _, h, w = maps.shape
+    return measures_of(maps.flatten(1).mean(dim=1), dist, change, *pixel_centres(h, w, maps.device, maps.dtype))
 
 
 @dataclass

@@ -5,18 +5,29 @@ Any Python that runs beside it in the same process (packing, float16 encoding, s
 the sinks' threads) takes the GIL from that thread, and every hand-over of the GIL costs it
 more: with the sinks in-process, capture + phases + publish measured 1.10–1.16× plain on an
 H100, against 0.99–1.02× for capture alone (docs/BENCHMARKS.md). A :class:`PacketProcess`
-runs the :class:`~bridge.stream.fanout.FanOut` and its sinks in a spawned child. The parent pickles
-each item (protocol 5, arrays out of band) and pushes it over a loopback ZeroMQ PUSH socket,
-whose I/O thread does the sending without the GIL.
+runs the :class:`~bridge.stream.fanout.FanOut` and its sinks in a spawned child. The parent encodes
+each item as a JSON frame plus raw array frames (no pickle: :mod:`bridge.item_codec`) and sends
+it over a ZeroMQ socket whose I/O thread does the sending without the GIL.
 
-An item is a Packet, or a *recipe*: a picklable zero-argument callable (a ``functools.partial``
-of a module-level function over host arrays) that the child calls to build the Packet (or None:
+The channel admits only the daemon's own child (docs/SECURITY.md, "Internal channels and
+traces"): an ``ipc://`` socket file in a fresh directory that only this user can enter (0700,
+``tempfile.mkdtemp``), bound by a PAIR socket, and removed (file and directory) as soon as the
+child's first message arrives on it: from then on there is nothing to connect to. So no other
+local process can read the items (prompts, images) or feed the child one (and an item can only
+name an allow-listed recipe: nothing on the channel is unpickled); a loopback TCP
+port would admit any local process, and a PUSH socket would deal packets out to it. Where
+ZeroMQ has no ``ipc://`` (older Windows builds) the PacketProcess refuses to start and says so:
+run without the sink process there (``--sink-process off``).
+
+An item is a Packet, or a *recipe*: a ``functools.partial`` of an allow-listed module-level
+function over host arrays (:func:`bridge.item_codec.recipes`) that the child calls to build the Packet (or None:
 nothing to send), so the phases, the packing and the header maths run there too (``Runner``
 sends recipes to a remote Publisher such as this one; by default it then runs the
 phases in the child, on the CPU, from each step's word maps).
 
 Sinks are built in the child from ``sinks``, a picklable factory (e.g.
-``functools.partial(build_sinks, args)``), so a socket or a file belongs to one process only.
+``functools.partial(build_sinks, args)``; handed over once by ``multiprocessing``'s spawn, on
+the child's inherited pipe, never on the item channel), so a socket or a file belongs to one process only.
 A sink that cannot open raises in the parent, from the constructor, with the child's error.
 If the child dies, the next item starts a new one (at most once every ``restart_every``
 seconds; items in between are dropped and counted), so a long show keeps going.
@@ -30,13 +41,18 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import pickle
+import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
+from functools import partial
 from typing import Any, Callable
 
 import zmq
+
+from bridge.item_codec import decode_item, encode_item
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +85,16 @@ def set_cpus(cpus: set[int]) -> None:
 
 class PacketProcessError(RuntimeError):
     """The sink process could not start or stopped answering."""
+
+
+def private_endpoint() -> tuple[str, str]:
+    """``(folder, endpoint)``: an ``ipc://`` endpoint in a new directory only this user can enter."""
+    if not zmq.has("ipc"):
+        raise PacketProcessError("this ZeroMQ build has no ipc:// transport, which the sink process needs to keep "
+                                 "its channel private; run with --sink-process off")
+    folder = tempfile.mkdtemp(prefix="stepx-sinks-")  # mode 0700: no other user can reach the socket
+    os.chmod(folder, 0o700)  # (mkdtemp already does; said twice because it is the point)
+    return folder, f"ipc://{os.path.join(folder, 'items')}"
 
 
 class PacketProcess:
@@ -110,14 +136,15 @@ class PacketProcess:
     # -- the child's life ------------------------------------------------------------------------
     def _start(self, factory: SinkFactory | None = None) -> None:
         self._last_start = time.monotonic()
-        sock = self._zctx.socket(zmq.PUSH)
+        folder, endpoint = private_endpoint()
+        sock = self._zctx.socket(zmq.PAIR)  # one peer: the child; nobody else is dealt a packet
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDTIMEO, int(self._send_timeout * 1000))
-        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        sock.bind(endpoint)
         here, there = self._mp.Pipe()
         proc = self._mp.Process(target=serve, name=self._name, daemon=True,
-                                args=(factory or self._factory, f"tcp://127.0.0.1:{port}", there, self._keep_max,
+                                args=(factory or self._factory, endpoint, there, self._keep_max,
                                       logging.getLogger().getEffectiveLevel(), self._cpus))
         proc.start()
         there.close()
@@ -125,6 +152,11 @@ class PacketProcess:
             if not here.poll(self._start_timeout):
                 raise PacketProcessError(f"the sink process did not start within {self._start_timeout:.0f}s")
             status, detail = here.recv()
+            if status == "ready":  # the child's hello on the channel: connected; now close the door
+                if not sock.poll(int(self._start_timeout * 1000)):
+                    raise PacketProcessError("the sink process never connected to its channel")
+                sock.recv()
+                shutil.rmtree(folder, ignore_errors=True)  # the socket file goes: nobody can connect after it
         except (EOFError, OSError):
             status, detail = "error", PacketProcessError(f"the sink process exited while starting (code {proc.exitcode})")
         except PacketProcessError as exc:
@@ -135,8 +167,10 @@ class PacketProcess:
                 proc.kill()
             sock.close(linger=0)
             here.close()
+            shutil.rmtree(folder, ignore_errors=True)
             raise detail if isinstance(detail, BaseException) else PacketProcessError(str(detail))
-        self._sock, self._conn, self._proc = sock, here, proc
+        self._sock, self._conn, self._proc, self._folder = sock, here, proc, folder
+        self.endpoint = endpoint
         self.sink_names = list(detail)
 
     def _revive(self) -> bool:
@@ -148,6 +182,7 @@ class PacketProcess:
         log.error("the sink process died (exit code %s); starting a new one", self._proc.exitcode)
         self._sock.close(linger=0)
         self._conn.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
         try:
             self._start(self._restart_factory)
         except Exception as exc:  # keep the producer alive: try again after the interval
@@ -176,9 +211,7 @@ class PacketProcess:
         self._push(_RECIPE, recipe)
 
     def _push(self, tag: bytes, item: Any) -> bool:
-        buffers: list[pickle.PickleBuffer] = []
-        data = pickle.dumps(item, protocol=5, buffer_callback=buffers.append)
-        frames = [tag, data, *(b.raw() for b in buffers)]
+        frames = [tag, *encode_item(item)]  # no pickle: JSON + raw array frames (bridge.item_codec)
         with self._lock:
             if self._closed:
                 raise RuntimeError("PacketProcess is closed")
@@ -200,7 +233,7 @@ class PacketProcess:
         with self._lock:
             if self._closed or not self._proc.is_alive():
                 return False
-            token = pickle.dumps(time.monotonic_ns())
+            token = str(time.monotonic_ns()).encode()
             self._sock.send_multipart([_FLUSH, token])
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0 and self._conn.poll(left):
@@ -227,6 +260,7 @@ class PacketProcess:
                 self._proc.join(1)
             self._sock.close(linger=0)
             self._conn.close()
+            shutil.rmtree(self._folder, ignore_errors=True)
         self._zctx.term()
 
     def __enter__(self) -> "PacketProcess":
@@ -259,9 +293,10 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
             conn.send(("error", PacketProcessError(f"{type(exc).__name__}: {exc}")))
         return
     zctx = zmq.Context()
-    pull = zctx.socket(zmq.PULL)
+    pull = zctx.socket(zmq.PAIR)
     pull.setsockopt(zmq.LINGER, 0)
     pull.connect(endpoint)
+    pull.send(b"hello")  # the parent removes the socket file once this arrives
     conn.send(("ready", [s.name for s in sinks]))
     parent = mp.parent_process()
     errors, last_log = 0, -1e9
@@ -279,8 +314,8 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
                 conn.send(("flushed", frames[1].bytes))
                 continue
             try:
-                item = pickle.loads(frames[1].buffer, buffers=[f.buffer for f in frames[2:]])
-                packet = item() if tag == _RECIPE else item
+                item = decode_item([f.buffer for f in frames[1:]])  # a Packet, or an allow-listed recipe
+                packet = item() if isinstance(item, partial) else item
                 if packet is not None:  # a recipe may find nothing to send (a timeline of no steps)
                     fan.publish(packet)
             except Exception as exc:  # one bad item must not stop the stream

@@ -1,7 +1,7 @@
 """The Publisher protocol: what the runner and the daemon hand their Packets to.
 
-A publisher takes built Packets (``publish``) and *recipes* (``publish_recipe``): picklable
-zero-argument callables that build a Packet (or None) from host arrays. A remote publisher
+A publisher takes built Packets (``publish``) and *recipes* (``publish_recipe``): zero-argument
+callables (a ``functools.partial`` of an allow-listed function, :mod:`bridge.item_codec`) that build a Packet (or None) from host arrays. A remote publisher
 (``remote = True``, the :class:`~bridge.stream.process.PacketProcess`) runs recipes in the sink
 process, so the phases and packing leave the model's process; a local one runs them where it is
 called. The runner asks these declared members, never ``getattr``.
@@ -13,7 +13,8 @@ from typing import Callable, Protocol, runtime_checkable
 
 from bridge.protocol import Packet
 
-#: A picklable zero-argument callable that builds one Packet (or None: nothing to send).
+#: A zero-argument callable that builds one Packet (or None: nothing to send); to cross to the sink
+#: process it must be a ``functools.partial`` of a function in ``bridge.item_codec.recipes()``.
 Recipe = Callable[[], "Packet | None"]
 
 

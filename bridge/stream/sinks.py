@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from bridge.protocol import DEFAULT_DATA_ENDPOINT, OSC_OUT_PORT
 from bridge.stream.fanout import Sink
+from bridge.trace import EXISTING
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--osc", type=host_port, default=None, metavar="HOST:PORT",
                    help=f"send OSC over UDP (e.g. 127.0.0.1:{DEFAULT_OSC_PORT})")
     g.add_argument("--record", default=None, metavar="PATH", help="record a trace to PATH (docs/TRACE.md)")
+    g.add_argument("--record-existing", choices=EXISTING, default="append",
+                   help="when the trace file already exists: append the new runs, refuse (exit with an error), "
+                        "or overwrite it (the only choice that replaces a recording); default: %(default)s")
     g.add_argument("--spout", default=None, metavar="NAME", help="share textures over Spout (Windows)")
     g.add_argument("--syphon", default=None, metavar="NAME", help="share textures over Syphon (macOS)")
     g.add_argument("--ndi", default=None, metavar="NAME", help="send textures as an NDI source")
@@ -111,7 +115,7 @@ def _platform_sink(kind: str, name: str) -> Sink:
 
 
 #: the attributes of parsed arguments that build_sinks reads
-SINK_OPTIONS = ("zmq", "zmq_encoding", "osc", "record", "bind_any", *PLATFORM_SINKS)
+SINK_OPTIONS = ("zmq", "zmq_encoding", "osc", "record", "record_existing", "bind_any", *PLATFORM_SINKS)
 
 
 def sink_options(args: Any) -> argparse.Namespace:
@@ -124,7 +128,23 @@ def restart_options(args: argparse.Namespace) -> argparse.Namespace:
     """``sink_options`` for sinks that replace ones that died: the recording is continued (a
     finished trace is appended to; one cut off mid-run is kept aside by TraceWriter), never
     started again over what was recorded."""
-    return argparse.Namespace(**{**vars(sink_options(args)), "record_append": True})
+    return argparse.Namespace(**{**vars(sink_options(args)), "record_existing": "append"})
+
+
+def open_recorder(path: str | Path, existing: str) -> Sink:
+    """A TraceWriter at ``path``; an existing file handled as ``existing`` says (never destroyed
+    unless it says ``overwrite``); what stops it (an existing file under ``refuse``, a damaged
+    trace to append to, a path under a file) is a one-line :class:`SinkError`."""
+    from bridge.trace import TraceError, TraceWriter  # noqa: PLC0415
+
+    try:
+        return TraceWriter(path, existing=existing)
+    except FileExistsError as exc:
+        raise SinkError(f"{exc} (--record-existing append|overwrite)") from None
+    except TraceError as exc:
+        raise SinkError(f"{exc}; record to another path, or pass --record-existing overwrite") from None
+    except OSError as exc:
+        raise SinkError(f"cannot record to {path}: {exc.strerror or exc}") from None
 
 
 def build_sinks(args: Any, *, default_zmq: bool = False) -> list[Sink]:
@@ -133,7 +153,6 @@ def build_sinks(args: Any, *, default_zmq: bool = False) -> list[Sink]:
     With ``default_zmq`` and no output chosen, publish on ZeroMQ at the default endpoint.
     If one sink fails to open, the ones already opened are closed before the error is raised.
     """
-    from bridge.trace import TraceWriter  # noqa: PLC0415 (keep this module import-light)
     from bridge.transport.osc_out import OscSender  # noqa: PLC0415
     from bridge.transport.zmq_pub import ZmqPublisher  # noqa: PLC0415
 
@@ -157,7 +176,7 @@ def build_sinks(args: Any, *, default_zmq: bool = False) -> list[Sink]:
             host, port = host_port(args.osc) if isinstance(args.osc, str) else args.osc
             sinks.append(OscSender(host, port))
         if getattr(args, "record", None):
-            sinks.append(TraceWriter(args.record, append=bool(getattr(args, "record_append", False)) and Path(args.record).exists()))
+            sinks.append(open_recorder(args.record, getattr(args, "record_existing", "append")))
         for kind in PLATFORM_SINKS:
             if getattr(args, kind, None):
                 sinks.append(_platform_sink(kind, getattr(args, kind)))

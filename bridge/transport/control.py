@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -203,3 +204,19 @@ def check_bind(host: str, allow_remote: bool, token: str | None, allow_unauthent
             raise ControlError(f"refusing to bind control to {host!r} without a token: anyone who can reach it "
                                "could drive the daemon; set --token, or pass --allow-remote-without-token")
         log.warning("control bound to %s without a token: anyone on the network can drive the daemon", host)
+
+
+def supervise(serve: Callable[[], None], stop: threading.Event, name: str,
+              on_restart: Callable[[], None]) -> None:
+    """Run a control loop until ``stop`` is set, starting it again if it ever ends early.
+
+    The last line, not the first: each loop catches everything per message; this only keeps a
+    loop ended by something unforeseen (a handler calling ``sys.exit()``, say) from silencing
+    control for the rest of the show."""
+    while not stop.is_set():
+        try:
+            serve()
+        except BaseException as exc:  # noqa: BLE001 - anything that ends the loop
+            on_restart()
+            log.critical("control %s: loop ended by %r; restarting it", name, exc)
+            stop.wait(0.1)

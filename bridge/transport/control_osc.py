@@ -31,7 +31,7 @@ from pythonosc.osc_packet import OscPacket
 from bridge.protocol import COMMANDS, OSC_CONTROL_PORT
 from bridge.transport import osc_encode
 from bridge.transport.control import (ControlError, Handler, check_bind, decode_json, encode_reply, handle_object,
-                                      reply_error)
+                                      reply_error, supervise)
 from bridge.request import FIELDS, GenerateParams, SchemaError, check_fields, check_token
 
 log = logging.getLogger(__name__)
@@ -163,15 +163,10 @@ class ControlOscServer:
         return bounded_reply(reply, None if was_known else len(data))
 
     def _supervise(self) -> None:
-        """The last line, not the first (``_serve`` catches everything per message): if the loop
-        ever ends before ``close()``, log it and start it again on the same socket."""
-        while not self._stop.is_set():
-            try:
-                self._serve()
-            except BaseException as exc:  # noqa: BLE001 - e.g. a handler that calls sys.exit()
-                self.restarts += 1
-                log.critical("control osc: loop ended by %r; restarting it (%d)", exc, self.restarts)
-                self._stop.wait(0.1)
+        supervise(self._serve, self._stop, "osc", self._count_restart)
+
+    def _count_restart(self) -> None:
+        self.restarts += 1
 
     def _serve(self) -> None:
         while not self._stop.is_set():

@@ -18,7 +18,8 @@ import zmq
 
 from bridge.protocol import DEFAULT_CONTROL_ENDPOINT
 from bridge.request import MAX_REQUEST_BYTES, GenerateParams
-from bridge.transport.control import ControlError, Handler, check_bind, encode_reply, handle_json, reply_error
+from bridge.transport.control import (ControlError, Handler, check_bind, encode_reply, handle_json, reply_error,
+                                      supervise)
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,10 @@ class ControlZmqServer:
             return envelope + [encode_reply(reply_error("internal error"))]
 
     def _supervise(self) -> None:
-        """The last line, not the first (``_serve`` catches everything per message): if the loop
-        ever ends before ``close()``, log it and start it again on the same socket."""
-        while not self._stop.is_set():
-            try:
-                self._serve()
-            except BaseException as exc:  # noqa: BLE001 - e.g. a handler that calls sys.exit()
-                self.restarts += 1
-                log.critical("control zmq: loop ended by %r; restarting it (%d)", exc, self.restarts)
-                self._stop.wait(0.1)
+        supervise(self._serve, self._stop, "zmq", self._count_restart)
+
+    def _count_restart(self) -> None:
+        self.restarts += 1
 
     def _serve(self) -> None:
         while not self._stop.is_set():

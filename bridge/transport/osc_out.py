@@ -47,6 +47,15 @@ def _f(x: Any, default: float = 0.0) -> float:
     return v if np.isfinite(v) else default
 
 
+_RAW = ("mass", "entropy", "centroid_x", "centroid_y", "change")
+
+
+def _raw_word_series(header: dict[str, Any], n: int) -> dict[str, list[Any]] | None:
+    """The step header's per-word series (bridge.phases.timeline.SERIES) if all are there for n words."""
+    out = {k: header.get(k) for k in _RAW}
+    return out if all(isinstance(v, list) and len(v) == n for v in out.values()) else None
+
+
 def packet_messages(packet: Any) -> list[bytes]:
     """The OSC messages for one Packet (pure; empty list for kinds OSC does not carry)."""
     h, k = packet.header, packet.kind
@@ -62,12 +71,25 @@ def packet_messages(packet: Any) -> list[bytes]:
         meas = None
         if tex is not None and tex.ndim == 3 and tex.shape[0] >= 1:
             meas = word_measures(tex)
+        raw = _raw_word_series(h, len(words))  # the timeline's definitions, from the raw maps
         for i in range(len(words)):
-            if meas is None or i >= len(meas["mass"]):
-                break
-            msgs.append(M(f"/stepx/word/{i}/mass", float(meas["mass"][i])))
-            msgs.append(M(f"/stepx/word/{i}/entropy", float(meas["entropy"][i])))
-            msgs.append(M(f"/stepx/word/{i}/centroid", float(meas["cx"][i]), float(meas["cy"][i])))
+            if raw is not None:
+                msgs.append(M(f"/stepx/word/{i}/mass", _f(raw["mass"][i])))
+                msgs.append(M(f"/stepx/word/{i}/entropy", _f(raw["entropy"][i])))
+                msgs.append(M(f"/stepx/word/{i}/centroid", _f(raw["centroid_x"][i], 0.5), _f(raw["centroid_y"][i], 0.5)))
+                msgs.append(M(f"/stepx/word/{i}/change", _f(raw["change"][i])))
+            elif meas is not None and i < len(meas["mass"]):  # a packet without series: same formulas on the texture
+                msgs.append(M(f"/stepx/word/{i}/mass", float(meas["mass"][i])))
+                msgs.append(M(f"/stepx/word/{i}/entropy", float(meas["entropy"][i])))
+                msgs.append(M(f"/stepx/word/{i}/centroid", float(meas["cx"][i]), float(meas["cy"][i])))
+        since = h.get("stable_since")
+        if isinstance(since, list) and len(since) == len(words):
+            step_now = int(h.get("step", -1))
+            for i, v in enumerate(since):
+                v = int(v) if isinstance(v, (int, float)) else -1
+                msgs.append(M(f"/stepx/word/{i}/stable_since", v))
+                if v >= 0 and v == step_now:  # the event: word i's map has just stopped moving
+                    msgs.append(M(f"/stepx/word/{i}/stabilised", v))
         if meas is not None and len(meas["mass"]) == len(words) + 1:  # global view is last
             msgs.append(M("/stepx/global/mass", float(meas["mass"][-1])))
             msgs.append(M("/stepx/global/entropy", float(meas["entropy"][-1])))

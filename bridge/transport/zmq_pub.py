@@ -6,9 +6,16 @@ re-sent before the next packet goes out (the sending thread looks for new subscr
 a non-blocking read), or within ``poll_interval`` (0.1 s) while nothing is being sent, instead
 of waiting for the next run. No thread wakes at a high rate for this: a 5 ms watcher was 200
 wake-ups a second in the sink process, beside the thread that launches the model's kernels
-(bench/sink_cpu.py). Why NOBLOCK + a small SNDHWM:
+(bench/sink_cpu.py). Why NOBLOCK + a bounded SNDHWM:
 a slow subscriber must never slow the model; when its pipe is full the frame is dropped
-(counted in ``dropped``), so no backlog can build up on the publisher side.
+for that subscriber (XPUB semantics), so the publisher holds at most ``SNDHWM`` frames per
+subscriber. Why 32 and not 4: packets come in bursts (a step, its image, the final image, the
+timeline, the end and the next run's packet within a millisecond: the idle replay's loop point),
+and a queue of 4 dropped ``run``/``end``/step 0 for subscribers that kept up. The receiver's
+own queue (RCVHWM) is what grows for a slow reader: it must drain (docs/PROTOCOL.md).
+
+``close()`` lingers up to ``linger`` seconds so the last packets of a replay (``timeline``,
+``end``) reach subscribers before the process exits.
 
 Re-sent ``run``/``end`` packets go to every matching subscriber: receivers treat a repeated
 ``run`` with the same ``run_id`` as a no-op (docs/PROTOCOL.md).
@@ -27,6 +34,8 @@ from bridge.protocol import DEFAULT_DATA_ENDPOINT, TOPIC_ROOT, encode
 log = logging.getLogger(__name__)
 
 DEFAULT_PUB_ENDPOINT = DEFAULT_DATA_ENDPOINT
+#: frames queued per subscriber before XPUB drops for it (the module docstring says why 32)
+SNDHWM = 32
 _RUN_TOPIC = (TOPIC_ROOT + "run").encode()
 _END_TOPIC = (TOPIC_ROOT + "end").encode()
 
@@ -45,13 +54,15 @@ class ZmqPublisher:
     lossless = False  # a subscriber takes the latest frames
 
     def __init__(self, endpoint: str = DEFAULT_PUB_ENDPOINT, *, encoding: str = "float16",
-                 sndhwm: int = 4, name: str = "zmq", context: zmq.Context | None = None,
-                 poll_interval: float = 0.1) -> None:
+                 sndhwm: int = SNDHWM, name: str = "zmq", context: zmq.Context | None = None,
+                 poll_interval: float = 0.1, linger: float = 1.0) -> None:
         self.name = name
         self.encoding = encoding
         self.sent = 0
         self.dropped = 0
-        self._ctx = context or zmq.Context.instance()
+        self._own_ctx = context is None  # our own: close() can wait for the queued frames to leave
+        self._ctx = context or zmq.Context()
+        self._linger = linger
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscribe, even duplicates
@@ -115,8 +126,13 @@ class ZmqPublisher:
                         pass
 
     def close(self) -> None:
-        """Stop the watcher and close the socket (pending frames are discarded: LINGER 0)."""
+        """Stop the watcher and close the socket, giving queued frames up to ``linger`` seconds to
+        reach subscribers that keep up (a replay's last ``timeline`` and ``end``)."""
         self._stop.set()
         self._watcher.join(timeout=1.0)
         with self._lock:
-            self._sock.close(linger=0)
+            if self._sock.closed:
+                return
+            self._sock.close(linger=int(self._linger * 1000))
+        if self._own_ctx:
+            self._ctx.term()  # returns once the queued frames are sent, or the linger has passed

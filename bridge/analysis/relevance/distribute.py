@@ -45,18 +45,19 @@ class ModelSpec:
     threads: int | None = None
 
     def load(self) -> Any:
-        import torch
+        from bridge.runner import denoiser
+        from bridge.threads import configure_threads
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         if self.factory:
             module, _, fn = self.factory.partition(":")
             pipe = getattr(importlib.import_module(module), fn)()
             pipe.set_progress_bar_config(disable=True)
-            return pipe
-        from bridge.models.loading import load_pipeline
+        else:
+            from bridge.models.loading import load_pipeline
 
-        return load_pipeline(self.model, self.device, self.dtype, self.arch, config=self.config)[0]
+            pipe = load_pipeline(self.model, self.device, self.dtype, self.arch, config=self.config)[0]
+        configure_threads(self.threads, next(denoiser(pipe).parameters()).device)  # --threads, else the default for its device
+        return pipe
 
 
 @dataclass

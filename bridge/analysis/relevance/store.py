@@ -11,8 +11,6 @@ A rerun with the same settings skips the generations already counted.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,22 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..files import atomic_write
 from .hrv import relevance_vectors, select_heads, split_by_layer
 
 PARTIAL = ".relevance"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -59,7 +47,7 @@ class RunStore:
                 raise ValueError(f"{self.out} holds a relevance run with other settings ({', '.join(diff)} differ); "
                                  "resume it with the same settings or write to another folder with -o")
         else:
-            _atomic_write(path, json.dumps(manifest, indent=1).encode())
+            atomic_write(path, json.dumps(manifest, indent=1).encode())
 
     def save_chunk(self, indices: Sequence[int], counts: np.ndarray) -> None:
         idx = np.asarray(sorted(indices), dtype=np.int64)
@@ -67,7 +55,7 @@ class RunStore:
 
         buf = io.BytesIO()
         np.savez(buf, indices=idx, counts=counts.astype(np.int64))
-        _atomic_write(self.dir / f"chunk-{int(idx[0]):09d}-{len(idx)}.npz", buf.getvalue())
+        atomic_write(self.dir / f"chunk-{int(idx[0]):09d}-{len(idx)}.npz", buf.getvalue())
 
     def load(self, shape: tuple[int, int]) -> tuple[set[int], np.ndarray]:
         """Indices already counted and their summed counts; a chunk of another shape is an error."""
@@ -94,10 +82,10 @@ def write_results(out: Path, concepts: Sequence[str], counts: np.ndarray, layout
     for c, vec in zip(concepts, vectors):
         weights = select_heads(vec, top_k) if top_k else vec
         path = out / f"{c}.json"
-        _atomic_write(path, (json.dumps(split_by_layer(weights, layout), indent=1) + "\n").encode())
+        atomic_write(path, (json.dumps(split_by_layer(weights, layout), indent=1) + "\n").encode())
         paths.append(path)
     full = {**summary, "concepts": list(concepts), "layout": [list(x) for x in layout], "counts": counts.tolist()}
-    _atomic_write(out / PARTIAL / "summary.json", (json.dumps(full, indent=1) + "\n").encode())
+    atomic_write(out / PARTIAL / "summary.json", (json.dumps(full, indent=1) + "\n").encode())
     return paths
 
 

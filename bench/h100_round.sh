@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One device call of issue 24's figures on one GPU (docs/BENCHMARKS.md), under a deadline:
+#   bash bench/h100_round.sh OUTDIR SET [SECONDS]     (SECONDS: this script's budget, default 570)
+# SET small: SD 1.5 512² (40 interleaved rounds, --profile) and the few-step models at 512² (SD-Turbo
+#   shape at 1 and 4 steps, guidance 0; SD 1.5 with LCM at 4 steps, guidance 1): 4 files.
+# SET big: FLUX.1-dev shape 512², SDXL and SD3.5-medium shapes 1024²: 4 files.
+# Each bench gets --max-seconds inside what is left and is skipped when too little is; every
+# result's JSON also goes into OUTDIR/log. Run it twice in one call (two code trees, two OUTDIRs
+# under $OUT) to compare code on the same machine: the device brings back 8 files.
+set -uo pipefail
+out=${1:?output folder}; set=${2:?small or big}; budget=${3:-570}; mkdir -p "$out"; tmp=$(mktemp -d)
+python3 -c 'import torch; print(torch.cuda.get_device_name(0), torch.__version__)' | tee -a "$out/log"
+echo "$(nproc) CPUs; code: $(python3 -c 'import bridge, os; print(os.path.dirname(bridge.__file__))')" | tee -a "$out/log"
+bench() {  # NAME NEED_S TIMED_S ARGS...: run when NEED_S seconds are left; TIMED_S is its rounds' budget
+  local name=$1 need=$2 timed=$3; shift 3
+  local left=$((budget - SECONDS))
+  if [ "$left" -lt "$need" ]; then echo "== $name skipped: $left s left, $need needed" | tee -a "$out/log"; return; fi
+  echo "== $name: stepx bench $* --max-seconds $timed ($left s left)" | tee -a "$out/log"
+  timeout $((left - 5)) python3 -m bridge.cli bench "$@" --max-seconds "$timed" --json "$tmp/$name.json" 2>&1 | tee -a "$out/log" | grep -v '^{'
+}
+if [ "$set" = small ]; then
+bench sd15 140 70 --arch sd15 --runs 40 --warmup 2 --variants plain capture publish --profile "$out/sd15_profile.txt"
+bench turbo1 60 15 --arch sdturbo --steps 1 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
+bench turbo4 45 15 --arch sdturbo --steps 4 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
+bench lcm4 60 15 --arch sd15 --scheduler lcm --steps 4 --guidance 1 --runs 100 --warmup 3 --variants plain capture publish
+fi
+if [ "$set" = big ]; then
+bench flux 130 60 --arch flux --size 512 --runs 8 --warmup 1 --variants plain capture publish
+bench sdxl 80 35 --arch sdxl --runs 12 --warmup 1 --variants plain capture publish
+bench sd35m 90 40 --arch sd35m --runs 12 --warmup 1 --variants plain capture publish
+fi
+for f in sd15 flux sdxl sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
+[ "$set" = small ] && python3 - "$tmp" "$out/fewstep.json" <<'PY'
+import json, pathlib, sys
+tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+found = {n: json.loads((tmp / f"{n}.json").read_text()) for n in ("turbo1", "turbo4", "lcm4") if (tmp / f"{n}.json").exists()}
+dest.write_text(json.dumps(found, indent=1))
+PY
+echo "done in $SECONDS s" | tee -a "$out/log"

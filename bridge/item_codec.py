@@ -1,0 +1,161 @@
+"""Items for the sink process's channel, without pickle: what crosses it cannot run code.
+
+Why: pickle runs whatever a byte string names, so a channel that carries pickles is only as
+safe as the guarantee that nobody else can write to it. Here an item is one JSON frame and one
+frame per array (its raw bytes, sent without a copy): a Packet as its kind, header and arrays,
+a *recipe* (a ``functools.partial`` that the child calls to build a Packet) as the function's
+name and its arguments. Arrays keep their dtype (from numpy's dtype list the wire allows). The child calls only functions on an allow-list (:func:`recipes`), so a
+forged item can at worst name one of them with bad arguments: an error, logged and skipped.
+
+Arguments may be None, bool, int, float (NaN and infinities too), str, lists, tuples, dicts
+with string keys, numpy arrays, numpy scalars, :class:`~bridge.phases.PhaseConfig` and other
+recipes (the idle replay wraps one); anything else is refused in the parent with a TypeError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from functools import partial
+from typing import Any, Callable
+
+import numpy as np
+
+from bridge import protocol as wire
+
+def _name(fn: Callable) -> str:
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def recipes() -> dict[str, Callable]:
+    """The allow-list: every function the child may call to build a Packet, by qualified name."""
+    from bridge.daemon import replayed  # noqa: PLC0415 (heavy modules; only where recipes are used)
+    from bridge.stream.recipes import host_step_packet, step_packet, timeline_packet  # noqa: PLC0415
+
+    return {_name(f): f for f in (step_packet, host_step_packet, timeline_packet, replayed)}
+
+
+def _dataclasses() -> dict[str, type]:
+    from bridge.phases import PhaseConfig  # noqa: PLC0415
+
+    return {"PhaseConfig": PhaseConfig}
+
+
+def encode_item(item: Any) -> list[Any]:
+    """A Packet or an allow-listed recipe as message frames: one JSON frame, then each array's
+    bytes as its own frame (sent without a copy, as pickle's out-of-band buffers were). Raises
+    TypeError/ValueError for anything else."""
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(item, partial):
+        head: dict[str, Any] = {"recipe": _recipe(item, arrays, recipes())}
+    elif hasattr(item, "kind") and hasattr(item, "header"):
+        head = {"packet": {"kind": str(item.kind), "header": _enc(dict(item.header or {}), arrays, {}),
+                           "arrays": {k: _enc(np.asarray(v), arrays, {}) for k, v in (item.arrays or {}).items()}}}
+    else:
+        raise TypeError(f"{type(item).__name__} is neither a Packet nor a recipe (functools.partial)")
+    blocks = [np.ascontiguousarray(a) for a in arrays.values()]
+    head["arrays"] = [{"dtype": b.dtype.str, "shape": list(b.shape)} for b in blocks]
+    return [json.dumps(head, separators=(",", ":"), allow_nan=False).encode(), *(memoryview(b).cast("B") for b in blocks)]
+
+
+def decode_item(frames: list[Any]) -> Any:
+    """The Packet, or the recipe rebuilt as a partial of an allow-listed function, from the
+    frames of :func:`encode_item` (bytes or buffers)."""
+    try:
+        head = json.loads(bytes(frames[0]))
+        specs = head["arrays"]
+        if not isinstance(specs, list) or len(specs) != len(frames) - 1:
+            raise ValueError(f"{len(frames) - 1} array frames for {len(specs) if isinstance(specs, list) else '?'} arrays")
+        arrays = {}
+        for i, (spec, buf) in enumerate(zip(specs, frames[1:])):
+            dtype, shape = np.dtype(spec["dtype"]), tuple(int(n) for n in spec["shape"])
+            if dtype.str not in wire.WIRE_DTYPES or any(n < 0 for n in shape):
+                raise ValueError(f"array {i}: dtype {dtype.str} / shape {shape} not allowed")
+            arrays[f"a{i}"] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a sink-process item: {exc}") from None
+    if "recipe" in head:
+        return _rebuild(head["recipe"], arrays, recipes())
+    body = head["packet"]
+    return wire.Packet(str(body["kind"]), _dec(body["header"], arrays, {}), {k: _dec(v, arrays, {}) for k, v in body["arrays"].items()})
+
+
+def _recipe(fn: partial, arrays: dict[str, np.ndarray], allowed: dict[str, Callable]) -> dict[str, Any]:
+    name = _name(fn.func)
+    if allowed.get(name) is not fn.func:
+        raise ValueError(f"{name} is not a recipe the sink process runs; allowed: {', '.join(sorted(allowed))}")
+    return {"fn": name, "args": [_enc(a, arrays, allowed) for a in fn.args],
+            "kwargs": {str(k): _enc(v, arrays, allowed) for k, v in fn.keywords.items()}}
+
+
+_PLAIN = (str, int, bool, type(None))
+
+
+def _enc(value: Any, arrays: dict[str, np.ndarray], allowed: dict[str, Callable]) -> Any:
+    kind = type(value)
+    if kind in _PLAIN or kind is float and math.isfinite(value):  # the common case first: this runs per step
+        return value
+    if kind is list and all(type(v) in _PLAIN for v in value):
+        return value
+    if isinstance(value, np.ndarray):
+        key = f"a{len(arrays)}"
+        arrays[key] = value
+        return {"$a": key}
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$f": repr(value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [_enc(v, arrays, allowed) for v in value]
+    if isinstance(value, tuple):
+        return {"$t": [_enc(v, arrays, allowed) for v in value]}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"$d": {k: _enc(v, arrays, allowed) for k, v in value.items()}}
+    if isinstance(value, partial):
+        return {"$r": _recipe(value, arrays, allowed)}
+    if dataclasses.is_dataclass(value) and _dataclasses().get(type(value).__name__) is type(value):
+        return _enc_config(value)  # frozen settings: encoded once per value
+    raise TypeError(f"a recipe argument of type {type(value).__name__} cannot cross to the sink process")
+
+
+@functools.lru_cache(maxsize=32)
+def _enc_config(value: Any) -> dict[str, Any]:
+    return {"$c": type(value).__name__,
+            "v": {f.name: _enc(getattr(value, f.name), {}, {}) for f in dataclasses.fields(value)}}
+
+
+def _rebuild(head: dict[str, Any], arrays: dict[str, np.ndarray], allowed: dict[str, Callable]) -> partial:
+    fn = allowed.get(head.get("fn"))  # type: ignore[arg-type]
+    if fn is None:
+        raise ValueError(f"recipe {head.get('fn')!r} is not on the allow-list")
+    args, kwargs = head.get("args"), head.get("kwargs")
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError("a recipe needs 'args' (a list) and 'kwargs' (an object)")
+    return partial(fn, *(_dec(a, arrays, allowed) for a in args), **{k: _dec(v, arrays, allowed) for k, v in kwargs.items()})
+
+
+def _dec(value: Any, arrays: dict[str, np.ndarray], allowed: dict[str, Callable]) -> Any:
+    if isinstance(value, list):
+        return [_dec(v, arrays, allowed) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "$a" in value:
+        return arrays[value["$a"]]
+    if "$f" in value:
+        return float(value["$f"])
+    if "$t" in value:
+        return tuple(_dec(v, arrays, allowed) for v in value["$t"])
+    if "$d" in value:
+        return {k: _dec(v, arrays, allowed) for k, v in value["$d"].items()}
+    if "$r" in value:
+        return _rebuild(value["$r"], arrays, allowed)
+    if "$c" in value:
+        cls = _dataclasses().get(value["$c"])
+        if cls is None:
+            raise ValueError(f"unknown argument type {value['$c']!r}")
+        return cls(**{k: _dec(v, arrays, allowed) for k, v in value["v"].items()})
+    raise ValueError(f"unreadable recipe argument {value!r:.60}")

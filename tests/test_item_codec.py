@@ -1,0 +1,47 @@
+"""The sink process's items cross without pickle: Packets and allow-listed recipes, exactly."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import numpy as np
+import pytest
+
+from bridge.daemon import replayed
+from bridge.item_codec import decode_item, encode_item
+from bridge.protocol import Packet
+from bridge.phases import PhaseConfig
+from bridge.stream.recipes import host_step_packet, timeline_packet
+
+
+def test_packets_and_recipes_round_trip_exactly():
+    p = Packet("step", {"run_id": "r", "step": 3, "x": [1, 2.5]}, {"textures": np.arange(12, dtype=np.float32).reshape(3, 2, 2)})
+    got = decode_item(encode_item(p))
+    assert got.kind == "step" and got.header == p.header and np.array_equal(got.arrays["textures"], p.arrays["textures"])
+    maps = np.random.default_rng(0).random((2, 4, 4), dtype=np.float32)
+    cfg = PhaseConfig(boundaries=(0.3, 0.7))
+    recipe = partial(replayed, partial(host_step_packet, "r1", ["cat", "table"], cfg, maps, 0, 4, [1], float("inf")))
+    back = decode_item(encode_item(recipe))
+    inner = back.args[0]
+    assert back.func is replayed and inner.func is host_step_packet
+    assert inner.args[2] == cfg and isinstance(inner.args[2].boundaries, tuple)
+    assert np.array_equal(inner.args[3], maps) and inner.args[3].dtype == np.float32 and inner.args[7] == float("inf")
+    built, expected = back(), recipe()  # the same packet either side
+    assert built.header == expected.header and built.header["replay"] is True
+    assert all(np.array_equal(built.arrays[k], expected.arrays[k]) for k in expected.arrays)
+
+
+def test_only_allow_listed_functions_cross():
+    import os
+
+    with pytest.raises(ValueError, match="not a recipe the sink process runs"):
+        encode_item(partial(os.system, "echo owned"))
+    with pytest.raises(TypeError, match="cannot cross"):
+        encode_item(partial(timeline_packet, object()))
+    forged = json.dumps({"recipe": {"fn": "os:system", "args": ["echo owned"], "kwargs": {}}, "arrays": []}).encode()
+    with pytest.raises(ValueError, match="not on the allow-list"):
+        decode_item([forged])
+    for junk in ([b"\x80\x04K\x01."], [b'{"arrays": [{"dtype": "O", "shape": [1]}]}', b"x" * 8], [b"{}"]):
+        with pytest.raises(ValueError, match="not a sink-process item"):  # a pickle, an object array, nothing
+            decode_item(junk)
