@@ -193,7 +193,8 @@ def test_a_trace_opens_with_no_model_and_exports(server, shapes_pipe, tmp_path):
     status, data = call(server.url + f"api/runs/{run['id']}/export.zip")
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert status == 200 and "gifs/02_triangle.gif" in names and "measures.csv" in names and "frames/03_Global/step_003.png" in names
-    assert runs_from_trace(path)[0].words == ["a", "green", "triangle"]
+    runs, problem = runs_from_trace(path)
+    assert runs[0].words == ["a", "green", "triangle"] and problem is None
 
 
 def test_the_zeromq_feed_pushes_what_a_publisher_sends():

@@ -39,7 +39,10 @@ def explorer_from_args(args: argparse.Namespace, live_source: str = "") -> objec
     ex = Explorer(Engine(args.device, None if args.dtype == "auto" else args.dtype, allowed=allowed), concepts_dir=args.concepts,
                   live_source=live_source, models=["shapes", *(m for m in args.model or [] if m != "shapes")])
     for path in args.traces:
-        for run in runs_from_trace(path):
+        runs, problem = runs_from_trace(path)
+        if problem:
+            log.warning("%s is damaged: %s; opening its %d intact run(s)", path, problem, len(runs))
+        for run in runs:
             ex.add(run)
     return ex
 

@@ -253,10 +253,11 @@ async def open_trace(ex: Explorer, request: Request) -> Response:
         if received == 0:
             raise ValueError(f"{name} is empty: choose a .stepx trace recorded by stepx record or stepx serve --record")
         try:
-            runs = await run_in_threadpool(runs_from_trace, path)
+            runs, problem = await run_in_threadpool(runs_from_trace, path)
         except ValueError as exc:
             raise ValueError(f"{name} cannot be opened as a StepX trace: {exc}") from None
-    return JSONResponse({"name": name, "runs": [ex.add(r).summary() for r in runs]})
+    return JSONResponse({"name": name, "runs": [ex.add(r).summary() for r in runs],
+                         "damaged": problem.replace(str(path), name) if problem else None})
 
 
 @guarded

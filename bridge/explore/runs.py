@@ -199,13 +199,15 @@ def png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def runs_from_trace(path: str | Path) -> list[InspectRun]:
-    """Every run of a recorded trace (partial traces open with what is there), no model needed."""
+def runs_from_trace(path: str | Path) -> tuple[list[InspectRun], str | None]:
+    """Every run of a recorded trace, no model needed, and what was wrong with the file (None if
+    nothing): a partial or damaged trace opens with its intact records, and the page says so."""
     from bridge.export import load_run
     from bridge.trace import TraceReader
 
     runs: list[InspectRun] = []
     with TraceReader(path, allow_partial=True) as reader:
+        problem = reader.problem if reader.partial else None
         for info in reader.runs:
             try:
                 data = load_run(reader, info.number)
@@ -216,6 +218,7 @@ def runs_from_trace(path: str | Path) -> list[InspectRun]:
             runs.append(InspectRun(header, list(words), data.steps, data.maps[:, : len(words)], images=dict(data.images),
                                    final_image=data.final_image, source="trace", ended=data.ended))
     if not runs:
-        raise ValueError(f"{Path(path).name} holds no run with step maps to inspect")
-    return runs
+        raise ValueError(f"{Path(path).name} holds no run with step maps to inspect"
+                         + (f" ({problem})" if problem else ""))
+    return runs, problem
 

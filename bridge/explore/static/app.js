@@ -480,7 +480,8 @@ $("#trace-file").addEventListener("change", async ev => {
     Traces.runs = ans.runs;
     const sel = $("#trace-run"); sel.innerHTML = "";
     ans.runs.forEach((r, i) => sel.add(new Option(`run ${i + 1}: ${r.prompt}`, String(i))));
-    say(status, `${ans.name}: ${ans.runs.length} run(s)`, "ok");
+    if (ans.damaged) say(status, `${ans.name} is damaged: ${ans.damaged}. Showing its ${ans.runs.length} intact run(s).`, "error");
+    else say(status, `${ans.name}: ${ans.runs.length} run(s)`, "ok");
     traceInspector.load(ans.runs[0]);
   } catch (e) { say(status, e.message, "error"); }
 });
