@@ -311,3 +311,12 @@ def test_an_explorer_open_to_the_network_loads_only_its_listed_models():
     assert engine.allowed == ["shapes", "tiny"]
     with pytest.raises(ValueError, match=r"loads only shapes, tiny \(its --model options\), not '/etc/model.ckpt'"):
         engine.generate(GenerateRequest.checked({"prompt": "a red circle", "model": "/etc/model.ckpt"}))
+
+
+def test_generate_without_guidance_takes_the_models_own_default():
+    """An empty Guidance field means the model's default (4.0 for the embedded model), as every door."""
+    from bridge.explore.engine import GenerateRequest
+
+    assert GenerateRequest.checked({"prompt": "a red circle", "guidance": None}).guidance == 4.0
+    assert GenerateRequest.checked({"prompt": "a red circle", "model": "some/sd15"}).guidance == 7.5
+    assert GenerateRequest.checked({"prompt": "a red circle", "guidance": 2.5}).guidance == 2.5

@@ -62,7 +62,15 @@ class GenerateRequest:
                 raise ValueError(f"the explorer's Generate takes no {unused!r}; inspect any word after generating")
         model = str(body.get("model") or "shapes").strip() or "shapes"
         seed = params.seed if params.seed is not None else int(np.random.default_rng().integers(0, 2**32))
-        return cls(params.prompt, model, seed, params.steps, params.guidance, params.width, params.height, params.negative_prompt)
+        guidance = params.guidance if body.get("guidance") is not None else _model_guidance(model)
+        return cls(params.prompt, model, seed, params.steps, guidance, params.width, params.height, params.negative_prompt)
+
+
+def _model_guidance(model: str) -> float:
+    """The model's own default guidance (the embedded model's is its evaluation value, 4.0)."""
+    from bridge.models.loading import SHAPES_MODEL_NAME, default_guidance
+
+    return default_guidance(SHAPES_MODEL_NAME if model == "shapes" else model)
 
 
 class Engine:

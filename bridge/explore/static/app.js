@@ -166,7 +166,7 @@ $("#gen-form").addEventListener("submit", async ev => {
   try {
     const run = await postJSON("/api/generate", {
       prompt: $("#gen-prompt").value, model: $("#gen-model").value, seed: +$("#gen-seed").value,
-      steps: +$("#gen-steps").value, guidance: +$("#gen-guidance").value });
+      steps: +$("#gen-steps").value, guidance: $("#gen-guidance").value === "" ? null : +$("#gen-guidance").value });
     state.generated = run;
     say(status, `done: ${run.steps.length} steps, ${run.width}×${run.height}, ${run.model}`, "ok");
     inspector.load(run);
