@@ -1,4 +1,4 @@
-"""numpy mirror of bridge/shaders/colormap.glsl (same polynomials), for tests and CPU-side use."""
+"""numpy mirror of shaders/colormap.glsl (same polynomials), for tests and CPU-side use."""
 
 from __future__ import annotations
 

@@ -319,7 +319,7 @@ def test_video_round_trip(tmp_path, suffix):
         open_writer(tmp_path / f"odd{suffix}").write(np.zeros((31, 48, 3), np.uint8))
 
 
-# ---------------------------------------------------------------- trails (bridge/shaders/trails.glsl)
+# ---------------------------------------------------------------- trails (shaders/trails.glsl)
 
 def test_trails_leave_comet_tails_and_fade_to_the_background(ctx):
     """With trails the moving particles light more pixels than without; the trail image fades

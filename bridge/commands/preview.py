@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--colormap", choices=("inferno", "turbo"), default="inferno", help="heat-map colours")
     parser.add_argument("--trails", type=float, default=0.0, metavar="DECAY",
                         help="particle trails: per-frame decay in [0, 1) (default 0 = none; 0.86 = the "
-                             "TouchDesigner piece's look, bridge/shaders/trails.glsl)")
+                             "TouchDesigner piece's look, shaders/trails.glsl)")
     parser.add_argument("--headless", action="store_true", help="render offscreen (EGL) even where a display exists")
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="headless output: a .mp4 or .webm (the mp4 extra), a .gif, or a folder of PNG frames "

@@ -1,7 +1,7 @@
 """Heat-map overlays as pure array functions (uint8 RGB, row 0 = top, like every map and image).
 
-The blend is the preview's (bridge/shaders/overlay.frag): ``mix(image, colormap(map), alpha)``, with
-the same colour maps (bridge.colormap mirrors bridge/shaders/colormap.glsl).
+The blend is the preview's (shaders/overlay.frag): ``mix(image, colormap(map), alpha)``, with
+the same colour maps (bridge.colormap mirrors shaders/colormap.glsl).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ VIEWS = ("particles", "overlay", "image")
 _LOCAL_SIZE = 256
 _MAX_DT = 1.0 / 30.0
 IMAGE_GLOW = 0.1  # step image behind the particles in the detail phase (the TD piece's Glow default)
-_FLOATS = 12  # particle state: 3 x vec4, see bridge/shaders/particles_common.glsl
+_FLOATS = 12  # particle state: 3 x vec4, see shaders/particles_common.glsl
 
 
 class PreviewError(RuntimeError):
@@ -122,7 +122,7 @@ class PreviewRenderer:
     GL 4.3 compute shader when available, else transform feedback (GL 3.3). ``seed`` makes the
     initial particles deterministic. ``smoothing`` is the time constant (s) for crossfading masks,
     images and phase weights between steps. ``trails`` in [0, 1) is the per-frame decay of the
-    particle trails (0 = none; bridge/shaders/trails.glsl, the same maths as TouchDesigner's trails).
+    particle trails (0 = none; shaders/trails.glsl, the same maths as TouchDesigner's trails).
     """
 
     def __init__(self, width: int = 512, height: int = 512, particles: int = 65536, ctx=None,

@@ -1,9 +1,11 @@
-"""Load the GLSL files shipped in ``bridge/shaders/`` and splice ``#include "file.glsl"`` lines.
+"""Load the GLSL files of the project's ``shaders/`` folder and splice ``#include "file.glsl"`` lines.
 
-The shaders are package data: :data:`SHADER_DIR` is found through :mod:`importlib.resources`, so
-an installed wheel finds them as a checkout does. ``$STEPX_SHADER_DIR`` (or a ``shader_dir``
-argument) points at another folder, for live-editing a copy. Includes are resolved relative to
-the including file, recursively, each file at most once.
+The shaders live in ``shaders/`` at the top of the checkout (shared with TouchDesigner's copies);
+a built wheel carries them as package data in ``bridge/shaders/`` (setup.py's build step copies
+them there). :data:`SHADER_DIR` is the one place they are looked up: the installed copy when
+there is one, else the checkout's folder. ``$STEPX_SHADER_DIR`` (or a ``shader_dir`` argument)
+points at another folder, for live-editing a copy. Includes are resolved relative to the
+including file, recursively, each file at most once.
 """
 
 from __future__ import annotations
@@ -13,8 +15,16 @@ import re
 from importlib import resources
 from pathlib import Path
 
-#: the one place shaders are looked up: the package's own copy unless the user points elsewhere
-SHADER_DIR = Path(os.environ.get("STEPX_SHADER_DIR") or str(resources.files("bridge") / "shaders"))
+
+
+def _shipped_dir() -> Path:
+    """The wheel's copy (``bridge/shaders/``), else the checkout's ``shaders/`` (editable installs)."""
+    installed = Path(str(resources.files("bridge"))) / "shaders"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / "shaders"
+
+
+#: the one place shaders are looked up: the shipped copy unless the user points elsewhere
+SHADER_DIR = Path(os.environ.get("STEPX_SHADER_DIR") or _shipped_dir())
 
 _INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$')
 
@@ -24,8 +34,8 @@ def shader_path(name: str, shader_dir: str | Path | None = None) -> Path:
     path = Path(shader_dir or SHADER_DIR) / name
     if not path.is_file():
         raise FileNotFoundError(
-            f"shader {name!r} not found at {path}; the package ships them in bridge/shaders/ "
-            f"(reinstall stepx-bridge), or set STEPX_SHADER_DIR to a folder holding a copy")
+            f"shader {name!r} not found at {path}; a wheel ships them in bridge/shaders/, a "
+            f"checkout in shaders/ (reinstall stepx-bridge), or set STEPX_SHADER_DIR to a folder holding a copy")
     return path
 
 

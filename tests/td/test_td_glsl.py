@@ -69,7 +69,7 @@ class GlslangTest(unittest.TestCase):
 
     def test_preview_shaders_compile(self) -> None:
         """The preview's own shaders (bridge/preview) share the look; they compile too."""
-        shaders = C.ROOT / "bridge" / "shaders"
+        shaders = C.ROOT / "shaders"
         stage = {".vert": "vert", ".frag": "frag", ".comp": "comp"}
         for path in sorted(shaders.iterdir()):
             if path.suffix in stage:
@@ -80,8 +80,8 @@ class GlslangTest(unittest.TestCase):
     def test_shared_files_are_byte_identical(self) -> None:
         for name in ("particles_common.glsl", "particles_look.glsl", "trails.glsl", "colormap.glsl"):
             with self.subTest(file=name):
-                self.assertEqual((GLSL / name).read_bytes(), (C.ROOT / "bridge" / "shaders" / name).read_bytes(),
-                                 f"copy bridge/shaders/{name} to td_components/glsl/")
+                self.assertEqual((GLSL / name).read_bytes(), (C.ROOT / "shaders" / name).read_bytes(),
+                                 f"copy shaders/{name} to td_components/glsl/")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ class SourcesTest(unittest.TestCase):
 
     def test_force_model_is_byte_identical(self) -> None:
         self.assertEqual((C.TD_DIR / "glsl" / "particles_common.glsl").read_bytes(),
-                         (C.ROOT / "bridge" / "shaders" / "particles_common.glsl").read_bytes(),
-                         "copy bridge/shaders/particles_common.glsl to td_components/glsl/")
+                         (C.ROOT / "shaders" / "particles_common.glsl").read_bytes(),
+                         "copy shaders/particles_common.glsl to td_components/glsl/")
 
     def test_shaders_splice(self) -> None:
         for name in ("stepx_particles_top.frag", "stepx_particles_pop.comp"):
