@@ -67,10 +67,16 @@ def check_torch() -> Check:
 def check_threads() -> Check:
     import torch
 
-    cores = os.cpu_count() or 1
+    from bridge.threads import default_threads, load_average, usable_cpus
+
+    cores = usable_cpus()
     omp = os.environ.get("OMP_NUM_THREADS")
     n = torch.get_num_threads()
-    detail = f"torch uses {n} thread(s) of {cores} core(s)" + (f" (OMP_NUM_THREADS={omp})" if omp else "")
+    load = load_average()
+    cpu_model = default_threads(cores, load)
+    detail = (f"torch uses {n} thread(s) of {cores} core(s)" + (f" (OMP_NUM_THREADS={omp})" if omp else "")
+              + f"; a model on the CPU gets {cpu_model} now (load {'unknown' if load is None else f'{load:.1f}'};"
+              " --threads N sets it)")
     return Check("threads", n <= cores, detail, f"set OMP_NUM_THREADS to at most {cores}")
 
 
