@@ -65,7 +65,7 @@ def test_three_command_walkthrough(tmp_path):
         from PIL import Image
         assert Image.open(out).n_frames == 6
         # 3. TouchDesigner: its control client sends a prompt, its receiver sees that run's steps
-        control.send({"cmd": "generate", "prompt": "a yellow star left of a green triangle", "focus": ["star"], "steps": 6})
+        control.send({"cmd": "generate", "prompt": "a green star right of a blue circle", "focus": ["star"], "steps": 6})
         seen_prompt, steps = False, 0
         deadline = time.monotonic() + 180  # a hang guard
         while not (seen_prompt and steps >= 2):
@@ -73,7 +73,7 @@ def test_three_command_walkthrough(tmp_path):
             control.poll()
             upd = td.poll()
             if upd.new_run:
-                seen_prompt = (td.run or {}).get("prompt") == "a yellow star left of a green triangle"
+                seen_prompt = (td.run or {}).get("prompt") == "a green star right of a blue circle"
                 steps = 0
             steps += seen_prompt and "step" in upd.kinds
             time.sleep(0.02)

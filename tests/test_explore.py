@@ -286,7 +286,7 @@ def test_every_region_kind_answers_with_early_mid_late(server, shapes_pipe):
     from bridge.capture import Capture, CaptureConfig, Query
 
     u = server.url
-    status, run = call(u + "api/generate", {"prompt": "a red circle above a blue square", "steps": 5, "seed": 9})
+    status, run = call(u + "api/generate", {"prompt": "a red circle above a blue square", "steps": 5, "seed": 9, "guidance": 4.0})
     for body in ({"kind": "pixel", "x": 100, "y": 40}, {"kind": "pixels", "spec": "0,1,2, 17-19"},
                  {"kind": "box", "x0": 10, "y0": 10, "x1": 70, "y1": 50}, {"kind": "polygon", "spec": "10,10 100,20 60,110"},
                  {"kind": "diffused", "x": 100, "y": 40, "iterations": 3}):
@@ -299,7 +299,8 @@ def test_every_region_kind_answers_with_early_mid_late(server, shapes_pipe):
     query = Query.box("region", 10 / 128, 10 / 128, 70 / 128, 50 / 128)
     got = ex.engine.region(ex.runs[run["id"]], query)["maps"]  # [T, H, W]
     with torch.inference_mode(), Capture(shapes_pipe, CaptureConfig(queries=[query], cross=False)) as cap:
-        shapes_pipe("a red circle above a blue square", num_inference_steps=5, generator=torch.Generator().manual_seed(9), output_type="latent")
+        shapes_pipe("a red circle above a blue square", num_inference_steps=5, guidance_scale=4.0,
+                    generator=torch.Generator().manual_seed(9), output_type="latent")
     want = np.stack([f.self_maps["region"][0].numpy() for f in cap.last_run.frames])
     np.testing.assert_allclose(got, want / want.max(axis=(1, 2), keepdims=True), atol=1e-5)
 
