@@ -20,8 +20,6 @@ from .steps import patch_method
 if TYPE_CHECKING:
     from .session import Capture
 
-#: Processors that compute q = to_q(x), k = to_k(context) and softmax(q kᵀ/√d) over exactly
-#: those keys (for IP-Adapter: the text part of its decoupled attention).
 #: each UNet's attention layers, as found by UNetAdapter.layers()
 _LAYERS: "weakref.WeakKeyDictionary[torch.nn.Module, list[Layer]]" = weakref.WeakKeyDictionary()
 
@@ -33,6 +31,8 @@ def _submodule(root: torch.nn.Module, name: str) -> torch.nn.Module | None:
         return None
 
 
+#: Processors that compute q = to_q(x), k = to_k(context) and softmax(q kᵀ/√d) over exactly
+#: those keys (for IP-Adapter: the text part of its decoupled attention).
 OBSERVABLE_PROCESSORS = (
     "AttnProcessor",
     "AttnProcessor2_0",

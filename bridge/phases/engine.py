@@ -18,12 +18,11 @@ from .fused import (
     StepState,
     initial_state,
     phase_step,
-    pixel_centres,
     step_scalars,
 )
 from .morph import phase_index, phase_progress, phase_weights, run_progress
 from .morph import phase_maps as mean_phase_maps
-from .timeline import TimelineSummary
+from .timeline import TimelineSummary, pixel_centres
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .measures import update_stable_since
 from .normalise import GLOBAL_VIEWS, NORMALISERS
-from .timeline import measures_of, pixel_centres  # noqa: F401 (re-exported: phases.engine imports it from here)
+from .timeline import measures_of
 
 #: Layout of the per-step scalars vector ``scal`` (float32, on the engine's device).
 SCALARS = (
