@@ -199,6 +199,19 @@ class GenerateParams:
 assert tuple(f.name for f in dc_fields(GenerateParams)) == FIELD_NAMES  # one list of fields, two views
 
 
+def pipeline_kwargs(prompt: str, steps: int, guidance: float, width: Optional[int] = None,
+                    height: Optional[int] = None, negative_prompt: str = "") -> Dict[str, Any]:
+    """The diffusers pipeline call for one generation (the generator and output type are the
+    caller's): only what the request sets, so the pipeline's own defaults stay its own."""
+    kw: Dict[str, Any] = dict(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance)
+    if width:
+        kw["width"] = width
+    if height:
+        kw["height"] = height
+    if negative_prompt:
+        kw["negative_prompt"] = negative_prompt
+    return kw
+
 def check_fields(d: Any, allowed_extra: Tuple[str, ...] = ()) -> Dict[str, Any]:
     """Validate the generation fields present in ``d`` (a dict); return them normalised.
 

@@ -24,7 +24,7 @@ from bridge.capture.errors import WordNotFoundError
 from bridge.capture.tokens import build_token_map, unseen_words
 from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
 from bridge.protocol import Packet
-from bridge.request import GenerateParams
+from bridge.request import GenerateParams, pipeline_kwargs
 from bridge.stream.host import HostSnapshot, OrderedWorker
 from bridge.stream.publisher import Publisher, Recipe, as_publisher
 from bridge.stream.recipes import FRAME_FIELDS, FRAME_TENSORS, host_step_packet, objects_packet, step_packet, timeline_of, timeline_packet
@@ -223,16 +223,9 @@ class Runner:
                 if self.image_every and frame.step % self.image_every == 0 and frame.x0 is not None:
                     self._later(self._image_packet(run.run_id, frame))
 
-            kwargs: dict[str, Any] = dict(
-                prompt=req.prompt, num_inference_steps=req.steps, guidance_scale=req.guidance, generator=gen,
-                output_type="latent",  # no callback_on_step_end: diffusers builds it a dict from locals() every step
-            )
-            if req.negative_prompt:
-                kwargs["negative_prompt"] = req.negative_prompt
-            if req.width:
-                kwargs["width"] = req.width
-            if req.height:
-                kwargs["height"] = req.height
+            kwargs = pipeline_kwargs(req.prompt, req.steps, req.guidance, req.width, req.height, req.negative_prompt)
+            # no callback_on_step_end: diffusers builds it a dict from locals() every step
+            kwargs.update(generator=gen, output_type="latent")
             with torch.inference_mode(), Capture(self.pipe, CaptureConfig(**{**cap_cfg.__dict__, "keep_frames": False}), on_step) as cap:
                 t1 = time.perf_counter()
                 latents = self.pipe(**kwargs).images

@@ -160,14 +160,10 @@ class Engine:
         return out
 
     def _kwargs(self, req: GenerateRequest) -> dict[str, Any]:
-        kw: dict[str, Any] = dict(prompt=req.prompt, num_inference_steps=req.steps, guidance_scale=req.guidance,
-                                  generator=torch.Generator(device="cpu").manual_seed(req.seed), output_type="latent")
-        if req.width:
-            kw["width"] = req.width
-        if req.height:
-            kw["height"] = req.height
-        if req.negative_prompt:
-            kw["negative_prompt"] = req.negative_prompt
+        from bridge.request import pipeline_kwargs
+
+        kw = pipeline_kwargs(req.prompt, req.steps, req.guidance, req.width, req.height, req.negative_prompt)
+        kw.update(generator=torch.Generator(device="cpu").manual_seed(req.seed), output_type="latent")
         return kw
 
     # --- DAAM-I2I ------------------------------------------------------------------------------------

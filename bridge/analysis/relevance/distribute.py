@@ -75,6 +75,13 @@ class RunStats:
     chunks: int = 0
     per_worker: dict[str, int] = field(default_factory=dict)
 
+    def add_chunk(self, n: int, seconds: float, worker: str) -> None:
+        """Count one finished chunk of ``n`` generations that took ``seconds`` on ``worker``."""
+        self.compute_s += seconds
+        self.generations += n
+        self.chunks += 1
+        self.per_worker[worker] = self.per_worker.get(worker, 0) + n
+
     @property
     def generations_per_s(self) -> float:
         return self.generations / self.wall_s if self.wall_s > 0 else 0.0
@@ -150,10 +157,7 @@ def _run_local(spec, concepts, plan, chunks, on_chunk):
     for c in chunks:
         idx, counts, seconds, name = worker.run(c)
         total = _merge(total, counts)
-        stats.compute_s += seconds
-        stats.generations += len(idx)
-        stats.chunks += 1
-        stats.per_worker[name] = stats.per_worker.get(name, 0) + len(idx)
+        stats.add_chunk(len(idx), seconds, name)
         if on_chunk:
             on_chunk(idx, counts)
     stats.wall_s = time.perf_counter() - t1
@@ -213,10 +217,7 @@ def _run_ray(spec, concepts, plan, chunks, workers, on_chunk, address):
             stats.ray_overhead_s += max(0.0, time.perf_counter() - sent - seconds)
             submit(actor)  # keep the worker busy before merging
             total = _merge(total, counts)
-            stats.compute_s += seconds
-            stats.generations += len(idx)
-            stats.chunks += 1
-            stats.per_worker[name] = stats.per_worker.get(name, 0) + len(idx)
+            stats.add_chunk(len(idx), seconds, name)
             if on_chunk:
                 on_chunk(list(idx), counts)
         stats.wall_s = time.perf_counter() - t1
