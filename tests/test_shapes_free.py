@@ -125,6 +125,7 @@ def test_options_train_export_and_load(tmp_path, extra):
     log = (tmp_path / "out" / "train_log.txt").read_text()
     assert "VAE from" in log and "unet step 1:" in log
     local = "local" in extra
+    (tmp_path / "out" / "vae.safetensors").unlink()  # weights travel without the reused VAE (bench/train_free.sh)
     export(tmp_path / "out", tmp_path / "pipe")
     shipped_vae = load_file(str(SHAPES_WEIGHTS / "vae" / "diffusion_pytorch_model.safetensors"))
     new_vae = load_file(str(tmp_path / "pipe" / "vae" / "diffusion_pytorch_model.safetensors"))

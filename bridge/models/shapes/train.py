@@ -81,10 +81,14 @@ def load_exported(folder: Path, vae, unet, text) -> float:
         unet.load_state_dict({k: v.float() for k, v in _load_any(folder / "unet" / "diffusion_pytorch_model*.safetensors").items()})
         text.load_state_dict({k: v.float() for k, v in _load_any(folder / "text_encoder" / "model*.safetensors").items()}, strict=False)
         return float(json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"])
-    vae.load_state_dict({k: v.float() for k, v in _load_any(folder / "vae.safetensors").items()})
+    meta = json.loads((folder / "meta.json").read_text())
+    vae_file = folder / "vae.safetensors"
+    if not vae_file.is_file() and meta.get("vae_from"):  # trained on a reused VAE: it may travel without it
+        vae_file = Path(meta["vae_from"]) / "vae" / "diffusion_pytorch_model*.safetensors"
+    vae.load_state_dict({k: v.float() for k, v in _load_any(vae_file).items()})
     unet.load_state_dict({k: v.float() for k, v in _load_any(folder / "unet_*.safetensors").items()})
     text.load_state_dict({k: v.float() for k, v in _load_any(folder / "text_encoder.safetensors").items()}, strict=False)
-    return float(json.loads((folder / "meta.json").read_text())["scaling_factor"])
+    return float(meta["scaling_factor"])
 
 
 def export(src: Path, dst: Path) -> None:
@@ -176,6 +180,8 @@ class Trainer:
             self.scaling, self.vae_step, self.vae_done, self.step = ck["scaling"], ck["vae_step"], ck["vae_done"], ck["step"]
             self.elapsed_before = ck.get("elapsed", 0.0)
             self.ground_from_step = ck.get("ground_from_step")
+            self.vae_from = ck.get("vae_from")
+            self._check_text_window(ck.get("text_window"), path)
             self.say(f"resumed full checkpoint {path}: vae_step={self.vae_step} step={self.step}")
         else:  # exported (EMA) weights: no optimizer state, restart the LR warm-up
             self.scaling = load_exported(path, self.vae, self.unet, self.text)
@@ -188,9 +194,16 @@ class Trainer:
                 self.step, self.vae_step = m.get("step", 0), m.get("vae_step", 0)
                 self.elapsed_before = m.get("elapsed", 0.0)
                 self.ground_from_step = m.get("ground_from_step")
+                self.vae_from = m.get("vae_from")
+                self._check_text_window(m.get("text_window"), path)
                 self.decoder_steps = m.get("decoder_steps", 0)
             self.resumed_from_weights = True
             self.say(f"resumed exported weights {path} (no optimizer state): step={self.step}")
+
+    def _check_text_window(self, saved: int | None, path: Path) -> None:
+        if saved != self.text_window:
+            kind = lambda w: f"--text-encoder local --text-window {w}" if w is not None else "--text-encoder clip"  # noqa: E731
+            raise ValueError(f"{path} was trained with {kind(saved)}; resume it with the same, not {kind(self.text_window)}")
 
     def _vae_from(self, folder: Path) -> None:
         """Reuse a trained VAE (e.g. the shipped one) frozen: the UNet and text encoder start from scratch."""
@@ -200,6 +213,7 @@ class Trainer:
         self.vae.load_state_dict({k: v.float() for k, v in src.state_dict().items()})
         self.scaling = float(src.config.scaling_factor)
         self.vae_done = True
+        self.vae_from = str(folder)
         self.say(f"VAE from {folder} (frozen, scaling_factor {self.scaling:.4f}); UNet and text encoder from scratch")
 
     def _checkpoint(self) -> None:
@@ -208,6 +222,7 @@ class Trainer:
             "vae_opt": self.vae_opt.state_dict(), "opt": self.opt.state_dict(), "ema": self.ema,
             "scaling": self.scaling, "vae_step": self.vae_step, "vae_done": self.vae_done, "step": self.step,
             "elapsed": self.elapsed(), "ground_from_step": getattr(self, "ground_from_step", None),
+            "vae_from": getattr(self, "vae_from", None), "text_window": self.text_window,
         }
         tmp = self.ckpt_dir / "ckpt.pt.tmp"
         torch.save(ck, tmp)
@@ -236,7 +251,8 @@ class Trainer:
         meta = {"scaling_factor": self.scaling, "step": self.step, "vae_step": self.vae_step, "elapsed": self.elapsed(), "seed": self.args.seed,
                 "batch": self.args.batch, "ground": self.args.ground, "ground_from_step": getattr(self, "ground_from_step", None),
                 "decoder_steps": getattr(self, "decoder_steps", 0), "text_window": self.text_window,
-                "rewrite_captions": self.args.rewrite_captions, "freeze_text": self.args.freeze_text}
+                "rewrite_captions": self.args.rewrite_captions, "freeze_text": self.args.freeze_text,
+                "vae_from": getattr(self, "vae_from", None)}
         (self.out / "meta.json").write_text(json.dumps(meta, indent=1))
 
     # -------------------------------------------------------------- phases
