@@ -13,6 +13,8 @@
 # two variants with the best shape-word IoU at tau 0.4; <= 15 MiB each; 3 variants would pass the 64 MiB
 # that comes back). Unpack: cat weights.tar.part-* | tar x; then for V in A B:
 #   python3 -m bridge.cli train-shapes --export-from free/V --weights free/V/weights   (a diffusers folder)
+# To continue in a later call: unpack into a git-ignored folder (e.g. .free/ listed in .git/info/exclude),
+# name it in the call's carry, and pass --resume .free/free (about 50 MB of the 64 MiB that travels).
 set -uo pipefail
 out=${1:?usage: train_free.sh OUT SECONDS [--device D] [--batch B] [--prompts N] [--steps S] [--budget S] [--resume DIR]}
 secs=${2:?training seconds per variant}
