@@ -167,7 +167,7 @@ def _flux(layers: int, single_layers: int, t5_layers: int):
                         sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
     tok2 = t5_tokenizer()
     t5 = T5EncoderModel(T5Config(vocab_size=len(tok2), d_model=4096, d_kv=64, d_ff=10240, num_layers=t5_layers, num_heads=64,
-                                 feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+                                 feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1))
     pipe = FluxPipeline(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
         text_encoder=_clip_text(768, 12, 12, 3072, "quick_gelu"), tokenizer=clip_tokenizer(),

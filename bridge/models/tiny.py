@@ -169,7 +169,7 @@ def _t5_encoder(vocab: int, d_model: int, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = T5Config(vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
-                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1)
     return T5EncoderModel(cfg).eval()
 
 
@@ -215,11 +215,12 @@ def tiny_sd3_pipeline(seed: int = 0, t5: bool = True):
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     tok3 = t5_tokenizer() if t5 else None
+    enc3 = _t5_encoder(len(tok3), 64, seed + 2) if tok3 is not None else None
     pipe = StableDiffusion3Pipeline(
         transformer=tiny_sd3_transformer(seed), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flow_vae(seed),
         text_encoder=_text_encoder(32, True, seed), tokenizer=clip_tokenizer(),
         text_encoder_2=_text_encoder(32, True, seed + 1), tokenizer_2=clip_tokenizer(),
-        text_encoder_3=_t5_encoder(len(tok3), 64, seed + 2) if t5 else None, tokenizer_3=tok3,
+        text_encoder_3=enc3, tokenizer_3=tok3,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
