@@ -100,7 +100,8 @@ def score(records: list[dict[str, Any]]) -> dict[str, Any]:
 
     names = sorted({g["category"] for r in records for g in r["gt"]} | {d["category"] for r in records for v in r["detections"].values() for d in v})
     cat_id = {n: i + 1 for i, n in enumerate(names)}
-    images, gts = [], []
+    images: list[dict[str, Any]] = []
+    gts: list[dict[str, Any]] = []
     for i, r in enumerate(records, start=1):
         h, w = r["gt"][0]["rle"]["size"] if r["gt"] else (128, 128)
         images.append({"id": i, "width": w, "height": h, "file_name": f"{i}.png"})
