@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Concatenate, ParamSpec, Sequence, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from .shaders import load_shader
 
 if TYPE_CHECKING:  # moderngl loads (and needs a GL library) only when a renderer is made
     import moderngl
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 VIEWS = ("particles", "overlay", "image")
 _LOCAL_SIZE = 256
@@ -85,29 +88,29 @@ def _perspective(fovy: float, near: float, far: float) -> np.ndarray:
                      [0, 0, -1, 0]], dtype=np.float64)
 
 
-def _rot_x(a):
+def _rot_x(a: float) -> np.ndarray:
     c, s = math.cos(a), math.sin(a)
     return np.array([[1, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
-def _rot_y(a):
+def _rot_y(a: float) -> np.ndarray:
     c, s = math.cos(a), math.sin(a)
     return np.array([[c, 0, s, 0], [0, 1, 0, 0], [-s, 0, c, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
-def _translate(x, y, z):
+def _translate(x: float, y: float, z: float) -> np.ndarray:
     m = np.eye(4)
     m[:3, 3] = (x, y, z)
     return m
 
 
-def _current(method):
+def _current(method: Callable[Concatenate[PreviewRenderer, P], R]) -> Callable[Concatenate[PreviewRenderer, P], R]:
     """Make an owned standalone context current around ``method`` (several renderers may coexist)."""
     import functools
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        if not getattr(self, "_own_ctx", False) or getattr(self, "_in_ctx", False):
+    def wrapper(self: PreviewRenderer, *args: P.args, **kwargs: P.kwargs) -> R:
+        if not self._own_ctx or self._in_ctx:
             return method(self, *args, **kwargs)
         self._in_ctx = True
         try:
@@ -129,11 +132,17 @@ class PreviewRenderer:
     particle trails (0 = none; shaders/trails.glsl, the same maths as TouchDesigner's trails).
     """
 
-    def __init__(self, width: int = 512, height: int = 512, particles: int = 65536, ctx=None,
+    # class defaults: _current and release() may run on a renderer whose __init__ stopped early
+    _own_ctx = False  # the renderer created its context (and makes it current, releases it)
+    _in_ctx = False  # inside a _current method: the context is current already
+    _released = False
+
+    def __init__(self, width: int = 512, height: int = 512, particles: int = 65536, ctx: moderngl.Context | None = None,
                  prefer_compute: bool = True, *, seed: int = 0, shader_dir: str | Path | None = None,
                  colormap: str = "inferno", overlay_alpha: float = 0.6, smoothing: float = 0.15,
                  params: ForceParams | None = None, camera: Camera | None = None,
-                 point_size: float | None = None, background=(0.02, 0.02, 0.035), trails: float = 0.0):
+                 point_size: float | None = None, background: Sequence[float] = (0.02, 0.02, 0.035),
+                 trails: float = 0.0) -> None:
         import moderngl
         self._mgl = moderngl
         if width < 16 or height < 16:
@@ -395,13 +404,11 @@ class PreviewRenderer:
         image = self._image_tex if self._has_image else None
         (image if image is not None else self._blank_image).use(1)
 
-    def _set_uniforms(self, prog, values: dict) -> None:
+    def _set_uniforms(self, prog: moderngl.Program | moderngl.ComputeShader, values: dict[str, Any]) -> None:
         for name, value in values.items():
-            try:
-                uniform = prog[name]
-            except KeyError:
-                continue  # optimised out
-            uniform.value = value
+            uniform = prog.get(name, None)  # None: optimised out
+            if isinstance(uniform, self._mgl.Uniform):
+                uniform.value = value
 
     @_current
     def update(self, dt: float = 1.0 / 30.0) -> None:
@@ -486,7 +493,7 @@ class PreviewRenderer:
             ctx.viewport = (0, 0, self.width, self.height)
         ctx.disable(mgl.BLEND)
 
-    def _draw_points(self, wph, cmap: int, has_image: float) -> None:
+    def _draw_points(self, wph: np.ndarray, cmap: int, has_image: float) -> None:
         """Draw the particles into the bound framebuffer, premultiplied-alpha blended."""
         ctx, mgl = self.ctx, self._mgl
         ctx.enable(mgl.BLEND | mgl.PROGRAM_POINT_SIZE)
@@ -501,7 +508,7 @@ class PreviewRenderer:
         self._render_vaos[self._cur].render(mgl.POINTS, vertices=self.count)
         ctx.disable(mgl.PROGRAM_POINT_SIZE)
 
-    def _draw_trails(self, wph, cmap: int, has_image: float) -> None:
+    def _draw_trails(self, wph: np.ndarray, cmap: int, has_image: float) -> None:
         """Particles -> trail image (fade previous + over) -> shown over the background."""
         ctx, mgl = self.ctx, self._mgl
         ctx.disable(mgl.BLEND)
@@ -564,12 +571,12 @@ class PreviewRenderer:
         """Free the textures and buffers, and the context when the renderer created it."""
         if self._buffers:
             self._release_objects()
-        if self._own_ctx and not getattr(self, "_released", False):
+        if self._own_ctx and not self._released:
             self._released = True
             self.ctx.release()
 
-    def __enter__(self):
+    def __enter__(self) -> PreviewRenderer:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.release()

@@ -10,7 +10,7 @@ The pipeline's own attention computes the image, untouched; the probe only reads
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -110,7 +110,8 @@ class UNetHeadProbe:
             for h in handles:
                 h.remove()
 
-    def _hook(self, layer: Layer, k: torch.Tensor, counts: torch.Tensor, offset: int):
+    def _hook(self, layer: Layer, k: torch.Tensor, counts: torch.Tensor,
+              offset: int) -> Callable[[torch.nn.Module, Any, torch.Tensor], None]:
         attn, heads = _attention(layer), layer.heads
 
         def hook(_module: torch.nn.Module, _inputs: Any, q: torch.Tensor) -> None:
