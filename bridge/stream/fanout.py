@@ -46,10 +46,18 @@ class Sink(Protocol):
     the producer's (it must then never block); ``lossless`` sinks see every packet (see above).
     :class:`SinkBase` gives the defaults."""
 
-    name: str
-    encoding: str | None
-    inline: bool
-    lossless: bool
+    # read-only here (FanOut never sets them), so a sink may narrow them: a recorder's encoding is a str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def encoding(self) -> str | None: ...
+
+    @property
+    def inline(self) -> bool: ...
+
+    @property
+    def lossless(self) -> bool: ...
 
     def send(self, packet: Any, data: bytes | None) -> None: ...
 

@@ -52,8 +52,13 @@ _RAW = ("mass", "entropy", "centroid_x", "centroid_y", "change")
 
 def _raw_word_series(header: dict[str, Any], n: int) -> dict[str, list[Any]] | None:
     """The step header's per-word series (bridge.phases.timeline.SERIES) if all are there for n words."""
-    out = {k: header.get(k) for k in _RAW}
-    return out if all(isinstance(v, list) and len(v) == n for v in out.values()) else None
+    out: dict[str, list[Any]] = {}
+    for k in _RAW:
+        v = header.get(k)
+        if not (isinstance(v, list) and len(v) == n):
+            return None
+        out[k] = v
+    return out
 
 
 def packet_messages(packet: Any) -> list[bytes]:
