@@ -171,6 +171,15 @@ class FanOut:
     def alive(self) -> bool:
         return not self._closed
 
+    def recording(self) -> dict[str, Any]:
+        """The recorder's health for the status packet (``{"state": "off"}`` without one)."""
+        from bridge.stream.recorder import RECORDING_OFF, RecordingReport  # noqa: PLC0415 (recorder imports trace)
+
+        for s in self.sinks:
+            if isinstance(s, RecordingReport):
+                return s.recording()
+        return dict(RECORDING_OFF)
+
     def _deliver(self, sink: Sink, packet: Any, data: bytes | None) -> None:
         """``sink.send``, counted; a failure is logged (the first, then one line every 30 s: shows run all night)."""
         stats = self.stats[sink.name]
