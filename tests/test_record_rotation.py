@@ -18,6 +18,7 @@ from bridge.stream.recorder import Recorder
 from bridge.stream.sinks import SinkError, open_recorder
 from bridge.trace import TraceReader, partial_path
 from bridge.trace_files import base_of, numbered, recording_order, rotated_files
+from bridge.transport.osc_encode import message as osc_message
 from tests.test_trace import run_packets, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,3 +236,15 @@ def test_rotation_options_are_checked_at_the_door(capsys):
     with pytest.raises(SystemExit):
         main(["record", "a cat", "--record-max-mb", "5"])  # one run, one file: not an option of record
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_the_recording_health_goes_out_on_osc_too():
+    from bridge.protocol import Packet
+    from bridge.transport.osc_out import packet_messages
+
+    ok = packet_messages(Packet("status", {"state": "idle", "recording": {"state": "recording", "files": 3}}))
+    assert ok == [osc_message("/stepx/recording", 1, 3)]
+    failed = packet_messages(Packet("status", {"recording": {"state": "failed", "files": 1, "error": "disk \udcff full"}}))
+    assert failed[0] == osc_message("/stepx/recording", 2, 1) and b"disk" in failed[1]
+    assert packet_messages(Packet("status", {"recording": {"state": "nonsense"}})) == []
+    assert packet_messages(Packet("status", {"state": "idle"})) == []  # an older daemon: nothing new

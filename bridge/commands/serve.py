@@ -167,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
         from bridge.explore.server import address
 
         address(args.explore, args.allow_remote)
+    from bridge.stream.sinks import check_record_door
+
+    check_record_door(args)  # a full disk, before the model loads
     prompts = ([args.prompt] if args.prompt else []) + (read_playlist(args.playlist) if args.playlist else [])
     pipe, name = load_model(args)
     concepts = {}

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from bridge.protocol import DEFAULT_DATA_ENDPOINT, OSC_OUT_PORT
 from bridge.stream.fanout import Sink
-from bridge.stream.recorder import Recorder
+from bridge.stream.recorder import Recorder, check_free
 from bridge.trace import EXISTING
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,21 @@ def open_recorder(path: str | Path, existing: str, *, max_mb: float | None = Non
         raise SinkError(f"{exc} (--record-existing append|overwrite)") from None
     except TraceError as exc:
         raise SinkError(f"{exc}; record to another path, or pass --record-existing overwrite") from None
+    except OSError as exc:
+        raise SinkError(f"cannot record to {path}: {exc.strerror or exc}") from None
+
+
+def check_record_door(args: Any) -> None:
+    """The recording checks that need no model: ``--record-keep`` without rotation, a disk under
+    ``--record-min-free-mb``. SinkError (one line) so ``stepx serve`` refuses before the model loads."""
+    path = getattr(args, "record", None)
+    if not path:
+        return
+    if getattr(args, "record_keep", None) is not None and getattr(args, "record_max_mb", None) is None \
+            and getattr(args, "record_max_runs", None) is None:
+        raise SinkError("--record-keep needs rotation: add --record-max-mb or --record-max-runs")
+    try:
+        check_free(Path(path), int(getattr(args, "record_min_free_mb", DEFAULT_MIN_FREE_MB) * 2**20))
     except OSError as exc:
         raise SinkError(f"cannot record to {path}: {exc.strerror or exc}") from None
 
