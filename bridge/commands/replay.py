@@ -188,6 +188,10 @@ def _play_all(args: argparse.Namespace, readers: list[TraceReader], interval: fl
     finally:
         fan.close(timeout=5.0)
     print(f"stepx replay: sent {sent} packets in {loops} pass(es)", file=sys.stderr)
+    failed = fan.recording().get("error")
+    if failed:  # the recorder stopped (disk full, file removed): the copy is short, say so and fail
+        print(f"stepx replay: error: the recording stopped: {failed}", file=sys.stderr)
+        code = code or 1
     for name, st in fan.stats.items():
         if st.dropped or st.errors:
             print(f"stepx replay: sink {name}: {st.dropped} dropped (latest-wins), {st.errors} errors",

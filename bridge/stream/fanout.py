@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 from bridge.protocol import KEEP_KINDS, encode
+from bridge.stream.recorder import RECORDING_OFF, RecordingReport
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,6 @@ class FanOut:
 
     def recording(self) -> dict[str, Any]:
         """The recorder's health for the status packet (``{"state": "off"}`` without one)."""
-        from bridge.stream.recorder import RECORDING_OFF, RecordingReport  # noqa: PLC0415 (recorder imports trace)
-
         for s in self.sinks:
             if isinstance(s, RecordingReport):
                 return s.recording()
