@@ -248,3 +248,35 @@ def test_the_recording_health_goes_out_on_osc_too():
     assert failed[0] == osc_message("/stepx/recording", 2, 1) and b"disk" in failed[1]
     assert packet_messages(Packet("status", {"recording": {"state": "nonsense"}})) == []
     assert packet_messages(Packet("status", {"state": "idle"})) == []  # an older daemon: nothing new
+
+
+def test_a_disk_under_the_floor_at_a_rotation_stops_the_recorder(tmp_path):
+    base = tmp_path / "show.stepx"
+    rec = Recorder(base, max_runs=1, min_free=1)
+    feed(rec, [run_packets("r0")])
+    rec.min_free = 1 << 60  # the disk has filled since the start
+    feed(rec, [run_packets("r1")])
+    health = rec.recording()
+    rec.close()
+    assert health["state"] == "failed" and "MB free on the disk" in health["error"], health
+    assert [runs_of(f) for f in rotated_files(base)] == [["r0"]]
+
+
+def test_refuse_counts_the_numbered_files_and_config_values_are_checked(tmp_path):
+    base = tmp_path / "show.stepx"
+    write(numbered(base, 2), run_packets("old"))
+    with pytest.raises(SinkError, match="part of a rotated recording"):
+        open_recorder(base, "refuse", max_runs=1)
+    for kw in ({"max_mb": "big"}, {"max_runs": 1.5}, {"keep": True, "max_runs": 1}, {"min_free_mb": float("nan")},
+               {"max_mb": float("inf")}, {"max_runs": 0}):
+        with pytest.raises(SinkError, match="expected"):
+            open_recorder(tmp_path / "x.stepx", "append", **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["show.0002.stepx"]
+
+
+def test_serve_checks_the_recording_options_before_the_model_loads(tmp_path, capsys):
+    assert main(["serve", "--model", "tiny", "--record", str(tmp_path / "s.stepx"), "--record-keep", "3"]) == 2
+    assert "--record-keep needs rotation" in capsys.readouterr().err
+    assert main(["serve", "--model", "tiny", "--record", str(tmp_path / "s.stepx"), "--record-min-free-mb", "nan"]) == 2
+    assert "--record-min-free-mb = nan: expected a number of 0 or more" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

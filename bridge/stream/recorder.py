@@ -101,9 +101,19 @@ class Recorder:
         return self.max_bytes is not None or self.max_runs is not None
 
     def _open_first(self, existing: str) -> TraceWriter:
-        """``existing`` applies to the named file; a rotating recording appended to continues in
-        its newest file, or in a new one after it if that one was cut off mid-run (left as it is)."""
-        top = highest_number(self.base) if self.rotating and existing == "append" else 0
+        """``existing`` applies to the named file and, under ``refuse``, to its numbered files too
+        (they are the same recording); a rotating recording appended to continues in its newest
+        file, or in a new one after it if that one was cut off mid-run (left as it is)."""
+        top = highest_number(self.base)
+        if top and existing == "refuse":
+            raise FileExistsError(f"{numbered(self.base, top)} (or its .partial) already holds part of a rotated "
+                                  f"recording named {self.base.name}; refusing to start another under that name. "
+                                  f"Choose another path, or say what to do with it: append (continue it) or overwrite")
+        if top and existing == "overwrite":
+            log.warning("--record-existing overwrite replaces %s only; the numbered files beside it (up to %s) "
+                        "stay, and new ones are numbered after them", self.base, numbered(self.base, top).name)
+        if not (self.rotating and existing == "append"):
+            top = 0
         if top == 0:
             return self._new_writer(self.base, existing=existing, fsync=self._fsync)
         newest = numbered(self.base, top)

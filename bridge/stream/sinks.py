@@ -163,6 +163,35 @@ def restart_options(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(sink_options(args)), "record_existing": "append"})
 
 
+def _check_number(flag: str, value: Any, kind: type, allow_zero: bool = False) -> None:
+    """SinkError unless ``value`` is None or a finite number of ``kind`` above 0 (or 0 if allowed):
+    a config file's value arrives unparsed."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not ok or value != value or value in (float("inf"), float("-inf")) or value < 0 or (value == 0 and not allow_zero):
+        want = "a whole number" if kind is int else "a number"
+        raise SinkError(f"{flag} = {value!r}: expected {want} {'of 0 or more' if allow_zero else 'above 0'}")
+
+
+def recording_limits(args: Any) -> dict[str, Any]:
+    """The rotation and free-space options of ``args`` as :func:`open_recorder`'s keywords, checked."""
+    limits = {"max_mb": getattr(args, "record_max_mb", None), "max_runs": getattr(args, "record_max_runs", None),
+              "keep": getattr(args, "record_keep", None),
+              "min_free_mb": getattr(args, "record_min_free_mb", DEFAULT_MIN_FREE_MB)}
+    _check_limits(**limits)
+    return limits
+
+
+def _check_limits(max_mb: Any, max_runs: Any, keep: Any, min_free_mb: Any) -> None:
+    _check_number("--record-max-mb", max_mb, float)
+    _check_number("--record-max-runs", max_runs, int)
+    _check_number("--record-keep", keep, int)
+    _check_number("--record-min-free-mb", min_free_mb, float, allow_zero=True)
+    if keep is not None and max_mb is None and max_runs is None:
+        raise SinkError("--record-keep needs rotation: add --record-max-mb or --record-max-runs")
+
+
 def open_recorder(path: str | Path, existing: str, *, max_mb: float | None = None, max_runs: int | None = None,
                   keep: int | None = None, min_free_mb: float = DEFAULT_MIN_FREE_MB) -> Recorder:
     """A :class:`~bridge.stream.recorder.Recorder` at ``path`` (rotating when ``max_mb`` or
@@ -171,8 +200,7 @@ def open_recorder(path: str | Path, existing: str, *, max_mb: float | None = Non
     append to, a path under a file, a full disk) is a one-line :class:`SinkError`."""
     from bridge.trace import TraceError  # noqa: PLC0415
 
-    if keep is not None and max_mb is None and max_runs is None:
-        raise SinkError("--record-keep needs rotation: add --record-max-mb or --record-max-runs")
+    _check_limits(max_mb, max_runs, keep, min_free_mb)
     try:
         return Recorder(path, existing=existing, max_bytes=None if max_mb is None else int(max_mb * 2**20),
                         max_runs=max_runs, keep=keep, min_free=int(min_free_mb * 2**20))
@@ -190,11 +218,9 @@ def check_record_door(args: Any) -> None:
     path = getattr(args, "record", None)
     if not path:
         return
-    if getattr(args, "record_keep", None) is not None and getattr(args, "record_max_mb", None) is None \
-            and getattr(args, "record_max_runs", None) is None:
-        raise SinkError("--record-keep needs rotation: add --record-max-mb or --record-max-runs")
+    limits = recording_limits(args)
     try:
-        check_free(Path(path), int(getattr(args, "record_min_free_mb", DEFAULT_MIN_FREE_MB) * 2**20))
+        check_free(Path(path), int(limits["min_free_mb"] * 2**20))
     except OSError as exc:
         raise SinkError(f"cannot record to {path}: {exc.strerror or exc}") from None
 
@@ -228,10 +254,7 @@ def build_sinks(args: Any, *, default_zmq: bool = False) -> list[Sink]:
             host, port = host_port(args.osc) if isinstance(args.osc, str) else args.osc
             sinks.append(OscSender(host, port))
         if getattr(args, "record", None):
-            sinks.append(open_recorder(
-                args.record, getattr(args, "record_existing", "append"), max_mb=getattr(args, "record_max_mb", None),
-                max_runs=getattr(args, "record_max_runs", None), keep=getattr(args, "record_keep", None),
-                min_free_mb=getattr(args, "record_min_free_mb", DEFAULT_MIN_FREE_MB)))
+            sinks.append(open_recorder(args.record, getattr(args, "record_existing", "append"), **recording_limits(args)))
         for kind in PLATFORM_SINKS:
             if getattr(args, kind, None):
                 sinks.append(_platform_sink(kind, getattr(args, kind)))
