@@ -76,6 +76,21 @@ def rotated_files(base: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def unfinished_files(base: str | os.PathLike[str]) -> list[Path]:
+    """The ``.partial`` files of the recording named ``base`` (runs cut off by a crash or a full
+    disk), which :func:`rotated_files` leaves out; in recording order."""
+    b = Path(base)
+    folder = b.parent if str(b.parent) else Path(".")
+    pat = _pattern(b)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = [(0 if n == b.name + ".partial" else int(m.group(1)), b.with_name(n)) for n in names
+             if n.endswith(".partial") and (n == b.name + ".partial" or (m := pat.fullmatch(n.removesuffix(".partial"))))]
+    return [p for _, p in sorted(found)]
+
+
 def highest_number(base: str | os.PathLike[str]) -> int:
     """The highest rotation number in use beside ``base`` (finished or ``.partial``), 0 if none:
     the next file takes a higher one, so the numbers stay in recording order."""

@@ -225,6 +225,9 @@ def test_replay_plays_a_rotated_recording_in_order(tmp_path, capsys):
     assert replayed(str(base), "--run", "2") == ["r2"] and replayed(str(base), "--run", "r1") == ["r1"]
     assert main(["replay", str(base), "--run", "7", "--delay", "0"]) == 2
     assert "3 run(s)" in capsys.readouterr().err
+    partial_path(numbered(base, 3)).write_bytes(b"cut off")  # a crash's leftover: named, not played
+    assert replayed(str(base)) == ["r0", "r1", "r2"]
+    assert "show.0003.stepx.partial is unfinished" in capsys.readouterr().err
 
 
 def test_rotation_options_are_checked_at_the_door(capsys):

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from bridge.stream.fanout import FanOut
 from bridge.stream.sinks import SinkError, add_sink_arguments, build_sinks
 from bridge.trace import TraceError, TracePartialError, TraceReader
-from bridge.trace_files import base_of, recording_order, rotated_files
+from bridge.trace_files import base_of, recording_order, rotated_files, unfinished_files
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,12 @@ def trace_paths(given: list[str], whole_recordings: bool = True) -> list[Path]:
     out: list[Path] = []
     for text in given:
         p = Path(text)
-        more = rotated_files(p) if whole_recordings and base_of(p) == p and p.is_file() else [p]
+        whole = whole_recordings and base_of(p) == p and p.is_file()
+        more = rotated_files(p) if whole else [p]
         out += [q for q in more if q not in out]
+        for left in unfinished_files(p) if whole else []:
+            print(f"stepx replay: note: {left} is unfinished (cut off mid-run) and not played; name it with "
+                  f"--allow-partial to play what it holds", file=sys.stderr)
     return recording_order(out)
 
 
