@@ -86,8 +86,12 @@ def unfinished_files(base: str | os.PathLike[str]) -> list[Path]:
         names = os.listdir(folder)
     except OSError:
         return []
-    found = [(0 if n == b.name + ".partial" else int(m.group(1)), b.with_name(n)) for n in names
-             if n.endswith(".partial") and (n == b.name + ".partial" or (m := pat.fullmatch(n.removesuffix(".partial"))))]
+    found: list[tuple[int, Path]] = []
+    for name in names:
+        if name == b.name + ".partial":
+            found.append((0, b.with_name(name)))
+        elif name.endswith(".partial") and (m := pat.fullmatch(name.removesuffix(".partial"))):
+            found.append((int(m.group(1)), b.with_name(name)))
     return [p for _, p in sorted(found)]
 
 
