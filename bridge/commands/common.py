@@ -15,7 +15,7 @@ else:  # pragma: no cover
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=None, help="diffusers folder, hub id, .safetensors file, 'tiny' (random weights); default: the embedded shapes model")
+    g.add_argument("--model", default=None, help="diffusers folder, hub id, .safetensors file, 'tiny' (random weights), 'shapes-free' (the embedded ungrounded checkpoint); default: the embedded shapes model")
     g.add_argument("--arch", default="auto", choices=["auto", "sd", "sdxl"], help="architecture of a single-file checkpoint")
     g.add_argument("--model-config", default=None, metavar="DIR", help="diffusers folder (or hub id) of the same architecture as a single-file --model; needed offline (default for shapes-architecture files: the embedded shapes folder)")
     g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per template (default 5)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--model", default=None, help="diffusers folder, hub id or 'tiny'; default: the embedded shapes model")
+    p.add_argument("--model", default=None, help="diffusers folder, hub id, 'tiny' or 'shapes-free' (the embedded ungrounded checkpoint); default: the embedded shapes model")
     p.add_argument("--upsample", choices=("bilinear", "bicubic"), default="bilinear",
                    help="how coarse layers' maps are upsampled (default bilinear; bicubic as DAAM)")
     p.add_argument("--workers", type=int, default=1, help="Ray workers (default 1: a plain loop in this process)")

@@ -68,9 +68,9 @@ class GenerateRequest:
 
 def _model_guidance(model: str) -> float:
     """The model's own default guidance (the embedded model's is its evaluation value, 4.0)."""
-    from bridge.models.loading import SHAPES_MODEL_NAME, default_guidance
+    from bridge.models.loading import default_guidance
 
-    return default_guidance(SHAPES_MODEL_NAME if model == "shapes" else model)
+    return default_guidance(model)  # 'shapes' and 'shapes-free' name embedded checkpoints
 
 
 class Engine:

@@ -48,16 +48,22 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
 
 
 SHAPES_MODEL_NAME = "stepx-shapes"
+#: the ungrounded embedded checkpoint (docs/RELEVANCE.md): trained without the grounding loss
+SHAPES_FREE_MODEL_NAME = "stepx-shapes-free"
+#: ``--model`` values that name an embedded checkpoint → the model name ``load_pipeline`` returns
+EMBEDDED_MODELS = {"shapes": SHAPES_MODEL_NAME, "shapes-free": SHAPES_FREE_MODEL_NAME}
 #: the embedded model's guidance: what it is evaluated with (docs/SHAPES.md); other models get
 #: the schema's default (7.5). One value for the CLI, control requests and the docs.
 SHAPES_GUIDANCE = 4.0
 
 
 def default_guidance(model_name: str) -> float:
-    """The guidance a request gets when it names none, for the model ``load_pipeline`` named."""
+    """The guidance a request gets when it names none, for the model ``load_pipeline`` named
+    (or the ``--model`` value naming an embedded checkpoint)."""
     from bridge.request import DEFAULT_GUIDANCE
 
-    return SHAPES_GUIDANCE if model_name == SHAPES_MODEL_NAME else DEFAULT_GUIDANCE
+    embedded = model_name in EMBEDDED_MODELS or model_name in EMBEDDED_MODELS.values()
+    return SHAPES_GUIDANCE if embedded else DEFAULT_GUIDANCE
 
 
 def load_pipeline(
@@ -66,6 +72,7 @@ def load_pipeline(
     """Load a text-to-image pipeline; returns ``(pipe, name)``.
 
     model: None or ``shapes`` → the embedded shapes model (package data, no network);
+    ``shapes-free`` → the embedded ungrounded checkpoint (docs/RELEVANCE.md);
     ``tiny`` → a random-weight test pipeline; a folder → ``DiffusionPipeline.from_pretrained``;
     a ``.safetensors``/``.ckpt`` file → ``from_single_file`` (``arch`` sd, sdxl or auto by size),
     its component configs taken from ``config``, a diffusers folder (or hub id) of the same
@@ -75,10 +82,12 @@ def load_pipeline(
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     quiet_libraries()
-    if model in (None, "", "shapes"):
-        from bridge.models.shapes import load_shapes_pipeline
+    if model in (None, "") or model in EMBEDDED_MODELS:
+        from bridge.models.shapes import SHAPES_FREE_WEIGHTS, load_shapes_pipeline
 
-        pipe, name = load_shapes_pipeline(device=dev, dtype=dt), SHAPES_MODEL_NAME
+        free = model == "shapes-free"
+        pipe = load_shapes_pipeline(device=dev, dtype=dt, path=SHAPES_FREE_WEIGHTS if free else None)
+        name = SHAPES_FREE_MODEL_NAME if free else SHAPES_MODEL_NAME
     elif model == "tiny":
         from bridge.models.tiny import tiny_sd_pipeline
 
