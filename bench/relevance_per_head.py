@@ -38,9 +38,20 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
-def per_head_iou(maps_dir: Path, prompts: list[str], kinds: list[str], heads: int, min_area: int = 60) -> dict[str, np.ndarray]:
-    """kind → ``[heads, taus]`` mean IoU of each head alone over every present object."""
+def spread(word_map: torch.Tensor, tau: float = 0.4) -> float:
+    """Fraction of the image at or above ``tau`` of the min–max normalised map: how diffuse it is."""
+    m = word_map.float()
+    m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-8)
+    return float((m >= tau).float().mean())
+
+
+def per_head_iou(maps_dir: Path, prompts: list[str], kinds: list[str], heads: int,
+                 min_area: int = 60) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
+    """kind → ``[heads, taus]`` mean IoU of each head alone over every present object; kind →
+    ``[heads]`` mean spread of its maps; the mean fraction of the image the objects cover."""
     sums = {k: np.zeros((heads, len(TAUS))) for k in kinds}
+    spreads = {k: np.zeros(heads) for k in kinds}
+    cover = 0.0
     n = 0
     for i, prompt in enumerate(prompts):
         hm = load_head_maps(maps_dir / f"{i:04d}.npz")
@@ -49,11 +60,14 @@ def per_head_iou(maps_dir: Path, prompts: list[str], kinds: list[str], heads: in
             if not o["present"]:
                 continue
             n += 1
+            cover += float(o["mask"].mean())
             for kind in kinds:
                 word_maps = hm.maps[:, hm.tokens.index(o[kind])]  # [heads, R, R]
                 for h in range(heads):
                     sums[kind][h] += [map_iou(word_maps[h], o["mask"], t) for t in TAUS]
-    return {k: v / max(n, 1) for k, v in sums.items()}
+                    spreads[kind][h] += spread(word_maps[h])
+    n = max(n, 1)
+    return {k: v / n for k, v in sums.items()}, {k: v / n for k, v in spreads.items()}, cover / n
 
 
 def split_half_topk(weights: Path, concepts: list[str], k: int) -> dict[str, int]:
@@ -78,21 +92,26 @@ def main() -> None:
     concepts = summary["concepts"]
     vectors = relevance_vectors(torch.tensor(summary["counts"])).numpy()  # [concepts, heads]
     heads = vectors.shape[1]
-    iou = per_head_iou(args.maps, eval_prompts(args.prompts, args.seed, "heldout"), ["shape", "colour"], heads)
+    iou, spreads, cover = per_head_iou(args.maps, eval_prompts(args.prompts, args.seed, "heldout"), ["shape", "colour"], heads)
     stable = split_half_topk(args.weights, concepts, args.k)
-    out: dict = {"split_half_topk_overlap": stable, "k": args.k, "pairs": {}}
+    out: dict = {"split_half_topk_overlap": stable, "k": args.k, "object_cover": cover, "pairs": {}}
+    print(f"objects cover {cover:.1%} of the image on average")
     t4 = TAUS.index(0.4)
     for kind in ("shape", "colour"):
         rel = vectors[concepts.index(kind)]
         rho = spearman(rel, iou[kind][:, t4])
         best = np.argsort(-iou[kind][:, t4])[: args.k]
         top = np.argsort(-rel)[: args.k]
-        out["pairs"][kind] = {"spearman_rel_vs_iou@0.4": rho, "per_head_iou": iou[kind].tolist(), "relevance": rel.tolist(),
+        rho_spread = spearman(rel, spreads[kind])
+        out["pairs"][kind] = {"spearman_rel_vs_iou@0.4": rho, "spearman_rel_vs_spread": rho_spread,
+                              "per_head_iou": iou[kind].tolist(), "per_head_spread": spreads[kind].tolist(), "relevance": rel.tolist(),
                               "best_single_heads": best.tolist(), "top_relevant_heads": top.tolist(),
                               "overlap_best_vs_top": len(set(best.tolist()) & set(top.tolist()))}
         print(f"{kind}: Spearman(relevance, single-head IoU@0.4) = {rho:+.2f}; best {args.k} single heads {best.tolist()} "
               f"(IoU@0.4 {iou[kind][best, t4].mean():.3f}), top-{args.k} relevant {top.tolist()} "
               f"(IoU@0.4 {iou[kind][top, t4].mean():.3f}); overlap {out['pairs'][kind]['overlap_best_vs_top']}")
+        print(f"    spread (image ≥ 0.4): top-{args.k} relevant {spreads[kind][top].mean():.1%}, best {args.k} single "
+              f"{spreads[kind][best].mean():.1%}, all heads {spreads[kind].mean():.1%}; Spearman(relevance, spread) = {rho_spread:+.2f}")
     print(f"top-{args.k} heads shared by the two halves of the relevance run: {stable}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
