@@ -70,6 +70,16 @@ def per_head_iou(maps_dir: Path, prompts: list[str], kinds: list[str], heads: in
     return {k: v / n for k, v in sums.items()}, {k: v / n for k, v in spreads.items()}, cover / n
 
 
+def set_iou(maps_dir: Path, prompts: list[str], kind: str, weights: torch.Tensor, min_area: int = 60) -> list[float]:
+    """Mean IoU per τ of the weighted head set (``weights [heads]``) on ``kind`` words: one row of relevance-eval's table."""
+    scores: list[list[float]] = []
+    for i, prompt in enumerate(prompts):
+        hm = load_head_maps(maps_dir / f"{i:04d}.npz")
+        scores += [[map_iou(hm.word(o[kind], weights), o["mask"], t) for t in TAUS]
+                   for o in score_image(hm.image, prompt, min_area)["objects"] if o["present"]]
+    return np.mean(scores, axis=0).tolist()
+
+
 def split_half_topk(weights: Path, concepts: list[str], k: int) -> dict[str, int]:
     """Heads shared by the top-k sets of the first and second half of the relevance run's chunks."""
     chunks = sorted((weights / PARTIAL).glob("chunk-*.npz"))
@@ -103,13 +113,18 @@ def main() -> None:
         best = np.argsort(-iou[kind][:, t4])[: args.k]
         top = np.argsort(-rel)[: args.k]
         rho_spread = spearman(rel, spreads[kind])
+        oracle = torch.zeros(heads, dtype=torch.float64)
+        oracle[torch.as_tensor(best)] = 1.0
+        oracle_iou = set_iou(args.maps, eval_prompts(args.prompts, args.seed, "heldout"), kind, oracle)
         out["pairs"][kind] = {"spearman_rel_vs_iou@0.4": rho, "spearman_rel_vs_spread": rho_spread,
                               "per_head_iou": iou[kind].tolist(), "per_head_spread": spreads[kind].tolist(), "relevance": rel.tolist(),
-                              "best_single_heads": best.tolist(), "top_relevant_heads": top.tolist(),
+                              "best_single_heads": best.tolist(), "oracle_set_iou": oracle_iou, "top_relevant_heads": top.tolist(),
                               "overlap_best_vs_top": len(set(best.tolist()) & set(top.tolist()))}
         print(f"{kind}: Spearman(relevance, single-head IoU@0.4) = {rho:+.2f}; best {args.k} single heads {best.tolist()} "
               f"(IoU@0.4 {iou[kind][best, t4].mean():.3f}), top-{args.k} relevant {top.tolist()} "
               f"(IoU@0.4 {iou[kind][top, t4].mean():.3f}); overlap {out['pairs'][kind]['overlap_best_vs_top']}")
+        print(f"    oracle set (the {args.k} best single heads, chosen on these same objects): IoU τ .3/.4/.5 "
+              + " / ".join(f"{v:.3f}" for v in oracle_iou))
         print(f"    spread (image ≥ 0.4): top-{args.k} relevant {spreads[kind][top].mean():.1%}, best {args.k} single "
               f"{spreads[kind][best].mean():.1%}, all heads {spreads[kind].mean():.1%}; Spearman(relevance, spread) = {rho_spread:+.2f}")
     print(f"top-{args.k} heads shared by the two halves of the relevance run: {stable}")
