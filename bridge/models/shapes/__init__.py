@@ -14,6 +14,7 @@ are taken from ``weights/`` when the pipeline is assembled (an *overlay* folder)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,8 +26,9 @@ IMAGE_SIZE = 128
 __all__ = ["SHAPES_WEIGHTS", "SHAPES_FREE_WEIGHTS", "IMAGE_SIZE", "load_shapes_pipeline", "overlay_components"]
 
 
-def _component_classes() -> dict[str, type]:
-    """The components an overlay folder may replace, and the classes that load them."""
+def _component_classes() -> dict[str, Any]:
+    """The components an overlay folder may replace, and the classes that load them (``Any``:
+    diffusers' and transformers' model classes share no typed ``from_pretrained``)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
