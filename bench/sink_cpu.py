@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import time
 from functools import partial
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ from bridge.bench import _zmq_sinks
 from bridge.stream.process import PacketProcess
 from bridge.phases import PhaseConfig
 from bridge.stream.recipes import host_step_packet
-from bridge.protocol import encode
+from bridge.item_codec import decode_item, encode_item
+from bridge.protocol import Packet, encode
 
 ENDPOINT = "tcp://127.0.0.1:5593"
 
@@ -48,6 +50,32 @@ def cpu_seconds(pid: int) -> dict[str, float]:
 
 def per_step_ms(before: dict[str, float], after: dict[str, float], steps: int) -> dict[str, float]:
     return {k: 1000 * (v - before.get(k, 0.0)) / steps for k, v in after.items()}
+
+
+def chain_ms(recipe: Callable[[int, int], partial], runs: int, steps: int) -> dict[str, float]:
+    """The sink process's work for one step, stage by stage, in this process: the item as the
+    parent encodes it (``encode``, the model process's share), decoded from its frames, the
+    recipe run (phases + Packet), the FanOut's send stamp and float16 wire encoding. Thread CPU
+    time (``time.thread_time``), median over ``runs`` × ``steps`` steps after one warm-up run."""
+    names = ("parent encode_item", "decode_item", "recipe", "wire encode", "sink total")
+    seen: dict[str, list[float]] = {k: [] for k in names}
+    for run in range(-1, runs):
+        for step in range(steps):
+            t0 = time.thread_time()
+            frames = encode_item(recipe(-10 - run, step))
+            t1 = time.thread_time()
+            received = [bytes(frames[0]), *(memoryview(bytes(f)) for f in frames[1:])]  # as off the socket
+            t2 = time.thread_time()
+            item = decode_item(received)
+            t3 = time.thread_time()
+            packet = item()
+            t4 = time.thread_time()
+            encode(Packet(packet.kind, {**packet.header, "sent": time.time()}, packet.arrays), "float16")
+            t5 = time.thread_time()
+            if run >= 0:
+                for k, v in zip(names, (t1 - t0, t3 - t2, t4 - t3, t5 - t4, t5 - t2)):
+                    seen[k].append(1000 * v)
+    return {k: float(np.median(v)) for k, v in seen.items()}
 
 
 def _subscribe(ready: object, stop: object, out: object) -> None:
@@ -112,19 +140,11 @@ def main() -> None:
     sinks.close()
 
     torch.set_num_threads(1)  # as in the sink process
-    packet = recipe(-2, 0)()
-    t = time.perf_counter()
-    for step in range(args.steps):
-        packet = recipe(-3, step)()
-    build = 1000 * (time.perf_counter() - t) / args.steps
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        data = encode(packet, "float16")
-    enc = 1000 * (time.perf_counter() - t) / args.steps
+    stages = chain_ms(recipe, args.runs, args.steps)
     print(f"{n_steps} steps over {wall:.1f} s ({args.words} words, {args.size}² maps, one every {1000 * args.interval:.0f} ms)")
     print(f"sink process: {child_ms:.2f} CPU ms per step ({100 * child_ms / (1000 * args.interval):.1f} % of one core)")
     print("  by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(child_threads.items(), key=lambda kv: -kv[1]) if v >= 0.01))
-    print(f"  timed here: recipe (phases + packet) {build:.2f} ms, float16 encoding {enc:.2f} ms ({len(data) / 1e6:.2f} MB)")
+    print("  timed here (thread CPU, median per step): " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()) + " ms")
     print(f"subscriber: {sub_ms:.2f} CPU ms per step; received {received} of {n_steps}")
 
 

@@ -39,9 +39,16 @@ def convert(values: Tensor, dtype: str) -> Tensor:
 
 
 def to_host(tensors: dict[str, Tensor], dtype: str) -> dict[str, np.ndarray]:
-    """Flatten, convert and concatenate on the device, copy to the host ONCE, then split into
-    numpy arrays of the original shapes (views of the one host buffer)."""
+    """Host numpy arrays of ``tensors`` converted to ``dtype``, of the original shapes.
+
+    On a device: flatten, convert and concatenate there, copy to the host ONCE, then split (views
+    of the one host buffer). On the CPU (the sink process, the packet worker) there is nothing to
+    copy: each converted tensor's own memory is shared (a float32 one is the tensor itself), as
+    a concatenation would only add a pass over every byte. Packets are read, never written, by
+    their sinks (bridge.stream.fanout), so sharing with the phases' state is safe."""
     names = list(tensors)
+    if all(t.device.type == "cpu" for t in tensors.values()):
+        return {k: convert(tensors[k], dtype).contiguous().numpy() for k in names}
     flat = torch.cat([convert(tensors[k].reshape(-1), dtype) for k in names])  # [sum of sizes]
     host = flat.cpu().numpy()  # the one device -> host copy
     out: dict[str, np.ndarray] = {}
