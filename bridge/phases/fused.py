@@ -126,7 +126,7 @@ def phase_step(
 
     # Timelines from the raw maps.
     positive = total > 0  # [N, 1]
-    dist = (flat / torch.where(positive, total, 1.0)).masked_fill_(~positive, 1.0 / hw)  # [N, H*W], uniform where all zero
+    dist = torch.where(positive, flat / torch.where(positive, total, 1.0), 1.0 / hw)  # [N, H*W], uniform where all zero
     change = torch.where(seen > 0, 0.5 * (dist - state.prev_dist).abs().sum(dim=1), math.nan)  # [N]
     measures = measures_of(total[:, 0] / hw, dist, change, xs, ys)  # [7, N], the one definition (timeline.py)
 
