@@ -48,6 +48,13 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     return out
 
 
+def minor_faults(pid: int) -> int:
+    """Page faults so far that the kernel served without I/O (``/proc/<pid>/stat`` field 10):
+    first touches of freshly mapped memory, each costing a fault and a zeroed page."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
 def per_step_ms(before: dict[str, float], after: dict[str, float], steps: int) -> dict[str, float]:
     return {k: 1000 * (v - before.get(k, 0.0)) / steps for k, v in after.items()}
 
@@ -121,7 +128,7 @@ def main() -> None:
         sinks.publish_recipe(recipe(-1, step))
     sinks.flush()
     time.sleep(0.2)
-    c0, s0 = cpu_seconds(child), cpu_seconds(sub.pid)
+    c0, s0, f0 = cpu_seconds(child), cpu_seconds(sub.pid), minor_faults(child)
     t0 = time.perf_counter()
     for run in range(args.runs):
         for step in range(args.steps):
@@ -132,6 +139,7 @@ def main() -> None:
     n_steps = args.runs * args.steps
     child_threads = per_step_ms(c0, cpu_seconds(child), n_steps)
     child_ms = sum(child_threads.values())
+    faults = (minor_faults(child) - f0) / n_steps
     sub_ms = sum(per_step_ms(s0, cpu_seconds(sub.pid), n_steps).values())
     wall = time.perf_counter() - t0
     stop.set()
@@ -143,6 +151,7 @@ def main() -> None:
     stages = chain_ms(recipe, args.runs, args.steps)
     print(f"{n_steps} steps over {wall:.1f} s ({args.words} words, {args.size}² maps, one every {1000 * args.interval:.0f} ms)")
     print(f"sink process: {child_ms:.2f} CPU ms per step ({100 * child_ms / (1000 * args.interval):.1f} % of one core)")
+    print(f"  {faults:.0f} minor page faults per step")
     print("  by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(child_threads.items(), key=lambda kv: -kv[1]) if v >= 0.01))
     print("  timed here (thread CPU, median per step): " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()) + " ms")
     print(f"subscriber: {sub_ms:.2f} CPU ms per step; received {received} of {n_steps}")

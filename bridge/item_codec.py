@@ -29,14 +29,17 @@ def _name(fn: Callable) -> str:
     return f"{fn.__module__}:{fn.__qualname__}"
 
 
+@functools.cache
 def recipes() -> dict[str, Callable]:
-    """The allow-list: every function the child may call to build a Packet, by qualified name."""
+    """The allow-list: every function the child may call to build a Packet, by qualified name
+    (built once: it is asked for at every item, on the packet thread of the model's process)."""
     from bridge.daemon import replayed  # noqa: PLC0415 (heavy modules; only where recipes are used)
     from bridge.stream.recipes import host_step_packet, step_packet, timeline_packet  # noqa: PLC0415
 
     return {_name(f): f for f in (step_packet, host_step_packet, timeline_packet, replayed)}
 
 
+@functools.cache
 def _dataclasses() -> dict[str, type]:
     from bridge.phases import PhaseConfig  # noqa: PLC0415
 
