@@ -7,7 +7,9 @@ step packet) to a real :class:`~bridge.stream.process.PacketProcess` publishing 
 ZeroMQ, one every ``--interval`` seconds (SD 1.5's step on an H200), to a subscriber in a third
 process that receives and decodes every packet, as ``stepx bench``'s *publish* does. Prints the
 CPU milliseconds per step of each process (all its threads, from ``/proc``), the received count,
-and where the sink process's time goes (one step's recipe and encoding, timed in this process).
+the minor page faults of the sink process per step, where its time goes (each stage of one step,
+timed in this process), and the model process's share: the thread CPU of handing one recipe over
+(encoding and sending it, on the packet thread) and the Python calls that makes.
 
     python bench/sink_cpu.py [--runs 10] [--steps 20] [--words 13] [--size 64] [--interval 0.027]
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import sys
 import time
 from functools import partial
 from typing import Callable
@@ -85,10 +88,26 @@ def chain_ms(recipe: Callable[[int, int], partial], runs: int, steps: int) -> di
     return {k: float(np.median(v)) for k, v in seen.items()}
 
 
-def _subscribe(ready: object, stop: object, out: object) -> None:
+def python_calls(fn: Callable[[], object]) -> int:
+    """How many Python-level calls (functions and builtins) one call of ``fn`` makes."""
+    count = 0
+
+    def tally(_frame: object, event: str, _arg: object) -> None:
+        nonlocal count
+        count += event in ("call", "c_call")
+
+    sys.setprofile(tally)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count - 1  # less fn itself
+
+
+def _subscribe(endpoint: str, ready: object, stop: object, out: object) -> None:
     from bridge.transport.zmq_sub import ZmqSubscriber
 
-    sub = ZmqSubscriber(ENDPOINT, topics=("stepx/step",))
+    sub = ZmqSubscriber(endpoint, topics=("stepx/step",))
     ready.set()  # type: ignore[attr-defined]
     n = 0
     while not stop.is_set():  # type: ignore[attr-defined]
@@ -107,6 +126,7 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=13, help="13: stepx bench's prompt")
     ap.add_argument("--size", type=int, default=64, help="map side (SD 1.5 at 512²: 64)")
     ap.add_argument("--interval", type=float, default=0.027, help="seconds between steps")
+    ap.add_argument("--endpoint", default=ENDPOINT, help="where the sink publishes (another port on a shared machine)")
     args = ap.parse_args()
     words = [f"w{i}" for i in range(args.words)]
     rng = np.random.default_rng(0)
@@ -118,10 +138,10 @@ def main() -> None:
 
     ctx = mp.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    sub = ctx.Process(target=_subscribe, args=(ready, stop, out), daemon=True)
+    sub = ctx.Process(target=_subscribe, args=(args.endpoint, ready, stop, out), daemon=True)
     sub.start()
     ready.wait(60)
-    sinks = PacketProcess(partial(_zmq_sinks, ENDPOINT))
+    sinks = PacketProcess(partial(_zmq_sinks, args.endpoint))
     child = sinks._proc.pid  # noqa: SLF001 — a measurement of that very process
     time.sleep(0.5)  # the subscriber connects
     for step in range(args.steps):  # warm-up run: imports, first allocations
@@ -130,9 +150,13 @@ def main() -> None:
     time.sleep(0.2)
     c0, s0, f0 = cpu_seconds(child), cpu_seconds(sub.pid), minor_faults(child)
     t0 = time.perf_counter()
+    handover: list[float] = []  # the model process's share: thread CPU of each hand-over (encode + send)
     for run in range(args.runs):
         for step in range(args.steps):
-            sinks.publish_recipe(recipe(run, step))
+            item = recipe(run, step)
+            t = time.thread_time()
+            sinks.publish_recipe(item)
+            handover.append(1000 * (time.thread_time() - t))
             time.sleep(args.interval)
     sinks.flush()
     time.sleep(0.3)
@@ -145,6 +169,7 @@ def main() -> None:
     stop.set()
     received = out.get(timeout=30) - args.steps  # less the warm-up run
     sub.join(5)
+    calls = python_calls(partial(sinks.publish_recipe, recipe(-4, 0)))
     sinks.close()
 
     torch.set_num_threads(1)  # as in the sink process
@@ -155,6 +180,8 @@ def main() -> None:
     print("  by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(child_threads.items(), key=lambda kv: -kv[1]) if v >= 0.01))
     print("  timed here (thread CPU, median per step): " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()) + " ms")
     print(f"subscriber: {sub_ms:.2f} CPU ms per step; received {received} of {n_steps}")
+    print(f"model process (the packet thread's hand-over of a recipe): {np.median(handover):.3f} CPU ms per step, "
+          f"{calls} Python calls")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,8 @@ class ZmqPublisher:
         (the lock held; costs one failing non-blocking read when there is none)."""
         while True:
             try:
+                if not self._sock.get(zmq.EVENTS) & zmq.POLLIN:  # the common case, without raising zmq.Again
+                    return
                 msg = self._sock.recv(zmq.NOBLOCK)
             except (zmq.Again, zmq.ZMQError):
                 return
