@@ -148,7 +148,7 @@ def main() -> None:
         sinks.publish_recipe(recipe(-1, step))
     sinks.flush()
     time.sleep(0.2)
-    c0, s0, f0 = cpu_seconds(child), cpu_seconds(sub.pid), minor_faults(child)
+    c0, s0, f0, p0 = cpu_seconds(child), cpu_seconds(sub.pid), minor_faults(child), cpu_seconds(os.getpid())
     t0 = time.perf_counter()
     handover: list[float] = []  # the model process's share: thread CPU of each hand-over (encode + send)
     for run in range(args.runs):
@@ -162,6 +162,7 @@ def main() -> None:
     time.sleep(0.3)
     n_steps = args.runs * args.steps
     child_threads = per_step_ms(c0, cpu_seconds(child), n_steps)
+    parent_threads = per_step_ms(p0, cpu_seconds(os.getpid()), n_steps)  # this process: the hand-overs, and ZeroMQ's threads
     child_ms = sum(child_threads.values())
     faults = (minor_faults(child) - f0) / n_steps
     sub_ms = sum(per_step_ms(s0, cpu_seconds(sub.pid), n_steps).values())
@@ -181,7 +182,8 @@ def main() -> None:
     print("  timed here (thread CPU, median per step): " + ", ".join(f"{k} {v:.3f}" for k, v in stages.items()) + " ms")
     print(f"subscriber: {sub_ms:.2f} CPU ms per step; received {received} of {n_steps}")
     print(f"model process (the packet thread's hand-over of a recipe): {np.median(handover):.3f} CPU ms per step, "
-          f"{calls} Python calls")
+          f"{calls} Python calls; its other threads: " +
+          ", ".join(f"{k} {v:.2f}" for k, v in sorted(parent_threads.items(), key=lambda kv: -kv[1]) if v >= 0.01 and k != "main"))
 
 
 if __name__ == "__main__":
