@@ -134,7 +134,7 @@ def main() -> None:
     cfg = PhaseConfig()
 
     def recipe(run: int, step: int) -> partial:
-        return partial(host_step_packet, f"run{run}", words, cfg, maps[step], step, args.steps, [], 999.0 - step)
+        return partial(host_step_packet, f"run{run}", words, cfg, maps[step], step, args.steps, [], 999.0 - step, time.time())
 
     ctx = mp.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()

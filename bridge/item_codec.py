@@ -82,9 +82,9 @@ def encode_item(item: Any) -> list[Any]:
 
 def _encode_step(item: partial) -> list[Any] | None:
     """The fixed-header frames of a ``host_step_packet`` recipe of plain arguments, else None."""
-    if item.keywords or len(item.args) != 9 or recipes().get(_STEP_FN) is not item.func:
+    if item.keywords or len(item.args) not in (8, 9) or recipes().get(_STEP_FN) is not item.func:
         return None
-    run_id, words, cfg, maps, step, total, focus, timestep, ended = item.args
+    run_id, words, cfg, maps, step, total, focus, timestep, ended = item.args if len(item.args) == 9 else (*item.args, None)
     if not (type(run_id) is str and type(words) is list and type(focus) is list and type(maps) is np.ndarray
             and type(step) is int and type(total) is int and 0 <= step < 2**32 and 0 <= total < 2**32
             and type(timestep) is float and (ended is None or type(ended) is float and not math.isnan(ended))
