@@ -495,6 +495,59 @@ def test_an_sd3_processor_that_does_not_call_sdpa_is_refused(sd3_pipe, monkeypat
     assert snapshot(sd3_pipe)[1:] == before
 
 
+# --- no host synchronisation in the step path --------------------------------------------------------
+#: ops that read a tensor's value back on the host (on a GPU: the host waits for the device)
+HOST_READS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero", "aten::equal", "aten::allclose")
+
+
+def host_reads(fn) -> dict[str, int]:
+    """Host reads of tensor values while ``fn`` runs, counted by torch.profiler (it records every
+    aten op, also those called inside other ops' C++, which a dispatch mode does not see)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    counts: dict[str, int] = {}
+    for e in prof.events():
+        if e.name in HOST_READS:
+            counts[e.name] = counts.get(e.name, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("which,guidance", [("sd3", 7.0), ("flux", 3.5)])
+def test_capture_adds_no_host_read_to_a_run(request, which, guidance):
+    """A run under a capture reads no more tensor values back than the plain run does (SD3's
+    scheduler reads its start index once in both): on a GPU each such read stalls the host until
+    the device catches up. The capture is set up first (its one-time checks of the head weights,
+    on the CPU, are not part of a run) and has run once (the attention kernel's one check per shape)."""
+    pipe = request.getfixturevalue(f"{which}_pipe")
+    with torch.inference_mode():
+        plain = host_reads(lambda: generate(pipe, steps=3, guidance=guidance))
+        with capture(pipe) as cap:
+            generate(pipe, steps=2, guidance=guidance)
+            captured = host_reads(lambda: generate(pipe, steps=3, guidance=guidance))
+        fresh = capture(pipe)  # a new capture per run, as the runner makes: still nothing read back
+        with fresh:
+            again = host_reads(lambda: generate(pipe, steps=3, guidance=guidance))
+    assert cap.last_run.status == fresh.last_run.status == "done"
+    assert captured == plain and again == plain, (plain, captured, again)
+
+
+def test_head_weights_reach_the_device_once_for_all_layers(flux_pipe):
+    """Every layer's head weights are views of one device tensor, shared by later captures of the
+    same model and values (one copy to a GPU, not one per layer per run)."""
+    first, second = capture(flux_pipe), capture(flux_pipe)
+    layers = first.cross_layers
+    w1 = [first.head_weights(l, torch.device("cpu")) for l in layers]
+    w2 = [second.head_weights(l, torch.device("cpu")) for l in reversed(layers)][::-1]
+    base = w1[0].untyped_storage().data_ptr()
+    assert all(w.untyped_storage().data_ptr() == base for w in w1 + w2)
+    assert all(torch.equal(a, b) and a.data_ptr() == b.data_ptr() for a, b in zip(w1, w2))
+    other = capture(flux_pipe, head_weights={layers[0].name: [0.0, 1.0]})
+    w3 = other.head_weights(layers[0], torch.device("cpu"))
+    assert w3.tolist() == [0.0, 1.0] and w3.untyped_storage().data_ptr() != base
+
+
 def test_registered():
     assert {"StableDiffusion3Pipeline", "FluxPipeline"} <= set(supported_pipelines())
 

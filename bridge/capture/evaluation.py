@@ -54,12 +54,26 @@ class BatchedEvaluation:
     adapter: Adapter
     _run: CaptureRun | None
     _acc: _StepAccumulator
+    cross_layers: list[Layer]
+    self_layers: list[Layer]
 
     def _head_weights(self, layer: Layer, device: torch.device) -> torch.Tensor:
+        """``[heads]`` float32 weights of ``layer`` on ``device``: views of one tensor holding every
+        captured layer's weights, copied to the device once per model and set of values (a copy
+        per layer from pageable memory would make the host wait for the GPU, layer by layer, in
+        the first step of every run)."""
         key = (layer.name, str(device))
         w = self._weights.get(key)
         if w is None:
-            w = self._weights[key] = head_weight_vector(self.config, layer.name, layer.heads).to(device)
+            layers = [*self.cross_layers, *self.self_layers]
+            if all(l.name != layer.name for l in layers):
+                layers.append(layer)
+            values = torch.cat([head_weight_vector(self.config, l.name, l.heads) for l in layers])
+            names = tuple(l.name for l in layers)
+            stacked = _shared_constant(self.adapter.denoiser(), ("layer heads", names, tuple(values.tolist())), values, device)
+            for l, part in zip(layers, stacked.split([l.heads for l in layers])):
+                self._weights[(l.name, str(device))] = part
+            w = self._weights[key]
         return w
 
     def observe(self, layer: Layer, q: torch.Tensor, k: torch.Tensor) -> None:

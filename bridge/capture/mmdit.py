@@ -274,6 +274,7 @@ class FluxAdapter(_MMDiTAdapter):
         self._txt_len = 0
         self._grid: tuple[int, int] | None = None
         self._ids_key: Any = None
+        self._built_ids: dict[tuple, tuple[int, int]] = {}  # (data_ptr, shape) of ids the pipeline built -> (h, w)
         self._sig = inspect.signature(pipe.transformer.forward)
 
     def tokenizer(self) -> Any:
@@ -302,8 +303,12 @@ class FluxAdapter(_MMDiTAdapter):
             raise ValueError("FluxTransformer2DModel was called without img_ids; StepX needs them to place image tokens on a grid")
         key = (ids.data_ptr(), tuple(ids.shape), n)
         if key != self._ids_key:
-            flat = ids.reshape(-1, ids.shape[-1])[-n:]
-            h, w = int(flat[:, 1].max()) + 1, int(flat[:, 2].max()) + 1
+            known = self._built_ids.get(key[:2])
+            if known is not None:  # the pipeline built these ids for this grid: nothing to read back
+                h, w = known
+            else:  # ids from elsewhere: read them (a host sync, once per run)
+                flat = ids.reshape(-1, ids.shape[-1])[-n:]
+                h, w = int(flat[:, 1].max()) + 1, int(flat[:, 2].max()) + 1
             if h * w != n:
                 raise ValueError(f"FLUX img_ids describe a {h}×{w} grid but the transformer has {n} image tokens")
             self._grid, self._ids_key = (h, w), key
@@ -353,6 +358,7 @@ class FluxAdapter(_MMDiTAdapter):
                 self._uncond = before_flag
 
         removers.append(patch_method(t, "cache_context", cache_context))
+        removers += self._record_image_ids()
         single = {id(b.attn) for b in t.single_transformer_blocks}
         for layer in cross:
             if sdpa_tap.tappable(layer.module.processor):
@@ -360,6 +366,30 @@ class FluxAdapter(_MMDiTAdapter):
             else:
                 removers += self._probe(session, layer, id(layer.module) in single)
         return removers
+
+    def _record_image_ids(self) -> list[Callable[[], None]]:
+        """Note the grid of the image ids the pipeline builds (``_prepare_latent_image_ids(batch,
+        height, width, device, dtype)``, from host ints), so that :meth:`latent_hw` need not read
+        the device tensor back: that read would make the host wait for the text encoders."""
+        original = getattr(self.pipe, "_prepare_latent_image_ids", None)
+        if original is None:
+            return []
+        sig = inspect.signature(original)
+
+        def prepare(*args: Any, **kwargs: Any) -> Any:
+            ids = original(*args, **kwargs)
+            try:
+                a = sig.bind(*args, **kwargs).arguments
+                grid = (int(a["height"]), int(a["width"]))
+            except (TypeError, KeyError, ValueError):  # another signature: latent_hw reads the ids
+                return ids
+            if torch.is_tensor(ids) and grid[0] * grid[1] == ids.reshape(-1, ids.shape[-1]).shape[0]:
+                if len(self._built_ids) >= 16:
+                    self._built_ids.pop(next(iter(self._built_ids)))
+                self._built_ids[(ids.data_ptr(), tuple(ids.shape))] = grid
+            return ids
+
+        return [patch_method(self.pipe, "_prepare_latent_image_ids", prepare)]
 
     def _joint_layout(self, args: tuple, kwargs: dict) -> tuple[slice, slice] | None:
         """FLUX's joint sequence, in double- and single-stream blocks alike: ``[text (T), image]``."""
