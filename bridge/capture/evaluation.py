@@ -157,6 +157,23 @@ class BatchedEvaluation:
         if per_head is not None and layer.name in self.detail:
             _add(acc.detail, layer.name, per_head.reshape(b, layer.heads, t, *grid))
 
+    def cross_sum(self, layer: Layer, b: int, t: int, n: int, device: torch.device) -> tuple[torch.Tensor, bool] | None:
+        """``(sum [B, T, N], accumulate)``: the step's running sum of cross maps at ``layer``'s grid,
+        for an adapter that adds a layer's head-weighted maps into it in place (a fused kernel);
+        ``accumulate=False``: first use this step, uninitialised, to be written, not added to.
+        The caller must write it. None outside a run."""
+        run = self._run
+        if run is None:
+            return None
+        grid = layer_grid(n, run.latent_hw)
+        acc = self._acc
+        acc.seen.add(layer.name)
+        got = acc.cross.get(grid)
+        if got is None:
+            acc.cross[grid] = got = torch.empty((b, t, *grid), dtype=torch.float32, device=device)  # [B, T, h, w]
+            return got.view(b, t, n), False
+        return got.view(b, t, n), True
+
     def cond_rows(self, total: int) -> slice | None:
         """The rows of a denoiser batch of ``total`` rows that feed the maps (None outside a run)."""
         run = self._run

@@ -29,14 +29,15 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from .adapters import Adapter, Layer, register
 from .errors import UnsupportedProcessorError
-from . import sdpa_tap
-from .maps import joint_text_probabilities
+from . import joint_kernel, sdpa_tap
+from .maps import fused_logsumexp, joint_text_probabilities
 from .steps import patch_method
 from .tokens import TokenMap, empty_token_map, build_offset_token_map, build_token_map, combine_token_maps
 
@@ -161,6 +162,15 @@ class _MMDiTAdapter(Adapter):
         """q: ``[B, heads, N, d]`` image queries, k: ``[B, heads, M, d]`` joint keys, conditional rows
         only; lse ``[B, heads, N]``: their normaliser from the model's own kernel, if it gave one."""
         w = session.head_weights(layer, q.device)
+        kernel = joint_kernel.kernel_for(q.device)
+        if kernel is not None and lse is None:  # no lse tapped (another backend): one fused call gives it, where there is one
+            lse = fused_logsumexp(q, k, 1.0 / math.sqrt(q.shape[-1]))
+        if lse is not None and layer.name not in session.detail and joint_kernel.usable(kernel, q, k, text, lse, w):
+            kt = k[:, :, text]  # [B, heads, T, d]
+            target = session.cross_sum(layer, q.shape[0], kt.shape[2], q.shape[2], q.device)
+            if target is not None:  # one launch: the per-head maps never exist, added into the step's sum
+                joint_kernel.launch(kernel, q, kt, lse, w, *target)
+            return
         if layer.name in session.detail:
             per_head = joint_text_probabilities(q, k, text, None, self.budget, lse)  # [B, heads, T, N]
             maps = torch.einsum("bhtn,h->btn", per_head, w)
