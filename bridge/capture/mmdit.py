@@ -127,34 +127,36 @@ class _MMDiTAdapter(Adapter):
     def _joint_probe(self, session: "Capture", layer: Layer) -> list[Callable[[], None]]:
         """Arm the attention tap for the layer's call: the processor's own attention kernel hands
         over the joint q and k (after the q/k norms and RoPE: exactly what it attends with) and
-        its normaliser; the maps take the conditional rows' image queries."""
-        attn = layer.module
+        its normaliser; the maps take the conditional rows' image queries.
 
-        def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        The layer's ``forward`` is shadowed on the instance rather than hooked (as for UNets,
+        ``unet._probe``): a module with hooks takes ``Module.__call__``'s slow path, microseconds a
+        call, 57 calls a step on FLUX.1, whose 512² generation waits on the host."""
+        attn = layer.module
+        original = attn.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
             sdpa_tap.disarm()
-            if not session.active:
-                return
-            if kwargs.get("attention_mask", args[2] if len(args) > 2 else None) is not None:
-                self._warn_once(f"mask:{layer.name}", f"{layer.name} was called with an attention mask; it is left out of the maps")
-                return
-            layout = self._joint_layout(args, kwargs)
-            if layout is not None:
-                sdpa_tap.arm(lambda q, k, lse: on_attention(*layout, q, k, lse))
+            if session.active:
+                if kwargs.get("attention_mask", args[2] if len(args) > 2 else None) is not None:
+                    self._warn_once(f"mask:{layer.name}", f"{layer.name} was called with an attention mask; it is left out of the maps")
+                elif (layout := self._joint_layout(args, kwargs)) is not None:
+                    sdpa_tap.arm(lambda q, k, lse: on_attention(*layout, q, k, lse))
+            out = original(*args, **kwargs)
+            if sdpa_tap.disarm():
+                self._warn_once(f"untapped:{layer.name}", f"{layer.name}'s attention made no call StepX could tap "
+                                "(F.scaled_dot_product_attention, dispatch_attention_fn); it is left out of the maps")
+            return out
 
         def on_attention(image: slice, text: slice, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None) -> None:
             rows = session.cond_rows(q.shape[0])
             if rows is None:
                 return
-            with torch.no_grad():
-                self._emit(session, layer, q[rows, :, image], k[rows], text, None if lse is None else lse[rows, :, image])
+            if rows.start:  # CFG: the conditional rows (without CFG all rows are: no indexing ops)
+                q, k, lse = q[rows], k[rows], None if lse is None else lse[rows]
+            self._emit(session, layer, q[:, :, image], k, text, None if lse is None else lse[:, :, image])
 
-        def post(_m: torch.nn.Module, _args: tuple, _kwargs: dict, _out: Any) -> None:
-            if sdpa_tap.disarm():
-                self._warn_once(f"untapped:{layer.name}", f"{layer.name}'s attention made no call StepX could tap "
-                                "(F.scaled_dot_product_attention, dispatch_attention_fn); it is left out of the maps")
-
-        handles = [attn.register_forward_pre_hook(pre, with_kwargs=True), attn.register_forward_hook(post, with_kwargs=True)]
-        return [sdpa_tap.install(attn.processor), *(h.remove for h in handles)]
+        return [sdpa_tap.install(attn.processor), patch_method(attn, "forward", forward)]
 
     # the maths shared by the probes: conditional rows, head weights, detail
     def _emit(self, session: "Capture", layer: Layer, q: torch.Tensor, k: torch.Tensor, text: slice,
