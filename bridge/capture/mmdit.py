@@ -72,6 +72,7 @@ class _MMDiTAdapter(Adapter):
         self.text_encoder = self.default_text_encoder
         self.budget = DEFAULT_BUDGET
         self.strict = False
+        self.fused = True
         self._warned: set[str] = set()
 
     def denoiser(self) -> torch.nn.Module:
@@ -79,7 +80,8 @@ class _MMDiTAdapter(Adapter):
 
     def configure(self, config: "CaptureConfig") -> None:
         """Options from ``CaptureConfig.extra``: ``text_encoder`` (SD3: "both" | "clip" | "t5"),
-        ``joint_budget`` (logits per block of the normaliser pass)."""
+        ``joint_budget`` (logits per block of the normaliser pass), ``fused_maps`` (default True:
+        the fused kernel where it runs, ``joint_kernel``; False: op by op, for comparison)."""
         extra = config.extra or {}
         choice = extra.get("text_encoder", self.default_text_encoder)
         if choice not in self.text_choices:
@@ -92,6 +94,7 @@ class _MMDiTAdapter(Adapter):
         if self.budget < 1:
             raise ValueError(f"joint_budget must be a positive number of logits, got {self.budget}")
         self.strict = bool(config.strict_prompt_length)
+        self.fused = bool(extra.get("fused_maps", True))
         if config.queries and not any(not l.cross for l in self.layers()):
             raise ValueError(
                 f"{type(self.pipe).__name__} has no image-only self-attention layer, so self-attention queries "
@@ -164,7 +167,7 @@ class _MMDiTAdapter(Adapter):
         """q: ``[B, heads, N, d]`` image queries, k: ``[B, heads, M, d]`` joint keys, conditional rows
         only; lse ``[B, heads, N]``: their normaliser from the model's own kernel, if it gave one."""
         w = session.head_weights(layer, q.device)
-        kernel = joint_kernel.kernel_for(q.device)
+        kernel = joint_kernel.kernel_for(q.device) if self.fused else None
         if kernel is not None and lse is None:  # no lse tapped (another backend): one fused call gives it, where there is one
             lse = fused_logsumexp(q, k, 1.0 / math.sqrt(q.shape[-1]))
         if lse is not None and layer.name not in session.detail and joint_kernel.usable(kernel, q, k, text, lse, w):
