@@ -131,6 +131,8 @@ def usable(kernel: Any, q: torch.Tensor, k: torch.Tensor, text: slice, lse: torc
             got = torch.empty_like(reference)
             launch(kernel, q, kt, lse, w, got, accumulate=False)
             good = bool((got - reference).abs().max() <= TOLERANCE * reference.abs().max())
+            launch(kernel, q, kt, lse, w, got, accumulate=True)  # both variants compiled here, not in the model's step
+            good = good and bool((got - 2 * reference).abs().max() <= 2 * TOLERANCE * reference.abs().max())
         except Exception as exc:  # noqa: BLE001 — a compiler or driver error: the op-by-op maths still work
             log.debug("fused joint-attention maps: %s", exc)
             good = False
