@@ -10,14 +10,15 @@ and that (not a softmax over the text keys alone) is what the capture reports. T
 is a log-sum-exp; the ``(N_img+N_txt)²`` matrix is never built. Rows of ``frame.cross``
 therefore sum to the image query's total mass on text (< 1), not to 1.
 
-As for UNets, the layer output is the pipeline's own processor's. SD3: the processor's own
-``F.scaled_dot_product_attention`` call hands over the joint q and k and, from the same fused
-kernel, the log-sum-exp (``sdpa_tap``; checked once per shape to leave the output bit-identical),
-so only the ``N×T`` text logits are computed here. FLUX: forward hooks observe the outputs of
-``to_q``/``to_k``/``add_k_proj`` and a pre-hook reads the call's keyword arguments
-(``image_rotary_emb``); queries and keys get the same q/k norms and RoPE the processor applies,
-in the same order, and the normaliser comes from one more fused call (or blockwise, on the CPU:
-``maps.joint_text_probabilities``). Probabilities are float32, for the conditional rows only.
+As for UNets, the layer output is the pipeline's own processor's. Its own attention call
+(SD3: ``F.scaled_dot_product_attention``; FLUX: diffusers' ``dispatch_attention_fn``) hands over
+the joint q and k, after the q/k norms and RoPE, and, from the same fused kernel, the log-sum-exp
+(``sdpa_tap``; checked once per shape to leave the output bit-identical), so only the ``N×T``
+text logits are computed here: on CUDA by one fused kernel per layer that adds the head-weighted
+maps into the step's sum (``joint_kernel``), elsewhere op by op (``maps.joint_text_probabilities``,
+which also computes the normaliser where no kernel gave it). A FLUX processor whose call cannot
+be tapped is observed at its ``to_q``/``to_k``/``add_k_proj`` outputs instead, with the same q/k
+norms and RoPE applied in the same order. Probabilities are float32, for the conditional rows only.
 
 Sequence order differs: SD3 concatenates ``[image, text]``, FLUX ``[text, image]`` (double
 blocks concatenate the projections, single blocks run on the already concatenated stream).
