@@ -75,11 +75,11 @@ def test_check_refuses_a_kernel_that_disagrees(caplog, monkeypatch):
     text = slice(40, None)
     with caplog.at_level(logging.WARNING):
         off = Off()
-        assert not joint_kernel.usable(off, q, k, text, lse.float(), w)
-        assert not joint_kernel.usable(off, q, k, text, lse.float(), w)  # remembered: one warning
+        assert not joint_kernel.usable(off, q, k[:, :, text], lse.float(), w)
+        assert not joint_kernel.usable(off, q, k[:, :, text], lse.float(), w)  # remembered: one warning
     assert sum("disagrees" in r.getMessage() for r in caplog.records) == 1
-    assert joint_kernel.usable(KERNEL, q, k, text, lse.float(), w)
-    assert not joint_kernel.usable(None, q, k, text, lse.float(), w)
+    assert joint_kernel.usable(KERNEL, q, k[:, :, text], lse.float(), w)
+    assert not joint_kernel.usable(None, q, k[:, :, text], lse.float(), w)
 
 
 @pytest.mark.parametrize("dtype,d", [("bf16", 128), ("fp16", 64), ("fp32", 64)])

@@ -117,17 +117,16 @@ def launch(kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor, w:
                  ACCUMULATE=accumulate, IEEE=q.dtype == torch.float32, BLOCK_T=BLOCK_T, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(d)))
 
 
-def usable(kernel: Any, q: torch.Tensor, k: torch.Tensor, text: slice, lse: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether ``kernel`` gives these inputs' maps (checked once per device, dtype, shapes and
-    strides against the op-by-op maths: one host wait, on the first step)."""
+def usable(kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether ``kernel`` gives these inputs' maps (:func:`launch`'s arguments; checked once per
+    device, dtype, shapes and strides against the op-by-op maths: one host wait, on the first step)."""
     if kernel is None:
         return False
-    kt = k[:, :, text]
     key = (kernel, q.device.type, q.dtype, kt.dtype, *(tuple(x.shape) + x.stride() for x in (q, kt, lse)))
     good = _checked.get(key)
     if good is None:
         try:
-            reference = joint_text_probabilities(q, k, text, w, lse=lse)  # [B, T, N]
+            reference = joint_text_probabilities(q, kt, slice(None), w, lse=lse)  # [B, T, N]: with the lse, only text keys matter
             got = torch.empty_like(reference)
             launch(kernel, q, kt, lse, w, got, accumulate=False)
             good = bool((got - reference).abs().max() <= TOLERANCE * reference.abs().max())

@@ -171,8 +171,8 @@ class _MMDiTAdapter(Adapter):
         kernel = joint_kernel.kernel_for(q.device) if self.fused else None
         if kernel is not None and lse is None:  # no lse tapped (another backend): one fused call gives it, where there is one
             lse = fused_logsumexp(q, k, 1.0 / math.sqrt(q.shape[-1]))
-        if lse is not None and layer.name not in session.detail and joint_kernel.usable(kernel, q, k, text, lse, w):
-            kt = k[:, :, text]  # [B, heads, T, d]
+        kt = k[:, :, text]  # [B, heads, T, d]
+        if lse is not None and layer.name not in session.detail and joint_kernel.usable(kernel, q, kt, lse, w):
             target = session.cross_sum(layer, q.shape[0], kt.shape[2], q.shape[2], q.device)
             if target is not None:  # one launch: the per-head maps never exist, added into the step's sum
                 joint_kernel.launch(kernel, q, kt, lse, w, *target)
