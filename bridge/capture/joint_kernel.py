@@ -110,6 +110,9 @@ def launch(kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor, w:
     q ``[B, heads, N, d]`` image queries, kt ``[B, heads, T, d]`` text keys (half or float32, any
     strides), lse ``[B, heads, N]`` float32, w ``[heads]`` float32, out ``[B, T, N]`` float32
     (``accumulate=False``: overwritten, so it may be uninitialised)."""
+    if q.is_cuda and q.device.index != torch.cuda.current_device():  # Triton launches on the current device's stream
+        with torch.cuda.device(q.device):
+            return launch(kernel, q, kt, lse, w, out, accumulate)
     b, h, n, d = q.shape
     t = kt.shape[2]
     grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(t, BLOCK_T), b)
