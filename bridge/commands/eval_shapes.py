@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-area", type=int, default=60, help="pixels an object's colour region needs to count as present")
     p.add_argument("--weights", default=None, help="a diffusers folder (default: the shipped shapes model)")
     p.add_argument("--out", default=None, help="folder for results.json and a sample sheet")
+    p.add_argument("--device", default="cpu", help="torch device for generation and capture (cpu, cuda)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--time", action="store_true", help="also time 20-step generations without capture")
 

@@ -28,6 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cond-drop", type=float, default=0.1)
     p.add_argument("--ground", type=float, default=0.0,
                    help="weight of the token-grounding loss on cross-attention (grounding.py); 0 = off")
+    p.add_argument("--rewrite-captions", action="store_true",
+                   help="describe half the training scenes the other way round (relations inverted, objects reversed), "
+                        "so caption position predicts nothing about layout")
+    p.add_argument("--text-encoder", choices=("clip", "local"), default="clip",
+                   help="clip: causal CLIP over learned positions (the shipped model); local: each token sees only "
+                        "its neighbours (band attention of --text-window, no absolute positions)")
+    p.add_argument("--text-window", type=int, default=1, help="with --text-encoder local: attention half-width in tokens, per layer")
+    p.add_argument("--freeze-text", action="store_true",
+                   help="keep the text encoder at its random initialisation (its keys a fixed function of the words)")
+    p.add_argument("--vae-from", default=None,
+                   help="reuse this diffusers folder's VAE, frozen (e.g. the shipped weights); skips the VAE phase")
+    p.add_argument("--skip-samples", action="store_true", help="no samples.png at the end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda")
     p.add_argument("--log-every", type=int, default=200)

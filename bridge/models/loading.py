@@ -172,7 +172,11 @@ def _load_external(model: str, dtype: torch.dtype, arch: str, config: str | None
     if config:
         log.warning("--model-config is used for single-file checkpoints only; ignored for %s", model)
     if path.is_dir():
-        return diffusers.DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype)
+        from .shapes.local_text import localise
+
+        pipe = diffusers.DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype)
+        localise(pipe)  # a shapes checkpoint with a local text encoder (config local_window): its band mask
+        return pipe
     offline = is_offline()
     try:
         return diffusers.DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=offline)

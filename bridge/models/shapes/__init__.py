@@ -34,5 +34,8 @@ def load_shapes_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype 
     pipe = StableDiffusionPipeline.from_pretrained(
         str(root), dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
     )
+    from .local_text import localise
+
+    localise(pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

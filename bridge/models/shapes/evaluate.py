@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pipe = load_shapes_pipeline("cpu", torch.float32, path=args.weights)
+    pipe = load_shapes_pipeline(args.device, torch.float32, path=args.weights)
     prompts = eval_prompts(args.prompts, args.seed, args.split)
     out = Path(args.out) if args.out else None
     if out:

@@ -76,13 +76,23 @@ def train_scheduler() -> DDPMScheduler:
     return DDPMScheduler(**SCHEDULER_CONFIG, clip_sample=False)
 
 
-def build_pipeline(tokenizer_dir: str | Path, seed: int = 0) -> StableDiffusionPipeline:
-    """A randomly initialised pipeline with the final architecture."""
+def build_text_encoder(text_window: int | None = None) -> CLIPTextModel:
+    """The 3-layer CLIP text encoder; ``text_window`` makes it local (``local_text.make_local``)."""
+    from .local_text import make_local
+
+    vocab, _ = build_vocab()
+    text_encoder = CLIPTextModel(text_config(len(vocab)))
+    if text_window is not None:
+        make_local(text_encoder, text_window)
+    return text_encoder
+
+
+def build_pipeline(tokenizer_dir: str | Path, seed: int = 0, text_window: int | None = None) -> StableDiffusionPipeline:
+    """A randomly initialised pipeline with the final architecture (a local text encoder with ``text_window``)."""
     torch.manual_seed(seed)
     save_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-    vocab, _ = build_vocab()
-    text_encoder = CLIPTextModel(text_config(len(vocab)))
+    text_encoder = build_text_encoder(text_window)
     vae = AutoencoderKL(**VAE_CONFIG)
     unet = UNet2DConditionModel(**UNET_CONFIG)
     scheduler = DPMSolverMultistepScheduler(**SCHEDULER_CONFIG)

@@ -81,10 +81,14 @@ def load_exported(folder: Path, vae, unet, text) -> float:
         unet.load_state_dict({k: v.float() for k, v in _load_any(folder / "unet" / "diffusion_pytorch_model*.safetensors").items()})
         text.load_state_dict({k: v.float() for k, v in _load_any(folder / "text_encoder" / "model*.safetensors").items()}, strict=False)
         return float(json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"])
-    vae.load_state_dict({k: v.float() for k, v in _load_any(folder / "vae.safetensors").items()})
+    meta = json.loads((folder / "meta.json").read_text())
+    vae_file = folder / "vae.safetensors"
+    if not vae_file.is_file() and meta.get("vae_from"):  # trained on a reused VAE: it may travel without it
+        vae_file = Path(meta["vae_from"]) / "vae" / "diffusion_pytorch_model*.safetensors"
+    vae.load_state_dict({k: v.float() for k, v in _load_any(vae_file).items()})
     unet.load_state_dict({k: v.float() for k, v in _load_any(folder / "unet_*.safetensors").items()})
     text.load_state_dict({k: v.float() for k, v in _load_any(folder / "text_encoder.safetensors").items()}, strict=False)
-    return float(json.loads((folder / "meta.json").read_text())["scaling_factor"])
+    return float(meta["scaling_factor"])
 
 
 def export(src: Path, dst: Path) -> None:
@@ -93,7 +97,8 @@ def export(src: Path, dst: Path) -> None:
 
     from .model import build_pipeline, save_pipeline
 
-    pipe = build_pipeline(Path(tempfile.mkdtemp()) / "tok")
+    meta = json.loads((src / "meta.json").read_text()) if (src / "meta.json").is_file() else {}
+    pipe = build_pipeline(Path(tempfile.mkdtemp()) / "tok", text_window=meta.get("text_window"))
     sf = load_exported(src, pipe.vae, pipe.unet, pipe.text_encoder)
     pipe.vae.register_to_config(scaling_factor=sf)
     save_pipeline(pipe, dst)
@@ -105,10 +110,8 @@ def export(src: Path, dst: Path) -> None:
 class Trainer:
     def __init__(self, args: argparse.Namespace):
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel
 
-        from .model import UNET_CONFIG, VAE_CONFIG, text_config, train_scheduler
-        from .tokenizer import build_vocab
+        from .model import UNET_CONFIG, VAE_CONFIG, build_text_encoder, train_scheduler
         from .world import World
 
         self.args = args
@@ -125,10 +128,12 @@ class Trainer:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.logf = open(self.out / "train_log.txt", "a")
         self.world = World(128, self.dev, seed=args.seed)
-        vocab, _ = build_vocab()
+        self.text_window = args.text_window if args.text_encoder == "local" else None
         self.vae = AutoencoderKL(**VAE_CONFIG).to(self.dev)
         self.unet = UNet2DConditionModel(**UNET_CONFIG).to(self.dev)
-        self.text = CLIPTextModel(text_config(len(vocab))).to(self.dev)
+        self.text = build_text_encoder(self.text_window).to(self.dev)
+        if args.freeze_text:  # keys a fixed function of the words, as with SD's frozen, pre-trained CLIP
+            self.text.requires_grad_(False)
         self.sched = train_scheduler()
         self.alphas = self.sched.alphas_cumprod.to(self.dev)
         self.scaling = 1.0
@@ -136,7 +141,7 @@ class Trainer:
         self.vae_done = False
         self.step = 0
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=args.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
-        self.params = list(self.unet.parameters()) + list(self.text.parameters())
+        self.params = [p for p in list(self.unet.parameters()) + list(self.text.parameters()) if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
         self.ema = [p.detach().clone() for p in self.params]
         self.elapsed_before = 0.0
@@ -145,6 +150,8 @@ class Trainer:
         self.empty_ids[0, 0] = empty["<bos>"]
         if args.resume:
             self._resume(Path(args.resume))
+        elif args.vae_from:
+            self._vae_from(Path(args.vae_from))
 
     def _autocast(self):
         return torch.autocast(self.dev.type, dtype=torch.bfloat16)
@@ -173,6 +180,8 @@ class Trainer:
             self.scaling, self.vae_step, self.vae_done, self.step = ck["scaling"], ck["vae_step"], ck["vae_done"], ck["step"]
             self.elapsed_before = ck.get("elapsed", 0.0)
             self.ground_from_step = ck.get("ground_from_step")
+            self.vae_from = ck.get("vae_from")
+            self._check_text_window(ck.get("text_window"), path)
             self.say(f"resumed full checkpoint {path}: vae_step={self.vae_step} step={self.step}")
         else:  # exported (EMA) weights: no optimizer state, restart the LR warm-up
             self.scaling = load_exported(path, self.vae, self.unet, self.text)
@@ -185,9 +194,27 @@ class Trainer:
                 self.step, self.vae_step = m.get("step", 0), m.get("vae_step", 0)
                 self.elapsed_before = m.get("elapsed", 0.0)
                 self.ground_from_step = m.get("ground_from_step")
+                self.vae_from = m.get("vae_from")
+                self._check_text_window(m.get("text_window"), path)
                 self.decoder_steps = m.get("decoder_steps", 0)
             self.resumed_from_weights = True
             self.say(f"resumed exported weights {path} (no optimizer state): step={self.step}")
+
+    def _check_text_window(self, saved: int | None, path: Path) -> None:
+        if saved != self.text_window:
+            kind = lambda w: f"--text-encoder local --text-window {w}" if w is not None else "--text-encoder clip"  # noqa: E731
+            raise ValueError(f"{path} was trained with {kind(saved)}; resume it with the same, not {kind(self.text_window)}")
+
+    def _vae_from(self, folder: Path) -> None:
+        """Reuse a trained VAE (e.g. the shipped one) frozen: the UNet and text encoder start from scratch."""
+        from diffusers import AutoencoderKL
+
+        src = AutoencoderKL.from_pretrained(str(folder / "vae") if (folder / "vae").is_dir() else str(folder))
+        self.vae.load_state_dict({k: v.float() for k, v in src.state_dict().items()})
+        self.scaling = float(src.config.scaling_factor)
+        self.vae_done = True
+        self.vae_from = str(folder)
+        self.say(f"VAE from {folder} (frozen, scaling_factor {self.scaling:.4f}); UNet and text encoder from scratch")
 
     def _checkpoint(self) -> None:
         ck = {
@@ -195,10 +222,15 @@ class Trainer:
             "vae_opt": self.vae_opt.state_dict(), "opt": self.opt.state_dict(), "ema": self.ema,
             "scaling": self.scaling, "vae_step": self.vae_step, "vae_done": self.vae_done, "step": self.step,
             "elapsed": self.elapsed(), "ground_from_step": getattr(self, "ground_from_step", None),
+            "vae_from": getattr(self, "vae_from", None), "text_window": self.text_window,
         }
         tmp = self.ckpt_dir / "ckpt.pt.tmp"
         torch.save(ck, tmp)
         tmp.replace(self.ckpt_dir / "ckpt.pt")
+
+    def _param_names(self) -> list[str]:
+        """State-dict names of ``self.params`` in order (the EMA list follows it)."""
+        return [n for m in (self.unet, self.text) for n, p in m.named_parameters() if p.requires_grad]
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.t0
@@ -207,9 +239,7 @@ class Trainer:
         """EMA weights, fp16, each file < 16 MiB: vae, text_encoder, unet_0/unet_1, meta.json."""
         unet_sd = self.unet.state_dict()
         text_sd = self.text.state_dict()
-        names_u = [n for n, _ in self.unet.named_parameters()]
-        names_t = [n for n, _ in self.text.named_parameters()]
-        ema = dict(zip(names_u + names_t, self.ema))
+        ema = dict(zip(self._param_names(), self.ema))
         unet_sd = {k: ema.get(k, v) for k, v in unet_sd.items()}
         text_sd = {k: ema.get(k, v) for k, v in text_sd.items()}
         keys = list(unet_sd)
@@ -220,7 +250,9 @@ class Trainer:
         _save_fp16(self.vae.state_dict(), self.out / "vae.safetensors")
         meta = {"scaling_factor": self.scaling, "step": self.step, "vae_step": self.vae_step, "elapsed": self.elapsed(), "seed": self.args.seed,
                 "batch": self.args.batch, "ground": self.args.ground, "ground_from_step": getattr(self, "ground_from_step", None),
-                "decoder_steps": getattr(self, "decoder_steps", 0)}
+                "decoder_steps": getattr(self, "decoder_steps", 0), "text_window": self.text_window,
+                "rewrite_captions": self.args.rewrite_captions, "freeze_text": self.args.freeze_text,
+                "vae_from": getattr(self, "vae_from", None)}
         (self.out / "meta.json").write_text(json.dumps(meta, indent=1))
 
     # -------------------------------------------------------------- phases
@@ -325,12 +357,12 @@ class Trainer:
         last_ck = time.monotonic()
         start_step = self.step
         warm_from = self.step if getattr(self, "resumed_from_weights", False) else 0
-        margin = 25.0  # seconds kept for the final checkpoint, export and samples
+        margin = min(25.0, 0.25 * a.minutes * 60)  # seconds kept for the final checkpoint, export and samples
         while time.monotonic() < self.deadline - margin:
             b = a.batch
             sc = self.world.sample(b)
             img, masks = self.world.render(sc)
-            ids, positions = self.world.caption_tokens(sc)
+            ids, positions = self.world.caption_tokens(sc, rewrite=a.rewrite_captions)
             drop = torch.rand(b, 1, device=self.dev) < a.cond_drop
             ids = torch.where(drop, self.empty_ids, ids)
             with torch.no_grad(), self._autocast():
@@ -390,10 +422,9 @@ class Trainer:
 
         from .model import build_pipeline
 
-        pipe = build_pipeline(Path(tempfile.mkdtemp()) / "tok")
+        pipe = build_pipeline(Path(tempfile.mkdtemp()) / "tok", text_window=self.text_window)
         pipe.vae.load_state_dict(self.vae.state_dict())
-        names = [n for n, _ in self.unet.named_parameters()] + [n for n, _ in self.text.named_parameters()]
-        ema = dict(zip(names, self.ema))
+        ema = dict(zip(self._param_names(), self.ema))
         pipe.unet.load_state_dict({k: ema.get(k, v) for k, v in self.unet.state_dict().items()})
         pipe.text_encoder.load_state_dict({k: ema.get(k, v) for k, v in self.text.state_dict().items()})
         pipe.vae.register_to_config(scaling_factor=self.scaling)
@@ -435,6 +466,8 @@ class Trainer:
         self._checkpoint()
         self._export_files()
         self.say(f"exported EMA weights to {self.out}; total training time {self.elapsed():.0f}s")
+        if a.skip_samples:
+            return 0
         try:
             self.samples()
         except Exception as e:  # samples are a convenience; never lose the weights over them

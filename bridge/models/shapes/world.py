@@ -211,9 +211,36 @@ class World:
         """Token ids [B, length] of the scenes' captions (bos, words, eos, padded with eos)."""
         return self.caption_tokens(sc, length)[0]
 
-    def caption_tokens(self, sc: Scenes, length: int = MAX_LENGTH) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def rewrite(self, sc: Scenes, p: float = 0.5) -> tuple[Scenes, torch.Tensor]:
+        """The same scenes described the other way round, each with probability ``p``.
+
+        A chain "A rel1 B rel2 C" is equivalently "C inv(rel2) B inv(rel1) A" (above <-> below,
+        left of <-> right of); the objects, their cells and the background are unchanged, so the
+        rendered image is the same. Returns the scenes and ``perm`` [B, 3]: rewritten slot k holds
+        original slot ``perm[:, k]`` (a reversal, so perm is its own inverse). No host syncs.
+        """
+        b = len(sc)
+        flip = self._rand(b) < p  # [B]
+        k = torch.arange(MAX_OBJECTS, device=self.device)[None]  # [1, 3]
+        perm = torch.where(flip[:, None] & (k < sc.n[:, None]), sc.n[:, None] - 1 - k, k)  # [B, 3]
+        j = k[:, : MAX_OBJECTS - 1]  # [1, 2]
+        rperm = torch.where(flip[:, None] & (j < sc.n[:, None] - 1), sc.n[:, None] - 2 - j, j)  # [B, 2]
+        rel = sc.rel.gather(1, rperm)
+        rel = torch.where(flip[:, None] & (rel >= 0), rel ^ 1, rel)  # REL_NAMES pairs inverses: (above, below), (left of, right of)
+        g = lambda t: t.gather(1, perm)  # noqa: E731
+        return Scenes(sc.n, g(sc.colour), g(sc.shape), g(sc.size_word), g(sc.radius), g(sc.cx), g(sc.cy), rel, sc.bg, sc.bg_word, sc.size), perm
+
+    def caption_tokens(self, sc: Scenes, length: int = MAX_LENGTH, rewrite: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Token ids ``[B, length]`` and where the grounded words sit: ``{"colour", "shape", "size":
-        [B, 3], "background": [B]}`` token positions (-1 where the caption has no such word)."""
+        [B, 3], "background": [B]}`` token positions (-1 where the caption has no such word).
+
+        ``rewrite``: half the captions describe their scene the other way round (``rewrite``), so
+        a word's caption position says nothing about where its object is; positions stay indexed
+        by the scenes' own object slots (what ``render``'s masks follow)."""
+        if rewrite:
+            sc2, perm = self.rewrite(sc)
+            tok, pos = self.caption_tokens(sc2, length)
+            return tok, {w: (v.gather(1, perm) if v.dim() == 2 else v) for w, v in pos.items()}
         b, dev, ids = len(sc), self.device, self.ids
         slots, keep = [], []
         where: dict[str, list[int]] = {"colour": [], "shape": [], "size": [], "background": []}
