@@ -84,9 +84,10 @@ if triton is not None:
             acc += tl.load(o_ptrs, mask=mask, other=0.0)
         tl.store(o_ptrs, acc, mask=mask)
 
-    _compiled = triton.jit(_joint_text_maps)
+    _compiled: Any = triton.jit(_joint_text_maps)
 else:
-    _joint_text_maps = _compiled = None
+    _joint_text_maps: Any = None  # type: ignore[no-redef]
+    _compiled = None
 
 
 def interpreted() -> Any:
