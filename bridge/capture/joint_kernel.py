@@ -126,7 +126,7 @@ def usable(kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor, w:
     device, dtype, shapes and strides against the op-by-op maths: one host wait, on the first step)."""
     if kernel is None:
         return False
-    key = (kernel, q.device.type, q.dtype, kt.dtype, *(tuple(x.shape) + x.stride() for x in (q, kt, lse)))
+    key = _key(kernel, q, kt, lse)
     good = _checked.get(key)
     if good is None:
         try:
@@ -144,3 +144,14 @@ def usable(kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor, w:
             log.warning("the fused kernel for joint-attention maps does not run or disagrees on %s %s; "
                         "computing those maps op by op", q.device, q.dtype)
     return good
+
+
+def refuse(kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor, error: Exception) -> None:
+    """A launch failed after its check passed: these inputs go op by op from now on (one warning)."""
+    _checked[_key(kernel, q, kt, lse)] = False
+    log.warning("the fused kernel for joint-attention maps failed on %s %s (%s); computing those maps op by op",
+                q.device, q.dtype, error)
+
+
+def _key(kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor) -> tuple:
+    return (kernel, q.device.type, q.dtype, kt.dtype, *(tuple(x.shape) + x.stride() for x in (q, kt, lse)))

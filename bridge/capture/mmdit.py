@@ -175,7 +175,16 @@ class _MMDiTAdapter(Adapter):
         if lse is not None and layer.name not in session.detail and joint_kernel.usable(kernel, q, kt, lse, w):
             target = session.cross_sum(layer, q.shape[0], kt.shape[2], q.shape[2], q.device)
             if target is not None:  # one launch: the per-head maps never exist, added into the step's sum
-                joint_kernel.launch(kernel, q, kt, lse, w, *target)
+                out, accumulate = target
+                try:
+                    joint_kernel.launch(kernel, q, kt, lse, w, out, accumulate)
+                except Exception as exc:  # noqa: BLE001 — failed after its check: this layer and later ones op by op
+                    joint_kernel.refuse(kernel, q, kt, lse, exc)
+                    maps = joint_text_probabilities(q, kt, slice(None), w, lse=lse)  # [B, T, N]
+                    if accumulate:
+                        out.add_(maps)
+                    else:
+                        out.copy_(maps)
             return
         if layer.name in session.detail:
             per_head = joint_text_probabilities(q, k, text, None, self.budget, lse)  # [B, heads, T, N]
