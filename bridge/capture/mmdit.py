@@ -171,20 +171,7 @@ class _MMDiTAdapter(Adapter):
         kernel = joint_kernel.kernel_for(q.device) if self.fused else None
         if kernel is not None and lse is None:  # no lse tapped (another backend): one fused call gives it, where there is one
             lse = fused_logsumexp(q, k, 1.0 / math.sqrt(q.shape[-1]))
-        kt = k[:, :, text]  # [B, heads, T, d]
-        if lse is not None and layer.name not in session.detail and joint_kernel.usable(kernel, q, kt, lse, w):
-            target = session.cross_sum(layer, q.shape[0], kt.shape[2], q.shape[2], q.device)
-            if target is not None:  # one launch: the per-head maps never exist, added into the step's sum
-                out, accumulate = target
-                try:
-                    joint_kernel.launch(kernel, q, kt, lse, w, out, accumulate)
-                except Exception as exc:  # noqa: BLE001 — failed after its check: this layer and later ones op by op
-                    joint_kernel.refuse(kernel, q, kt, lse, exc)
-                    maps = joint_text_probabilities(q, kt, slice(None), w, lse=lse)  # [B, T, N]
-                    if accumulate:
-                        out.add_(maps)
-                    else:
-                        out.copy_(maps)
+        if lse is not None and layer.name not in session.detail and self._add_fused(session, layer, kernel, q, k[:, :, text], lse, w):
             return
         if layer.name in session.detail:
             per_head = joint_text_probabilities(q, k, text, None, self.budget, lse)  # [B, heads, T, N]
@@ -193,6 +180,29 @@ class _MMDiTAdapter(Adapter):
             per_head = None
             maps = joint_text_probabilities(q, k, text, w, self.budget, lse)  # [B, T, N]
         session.add_cross(layer, maps, per_head)
+
+
+    @staticmethod
+    def _add_fused(session: "Capture", layer: Layer, kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor,
+                   w: torch.Tensor) -> bool:
+        """Add the layer's head-weighted maps into the step's sum with one launch of the fused kernel
+        (the per-head maps never exist); False where the kernel is not usable for these inputs."""
+        if not joint_kernel.usable(kernel, q, kt, lse, w):
+            return False
+        target = session.cross_sum(layer, q.shape[0], kt.shape[2], q.shape[2], q.device)
+        if target is None:
+            return True
+        out, accumulate = target  # [B, T, N]
+        try:
+            joint_kernel.launch(kernel, q, kt, lse, w, out, accumulate)
+        except Exception as exc:  # noqa: BLE001 — failed after its check: this shape goes op by op from now on
+            joint_kernel.refuse(kernel, q, kt, lse, exc)
+            maps = joint_text_probabilities(q, kt, slice(None), w, lse=lse)  # [B, T, N]
+            if accumulate:
+                out.add_(maps)
+            else:
+                out.copy_(maps)
+        return True
 
 
 @register
