@@ -516,13 +516,23 @@ def host_reads(fn) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("which,guidance", [("sd3", 7.0), ("flux", 3.5)])
-def test_capture_adds_no_host_read_to_a_run(request, which, guidance):
+def test_capture_adds_no_host_read_to_a_run(request, monkeypatch, which, guidance, fused):
     """A run under a capture reads no more tensor values back than the plain run does (SD3's
     scheduler reads its start index once in both): on a GPU each such read stalls the host until
     the device catches up. The capture is set up first (its one-time checks of the head weights,
-    on the CPU, are not part of a run) and has run once (the attention kernel's one check per shape)."""
+    on the CPU, are not part of a run) and has run once (the attention kernel's one check per shape).
+    ``fused``: the path that launches the fused map kernel (as on CUDA), with a stand-in kernel
+    that launches nothing, so only the capture's own host work is counted."""
+    from bridge.capture import joint_kernel
+
     pipe = request.getfixturevalue(f"{which}_pipe")
+    if fused:
+        launches = []
+        monkeypatch.setattr(joint_kernel, "kernel_for", lambda device: "stand-in")
+        monkeypatch.setattr(joint_kernel, "usable", lambda kernel, *a: kernel == "stand-in")
+        monkeypatch.setattr(joint_kernel, "launch", lambda *a: launches.append(a[-1]))
     with torch.inference_mode():
         plain = host_reads(lambda: generate(pipe, steps=3, guidance=guidance))
         with capture(pipe) as cap:
@@ -533,6 +543,7 @@ def test_capture_adds_no_host_read_to_a_run(request, which, guidance):
             again = host_reads(lambda: generate(pipe, steps=3, guidance=guidance))
     assert cap.last_run.status == fresh.last_run.status == "done"
     assert captured == plain and again == plain, (plain, captured, again)
+    assert not fused or len(launches) == 8 * len(cap.cross_layers)  # every layer of the 2 + 3 + 3 steps took the fused path
 
 
 def test_head_weights_reach_the_device_once_for_all_layers(flux_pipe):
