@@ -546,6 +546,18 @@ def test_capture_adds_no_host_read_to_a_run(request, monkeypatch, which, guidanc
     assert not fused or len(launches) == 8 * len(cap.cross_layers)  # every layer of the 2 + 3 + 3 steps took the fused path
 
 
+def test_flux_grid_follows_each_runs_size_without_reading_the_ids(flux_pipe):
+    """FLUX's token grid comes from the ids the pipeline builds for each call's size (host ints),
+    wide or tall, and places the maps right side up."""
+    with capture(flux_pipe) as cap:
+        for height, width in ((64, 128), (128, 64), (64, 64)):
+            g = torch.Generator().manual_seed(0)
+            flux_pipe(PROMPT, height=height, width=width, num_inference_steps=1, guidance_scale=3.5, generator=g,
+                      max_sequence_length=T5_LEN, output_type="latent")
+    assert [r.latent_hw for r in cap.runs] == [(16, 32), (32, 16), (16, 16)]
+    assert [tuple(r.frames[0].cross.shape[-2:]) for r in cap.runs] == [(16, 32), (32, 16), (16, 16)]
+
+
 def test_head_weights_reach_the_device_once_for_all_layers(flux_pipe):
     """Every layer's head weights are views of one device tensor, shared by later captures of the
     same model and values (one copy to a GPU, not one per layer per run)."""

@@ -309,7 +309,7 @@ class FluxAdapter(_MMDiTAdapter):
         self._txt_len = 0
         self._grid: tuple[int, int] | None = None
         self._ids_key: Any = None
-        self._built_ids: dict[tuple, tuple[int, int]] = {}  # (data_ptr, shape) of ids the pipeline built -> (h, w)
+        self._built_ids: dict[tuple, tuple[int, int]] = {}  # (data_ptr, shape) of the ids the pipeline last built -> (h, w)
         self._sig = inspect.signature(pipe.transformer.forward)
 
     def tokenizer(self) -> Any:
@@ -419,9 +419,7 @@ class FluxAdapter(_MMDiTAdapter):
             except (TypeError, KeyError, ValueError):  # another signature: latent_hw reads the ids
                 return ids
             if torch.is_tensor(ids) and grid[0] * grid[1] == ids.reshape(-1, ids.shape[-1]).shape[0]:
-                if len(self._built_ids) >= 16:
-                    self._built_ids.pop(next(iter(self._built_ids)))
-                self._built_ids[(ids.data_ptr(), tuple(ids.shape))] = grid
+                self._built_ids = {(ids.data_ptr(), tuple(ids.shape)): grid}  # the latest only: an old address may be reused
             return ids
 
         return [patch_method(self.pipe, "_prepare_latent_image_ids", prepare)]
