@@ -2,7 +2,7 @@
 # Issue 22, phase 1: train ungrounded shapes variants CONCURRENTLY on one GPU, evaluate them, bring
 # back the weights. One device call, from the repository root:
 #   bash bench/train_free.sh OUT SECONDS [--device cuda|cpu] [--batch 256] [--prompts 24] [--steps 20]
-#                                        [--budget 570] [--resume DIR]
+#                                        [--budget 570] [--resume DIR] [--variants "A B C"]
 # SECONDS: training wall-clock per variant (all variants train at the same time, one process each,
 #   --ground 0, UNet + text encoder from scratch, the shipped VAE reused frozen).
 # --budget: the whole script stops itself (training, eval, packing) within this many seconds.
@@ -19,7 +19,7 @@ set -uo pipefail
 out=${1:?usage: train_free.sh OUT SECONDS [--device D] [--batch B] [--prompts N] [--steps S] [--budget S] [--resume DIR]}
 secs=${2:?training seconds per variant}
 shift 2
-device=cuda batch=256 prompts=24 steps=20 budget=570 resume=""
+device=cuda batch=256 prompts=24 steps=20 budget=570 resume="" variants="A B C"
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device=$2; shift 2 ;;
@@ -28,6 +28,7 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2; shift 2 ;;
     --budget) budget=$2; shift 2 ;;
     --resume) resume=$2; shift 2 ;;
+    --variants) variants=$2; shift 2 ;;
     *) echo "train_free.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -53,7 +54,6 @@ declare -A opts=(
   [B]="--rewrite-captions --text-encoder local --freeze-text"
   [C]="--rewrite-captions"
 )
-variants="A B C"
 minutes=$(awk -v s="$secs" 'BEGIN { printf "%.4f", s / 60 }')
 log_every=$([ "$device" = cpu ] && echo 1 || echo 100)
 declare -A pids

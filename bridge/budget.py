@@ -72,8 +72,9 @@ def model_width(pipe: Any) -> int:
 
 def memory_bytes(pipe: Any, tokens: int, guidance: float) -> int:
     """The lower-bound activation memory of one step (module docstring)."""
-    model = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    param = next(model.parameters())
+    from bridge.runner import denoiser  # noqa: PLC0415
+
+    param = next(denoiser(pipe).parameters())
     batch = 2 if guidance > 1 else 1
     return tokens * model_width(pipe) * batch * param.element_size() * _LIVE_TENSORS
 

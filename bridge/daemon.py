@@ -43,8 +43,12 @@ class DaemonOptions:
 class Daemon:
     """Owns the request queue, the current run and the idle loop; see the module docstring."""
 
-    def __init__(self, runner: Runner, publish: Publisher | Callable[[Packet], None], options: DaemonOptions | None = None) -> None:
+    def __init__(self, runner: Runner, publish: Publisher | Callable[[Packet], None], options: DaemonOptions | None = None,
+                 recording: Callable[[], dict[str, Any]] | None = None) -> None:
+        """``recording``: the recorder's health for the status (``FanOut.recording`` or
+        ``PacketProcess.recording``); without it the status says ``{"state": "off"}``."""
         self.runner = runner
+        self._recording = recording or (lambda: {"state": "off"})
         self.publisher = as_publisher(publish)
         self.publish = self.publisher.publish
         self.options = options or DaemonOptions()
@@ -125,13 +129,21 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """The status payload: ``state`` and ``state_code`` from the one table (bridge.protocol.STATES),
-        ``device_memory`` in bytes (CUDA allocated, else the process's RSS)."""
+        ``device_memory`` in bytes (CUDA allocated, else the process's RSS), ``recording`` (the
+        recorder's health: docs/PROTOCOL.md)."""
         mem = torch.cuda.memory_allocated() if torch.cuda.is_available() else _rss_bytes()
         return {
             "state": self._state, "state_code": state_code(self._state), "fps": round(self._fps, 2), "step": self._step, "device_memory": int(mem),
             "prompt": self._current.prompt if self._current else "", "message": self._message,
             "playlist": len(self._playlist), "uptime": round(time.time() - self._started, 1),
+            "recording": self._recording_health(),
         }
+
+    def _recording_health(self) -> dict[str, Any]:
+        try:
+            return self._recording()
+        except Exception as exc:  # the status never fails for want of the recorder's health
+            return {"state": "failed", "error": f"recorder health unavailable: {exc!r}"[:400]}
 
     # --- generation thread -----------------------------------------------------------------
     def serve_forever(self) -> None:

@@ -199,6 +199,14 @@ class TraceWriter:
     last whole record, the error is logged once, ``failed`` says why, and every later ``send``
     raises :class:`TraceWriteError`. What was recorded before stays readable.
 
+    The same holds when the file is taken away under the writer (its folder removed, the file
+    deleted: writes would go on into an unlinked file and be lost): a rename that fails, or a
+    file found unlinked when a run starts, stops the recorder the same way.
+
+    ``exclusive=True`` creates a new file only: :class:`FileExistsError` if ``PATH`` or
+    ``PATH.partial`` is already there (``PATH.partial`` is created with ``O_EXCL``, so two
+    writers never take the same name). A rotating recorder claims its numbered files so.
+
     ``lossless = True`` tells a fan-out that this sink must see every packet (FanOut's
     latest-wins slots would otherwise drop steps when a disk stalls).
     """
@@ -208,7 +216,7 @@ class TraceWriter:
 
     def __init__(self, path: str | os.PathLike[str], *, encoding: str = "float16", append: bool = False,
                  existing: str = "refuse", fsync: bool = True, skip_kinds: tuple[str, ...] = ("status",),
-                 skip_replays: bool = True, name: str = "record") -> None:
+                 skip_replays: bool = True, name: str = "record", exclusive: bool = False) -> None:
         if encoding not in wire.ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; expected one of {', '.join(wire.ENCODINGS)}")
         existing = "append" if append else existing
@@ -219,19 +227,27 @@ class TraceWriter:
         self.partial = partial_path(self.path)
         self.fsync, self.skip_kinds, self.skip_replays = fsync, frozenset(skip_kinds), skip_replays
         self.records = 0
+        self.runs = 0  # run packets in the file (appended-to runs included)
         self.failed: str | None = None
         self.version = VERSION
         self._lock = threading.Lock()
         self._open_run = False  # a run packet was written and its end not yet
+        self._run_start = (0, 0)  # (byte offset, record index) of the open run's run record
         self._has_run = False  # at least one run packet is in the file
         self._named_final = False  # the open file is currently called PATH (not PATH.partial)
         if self.path.is_dir():
             raise IsADirectoryError(f"{self.path} is a folder; name a trace file inside it")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # (a new file of a rotating recording never makes its folder: one removed stops the recorder)
+            if not exclusive:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise NotADirectoryError(f"{self.path.parent} is not a folder (a file is in the way)") from None
         there = self.path.exists()
+        if exclusive:
+            self._f = self._claim()
+            self._good_end = 0
+            self._write_preamble(encoding)
+            return
         if there and existing == "refuse":
             raise FileExistsError(f"{self.path} already holds a recording; refusing to replace it. Choose another "
                                   f"path, or say what to do with it: append (add the new runs to it) or overwrite")
@@ -244,6 +260,7 @@ class TraceWriter:
             except TraceError as exc:
                 raise TraceError(f"cannot append to {self.path}: {exc}") from None
             self.records, self._has_run, self.version = len(reader.index), True, reader.version
+            self.runs = len(reader.runs)
             end = reader.data_end
             reader.close()
             os.replace(self.path, self.partial)
@@ -254,7 +271,32 @@ class TraceWriter:
         else:
             self._f = open(self.partial, "wb", buffering=0)
             self._good_end = 0
-            self._write(encode_preamble({
+            self._write_preamble(encoding)
+
+    def _claim(self) -> Any:
+        """Create ``PATH.partial`` with O_EXCL, unless ``PATH`` or it exists (FileExistsError)."""
+        taken = FileExistsError(f"{self.path} (or {self.partial.name}) already exists; not replacing it")
+        if self.path.exists():
+            raise taken
+        f = open(self.partial, "xb", buffering=0)  # O_CREAT | O_EXCL: atomic, one writer wins
+        if self.path.exists():  # finished by another writer between the two looks
+            f.close()
+            self.partial.unlink(missing_ok=True)
+            raise taken
+        return f
+
+    @property
+    def current(self) -> Path:
+        """The name the file has now: ``PATH`` once its last run ended, else ``PATH.partial``."""
+        return self.path if self._named_final else self.partial
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the file that hold whole records (what a reader would read)."""
+        return self._good_end
+
+    def _write_preamble(self, encoding: str) -> None:
+        self._write(encode_preamble({
                 "format": FORMAT_NAME, "version": VERSION, "payload": "stepx wire v1 (docs/PROTOCOL.md)",
                 "record": "<4sIIIII: b'SXRC', payload_len, crc32(payload), record_index, 0, crc32(these 20 bytes); "
                           "payload; pad to 8",
@@ -305,23 +347,84 @@ class TraceWriter:
                 raise TraceWriteError(self.failed)
             if self._f.closed:
                 raise ValueError(f"trace {self.path} is closed")
+            if kind == "run":
+                self._check_still_there()
             if self._named_final:  # being written again: unfinished until the next end
-                os.replace(self.path, self.partial)
+                self._rename(self.path, self.partial, f"record #{self.records} ({kind})")
                 self._named_final = False
+            if kind == "run":
+                self._run_start = (self._good_end, self.records)
             self._write(encode_record(payload, self.records, self.version), f"record #{self.records} ({kind})")
             self.records += 1
             if kind == "run":
                 self._open_run = self._has_run = True
+                self.runs += 1
             elif kind == "end":
                 self._open_run = False
             if self._has_run and not self._open_run:
                 self._finalise()
 
+    @property
+    def open_run(self) -> bool:
+        """Whether a run was started in this file and has not ended yet."""
+        return self._open_run
+
+    def move_open_run(self, to: "TraceWriter") -> int:
+        """Move the open run's records (from its ``run`` packet on) to the writer ``to``, then cut
+        them from this file, which then ends with its last finished run and takes its final name.
+
+        Why: a rotating recorder moves a run that outgrew a file holding earlier runs, so no run is
+        split and a file passes its cap only when it holds a single run. ``to`` gets the records
+        (fsynced) before they leave here: a crash in between leaves the run in both files, never in
+        neither. Returns the number of records moved; TraceWriteError if either side fails."""
+        with self._lock:
+            if not self._open_run or self.runs < 2:
+                raise ValueError(f"{self.path}: no open run after a finished one to move")
+            start, first = self._run_start
+            with open(self.partial, "rb") as f:  # (this writer's own handle is write-only)
+                f.seek(start)
+                block = f.read(self._good_end - start)
+            fr, off, moved = FRAMES[self.version], 0, 0
+            while off < len(block):
+                n = fr.unpack_from(block, off)[1]
+                payload = block[off + fr.size: off + fr.size + n]
+                kind = payload[:payload.index(b"\x00")].decode("ascii", "replace").removeprefix(wire.TOPIC_ROOT)
+                to.write_bytes(payload, kind)
+                off, moved = off + fr.size + _align8(n), moved + 1
+            try:
+                self._f.truncate(start)
+                if self.fsync:
+                    os.fsync(self._f.fileno())
+            except OSError as exc:
+                self._fail(exc, "the cut of a run moved to the next file")
+            self._good_end, self.records, self.runs, self._open_run = start, first, self.runs - 1, False
+            self._finalise()
+            return moved
+
+    def _check_still_there(self) -> None:
+        """Stop if the open file was unlinked (deleted, or its folder removed): Linux would take
+        every later write into a file no one can open again."""
+        try:
+            gone = os.fstat(self._f.fileno()).st_nlink == 0
+        except OSError as exc:
+            self._fail(exc, "a run")
+        if gone:
+            self._fail(FileNotFoundError(2, "the file was deleted, or its folder removed"), "a run")
+
+    def _rename(self, src: Path, dst: Path, what: str) -> None:
+        try:
+            os.replace(src, dst)
+        except OSError as exc:  # the folder was removed, or the file taken away
+            self._fail(exc, what)
+
     def _finalise(self) -> None:
         """Atomically give the file its final name (every run in it has ended)."""
-        os.replace(self.partial, self.path)
+        self._rename(self.partial, self.path, f"the final name {self.path.name}")
         self._named_final = True
-        self._sync_dir()
+        try:
+            self._sync_dir()
+        except OSError as exc:
+            self._fail(exc, f"the folder of {self.path.name}")
 
     def send(self, packet: Any, data: bytes | None = None) -> None:
         """Sink interface: record the pre-encoded ``data`` (encoded here if not given)."""

@@ -321,3 +321,28 @@ def test_generate_without_guidance_takes_the_models_own_default():
     assert GenerateRequest.checked({"prompt": "a red circle", "guidance": None}).guidance == 4.0
     assert GenerateRequest.checked({"prompt": "a red circle", "model": "some/sd15"}).guidance == 7.5
     assert GenerateRequest.checked({"prompt": "a red circle", "guidance": 2.5}).guidance == 2.5
+
+
+def test_the_background_server_leaves_the_commands_signal_handlers_alone():
+    """stepx explore sets Ctrl+C/SIGTERM to stop itself; uvicorn, on its own thread, must not take them."""
+    import signal
+
+    from starlette.applications import Starlette
+
+    from bridge.explore.server import BackgroundServer
+
+    def mine(*_):
+        return None
+
+    before = {sig: signal.signal(sig, mine) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        srv = BackgroundServer(Starlette()).start()
+        try:
+            assert srv.port != 0
+            assert all(signal.getsignal(sig) is mine for sig in before)
+        finally:
+            srv.stop()
+        assert all(signal.getsignal(sig) is mine for sig in before)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

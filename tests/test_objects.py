@@ -45,6 +45,20 @@ def test_handler_reports_unknown_words_never_guesses():
     assert p.unknown == ["zorblax"] and [o.category for o in p.objects] == ["cat", "chair"]
 
 
+def test_categories_gather_counts_and_map_mentions_to_the_runs_words():
+    from bridge.analysis.objects.annotate import categories, object_word_indices
+
+    p = parse_prompt("a red apple beside two red apples and some red apples near a cat")
+    cats = {c.name: c for c in categories(p)}
+    assert cats["red apple"].count is None and cats["cat"].count == 1  # "some" apples: how many is unknown
+    assert {c.name: c.count for c in categories(parse_prompt("a cat and two cats"))} == {"cat": 3}
+    run_words = ["a", "red", "apple", "beside", "two", "red", "apples", "and", "some", "red", "apples", "near", "a", "cat"]
+    got = dict((c.name, idx) for c, idx in object_word_indices(p, run_words))
+    assert got == {"red apple": [[2, 1], [6, 5], [10, 9]], "cat": [[13]]}  # noun first, then attributes
+    with pytest.raises(ValueError, match=r"the object 'red apple' needs the words \['red'\], which the run does not have"):
+        object_word_indices(parse_prompt("a red apple"), ["a", "apple"])
+
+
 def test_handler_reads_the_shapes_world():
     from bridge.models.shapes.evaluate import eval_prompts
     from bridge.models.shapes.world import parse_caption

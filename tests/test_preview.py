@@ -138,6 +138,21 @@ def test_transform_feedback_matches_compute(ctx):
     rt.release()
 
 
+@pytest.mark.parametrize("path", ["compute", "transform_feedback"])
+def test_a_renderer_runs_before_its_first_inputs(ctx, path):
+    """update() before any set_inputs runs on the defaults (an empty mask, the noise phase): the
+    preview window animates while it waits for the first step (it raised on the missing weights)."""
+    if path not in paths(ctx):
+        pytest.skip("no GL 4.3 compute here")
+    r = PreviewRenderer(64, 64, 256, ctx=ctx, prefer_compute=path == "compute", seed=2)
+    before = r.positions()
+    r.update(1 / 30)
+    assert np.allclose(r.phase_weights, NOISE)
+    assert not np.allclose(r.positions(), before)  # the wind moves them
+    assert r.render().shape == (64, 64, 3)
+    r.release()
+
+
 def test_phase_weights_crossfade(ctx):
     r = PreviewRenderer(64, 64, 256, ctx=ctx, smoothing=0.2)
     r.set_inputs(disc_mask(), None, NOISE)

@@ -23,8 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--scheduler", default=None, help="the full-size UNet pipelines' scheduler (default: the model's): "
                    "euler, ddim, dpm, heun, dpm2, pndm, euler_a, lms, or the few-step lcm and turbo")
-    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_device", "publish_inproc", "publish_null", "publish_drop", "capture_latent", "capture_busy", "queries", "daam"],
-                   help="capture_eager: capture with the map maths never replayed as a CUDA graph; publish: capture + phases + "
+    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "capture_unfused", "publish", "publish_device", "publish_inproc", "publish_null", "publish_drop", "capture_latent", "capture_busy", "queries", "daam"],
+                   help="capture_eager: capture with the map maths never replayed as a CUDA graph; capture_unfused: "
+                        "MM-DiT capture with each joint layer's maps op by op instead of the fused kernel; publish: capture + phases + "
                         "ZeroMQ as the runner does with a PacketProcess (the sink and the phases in the child, on its CPU); publish_drop: the "
                         "runner as for publish, its recipes dropped (no pickling, no socket); capture_latent: capture with the "
                         "runner's latent output and one VAE decode, no packets; capture_busy: capture while two other processes keep a CPU "
@@ -33,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "process (FanOut; phases on the GPU where there is one) on the next port; publish_null: the runner with no sink (no encoding, "
                         "no socket)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
+    p.add_argument("--layers", type=int, default=None, metavar="N",
+                   help="sd35m, flux: N blocks of each kind (and N T5 layers) instead of the model's: a CPU dry run of the GPU "
+                        "bench's code path")
     p.add_argument("--map-size", type=int, default=None, help="side of the captured maps (default: the latent's)")
     add_threads_argument(p)  # 1 for the dispatch proxy
     p.add_argument("--switch-interval", type=float, default=None, metavar="S",
@@ -68,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
         extra = {"scheduler": args.scheduler} if args.scheduler else {}
         if extra and args.arch not in ("sd15", "sdturbo", "sdxl"):
             raise SystemExit(f"--scheduler applies to the UNet architectures, not {args.arch} (flow matching)")
+        if args.layers:
+            if args.arch not in ("sd35m", "flux"):
+                raise SystemExit(f"--layers applies to sd35m and flux, not {args.arch}")
+            extra.update({"layers": args.layers} if args.arch == "sd35m" else
+                         {"layers": args.layers, "single_layers": args.layers, "t5_layers": args.layers})
         pipe = getattr(fullsize, f"{args.arch}_pipeline")(str(device), dtype, **extra)
     elif args.arch == "dispatch":
         from bridge.models.tiny import dispatch_sd_pipeline

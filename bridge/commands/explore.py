@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from typing import TYPE_CHECKING
 
 from bridge.explore.server import DEFAULT_PORT
 from bridge.protocol import DEFAULT_HOST
 from bridge.transport.zmq_sub import DEFAULT_SUB_ENDPOINT
+
+if TYPE_CHECKING:  # the explorer's extra (starlette) is imported only when the command runs
+    from bridge.explore.app import Explorer
 
 log = logging.getLogger("stepx.explore")
 
@@ -29,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--open", action="store_true", help="open the page in the default web browser")
 
 
-def explorer_from_args(args: argparse.Namespace, live_source: str = "") -> object:
+def explorer_from_args(args: argparse.Namespace, live_source: str = "") -> Explorer:
     """The app state the options ask for, with the given traces already open."""
     from bridge.explore.app import Explorer
     from bridge.explore.engine import Engine

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_generation_arguments(p)
     from bridge.stream.sinks import add_sink_arguments
 
-    add_sink_arguments(p)
+    add_sink_arguments(p, rotation=False)  # one run, one file: nothing to rotate
     p.set_defaults(record_existing="refuse")  # one take, one file: a second take never replaces the first
 
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_path(args.prompt)
     check_output_path(out)
     try:  # before the model loads: a path that cannot be written fails in a second, not after a load
-        writer = open_recorder(out, args.record_existing)
+        writer = open_recorder(out, args.record_existing, min_free_mb=args.record_min_free_mb)
     except SinkError as exc:
         print(f"stepx record: error: {exc}", file=sys.stderr)
         return 2

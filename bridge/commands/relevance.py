@@ -11,8 +11,12 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from bridge.commands.common import add_model_arguments
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("bridge.relevance")
 
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     todo = [i for i in range(args.runs) if i not in done]
     bar = tqdm(total=args.runs, initial=args.runs - len(todo), unit="gen", desc=f"relevance {concepts.name}")
 
-    def on_chunk(indices: list[int], counts) -> None:
+    def on_chunk(indices: list[int], counts: np.ndarray) -> None:
         store.save_chunk(indices, counts)
         bar.update(len(indices))
 
@@ -130,7 +134,7 @@ def _layout_heads(path: Path) -> int:
     return sum(h for _, h in json.loads(path.read_text())) if path.is_file() else 0
 
 
-def _head_name(layout, i: int) -> str:
+def _head_name(layout: Sequence[tuple[str, int]], i: int) -> str:
     for name, heads in layout:
         if i < heads:
             return f"{name}#{i}"

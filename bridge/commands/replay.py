@@ -4,6 +4,12 @@ Pacing: ``step`` packets are spaced ``1 / (fps * speed)`` seconds apart on a fix
 (no drift); every other packet (run, image, timeline, end) goes out right after the packet
 before it, so an image follows its step as it did live. A damaged trace is refused before
 anything is sent; a partial one too, unless ``--allow-partial``.
+
+Several files play one after another, in recording order (:mod:`bridge.trace_files`): the files
+of a rotated recording (``--record-max-mb``) sort as they were written whatever order the shell
+gave them in, and naming a rotated recording's first file (``show.stepx``) plays every file of
+it that is on disk (``--only-this-file`` plays that file alone). ``--run`` counts runs across
+all the files.
 """
 
 from __future__ import annotations
@@ -13,17 +19,23 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from bridge.stream.fanout import FanOut
 from bridge.stream.sinks import SinkError, add_sink_arguments, build_sinks
 from bridge.trace import TraceError, TracePartialError, TraceReader
+from bridge.trace_files import base_of, recording_order, rotated_files, unfinished_files
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("trace", metavar="TRACE", help="trace file written by --record or stepx record")
+    parser.add_argument("trace", metavar="TRACE", nargs="+",
+                        help="trace file(s) written by --record or stepx record; a rotated recording's files play in "
+                             "the order they were written (show.stepx alone plays show.0001.stepx, ... after it)")
+    parser.add_argument("--only-this-file", action="store_true",
+                        help="play only the files named, not the rest of a rotated recording")
     parser.add_argument("--fps", type=float, default=10.0, help="steps per second (default 10; 0 = as fast as possible)")
     parser.add_argument("--speed", type=float, default=1.0, help="multiplies --fps (default 1.0)")
     parser.add_argument("--loop", action="store_true", help="play again from the start until interrupted")
@@ -81,55 +93,111 @@ def _run_selector(text: str | None) -> int | str | None:
         return text
 
 
+def trace_paths(given: list[str], whole_recordings: bool = True) -> list[Path]:
+    """The files to play: ``given`` in recording order; a rotated recording's first file (with
+    ``whole_recordings``) brings the rest of that recording's files with it; no file twice."""
+    out: list[Path] = []
+    for text in given:
+        p = Path(text)
+        whole = whole_recordings and base_of(p) == p and p.is_file()
+        more = rotated_files(p) if whole else [p]
+        out += [q for q in more if q not in out]
+        for left in unfinished_files(p) if whole else []:
+            print(f"stepx replay: note: {left} is unfinished (cut off mid-run) and not played; name it with "
+                  f"--allow-partial to play what it holds", file=sys.stderr)
+    return recording_order(out)
+
+
+def select(playlist: list[tuple[TraceReader, list[int]]], run: int | str | None,
+           start: int | None) -> list[tuple[TraceReader, list[int]]]:
+    """Each reader with the positions to play: every run, or the one ``run`` (a number counted
+    across all the files, negative from the end, or a run_id); KeyError/IndexError naming the choices."""
+    if run is None:
+        return [(r, r.positions(None, start)) for r, _ in playlist]
+    every = [(r, k) for r, _ in playlist for k in range(len(r.runs))]
+    if isinstance(run, int):
+        try:
+            reader, k = every[run]
+        except IndexError:
+            raise IndexError(f"run #{run} not in the {len(playlist)} file(s): they hold {len(every)} run(s)") from None
+        return [(reader, reader.positions(k, start))]
+    for reader, k in every:
+        if reader.runs[k].run_id == run:
+            return [(reader, reader.positions(k, start))]
+    raise KeyError(f"no run {run!r} in {', '.join(str(r.path) for r, _ in playlist)}")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Open and check the trace, open the sinks, play (looping if asked); exit code 0 / 2 / 130."""
+    """Open and check the trace(s), open the sinks, play (looping if asked); exit code 0 / 2 / 130."""
+    readers: list[TraceReader] = []
     try:
         interval = step_interval(args.fps, args.speed)
-        reader = TraceReader(args.trace, allow_partial=args.allow_partial)
+        for path in trace_paths(args.trace, not args.only_this_file):
+            readers.append(TraceReader(path, allow_partial=args.allow_partial))
     except TracePartialError as exc:
         print(f"stepx replay: refusing to play a partial trace: {exc}", file=sys.stderr)
-        return 2
+        return _closed(readers, 2)
     except (TraceError, ValueError, OSError) as exc:
         print(f"stepx replay: error: {exc}", file=sys.stderr)
-        return 2
-    with reader:
+        return _closed(readers, 2)
+    try:
+        return _play_all(args, readers, interval)
+    finally:
+        _closed(readers, 0)
+
+
+def _closed(readers: list[TraceReader], code: int) -> int:
+    for r in readers:
+        r.close()
+    return code
+
+
+def _play_all(args: argparse.Namespace, readers: list[TraceReader], interval: float) -> int:
+    for reader in readers:
         if reader.partial:
-            print(f"stepx replay: warning: partial trace ({reader.problem}); playing the "
+            print(f"stepx replay: warning: partial trace {reader.path} ({reader.problem}); playing the "
                   f"{len(reader.index)} complete records", file=sys.stderr)
-        try:
-            positions = reader.positions(_run_selector(args.run), args.start)
-        except (KeyError, IndexError) as exc:
-            print(f"stepx replay: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-            return 2
-        if not positions:
-            print(f"stepx replay: error: nothing to play in {reader.path}", file=sys.stderr)
-            return 2
-        try:
-            sinks = build_sinks(args, default_zmq=True)
-        except SinkError as exc:
-            print(f"stepx replay: error: {exc}", file=sys.stderr)
-            return 2
-        where = ", ".join(getattr(s, "endpoint", None) or s.name for s in sinks)
-        print(f"stepx replay: {reader.path} ({len(reader.runs)} run(s), {len(positions)} packets) -> {where}",
-              file=sys.stderr)
-        stop = threading.Event()
-        fan = FanOut(sinks)
-        code, loops, sent = 0, 0, 0
-        try:
-            stop.wait(max(0.0, args.delay))
-            while True:
+    try:
+        playlist = select([(r, []) for r in readers], _run_selector(args.run), args.start)
+    except (KeyError, IndexError) as exc:
+        print(f"stepx replay: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    total = sum(len(pos) for _, pos in playlist)
+    if not total:
+        print(f"stepx replay: error: nothing to play in {', '.join(str(r.path) for r in readers)}", file=sys.stderr)
+        return 2
+    try:
+        sinks = build_sinks(args, default_zmq=True)
+    except SinkError as exc:
+        print(f"stepx replay: error: {exc}", file=sys.stderr)
+        return 2
+    where = ", ".join(getattr(s, "endpoint", None) or s.name for s in sinks)
+    files = str(readers[0].path) if len(readers) == 1 else f"{len(readers)} files ({readers[0].path} .. {readers[-1].path})"
+    print(f"stepx replay: {files} ({sum(len(r.runs) for r in readers)} run(s), {total} packets) -> {where}",
+          file=sys.stderr)
+    stop = threading.Event()
+    fan = FanOut(sinks)
+    code, loops, sent = 0, 0, 0
+    try:
+        stop.wait(max(0.0, args.delay))
+        while True:
+            for reader, positions in playlist:
                 sent += play(reader, positions, fan.publish, interval, stop)
-                loops += 1
-                if not args.loop or stop.is_set() or stop.wait(interval):
-                    break  # (between passes: one step interval, so the loop point is not a jump cut)
-        except KeyboardInterrupt:
-            stop.set()
-            code = 130
-        finally:
-            fan.close(timeout=5.0)
-        print(f"stepx replay: sent {sent} packets in {loops} pass(es)", file=sys.stderr)
-        for name, st in fan.stats.items():
-            if st.dropped or st.errors:
-                print(f"stepx replay: sink {name}: {st.dropped} dropped (latest-wins), {st.errors} errors",
-                      file=sys.stderr)
-        return code
+            loops += 1
+            if not args.loop or stop.is_set() or stop.wait(interval):
+                break  # (between passes: one step interval, so the loop point is not a jump cut)
+    except KeyboardInterrupt:
+        stop.set()
+        code = 130
+    finally:
+        fan.close(timeout=5.0)
+    print(f"stepx replay: sent {sent} packets in {loops} pass(es)", file=sys.stderr)
+    failed = fan.recording().get("error")
+    if failed:  # the recorder stopped (disk full, file removed): the copy is short, say so and fail
+        print(f"stepx replay: error: the recording stopped: {failed}", file=sys.stderr)
+        code = code or 1
+    for name, st in fan.stats.items():
+        if st.dropped or st.errors:
+            print(f"stepx replay: sink {name}: {st.dropped} dropped (latest-wins), {st.errors} errors",
+                  file=sys.stderr)
+    return code

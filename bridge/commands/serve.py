@@ -167,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
         from bridge.explore.server import address
 
         address(args.explore, args.allow_remote)
+    from bridge.stream.sinks import check_record_door
+
+    check_record_door(args)  # a full disk, before the model loads
     prompts = ([args.prompt] if args.prompt else []) + (read_playlist(args.playlist) if args.playlist else [])
     pipe, name = load_model(args)
     concepts = {}
@@ -194,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
     runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
                     concepts=concepts, objects=args.objects)
     daemon = Daemon(runner, publish, DaemonOptions(idle_replay=not args.no_idle_replay, replay_fps=args.replay_fps, playlist_pause=args.pause, progress=sys.stderr.isatty(),
-                                                         max_step_seconds=args.max_step_seconds))
+                                                         max_step_seconds=args.max_step_seconds),
+                    recording=fanout.recording)
     base = defaults("")  # what a control request leaves out: serve's --steps, --guidance, … (prompt is required)
     door = dict(allow_remote=args.allow_remote, token=args.token,
                 allow_unauthenticated=args.allow_remote_without_token, defaults=base)

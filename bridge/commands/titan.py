@@ -10,8 +10,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bridge.commands.common import add_generation_arguments, add_model_arguments, load_model, request_factory
+
+if TYPE_CHECKING:  # imported when the command runs, not when the CLI starts
+    from bridge.analysis.objects import Evidence
+    from bridge.request import GenerateParams
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     ds = TitanDataset(args.out)
     base_seed = 0 if args.seed is None else args.seed  # fixed seeds: a resumed build makes the same images
     make_request = request_factory(args)
-    pipe = name = None
+    model: tuple[Any, str] | None = None  # (pipe, name), loaded for the first prompt that needs generating
     failed: list[str] = []
     bar = tqdm(list(enumerate(entries, start=1)), desc="titan", unit="image", file=sys.stderr)
     for image_id, line in bar:
@@ -85,12 +90,13 @@ def run(args: argparse.Namespace) -> int:
                         if "affinity" in z:
                             ev.affinity = torch.from_numpy(z["affinity"].astype(np.float32))
             else:
-                if pipe is None:
-                    pipe, name = load_model(args)
-                ev = _generate(pipe, name, make_request(prompt), seed, trace, args.grid)
-                if ev is None:
+                if model is None:
+                    model = load_model(args)
+                generated = _generate(*model, make_request(prompt), seed, trace, args.grid)
+                if generated is None:
                     failed.append(prompt)
                     continue
+                ev = generated
         try:
             found = annotate(ev, prompt, method=args.method)
             ds.add(image_id, prompt, ev, found, seed=seed, trace=trace, unknown=parse_prompt(prompt).unknown)
@@ -112,7 +118,7 @@ def _trace_prompt(path: Path) -> str | None:
         return reader.run(0).header.get("prompt")
 
 
-def _generate(pipe, name: str, req, seed: int, trace: Path, grid: int):
+def _generate(pipe: Any, name: str, req: GenerateParams, seed: int | None, trace: Path, grid: int) -> Evidence | None:
     """One run through the Runner into ``trace``, its attention kept by an EvidenceRecorder."""
     from bridge.analysis.objects import EvidenceRecorder
     from bridge.analysis.objects.evidence import detection_config

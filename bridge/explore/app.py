@@ -144,11 +144,16 @@ def _data_url(rgb: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(png(rgb)).decode("ascii")
 
 
-#: a run's renderings never change (its id is new for every generation or opened trace)
 #: inferno as a 256-entry RGB table for the Live tab's heat maps: the exports' colour map, sampled (stated once)
 COLORMAP = (heat_rgb(np.linspace(0.0, 1.0, 256)[None]) * 255).round().astype(int)[0].tolist()
 
-_PNG = {"media_type": "image/png", "headers": {"Cache-Control": "private, max-age=3600"}}
+#: a run's renderings never change (its id is new for every generation or opened trace)
+_PNG_CACHE = {"Cache-Control": "private, max-age=3600"}
+
+
+def _png_response(rgb: Any) -> Response:
+    """An RGB image as a cacheable PNG response."""
+    return Response(png(rgb), media_type="image/png", headers=_PNG_CACHE)
 
 
 # --- endpoints -------------------------------------------------------------------------------------
@@ -181,21 +186,21 @@ async def run_summary(ex: Explorer, request: Request) -> Response:
 async def image(ex: Explorer, request: Request) -> Response:
     run = ex.run(request.path_params["run"])
     step = _step(request, run)
-    return Response(png(await run_in_threadpool(run.background, step)), **_PNG)
+    return _png_response(await run_in_threadpool(run.background, step))
 
 
 @guarded
 async def heat(ex: Explorer, request: Request) -> Response:
     run = ex.run(request.path_params["run"])
     word, step = request.query_params.get("word", GLOBAL), _step(request, run)
-    return Response(png(await run_in_threadpool(run.heat_rgb, word, step)), **_PNG)
+    return _png_response(await run_in_threadpool(run.heat_rgb, word, step))
 
 
 @guarded
 async def overlay(ex: Explorer, request: Request) -> Response:
     run = ex.run(request.path_params["run"])
     word, step, alpha = request.query_params.get("word", GLOBAL), _step(request, run), _number(request, "alpha", 0.5, 0, 1)
-    return Response(png(await run_in_threadpool(run.overlay, word, step, alpha)), **_PNG)
+    return _png_response(await run_in_threadpool(run.overlay, word, step, alpha))
 
 
 @guarded

@@ -51,8 +51,9 @@ class BackgroundServer:
 
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", ws="auto",
                                 ws_ping_interval=None)
+        # uvicorn listens for signals only on the main thread; it serves on its own thread here, so the
+        # owning command keeps its handlers (stepx explore's Ctrl+C, a test runner's)
         self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # the owning command handles signals
         self.thread = threading.Thread(target=self.server.run, name="stepx-explorer", daemon=True)
         self.host = host
         self.port = port

@@ -12,11 +12,14 @@ x in [c, c+1], y in [r, r+1]), holes not subtracted.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
 
 from .render import resize_map
+
+if TYPE_CHECKING:  # a stub-only alias: contourpy's filled() returns this shape for FillType.OuterCode
+    from contourpy._contourpy import FillReturn_OuterCode
 
 #: ``(category, mentions, count)``: each mention's word indices (noun first); count None = any
 ObjectWords = tuple[str, Sequence[Sequence[int]], "int | None"]
@@ -63,7 +66,7 @@ def polygons(mask: np.ndarray, min_area: float = 0.25) -> list[list[float]]:
 
     padded = np.pad(np.asarray(mask, dtype=np.float64), 1)
     gen = contour_generator(z=padded, fill_type=FillType.OuterCode, corner_mask=False)
-    points, codes = gen.filled(0.5, 2.0)
+    points, codes = cast("FillReturn_OuterCode", gen.filled(0.5, 2.0))
     out: list[list[float]] = []
     for pts, code in zip(points, codes):
         starts = np.flatnonzero(code == 1)
@@ -113,7 +116,7 @@ def coco_document(objects: Sequence[ObjectWords], maps: np.ndarray | Sequence[np
 
     h, w = size
     cats = [{"id": i + 1, "name": name, "supercategory": "object"} for i, (name, _, _) in enumerate(objects)]
-    anns = []
+    anns: list[dict[str, Any]] = []
     for i, (_name, mentions, count) in enumerate(objects):
         words = sorted({j for m in mentions for j in m})
         mask = object_mask([maps[j] for j in words], size, tau)

@@ -73,8 +73,12 @@ def load_run(reader: TraceReader, run: int | str = 0) -> RunData:
     """Read one run's step maps (``textures``) and images from an open trace."""
     info = reader.run(run)
     words = list(info.header.get("words") or [])
-    steps, maps, phases, images, final = [], [], [], {}, None
-    rows: list[list[Any] | None] = []
+    steps: list[int] = []
+    maps: list[np.ndarray] = []  # each [words, h, w]
+    phases: list[int] = []
+    images: dict[int, np.ndarray] = {}  # step -> [H, W, 3] uint8
+    final: np.ndarray | None = None
+    rows: list[list[Any]] = []  # per step, the SERIES values of its header
     for pos in info.records:
         kind = reader.index[pos].kind
         if kind not in ("step", "image"):

@@ -92,7 +92,8 @@ def export_run(run: RunData, out: Path, opts: ExportOptions) -> list[Path]:
 
 def _phase_settings(header: dict[str, Any]) -> dict[str, float]:
     """The run's stable_threshold / emergence_fraction if its header names them, else the defaults."""
-    phases = header.get("phases") if isinstance(header.get("phases"), dict) else {}
+    found = header.get("phases")
+    phases: dict[str, Any] = found if isinstance(found, dict) else {}
     keys = ("stable_threshold", "emergence_fraction")
     return {k: float(phases[k]) for k in keys if isinstance(phases.get(k), (int, float))}
 

@@ -3,12 +3,25 @@ models (SD 1.5 at 512², SDXL at 1024², SD3.5-medium, FLUX.1-dev), with no down
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable, TypeVar
+
 import torch
 
 from bridge.models.tiny import clip_tokenizer, make_scheduler
 
+if TYPE_CHECKING:  # the defining modules: diffusers' package namespace is Any to mypy (pyproject.toml)
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+    from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import StableDiffusion3Pipeline
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-def _on_device(build, device: str, dtype: torch.dtype):
+    PipelineT = TypeVar("PipelineT", bound=DiffusionPipeline)
+
+
+def _on_device(build: Callable[[], PipelineT], device: str, dtype: torch.dtype) -> PipelineT:
     """Build a pipeline with its weights initialised on ``device`` (seconds instead of minutes for
     billions of random weights); the scheduler's tables are rebuilt on the CPU, where diffusers
     keeps them."""
@@ -21,7 +34,8 @@ def _on_device(build, device: str, dtype: torch.dtype):
     return pipe.to(device, dtype)
 
 
-def _clip_text(hidden: int, layers: int, heads: int, inter: int, act: str, projection: bool = False):
+def _clip_text(hidden: int, layers: int, heads: int, inter: int, act: str,
+               projection: bool = False) -> CLIPTextModel | CLIPTextModelWithProjection:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
@@ -30,7 +44,7 @@ def _clip_text(hidden: int, layers: int, heads: int, inter: int, act: str, proje
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
 
 
-def _sd_vae(scaling: float):
+def _sd_vae(scaling: float) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=4,
@@ -38,12 +52,12 @@ def _sd_vae(scaling: float):
                          up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512, scaling_factor=scaling)
 
 
-def sd15_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "dpm"):
+def sd15_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "dpm") -> StableDiffusionPipeline:
     """Stable Diffusion 1.5's architecture (UNet 860M, VAE, CLIP ViT-L text encoder), random weights."""
     return _on_device(lambda: _sd15(scheduler), device, dtype)
 
 
-def _sd15(scheduler: str):
+def _sd15(scheduler: str) -> StableDiffusionPipeline:
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -60,14 +74,15 @@ def _sd15(scheduler: str):
     return pipe
 
 
-def sdturbo_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "turbo"):
+def sdturbo_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16,
+                     scheduler: str = "turbo") -> StableDiffusionPipeline:
     """SD-Turbo's architecture (SD 2.1's UNet 865M with linear projections and 1024-wide
     cross-attention, VAE, OpenCLIP ViT-H text encoder), random weights, 512², its trailing-timestep
     Euler scheduler: the 1–4 step model, run with guidance 0."""
     return _on_device(lambda: _sdturbo(scheduler), device, dtype)
 
 
-def _sdturbo(scheduler: str):
+def _sdturbo(scheduler: str) -> StableDiffusionPipeline:
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -84,12 +99,13 @@ def _sdturbo(scheduler: str):
     return pipe
 
 
-def sdxl_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, scheduler: str = "euler"):
+def sdxl_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16,
+                  scheduler: str = "euler") -> StableDiffusionXLPipeline:
     """SDXL base's architecture (UNet 2.6B, VAE, CLIP ViT-L + OpenCLIP bigG), random weights, 1024²."""
     return _on_device(lambda: _sdxl(scheduler), device, dtype)
 
 
-def _sdxl(scheduler: str):
+def _sdxl(scheduler: str) -> StableDiffusionXLPipeline:
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -110,7 +126,8 @@ def _sdxl(scheduler: str):
     return pipe
 
 
-def sd35m_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, layers: int = 24, heads: int = 24):
+def sd35m_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, layers: int = 24,
+                   heads: int = 24) -> StableDiffusion3Pipeline:
     """SD3.5-medium's MM-DiT (2.5B: 24 joint blocks of 24 heads × 64, dual attention in the first
     13, RMS q/k norm), its 16-channel VAE and CLIP-L + CLIP-G text encoders, random weights, 1024².
     T5 is left out (diffusers then feeds zeros for its 256 positions), so the joint attention has
@@ -118,7 +135,7 @@ def sd35m_pipeline(device: str = "cuda", dtype: torch.dtype = torch.float16, lay
     return _on_device(lambda: _sd35m(layers, heads), device, dtype)
 
 
-def _sd35m(layers: int, heads: int):
+def _sd35m(layers: int, heads: int) -> StableDiffusion3Pipeline:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     torch.manual_seed(0)
@@ -141,7 +158,7 @@ def _sd35m(layers: int, heads: int):
 
 
 def flux_pipeline(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, layers: int = 19, single_layers: int = 38,
-                  t5_layers: int = 24):
+                  t5_layers: int = 24) -> FluxPipeline:
     """FLUX.1-dev's architecture (12B MM-DiT: 19 double- and 38 single-stream blocks of 24 heads ×
     128, RoPE, guidance embedding), its 16-channel VAE, CLIP-L (pooled) and a T5-XXL-shaped encoder
     (d_model 4096, 64 heads, ``t5_layers`` layers) with the embedded T5-style tokenizer's small
@@ -150,7 +167,7 @@ def flux_pipeline(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, lay
     return _on_device(lambda: _flux(layers, single_layers, t5_layers), device, dtype)
 
 
-def _flux(layers: int, single_layers: int, t5_layers: int):
+def _flux(layers: int, single_layers: int, t5_layers: int) -> FluxPipeline:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
@@ -167,7 +184,7 @@ def _flux(layers: int, single_layers: int, t5_layers: int):
                         sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
     tok2 = t5_tokenizer()
     t5 = T5EncoderModel(T5Config(vocab_size=len(tok2), d_model=4096, d_kv=64, d_ff=10240, num_layers=t5_layers, num_heads=64,
-                                 feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+                                 feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1))
     pipe = FluxPipeline(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
         text_encoder=_clip_text(768, 12, 12, 3072, "quick_gelu"), tokenizer=clip_tokenizer(),

@@ -9,20 +9,34 @@ no trained model is wanted.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # the defining modules: diffusers' package namespace is Any to mypy (pyproject.toml)
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.transformers.transformer_flux import FluxTransformer2DModel
+    from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
+    from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import StableDiffusionImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import StableDiffusion3Pipeline
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import StableDiffusionXLImg2ImgPipeline
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
 CLIP_TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "clip_tokenizer"
 
 
-def clip_tokenizer():
+def clip_tokenizer() -> CLIPTokenizer:
     """The real CLIP BPE tokenizer (ids match openai/clip-vit-large-patch14), from package data."""
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(str(CLIP_TOKENIZER))
 
 
-def _text_encoder(hidden: int, projection: bool = False, seed: int = 0):
+def _text_encoder(hidden: int, projection: bool = False, seed: int = 0) -> CLIPTextModel | CLIPTextModelWithProjection:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -33,7 +47,7 @@ def _text_encoder(hidden: int, projection: bool = False, seed: int = 0):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
 
 
-def _vae(seed: int = 0):
+def _vae(seed: int = 0) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -43,7 +57,8 @@ def _vae(seed: int = 0):
     ).eval()
 
 
-def tiny_sd_pipeline(seed: int = 0, scheduler: str = "euler", img2img: bool = False):
+def tiny_sd_pipeline(seed: int = 0, scheduler: str = "euler",
+                     img2img: bool = False) -> StableDiffusionPipeline | StableDiffusionImg2ImgPipeline:
     """A StableDiffusion(Img2Img)Pipeline with random weights: 64×64 images, latents 32×32,
     cross-attention at 32×32 and 16×16 with 2 heads."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline, UNet2DConditionModel
@@ -64,7 +79,8 @@ def tiny_sd_pipeline(seed: int = 0, scheduler: str = "euler", img2img: bool = Fa
     return pipe
 
 
-def tiny_sdxl_pipeline(seed: int = 0, scheduler: str = "euler", img2img: bool = False):
+def tiny_sdxl_pipeline(seed: int = 0, scheduler: str = "euler",
+                       img2img: bool = False) -> StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline:
     """A StableDiffusionXL(Img2Img)Pipeline with random weights, shaped like SDXL (two text
     encoders, text_time conditioning, 1 and 2 transformer layers per block)."""
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -88,7 +104,7 @@ def tiny_sdxl_pipeline(seed: int = 0, scheduler: str = "euler", img2img: bool = 
     return pipe
 
 
-def dispatch_sd_pipeline(seed: int = 0, scheduler: str = "dpm"):
+def dispatch_sd_pipeline(seed: int = 0, scheduler: str = "dpm") -> StableDiffusionPipeline:
     """A CPU proxy of SD 1.5 on a fast GPU, where the run is bound by the Python/dispatch thread.
 
     SD 1.5's UNet topology (4 down blocks, the first 3 with cross-attention, 2 layers per block,
@@ -124,7 +140,7 @@ SCHEDULERS = {
 }
 
 
-def make_scheduler(name: str):
+def make_scheduler(name: str) -> SchedulerMixin:
     """A scheduler by short name, with Stable Diffusion's noise schedule."""
     import diffusers
 
@@ -146,7 +162,7 @@ T5_WORDS = (
 ).split()
 
 
-def t5_tokenizer():
+def t5_tokenizer() -> T5Tokenizer:
     """A tiny T5 (SentencePiece-unigram style) tokenizer built offline: whole-word pieces for
     :data:`T5_WORDS`, single characters for everything else; ``</s>`` appended, ``<pad>`` = 0.
 
@@ -164,16 +180,16 @@ def t5_tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
-def _t5_encoder(vocab: int, d_model: int, seed: int = 0):
+def _t5_encoder(vocab: int, d_model: int, seed: int = 0) -> T5EncoderModel:
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     cfg = T5Config(vocab_size=vocab, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
-                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1)
     return T5EncoderModel(cfg).eval()
 
 
-def _flow_vae(seed: int = 0):
+def _flow_vae(seed: int = 0) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -184,7 +200,8 @@ def _flow_vae(seed: int = 0):
     ).eval()
 
 
-def tiny_sd3_transformer(seed: int = 0, num_layers: int = 2, dual_attention_layers: tuple[int, ...] = (0,)):
+def tiny_sd3_transformer(seed: int = 0, num_layers: int = 2,
+                         dual_attention_layers: tuple[int, ...] = (0,)) -> SD3Transformer2DModel:
     """SD3Transformer2DModel with random weights: patch 2, 4 heads of 8, RMS q/k norm, SD3.5-style
     dual attention in ``dual_attention_layers``; the last block is ``context_pre_only``."""
     from diffusers import SD3Transformer2DModel
@@ -197,7 +214,7 @@ def tiny_sd3_transformer(seed: int = 0, num_layers: int = 2, dual_attention_laye
     ).eval()
 
 
-def tiny_flux_transformer(seed: int = 0):
+def tiny_flux_transformer(seed: int = 0) -> FluxTransformer2DModel:
     """FluxTransformer2DModel with random weights: 1 double-stream and 2 single-stream blocks, 2 heads of 16."""
     from diffusers import FluxTransformer2DModel
 
@@ -208,24 +225,25 @@ def tiny_flux_transformer(seed: int = 0):
     ).eval()
 
 
-def tiny_sd3_pipeline(seed: int = 0, t5: bool = True):
+def tiny_sd3_pipeline(seed: int = 0, t5: bool = True) -> StableDiffusion3Pipeline:
     """StableDiffusion3Pipeline with random weights: two CLIP encoders (L/G stand-ins, 77 tokens,
     concatenated features) and a tiny T5 (``t5=False``: none, as SD3 allows). Use 64×64 images:
     latents 32×32, a 16×16 token grid."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     tok3 = t5_tokenizer() if t5 else None
+    enc3 = _t5_encoder(len(tok3), 64, seed + 2) if tok3 is not None else None
     pipe = StableDiffusion3Pipeline(
         transformer=tiny_sd3_transformer(seed), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flow_vae(seed),
         text_encoder=_text_encoder(32, True, seed), tokenizer=clip_tokenizer(),
         text_encoder_2=_text_encoder(32, True, seed + 1), tokenizer_2=clip_tokenizer(),
-        text_encoder_3=_t5_encoder(len(tok3), 64, seed + 2) if t5 else None, tokenizer_3=tok3,
+        text_encoder_3=enc3, tokenizer_3=tok3,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def tiny_flux_pipeline(seed: int = 0):
+def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     """FluxPipeline with random weights: CLIP (pooled only) and a tiny T5 whose sequence enters the
     joint attention. Use 64×64 images: latents 32×32, packed 2×2 into a 16×16 token grid."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline

@@ -14,13 +14,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Concatenate, ParamSpec, Sequence, TypeVar
 
 import numpy as np
 
 from bridge.protocol import PHASE_NAMES
 
 from .shaders import load_shader
+
+if TYPE_CHECKING:  # moderngl loads (and needs a GL library) only when a renderer is made
+    import moderngl
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 VIEWS = ("particles", "overlay", "image")
 _LOCAL_SIZE = 256
@@ -54,7 +60,7 @@ class Camera:
     depth_scale: float = 0.35  # world height of depth 1.0 (plane spans [-1, 1])
 
 
-def create_context(require: int | tuple[int, ...] = (430, 330)):
+def create_context(require: int | tuple[int, ...] = (430, 330)) -> moderngl.Context:
     """Standalone headless context: EGL first (Mesa llvmpipe / NVIDIA), then moderngl's default.
 
     Versions are tried in order: NVIDIA's EGL gives exactly the version asked for, so asking
@@ -65,7 +71,8 @@ def create_context(require: int | tuple[int, ...] = (430, 330)):
     for version in ((require,) if isinstance(require, int) else require):
         for kwargs in ({"backend": "egl"}, {}):
             try:
-                return moderngl.create_standalone_context(require=version, **kwargs)
+                # moderngl's stub types each **settings value as a Dict (it is a str: backend="egl")
+                return moderngl.create_standalone_context(require=version, **kwargs)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001 - report every backend's failure
                 errors.append(f"{kwargs.get('backend', 'default')} GL {version}: {exc}")
     raise PreviewError(
@@ -81,29 +88,29 @@ def _perspective(fovy: float, near: float, far: float) -> np.ndarray:
                      [0, 0, -1, 0]], dtype=np.float64)
 
 
-def _rot_x(a):
+def _rot_x(a: float) -> np.ndarray:
     c, s = math.cos(a), math.sin(a)
     return np.array([[1, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
-def _rot_y(a):
+def _rot_y(a: float) -> np.ndarray:
     c, s = math.cos(a), math.sin(a)
     return np.array([[c, 0, s, 0], [0, 1, 0, 0], [-s, 0, c, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
-def _translate(x, y, z):
+def _translate(x: float, y: float, z: float) -> np.ndarray:
     m = np.eye(4)
     m[:3, 3] = (x, y, z)
     return m
 
 
-def _current(method):
+def _current(method: Callable[Concatenate[PreviewRenderer, P], R]) -> Callable[Concatenate[PreviewRenderer, P], R]:
     """Make an owned standalone context current around ``method`` (several renderers may coexist)."""
     import functools
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        if not getattr(self, "_own_ctx", False) or getattr(self, "_in_ctx", False):
+    def wrapper(self: PreviewRenderer, *args: P.args, **kwargs: P.kwargs) -> R:
+        if not self._own_ctx or self._in_ctx:
             return method(self, *args, **kwargs)
         self._in_ctx = True
         try:
@@ -125,11 +132,17 @@ class PreviewRenderer:
     particle trails (0 = none; shaders/trails.glsl, the same maths as TouchDesigner's trails).
     """
 
-    def __init__(self, width: int = 512, height: int = 512, particles: int = 65536, ctx=None,
+    # class defaults: _current and release() may run on a renderer whose __init__ stopped early
+    _own_ctx = False  # the renderer created its context (and makes it current, releases it)
+    _in_ctx = False  # inside a _current method: the context is current already
+    _released = False
+
+    def __init__(self, width: int = 512, height: int = 512, particles: int = 65536, ctx: moderngl.Context | None = None,
                  prefer_compute: bool = True, *, seed: int = 0, shader_dir: str | Path | None = None,
                  colormap: str = "inferno", overlay_alpha: float = 0.6, smoothing: float = 0.15,
                  params: ForceParams | None = None, camera: Camera | None = None,
-                 point_size: float | None = None, background=(0.02, 0.02, 0.035), trails: float = 0.0):
+                 point_size: float | None = None, background: Sequence[float] = (0.02, 0.02, 0.035),
+                 trails: float = 0.0) -> None:
         import moderngl
         self._mgl = moderngl
         if width < 16 or height < 16:
@@ -157,7 +170,7 @@ class PreviewRenderer:
 
         # programs
         src = lambda name: load_shader(name, shader_dir)  # noqa: E731
-        self._cs = None
+        self._cs: moderngl.ComputeShader | None = None
         if prefer_compute and self.ctx.version_code >= 430:
             try:
                 self._cs = self.ctx.compute_shader(src("particles_update.comp"))
@@ -166,7 +179,7 @@ class PreviewRenderer:
         self.backend_path = "compute" if self._cs is not None else "transform_feedback"
         if self._cs is None:
             self._tf = self.ctx.program(vertex_shader=src("particles_update_tf.vert"),
-                                        varyings=["out_a", "out_b", "out_c"])
+                                        varyings=("out_a", "out_b", "out_c"))
         self._render_prog = self.ctx.program(vertex_shader=src("particles_render.vert"),
                                              fragment_shader=src("particles_render.frag"))
         self._screen_prog = self.ctx.program(vertex_shader=src("fullscreen.vert"),
@@ -191,21 +204,23 @@ class PreviewRenderer:
             f.clear(0.0, 0.0, 0.0, 0.0)
 
         # inputs (owned textures)
-        self._mask_tex = None
-        self._mask_cur = self._mask_target = None
-        self._image_tex = None
-        self._image_cur = self._image_target = None
+        self._mask_tex = self._mask_texture(64, 64)  # replaced when a mask of another size comes
+        self._mask_cur: np.ndarray | None = None  # [h, w] float32, on the texture now
+        self._mask_target: np.ndarray | None = None  # [h, w] float32, crossfaded towards
+        self._image_tex: moderngl.Texture | None = None
+        self._image_cur: np.ndarray | None = None  # [h, w, 3] float32, on the texture now
+        self._image_target: np.ndarray | None = None  # [h, w, 3] float32, crossfaded towards
         self._has_image = False
         self._blank_image = self.ctx.texture((1, 1), 3, bytes(3))
-        self._hud_tex = None
+        self._hud_tex: moderngl.Texture | None = None
         self._hud_size = (0, 0)
         self.hud: dict | None = None
-        self._phase_cur = None
+        self._phase_cur: np.ndarray | None = None  # [3] noise, structure, detail
         self._phase_target = np.array([1.0, 0.0, 0.0])
         self._upload_mask(np.zeros((64, 64), np.float32))
 
         # particles
-        self._buffers = []
+        self._buffers: list[moderngl.Buffer] = []  # particle state; two (ping-pong) for transform feedback
         self.reset(seed)
 
     # ------------------------------------------------------------------ state
@@ -239,7 +254,11 @@ class PreviewRenderer:
 
     @property
     def phase_weights(self) -> np.ndarray:
-        return self._phase_cur.copy() if self._phase_cur is not None else self._phase_target.copy()
+        return self._phase_now().copy()
+
+    def _phase_now(self) -> np.ndarray:
+        """The phase weights in effect: crossfading, or the target before the first :meth:`set_inputs`."""
+        return self._phase_cur if self._phase_cur is not None else self._phase_target
 
     # ------------------------------------------------------------------ inputs
     @_current
@@ -292,14 +311,17 @@ class PreviewRenderer:
             self.hud = dict(hud) if hud else None
             self._build_hud()
 
+    def _mask_texture(self, w: int, h: int) -> moderngl.Texture:
+        tex = self.ctx.texture((w, h), 1, dtype="f4")
+        tex.repeat_x = tex.repeat_y = False
+        tex.filter = (self._mgl.LINEAR_MIPMAP_LINEAR, self._mgl.LINEAR)
+        return tex
+
     def _upload_mask(self, mask: np.ndarray) -> None:
         h, w = mask.shape
-        if self._mask_tex is None or self._mask_tex.size != (w, h):
-            if self._mask_tex is not None:
-                self._mask_tex.release()
-            self._mask_tex = self.ctx.texture((w, h), 1, dtype="f4")
-            self._mask_tex.repeat_x = self._mask_tex.repeat_y = False
-            self._mask_tex.filter = (self._mgl.LINEAR_MIPMAP_LINEAR, self._mgl.LINEAR)
+        if self._mask_tex.size != (w, h):
+            self._mask_tex.release()
+            self._mask_tex = self._mask_texture(w, h)
         self._mask_tex.write(mask.astype(np.float32).tobytes())  # row 0 (top) -> v = 0
         self._mask_tex.build_mipmaps()
         self._mask_cur = mask.astype(np.float32).copy()
@@ -346,9 +368,9 @@ class PreviewRenderer:
             font = ImageFont.load_default()
         probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
         boxes = [probe.textbbox((0, 0), line, font=font) for line in lines]
-        line_h = max(b[3] - b[1] for b in boxes) + 4
+        line_h = int(max(b[3] - b[1] for b in boxes)) + 4  # Pillow's boxes are whole pixels, typed float
         pad = 6
-        tw = min(self.width - 8, max(b[2] for b in boxes) + 2 * pad)
+        tw = min(self.width - 8, int(max(b[2] for b in boxes)) + 2 * pad)
         th = min(self.height - 8, line_h * len(lines) + 2 * pad - 4)
         img = Image.new("RGBA", (tw, th), (0, 0, 0, 150))
         draw = ImageDraw.Draw(img)
@@ -370,7 +392,7 @@ class PreviewRenderer:
                 self._upload_mask(self._mask_cur + diff * k)
             elif diff.any():
                 self._upload_mask(self._mask_target)
-        if self._has_image and self._image_cur is not None:
+        if self._image_target is not None and self._image_cur is not None:  # target set = has an image
             diff = self._image_target - self._image_cur
             if float(np.abs(diff).max(initial=0.0)) > 0.5:
                 self._upload_image(self._image_cur + diff * k)
@@ -379,15 +401,14 @@ class PreviewRenderer:
 
     def _bind_inputs(self) -> None:
         self._mask_tex.use(0)
-        (self._image_tex if self._has_image else self._blank_image).use(1)
+        image = self._image_tex if self._has_image else None
+        (image if image is not None else self._blank_image).use(1)
 
-    def _set_uniforms(self, prog, values: dict) -> None:
+    def _set_uniforms(self, prog: moderngl.Program | moderngl.ComputeShader, values: dict[str, Any]) -> None:
         for name, value in values.items():
-            try:
-                uniform = prog[name]
-            except KeyError:
-                continue  # optimised out
-            uniform.value = value
+            uniform = prog.get(name, None)  # None: optimised out
+            if isinstance(uniform, self._mgl.Uniform):
+                uniform.value = value
 
     @_current
     def update(self, dt: float = 1.0 / 30.0) -> None:
@@ -405,7 +426,7 @@ class PreviewRenderer:
         w, hgt = self._mask_tex.size
         uniforms = {
             "u_mask": 0, "u_image": 1, "u_has_image": 1.0 if self._has_image else 0.0,
-            "u_phase": tuple(float(x) for x in self._phase_cur),
+            "u_phase": tuple(float(x) for x in self._phase_now()),  # before any set_inputs: the default target
             "u_time": float(self.time), "u_dt": float(dt),
             "u_wind": p.wind, "u_wind_scale": p.wind_scale, "u_wind_dir": tuple(p.wind_dir),
             "u_chaos_floor": p.chaos_floor, "u_attraction": p.attraction, "u_damping": p.damping,
@@ -447,7 +468,7 @@ class PreviewRenderer:
         self._bind_inputs()
         cmap = 1 if self.colormap == "turbo" else 0
         has_image = 1.0 if self._has_image else 0.0
-        wph = self._phase_cur if self._phase_cur is not None else self._phase_target
+        wph = self._phase_now()
         screen = {"u_mask": 0, "u_image": 1, "u_alpha": self.overlay_alpha, "u_colormap": cmap,
                   "u_has_image": has_image, "u_background": self.background,
                   "u_image_glow": float(IMAGE_GLOW * wph[2])}
@@ -472,7 +493,7 @@ class PreviewRenderer:
             ctx.viewport = (0, 0, self.width, self.height)
         ctx.disable(mgl.BLEND)
 
-    def _draw_points(self, wph, cmap: int, has_image: float) -> None:
+    def _draw_points(self, wph: np.ndarray, cmap: int, has_image: float) -> None:
         """Draw the particles into the bound framebuffer, premultiplied-alpha blended."""
         ctx, mgl = self.ctx, self._mgl
         ctx.enable(mgl.BLEND | mgl.PROGRAM_POINT_SIZE)
@@ -481,14 +502,13 @@ class PreviewRenderer:
             "u_depth_scale": self.camera.depth_scale,
             "u_point_size": self.point_size * self.camera.distance,
             "u_phase": tuple(float(x) for x in wph), "u_colormap": cmap, "u_opacity": 0.8})
-        try:
-            self._render_prog["u_mvp"].write(self.mvp().T.astype("f4").tobytes())  # column-major
-        except KeyError:
-            pass
+        mvp = self._render_prog.get("u_mvp", None)  # None: optimised out
+        if isinstance(mvp, self._mgl.Uniform):
+            mvp.write(self.mvp().T.astype("f4").tobytes())  # column-major
         self._render_vaos[self._cur].render(mgl.POINTS, vertices=self.count)
         ctx.disable(mgl.PROGRAM_POINT_SIZE)
 
-    def _draw_trails(self, wph, cmap: int, has_image: float) -> None:
+    def _draw_trails(self, wph: np.ndarray, cmap: int, has_image: float) -> None:
         """Particles -> trail image (fade previous + over) -> shown over the background."""
         ctx, mgl = self.ctx, self._mgl
         ctx.disable(mgl.BLEND)
@@ -551,12 +571,12 @@ class PreviewRenderer:
         """Free the textures and buffers, and the context when the renderer created it."""
         if self._buffers:
             self._release_objects()
-        if self._own_ctx and not getattr(self, "_released", False):
+        if self._own_ctx and not self._released:
             self._released = True
             self.ctx.release()
 
-    def __enter__(self):
+    def __enter__(self) -> PreviewRenderer:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.release()

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 from bridge.protocol import KEEP_KINDS, encode
+from bridge.stream.recorder import RECORDING_OFF, RecordingReport
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,18 @@ class Sink(Protocol):
     the producer's (it must then never block); ``lossless`` sinks see every packet (see above).
     :class:`SinkBase` gives the defaults."""
 
-    name: str
-    encoding: str | None
-    inline: bool
-    lossless: bool
+    # read-only here (FanOut never sets them), so a sink may narrow them: a recorder's encoding is a str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def encoding(self) -> str | None: ...
+
+    @property
+    def inline(self) -> bool: ...
+
+    @property
+    def lossless(self) -> bool: ...
 
     def send(self, packet: Any, data: bytes | None) -> None: ...
 
@@ -170,6 +179,13 @@ class FanOut:
 
     def alive(self) -> bool:
         return not self._closed
+
+    def recording(self) -> dict[str, Any]:
+        """The recorder's health for the status packet (``{"state": "off"}`` without one)."""
+        for s in self.sinks:
+            if isinstance(s, RecordingReport):
+                return s.recording()
+        return dict(RECORDING_OFF)
 
     def _deliver(self, sink: Sink, packet: Any, data: bytes | None) -> None:
         """``sink.send``, counted; a failure is logged (the first, then one line every 30 s: shows run all night)."""

@@ -40,6 +40,7 @@ The child is spawned, not forked (a forked CUDA process is unusable), so as with
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 SinkFactory = Callable[[], list]
 
 _PACKET, _RECIPE, _FLUSH, _CLOSE = b"P", b"R", b"F", b"C"
+HEALTH_BYTES = 2048  # room for the recorder's health JSON (its error is cut to 400 characters)
+HEALTH_EVERY = 0.25  # seconds between the child's health reports (a change shows within this)
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -123,6 +126,9 @@ class PacketProcess:
         self._name = name
         self._cpus = set(cpus) if cpus else None
         self._mp = mp.get_context("spawn")  # never fork a process that holds a CUDA context
+        # the child's recorder health (JSON), shared memory the parent reads for its status: no
+        # message to drain, so a parent that never asks cannot block the child
+        self._health = self._mp.Array("c", HEALTH_BYTES)
         self._zctx = zmq.Context()
         self._lock = threading.Lock()
         self._closed = False
@@ -146,7 +152,7 @@ class PacketProcess:
         here, there = self._mp.Pipe()
         proc = self._mp.Process(target=serve, name=self._name, daemon=True,
                                 args=(factory or self._factory, endpoint, there, self._keep_max,
-                                      logging.getLogger().getEffectiveLevel(), self._cpus))
+                                      logging.getLogger().getEffectiveLevel(), self._cpus, self._health))
         proc.start()
         there.close()
         try:
@@ -206,6 +212,16 @@ class PacketProcess:
     def alive(self) -> bool:
         """Whether the child is running, so a push returns at once instead of starting a new one."""
         return not self._closed and self._proc.is_alive()
+
+    def recording(self) -> dict[str, Any]:
+        """The child's recorder health, as its FanOut last reported it (``{"state": "off"}`` before)."""
+        with self._health.get_lock():
+            raw = self._health.value
+        try:
+            got = json.loads(raw) if raw else None
+        except ValueError:
+            got = None
+        return got if isinstance(got, dict) else {"state": "off"}
 
     def publish_recipe(self, recipe: Callable[[], Any]) -> None:
         """Publish the Packet that ``recipe()`` builds, calling it in the child."""
@@ -271,7 +287,17 @@ class PacketProcess:
         self.close()
 
 
-def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_level: int, cpus: set[int] | None = None) -> None:
+def _report(health: Any, fan: Any, last: bytes) -> bytes:
+    """Write the FanOut's recorder health to the shared ``health`` array if it changed."""
+    text = json.dumps(fan.recording(), separators=(",", ":")).encode()[:HEALTH_BYTES - 1]
+    if text != last:
+        with health.get_lock():
+            health.value = text
+    return text
+
+
+def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_level: int, cpus: set[int] | None = None,
+          health: Any = None) -> None:
     """The child: build the sinks, then publish every item pulled from ``endpoint`` until told
     to close or the parent goes away. A bad item is logged (rate-limited) and skipped."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides when to stop
@@ -303,9 +329,12 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
     conn.send(("ready", [s.name for s in sinks]))
     parent = mp.parent_process()
     errors, last_log = 0, -1e9
+    reported, last_report = b"", -1e9
     try:
         while True:
-            if not pull.poll(1000):
+            if health is not None and time.monotonic() - last_report >= HEALTH_EVERY:
+                reported, last_report = _report(health, fan, reported), time.monotonic()
+            if not pull.poll(int(HEALTH_EVERY * 1000)):
                 if parent is not None and not parent.is_alive():
                     break
                 continue

@@ -13,11 +13,12 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from bridge.protocol import DEFAULT_DATA_ENDPOINT, OSC_OUT_PORT
 from bridge.stream.fanout import Sink
+from bridge.stream.recorder import Recorder, check_free
 from bridge.trace import EXISTING
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,26 @@ def host_port(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", p
 
 
-def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the output options (a group titled 'outputs') to ``parser``."""
+#: ``--record-min-free-mb`` default: a disk with less free is refused at the door (a few SD 1.5 runs)
+DEFAULT_MIN_FREE_MB = 64.0
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """argparse type: a number of ``kind`` above 0."""
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            v = None
+        if v is None or not v > 0 or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number above 0")
+        return v
+    return parse
+
+
+def add_sink_arguments(parser: argparse.ArgumentParser, rotation: bool = True) -> None:
+    """Add the output options (a group titled 'outputs') to ``parser``; ``rotation``: also the
+    size cap and rotation of ``--record`` (a command that records many runs)."""
     g = parser.add_argument_group("outputs")
     g.add_argument("--zmq", nargs="?", const=DEFAULT_ZMQ, default=None, metavar="ENDPOINT",
                    help=f"publish on ZeroMQ (default endpoint {DEFAULT_ZMQ})")
@@ -64,6 +83,18 @@ def add_sink_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--record-existing", choices=EXISTING, default="append",
                    help="when the trace file already exists: append the new runs, refuse (exit with an error), "
                         "or overwrite it (the only choice that replaces a recording); default: %(default)s")
+    g.add_argument("--record-min-free-mb", type=float, default=DEFAULT_MIN_FREE_MB, metavar="MB",
+                   help="refuse to start recording (and stop before a new file) when the disk has less free "
+                        "(default %(default)s; 0 = no check)")
+    if rotation:
+        g.add_argument("--record-max-mb", type=positive(float), default=None, metavar="MB",
+                       help="cap each trace file: at a run boundary, continue in the next numbered file "
+                            "(show.stepx, show.0001.stepx, ...) when one more run would pass MB; a run is never split")
+        g.add_argument("--record-max-runs", type=positive(int), default=None, metavar="N",
+                       help="at most N runs per trace file, then continue in the next numbered file")
+        g.add_argument("--record-keep", type=positive(int), default=None, metavar="K",
+                       help="with rotation: delete the oldest files of the recording beyond K (off by default: "
+                            "nothing recorded is deleted unless you ask)")
     g.add_argument("--spout", default=None, metavar="NAME", help="share textures over Spout (Windows)")
     g.add_argument("--syphon", default=None, metavar="NAME", help="share textures over Syphon (macOS)")
     g.add_argument("--ndi", default=None, metavar="NAME", help="send textures as an NDI source")
@@ -115,7 +146,8 @@ def _platform_sink(kind: str, name: str) -> Sink:
 
 
 #: the attributes of parsed arguments that build_sinks reads
-SINK_OPTIONS = ("zmq", "zmq_encoding", "osc", "record", "record_existing", "bind_any", *PLATFORM_SINKS)
+SINK_OPTIONS = ("zmq", "zmq_encoding", "osc", "record", "record_existing", "record_max_mb", "record_max_runs",
+                "record_keep", "record_min_free_mb", "bind_any", *PLATFORM_SINKS)
 
 
 def sink_options(args: Any) -> argparse.Namespace:
@@ -131,18 +163,64 @@ def restart_options(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(sink_options(args)), "record_existing": "append"})
 
 
-def open_recorder(path: str | Path, existing: str) -> Sink:
-    """A TraceWriter at ``path``; an existing file handled as ``existing`` says (never destroyed
-    unless it says ``overwrite``); what stops it (an existing file under ``refuse``, a damaged
-    trace to append to, a path under a file) is a one-line :class:`SinkError`."""
-    from bridge.trace import TraceError, TraceWriter  # noqa: PLC0415
+def _check_number(flag: str, value: Any, kind: type, allow_zero: bool = False) -> None:
+    """SinkError unless ``value`` is None or a finite number of ``kind`` above 0 (or 0 if allowed):
+    a config file's value arrives unparsed."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not ok or value != value or value in (float("inf"), float("-inf")) or value < 0 or (value == 0 and not allow_zero):
+        want = "a whole number" if kind is int else "a number"
+        raise SinkError(f"{flag} = {value!r}: expected {want} {'of 0 or more' if allow_zero else 'above 0'}")
 
+
+def recording_limits(args: Any) -> dict[str, Any]:
+    """The rotation and free-space options of ``args`` as :func:`open_recorder`'s keywords, checked."""
+    limits = {"max_mb": getattr(args, "record_max_mb", None), "max_runs": getattr(args, "record_max_runs", None),
+              "keep": getattr(args, "record_keep", None),
+              "min_free_mb": getattr(args, "record_min_free_mb", DEFAULT_MIN_FREE_MB)}
+    _check_limits(**limits)
+    return limits
+
+
+def _check_limits(max_mb: Any, max_runs: Any, keep: Any, min_free_mb: Any) -> None:
+    _check_number("--record-max-mb", max_mb, float)
+    _check_number("--record-max-runs", max_runs, int)
+    _check_number("--record-keep", keep, int)
+    _check_number("--record-min-free-mb", min_free_mb, float, allow_zero=True)
+    if keep is not None and max_mb is None and max_runs is None:
+        raise SinkError("--record-keep needs rotation: add --record-max-mb or --record-max-runs")
+
+
+def open_recorder(path: str | Path, existing: str, *, max_mb: float | None = None, max_runs: int | None = None,
+                  keep: int | None = None, min_free_mb: float = DEFAULT_MIN_FREE_MB) -> Recorder:
+    """A :class:`~bridge.stream.recorder.Recorder` at ``path`` (rotating when ``max_mb`` or
+    ``max_runs`` is given); an existing file handled as ``existing`` says (never destroyed unless
+    it says ``overwrite``); what stops it (an existing file under ``refuse``, a damaged trace to
+    append to, a path under a file, a full disk) is a one-line :class:`SinkError`."""
+    from bridge.trace import TraceError  # noqa: PLC0415
+
+    _check_limits(max_mb, max_runs, keep, min_free_mb)
     try:
-        return TraceWriter(path, existing=existing)
+        return Recorder(path, existing=existing, max_bytes=None if max_mb is None else int(max_mb * 2**20),
+                        max_runs=max_runs, keep=keep, min_free=int(min_free_mb * 2**20))
     except FileExistsError as exc:
         raise SinkError(f"{exc} (--record-existing append|overwrite)") from None
     except TraceError as exc:
         raise SinkError(f"{exc}; record to another path, or pass --record-existing overwrite") from None
+    except OSError as exc:
+        raise SinkError(f"cannot record to {path}: {exc.strerror or exc}") from None
+
+
+def check_record_door(args: Any) -> None:
+    """The recording checks that need no model: ``--record-keep`` without rotation, a disk under
+    ``--record-min-free-mb``. SinkError (one line) so ``stepx serve`` refuses before the model loads."""
+    path = getattr(args, "record", None)
+    if not path:
+        return
+    limits = recording_limits(args)
+    try:
+        check_free(Path(path), int(limits["min_free_mb"] * 2**20))
     except OSError as exc:
         raise SinkError(f"cannot record to {path}: {exc.strerror or exc}") from None
 
@@ -176,7 +254,7 @@ def build_sinks(args: Any, *, default_zmq: bool = False) -> list[Sink]:
             host, port = host_port(args.osc) if isinstance(args.osc, str) else args.osc
             sinks.append(OscSender(host, port))
         if getattr(args, "record", None):
-            sinks.append(open_recorder(args.record, getattr(args, "record_existing", "append")))
+            sinks.append(open_recorder(args.record, getattr(args, "record_existing", "append"), **recording_limits(args)))
         for kind in PLATFORM_SINKS:
             if getattr(args, kind, None):
                 sinks.append(_platform_sink(kind, getattr(args, kind)))

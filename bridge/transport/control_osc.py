@@ -81,10 +81,10 @@ class ControlOscServer:
         if name == "control":
             if len(args) != 1 or not isinstance(args[0], str):
                 raise ControlError("/stepx/control takes one string argument: a JSON request")
-            obj = decode_json(args[0].encode("utf-8", "surrogatepass"))
-            if isinstance(obj, dict) and self.token is not None:
-                obj["token"] = self.token  # the first argument was the token, checked already
-            return handle_object(obj, self.handler, self.token, "osc", self.defaults)
+            decoded = decode_json(args[0].encode("utf-8", "surrogatepass"))
+            if isinstance(decoded, dict) and self.token is not None:
+                decoded["token"] = self.token  # the first argument was the token, checked already
+            return handle_object(decoded, self.handler, self.token, "osc", self.defaults)
         if name in FIELDS:
             value = _field_value(name, args)
             with self._lock:

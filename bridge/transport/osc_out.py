@@ -19,7 +19,7 @@ import numpy as np
 from bridge.phases.measures import word_measures
 from bridge.protocol import OSC_OUT_PORT
 from bridge.transport import osc_encode as enc
-from bridge.protocol import STATES
+from bridge.protocol import RECORDING_STATES, STATES
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,13 @@ _RAW = ("mass", "entropy", "centroid_x", "centroid_y", "change")
 
 def _raw_word_series(header: dict[str, Any], n: int) -> dict[str, list[Any]] | None:
     """The step header's per-word series (bridge.phases.timeline.SERIES) if all are there for n words."""
-    out = {k: header.get(k) for k in _RAW}
-    return out if all(isinstance(v, list) and len(v) == n for v in out.values()) else None
+    out: dict[str, list[Any]] = {}
+    for k in _RAW:
+        v = header.get(k)
+        if not (isinstance(v, list) and len(v) == n):
+            return None
+        out[k] = v
+    return out
 
 
 def packet_messages(packet: Any) -> list[bytes]:
@@ -107,7 +112,23 @@ def packet_messages(packet: Any) -> list[bytes]:
                 M("/stepx/run/id", str(h.get("run_id", "")))]
     if k == "image":
         return [M("/stepx/image/step", int(h.get("step", 0)), int(bool(h.get("final"))))]
+    if k == "status":
+        return recording_messages(h.get("recording"))
     return []
+
+
+def recording_messages(rec: Any) -> list[bytes]:
+    """``/stepx/recording i state (index in RECORDING_STATES), i files`` and, once it failed,
+    ``/stepx/recording/error s why``: the recorder's health from a status packet (pure)."""
+    if not isinstance(rec, dict) or rec.get("state") not in RECORDING_STATES:
+        return []
+    files = rec.get("files")
+    msgs = [enc.message("/stepx/recording", RECORDING_STATES.index(rec["state"]),
+                        files if isinstance(files, int) and not isinstance(files, bool) and 0 <= files < 2**31 else 0)]
+    if rec["state"] == "failed":
+        why = str(rec.get("error") or "").encode("utf-8", "replace").decode("utf-8")  # (a path may hold surrogates)
+        msgs.append(enc.message("/stepx/recording/error", short_name(why)))
+    return msgs
 
 
 class OscSender:

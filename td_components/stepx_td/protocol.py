@@ -75,6 +75,12 @@ STATES: dict[str, int] = {
 }
 
 
+#: The recorder's states, the ``state`` of a status packet's ``recording`` object: ``off`` (no
+#: ``--record``), ``recording``, ``failed`` (it stopped: disk full, file removed; ``error`` says why,
+#: the show goes on unrecorded).
+RECORDING_STATES = ("off", "recording", "failed")
+
+
 def state_code(state: str) -> int:
     """The code of a daemon state; an unknown name is a programming error, not "error"."""
     try:

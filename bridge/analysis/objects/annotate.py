@@ -104,13 +104,15 @@ def object_word_indices(parsed: Parsed, run_words: list[str]) -> list[tuple["Cat
     pos = align(parsed.words, run_words)
     out = []
     for cat in categories(parsed):
-        idx = []
+        idx: list[list[int]] = []
         for m in cat.mentions:
-            missing = [parsed.words[i] for i in m.word_indices if pos[i] is None]
-            if missing:
+            found = [pos[i] for i in m.word_indices]
+            positions = [k for k in found if k is not None]
+            if len(positions) < len(found):
+                missing = [parsed.words[i] for i, k in zip(m.word_indices, found) if k is None]
                 raise ValueError(f"the object {m.name!r} needs the words {missing}, which the run does not have; "
                                  f"its words are: {', '.join(run_words)}")
-            idx.append([pos[i] for i in m.word_indices])
+            idx.append(positions)
         out.append((cat, idx))
     return out
 
@@ -124,8 +126,8 @@ class Category:
 
     @property
     def count(self) -> int | None:
-        counts = [m.count for m in self.mentions]
-        return None if any(c is None for c in counts) else sum(counts)  # type: ignore[arg-type]
+        known = [m.count for m in self.mentions if m.count is not None]
+        return sum(known) if len(known) == len(self.mentions) else None  # a mention of "several": unknown
 
 
 def categories(parsed: Parsed) -> list[Category]:
@@ -143,11 +145,9 @@ def detect_category(ev: Evidence, word_index: list[list[int]], count: int | None
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
     evidence = torch.stack([object_evidence(ev.word_maps, idx, cfg) for idx in word_index]).mean(0)  # [h, w]
-    used = method
-    if method == "guided" and ev.affinity is None:
-        used = "wordmap"  # no self-attention in this run (a trace): say so on every instance
-    if used == "guided":
-        return instances(to_image(refine(evidence, ev.affinity, cfg), ev.size), cfg.guided_tau, cfg.min_area, count), used
+    if method == "guided" and ev.affinity is not None:
+        return instances(to_image(refine(evidence, ev.affinity, cfg), ev.size), cfg.guided_tau, cfg.min_area, count), method
+    used = "wordmap" if method == "guided" else method  # no self-attention in this run (a trace): say so on every instance
     return instances(to_image(evidence, ev.size), cfg.tau, cfg.min_area, count), used
 
 

@@ -66,11 +66,11 @@ class TitanDataset:
         import io
 
         buf = io.BytesIO()
-        arrays = {"word_maps": ev.word_maps[:, : len(ev.words)].numpy().astype(np.float16),
+        arrays: dict[str, np.ndarray] = {"word_maps": ev.word_maps[:, : len(ev.words)].numpy().astype(np.float16),
                   "global_map": ev.global_map.numpy().astype(np.float32), "words": np.asarray(ev.words)}
         if ev.affinity is not None:
             arrays["affinity"] = ev.affinity.numpy().astype(np.float16)
-        np.savez_compressed(buf, **arrays)
+        np.savez_compressed(buf, allow_pickle=False, **arrays)  # plain arrays: np.load reads them without pickle
         path = self.maps_path(image_id)
         atomic_write(path, buf.getvalue())
         return path
@@ -107,7 +107,7 @@ class TitanDataset:
         """``annotations.json`` from the records: category ids by first appearance (image order)."""
         recs = sorted(self.records() if records is None else records, key=lambda r: r["image"]["id"])
         cats: dict[str, int] = {}
-        anns = []
+        anns: list[dict[str, Any]] = []
         for r in recs:
             for inst in r["instances"]:
                 cid = cats.setdefault(inst["category"], len(cats) + 1)

@@ -34,7 +34,7 @@ import torch
 
 from .annotate import annotate, decode_rle, encode_rle
 from .detect import DetectConfig, instances, object_evidence, refine, to_image
-from .evidence import detection_config, from_capture
+from .evidence import Evidence, detection_config, from_capture
 from .prompt import parse_prompt
 
 log = logging.getLogger(__name__)
@@ -56,20 +56,22 @@ def ground_truth(image: np.ndarray, prompt: str) -> list[dict[str, Any]]:
             for m, o in zip(mentions, sc["objects"]) if o["present"]]
 
 
-def _mention_detections(ev, prompt: str, cfg: DetectConfig) -> dict[str, list[dict[str, Any]]]:
+def _mention_detections(ev: Evidence, prompt: str, cfg: DetectConfig) -> dict[str, list[dict[str, Any]]]:
     """Detections of the ``wordmap`` and ``guided`` methods, given each mention's words."""
     out: dict[str, list[dict[str, Any]]] = {"wordmap": [], "guided": []}
     for m in parse_prompt(prompt).objects:
         noun = object_evidence(ev.word_maps, [m.word_indices[0]], cfg)
         for mask, score in instances(to_image(noun, ev.size), cfg.tau, cfg.min_area, 1):
             out["wordmap"].append({"category": m.category, "score": score, "mask": mask.numpy()})
+        if ev.affinity is None:
+            raise ValueError("scoring the guided method needs the run's self-attention (capture with detection_config)")
         words = object_evidence(ev.word_maps, list(m.word_indices), cfg)
         for mask, score in instances(to_image(refine(words, ev.affinity, cfg), ev.size), cfg.guided_tau, cfg.min_area, m.count):
             out["guided"].append({"category": m.category, "score": score, "mask": mask.numpy()})
     return out
 
 
-def generate_record(pipe, prompt: str, seed: int, args: argparse.Namespace, cfg: DetectConfig) -> dict[str, Any]:
+def generate_record(pipe: Any, prompt: str, seed: int, args: argparse.Namespace, cfg: DetectConfig) -> dict[str, Any]:
     """One generation: its ground truth and every method's detections (masks as RLE)."""
     from bridge.capture import capture  # noqa: PLC0415
 
@@ -100,7 +102,8 @@ def score(records: list[dict[str, Any]]) -> dict[str, Any]:
 
     names = sorted({g["category"] for r in records for g in r["gt"]} | {d["category"] for r in records for v in r["detections"].values() for d in v})
     cat_id = {n: i + 1 for i, n in enumerate(names)}
-    images, gts = [], []
+    images: list[dict[str, Any]] = []
+    gts: list[dict[str, Any]] = []
     for i, r in enumerate(records, start=1):
         h, w = r["gt"][0]["rle"]["size"] if r["gt"] else (128, 128)
         images.append({"id": i, "width": w, "height": h, "file_name": f"{i}.png"})

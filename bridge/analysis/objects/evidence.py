@@ -122,7 +122,7 @@ def from_trace(path: str | Path, run: int | str = 0, affinity: str | Path | None
         data = load_run(reader, run)
     maps = torch.from_numpy(np.ascontiguousarray(data.maps[:, : len(data.words)]))  # [T, W, h, w]
     aff = torch.from_numpy(np.load(affinity)).float() if affinity is not None else None
-    return Evidence(list(data.words), maps, aff, tuple(data.canvas_size()), data.final_image, str(path))
+    return Evidence(list(data.words), maps, aff, data.canvas_size(), data.final_image, str(path))
 
 
 def detection_config(pipe: Any, grid: int = 8, base: Any = None) -> Any:

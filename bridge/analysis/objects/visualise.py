@@ -25,7 +25,7 @@ def render(image: np.ndarray, found: Sequence[Instance], alpha: float = 0.45, mi
         m = inst.mask[:, :, None]
         base = np.where(m, (1 - alpha) * base + alpha * np.asarray(c, np.float32), base)
     k = max(1, -(-min_side // min(h, w)))
-    pic = Image.fromarray(base.round().clip(0, 255).astype(np.uint8)).resize((w * k, h * k), Image.NEAREST)
+    pic = Image.fromarray(base.round().clip(0, 255).astype(np.uint8)).resize((w * k, h * k), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(pic)
     font = ImageFont.load_default()
     for inst in found:

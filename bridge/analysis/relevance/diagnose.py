@@ -18,8 +18,8 @@ def overlay(image: np.ndarray, word_map: torch.Tensor, alpha: float = 0.6) -> np
     from matplotlib import colormaps
 
     h, w = image.shape[:2]
-    m = F.interpolate(word_map[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    m = ((m - m.min()) / (m.max() - m.min()).clamp_min(1e-8)).numpy()
+    up = F.interpolate(word_map[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]  # [H, W]
+    m = ((up - up.min()) / (up.max() - up.min()).clamp_min(1e-8)).numpy()
     heat = colormaps["inferno"](m)[..., :3]
     return (1 - alpha) * image + alpha * heat
 

@@ -130,7 +130,7 @@ OnChunk = Callable[[list[int], np.ndarray], None]
 
 def run_counts(spec: ModelSpec, concepts: ConceptSet, plan: GenerationPlan, indices: Sequence[int], *,
                workers: int | None = 0, chunk: int = 4, on_chunk: OnChunk | None = None,
-               ray_address: str | None = None) -> tuple[np.ndarray | None, list[tuple[str, int]] | None, RunStats]:
+               ray_address: str | None = None) -> tuple[np.ndarray | None, list[tuple[str, int]], RunStats]:
     """Counts summed over ``indices`` (int64 ``[concepts, heads]``), the head layout, and stats.
 
     workers: 0 = in this process; ``None`` = Ray, one worker per GPU (or one, with no GPU); N = Ray, N workers. Ray joins a running

@@ -10,13 +10,39 @@ The pipeline's own attention computes the image, untouched; the probe only reads
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 
-from bridge.capture.adapters import adapter_for
+from bridge.capture.adapters import Layer, adapter_for
 
 from .hrv import add_winners, head_winners
+
+
+
+class CrossAttention(Protocol):
+    """What the UNet probe reads of a diffusers ``Attention`` (``attn2``) layer. diffusers leaves
+    its optional norms unannotated (mypy would read them as always None): they are stated here."""
+
+    @property
+    def to_q(self) -> torch.nn.Linear: ...
+
+    @property
+    def to_k(self) -> torch.nn.Linear: ...
+
+    @property
+    def scale(self) -> float: ...
+
+    @property
+    def norm_cross(self) -> torch.nn.Module | None: ...
+
+    @property
+    def norm_q(self) -> torch.nn.Module | None: ...
+
+    @property
+    def norm_k(self) -> torch.nn.Module | None: ...
+
+    def norm_encoder_hidden_states(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor: ...
 
 
 class HeadProbe(Protocol):
@@ -60,13 +86,13 @@ class UNetHeadProbe:
         out = {}
         with torch.no_grad():
             for layer in self.layers:
-                attn = layer.module
+                attn = _attention(layer)
                 e = embeddings.to(attn.to_k.weight.device, attn.to_k.weight.dtype)[None]  # [1, C, D]
-                if getattr(attn, "norm_cross", None) is not None:
+                if attn.norm_cross is not None:
                     e = attn.norm_encoder_hidden_states(e)
                 k = attn.to_k(e)[0]  # [C, heads·d]
                 k = k.view(k.shape[0], layer.heads, -1).transpose(0, 1)  # [heads, C, d]
-                if getattr(attn, "norm_k", None) is not None:
+                if attn.norm_k is not None:
                     k = attn.norm_k(k)
                 out[layer.name] = k
         return out
@@ -76,7 +102,7 @@ class UNetHeadProbe:
         handles = []
         offset = 0
         for layer in self.layers:
-            handles.append(layer.module.to_q.register_forward_hook(self._hook(layer, keys[layer.name], counts, offset)))
+            handles.append(_attention(layer).to_q.register_forward_hook(self._hook(layer, keys[layer.name], counts, offset)))
             offset += layer.heads
         try:
             yield
@@ -84,19 +110,29 @@ class UNetHeadProbe:
             for h in handles:
                 h.remove()
 
-    def _hook(self, layer: Any, k: torch.Tensor, counts: torch.Tensor, offset: int):
-        attn, heads = layer.module, layer.heads
+    def _hook(self, layer: Layer, k: torch.Tensor, counts: torch.Tensor,
+              offset: int) -> Callable[[torch.nn.Module, Any, torch.Tensor], None]:
+        attn, heads = _attention(layer), layer.heads
 
         def hook(_module: torch.nn.Module, _inputs: Any, q: torch.Tensor) -> None:
             if self.adapter.guidance():
                 q = q[q.shape[0] // 2 :]  # [uncond, cond]: the conditional rows
             b, n, _ = q.shape
             qh = q.view(b, n, heads, -1).transpose(1, 2)  # [B, heads, N, d]
-            if getattr(attn, "norm_q", None) is not None:
+            if attn.norm_q is not None:
                 qh = attn.norm_q(qh)
             add_winners(counts, head_winners(qh, k, float(attn.scale)), offset)
 
         return hook
+
+
+def _attention(layer: Layer) -> CrossAttention:
+    """A UNet layer's module as the diffusers Attention it is (the UNet adapter finds only those)."""
+    from diffusers.models.attention_processor import Attention
+
+    if not isinstance(layer.module, Attention):
+        raise TypeError(f"{layer.name} is a {type(layer.module).__name__}, not a diffusers Attention")
+    return layer.module
 
 
 def probe_for(pipe: Any) -> HeadProbe:

@@ -73,7 +73,7 @@ def from_run(captured: CapturedRun, layout: Sequence[tuple[str, int]]) -> HeadMa
     tokens = torch.cat(per_layer).cpu()  # [total_heads, T, R, R]
     words = torch.stack([tm.word_maps(t) for t in tokens])  # [total_heads, words, R, R]
     image = np.asarray(captured.image, dtype=np.float32) / 255.0
-    return HeadMaps(image, tm, [tuple(x) for x in layout], words)
+    return HeadMaps(image, tm, [(str(name), int(heads)) for name, heads in layout], words)
 
 
 def save_head_maps(hm: HeadMaps, path: str | Path) -> Path:

@@ -184,7 +184,7 @@ def score_image(image: np.ndarray, caption: str, min_area: int = 60) -> dict:
 def map_iou(word_map: torch.Tensor, mask: np.ndarray, tau: float) -> float:
     """IoU of a [h, w] attention map (upsampled, min-max normalised, thresholded) with a mask."""
     h, w = mask.shape
-    m = F.interpolate(word_map[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    m = F.interpolate(word_map[None, None].float().cpu(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
     m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-8)
     pred = (m >= tau).numpy()
     inter, union = (pred & mask).sum(), (pred | mask).sum()
@@ -260,7 +260,7 @@ def _save_sheet(tiles, path: Path) -> None:
         row.paste(img, (0, 0))
         for j, o in enumerate(sc["objects"][:3]):
             m = F.interpolate(maps[tm.index(o["shape"])][None, None], size=(128, 128), mode="bilinear")[0, 0]
-            m = ((m - m.min()) / (m.max() - m.min()).clamp_min(1e-8) * 255).byte().numpy()
+            m = ((m - m.min()) / (m.max() - m.min()).clamp_min(1e-8) * 255).byte().cpu().numpy()
             row.paste(Image.fromarray(m).convert("RGB"), (128 * (j + 1), 0))
         rows.append(row)
     sheet = Image.new("RGB", (512, 128 * len(rows)))

@@ -17,6 +17,8 @@ config gets causal attention over the same weights, i.e. not the model that was 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 #: the config key naming the half-width of the attention band (absent: an ordinary CLIP encoder)
@@ -29,19 +31,24 @@ def band_mask(length: int, window: int, device: torch.device | str = "cpu") -> t
     return (i[:, None] - i[None, :]).abs() <= window
 
 
-def window_of(text_encoder: torch.nn.Module) -> int | None:
+def window_of(text_encoder: Any) -> int | None:
     """The encoder's attention half-width, or None for an ordinary (causal, global) encoder."""
     w = getattr(text_encoder.config, WINDOW_KEY, None)  # an optional config field: absent on ordinary CLIP configs
     return int(w) if w is not None else None
 
 
-def _encoder(text_encoder: torch.nn.Module) -> torch.nn.Module:
+# ``text_encoder`` below is a transformers ``CLIPTextModel``, typed ``Any``: 4.x nests the encoder in
+# ``text_model`` and 5.x does not, and torch's ``Module.__getattr__`` types every submodule as
+# ``Tensor | Module``, so a precise annotation would only move the casts into the bodies.
+
+
+def _encoder(text_encoder: Any) -> Any:
     # transformers >= 5 flattens CLIPTextModel (encoder at the top); 4.x nests it in text_model
     inner = text_encoder.text_model if hasattr(text_encoder, "text_model") else text_encoder
     return inner.encoder
 
 
-def _install_hook(text_encoder: torch.nn.Module, window: int) -> None:
+def _install_hook(text_encoder: Any, window: int) -> None:
     enc = _encoder(text_encoder)
     if getattr(enc, "_stepx_local_window", None) == window:
         return
@@ -60,7 +67,7 @@ def _install_hook(text_encoder: torch.nn.Module, window: int) -> None:
     enc._stepx_local_window = window
 
 
-def make_local(text_encoder: torch.nn.Module, window: int) -> None:
+def make_local(text_encoder: Any, window: int) -> None:
     """Turn a freshly built CLIPTextModel into a local one (for training): record the window in
     its config, zero and freeze the absolute position embeddings, install the band mask."""
     if window < 1:
@@ -74,7 +81,7 @@ def make_local(text_encoder: torch.nn.Module, window: int) -> None:
     _install_hook(text_encoder, window)
 
 
-def localise(pipe) -> None:
+def localise(pipe: Any) -> None:
     """Install the band mask on a loaded pipeline's text encoder if its config asks for one."""
     te = getattr(pipe, "text_encoder", None)  # a pipeline component; MM-DiT pipelines may have none
     w = window_of(te) if te is not None else None
