@@ -2,7 +2,8 @@
 # One device call of issue 24's figures on one GPU (docs/BENCHMARKS.md), under a deadline:
 #   bash bench/h100_round.sh OUTDIR SET [SECONDS]     (SECONDS: this script's budget, default 570)
 # SET small: SD 1.5 512² (40 interleaved rounds, --profile) and the few-step models at 512² (SD-Turbo
-#   shape at 1 and 4 steps, guidance 0; SD 1.5 with LCM at 4 steps, guidance 1): 4 files.
+#   shape at 1 and 4 steps, guidance 0; SD 1.5 with LCM at 4 steps, guidance 1): 4 files; then, time
+#   left, the sink process's CPU per step (bench/sink_cpu.py) into the log.
 # SET big: FLUX.1-dev shape 512², SDXL and SD3.5-medium shapes 1024²: 4 files.
 # Each bench gets --max-seconds inside what is left and is skipped when too little is; every
 # result's JSON also goes into OUTDIR/log. Run it twice in one call (two code trees, two OUTDIRs
@@ -23,6 +24,10 @@ bench sd15 140 70 --arch sd15 --runs 40 --warmup 2 --variants plain capture publ
 bench turbo1 60 15 --arch sdturbo --steps 1 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
 bench turbo4 45 15 --arch sdturbo --steps 4 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
 bench lcm4 60 15 --arch sd15 --scheduler lcm --steps 4 --guidance 1 --runs 100 --warmup 3 --variants plain capture publish
+if [ $((budget - SECONDS)) -ge 40 ]; then  # the sink process's CPU per step on this host (into the log: no extra file)
+  echo "== sink_cpu: python3 bench/sink_cpu.py --runs 10" | tee -a "$out/log"
+  timeout 35 python3 bench/sink_cpu.py --runs 10 2>&1 | tee -a "$out/log"
+else echo "== sink_cpu skipped: $((budget - SECONDS)) s left" | tee -a "$out/log"; fi
 fi
 if [ "$set" = big ]; then
 bench flux 130 60 --arch flux --size 512 --runs 8 --warmup 1 --variants plain capture publish

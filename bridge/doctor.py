@@ -183,9 +183,18 @@ def check_extra(name: str, module: str, extra: str, purpose: str) -> Check:
     return Check(name, True, f"{module} {v} ({purpose})")
 
 
+def check_fused_maps() -> Check:
+    """Triton, for the fused MM-DiT map kernel (bridge/capture/joint_kernel.py): wanted on CUDA only."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return Check("fused maps", True, "no CUDA device: SD3/FLUX maps are computed op by op (Triton not needed)")
+    return check_extra("fused maps", "triton", "gpu", "one fused kernel per SD3/FLUX joint layer; without it the maps go op by op")
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (
     check_python, check_torch, check_threads, check_egl, check_video, check_ports, check_oscdump, check_pyzmq,
-    check_texture_sharing, check_browser,
+    check_texture_sharing, check_browser, check_fused_maps,
     lambda: check_extra("relevance", "ray", "relevance", "stepx relevance over many prompts"),
 )
 

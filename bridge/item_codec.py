@@ -6,6 +6,9 @@ frame per array (its raw bytes, sent without a copy): a Packet as its kind, head
 a *recipe* (a ``functools.partial`` that the child calls to build a Packet) as the function's
 name and its arguments. Arrays keep their dtype (from numpy's dtype list the wire allows). The child calls only functions on an allow-list (:func:`recipes`), so a
 forged item can at worst name one of them with bad arguments: an error, logged and skipped.
+The step recipe, sent at every step of every run, has a fixed binary header instead (its numbers
+packed, its run-constant arguments as JSON encoded and parsed once per run): its encoding is the
+model process's share of publishing, on a thread beside the one that launches the kernels.
 
 Arguments may be None, bool, int, float (NaN and infinities too), str, lists, tuples, dicts
 with string keys, numpy arrays, numpy scalars, :class:`~bridge.phases.PhaseConfig` and other
@@ -18,6 +21,7 @@ import dataclasses
 import functools
 import json
 import math
+import struct
 from functools import partial
 from typing import Any, Callable
 
@@ -29,24 +33,40 @@ def _name(fn: Callable) -> str:
     return f"{fn.__module__}:{fn.__qualname__}"
 
 
+@functools.cache
 def recipes() -> dict[str, Callable]:
-    """The allow-list: every function the child may call to build a Packet, by qualified name."""
+    """The allow-list: every function the child may call to build a Packet, by qualified name
+    (built once: it is asked for at every item, on the packet thread of the model's process)."""
     from bridge.daemon import replayed  # noqa: PLC0415 (heavy modules; only where recipes are used)
     from bridge.stream.recipes import host_step_packet, step_packet, timeline_packet  # noqa: PLC0415
 
     return {_name(f): f for f in (step_packet, host_step_packet, timeline_packet, replayed)}
 
 
+@functools.cache
 def _dataclasses() -> dict[str, type]:
     from bridge.phases import PhaseConfig  # noqa: PLC0415
 
     return {"PhaseConfig": PhaseConfig}
 
 
+#: The step recipe (``host_step_packet``: every step of every run) in a fixed binary header instead
+#: of JSON: magic, step, total steps, timestep, step end (NaN for None). Its run-constant arguments
+#: (run id, words, settings, focus, the maps' dtype and shape) go as a JSON frame encoded once per
+#: run in the model's process and parsed once per run in the child; the maps as their raw bytes.
+#: Frames: ``[STEP_HEAD, static JSON, maps]``. Encoding it is the packet thread's work in the
+#: model's process at every step, beside the thread that launches the kernels.
+_STEP_HEAD = struct.Struct("<4sIIdd")
+_STEP_MAGIC = b"HSP1"
+_STEP_FN = "bridge.stream.recipes:host_step_packet"
+
+
 def encode_item(item: Any) -> list[Any]:
     """A Packet or an allow-listed recipe as message frames: one JSON frame, then each array's
-    bytes as its own frame (sent without a copy, as pickle's out-of-band buffers were). Raises
-    TypeError/ValueError for anything else."""
+    bytes as its own frame (sent without a copy, as pickle's out-of-band buffers were); a step
+    recipe as a fixed header (:data:`_STEP_HEAD`). Raises TypeError/ValueError for anything else."""
+    if isinstance(item, partial) and (frames := _encode_step(item)) is not None:
+        return frames
     arrays: dict[str, np.ndarray] = {}
     if isinstance(item, partial):
         head: dict[str, Any] = {"recipe": _recipe(item, arrays, recipes())}
@@ -60,9 +80,64 @@ def encode_item(item: Any) -> list[Any]:
     return [json.dumps(head, separators=(",", ":"), allow_nan=False).encode(), *(memoryview(b).cast("B") for b in blocks)]
 
 
+def _encode_step(item: partial) -> list[Any] | None:
+    """The fixed-header frames of a ``host_step_packet`` recipe of plain arguments, else None."""
+    if item.keywords or len(item.args) not in (8, 9) or recipes().get(_STEP_FN) is not item.func:
+        return None
+    run_id, words, cfg, maps, step, total, focus, timestep, ended = item.args if len(item.args) == 9 else (*item.args, None)
+    if not (type(run_id) is str and type(words) is list and type(focus) is list and type(maps) is np.ndarray
+            and type(step) is int and type(total) is int and 0 <= step < 2**32 and 0 <= total < 2**32
+            and type(timestep) is float and (ended is None or type(ended) is float and not math.isnan(ended))
+            and _dataclasses().get(type(cfg).__name__) is type(cfg) and maps.dtype.str in wire.WIRE_DTYPES):
+        return None
+    try:
+        static = _step_static(run_id, tuple(words), cfg, tuple(focus), maps.dtype.str, maps.shape)
+    except TypeError:  # a word or focus entry that is not a plain value (unhashable): the general path says why
+        return None
+    head = _STEP_HEAD.pack(_STEP_MAGIC, step, total, timestep, math.nan if ended is None else ended)
+    return [head, static, memoryview(np.ascontiguousarray(maps)).cast("B")]
+
+
+@functools.lru_cache(maxsize=8)
+def _step_static(run_id: str, words: tuple, cfg: Any, focus: tuple, dtype: str, shape: tuple) -> bytes:
+    """The run-constant part of a step recipe as JSON (encoded once per run: cached)."""
+    if not all(type(w) is str for w in words) or not all(type(f) is int for f in focus):
+        raise TypeError("words must be strings and focus ints")
+    return json.dumps({"fn": _STEP_FN, "run_id": run_id, "words": list(words), "cfg": _enc_config(cfg), "focus": list(focus),
+                       "dtype": dtype, "shape": list(shape)}, separators=(",", ":"), allow_nan=False).encode()
+
+
+@functools.lru_cache(maxsize=8)
+def _step_static_decoded(static: bytes) -> tuple:
+    """``(run_id, words, cfg, focus, dtype, shape)`` from the JSON of :func:`_step_static` (parsed
+    once per run: cached; the caller copies the lists)."""
+    body = json.loads(static)
+    if not isinstance(body, dict) or body.get("fn") != _STEP_FN:
+        raise ValueError(f"step recipe {body.get('fn') if isinstance(body, dict) else body!r:.60} is not the step recipe")
+    dtype, shape = np.dtype(body["dtype"]), tuple(int(n) for n in body["shape"])
+    if dtype.str not in wire.WIRE_DTYPES or any(n < 0 for n in shape):
+        raise ValueError(f"maps of dtype {dtype.str} / shape {shape} not allowed")
+    return str(body["run_id"]), list(body["words"]), _dec(body["cfg"], {}, {}), list(body["focus"]), dtype, shape
+
+
+def _decode_step(frames: list[Any]) -> partial:
+    if len(frames) != 3 or len(frames[0]) != _STEP_HEAD.size:
+        raise ValueError(f"a step recipe is 3 frames, a {_STEP_HEAD.size}-byte header first")
+    _magic, step, total, timestep, ended = _STEP_HEAD.unpack(bytes(frames[0]))
+    run_id, words, cfg, focus, dtype, shape = _step_static_decoded(bytes(frames[1]))
+    maps = np.frombuffer(frames[2], dtype=dtype).reshape(shape)
+    return partial(recipes()[_STEP_FN], run_id, list(words), cfg, maps, step, total, list(focus), timestep,
+                   None if math.isnan(ended) else ended)
+
+
 def decode_item(frames: list[Any]) -> Any:
     """The Packet, or the recipe rebuilt as a partial of an allow-listed function, from the
     frames of :func:`encode_item` (bytes or buffers)."""
+    if bytes(frames[0][:4]) == _STEP_MAGIC:
+        try:
+            return _decode_step(frames)
+        except (KeyError, TypeError, ValueError, struct.error) as exc:
+            raise ValueError(f"not a sink-process item: {exc}") from None
     try:
         head = json.loads(bytes(frames[0]))
         specs = head["arrays"]

@@ -103,6 +103,34 @@ def test_sd3_tap_takes_the_lse_from_the_models_kernel_and_leaves_the_image_exact
     torch.testing.assert_close(cap.last_run.frames[0].cross.float(), untapped.last_run.frames[0].cross.float(), rtol=2e-2, atol=2e-3)
 
 
+@pytest.mark.parametrize("which,dtype", [("sd3", torch.float16), ("flux", torch.bfloat16)])
+def test_fused_joint_maps_equal_op_by_op_and_leave_the_image_exact(which, dtype):
+    """On CUDA each joint layer's maps come from the fused kernel (bridge/capture/joint_kernel.py),
+    checked and launched once per layer and step; they equal the op-by-op maps to float32 rounding
+    and the image stays plain diffusers'."""
+    pytest.importorskip("triton")
+    from bridge.capture import capture, joint_kernel
+    from bridge.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline
+
+    pipe = (tiny_sd3_pipeline() if which == "sd3" else tiny_flux_pipeline()).to("cuda", dtype)
+
+    def call():
+        g = torch.Generator(device="cpu").manual_seed(0)
+        return pipe("a red circle above a blue square", height=64, width=64, num_inference_steps=3,
+                    guidance_scale=7.0 if which == "sd3" else 3.5, generator=g, max_sequence_length=32, output_type="np").images
+
+    plain = call()
+    with capture(pipe, extra={"fused_maps": False}) as eager:
+        call()
+    joint_kernel._checked.clear()
+    with capture(pipe) as fused:
+        image = call()
+    np.testing.assert_array_equal(image, plain)
+    assert joint_kernel._checked and all(joint_kernel._checked.values()), joint_kernel._checked
+    a, b = (torch.stack([f.cross for f in c.last_run.frames]).double() for c in (fused, eager))
+    assert float((a - b).abs().max() / b.abs().max()) < 1e-4
+
+
 def test_runner_recipes_wait_for_real_copies_on_the_packet_thread(cuda_pipe):
     """On CUDA a remote publisher's recipes wait for real events on the packet thread: every step
     goes out once, in order, with the same maps whether the phases ran on the host or the device."""

@@ -257,7 +257,8 @@ def test_flux_normaliser_comes_from_the_models_own_attention_call(flux_pipe, mon
     hooks = sum(len(m._forward_hooks) for m in flux_pipe.transformer.modules())
     with capture(flux_pipe) as cap:
         assert tf.dispatch_attention_fn is sdpa_tap.dispatch_attention_fn
-        assert sum(len(m._forward_hooks) for m in flux_pipe.transformer.modules()) == hooks + len(cap.cross_layers) + 1  # one per layer and the evaluation's end: no projection hooks
+        assert sum(len(m._forward_hooks) for m in flux_pipe.transformer.modules()) == hooks + 1  # the evaluation's end: no projection or layer hooks
+        assert all("forward" in layer.module.__dict__ for layer in cap.cross_layers)  # each layer's forward shadowed
         generate(flux_pipe, steps=2)
     assert tf.dispatch_attention_fn is original
     assert given == [True] * (2 * len(cap.last_run.layers)) and not recomputed
@@ -341,7 +342,8 @@ def snapshot(pipe):
     t = pipe.transformer
     procs = dict(t.attn_processors)
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in t.modules())
-    return procs, hooks, set(pipe.scheduler.__dict__), set(pipe.__dict__), set(t.__dict__)
+    shadowed = {name for name, m in t.named_modules() if "forward" in m.__dict__}  # layers' forward shadowed by the capture
+    return procs, hooks, set(pipe.scheduler.__dict__), set(pipe.__dict__), set(t.__dict__), shadowed
 
 
 @pytest.mark.parametrize("which", ["sd3", "flux"])
@@ -493,6 +495,82 @@ def test_an_sd3_processor_that_does_not_call_sdpa_is_refused(sd3_pipe, monkeypat
     with pytest.raises(UnsupportedProcessorError, match="does not call F.scaled_dot_product_attention"):
         capture(sd3_pipe).apply()
     assert snapshot(sd3_pipe)[1:] == before
+
+
+# --- no host synchronisation in the step path --------------------------------------------------------
+#: ops that read a tensor's value back on the host (on a GPU: the host waits for the device)
+HOST_READS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero", "aten::equal", "aten::allclose")
+
+
+def host_reads(fn) -> dict[str, int]:
+    """Host reads of tensor values while ``fn`` runs, counted by torch.profiler (it records every
+    aten op, also those called inside other ops' C++, which a dispatch mode does not see)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    counts: dict[str, int] = {}
+    for e in prof.events():
+        if e.name in HOST_READS:
+            counts[e.name] = counts.get(e.name, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("which,guidance", [("sd3", 7.0), ("flux", 3.5)])
+def test_capture_adds_no_host_read_to_a_run(request, monkeypatch, which, guidance, fused):
+    """A run under a capture reads no more tensor values back than the plain run does (SD3's
+    scheduler reads its start index once in both): on a GPU each such read stalls the host until
+    the device catches up. The capture is set up first (its one-time checks of the head weights,
+    on the CPU, are not part of a run) and has run once (the attention kernel's one check per shape).
+    ``fused``: the path that launches the fused map kernel (as on CUDA), with a stand-in kernel
+    that launches nothing, so only the capture's own host work is counted."""
+    from bridge.capture import joint_kernel
+
+    pipe = request.getfixturevalue(f"{which}_pipe")
+    if fused:
+        launches = []
+        monkeypatch.setattr(joint_kernel, "kernel_for", lambda device: "stand-in")
+        monkeypatch.setattr(joint_kernel, "usable", lambda kernel, *a: kernel == "stand-in")
+        monkeypatch.setattr(joint_kernel, "launch", lambda *a: launches.append(a[-1]))
+    with torch.inference_mode():
+        plain = host_reads(lambda: generate(pipe, steps=3, guidance=guidance))
+        with capture(pipe) as cap:
+            generate(pipe, steps=2, guidance=guidance)
+            captured = host_reads(lambda: generate(pipe, steps=3, guidance=guidance))
+        fresh = capture(pipe)  # a new capture per run, as the runner makes: still nothing read back
+        with fresh:
+            again = host_reads(lambda: generate(pipe, steps=3, guidance=guidance))
+    assert cap.last_run.status == fresh.last_run.status == "done"
+    assert captured == plain and again == plain, (plain, captured, again)
+    assert not fused or len(launches) == 8 * len(cap.cross_layers)  # every layer of the 2 + 3 + 3 steps took the fused path
+
+
+def test_flux_grid_follows_each_runs_size_without_reading_the_ids(flux_pipe):
+    """FLUX's token grid comes from the ids the pipeline builds for each call's size (host ints),
+    wide or tall, and places the maps right side up."""
+    with capture(flux_pipe) as cap:
+        for height, width in ((64, 128), (128, 64), (64, 64)):
+            g = torch.Generator().manual_seed(0)
+            flux_pipe(PROMPT, height=height, width=width, num_inference_steps=1, guidance_scale=3.5, generator=g,
+                      max_sequence_length=T5_LEN, output_type="latent")
+    assert [r.latent_hw for r in cap.runs] == [(16, 32), (32, 16), (16, 16)]
+    assert [tuple(r.frames[0].cross.shape[-2:]) for r in cap.runs] == [(16, 32), (32, 16), (16, 16)]
+
+
+def test_head_weights_reach_the_device_once_for_all_layers(flux_pipe):
+    """Every layer's head weights are views of one device tensor, shared by later captures of the
+    same model and values (one copy to a GPU, not one per layer per run)."""
+    first, second = capture(flux_pipe), capture(flux_pipe)
+    layers = first.cross_layers
+    w1 = [first.head_weights(l, torch.device("cpu")) for l in layers]
+    w2 = [second.head_weights(l, torch.device("cpu")) for l in reversed(layers)][::-1]
+    base = w1[0].untyped_storage().data_ptr()
+    assert all(w.untyped_storage().data_ptr() == base for w in w1 + w2)
+    assert all(torch.equal(a, b) and a.data_ptr() == b.data_ptr() for a, b in zip(w1, w2))
+    other = capture(flux_pipe, head_weights={layers[0].name: [0.0, 1.0]})
+    w3 = other.head_weights(layers[0], torch.device("cpu"))
+    assert w3.tolist() == [0.0, 1.0] and w3.untyped_storage().data_ptr() != base
 
 
 def test_registered():

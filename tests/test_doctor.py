@@ -42,6 +42,19 @@ def test_missing_extra_names_the_extra():
     assert not got.ok and got.fix == "pip install 'stepx-bridge[objects]'"
 
 
+def test_fused_maps_wants_triton_on_cuda_only(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    assert doctor.check_fused_maps().ok or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a))
+    got = doctor.check_fused_maps()
+    assert not got.ok and got.fix == "pip install 'stepx-bridge[gpu]'" and "op by op" in got.detail
+
+
 def test_a_crashing_check_is_reported_not_raised():
     def check_boom() -> doctor.Check:
         raise OSError("no /dev/dri")

@@ -45,3 +45,38 @@ def test_only_allow_listed_functions_cross():
     for junk in ([b"\x80\x04K\x01."], [b'{"arrays": [{"dtype": "O", "shape": [1]}]}', b"x" * 8], [b"{}"]):
         with pytest.raises(ValueError, match="not a sink-process item"):  # a pickle, an object array, nothing
             decode_item(junk)
+
+
+def test_a_step_recipe_crosses_as_a_fixed_header_and_comes_back_exactly():
+    """The step recipe (every step of every run) goes as a binary header, its run-constant JSON
+    and the maps; it comes back as the same partial, argument types included."""
+    maps = np.random.default_rng(1).random((3, 4, 4), dtype=np.float32)
+    cfg = PhaseConfig(normalisation="share")
+    for ended in (1.7e9 + 0.25, None):
+        recipe = partial(host_step_packet, "r2", ["a", "b", "c"], cfg, maps, 2, 5, [0, 2], 981.5, ended)
+        frames = encode_item(recipe)
+        assert len(frames) == 3 and bytes(frames[0][:4]) == b"HSP1" and len(bytes(frames[0])) == 28
+        back = decode_item([bytes(f) for f in frames])
+        assert back.func is host_step_packet and not back.keywords
+        for got, want in zip(back.args, recipe.args):
+            assert type(got) is type(want)
+            assert np.array_equal(got, want) if isinstance(want, np.ndarray) else got == want
+    json_only = partial(host_step_packet, "r2", ["a"], cfg, maps[:1], 0, 5, [], 981, None)  # an int timestep keeps its type: JSON
+    assert bytes(encode_item(json_only)[0][:1]) == b"{" and decode_item(encode_item(json_only)).args[7] == 981
+
+
+def test_forged_step_frames_are_refused():
+    maps = np.zeros((1, 2, 2), np.float32)
+    head, static, data = (bytes(f) for f in encode_item(partial(host_step_packet, "r", ["a"], PhaseConfig(), maps, 0, 2, [], 1.0, None)))
+    body = json.loads(static)
+    cases = [
+        [head[:20], static, data],  # a short header
+        [head, static],  # no maps
+        [head, json.dumps({**body, "fn": "os:system"}).encode(), data],  # another function
+        [head, json.dumps({**body, "dtype": "|O"}).encode(), data],  # object arrays
+        [head, static, data[:-4]],  # maps shorter than their shape
+        [head, b"\x80\x04K\x01.", data],  # a pickle where the JSON goes
+    ]
+    for frames in cases:
+        with pytest.raises(ValueError, match="not a sink-process item"):
+            decode_item(frames)

@@ -54,12 +54,26 @@ class BatchedEvaluation:
     adapter: Adapter
     _run: CaptureRun | None
     _acc: _StepAccumulator
+    cross_layers: list[Layer]
+    self_layers: list[Layer]
 
     def _head_weights(self, layer: Layer, device: torch.device) -> torch.Tensor:
+        """``[heads]`` float32 weights of ``layer`` on ``device``: views of one tensor holding every
+        captured layer's weights, copied to the device once per model and set of values (a copy
+        per layer from pageable memory would make the host wait for the GPU, layer by layer, in
+        the first step of every run)."""
         key = (layer.name, str(device))
         w = self._weights.get(key)
         if w is None:
-            w = self._weights[key] = head_weight_vector(self.config, layer.name, layer.heads).to(device)
+            layers = [*self.cross_layers, *self.self_layers]
+            if all(l.name != layer.name for l in layers):
+                layers.append(layer)
+            values = torch.cat([head_weight_vector(self.config, l.name, l.heads) for l in layers])
+            names = tuple(l.name for l in layers)
+            stacked = _shared_constant(self.adapter.denoiser(), ("layer heads", names, tuple(values.tolist())), values, device)
+            for l, part in zip(layers, stacked.split([l.heads for l in layers])):
+                self._weights[(l.name, str(device))] = part
+            w = self._weights[key]
         return w
 
     def observe(self, layer: Layer, q: torch.Tensor, k: torch.Tensor) -> None:
@@ -142,6 +156,23 @@ class BatchedEvaluation:
         _add(acc.cross, grid, maps.reshape(b, t, *grid))
         if per_head is not None and layer.name in self.detail:
             _add(acc.detail, layer.name, per_head.reshape(b, layer.heads, t, *grid))
+
+    def cross_sum(self, layer: Layer, b: int, t: int, n: int, device: torch.device) -> tuple[torch.Tensor, bool] | None:
+        """``(sum [B, T, N], accumulate)``: the step's running sum of cross maps at ``layer``'s grid,
+        for an adapter that adds a layer's head-weighted maps into it in place (a fused kernel);
+        ``accumulate=False``: first use this step, uninitialised, to be written, not added to.
+        The caller must write it. None outside a run."""
+        run = self._run
+        if run is None:
+            return None
+        grid = layer_grid(n, run.latent_hw)
+        acc = self._acc
+        acc.seen.add(layer.name)
+        got = acc.cross.get(grid)
+        if got is None:
+            acc.cross[grid] = got = torch.empty((b, t, *grid), dtype=torch.float32, device=device)  # [B, T, h, w]
+            return got.view(b, t, n), False
+        return got.view(b, t, n), True
 
     def cond_rows(self, total: int) -> slice | None:
         """The rows of a denoiser batch of ``total`` rows that feed the maps (None outside a run)."""

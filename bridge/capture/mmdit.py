@@ -10,14 +10,15 @@ and that (not a softmax over the text keys alone) is what the capture reports. T
 is a log-sum-exp; the ``(N_img+N_txt)²`` matrix is never built. Rows of ``frame.cross``
 therefore sum to the image query's total mass on text (< 1), not to 1.
 
-As for UNets, the layer output is the pipeline's own processor's. SD3: the processor's own
-``F.scaled_dot_product_attention`` call hands over the joint q and k and, from the same fused
-kernel, the log-sum-exp (``sdpa_tap``; checked once per shape to leave the output bit-identical),
-so only the ``N×T`` text logits are computed here. FLUX: forward hooks observe the outputs of
-``to_q``/``to_k``/``add_k_proj`` and a pre-hook reads the call's keyword arguments
-(``image_rotary_emb``); queries and keys get the same q/k norms and RoPE the processor applies,
-in the same order, and the normaliser comes from one more fused call (or blockwise, on the CPU:
-``maps.joint_text_probabilities``). Probabilities are float32, for the conditional rows only.
+As for UNets, the layer output is the pipeline's own processor's. Its own attention call
+(SD3: ``F.scaled_dot_product_attention``; FLUX: diffusers' ``dispatch_attention_fn``) hands over
+the joint q and k, after the q/k norms and RoPE, and, from the same fused kernel, the log-sum-exp
+(``sdpa_tap``; checked once per shape to leave the output bit-identical), so only the ``N×T``
+text logits are computed here: on CUDA by one fused kernel per layer that adds the head-weighted
+maps into the step's sum (``joint_kernel``), elsewhere op by op (``maps.joint_text_probabilities``,
+which also computes the normaliser where no kernel gave it). A FLUX processor whose call cannot
+be tapped is observed at its ``to_q``/``to_k``/``add_k_proj`` outputs instead, with the same q/k
+norms and RoPE applied in the same order. Probabilities are float32, for the conditional rows only.
 
 Sequence order differs: SD3 concatenates ``[image, text]``, FLUX ``[text, image]`` (double
 blocks concatenate the projections, single blocks run on the already concatenated stream).
@@ -29,14 +30,15 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from .adapters import Adapter, Layer, register
 from .errors import UnsupportedProcessorError
-from . import sdpa_tap
-from .maps import joint_text_probabilities
+from . import joint_kernel, sdpa_tap
+from .maps import fused_logsumexp, joint_text_probabilities
 from .steps import patch_method
 from .tokens import TokenMap, empty_token_map, build_offset_token_map, build_token_map, combine_token_maps
 
@@ -71,6 +73,7 @@ class _MMDiTAdapter(Adapter):
         self.text_encoder = self.default_text_encoder
         self.budget = DEFAULT_BUDGET
         self.strict = False
+        self.fused = True
         self._warned: set[str] = set()
 
     def denoiser(self) -> torch.nn.Module:
@@ -78,7 +81,8 @@ class _MMDiTAdapter(Adapter):
 
     def configure(self, config: "CaptureConfig") -> None:
         """Options from ``CaptureConfig.extra``: ``text_encoder`` (SD3: "both" | "clip" | "t5"),
-        ``joint_budget`` (logits per block of the normaliser pass)."""
+        ``joint_budget`` (logits per block of the normaliser pass), ``fused_maps`` (default True:
+        the fused kernel where it runs, ``joint_kernel``; False: op by op, for comparison)."""
         extra = config.extra or {}
         choice = extra.get("text_encoder", self.default_text_encoder)
         if choice not in self.text_choices:
@@ -91,6 +95,7 @@ class _MMDiTAdapter(Adapter):
         if self.budget < 1:
             raise ValueError(f"joint_budget must be a positive number of logits, got {self.budget}")
         self.strict = bool(config.strict_prompt_length)
+        self.fused = bool(extra.get("fused_maps", True))
         if config.queries and not any(not l.cross for l in self.layers()):
             raise ValueError(
                 f"{type(self.pipe).__name__} has no image-only self-attention layer, so self-attention queries "
@@ -126,34 +131,36 @@ class _MMDiTAdapter(Adapter):
     def _joint_probe(self, session: "Capture", layer: Layer) -> list[Callable[[], None]]:
         """Arm the attention tap for the layer's call: the processor's own attention kernel hands
         over the joint q and k (after the q/k norms and RoPE: exactly what it attends with) and
-        its normaliser; the maps take the conditional rows' image queries."""
-        attn = layer.module
+        its normaliser; the maps take the conditional rows' image queries.
 
-        def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        The layer's ``forward`` is shadowed on the instance rather than hooked (as for UNets,
+        ``unet._probe``): a module with hooks takes ``Module.__call__``'s slow path, microseconds a
+        call, 57 calls a step on FLUX.1, whose 512² generation waits on the host."""
+        attn = layer.module
+        original = attn.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
             sdpa_tap.disarm()
-            if not session.active:
-                return
-            if kwargs.get("attention_mask", args[2] if len(args) > 2 else None) is not None:
-                self._warn_once(f"mask:{layer.name}", f"{layer.name} was called with an attention mask; it is left out of the maps")
-                return
-            layout = self._joint_layout(args, kwargs)
-            if layout is not None:
-                sdpa_tap.arm(lambda q, k, lse: on_attention(*layout, q, k, lse))
+            if session.active:
+                if kwargs.get("attention_mask", args[2] if len(args) > 2 else None) is not None:
+                    self._warn_once(f"mask:{layer.name}", f"{layer.name} was called with an attention mask; it is left out of the maps")
+                elif (layout := self._joint_layout(args, kwargs)) is not None:
+                    sdpa_tap.arm(lambda q, k, lse: on_attention(*layout, q, k, lse))
+            out = original(*args, **kwargs)
+            if sdpa_tap.disarm():
+                self._warn_once(f"untapped:{layer.name}", f"{layer.name}'s attention made no call StepX could tap "
+                                "(F.scaled_dot_product_attention, dispatch_attention_fn); it is left out of the maps")
+            return out
 
         def on_attention(image: slice, text: slice, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None) -> None:
             rows = session.cond_rows(q.shape[0])
             if rows is None:
                 return
-            with torch.no_grad():
-                self._emit(session, layer, q[rows, :, image], k[rows], text, None if lse is None else lse[rows, :, image])
+            if rows.start:  # CFG: the conditional rows (without CFG all rows are: no indexing ops)
+                q, k, lse = q[rows], k[rows], None if lse is None else lse[rows]
+            self._emit(session, layer, q[:, :, image], k, text, None if lse is None else lse[:, :, image])
 
-        def post(_m: torch.nn.Module, _args: tuple, _kwargs: dict, _out: Any) -> None:
-            if sdpa_tap.disarm():
-                self._warn_once(f"untapped:{layer.name}", f"{layer.name}'s attention made no call StepX could tap "
-                                "(F.scaled_dot_product_attention, dispatch_attention_fn); it is left out of the maps")
-
-        handles = [attn.register_forward_pre_hook(pre, with_kwargs=True), attn.register_forward_hook(post, with_kwargs=True)]
-        return [sdpa_tap.install(attn.processor), *(h.remove for h in handles)]
+        return [sdpa_tap.install(attn.processor), patch_method(attn, "forward", forward)]
 
     # the maths shared by the probes: conditional rows, head weights, detail
     def _emit(self, session: "Capture", layer: Layer, q: torch.Tensor, k: torch.Tensor, text: slice,
@@ -161,6 +168,11 @@ class _MMDiTAdapter(Adapter):
         """q: ``[B, heads, N, d]`` image queries, k: ``[B, heads, M, d]`` joint keys, conditional rows
         only; lse ``[B, heads, N]``: their normaliser from the model's own kernel, if it gave one."""
         w = session.head_weights(layer, q.device)
+        kernel = joint_kernel.kernel_for(q.device) if self.fused else None
+        if kernel is not None and lse is None:  # no lse tapped (another backend): one fused call gives it, where there is one
+            lse = fused_logsumexp(q, k, 1.0 / math.sqrt(q.shape[-1]))
+        if lse is not None and layer.name not in session.detail and self._add_fused(session, layer, kernel, q, k[:, :, text], lse, w):
+            return
         if layer.name in session.detail:
             per_head = joint_text_probabilities(q, k, text, None, self.budget, lse)  # [B, heads, T, N]
             maps = torch.einsum("bhtn,h->btn", per_head, w)
@@ -168,6 +180,29 @@ class _MMDiTAdapter(Adapter):
             per_head = None
             maps = joint_text_probabilities(q, k, text, w, self.budget, lse)  # [B, T, N]
         session.add_cross(layer, maps, per_head)
+
+
+    @staticmethod
+    def _add_fused(session: "Capture", layer: Layer, kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor,
+                   w: torch.Tensor) -> bool:
+        """Add the layer's head-weighted maps into the step's sum with one launch of the fused kernel
+        (the per-head maps never exist); False where the kernel is not usable for these inputs."""
+        if not joint_kernel.usable(kernel, q, kt, lse, w):
+            return False
+        target = session.cross_sum(layer, q.shape[0], kt.shape[2], q.shape[2], q.device)
+        if target is None:
+            return True
+        out, accumulate = target  # [B, T, N]
+        try:
+            joint_kernel.launch(kernel, q, kt, lse, w, out, accumulate)
+        except Exception as exc:  # noqa: BLE001 — failed after its check: this shape goes op by op from now on
+            joint_kernel.refuse(kernel, q, kt, lse, exc)
+            maps = joint_text_probabilities(q, kt, slice(None), w, lse=lse)  # [B, T, N]
+            if accumulate:
+                out.add_(maps)
+            else:
+                out.copy_(maps)
+        return True
 
 
 @register
@@ -274,6 +309,7 @@ class FluxAdapter(_MMDiTAdapter):
         self._txt_len = 0
         self._grid: tuple[int, int] | None = None
         self._ids_key: Any = None
+        self._built_ids: dict[tuple, tuple[int, int]] = {}  # (data_ptr, shape) of the ids the pipeline last built -> (h, w)
         self._sig = inspect.signature(pipe.transformer.forward)
 
     def tokenizer(self) -> Any:
@@ -302,8 +338,12 @@ class FluxAdapter(_MMDiTAdapter):
             raise ValueError("FluxTransformer2DModel was called without img_ids; StepX needs them to place image tokens on a grid")
         key = (ids.data_ptr(), tuple(ids.shape), n)
         if key != self._ids_key:
-            flat = ids.reshape(-1, ids.shape[-1])[-n:]
-            h, w = int(flat[:, 1].max()) + 1, int(flat[:, 2].max()) + 1
+            known = self._built_ids.get(key[:2])
+            if known is not None:  # the pipeline built these ids for this grid: nothing to read back
+                h, w = known
+            else:  # ids from elsewhere: read them (a host sync, once per run)
+                flat = ids.reshape(-1, ids.shape[-1])[-n:]
+                h, w = int(flat[:, 1].max()) + 1, int(flat[:, 2].max()) + 1
             if h * w != n:
                 raise ValueError(f"FLUX img_ids describe a {h}×{w} grid but the transformer has {n} image tokens")
             self._grid, self._ids_key = (h, w), key
@@ -353,6 +393,7 @@ class FluxAdapter(_MMDiTAdapter):
                 self._uncond = before_flag
 
         removers.append(patch_method(t, "cache_context", cache_context))
+        removers += self._record_image_ids()
         single = {id(b.attn) for b in t.single_transformer_blocks}
         for layer in cross:
             if sdpa_tap.tappable(layer.module.processor):
@@ -360,6 +401,28 @@ class FluxAdapter(_MMDiTAdapter):
             else:
                 removers += self._probe(session, layer, id(layer.module) in single)
         return removers
+
+    def _record_image_ids(self) -> list[Callable[[], None]]:
+        """Note the grid of the image ids the pipeline builds (``_prepare_latent_image_ids(batch,
+        height, width, device, dtype)``, from host ints), so that :meth:`latent_hw` need not read
+        the device tensor back: that read would make the host wait for the text encoders."""
+        original = getattr(self.pipe, "_prepare_latent_image_ids", None)
+        if original is None:
+            return []
+        sig = inspect.signature(original)
+
+        def prepare(*args: Any, **kwargs: Any) -> Any:
+            ids = original(*args, **kwargs)
+            try:
+                a = sig.bind(*args, **kwargs).arguments
+                grid = (int(a["height"]), int(a["width"]))
+            except (TypeError, KeyError, ValueError):  # another signature: latent_hw reads the ids
+                return ids
+            if torch.is_tensor(ids) and grid[0] * grid[1] == ids.reshape(-1, ids.shape[-1]).shape[0]:
+                self._built_ids = {(ids.data_ptr(), tuple(ids.shape)): grid}  # the latest only: an old address may be reused
+            return ids
+
+        return [patch_method(self.pipe, "_prepare_latent_image_ids", prepare)]
 
     def _joint_layout(self, args: tuple, kwargs: dict) -> tuple[slice, slice] | None:
         """FLUX's joint sequence, in double- and single-stream blocks alike: ``[text (T), image]``."""

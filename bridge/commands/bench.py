@@ -23,8 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--scheduler", default=None, help="the full-size UNet pipelines' scheduler (default: the model's): "
                    "euler, ddim, dpm, heun, dpm2, pndm, euler_a, lms, or the few-step lcm and turbo")
-    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "publish", "publish_device", "publish_inproc", "publish_null", "publish_drop", "capture_latent", "capture_busy", "queries", "daam"],
-                   help="capture_eager: capture with the map maths never replayed as a CUDA graph; publish: capture + phases + "
+    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "capture_unfused", "publish", "publish_device", "publish_inproc", "publish_null", "publish_drop", "capture_latent", "capture_busy", "queries", "daam"],
+                   help="capture_eager: capture with the map maths never replayed as a CUDA graph; capture_unfused: "
+                        "MM-DiT capture with each joint layer's maps op by op instead of the fused kernel; publish: capture + phases + "
                         "ZeroMQ as the runner does with a PacketProcess (the sink and the phases in the child, on its CPU); publish_drop: the "
                         "runner as for publish, its recipes dropped (no pickling, no socket); capture_latent: capture with the "
                         "runner's latent output and one VAE decode, no packets; capture_busy: capture while two other processes keep a CPU "
@@ -33,12 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "process (FanOut; phases on the GPU where there is one) on the next port; publish_null: the runner with no sink (no encoding, "
                         "no socket)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
+    p.add_argument("--layers", type=int, default=None, metavar="N",
+                   help="sd35m, flux: N blocks of each kind (and N T5 layers) instead of the model's: a CPU dry run of the GPU "
+                        "bench's code path")
     p.add_argument("--map-size", type=int, default=None, help="side of the captured maps (default: the latent's)")
     add_threads_argument(p)  # 1 for the dispatch proxy
     p.add_argument("--switch-interval", type=float, default=None, metavar="S",
                    help="Python's GIL switch interval for the whole bench (sys.setswitchinterval; default 0.005)")
     p.add_argument("--model-cpus", default=None, metavar="LIST", help="run the model's process on these CPUs only (e.g. 0-7; Linux)")
     p.add_argument("--sink-cpus", default=None, metavar="LIST", help="run the sink process and the latency subscriber on these CPUs only")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5599", metavar="URL",
+                   help="where the publish variants' sink binds (publish_inproc: the next port); another on a shared machine")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.add_argument("--profile", default=None, metavar="FILE", help="also profile one call of each variant (torch.profiler) into FILE")
 
@@ -66,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
         extra = {"scheduler": args.scheduler} if args.scheduler else {}
         if extra and args.arch not in ("sd15", "sdturbo", "sdxl"):
             raise SystemExit(f"--scheduler applies to the UNet architectures, not {args.arch} (flow matching)")
+        if args.layers:
+            if args.arch not in ("sd35m", "flux"):
+                raise SystemExit(f"--layers applies to sd35m and flux, not {args.arch}")
+            extra.update({"layers": args.layers} if args.arch == "sd35m" else
+                         {"layers": args.layers, "single_layers": args.layers, "t5_layers": args.layers})
         pipe = getattr(fullsize, f"{args.arch}_pipeline")(str(device), dtype, **extra)
     elif args.arch == "dispatch":
         from bridge.models.tiny import dispatch_sd_pipeline
@@ -80,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         args.variants = ["plain", *args.variants]
     result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants, profile=args.profile,
                        height=args.size, width=args.size, map_size=args.map_size, sink_cpus=sink_cpus,
-                       max_seconds=args.max_seconds)
+                       max_seconds=args.max_seconds, endpoint=args.endpoint)
     result["switch_interval"] = __import__("sys").getswitchinterval()
     print_table(result)
     if args.json:

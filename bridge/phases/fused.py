@@ -87,10 +87,6 @@ def step_scalars(
     return [*weights, *coef, *inv, rate, 1.0 if seen_steps > 0 else 0.0, settle_scale, float(step), float(stable_threshold)]
 
 
-def _safe(x: Tensor) -> Tensor:
-    return torch.where(x > 0, x, torch.ones_like(x))
-
-
 def phase_step(
     maps: Tensor,
     state: StepState,
@@ -117,7 +113,7 @@ def phase_step(
     # Temporal settledness: ema += rate * (|tex - prev| - ema); settled = seen * exp(-ema / scale).
     rate, seen, scale = scal[9], scal[10], scal[11]
     ema = torch.lerp(state.change_ema, (textures - state.prev_textures).abs(), rate)
-    settled = torch.exp(-ema.clamp_min(0.0) / scale) * seen
+    settled = ema.clamp_min(0.0).neg_().div_(scale).exp_().mul_(seen)  # exp(-x / scale) * seen, on one new map
 
     # Three-phase morph: acc_p += w_p tex; accumulated = sum_p (w_p / S_p) acc_p; per-phase mean = acc_p / S_p.
     if torch.compiler.is_compiling():  # functional; the size-3 reduction fuses into the pointwise kernels
@@ -129,7 +125,8 @@ def phase_step(
     global_phase_maps = (acc[:, -1] * scal[6:9].view(3, 1, 1)).clamp_(0.0, 1.0)  # [3, H, W]
 
     # Timelines from the raw maps.
-    dist = torch.where(total > 0, flat / _safe(total), 1.0 / hw)  # [N, H*W]
+    positive = total > 0  # [N, 1]
+    dist = torch.where(positive, flat / torch.where(positive, total, 1.0), 1.0 / hw)  # [N, H*W], uniform where all zero
     change = torch.where(seen > 0, 0.5 * (dist - state.prev_dist).abs().sum(dim=1), math.nan)  # [N]
     measures = measures_of(total[:, 0] / hw, dist, change, xs, ys)  # [7, N], the one definition (timeline.py)
 

@@ -18,9 +18,18 @@ def pack_rgba(textures: Tensor, settled: Tensor, accumulated: Tensor) -> Tensor:
 
     Each channel is written straight into its strided view of the output: on the CPU, where the
     sink process builds every step's packet, that is far cheaper than ``torch.stack(dim=-1)``'s
-    interleaving gather."""
+    interleaving gather, and numpy's strided stores are cheaper again than torch's (≈ 2.5× for
+    SD 1.5's 14 × 64² maps); the values are the same operations (torch's clamp, then 1 - x)."""
     out = torch.empty((*textures.shape, 4), dtype=textures.dtype, device=textures.device)  # [N, H, W, 4]
-    stability = torch.clamp(textures, 0.0, 1.0, out=out[..., 0])
+    stability = torch.clamp(textures, 0.0, 1.0)  # [N, H, W]
+    if out.device.type == "cpu" and out.dtype != torch.bfloat16:  # numpy has no bfloat16
+        rgba, st = out.numpy(), stability.detach().numpy()
+        rgba[..., 0] = st
+        np.subtract(np.asarray(1.0, dtype=rgba.dtype), st, out=rgba[..., 1])
+        rgba[..., 2] = settled.detach().numpy()
+        rgba[..., 3] = accumulated.detach().numpy()
+        return out
+    out[..., 0] = stability
     torch.sub(1.0, stability, out=out[..., 1])
     out[..., 2] = settled
     out[..., 3] = accumulated
@@ -39,9 +48,16 @@ def convert(values: Tensor, dtype: str) -> Tensor:
 
 
 def to_host(tensors: dict[str, Tensor], dtype: str) -> dict[str, np.ndarray]:
-    """Flatten, convert and concatenate on the device, copy to the host ONCE, then split into
-    numpy arrays of the original shapes (views of the one host buffer)."""
+    """Host numpy arrays of ``tensors`` converted to ``dtype``, of the original shapes.
+
+    On a device: flatten, convert and concatenate there, copy to the host ONCE, then split (views
+    of the one host buffer). On the CPU (the sink process, the packet worker) there is nothing to
+    copy: each converted tensor's own memory is shared (a float32 one is the tensor itself), as
+    a concatenation would only add a pass over every byte. Packets are read, never written, by
+    their sinks (bridge.stream.fanout), so sharing with the phases' state is safe."""
     names = list(tensors)
+    if all(t.device.type == "cpu" for t in tensors.values()):
+        return {k: convert(tensors[k], dtype).contiguous().numpy() for k in names}
     flat = torch.cat([convert(tensors[k].reshape(-1), dtype) for k in names])  # [sum of sizes]
     host = flat.cpu().numpy()  # the one device -> host copy
     out: dict[str, np.ndarray] = {}

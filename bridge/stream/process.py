@@ -6,7 +6,8 @@ the sinks' threads) takes the GIL from that thread, and every hand-over of the G
 more: with the sinks in-process, capture + phases + publish measured 1.10–1.16× plain on an
 H100, against 0.99–1.02× for capture alone (docs/BENCHMARKS.md). A :class:`PacketProcess`
 runs the :class:`~bridge.stream.fanout.FanOut` and its sinks in a spawned child. The parent encodes
-each item as a JSON frame plus raw array frames (no pickle: :mod:`bridge.item_codec`) and sends
+each item as a JSON frame (a step recipe: a fixed binary header) plus raw array frames (no
+pickle: :mod:`bridge.item_codec`) and sends
 it over a ZeroMQ socket whose I/O thread does the sending without the GIL.
 
 The channel admits only the daemon's own child (docs/SECURITY.md, "Internal channels and
@@ -308,8 +309,10 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
         import torch  # recipes pack on the CPU: one thread, the model's process needs the cores
 
         torch.set_num_threads(1)
+        from bridge.item_codec import recipes
         from bridge.stream.fanout import FanOut
 
+        recipes()  # import the recipes' modules now, not at the first step (a 0.2 s wait in its latency)
         sinks = factory()
         fan = FanOut(sinks, keep_max)
     except BaseException as exc:  # the parent raises it: a sink that cannot open says why there

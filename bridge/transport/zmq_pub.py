@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -113,6 +113,9 @@ class ZmqPublisher:
         (the lock held; costs one failing non-blocking read when there is none)."""
         while True:
             try:
+                events = cast(int, self._sock.get(zmq.EVENTS))  # an int option; pyzmq types get() as int | bytes | str
+                if not events & zmq.POLLIN:  # the common case, without raising zmq.Again
+                    return
                 msg = self._sock.recv(zmq.NOBLOCK)
             except (zmq.Again, zmq.ZMQError):
                 return

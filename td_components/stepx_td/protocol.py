@@ -150,6 +150,9 @@ def topic_for(kind: str) -> bytes:
     return (TOPIC_ROOT + kind).encode("ascii")
 
 
+_ZEROS = bytes(8)  # padding: at most 7 bytes at a time
+
+
 def _align8(n: int) -> int:
     return (n + 7) & ~7
 
@@ -234,7 +237,7 @@ def encode(packet: Any, encoding: str = "float32") -> bytes:
         wire_arr, extra = _to_wire_array(arr, encoding)
         pad = _align8(offset) - offset
         if pad:
-            chunks.append(b"\x00" * pad)
+            chunks.append(_ZEROS[:pad])
             offset += pad
         specs.append({"name": str(name), "dtype": wire_arr.dtype.str, "shape": list(wire_arr.shape),
                       "offset": offset, "nbytes": wire_arr.nbytes, **extra})
@@ -250,14 +253,9 @@ def encode(packet: Any, encoding: str = "float32") -> bytes:
     topic = topic_for(kind) + b"\x00"
     pre_at = _align8(len(topic))
     data_at = _align8(pre_at + PREAMBLE.size + len(hjson))
-    out = bytearray(topic)
-    out += b"\x00" * (pre_at - len(topic))
-    out += PREAMBLE.pack(MAGIC, VERSION, 0, len(hjson), offset)
-    out += hjson
-    out += b"\x00" * (data_at - len(out))
-    for c in chunks:
-        out += c
-    return bytes(out)
+    lead = b"".join((topic, _ZEROS[:pre_at - len(topic)], PREAMBLE.pack(MAGIC, VERSION, 0, len(hjson), offset), hjson))
+    # one copy of the arrays' bytes into the message (joining buffers sizes the result first)
+    return b"".join((lead, _ZEROS[:data_at - len(lead)], *chunks))
 
 
 def split(data: bytes | bytearray | memoryview) -> tuple[str, dict[str, Any], memoryview]:
