@@ -79,3 +79,17 @@ def test_overlay_folder_by_path_and_a_folder_that_is_neither(tmp_path):
         load_shapes_pipeline(path=tmp_path)
     pipe = load_shapes_pipeline("cpu", torch.float32, path=SHAPES_FREE_WEIGHTS)
     assert pipe.text_encoder.config.local_window == 1
+
+
+def test_commands_name_it(tmp_path):
+    """`eval-shapes --weights shapes-free` and `record --model shapes-free` load the shipped checkpoint."""
+    from bridge.cli import main
+    from bridge.trace import TraceReader
+
+    assert main(["eval-shapes", "--weights", "shapes-free", "--prompts", "1", "--steps", "2", "--out", str(tmp_path / "e")]) == 0
+    summary = json.loads((tmp_path / "e" / "results_heldout.json").read_text())["summary"]
+    assert summary["prompts"] == 1
+    assert main(["record", PROMPT, "--model", "shapes-free", "--steps", "2", "--seed", "1", "-o", str(tmp_path / "r.stepx")]) == 0
+    with TraceReader(tmp_path / "r.stepx") as tr:
+        run = tr.metadata
+    assert run["model"] == SHAPES_FREE_MODEL_NAME and run["guidance"] == SHAPES_GUIDANCE, run
