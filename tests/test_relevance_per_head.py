@@ -64,3 +64,17 @@ def test_agrees_with_relevance_eval_from_kept_maps(per_head, tmp_path, monkeypat
     assert set(report["pairs"]) == {"shape", "colour"} and set(report["split_half_topk_overlap"]) == set(summary["concepts"])
     assert all(0 <= v <= 3 for v in report["split_half_topk_overlap"].values())
     assert "Spearman" in capsys.readouterr().out
+
+
+def test_peak_vote_differs_from_the_mean_vote_where_it_should():
+    """One head, four positions, two concepts: concept 0 gets a little everywhere, concept 1 a lot at one
+    position. The paper's mean vote picks 0, the peak vote 1."""
+    from bridge.analysis.relevance.hrv import head_winners
+
+    spec = importlib.util.spec_from_file_location("relevance_peak_vote", ROOT / "bench" / "relevance_peak_vote.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    k = torch.eye(2)[None]  # [heads 1, C 2, d 2]
+    q = torch.tensor([[[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 4.0]]]])  # [B 1, heads 1, N 4, d 2]
+    assert head_winners(q, k, 1.0).tolist() == [[0]]
+    assert mod.head_winners_peak(q, k, 1.0).tolist() == [[1]]
