@@ -36,6 +36,10 @@ def test_folder_holds_only_what_differs_within_limits():
 
 
 def test_guidance_is_the_embedded_models():
+    from bridge.models.loading import EMBEDDED_MODELS
+    from bridge.models.shapes import CHECKPOINTS
+
+    assert set(EMBEDDED_MODELS) == set(CHECKPOINTS) == {"shapes", "shapes-free"}  # one name per shipped folder
     for name in ("shapes", "shapes-free", SHAPES_MODEL_NAME, SHAPES_FREE_MODEL_NAME):
         assert default_guidance(name) == SHAPES_GUIDANCE
     assert default_guidance("tiny-random-sd") != SHAPES_GUIDANCE

@@ -83,11 +83,10 @@ def load_pipeline(
     dt = pick_dtype(dtype, dev)
     quiet_libraries()
     if model in (None, "") or model in EMBEDDED_MODELS:
-        from bridge.models.shapes import SHAPES_FREE_WEIGHTS, load_shapes_pipeline
+        from bridge.models.shapes import CHECKPOINTS, load_shapes_pipeline
 
-        free = model == "shapes-free"
-        pipe = load_shapes_pipeline(device=dev, dtype=dt, path=SHAPES_FREE_WEIGHTS if free else None)
-        name = SHAPES_FREE_MODEL_NAME if free else SHAPES_MODEL_NAME
+        key = model or "shapes"
+        pipe, name = load_shapes_pipeline(device=dev, dtype=dt, path=CHECKPOINTS[key]), EMBEDDED_MODELS[key]
     elif model == "tiny":
         from bridge.models.tiny import tiny_sd_pipeline
 

@@ -21,9 +21,11 @@ import torch
 SHAPES_WEIGHTS: Path = Path(__file__).resolve().parent / "weights"
 #: the ungrounded checkpoint: an overlay of ``SHAPES_WEIGHTS`` (its own UNet and text encoder)
 SHAPES_FREE_WEIGHTS: Path = Path(__file__).resolve().parent / "weights_free"
+#: the embedded checkpoints by the names ``--model`` (and ``eval-shapes --weights``) take
+CHECKPOINTS: dict[str, Path] = {"shapes": SHAPES_WEIGHTS, "shapes-free": SHAPES_FREE_WEIGHTS}
 IMAGE_SIZE = 128
 
-__all__ = ["SHAPES_WEIGHTS", "SHAPES_FREE_WEIGHTS", "IMAGE_SIZE", "load_shapes_pipeline", "overlay_components"]
+__all__ = ["SHAPES_WEIGHTS", "SHAPES_FREE_WEIGHTS", "CHECKPOINTS", "IMAGE_SIZE", "load_shapes_pipeline", "overlay_components"]
 
 
 def _component_classes() -> dict[str, Any]:

@@ -288,12 +288,11 @@ def time_generation(pipe, n: int = 5, steps: int = 20, guidance: float = 4.0) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import SHAPES_FREE_WEIGHTS, load_shapes_pipeline
+    from . import CHECKPOINTS, load_shapes_pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    named = {"shapes": None, "shapes-free": SHAPES_FREE_WEIGHTS}  # the embedded checkpoints by their --model names
-    pipe = load_shapes_pipeline(args.device, torch.float32, path=named.get(args.weights, args.weights))
+    pipe = load_shapes_pipeline(args.device, torch.float32, path=CHECKPOINTS.get(args.weights, args.weights))
     prompts = eval_prompts(args.prompts, args.seed, args.split)
     out = Path(args.out) if args.out else None
     if out:
