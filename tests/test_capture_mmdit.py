@@ -4,6 +4,7 @@ against an independent float64 reference of the joint softmax."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -556,6 +557,28 @@ def test_flux_grid_follows_each_runs_size_without_reading_the_ids(flux_pipe):
                       max_sequence_length=T5_LEN, output_type="latent")
     assert [r.latent_hw for r in cap.runs] == [(16, 32), (32, 16), (16, 16)]
     assert [tuple(r.frames[0].cross.shape[-2:]) for r in cap.runs] == [(16, 32), (32, 16), (16, 16)]
+
+
+def test_flux_grid_when_a_run_reuses_the_last_runs_ids_address(flux_pipe, monkeypatch):
+    """A run's ids may land at the freed address of the last run's (the allocator reuses it): a
+    wide then a tall run of the same token count must still get their own grids."""
+    cls = type(flux_pipe)
+    built = cls._prepare_latent_image_ids
+    buffer: dict[tuple, torch.Tensor] = {}
+
+    @functools.wraps(built)  # the pipeline's own signature, which the capture binds
+    def same_address(*args, **kwargs):  # [N, 3]: written into one buffer per shape, as a reused block would be
+        ids = built(*args, **kwargs)
+        out = buffer.setdefault(tuple(ids.shape), torch.empty_like(ids))
+        return out.copy_(ids)
+
+    monkeypatch.setattr(cls, "_prepare_latent_image_ids", staticmethod(same_address))
+    with capture(flux_pipe) as cap:
+        for height, width in ((64, 128), (128, 64)):
+            flux_pipe(PROMPT, height=height, width=width, num_inference_steps=1, guidance_scale=3.5,
+                      generator=torch.Generator().manual_seed(0), max_sequence_length=T5_LEN, output_type="latent")
+    assert len(buffer) == 1  # both runs' ids at one address
+    assert [r.latent_hw for r in cap.runs] == [(16, 32), (32, 16)]
 
 
 def test_head_weights_reach_the_device_once_for_all_layers(flux_pipe):

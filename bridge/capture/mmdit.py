@@ -420,6 +420,7 @@ class FluxAdapter(_MMDiTAdapter):
                 return ids
             if torch.is_tensor(ids) and grid[0] * grid[1] == ids.reshape(-1, ids.shape[-1]).shape[0]:
                 self._built_ids = {(ids.data_ptr(), tuple(ids.shape)): grid}  # the latest only: an old address may be reused
+                self._ids_key = None  # new ids: a grid cached for the same address and shape (a freed run's ids) is stale
             return ids
 
         return [patch_method(self.pipe, "_prepare_latent_image_ids", prepare)]
