@@ -11,13 +11,18 @@ from typing import TYPE_CHECKING
 
 from bridge.colormap import COLORMAPS
 from bridge.trace import TraceError, TracePartialError, TraceReader
+from bridge.trace_set import run_selector, trace_paths
 
 if TYPE_CHECKING:  # bridge.export pulls in torch and Pillow: imported when the command runs, so --help stays fast
     from bridge.export import ExportOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("trace", metavar="TRACE", help="trace file (docs/TRACE.md)")
+    parser.add_argument("trace", metavar="TRACE", nargs="+",
+                        help="trace file(s) (docs/TRACE.md); a rotated recording's first file (show.stepx) exports "
+                             "every file of it (show.0001.stepx, ...), in the order they were written")
+    parser.add_argument("--only-this-file", action="store_true",
+                        help="export only the files named, not the rest of a rotated recording")
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (created if missing)")
     parser.add_argument("--words", nargs="+", default=None, metavar="WORD", help="only these prompt words (default: all)")
     parser.add_argument("--alpha", type=float, default=0.5, help="heat-map overlay alpha in [0, 1] (default 0.5)")
@@ -30,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, default=0.4, help="COCO mask threshold on map / max (default 0.4)")
     parser.add_argument("--zip", action="store_true", help="export.zip of everything written")
     parser.add_argument("--all", action="store_true", help="same as --gif --csv --plots --coco --zip")
-    parser.add_argument("--run", default=None, metavar="RUN", help="one run only: number (0-based) or run_id")
+    parser.add_argument("--run", default=None, metavar="RUN", help="one run only: number (0-based, counted across the files) or run_id")
     parser.add_argument("--allow-partial", action="store_true", help="export a trace that stops early")
 
 
@@ -51,21 +56,27 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export; exit code 0, or 2 with a one-line reason on stderr."""
-    from bridge.export import export_trace
+    """Export every run of the trace set (or ``--run``); exit code 0, or 2 with a one-line reason on stderr."""
+    from bridge.export import export_set
 
+    readers: list[TraceReader] = []
     try:
         opts = options_from_args(args)
-        with TraceReader(args.trace, allow_partial=args.allow_partial) as reader:
+        for path in trace_paths(args.trace, not args.only_this_file, "stepx export", "exported"):
+            readers.append(TraceReader(path, allow_partial=args.allow_partial))
+        for reader in readers:
             if reader.partial:
-                print(f"stepx export: warning: partial trace ({reader.problem})", file=sys.stderr)
-            sel = None if args.run is None else (int(args.run) if args.run.lstrip("-").isdigit() else args.run)
-            files = export_trace(reader, Path(args.out), opts, sel)
+                print(f"stepx export: warning: partial trace {reader.path} ({reader.problem})", file=sys.stderr)
+        files = export_set(readers, Path(args.out), opts, run_selector(args.run))
     except TracePartialError as exc:
         print(f"stepx export: refusing a partial trace: {exc}", file=sys.stderr)
         return 2
     except (TraceError, ValueError, KeyError, IndexError, OSError, RuntimeError) as exc:
         print(f"stepx export: error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
-    print(f"stepx export: wrote {len(files)} files to {args.out}", file=sys.stderr)
+    finally:
+        for reader in readers:
+            reader.close()
+    source = str(readers[0].path) if len(readers) == 1 else f"{len(readers)} files ({readers[0].path} .. {readers[-1].path})"
+    print(f"stepx export: wrote {len(files)} files from {source} to {args.out}", file=sys.stderr)
     return 0

@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     check_generation_args(args, args.prompt)  # the rules a control request meets, before the model loads
     out = Path(args.out) if args.out else default_path(args.prompt)
     check_output_path(out)
+    if args.export and (Path(args.export) / "export.json").exists():  # export never writes over an earlier one
+        print(f"stepx record: error: {Path(args.export) / 'export.json'} is an earlier export: not written over; "
+              f"choose another --export folder", file=sys.stderr)
+        return 2
     try:  # before the model loads: a path that cannot be written fails in a second, not after a load
         writer = open_recorder(out, args.record_existing, min_free_mb=args.record_min_free_mb)
     except SinkError as exc:
@@ -112,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
         from bridge.export import ExportOptions, export_trace
 
         opts = ExportOptions(words=None, gif=True, csv=True, plots=True, coco=True, zip=False)
-        files = export_trace(out, Path(args.export), opts)
+        try:
+            files = export_trace(out, Path(args.export), opts)
+        except (OSError, ValueError) as exc:  # the trace is written and kept; only the export failed
+            print(f"stepx record: error: export to {args.export} failed ({exc}); the trace is kept: {out}", file=sys.stderr)
+            return 1
         summary["export"] = {"folder": args.export, "files": len(files)}
     print(json.dumps(summary))
     return 0

@@ -19,13 +19,12 @@ import logging
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from bridge.stream.fanout import FanOut
 from bridge.stream.sinks import SinkError, add_sink_arguments, build_sinks
 from bridge.trace import TraceError, TracePartialError, TraceReader
-from bridge.trace_files import base_of, recording_order, rotated_files, unfinished_files
+from bridge.trace_set import pick_runs, run_selector, trace_paths
 
 log = logging.getLogger(__name__)
 
@@ -84,47 +83,14 @@ def play(reader: TraceReader, positions: list[int], publish: Callable[[Any], Non
     return sent
 
 
-def _run_selector(text: str | None) -> int | str | None:
-    if text is None:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return text
-
-
-def trace_paths(given: list[str], whole_recordings: bool = True) -> list[Path]:
-    """The files to play: ``given`` in recording order; a rotated recording's first file (with
-    ``whole_recordings``) brings the rest of that recording's files with it; no file twice."""
-    out: list[Path] = []
-    for text in given:
-        p = Path(text)
-        whole = whole_recordings and base_of(p) == p and p.is_file()
-        more = rotated_files(p) if whole else [p]
-        out += [q for q in more if q not in out]
-        for left in unfinished_files(p) if whole else []:
-            print(f"stepx replay: note: {left} is unfinished (cut off mid-run) and not played; name it with "
-                  f"--allow-partial to play what it holds", file=sys.stderr)
-    return recording_order(out)
-
-
 def select(playlist: list[tuple[TraceReader, list[int]]], run: int | str | None,
            start: int | None) -> list[tuple[TraceReader, list[int]]]:
     """Each reader with the positions to play: every run, or the one ``run`` (a number counted
     across all the files, negative from the end, or a run_id); KeyError/IndexError naming the choices."""
     if run is None:
         return [(r, r.positions(None, start)) for r, _ in playlist]
-    every = [(r, k) for r, _ in playlist for k in range(len(r.runs))]
-    if isinstance(run, int):
-        try:
-            reader, k = every[run]
-        except IndexError:
-            raise IndexError(f"run #{run} not in the {len(playlist)} file(s): they hold {len(every)} run(s)") from None
-        return [(reader, reader.positions(k, start))]
-    for reader, k in every:
-        if reader.runs[k].run_id == run:
-            return [(reader, reader.positions(k, start))]
-    raise KeyError(f"no run {run!r} in {', '.join(str(r.path) for r, _ in playlist)}")
+    picked = pick_runs([r for r, _ in playlist], run)
+    return [(reader, reader.positions(k, start)) for reader, k, _ in picked]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,7 +124,7 @@ def _play_all(args: argparse.Namespace, readers: list[TraceReader], interval: fl
             print(f"stepx replay: warning: partial trace {reader.path} ({reader.problem}); playing the "
                   f"{len(reader.index)} complete records", file=sys.stderr)
     try:
-        playlist = select([(r, []) for r in readers], _run_selector(args.run), args.start)
+        playlist = select([(r, []) for r in readers], run_selector(args.run), args.start)
     except (KeyError, IndexError) as exc:
         print(f"stepx replay: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from bridge.trace import TraceReader
+from bridge.trace_set import pick_runs
 
 from . import writers as W
 from .coco import coco_document, prompt_objects
@@ -106,12 +107,35 @@ def export_trace(trace: TraceReader | str | Path, out: str | Path, opts: ExportO
     if not isinstance(trace, TraceReader):
         with TraceReader(trace) as reader:
             return export_trace(reader, out, opts, run)
-    reader, out, opts = trace, Path(out), opts or ExportOptions()
-    runs = [reader.run(run)] if run is not None else reader.runs
+    return export_set([trace], out, opts, run)
+
+
+def run_folder(out: Path, number: int, run_id: str | None) -> Path:
+    """``out/runNN_<id>``: NN is the run's number across the whole set (what ``--run`` takes), so
+    two files' runs never share a folder, even with the same run_id."""
+    return out / f"run{number:02d}_{W.slug(str(run_id or ''), 0)[3:]}"
+
+
+def export_set(readers: list[TraceReader], out: str | Path, opts: ExportOptions | None = None,
+               run: int | str | None = None) -> list[Path]:
+    """Export every run of the files ``readers`` (a rotated recording's set, in recording order), or
+    the one ``run`` (a number counted across the set, or a run_id). One run goes straight into
+    ``out``; several get ``out/runNN_<id>/``. An earlier export in a target folder is refused
+    before anything is written (FileExistsError): an export never writes over another."""
+    out, opts = Path(out), opts or ExportOptions()
+    picked = pick_runs(readers, run)
+    if not picked:
+        raise ValueError(f"no runs to export in {', '.join(str(r.path) for r in readers)}")
+    targets = [(reader, k, out if len(picked) == 1 else run_folder(out, i, reader.runs[k].run_id))
+               for reader, k, i in picked]
+    taken = [t / "export.json" for _, _, t in targets] + ([out / "export.zip"] if opts.zip else [])
+    for path in taken:
+        if path.exists():
+            raise FileExistsError(f"{path} is an earlier export: not written over; choose another output folder")
     files: list[Path] = []
-    for r in runs:
-        sub = out if len(runs) == 1 else out / f"run{r.number:02d}_{W.slug(str(r.run_id or ''), r.number)[3:]}"
-        files += export_run(load_run(reader, r.number), sub, opts)
+    for reader, k, sub in targets:
+        files += export_run(load_run(reader, k), sub, opts)
     if opts.zip:
         files.append(W.write_zip(out / "export.zip", out, files))
     return files
+
