@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
+	rm -rf out/demo out/demo.stepx  # the demo's own output: a second make demo starts afresh (record and export never write over)
 	$(BIN)/stepx record "$(PROMPT)" --seed 3 -o out/demo.stepx --export out/demo
 
 test: $(VENV)/.installed
