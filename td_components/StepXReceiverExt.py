@@ -19,8 +19,8 @@ Parameters of the owner COMP (custom page "StepX"): Address, Port, Focusword, En
 
 Recorder health (custom page "Recording", written here, read by the operator; docs/PROTOCOL.md
 "Recording health"): Recording (one line, ``RECORDING FAILED: why`` when failed), Recstate,
-Recfiles, Recruns, Recsize, Recpath, Recerror; the phase CHOP carries ``rec_state`` (0 off,
-1 recording, 2 failed) and ``rec_failed``, and a failed recorder is appended to ``Status``.
+Recfiles, Recruns, Recsize, Recpath, Recerror; the phase CHOP always carries ``rec_state`` (-1 no
+report yet, 0 off, 1 recording, 2 failed) and ``rec_failed``, and a failed recorder is appended to ``Status``.
 Fed by the ZeroMQ ``status`` packets, or by OSC through ``OnOsc(address, args)`` from an OSC In DAT.
 """
 
@@ -162,12 +162,16 @@ class StepXReceiverExt:
     def _phase_channels(self) -> dict[str, list[float]]:
         """Stream channels + defaults for what has not arrived, with the eased weights."""
         out = {**self.phase_defaults, **self._raw_phase}
-        if self.recording is not None:
-            out.update(rec_state=float(self.recording.code), rec_failed=float(self.recording.failed))
+        out.update(self._rec_channels())
         weights = self.morph.current or self.morph.target
         out.update({f"target_{n}": out[n] for n in self.weight_names})
         out.update(dict(zip(self.weight_names, weights)))
         return {k: [v] for k, v in out.items()}
+
+    def _rec_channels(self) -> dict[str, float]:
+        """``rec_state`` (-1 no report yet, else the RECORDING_STATES index) and ``rec_failed``."""
+        rec = self.recording
+        return {"rec_state": -1.0 if rec is None else float(rec.code), "rec_failed": float(rec is not None and rec.failed)}
 
     def _advance_morph(self, dt: float) -> None:
         """Ease the weights; re-cook the phase CHOP while they move."""
@@ -210,7 +214,8 @@ class StepXReceiverExt:
     def CookChop(self, scriptOp: Any, which: str) -> None:
         """Fill ``scriptOp`` (a Script CHOP, from its ``onCook``) with the ``which`` channels."""
         scriptOp.clear()
-        chans = self.channels.get(which) or ({k: [v] for k, v in self.phase_defaults.items()} if which == "phase" else {})
+        chans = self.channels.get(which) or (
+            {k: [v] for k, v in {**self.phase_defaults, **self._rec_channels()}.items()} if which == "phase" else {})
         if not chans:
             return
         scriptOp.numSamples = max(len(v) for v in chans.values())
