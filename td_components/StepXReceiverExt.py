@@ -16,6 +16,12 @@ class only reads the COMP's parameters and touches operators. It reaches ``td`` 
 Parameters of the owner COMP (custom page "StepX"): Address, Port, Focusword, Encoding
 (auto / float32 / uint8: the texture format handed to the TOPs), Morph (seconds), Libpath
 (folder holding ``stepx_td``), Active.
+
+Recorder health (custom page "Recording", written here, read by the operator; docs/PROTOCOL.md
+"Recording health"): Recording (one line, ``RECORDING FAILED: why`` when failed), Recstate,
+Recfiles, Recruns, Recsize, Recpath, Recerror; the phase CHOP always carries ``rec_state`` (-1 no
+report yet, 0 off, 1 recording, 2 failed) and ``rec_failed``, and a failed recorder is appended to ``Status``.
+Fed by the ZeroMQ ``status`` packets, or by OSC through ``OnOsc(address, args)`` from an OSC In DAT.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from typing import Any
 #: Operator names inside the COMP (build_network.py creates them).
 TOPS = {"word": "word_tex", "masks": "masks_rgba", "image": "step_image"}
 CHOPS = {"phase": "phase_chop", "words": "words_chop", "timeline": "timeline_chop"}
+#: Custom parameter -> RecordingHealth attribute (``summary`` is called): the "Recording" page.
+RECORDING_PARS = {"Recording": "summary", "Recstate": "state", "Recfiles": "files", "Recruns": "runs",
+                  "Recsize": "size", "Recpath": "path", "Recerror": "error"}
 
 
 def _par(owner: Any, name: str, default: Any) -> Any:
@@ -35,12 +44,12 @@ def _par(owner: Any, name: str, default: Any) -> Any:
     return default if p is None else p.eval()
 
 
-def _import_lib(libpath: str) -> tuple[Any, Any]:
+def _import_lib(libpath: str) -> tuple[Any, Any, Any]:
     if libpath and libpath not in sys.path:
         sys.path.insert(0, libpath)
-    from stepx_td import decoder, morph  # noqa: PLC0415 (after the path is set)
+    from stepx_td import decoder, morph, recording  # noqa: PLC0415 (after the path is set)
 
-    return decoder, morph
+    return decoder, morph, recording
 
 
 class StepXReceiverExt:
@@ -53,7 +62,8 @@ class StepXReceiverExt:
         self._pushed: tuple[Any, ...] | None = None
         self.channels: dict[str, dict[str, Any]] = {k: {} for k in CHOPS}
         self.arrays: dict[str, Any] = {}
-        self.decoder, morph = _import_lib(str(_par(ownerComp, "Libpath", "")))
+        self.decoder, morph, self.recording_lib = _import_lib(str(_par(ownerComp, "Libpath", "")))
+        self.recording: Any = None  # recording.RecordingHealth, once the daemon reported it
         self.morph = morph.PhaseMorph()
         self.phase_defaults = dict(morph.PHASE_DEFAULTS)
         self.weight_names = morph.WEIGHTS
@@ -104,6 +114,8 @@ class StepXReceiverExt:
         upd = rx.poll()
         if upd.errors:
             self.Status = "; ".join(upd.errors)[-300:]
+        if "status" in upd.kinds and rx.recording is not None:
+            self._show_recording(rx.recording)
         key = (id(rx.latest.get("step")), id(rx.latest.get("image")), rx.focus, rx.output)
         if not rx.latest or (key == self._pushed and "timeline" not in upd.kinds):
             return False  # nothing received yet, or nothing new
@@ -122,6 +134,8 @@ class StepXReceiverExt:
         else:
             if rx.latest.get("step") is not None:
                 self.Status = f"run {(rx.run or {}).get('run_id')} step {rx.latest['step'].header.get('step')} ({rx.encoding})"
+                if self.recording is not None and self.recording.failed:
+                    self.Status += " | " + self.recording.summary()
         for key, arr in arrays.items():
             top = self.ownerComp.op(TOPS[key])
             if arr is not None:
@@ -148,10 +162,16 @@ class StepXReceiverExt:
     def _phase_channels(self) -> dict[str, list[float]]:
         """Stream channels + defaults for what has not arrived, with the eased weights."""
         out = {**self.phase_defaults, **self._raw_phase}
+        out.update(self._rec_channels())
         weights = self.morph.current or self.morph.target
         out.update({f"target_{n}": out[n] for n in self.weight_names})
         out.update(dict(zip(self.weight_names, weights)))
         return {k: [v] for k, v in out.items()}
+
+    def _rec_channels(self) -> dict[str, float]:
+        """``rec_state`` (-1 no report yet, else the RECORDING_STATES index) and ``rec_failed``."""
+        rec = self.recording
+        return {"rec_state": -1.0 if rec is None else float(rec.code), "rec_failed": float(rec is not None and rec.failed)}
 
     def _advance_morph(self, dt: float) -> None:
         """Ease the weights; re-cook the phase CHOP while they move."""
@@ -163,10 +183,39 @@ class StepXReceiverExt:
         if chop is not None:
             chop.cook(force=True)
 
+    # -- recorder health -------------------------------------------------------------------
+    def OnOsc(self, address: str, args: Any) -> bool:
+        """Take one OSC message (an OSC In DAT's ``onReceiveOSC``); True when it was recorder health."""
+        try:
+            health = self.recording_lib.from_osc(address, list(args), self.recording)
+        except ValueError as exc:
+            self.Status = str(exc)[:300]
+            return False
+        if health is None:
+            return False
+        self._show_recording(health)
+        return True
+
+    def _show_recording(self, health: Any) -> None:
+        """Write the health to the Recording page, the phase CHOP and (when failed) Status."""
+        self.recording = health
+        for name, attr in RECORDING_PARS.items():
+            par = getattr(self.ownerComp.par, name, None)
+            if par is not None:
+                value = getattr(health, attr)
+                par.val = value() if callable(value) else value
+        self.channels["phase"] = self._phase_channels()
+        chop = self.ownerComp.op(CHOPS["phase"])
+        if chop is not None:
+            chop.cook(force=True)
+        if health.failed:
+            self.Status = health.summary()
+
     def CookChop(self, scriptOp: Any, which: str) -> None:
         """Fill ``scriptOp`` (a Script CHOP, from its ``onCook``) with the ``which`` channels."""
         scriptOp.clear()
-        chans = self.channels.get(which) or ({k: [v] for k, v in self.phase_defaults.items()} if which == "phase" else {})
+        chans = self.channels.get(which) or (
+            {k: [v] for k, v in {**self.phase_defaults, **self._rec_channels()}.items()} if which == "phase" else {})
         if not chans:
             return
         scriptOp.numSamples = max(len(v) for v in chans.values())

@@ -187,6 +187,12 @@ class Builder:
             ("Float", "Morph", "Phase Morph (s)", 0.6),
             ("Toggle", "Active", "Active", True), ("Folder", "Libpath", "Library Folder", self.lib_dir),
         ])
+        # written by StepXReceiverExt from the daemon's status (docs/PROTOCOL.md "Recording health")
+        self.params(comp, "Recording", [
+            ("Str", "Recording", "Recorder", "no report yet"), ("Str", "Recstate", "State", ""),
+            ("Int", "Recfiles", "Files", 0), ("Int", "Recruns", "Runs in File", 0), ("Str", "Recsize", "File Size", ""),
+            ("Str", "Recpath", "File", ""), ("Str", "Recerror", "Error", ""),
+        ])
         self.extension(comp, "StepXReceiverExt")
         ex = self.create(comp, "executeDAT", "frame_exec")
         ex.text = EXECUTE_FRAME

@@ -6,4 +6,4 @@ of ``bridge/protocol.py`` and ``bridge/request.py`` (a test checks them): edit t
 copy them here.
 """
 
-__all__ = ["decoder", "control", "protocol", "request", "tdseam"]
+__all__ = ["decoder", "control", "protocol", "recording", "request", "tdseam"]

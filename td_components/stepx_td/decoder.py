@@ -28,8 +28,10 @@ import zmq
 
 try:  # imported as part of the stepx_td package (tests, TD with the folder on sys.path)
     from . import protocol as wire
+    from .recording import RecordingHealth, from_status
 except ImportError:  # pragma: no cover - loaded as a loose module
     import protocol as wire  # type: ignore[no-redef]
+    from recording import RecordingHealth, from_status  # type: ignore[no-redef]
 
 KEEP_KINDS, LATEST_KINDS, PHASE_NAMES = wire.KEEP_KINDS, wire.LATEST_KINDS, wire.PHASE_NAMES
 
@@ -133,6 +135,8 @@ class StreamReceiver:
         self.specs: dict[str, dict[str, dict[str, Any]]] = {}  # kind -> array name -> wire spec
         self.encoding: str | None = None  # encoding of the newest step packet
         self.focus: str | int = 0
+        #: the recorder's health from the newest ``status`` packet (None until one carries it)
+        self.recording: RecordingHealth | None = None
 
     # -- receiving -------------------------------------------------------------------------
     def _recv_all(self) -> list[bytes]:
@@ -180,6 +184,8 @@ class StreamReceiver:
             upd.new_run = True
         elif kind == "end":
             self.end = header
+        elif kind == "status":
+            self.recording = from_status(header) or self.recording  # ValueError: reported, last kept
         self.latest[kind] = packet
         self.specs[kind] = {s.get("name"): s for s in head.get("arrays", []) if isinstance(s, dict)}
         if kind == "step":

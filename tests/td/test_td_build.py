@@ -58,9 +58,14 @@ class BuildTest(unittest.TestCase):
         compile(ex.text, "frame_exec", "exec")
         self.assertEqual(rx.par.ext0object.val, "op('./StepXReceiverExt').module.StepXReceiverExt(me)")
         self.assertTrue(rx.par.ext0promote.val)
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("rx_ext", C.TD_DIR / "StepXReceiverExt.py")
+        ext = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ext)
         self.assertIn("class StepXReceiverExt", rx.op("StepXReceiverExt").text)
-        self.assertEqual({p.name for p in rx.customPars},
-                         {"Address", "Port", "Focusword", "Encoding", "Morph", "Active", "Libpath"})
+        self.assertEqual({p.name for p in rx.customPars},  # the recorder's: the names the extension writes
+                         {"Address", "Port", "Focusword", "Encoding", "Morph", "Active", "Libpath", *ext.RECORDING_PARS})
+        self.assertEqual(rx.par.Recording.val, "no report yet")
         self.assertEqual(rx.par.Port.val, 5560)
         self.assertEqual(rx.par.Encoding.menuNames, ["auto", "float32", "uint8"])
 

@@ -129,7 +129,7 @@ class ReceiverExtTest(unittest.TestCase):
         self.ext.CookChop(chop, "phase")
         vals = {k: c.vals[0] for k, c in chop.chans.items()}
         self.assertEqual(vals, {"w_noise": 1.0, "w_structure": 0.0, "w_detail": 0.0, "wind": 1.0, "attraction": 1.0,
-                                "has_image": 0.0})
+                                "has_image": 0.0, "rec_state": -1.0, "rec_failed": 0.0})  # -1: no report yet
 
     def test_inactive_does_nothing(self) -> None:
         self.comp.par.Active.val = False

@@ -76,6 +76,48 @@ class LiveNetworkTest(unittest.TestCase):
         h, w = self.rx.op("masks_rgba").array.shape[:2]
         self.assertEqual(size, [w, h])
 
+    def test_recorder_health_is_shown_on_the_component(self) -> None:
+        rec = {"state": "recording", "path": "/shows/night.stepx.partial", "files": 2, "runs": 5, "bytes": 2_500_000,
+               "error": ""}
+        status = lambda r: C.packet("status", {"state": "generating", "state_code": 2, "recording": r})
+        self.assertEqual(self.rx.par.Recording.val, "no report yet")
+        send = lambda: self.pub.send_bytes(bridge_wire.encode(status(rec), "float16"))
+        self.assertTrue(C.pump(send, lambda: self.tick() or self.rx.par.Recstate.val == "recording"))
+        par = self.rx.par
+        self.assertEqual((par.Recording.val, par.Recfiles.val, par.Recruns.val, par.Recsize.val, par.Recpath.val),
+                         ("REC 2 files, 5 runs, 2.5 MB", 2, 5, "2.5 MB", "/shows/night.stepx.partial"))
+        chop = self.rx.op("phase_chop")
+        self.assertEqual((chop["rec_state"].vals[0], chop["rec_failed"].vals[0]), (1.0, 0.0))
+        # the disk fills: the failure is in the parameters, the CHOP and the Status line, and stays
+        # there while steps keep coming (the show goes on unrecorded)
+        failed = {**rec, "state": "failed", "error": "[Errno 28] No space left on device"}
+        packets = (status(failed), C.run_packet(), C.step_packet())
+        send = lambda: [self.pub.send_bytes(bridge_wire.encode(p, "float16")) for p in packets]
+        self.assertTrue(C.pump(send, lambda: self.tick() or "step 3" in self.rx.Status and par.Recstate.val == "failed"))
+        self.assertEqual(par.Recerror.val, "[Errno 28] No space left on device")
+        self.assertEqual(par.Recording.val, "RECORDING FAILED: [Errno 28] No space left on device")
+        self.assertIn("RECORDING FAILED", self.rx.Status)
+        self.assertEqual((chop["rec_state"].vals[0], chop["rec_failed"].vals[0]), (2.0, 1.0))
+        # a malformed object: one clear line in Status, the last good reading stays
+        self.pub.send_bytes(bridge_wire.encode(status({"state": "paused"}), "float16"))
+        self.assertTrue(C.pump(lambda: None, lambda: self.tick() or "paused" in self.rx.Status))
+        self.assertEqual(par.Recstate.val, "failed")
+
+    def test_recorder_health_from_osc(self) -> None:
+        from bridge.transport import osc_encode
+        from test_td_recording import osc_decode
+
+        ext = self.rx.extensions[0]
+        self.assertFalse(ext.OnOsc(*osc_decode(osc_encode.message("/stepx/progress", 0.5))))
+        self.assertTrue(ext.OnOsc(*osc_decode(osc_encode.message("/stepx/recording", 2, 3))))
+        self.assertTrue(ext.OnOsc(*osc_decode(osc_encode.message("/stepx/recording/error", "folder removed"))))
+        self.assertEqual((self.rx.par.Recstate.val, self.rx.par.Recfiles.val), ("failed", 3))
+        self.assertEqual(self.rx.par.Recording.val, "RECORDING FAILED: folder removed")
+        self.assertEqual(self.rx.op("phase_chop")["rec_failed"].vals[0], 1.0)
+        self.assertFalse(ext.OnOsc("/stepx/recording", [9, 1]))  # bad args: reported, nothing changes
+        self.assertIn("/stepx/recording", self.rx.Status)
+        self.assertEqual(self.rx.par.Recstate.val, "failed")
+
     def test_phase_weights_morph_over_frames(self) -> None:
         ext = self.rx.extensions[0]
         ext.morph.set_target([1.0, 0.0, 0.0])

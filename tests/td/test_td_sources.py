@@ -9,7 +9,7 @@ import unittest
 import _td_common as C
 from stepx_td.glsl import splice_includes
 
-ALLOWED = {"numpy", "zmq", "stepx_td", "protocol", "__future__", "request"}
+ALLOWED = {"numpy", "zmq", "stepx_td", "protocol", "__future__", "request", "recording"}  # siblings: loose-module fallbacks
 
 
 class SourcesTest(unittest.TestCase):
