@@ -26,6 +26,7 @@ from bridge.protocol import Packet
 from bridge.runner import Request, Runner, RunResult
 from bridge.protocol import state_code
 from bridge.stream.publisher import Publisher, Recipe, as_publisher
+from bridge.stream.recorder import RECORDING_OFF
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Daemon:
         """``recording``: the recorder's health for the status (``FanOut.recording`` or
         ``PacketProcess.recording``); without it the status says ``{"state": "off"}``."""
         self.runner = runner
-        self._recording = recording or (lambda: {"state": "off"})
+        self._recording = recording or (lambda: dict(RECORDING_OFF))
         self.publisher = as_publisher(publish)
         self.publish = self.publisher.publish
         self.options = options or DaemonOptions()

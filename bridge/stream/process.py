@@ -55,6 +55,7 @@ from typing import Any, Callable
 import zmq
 
 from bridge.item_codec import decode_item, encode_item
+from bridge.stream.recorder import RECORDING_OFF
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ class PacketProcess:
             got = json.loads(raw) if raw else None
         except ValueError:
             got = None
-        return got if isinstance(got, dict) else {"state": "off"}
+        return got if isinstance(got, dict) else dict(RECORDING_OFF)
 
     def publish_recipe(self, recipe: Callable[[], Any]) -> None:
         """Publish the Packet that ``recipe()`` builds, calling it in the child."""
