@@ -94,7 +94,6 @@ class Recorder:
         if self._writer.runs:  # continuing a file: its runs so far say how large the next may be
             self._last_run_bytes = self._writer.bytes // self._writer.runs
         self._error = ""
-        self._publish_health()
 
     @property
     def rotating(self) -> bool:
@@ -144,21 +143,18 @@ class Recorder:
 
     # -- health --------------------------------------------------------------------------------
     def recording(self) -> dict[str, Any]:
-        """The status packet's ``recording`` object (a fresh dict; read from any thread)."""
-        return dict(self._health)
-
-    def _publish_health(self) -> None:
+        """The status packet's ``recording`` object: a fresh dict, read from the writer when asked
+        (about once a second, from any thread), not rebuilt at every packet."""
         w = self._writer
         state = "failed" if self._error else "recording"
         assert state in RECORDING_STATES
-        self._health = {"state": state, "path": str(w.current), "files": self.files, "runs": w.runs,
-                        "bytes": w.bytes, "error": self._error[:MAX_ERROR]}
+        return {"state": state, "path": str(w.current), "files": self.files, "runs": w.runs,
+                "bytes": w.bytes, "error": self._error[:MAX_ERROR]}
 
     def _stop(self, why: str) -> None:
         if not self._error:
             self._error = why
             log.error("recording stopped: %s", why)
-        self._publish_health()
 
     # -- sink ----------------------------------------------------------------------------------
     def send(self, packet: Any, data: bytes | None = None) -> None:
@@ -180,12 +176,10 @@ class Recorder:
                 self._move_open_run()
         except TraceWriteError as exc:  # the writer cut the file back and logged the one line
             self._error = str(exc.strerror or exc)
-            self._publish_health()
             return
         except (OSError, TraceError) as exc:  # the next file could not be made
             self._stop(f"cannot open the next file of {self.base}: {getattr(exc, 'strerror', None) or exc}")
             return
-        self._publish_health()
 
     def _replay(self, packet: Any) -> bool:
         return self._writer.skip_replays and packet.header.get("replay") is True
@@ -238,5 +232,3 @@ class Recorder:
 
     def close(self) -> None:
         self._writer.close()
-        if not self._error:
-            self._publish_health()
