@@ -265,6 +265,20 @@ def test_a_disk_under_the_floor_at_a_rotation_stops_the_recorder(tmp_path):
     assert [runs_of(f) for f in rotated_files(base)] == [["r0"]]
 
 
+def test_a_disk_under_the_floor_stops_an_unrotated_recording_before_the_next_run(tmp_path):
+    """Without rotation the floor is kept too: the recorder stops as a run would start, the file
+    holding every whole run so far, instead of writing on until the disk is full mid-run."""
+    base = tmp_path / "show.stepx"
+    rec = Recorder(base, min_free=1)
+    feed(rec, [run_packets("r0")])
+    rec.min_free = 1 << 60  # the disk has filled since the start
+    feed(rec, [run_packets("r1"), run_packets("r2")])
+    health = rec.recording()
+    rec.close()
+    assert health["state"] == "failed" and "MB free on the disk" in health["error"], health
+    assert rotated_files(base) == [base] and runs_of(base) == ["r0"]
+
+
 def test_refuse_counts_the_numbered_files_and_config_values_are_checked(tmp_path):
     base = tmp_path / "show.stepx"
     write(numbered(base, 2), run_packets("old"))

@@ -17,7 +17,7 @@ only in a log. :class:`Recorder` wraps :class:`~bridge.trace.TraceWriter`:
 * **Health.** :meth:`recording` is a small JSON-able dict for the status packet (docs/PROTOCOL.md,
   ``recording``): ``state`` (``off`` / ``recording`` / ``failed``), ``path``, ``files``, ``runs``,
   ``bytes``, ``error``. A failed write, a next file that cannot be made, or a disk under
-  ``min_free`` bytes stops the recorder (``state`` ``failed``, one error line); the rest of the
+  ``min_free`` bytes when a run starts stops the recorder (``state`` ``failed``, one error line); the rest of the
   show goes on.
 """
 
@@ -162,8 +162,15 @@ class Recorder:
         once the recorder has failed, packets are dropped (the status says so) and nothing raises."""
         if self._error:
             return
+        starts = packet.kind == "run" and not self._replay(packet)
+        if starts:  # the disk's floor before every run, rotated or not: stop here, not at ENOSPC mid-run
+            try:
+                check_free(self.base, self.min_free)
+            except OSError as exc:
+                self._stop(str(exc.strerror or exc))
+                return
         try:
-            if packet.kind == "run" and self._writer.runs and self._should_rotate() and not self._replay(packet):
+            if starts and self._writer.runs and self._should_rotate():
                 self._rotate()
             before = self._writer.bytes
             self._writer.send(packet, data)
@@ -212,7 +219,6 @@ class Recorder:
 
     def _open_next(self) -> None:
         """Open the next numbered file of the recording (O_EXCL, above every number in use)."""
-        check_free(self.base, self.min_free)
         self._writer = self._claim(highest_number(self.base) + 1)
         self.files += 1
         log.info("recording continues in %s", self._writer.path)
