@@ -20,7 +20,7 @@ bench() {  # NAME NEED_S TIMED_S ARGS...: run when NEED_S seconds are left; TIME
   timeout $((left - 5)) python3 -m bridge.cli bench "$@" --max-seconds "$timed" --json "$tmp/$name.json" 2>&1 | tee -a "$out/log" | grep -v '^{'
 }
 if [ "$set" = small ]; then
-bench sd15 140 70 --arch sd15 --runs 40 --warmup 2 --variants plain capture publish --profile "$out/sd15_profile.txt"
+bench sd15 165 95 --arch sd15 --runs 40 --warmup 2 --variants plain capture publish --profile "$out/sd15_profile.txt"
 bench turbo1 60 15 --arch sdturbo --steps 1 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
 bench turbo4 45 15 --arch sdturbo --steps 4 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
 bench lcm4 60 15 --arch sd15 --scheduler lcm --steps 4 --guidance 1 --runs 100 --warmup 3 --variants plain capture publish
