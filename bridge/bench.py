@@ -85,15 +85,37 @@ class Latency:
         """Called on the model's thread as a step ends (``Runner(step_clock=...)``)."""
         self.sent[(run_id, int(step))] = time.perf_counter()
 
-    def close(self) -> dict[str, float]:
+    def close(self) -> dict[str, Any]:
         time.sleep(0.3)
         self._stop.set()
         received = self._out.get(timeout=30)
         self._proc.join(5)
-        lat = [1000 * (received[k] - t) for k, t in self.sent.items() if k in received]
-        if not lat:
-            return {"received": 0}
-        return {"received": len(lat), "sent": len(self.sent), "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+        return latency_summary(self.sent, received)
+
+
+def latency_summary(sent: dict[tuple[str, int], float], received: dict[tuple[str, int], float]) -> dict[str, Any]:
+    """p50/p99 of step end → receipt (ms) over all steps, and split by the step's place in its run
+    (first, last, the rest), with the five worst: where a tail comes from (a run's first step waits
+    for its setup, its last for the VAE decode queued behind it, a middle one for the GIL or a
+    busy sink) shows without another device call."""
+    last = {}
+    for run, step in sent:
+        last[run] = max(step, last.get(run, step))
+    lat = {k: 1000 * (received[k] - t) for k, t in sent.items() if k in received}
+    if not lat:
+        return {"received": 0, "sent": len(sent)}
+
+    def pct(values: list[float]) -> dict[str, float]:
+        return {"n": len(values), "p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99)),
+                "max_ms": float(max(values))} if values else {"n": 0}
+
+    place = {"first": [v for (r, s), v in lat.items() if s == 0],
+             "last": [v for (r, s), v in lat.items() if s == last[r] and s != 0],
+             "middle": [v for (r, s), v in lat.items() if 0 < s < last[r]]}
+    worst = sorted(lat.items(), key=lambda kv: -kv[1])[:5]
+    return {"received": len(lat), "sent": len(sent), "p50_ms": float(np.percentile(list(lat.values()), 50)),
+            "p99_ms": float(np.percentile(list(lat.values()), 99)), "by_place": {k: pct(v) for k, v in place.items()},
+            "worst": [{"step": s, "of": last[r] + 1, "ms": round(v, 3)} for (r, s), v in worst]}
 
 
 def _busy(on: Any, stop: Any, spin: float, period: float, cpus: set[int] | None) -> None:

@@ -42,6 +42,10 @@ def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
     # the other process (from the sink process and from this one)
     assert lat["sent"] == 3 * 5 * 3 and lat["received"] == lat["sent"]
     assert 0 < lat["p50_ms"] <= lat["p99_ms"]
+    # every run has 3 steps: 15 runs' first, last and middle steps, and the five worst among them
+    assert {k: v["n"] for k, v in lat["by_place"].items()} == {"first": 15, "last": 15, "middle": 15}
+    assert [w["of"] for w in lat["worst"]] == [3] * 5 and lat["worst"][0]["ms"] == round(max(
+        v["max_ms"] for v in lat["by_place"].values()), 3)
     text = profile.read_text()
     for v in variants:
         assert f"=== {v}:" in text and f"=== python {v}:" in text
@@ -74,3 +78,16 @@ def test_median_interval_brackets_the_median_and_narrows_with_rounds():
     lo2, hi2 = median_ci(many)
     assert hi2 - lo2 < (hi - lo) / 2  # ~1/sqrt(n): 16x the rounds, a quarter of the width
     assert median_ci(np.array([1.02, 1.02, 1.02])) == [1.02, 1.02]
+
+
+def test_latency_summary_splits_by_place_in_run() -> None:
+    from bridge.bench import latency_summary
+
+    sent = {("a", s): 10.0 + s for s in range(4)} | {("b", 0): 20.0}  # b: a one-step run
+    got = {("a", 0): 10.005, ("a", 1): 11.002, ("a", 2): 12.001, ("a", 3): 13.050, ("b", 0): 20.003}
+    out = latency_summary(sent, got)
+    assert out["received"] == 5 and out["sent"] == 5
+    assert out["by_place"]["first"]["n"] == 2 and out["by_place"]["last"]["n"] == 1  # a one-step run's step is its first
+    assert out["by_place"]["middle"]["n"] == 2 and abs(out["by_place"]["last"]["max_ms"] - 50) < 1e-6
+    assert out["worst"][0] == {"step": 3, "of": 4, "ms": 50.0}
+    assert latency_summary(sent, {}) == {"received": 0, "sent": 5}
