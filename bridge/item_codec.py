@@ -45,6 +45,8 @@ def recipes() -> dict[str, Callable]:
 
 @functools.cache
 def _dataclasses() -> dict[str, type]:
+    """The settings classes an argument may be, by name: frozen dataclasses only (hashable, so
+    :func:`_enc_config` caches each value's encoding)."""
     from bridge.phases import PhaseConfig  # noqa: PLC0415
 
     return {"PhaseConfig": PhaseConfig}
@@ -77,7 +79,7 @@ def encode_item(item: Any) -> list[Any]:
         raise TypeError(f"{type(item).__name__} is neither a Packet nor a recipe (functools.partial)")
     blocks = [np.ascontiguousarray(a) for a in arrays.values()]
     head["arrays"] = [{"dtype": b.dtype.str, "shape": list(b.shape)} for b in blocks]
-    return [json.dumps(head, separators=(",", ":"), allow_nan=False).encode(), *(memoryview(b).cast("B") for b in blocks)]
+    return [json.dumps(head, separators=(",", ":"), allow_nan=False).encode(), *(b.data.cast("B") for b in blocks)]
 
 
 def _encode_step(item: partial) -> list[Any] | None:
@@ -95,7 +97,7 @@ def _encode_step(item: partial) -> list[Any] | None:
     except TypeError:  # a word or focus entry that is not a plain value (unhashable): the general path says why
         return None
     head = _STEP_HEAD.pack(_STEP_MAGIC, step, total, timestep, math.nan if ended is None else ended)
-    return [head, static, memoryview(np.ascontiguousarray(maps)).cast("B")]
+    return [head, static, np.ascontiguousarray(maps).data.cast("B")]
 
 
 @functools.lru_cache(maxsize=8)
@@ -192,7 +194,7 @@ def _enc(value: Any, arrays: dict[str, np.ndarray], allowed: dict[str, Callable]
         return {"$d": {k: _enc(v, arrays, allowed) for k, v in value.items()}}
     if isinstance(value, partial):
         return {"$r": _recipe(value, arrays, allowed)}
-    if dataclasses.is_dataclass(value) and _dataclasses().get(type(value).__name__) is type(value):
+    if _dataclasses().get(type(value).__name__) is type(value):  # (a class of the allow-list: a dataclass)
         return _enc_config(value)  # frozen settings: encoded once per value
     raise TypeError(f"a recipe argument of type {type(value).__name__} cannot cross to the sink process")
 

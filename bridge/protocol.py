@@ -31,7 +31,7 @@ import math
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -129,6 +129,20 @@ class Packet:
         return self.header.get("step")
 
 
+class PacketLike(Protocol):
+    """What :func:`encode` reads: a :class:`Packet`, or any object with these three attributes
+    (read-only here, so a Packet's plain fields match; a None header or arrays is empty)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def header(self) -> dict[str, Any] | None: ...
+
+    @property
+    def arrays(self) -> Mapping[str, np.ndarray] | None: ...
+
+
 # --- wire format -----------------------------------------------------------------------------
 MAGIC = b"STPX"
 #: The wire version this module writes; it reads every version from 1 up to this one.
@@ -220,8 +234,8 @@ def _to_wire_array(arr: np.ndarray, encoding: str) -> tuple[np.ndarray, dict[str
     return np.ascontiguousarray(arr), extra
 
 
-def encode(packet: Any, encoding: str = "float32") -> bytes:
-    """Encode a Packet (anything with ``kind``, ``header``, ``arrays``) as one v1 message.
+def encode(packet: PacketLike, encoding: str = "float32") -> bytes:
+    """Encode a Packet (anything with ``kind``, ``header``, ``arrays``: :class:`PacketLike`) as one v1 message.
 
     ``encoding`` applies to float arrays only: ``float32``, ``float16``, or ``uint8``
     (``round(clip(x, 0, 1) * 255)``). Integer/bool arrays (e.g. a uint8 image) go unchanged.
@@ -232,7 +246,9 @@ def encode(packet: Any, encoding: str = "float32") -> bytes:
     if not kind or not kind.isascii() or "\x00" in kind:
         raise WireError(f"packet kind {kind!r} must be non-empty ASCII")
     h = packet.header or {}
-    specs, chunks, offset = [], [], 0
+    specs: list[dict[str, Any]] = []
+    chunks: list[bytes | memoryview] = []
+    offset = 0
     for name, arr in (packet.arrays or {}).items():
         wire_arr, extra = _to_wire_array(arr, encoding)
         pad = _align8(offset) - offset
@@ -241,7 +257,7 @@ def encode(packet: Any, encoding: str = "float32") -> bytes:
             offset += pad
         specs.append({"name": str(name), "dtype": wire_arr.dtype.str, "shape": list(wire_arr.shape),
                       "offset": offset, "nbytes": wire_arr.nbytes, **extra})
-        chunks.append(memoryview(wire_arr).cast("B") if wire_arr.nbytes else b"")
+        chunks.append(wire_arr.data.cast("B") if wire_arr.nbytes else b"")  # .data: the array as a memoryview
         offset += wire_arr.nbytes
     head = {
         "kind": kind, "version": VERSION, "encoding": encoding,

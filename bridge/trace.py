@@ -25,6 +25,8 @@ Layout (little-endian; docs/TRACE.md has the byte table and a numpy-only reader)
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
 import logging
 import mmap
@@ -273,7 +275,7 @@ class TraceWriter:
             self._good_end = 0
             self._write_preamble(encoding)
 
-    def _claim(self) -> Any:
+    def _claim(self) -> io.FileIO:
         """Create ``PATH.partial`` with O_EXCL, unless ``PATH`` or it exists (FileExistsError)."""
         taken = FileExistsError(f"{self.path} (or {self.partial.name}) already exists; not replacing it")
         if self.path.exists():
@@ -303,7 +305,7 @@ class TraceWriter:
                 "encoding": encoding, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }), "the preamble")
 
-    def _write(self, data: bytes, what: str) -> None:
+    def _write(self, data: builtins.bytes, what: str) -> None:  # (``bytes`` here is the property above)
         """Write ``data`` whole and sync it, or cut the file back to the last whole record and stop."""
         try:
             view, done = memoryview(data), 0
@@ -340,7 +342,7 @@ class TraceWriter:
             finally:
                 os.close(fd)
 
-    def write_bytes(self, payload: bytes, kind: str) -> None:
+    def write_bytes(self, payload: builtins.bytes, kind: str) -> None:
         """Append one encoded Packet (``kind`` drives the PATH/PATH.partial renames)."""
         with self._lock:
             if self.failed:
@@ -426,7 +428,7 @@ class TraceWriter:
         except OSError as exc:
             self._fail(exc, f"the folder of {self.path.name}")
 
-    def send(self, packet: Any, data: bytes | None = None) -> None:
+    def send(self, packet: wire.Packet, data: builtins.bytes | None = None) -> None:
         """Sink interface: record the pre-encoded ``data`` (encoded here if not given)."""
         if packet.kind in self.skip_kinds or (self.skip_replays and packet.header.get("replay") is True):
             return
@@ -581,7 +583,7 @@ class TraceReader:
             raise TraceFormatError(f"{self.path}: preamble JSON line at byte {PREAMBLE.size} is unreadable: {exc}") from None
         return info, _align8(PREAMBLE.size + jlen)
 
-    def _frame_at(self, mm: Any, off: int, size: int) -> tuple[int, int, int] | str:
+    def _frame_at(self, mm: mmap.mmap, off: int, size: int) -> tuple[int, int, int] | str:
         """``(payload_len, crc, index)`` of a frame that checks out at ``off``, else why not (a
         string; ``"short"`` when the file ends inside the frame or its payload)."""
         fr = self._frame
@@ -602,7 +604,7 @@ class TraceReader:
             return f"CRC mismatch (stored {crc:08x}, computed {got:08x}); the record is corrupt"
         return n, crc, idx
 
-    def _resync(self, mm: Any, start: int, size: int) -> int:
+    def _resync(self, mm: mmap.mmap, start: int, size: int) -> int:
         """Offset of the next 8-aligned frame after ``start`` that checks out (or ``size``)."""
         at = start + 8
         while (at := mm.find(RECORD_MARK, at)) >= 0:
@@ -649,9 +651,9 @@ class TraceReader:
                     expect = idx
                 payload = mm[off + self._frame.size: off + self._frame.size + n]
                 why = self._record(off, expect, n, payload)
-                last = self.skipped[-1] if self.skipped else None
-                if why and why.startswith("orphan") and last and last.end == off and "its run packet" in last.reason:
-                    self.skipped[-1] = Skipped(last.offset, nxt, last.records + 1, last.reason)  # the same lost run
+                lost = self.skipped[-1] if self.skipped else None
+                if why and why.startswith("orphan") and lost and lost.end == off and "its run packet" in lost.reason:
+                    self.skipped[-1] = Skipped(lost.offset, nxt, lost.records + 1, lost.reason)  # the same lost run
                 elif why:
                     self._skip(off, nxt, 1, f"record #{expect} at byte {off}: {why.removeprefix('orphan: ')}")
                 off, expect = nxt, expect + 1
@@ -723,7 +725,7 @@ class TraceReader:
             raise TraceCorruptError(f"{self.path}: record #{rec.index} at byte {rec.offset} changed since it was opened")
         return data
 
-    def read(self, pos: int) -> Any:
+    def read(self, pos: int) -> wire.Packet:
         """Decode ``index[pos]`` into a Packet (arrays are read-only views on fresh bytes)."""
         return wire.decode(self.read_bytes(pos))
 
@@ -746,12 +748,12 @@ class TraceReader:
             out += [recs[0]] + before[-1:] + recs[first:]
         return out
 
-    def packets(self, run: int | str | None = None, start_step: int | None = None) -> Iterator[Any]:
+    def packets(self, run: int | str | None = None, start_step: int | None = None) -> Iterator[wire.Packet]:
         """Decoded Packets in file order (see :meth:`positions` for ``run`` / ``start_step``)."""
         for pos in self.positions(run, start_step):
             yield self.read(pos)
 
-    def steps(self, run: int | str | None = None, start_step: int | None = None) -> Iterator[Any]:
+    def steps(self, run: int | str | None = None, start_step: int | None = None) -> Iterator[wire.Packet]:
         """Only the ``step`` Packets (optionally of one run, from ``start_step`` on)."""
         for pos in self.positions(run, start_step):
             if self.index[pos].kind == "step":
