@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict, TypeVar
 from urllib.parse import urlsplit
 
 from bridge.protocol import DEFAULT_DATA_ENDPOINT, OSC_OUT_PORT
@@ -56,9 +56,13 @@ def host_port(text: str) -> tuple[str, int]:
 DEFAULT_MIN_FREE_MB = 64.0
 
 
-def positive(kind: type) -> Callable[[str], Any]:
+_Number = TypeVar("_Number", int, float)
+
+
+def positive(kind: type[_Number]) -> Callable[[str], _Number]:
     """argparse type: a number of ``kind`` above 0."""
-    def parse(text: str) -> Any:
+    def parse(text: str) -> _Number:
+        v: _Number | None
         try:
             v = kind(text)
         except ValueError:
@@ -174,11 +178,20 @@ def _check_number(flag: str, value: Any, kind: type, allow_zero: bool = False) -
         raise SinkError(f"{flag} = {value!r}: expected {want} {'of 0 or more' if allow_zero else 'above 0'}")
 
 
-def recording_limits(args: Any) -> dict[str, Any]:
+class RecordingLimits(TypedDict):
+    """The rotation and free-space keywords of :func:`open_recorder` (MB, runs, files, MB)."""
+
+    max_mb: float | None
+    max_runs: int | None
+    keep: int | None
+    min_free_mb: float
+
+
+def recording_limits(args: Any) -> RecordingLimits:
     """The rotation and free-space options of ``args`` as :func:`open_recorder`'s keywords, checked."""
-    limits = {"max_mb": getattr(args, "record_max_mb", None), "max_runs": getattr(args, "record_max_runs", None),
-              "keep": getattr(args, "record_keep", None),
-              "min_free_mb": getattr(args, "record_min_free_mb", DEFAULT_MIN_FREE_MB)}
+    limits: RecordingLimits = {
+        "max_mb": getattr(args, "record_max_mb", None), "max_runs": getattr(args, "record_max_runs", None),
+        "keep": getattr(args, "record_keep", None), "min_free_mb": getattr(args, "record_min_free_mb", DEFAULT_MIN_FREE_MB)}
     _check_limits(**limits)
     return limits
 
