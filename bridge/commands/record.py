@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bridge.stream.fanout import FanOut
+    from bridge.protocol import Packet
     from bridge.runner import Runner, check_request
     from bridge.stream.sinks import SinkError, build_sinks, open_recorder
 
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.steps, desc="denoising", unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
 
     with FanOut(sinks) as fanout:
-        def publish(packet) -> None:
+        def publish(packet: Packet) -> None:
             if packet.kind == "step":
                 bar.update(1)
             fanout.publish(packet)

@@ -7,13 +7,18 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bridge.protocol import DEFAULT_CONTROL_ENDPOINT, DEFAULT_HOST, OSC_CONTROL_PORT
 from bridge.commands.common import (
     add_generation_arguments, add_model_arguments, apply_config_file, check_generation_args, given_flags, load_model,
     phase_config_from_args, request_factory, stop_on_signals,
 )
+
+if TYPE_CHECKING:  # (the explorer's modules need its extra: imported where it runs)
+    from bridge.explore.live import LiveSink, ZmqFeed
+    from bridge.explore.server import BackgroundServer
+    from bridge.runner import Runner
 
 log = logging.getLogger("stepx.serve")
 
@@ -96,7 +101,7 @@ def read_playlist(path: str) -> list[str]:
     return prompts
 
 
-def phases_where(runner: Any) -> str:
+def phases_where(runner: Runner) -> str:
     """Where the daemon's runs compute their phases, for the start-up line."""
     if runner.phases_where() == "device":
         return "device"
@@ -106,7 +111,9 @@ def phases_where(runner: Any) -> str:
 class _Explorer:
     """The explorer beside the daemon: its server thread, and what feeds its Live tab."""
 
-    def __init__(self, server: Any, sink: Any, feed: Any) -> None:
+    def __init__(self, server: BackgroundServer, sink: LiveSink | None, feed: ZmqFeed | None) -> None:
+        """``sink`` feeds the Live tab from the daemon's own fan-out; ``feed`` from its ZeroMQ
+        stream when the outputs run in the sink process (one of the two, the other None)."""
         self.server, self.sink, self.feed = server, sink, feed
 
     def close(self) -> None:
@@ -154,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     from bridge.daemon import Daemon, DaemonOptions
     from bridge.stream.fanout import FanOut
     from bridge.stream.process import PacketProcess
-    from bridge.runner import Runner, check_request, denoiser
+    from bridge.stream.publisher import Publisher
+    from bridge.runner import Publish, Runner, check_request, denoiser
     from bridge.stream.sinks import build_sinks, restart_options, sink_options
     from bridge.transport.control_osc import ControlOscServer
     from bridge.transport.control_zmq import ControlZmqServer
@@ -185,13 +193,15 @@ def run(args: argparse.Namespace) -> int:
     on_cuda = next(denoiser(pipe).parameters()).device.type == "cuda"
     in_child = args.sink_process == "on" or (args.sink_process == "auto" and on_cuda)
     explorer = start_explorer(args, in_child) if args.explore else None
+    fanout: PacketProcess | FanOut
+    publish: Publisher | Publish
     if in_child:
         # with no output named, publish where `stepx preview` listens
-        fanout: Any = PacketProcess(partial(build_sinks, sink_options(args), default_zmq=True),
-                                    restart_sinks=partial(build_sinks, restart_options(args), default_zmq=True))
-        sink_names, publish = fanout.sink_names, fanout  # the object itself: a remote Publisher, it takes recipes
+        process = PacketProcess(partial(build_sinks, sink_options(args), default_zmq=True),
+                                restart_sinks=partial(build_sinks, restart_options(args), default_zmq=True))
+        fanout, sink_names, publish = process, process.sink_names, process  # itself: a remote Publisher, it takes recipes
     else:
-        sinks = build_sinks(args, default_zmq=True) + ([explorer.sink] if explorer is not None else [])
+        sinks = build_sinks(args, default_zmq=True) + ([explorer.sink] if explorer is not None and explorer.sink is not None else [])
         fanout = FanOut(sinks)
         sink_names, publish = [s.name for s in sinks], fanout.publish
     runner = Runner(pipe, publish, name, image_every=args.image_every, phase_config=phase_config_from_args(args),
@@ -202,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     base = defaults("")  # what a control request leaves out: serve's --steps, --guidance, … (prompt is required)
     door = dict(allow_remote=args.allow_remote, token=args.token,
                 allow_unauthenticated=args.allow_remote_without_token, defaults=base)
-    servers = []
+    servers: list[ControlZmqServer | ControlOscServer] = []
     if args.control:
         servers.append(ControlZmqServer(daemon.handle, args.control, **door))
     if args.osc_control:
