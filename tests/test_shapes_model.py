@@ -89,6 +89,28 @@ def test_cross_attention_at_two_resolutions(pipe):
     assert {256, 64} <= sizes  # 16x16 and 8x8 query grids
 
 
+def test_evaluate_scores_each_object_and_draws_the_sheet(pipe, tmp_path):
+    """``stepx eval-shapes``'s scorer end to end (2 prompts, 3 steps): every object found gets its
+    shape and colour words' IoU at each tau, adherence by shape is the mean over the objects of
+    that shape (None for a shape no prompt names), and the contact sheet has a row per prompt."""
+    from PIL import Image
+
+    from bridge.models.shapes.evaluate import TAUS, eval_prompts, evaluate
+    from bridge.models.shapes.vocab import SHAPES
+
+    res = evaluate(pipe, eval_prompts(2), steps=3, sheet=tmp_path / "sheet.png")
+    summary, objects = res["summary"], [o for p in res["per_prompt"] for o in p["objects"]]
+    assert summary["prompts"] == len(res["per_prompt"]) == 2 and summary["objects"] == len(objects) >= 2
+    present = [o for o in objects if o["present"]]
+    assert summary["iou_count"] == len(present)
+    assert all(0.0 <= o[f"iou_{kind}_{t}"] <= 1.0 for o in present for kind in ("shape", "colour") for t in TAUS)
+    for shape in SHAPES:
+        marks = [o["correct"] for o in objects if o["shape"] == shape]
+        assert summary["adherence_by_shape"][shape] == (pytest.approx(sum(marks) / len(marks)) if marks else None)
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.size == (512, 128 * 2)
+
+
 def test_missing_weights_error_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_shapes_pipeline(path=tmp_path)

@@ -23,6 +23,7 @@ import random
 import time
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +31,14 @@ import torch.nn.functional as F
 
 from .vocab import BACKGROUNDS, COLOURS, DEFAULT_BACKGROUND, HELD_OUT_PAIRS, RELATIONS, SHAPES
 from .world import BG_NAMES, parse_caption, relation_holds, shape_masks
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+    from bridge.capture.tokens import TokenMap
+
+    #: one row of the contact sheet: the image, its word maps [words, h, w], their words, its scores
+    _Tile = tuple[PILImage, torch.Tensor, TokenMap, dict[str, Any]]
 
 log = logging.getLogger("bridge.shapes.eval")
 TAUS = (0.3, 0.4, 0.5)
@@ -45,7 +54,7 @@ def eval_prompts(n: int, seed: int = 1234, split: str = "heldout") -> list[str]:
     held = set(HELD_OUT_PAIRS)
     seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in held]
     rels = list(RELATIONS)
-    out = []
+    out: list[str] = []
     while len(out) < n:
         k = rng.choice((1, 2, 2, 3, 3))
         first = rng.choice(HELD_OUT_PAIRS if split == "heldout" else seen)
@@ -192,20 +201,22 @@ def map_iou(word_map: torch.Tensor, mask: np.ndarray, tau: float) -> float:
 
 
 # ---------------------------------------------------------------------- main
-def evaluate(pipe, prompts: list[str], steps: int = 20, guidance: float = 4.0, seed: int = 1234, min_area: int = 60,
-             sheet: Path | None = None) -> dict:
+def evaluate(pipe: Any, prompts: list[str], steps: int = 20, guidance: float = 4.0, seed: int = 1234, min_area: int = 60,
+             sheet: Path | None = None) -> dict[str, Any]:
     from bridge.analysis import capture_prompts
 
     objs_total = objs_ok = objs_present = 0
     rel_total = rel_ok = bg_ok = 0
-    iou = {kind: {t: [] for t in TAUS} for kind in ("shape", "colour")}
-    per_prompt, times, tiles = [], [], []
+    iou: dict[str, dict[float, list[float]]] = {kind: {t: [] for t in TAUS} for kind in ("shape", "colour")}
+    per_prompt: list[dict[str, Any]] = []
+    times: list[float] = []
+    tiles: list[_Tile] = []
     for done in capture_prompts(pipe, prompts, steps=steps, guidance=guidance, seed=seed):
         i, prompt, run = done.index, done.prompt, done.run
         times.append(done.seconds)
         image = np.asarray(done.image, dtype=np.float32) / 255.0
         sc = score_image(image, prompt, min_area)
-        tm = run.token_maps[0]
+        tm = run.tokens(0)
         maps = run.mean_word_maps(0)  # [words, h, w], mean over steps (DAAM)
         rec = {"prompt": prompt, "objects": [], "relations": sc["relations"], "background": sc["background"]}
         for o in sc["objects"]:
@@ -240,7 +251,7 @@ def evaluate(pipe, prompts: list[str], steps: int = 20, guidance: float = 4.0, s
         "iou": {kind: {str(t): (float(np.mean(v)) if v else None) for t, v in d.items()} for kind, d in iou.items()},
         "iou_count": len(iou["shape"][0.4]),
         "adherence_by_shape": {
-            sh: (float(np.mean(v)) if (v := [o["correct"] for p in per_prompt for o in p["objects"] if o["shape"] == sh]) else None)
+            sh: (float(np.mean(marks)) if (marks := [o["correct"] for p in per_prompt for o in p["objects"] if o["shape"] == sh]) else None)
             for sh in SHAPES
         },
         "seconds_per_generation_with_capture": float(np.median(times)),
@@ -250,7 +261,7 @@ def evaluate(pipe, prompts: list[str], steps: int = 20, guidance: float = 4.0, s
     return {"summary": summary, "per_prompt": per_prompt}
 
 
-def _save_sheet(tiles, path: Path) -> None:
+def _save_sheet(tiles: list[_Tile], path: Path) -> None:
     """Image, then the shape-word map of each object (mean over steps), per row."""
     from PIL import Image
 
@@ -260,8 +271,8 @@ def _save_sheet(tiles, path: Path) -> None:
         row.paste(img, (0, 0))
         for j, o in enumerate(sc["objects"][:3]):
             m = F.interpolate(maps[tm.index(o["shape"])][None, None], size=(128, 128), mode="bilinear")[0, 0]
-            m = ((m - m.min()) / (m.max() - m.min()).clamp_min(1e-8) * 255).byte().cpu().numpy()
-            row.paste(Image.fromarray(m).convert("RGB"), (128 * (j + 1), 0))
+            pixels = ((m - m.min()) / (m.max() - m.min()).clamp_min(1e-8) * 255).byte().cpu().numpy()
+            row.paste(Image.fromarray(pixels).convert("RGB"), (128 * (j + 1), 0))
         rows.append(row)
     sheet = Image.new("RGB", (512, 128 * len(rows)))
     for i, r in enumerate(rows):
@@ -269,7 +280,7 @@ def _save_sheet(tiles, path: Path) -> None:
     sheet.save(path)
 
 
-def time_generation(pipe, n: int = 5, steps: int = 20, guidance: float = 4.0) -> dict:
+def time_generation(pipe: Any, n: int = 5, steps: int = 20, guidance: float = 4.0) -> dict[str, float]:
     """Median seconds of a 20-step CFG generation, without and with capture."""
     from bridge.capture import CaptureConfig, capture
 

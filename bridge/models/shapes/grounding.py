@@ -17,8 +17,13 @@ shipped pipeline keeps diffusers' default processors; the weights are what chang
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
 
 #: grounded words per object (in ``World.caption_tokens`` order), then the background
 OBJECT_WORDS = ("colour", "shape", "size")
@@ -30,10 +35,11 @@ class GroundingProcessor:
     def __init__(self, store: list[torch.Tensor]) -> None:
         self.store = store
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_: object):
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **_: object) -> torch.Tensor:
         if encoder_hidden_states is None or attention_mask is not None or attn.residual_connection or attn.norm_cross:
             raise NotImplementedError("GroundingProcessor handles plain text cross-attention only")
-        b, n, _ = hidden_states.shape
+        b, n, _channels = hidden_states.shape
         q, k, v = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
         h = attn.heads
         q, k, v = (x.view(b, -1, h, x.shape[-1] // h).transpose(1, 2) for x in (q, k, v))  # [B, h, *, d]
@@ -45,7 +51,18 @@ class GroundingProcessor:
         return out / attn.rescale_output_factor
 
 
-def install(unet: torch.nn.Module) -> list[torch.Tensor]:
+class AttentionModel(Protocol):
+    """What :func:`install` needs of a UNet: diffusers' attention-processor API. (diffusers types a
+    processor as its ``AttentionProcessor`` union of its own classes; any callable with their
+    signature works, as :class:`GroundingProcessor` does.)"""
+
+    @property
+    def attn_processors(self) -> Mapping[str, object]: ...
+
+    def set_attn_processor(self, processor: Any) -> Any: ...
+
+
+def install(unet: AttentionModel) -> list[torch.Tensor]:
     """Give every cross-attention layer of ``unet`` a GroundingProcessor; returns the shared store
     (clear it before each forward; one entry per layer afterwards)."""
     store: list[torch.Tensor] = []

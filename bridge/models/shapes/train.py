@@ -25,9 +25,14 @@ import logging
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .grounding import grounding_loss, install, targets
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextModel
 
 log = logging.getLogger("bridge.shapes.train")
 
@@ -74,7 +79,7 @@ def _load_any(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_exported(folder: Path, vae, unet, text) -> float:
+def load_exported(folder: Path, vae: torch.nn.Module, unet: torch.nn.Module, text: torch.nn.Module) -> float:
     """Load weights written by ``Trainer._export_files`` or a diffusers folder; return scaling_factor."""
     if (folder / "model_index.json").is_file():  # a diffusers pipeline folder
         vae.load_state_dict({k: v.float() for k, v in _load_any(folder / "vae" / "diffusion_pytorch_model*.safetensors").items()})
@@ -131,7 +136,9 @@ class Trainer:
         self.text_window = args.text_window if args.text_encoder == "local" else None
         self.vae = AutoencoderKL(**VAE_CONFIG).to(self.dev)
         self.unet = UNet2DConditionModel(**UNET_CONFIG).to(self.dev)
-        self.text = build_text_encoder(self.text_window).to(self.dev)
+        # transformers wraps PreTrainedModel.to in functools.wraps, whose typeshed type (_Wrapped) has no
+        # __get__: mypy does not bind self, so it reads the device as the model argument
+        self.text: CLIPTextModel = build_text_encoder(self.text_window).to(self.dev)  # type: ignore[arg-type]
         if args.freeze_text:  # keys a fixed function of the words, as with SD's frozen, pre-trained CLIP
             self.text.requires_grad_(False)
         self.sched = train_scheduler()
@@ -153,7 +160,7 @@ class Trainer:
         elif args.vae_from:
             self._vae_from(Path(args.vae_from))
 
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast:
         return torch.autocast(self.dev.type, dtype=torch.bfloat16)
 
     def _sync(self) -> None:

@@ -239,10 +239,11 @@ class World:
         by the scenes' own object slots (what ``render``'s masks follow)."""
         if rewrite:
             sc2, perm = self.rewrite(sc)
-            tok, pos = self.caption_tokens(sc2, length)
-            return tok, {w: (v.gather(1, perm) if v.dim() == 2 else v) for w, v in pos.items()}
+            tok, positions = self.caption_tokens(sc2, length)
+            return tok, {w: (v.gather(1, perm) if v.dim() == 2 else v) for w, v in positions.items()}
         b, dev, ids = len(sc), self.device, self.ids
-        slots, keep = [], []
+        slots: list[torch.Tensor] = []  # each [B]: one token slot
+        keep: list[torch.Tensor] = []  # each [B] bool: whether the slot's word is in the caption
         where: dict[str, list[int]] = {"colour": [], "shape": [], "size": [], "background": []}
 
         def add(tok: torch.Tensor, present: torch.Tensor, word: str | None = None) -> None:
