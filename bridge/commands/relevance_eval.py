@@ -10,15 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from bridge.commands.common import add_model_arguments
 
+if TYPE_CHECKING:
+    from bridge.models.shapes.evaluate import ScoredWord
 
-def _pair(text: str) -> tuple[str, str]:
+
+def _pair(text: str) -> tuple[str, ScoredWord]:
     concept, _, kind = text.partition(":")
     if kind not in ("shape", "colour") or not concept:
         raise argparse.ArgumentTypeError(f"expected CONCEPT:KIND with KIND shape or colour (e.g. shape:shape), got {text!r}")
-    return concept, kind
+    return concept, cast("ScoredWord", kind)  # (checked just above)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

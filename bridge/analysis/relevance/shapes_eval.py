@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from bridge.models.shapes.evaluate import TAUS, map_iou, score_image
+from bridge.models.shapes.evaluate import TAUS, ScoredWord, map_iou, score_image
 
 from .hrv import select_heads
 from .selective import head_maps, load_head_maps, save_head_maps
@@ -44,7 +44,7 @@ def head_sets(relevance: torch.Tensor, k: int, ablation: Sequence[int], seed: in
 
 
 def evaluate(load_pipe: Callable[[], Any], relevance: dict[str, torch.Tensor], layout: Sequence[tuple[str, int]], prompts: Sequence[str],
-             pairs: Sequence[tuple[str, str]], *, k: int, ablation: Sequence[int] = (), seed: int = 1234, steps: int = 20,
+             pairs: Sequence[tuple[str, ScoredWord]], *, k: int, ablation: Sequence[int] = (), seed: int = 1234, steps: int = 20,
              guidance: float = 4.0, min_area: int = 60, taus: Sequence[float] = TAUS,
              maps_dir: str | Path | None = None) -> dict[str, Any]:
     """Mean IoU per (concept, word kind) → head set → τ, over every present object of every prompt.

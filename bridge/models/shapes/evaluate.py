@@ -23,14 +23,14 @@ import random
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .vocab import BACKGROUNDS, COLOURS, DEFAULT_BACKGROUND, HELD_OUT_PAIRS, RELATIONS, SHAPES
-from .world import BG_NAMES, parse_caption, relation_holds, shape_masks
+from .world import BG_NAMES, ObjectSpec, parse_caption, relation_holds, shape_masks
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -38,10 +38,12 @@ if TYPE_CHECKING:
     from bridge.capture.tokens import TokenMap
 
     #: one row of the contact sheet: the image, its word maps [words, h, w], their words, its scores
-    _Tile = tuple[PILImage, torch.Tensor, TokenMap, dict[str, Any]]
+    _Tile = tuple[PILImage, torch.Tensor, TokenMap, "ImageScore"]
 
 log = logging.getLogger("bridge.shapes.eval")
 TAUS = (0.3, 0.4, 0.5)
+#: an object's words whose attention maps are scored against its region (keys of :class:`ObjectScore`)
+ScoredWord = Literal["shape", "colour"]
 
 
 
@@ -167,14 +169,36 @@ def classify_shape(region: np.ndarray) -> tuple[str, dict[str, float]]:
     return max(scores, key=scores.__getitem__), scores
 
 
-def score_image(image: np.ndarray, caption: str, min_area: int = 60) -> dict:
+class ObjectScore(ObjectSpec):
+    """One caption object in a generated image: found (its colour's largest region has at least
+    ``min_area`` pixels), the shape fitted to that region, right (found with the named shape)."""
+
+    present: bool
+    shape_found: str | None
+    correct: bool
+    area: int  # pixels of the region
+    centre: tuple[float, float] | None  # (x, y) of the region, None when not found
+    mask: np.ndarray  # [H, W] bool: the region
+
+
+class ImageScore(TypedDict):
+    """An image's adherence to its caption: per object, per relation (both objects found and
+    placed so), and whether the most common colour is the caption's background."""
+
+    objects: list[ObjectScore]
+    relations: list[bool]
+    background: bool
+    background_found: str
+
+
+def score_image(image: np.ndarray, caption: str, min_area: int = 60) -> ImageScore:
     """Adherence of one image [H, W, 3] in [0, 1] to its caption. Returns per-object results with masks."""
     spec = parse_caption(caption)
     lab = segment(image)
     counts = np.bincount(lab[lab >= 0].ravel(), minlength=len(_PALETTE_NAMES))
     bg_found = _PALETTE_NAMES[int(counts.argmax())]
     bg_want = spec["background"] or DEFAULT_BACKGROUND
-    objects = []
+    objects: list[ObjectScore] = []
     for o in spec["objects"]:
         ci = _PALETTE_NAMES.index(o["colour"])
         region = largest_component(lab == ci) if o["colour"] != bg_found else np.zeros(lab.shape, bool)
@@ -185,8 +209,8 @@ def score_image(image: np.ndarray, caption: str, min_area: int = 60) -> dict:
                         "area": int(region.sum()), "centre": centre, "mask": region})
     rels = []
     for i, r in enumerate(spec["relations"]):
-        a, b = objects[i], objects[i + 1]
-        rels.append(bool(a["present"] and b["present"] and relation_holds(r, a["centre"], b["centre"])))
+        a, b = objects[i]["centre"], objects[i + 1]["centre"]  # None exactly when the object is not present
+        rels.append(a is not None and b is not None and relation_holds(r, a, b))
     return {"objects": objects, "relations": rels, "background": bg_found == bg_want, "background_found": bg_found}
 
 
@@ -218,12 +242,12 @@ def evaluate(pipe: Any, prompts: list[str], steps: int = 20, guidance: float = 4
         sc = score_image(image, prompt, min_area)
         tm = run.tokens(0)
         maps = run.mean_word_maps(0)  # [words, h, w], mean over steps (DAAM)
-        rec = {"prompt": prompt, "objects": [], "relations": sc["relations"], "background": sc["background"]}
+        rec: dict[str, Any] = {"prompt": prompt, "objects": [], "relations": sc["relations"], "background": sc["background"]}
         for o in sc["objects"]:
             objs_total += 1
             objs_present += o["present"]
             objs_ok += o["correct"]
-            r = {k: o[k] for k in ("colour", "shape", "present", "shape_found", "correct", "area")}
+            r: dict[str, Any] = {k: o[k] for k in ("colour", "shape", "present", "shape_found", "correct", "area")}
             if o["present"]:
                 for kind, word in (("shape", o["shape"]), ("colour", o["colour"])):
                     wm = maps[tm.index(word)]

@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from itertools import product
+from typing import Sequence, TypedDict
 
 import torch
 
@@ -159,7 +160,7 @@ class World:
         c = cells.clamp_min(0)
         return (c % 3 + 0.5) * cs + jx, (c // 3 + 0.5) * cs + jy
 
-    def scenes_from_specs(self, specs: list[dict]) -> Scenes:
+    def scenes_from_specs(self, specs: Sequence[CaptionSpec]) -> Scenes:
         """Build scenes from parsed captions (see ``parse_caption``); positions are sampled to fit."""
         b = len(specs)
         colour = torch.full((b, 3), -1, dtype=torch.long)
@@ -342,10 +343,26 @@ _OBJ = r"a (?:(small|large) )?(\w+) (\w+)"
 _REL = r"(above|below|left of|right of)"
 
 
-def parse_caption(caption: str) -> dict:
+class ObjectSpec(TypedDict):
+    """One object of a caption: its size word (``small``, ``large``; None when unsaid), colour, shape."""
+
+    size: str | None
+    colour: str
+    shape: str
+
+
+class CaptionSpec(TypedDict):
+    """A caption's scene: 1 to 3 objects, the relation between each and the next, the background
+    colour word (None when unsaid)."""
+
+    objects: list[ObjectSpec]
+    relations: list[str]
+    background: str | None
+
+
+def parse_caption(caption: str) -> CaptionSpec:
     """Parse a caption of the world's grammar back into its scene description.
 
-    Returns {"objects": [{"size", "colour", "shape"}...], "relations": [...], "background": str|None}.
     Raises ValueError naming the grammar when the caption does not follow it.
     """
     text = " ".join(caption.lower().split())
@@ -356,7 +373,8 @@ def parse_caption(caption: str) -> dict:
         if bg not in BACKGROUNDS:
             raise ValueError(f"unknown background colour {bg!r}; known: {', '.join(BACKGROUNDS)}")
     parts = re.split(" " + _REL + " ", text)
-    objects, relations = [], parts[1::2]
+    objects: list[ObjectSpec] = []
+    relations = parts[1::2]
     for p in parts[0::2]:
         om = re.fullmatch(_OBJ, p)
         if not om or om.group(2) not in COLOURS or om.group(3) not in SHAPES:
