@@ -233,6 +233,18 @@ def test_self_attention_queries_match_reference(sd_pipe):
         assert abs(float(frame.self_maps[q.name].sum()) - 1.0) < 0.05
 
 
+def test_word_maps_without_cross_attention_say_why(sd_pipe):
+    """A run captured with cross=False has self-attention maps but no word maps: asking for them
+    names the reason (it was a bare TypeError on frame.cross = None)."""
+    with capture(sd_pipe, queries=[Query.pixel("p", 0.5, 0.5)], cross=False) as cap:
+        generate(sd_pipe, steps=1)
+    run = cap.last_run
+    assert run.frames[0].cross is None and run.frames[0].self_maps["p"].shape == (1, 32, 32)
+    for ask in (run.word_maps, run.mean_word_maps, lambda: run.word_map("circle")):
+        with pytest.raises(ValueError, match="no cross-attention maps"):
+            ask()
+
+
 def test_diffused_query_spreads_over_more_cells(sd_pipe):
     with capture(sd_pipe, queries=[Query.pixel("p", 0.5, 0.5), Query.diffused("d", 0.5, 0.5, iterations=2)]) as cap:
         generate(sd_pipe, steps=1)

@@ -48,7 +48,7 @@ def _add(store: dict, key: Any, value: torch.Tensor) -> None:
 
 class BatchedEvaluation:
     """The evaluation half of :class:`~bridge.capture.session.Capture` (a mixin over its state:
-    ``config``, ``adapter``, ``_run``, ``_acc``, ``_plans``, ``_weights`` and the chosen layers)."""
+    ``config``, ``adapter``, ``_run``, ``_acc``, the caches below and the chosen layers)."""
 
     config: CaptureConfig
     adapter: Adapter
@@ -56,6 +56,15 @@ class BatchedEvaluation:
     _acc: _StepAccumulator
     cross_layers: list[Layer]
     self_layers: list[Layer]
+    detail: set[str]  # names of the cross layers also kept per head
+    # (layer name, device) -> its [heads] weights; (layer names, device) -> their [L·heads] weights
+    _weights: dict[tuple[str | tuple[str, ...], str], torch.Tensor]
+    # (query, grid, layer names, device) -> (rows [n], w_lh·ρ_r [L, heads, n]), see _query_weights
+    _row_weights: dict[tuple[str, tuple[int, int], tuple[str, ...], str], tuple[torch.Tensor, torch.Tensor]]
+    # (query, grid, device) -> (rows [n], weights [N]), see _cells
+    _query_cells: dict[tuple[str, tuple[int, int], str], tuple[torch.Tensor, torch.Tensor]]
+    _routes: dict[str, tuple]  # layer name -> how observe() files it in this run (see _route)
+    _plans: dict[tuple, _EvalPlan]  # the evaluation's batched maths, per group layout, this run
 
     def _head_weights(self, layer: Layer, device: torch.device) -> torch.Tensor:
         """``[heads]`` float32 weights of ``layer`` on ``device``: views of one tensor holding every
@@ -277,14 +286,14 @@ class BatchedEvaluation:
     def _query_weights(self, query: Any, grid: tuple[int, int], layers: tuple[Layer, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rows [n], w_lh·ρ_r [L, heads, n])`` of a query over ``layers`` at a grid (made once, on the CPU)."""
         key = (query.name, grid, tuple(l.name for l in layers), str(device))
-        got = self._weights.get(key)
+        got = self._row_weights.get(key)
         if got is None:
             row_weights = query.cell_weights(*grid).float()
             rows = torch.nonzero(row_weights, as_tuple=True)[0]
             heads = torch.stack([head_weight_vector(self.config, l.name, l.heads) for l in layers])  # [L, heads]
             weights = heads[:, :, None] * row_weights[rows][None, None]
             module = self.adapter.denoiser()
-            got = self._weights[key] = (
+            got = self._row_weights[key] = (
                 _shared_constant(module, ("rows", key, tuple(rows.tolist())), rows, device),
                 _shared_constant(module, ("row weights", key, tuple(weights.flatten().tolist())), weights, device),
             )
@@ -352,9 +361,11 @@ def _shared_constant(module: torch.nn.Module, key: tuple, value: torch.Tensor, d
 
 def _norm_heads(layer: Layer, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply a layer's per-head q/k norms (they act on the last, head-dim axis) to ``[B, N, heads·d]``."""
-    attn, h = layer.module, layer.heads
-    if getattr(attn, "norm_q", None) is not None:
-        q = attn.norm_q(q.unflatten(-1, (h, -1))).flatten(-2)
-    if getattr(attn, "norm_k", None) is not None:
-        k = attn.norm_k(k.unflatten(-1, (h, -1))).flatten(-2)
+    h = layer.heads
+    norm_q: Callable[[torch.Tensor], torch.Tensor] | None = getattr(layer.module, "norm_q", None)  # [.., d] -> [.., d]
+    norm_k: Callable[[torch.Tensor], torch.Tensor] | None = getattr(layer.module, "norm_k", None)
+    if norm_q is not None:
+        q = norm_q(q.unflatten(-1, (h, -1))).flatten(-2)
+    if norm_k is not None:
+        k = norm_k(k.unflatten(-1, (h, -1))).flatten(-2)
     return q, k

@@ -51,6 +51,13 @@ class StepFrame:
         """Fraction of the run completed after this step, in (0, 1]."""
         return (self.step + 1) / max(self.total_steps, 1)
 
+    def cross_maps(self) -> torch.Tensor:
+        """``cross``, or a clear error where this step has none (``CaptureConfig(cross=False)``,
+        or no cross-attention layer ran in it): word maps need them."""
+        if self.cross is None:
+            raise ValueError(f"step {self.step} has no cross-attention maps (captured with cross=False, or no cross layer ran): no word maps")
+        return self.cross
+
 
 @dataclass
 class CaptureRun:
@@ -83,7 +90,7 @@ class CaptureRun:
     def word_maps(self, row: int = 0) -> torch.Tensor:
         """``[steps, words, H, W]`` word maps of batch row ``row`` over the kept frames."""
         tm = self.tokens(row)
-        return torch.stack([tm.word_maps(f.cross[row]) for f in self.frames])
+        return torch.stack([tm.word_maps(f.cross_maps()[row]) for f in self.frames])
 
     def mean_word_maps(self, row: int = 0) -> torch.Tensor:
         """``[words, H, W]``: DAAM's aggregate, the mean over all steps."""
@@ -91,4 +98,4 @@ class CaptureRun:
 
     def word_map(self, word: str | int, step: int = -1, row: int = 0) -> torch.Tensor:
         """``[H, W]`` map of one word at one step (default: the last)."""
-        return self.tokens(row).word_map(self.frames[step].cross[row], word)
+        return self.tokens(row).word_map(self.frames[step].cross_maps()[row], word)

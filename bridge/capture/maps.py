@@ -7,6 +7,7 @@ keys, self-attention only the requested query rows, in chunks.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ def batched_cross_attention_maps(
     for s in range(0, n_layers, step):
         part = _cross_chunk(q[s : s + step], k[s : s + step], weights[s * heads : (s + step) * heads], heads, d, rows)
         out = part if out is None else out.add_(part)
-    return out.view(b, t, n)
+    return cast(torch.Tensor, out).view(b, t, n)  # set: there is at least one layer
 
 
 def _cross_chunk(q: list[torch.Tensor], k: list[torch.Tensor], weights: torch.Tensor, heads: int, d: int, rows: slice) -> torch.Tensor:
@@ -139,7 +140,7 @@ def batched_query_rows_map(
         w = weights if r == rows.numel() else weights[:, :, start : start + chunk]
         part = torch.matmul(w.reshape(-1), probs.view(b, l * heads * r, n))  # [B, N]
         out = part if out is None else out.add_(part)
-    return out
+    return cast(torch.Tensor, out)  # set: a query covers at least one cell (Query.cell_weights)
 
 
 def diffused_query_map(

@@ -14,14 +14,14 @@ import functools
 import inspect
 import logging
 import math
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 
 from .adapters import Adapter, adapter_for
 from .config import CaptureConfig, head_weight_vector, matches
 from .frames import CaptureRun, StepFrame
-from .evaluation import BatchedEvaluation, _canonical, _EvalPlan, _StepAccumulator
+from .evaluation import BatchedEvaluation, _canonical, _StepAccumulator
 from .steps import estimate_x0, patch_method, step_outputs
 from .errors import PromptTooLongError
 
@@ -52,8 +52,9 @@ class Capture(BatchedEvaluation):
         self._new_run = True
         self._evals_total: int | None = None
         self._evals_seen = 0
-        self._weights: dict[tuple[str, str], torch.Tensor] = {}
-        self._query_cells: dict[tuple[str, tuple[int, int], str], torch.Tensor] = {}
+        self._weights = {}
+        self._row_weights = {}
+        self._query_cells = {}
         self._warned: set[str] = set()
         self._encoded = False  # an encode_prompt call was recorded since the last set_timesteps
         self.adapter.configure(self.config)
@@ -70,8 +71,8 @@ class Capture(BatchedEvaluation):
         self.cross_weight = float(sum(head_weight_vector(cfg, l.name, l.heads).sum() for l in self.cross_layers))
         self.self_weight = float(sum(head_weight_vector(cfg, l.name, l.heads).sum() for l in self.self_layers))
         self._expected = frozenset(l.name for l in self.cross_layers + self.self_layers)
-        self._routes: dict[str, tuple] = {}  # layer name -> how observe() files it in this run (see _route)
-        self._plans: dict[tuple, _EvalPlan] = {}  # the evaluation's batched maths, per group layout, this run
+        self._routes = {}
+        self._plans = {}
 
     # --- scope ---------------------------------------------------------------------------------
     def __enter__(self) -> "Capture":
@@ -166,6 +167,7 @@ class Capture(BatchedEvaluation):
             if self._run is not None and self._acc.evals:
                 done = self._evals_total is not None and self._evals_seen >= self._evals_total
                 if getattr(sched, "state_in_first_order", True) or done:
+                    x0: torch.Tensor | Callable[[], torch.Tensor | None] | None  # StepFrame.x0_source
                     prev, x0 = step_outputs(out)
                     unpack = self.adapter.frame_latents  # e.g. FLUX's packed latents; the identity by default
                     if x0 is None:  # estimated when a consumer reads frame.x0, not on every step
@@ -206,7 +208,7 @@ class Capture(BatchedEvaluation):
             batch=batch,
             guidance=guidance,
             latent_hw=latent_hw,
-            resolution=tuple(self.config.resolution or latent_hw),
+            resolution=cast("tuple[int, int]", tuple(self.config.resolution or latent_hw)),  # a caller's [H, W] list too
             layers=[l.name for l in self.cross_layers],
             info={"scheduler": type(sched).__name__, "family": self.adapter.family, "pipeline": type(self.pipe).__name__},
         )
@@ -242,7 +244,7 @@ class Capture(BatchedEvaluation):
             timestep=acc.timestep,
             evaluations=acc.evals,
             cross=cross,
-            self_maps=queries,
+            self_maps=cast("dict[str, torch.Tensor]", queries),  # never None: each name has a sum
             layers=detail,
             latents=latents,
             x0_source=x0,
