@@ -15,10 +15,14 @@ import statistics
 import sys
 import time
 from functools import partial
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from bridge.runner import Publish
+    from bridge.stream.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +102,7 @@ def latency_summary(sent: dict[tuple[str, int], float], received: dict[tuple[str
     (first, last, the rest), with the five worst: where a tail comes from (a run's first step waits
     for its setup, its last for the VAE decode queued behind it, a middle one for the GIL or a
     busy sink) shows without another device call."""
-    last = {}
+    last: dict[str, int] = {}
     for run, step in sent:
         last[run] = max(step, last.get(run, step))
     lat = {k: 1000 * (received[k] - t) for k, t in sent.items() if k in received}
@@ -239,7 +243,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     latency = Latency(endpoints, sink_cpus) if endpoints else None
     closers: list[Callable[[], Any]] = []
     runners: dict[str, Any] = {}
-    sinks: dict[str, Callable[[Any], None]] = {}
+    sinks: dict[str, Publisher | Publish] = {}
     if in_child:
         packets = PacketProcess(partial(_zmq_sinks, endpoint), cpus=sink_cpus)
         closers.append(packets.close)
@@ -457,7 +461,9 @@ def _python_profiles(table: dict[str, Callable[[], None]], variants: list[str], 
         table[v]()
         _sync(device)
         prof.disable()
-        stats = pstats.Stats(prof).stats  # {(file, line, name): (prim calls, calls, tottime, cumtime, callers)}
+        # {(file, line, name): (prim calls, calls, tottime, cumtime, callers)}; typeshed's Stats
+        # does not declare the ``stats`` attribute that pstats has always set
+        stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
         own = {k: (c[1], c[2]) for k, c in stats.items()}
         lines.append(f"=== python {v}: {sum(c for c, _ in own.values())} calls, {sum(t for _, t in own.values()) * 1e3:.1f} ms own time\n")
         if v == "plain":
