@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 
@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     from .tokens import TokenMap
 
 _REGISTRY: dict[str, type["Adapter"]] = {}
+
+
+class QKProjections(Protocol):
+    """What a probe reads of an attention layer's module (diffusers' ``Attention`` and FLUX's
+    ``FluxAttention`` alike): its query and key projections, ``[.., C] -> [.., heads·d]``."""
+
+    to_q: torch.nn.Module
+    to_k: torch.nn.Module
 
 
 @dataclass

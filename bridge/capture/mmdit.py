@@ -31,11 +31,11 @@ import contextlib
 import inspect
 import logging
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 
 import torch
 
-from .adapters import Adapter, Layer, register
+from .adapters import Adapter, Layer, QKProjections, register
 from .errors import UnsupportedProcessorError
 from . import joint_kernel, sdpa_tap
 from .maps import fused_logsumexp, joint_text_probabilities
@@ -54,6 +54,17 @@ SD3_PROCESSORS = ("JointAttnProcessor2_0",)
 FLUX_PROCESSORS = ("FluxAttnProcessor",)  # FluxAttnProcessor2_0() constructs a FluxAttnProcessor
 TEXT_ENCODER_CHOICES = ("both", "clip", "t5")
 DEFAULT_BUDGET = 1 << 25  # logits per block of the normaliser pass (128 MiB in float32)
+
+
+class _FluxAttention(QKProjections, Protocol):
+    """What FluxAdapter._probe reads of a FLUX attention module: its projections (``add_k_proj``:
+    the text keys of a double-stream block) and the per-head norms it applies as the processor does."""
+
+    head_dim: int
+    add_k_proj: torch.nn.Module
+    norm_q: Callable[[torch.Tensor], torch.Tensor] | None
+    norm_k: Callable[[torch.Tensor], torch.Tensor] | None
+    norm_added_k: Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def _as_list(prompt: Any) -> list[str] | None:
@@ -438,7 +449,7 @@ class FluxAdapter(_MMDiTAdapter):
         normaliser (a second attention's worth of logits)."""
         from diffusers.models.embeddings import apply_rotary_emb
 
-        attn = layer.module
+        attn = cast(_FluxAttention, layer.module)
         slot: dict[str, Any] = {}
 
         def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -462,7 +473,9 @@ class FluxAdapter(_MMDiTAdapter):
                 return x
             cos, sin = emb
             n = x.shape[1]
-            return apply_rotary_emb(x, (cos[start : start + n], sin[start : start + n]), sequence_dim=1)
+            # diffusers annotates freqs_cis as a 1-tuple and the result as a pair; it takes (cos, sin)
+            # and returns the one rotated tensor
+            return apply_rotary_emb(x, (cos[start : start + n], sin[start : start + n]), sequence_dim=1)  # type: ignore[arg-type, return-value]
 
         def compute(q: torch.Tensor, k_img: torch.Tensor, k_txt: torch.Tensor | None) -> None:
             rows = session.cond_rows(q.shape[0])
@@ -474,7 +487,7 @@ class FluxAdapter(_MMDiTAdapter):
                     qq = rope(prepare(q, attn.norm_q, rows), 0)[:, t:]
                     kk = rope(prepare(k_img, attn.norm_k, rows), 0)
                 else:
-                    kt = prepare(k_txt, attn.norm_added_k, rows)
+                    kt = prepare(cast(torch.Tensor, k_txt), attn.norm_added_k, rows)  # a double-stream block's text keys
                     t = kt.shape[1]
                     qq = rope(prepare(q, attn.norm_q, rows), t)
                     kk = rope(torch.cat([kt, prepare(k_img, attn.norm_k, rows)], dim=1), 0)  # FLUX order: [text, image]
@@ -497,7 +510,7 @@ class FluxAdapter(_MMDiTAdapter):
                 compute(slot.pop("q"), slot.pop("k"), out)
 
         handles = [
-            attn.register_forward_pre_hook(pre, with_kwargs=True),
+            layer.module.register_forward_pre_hook(pre, with_kwargs=True),
             attn.to_q.register_forward_hook(on_q),
             attn.to_k.register_forward_hook(on_k),
         ]

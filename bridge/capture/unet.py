@@ -9,11 +9,11 @@ projection is recomputed and the image is bit-for-bit the same as without captur
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import torch
 
-from .adapters import Adapter, Layer, register
+from .adapters import Adapter, Layer, QKProjections, register
 from .errors import UnsupportedProcessorError
 from .steps import patch_method
 
@@ -108,7 +108,7 @@ def _probe(session: "Capture", layer: Layer) -> list[Callable[[], None]]:
     checks: microseconds per call, 32 calls per SD 1.5 evaluation), a shadowed ``forward`` keeps
     the fast path and adds one Python call. The computation is the module's own, untouched.
     """
-    attn = layer.module
+    attn = cast(QKProjections, layer.module)
     slot: dict[str, torch.Tensor] = {}
     to_q, to_k = attn.to_q, attn.to_k
     q_forward, k_forward = to_q.forward, to_k.forward
