@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -30,10 +31,10 @@ log = logging.getLogger(__name__)
 #: (CUDA graphs) applies on CUDA only; on other devices it compiles like ``default``.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
-_COMPILED: dict[str, object] = {}
+_COMPILED: dict[str, Callable[..., StepOut]] = {}  # compile mode -> compiled phase_step
 
 
-def _step_function(mode: str | None, device: torch.device):
+def _step_function(mode: str | None, device: torch.device) -> tuple[Callable[..., StepOut], bool]:
     """(step function, clone outputs?) for a compile mode on a device; compiled wrappers are
     shared by all engines (torch keeps a graph per device, normalisation and global view, static
     for the first shape and dynamic once a second one is seen)."""
@@ -142,6 +143,7 @@ class PhaseEngine:
         if self._state is None:
             self._state = initial_state(n, h, w, device)
             self._coords = pixel_centres(h, w, device)
+        xs, ys = cast("tuple[Tensor, Tensor]", self._coords)  # set with the state, above
         scal = torch.tensor(
             step_scalars(weights, self._acc_weight, len(self._steps), cfg.settle_rate, cfg.settle_scale, step, cfg.stable_threshold),
             dtype=torch.float32,
@@ -154,14 +156,14 @@ class PhaseEngine:
         if clone:
             torch.compiler.cudagraph_mark_step_begin()
         try:
-            out = step_fn(maps, self._state, scal, *self._coords, cfg.normalisation, cfg.global_view)
+            out = step_fn(maps, self._state, scal, xs, ys, cfg.normalisation, cfg.global_view)
         except Exception as exc:  # e.g. no compiler toolchain: the eager step is the same maths
             if self.compile_mode is None:
                 raise
             log.warning("the compiled phases step failed (%s: %s); running the eager step from now on",
                         type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             self.compile_mode, clone = None, False
-            out = phase_step(maps, self._state, scal, *self._coords, cfg.normalisation, cfg.global_view)
+            out = phase_step(maps, self._state, scal, xs, ys, cfg.normalisation, cfg.global_view)
         if clone:  # CUDA-graph outputs are overwritten by the next replay: keep our own copies
             out = _clone_out(out)
         self._state = out.state
