@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, cast
 
 import numpy as np
 import torch
@@ -214,7 +214,7 @@ class Runner:
                 if state.words is None:
                     self._begin(req, run, seed, phase_cfg, state)
                 tm = run.tokens(0)
-                word_maps = tm.word_maps(frame.cross[0])  # [W, H, W]
+                word_maps = tm.word_maps(cast(torch.Tensor, frame.cross)[0])  # [W, H, W]; the runner captures cross-attention
                 if state.engine is None:  # phases where packets are built
                     self._later(self._host_step_packet(run.run_id, state, phase_cfg, word_maps, frame, ended))
                 else:
@@ -235,7 +235,7 @@ class Runner:
             image = None
             if status == "done":
                 with torch.inference_mode():
-                    image = decode_full(self.pipe, cap.adapter.frame_latents(latents)[:1])  # FLUX: unpacked
+                    image = decode_full(self.pipe, cast(torch.Tensor, cap.adapter.frame_latents(latents))[:1])  # FLUX: unpacked; latents in, latents out
                 self._send(Packet("image", {"run_id": run.run_id, "step": run.steps_done - 1, "final": True, "preview": "vae"}, {"image": image}))
                 if recorder is not None:
                     self._send(objects_packet(run.run_id, req.prompt, recorder.evidence(image)))
@@ -312,7 +312,7 @@ class Runner:
         for it and returns the recipe."""
         ts = frame.timestep
         fold = torch.is_tensor(ts) and ts.dtype == torch.float32 and ts.numel() == 1
-        parts = [getattr(pf, k) for k in FRAME_TENSORS] + ([ts.reshape(1)] if fold else [])
+        parts = [getattr(pf, k) for k in FRAME_TENSORS] + ([cast(torch.Tensor, ts).reshape(1)] if fold else [])
         flat = torch.cat([t.reshape(-1).float() for t in parts])  # [sum of sizes (+ 1)]
         snap = HostSnapshot({"flat": flat, **({"timestep": ts} if torch.is_tensor(ts) and not fold else {})})
         layout = [(k, tuple(getattr(pf, k).shape)) for k in FRAME_TENSORS]
@@ -332,7 +332,7 @@ class Runner:
         and returns the recipe that runs the phases and builds the packet."""
         ts = frame.timestep
         snap = HostSnapshot({"maps": word_maps, **({"timestep": ts} if torch.is_tensor(ts) else {})})
-        words, focus, step, total = state.words, state.focus, frame.step, frame.total_steps
+        words, focus, step, total = cast("list[str]", state.words), state.focus, frame.step, frame.total_steps  # set by _begin
 
         def fetch() -> Recipe:
             host = snap.get()
@@ -345,7 +345,8 @@ class Runner:
         if self._preview is None:
             with torch.inference_mode(False), torch.no_grad():
                 self._preview = LinearPreview(self.pipe)
-        snap = HostSnapshot({"image": self._preview.device_image(frame.x0[:1], upscale=self._vae_scale())})
+        x0 = cast(torch.Tensor, frame.x0)  # on_step asks for an image only where there is an x0
+        snap = HostSnapshot({"image": self._preview.device_image(x0[:1], upscale=self._vae_scale())})
         step = frame.step
         return lambda: Packet("image", {"run_id": run_id, "step": step, "final": False, "preview": "linear"},
                               {"image": snap.get()["image"].numpy()})
