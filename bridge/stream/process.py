@@ -40,6 +40,7 @@ The child is spawned, not forked (a forked CUDA process is unusable), so as with
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import multiprocessing as mp
@@ -50,12 +51,15 @@ import tempfile
 import threading
 import time
 from functools import partial
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
 
 from bridge.item_codec import decode_item, encode_item
 from bridge.stream.recorder import RECORDING_OFF
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import SynchronizedString
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +133,7 @@ class PacketProcess:
         self._mp = mp.get_context("spawn")  # never fork a process that holds a CUDA context
         # the child's recorder health (JSON), shared memory the parent reads for its status: no
         # message to drain, so a parent that never asks cannot block the child
-        self._health = self._mp.Array("c", HEALTH_BYTES)
+        self._health = self._mp.Array(ctypes.c_char, HEALTH_BYTES)  # as typecode "c"; typed with its .value
         self._zctx = zmq.Context()
         self._lock = threading.Lock()
         self._closed = False
@@ -288,7 +292,7 @@ class PacketProcess:
         self.close()
 
 
-def _report(health: Any, fan: Any, last: bytes) -> bytes:
+def _report(health: SynchronizedString, fan: Any, last: bytes) -> bytes:
     """Write the FanOut's recorder health to the shared ``health`` array if it changed."""
     text = json.dumps(fan.recording(), separators=(",", ":")).encode()[:HEALTH_BYTES - 1]
     if text != last:
@@ -298,7 +302,7 @@ def _report(health: Any, fan: Any, last: bytes) -> bytes:
 
 
 def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_level: int, cpus: set[int] | None = None,
-          health: Any = None) -> None:
+          health: SynchronizedString | None = None) -> None:
     """The child: build the sinks, then publish every item pulled from ``endpoint`` until told
     to close or the parent goes away. A bad item is logged (rate-limited) and skipped."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides when to stop

@@ -33,7 +33,8 @@ def step_packet(run_id: str, fields: dict[str, Any], flat: np.ndarray, layout: l
     order (anything after them is ignored): a recipe, so it may run in the sink process
     (bridge.stream.process) as well as on the packet worker."""
     values = torch.from_numpy(np.require(flat, np.float32, requirements="W"))  # from a socket it is read-only
-    tensors, offset = {}, 0
+    tensors: dict[str, Any] = {}  # PhaseFrame's tensor fields by name, as ``layout`` lists them
+    offset = 0
     for name, shape in layout:
         size = int(np.prod(shape, dtype=np.int64))
         tensors[name] = values[offset : offset + size].view(shape)
