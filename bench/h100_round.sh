@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One device call of issue 24's figures on one GPU (docs/BENCHMARKS.md), under a deadline:
 #   bash bench/h100_round.sh OUTDIR SET [SECONDS]     (SECONDS: this script's budget, default 570)
-# SET small: SD 1.5 512² (40 interleaved rounds, --profile) and the few-step models at 512² (SD-Turbo
+# SET small: SD 1.5 512² (40 interleaved rounds, --profile; then plain and publish with a 0.5 ms GIL
+#   switch interval, the packet thread's GIL wait) and the few-step models at 512² (SD-Turbo
 #   shape at 1 and 4 steps, guidance 0; SD 1.5 with LCM at 4 steps, guidance 1): 4 files; then, time
-#   left, the sink process's CPU per step (bench/sink_cpu.py) into the log.
+#   left, the sink process's CPU per step (bench/sink_cpu.py) into the log: 5 files.
 # SET big: FLUX.1-dev shape 512², SDXL and SD3.5-medium shapes 1024²: 4 files.
 # Each bench gets --max-seconds inside what is left and is skipped when too little is; every
 # result's JSON also goes into OUTDIR/log. Run it twice in one call (two code trees, two OUTDIRs
@@ -21,6 +22,7 @@ bench() {  # NAME NEED_S TIMED_S ARGS...: run when NEED_S seconds are left; TIME
 }
 if [ "$set" = small ]; then
 bench sd15 165 95 --arch sd15 --runs 40 --warmup 2 --variants plain capture publish --profile "$out/sd15_profile.txt"
+bench sd15_si 45 20 --arch sd15 --runs 15 --warmup 1 --variants plain publish --switch-interval 0.0005
 bench turbo1 60 15 --arch sdturbo --steps 1 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
 bench turbo4 45 15 --arch sdturbo --steps 4 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
 bench lcm4 60 15 --arch sd15 --scheduler lcm --steps 4 --guidance 1 --runs 100 --warmup 3 --variants plain capture publish
@@ -34,7 +36,7 @@ bench flux 130 60 --arch flux --size 512 --runs 8 --warmup 1 --variants plain ca
 bench sdxl 80 35 --arch sdxl --runs 12 --warmup 1 --variants plain capture publish
 bench sd35m 90 40 --arch sd35m --runs 12 --warmup 1 --variants plain capture publish
 fi
-for f in sd15 flux sdxl sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
+for f in sd15 sd15_si flux sdxl sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
 [ "$set" = small ] && python3 - "$tmp" "$out/fewstep.json" <<'PY'
 import json, pathlib, sys
 tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])

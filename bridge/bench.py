@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
+from bridge.stream.recipes import host_step_packet
+
 if TYPE_CHECKING:
     from bridge.runner import Publish
     from bridge.stream.publisher import Publisher
@@ -70,6 +72,29 @@ def _subscribe(endpoints: list[str], ready: Any, stop: Any, out: Any, cpus: set[
     out.put(received)
 
 
+class _Stamped:
+    """A Publisher that times the packet thread's hand-over of each step recipe for :class:`Latency`
+    (bench only): called once the step's host copy is ready, it returns once the item is queued."""
+
+    remote = True
+
+    def __init__(self, inner: Any, latency: "Latency") -> None:
+        self._inner, self._latency = inner, latency
+
+    def publish(self, packet: Any) -> None:
+        self._inner.publish(packet)
+
+    def publish_recipe(self, recipe: Any) -> None:
+        began = time.perf_counter()
+        self._inner.publish_recipe(recipe)
+        if isinstance(recipe, partial) and recipe.func is host_step_packet:
+            run_id, step = recipe.args[0], recipe.args[4]  # host_step_packet(run_id, words, cfg, maps, step, ...)
+            self._latency.handed(run_id, step, began, time.perf_counter())
+
+    def alive(self) -> bool:
+        return bool(self._inner.alive())
+
+
 class Latency:
     """Step end → receipt by a ZeroMQ subscriber in another process (as TouchDesigner would be:
     a subscriber thread in this process would compete with the model's thread for the GIL)."""
@@ -79,6 +104,7 @@ class Latency:
 
         ctx = mp.get_context("spawn")
         self.sent: dict[tuple[str, int], float] = {}
+        self.handover: dict[tuple[str, int], tuple[float, float]] = {}
         self._ready, self._stop, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
         self._proc = ctx.Process(target=_subscribe, args=(endpoints, self._ready, self._stop, self._out, cpus), daemon=True)
         self._proc.start()
@@ -89,12 +115,26 @@ class Latency:
         """Called on the model's thread as a step ends (``Runner(step_clock=...)``)."""
         self.sent[(run_id, int(step))] = time.perf_counter()
 
+    def handed(self, run_id: str, step: int, began: float, ended: float) -> None:
+        """The packet thread's hand-over of a step's recipe began (its host copy ready) and ended."""
+        self.handover[(run_id, int(step))] = (began, ended)
+
     def close(self) -> dict[str, Any]:
         time.sleep(0.3)
         self._stop.set()
         received = self._out.get(timeout=30)
         self._proc.join(5)
-        return latency_summary(self.sent, received)
+        out = latency_summary(self.sent, received)
+        if self.handover:  # where the time goes: the model's process (wake, GIL, GPU copy), its send, the sink and hops
+            parts: dict[str, list[float]] = {"step_end_to_handover": [], "handover": [], "handover_to_receipt": []}
+            for k, (began, ended) in self.handover.items():
+                if k in self.sent and k in received:
+                    parts["step_end_to_handover"].append(1000 * (began - self.sent[k]))
+                    parts["handover"].append(1000 * (ended - began))
+                    parts["handover_to_receipt"].append(1000 * (received[k] - ended))
+            out["stages"] = {k: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
+                             for k, v in parts.items() if v}
+        return out
 
 
 def latency_summary(sent: dict[tuple[str, int], float], received: dict[tuple[str, int], float]) -> dict[str, Any]:
@@ -248,6 +288,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         packets = PacketProcess(partial(_zmq_sinks, endpoint), cpus=sink_cpus)
         closers.append(packets.close)
         sinks.update({v: packets for v in in_child})
+        if "publish" in sinks and latency:
+            sinks["publish"] = _Stamped(packets, latency)
     if "publish_inproc" in variants:
         fanout = FanOut([ZmqPublisher(endpoint_inproc, encoding="float16")])
         closers.append(fanout.close)

@@ -42,6 +42,9 @@ def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
     # the other process (from the sink process and from this one)
     assert lat["sent"] == 3 * 5 * 3 and lat["received"] == lat["sent"]
     assert 0 < lat["p50_ms"] <= lat["p99_ms"]
+    # the publish variant's hand-overs were timed: each stage is a part of the whole
+    assert set(lat["stages"]) == {"step_end_to_handover", "handover", "handover_to_receipt"}
+    assert all(0 <= st["p50_ms"] <= lat["p99_ms"] for st in lat["stages"].values())
     # every run has 3 steps: 15 runs' first, last and middle steps, and the five worst among them
     assert {k: v["n"] for k, v in lat["by_place"].items()} == {"first": 15, "last": 15, "middle": 15}
     assert [w["of"] for w in lat["worst"]] == [3] * 5 and lat["worst"][0]["ms"] == round(max(
