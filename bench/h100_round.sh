@@ -3,8 +3,8 @@
 #   bash bench/h100_round.sh OUTDIR SET [SECONDS]     (SECONDS: this script's budget, default 570)
 # SET small: SD 1.5 512² (40 interleaved rounds, --profile; then plain and publish with a 0.5 ms GIL
 #   switch interval, the packet thread's GIL wait) and the few-step models at 512² (SD-Turbo
-#   shape at 1 and 4 steps, guidance 0; SD 1.5 with LCM at 4 steps, guidance 1): 4 files; then, time
-#   left, the sink process's CPU per step (bench/sink_cpu.py) into the log: 5 files.
+#   shape at 1 and 4 steps, guidance 0; SD 1.5 with LCM at 4 steps, guidance 1): 5 files; then, time
+#   left, the sink process's CPU per step (bench/sink_cpu.py) into the log.
 # SET big: FLUX.1-dev shape 512², SDXL and SD3.5-medium shapes 1024²: 4 files.
 # Each bench gets --max-seconds inside what is left and is skipped when too little is; every
 # result's JSON also goes into OUTDIR/log. Run it twice in one call (two code trees, two OUTDIRs
