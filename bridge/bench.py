@@ -105,6 +105,11 @@ class Latency:
         ctx = mp.get_context("spawn")
         self.sent: dict[tuple[str, int], float] = {}
         self.handover: dict[tuple[str, int], tuple[float, float]] = {}
+        # on CUDA, an event per step end and a clock reference per call: when the GPU finished each
+        # step, on this process's clock (the host runs ahead of a busy GPU: its step end is early)
+        self._cuda = torch.cuda.is_available()
+        self._refs: list[tuple[Any, float]] = []  # (event, perf_counter at that event)
+        self._events: dict[tuple[str, int], tuple[int, Any]] = {}
         self._ready, self._stop, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
         self._proc = ctx.Process(target=_subscribe, args=(endpoints, self._ready, self._stop, self._out, cpus), daemon=True)
         self._proc.start()
@@ -114,6 +119,26 @@ class Latency:
     def step_end(self, run_id: str, step: int) -> None:
         """Called on the model's thread as a step ends (``Runner(step_clock=...)``)."""
         self.sent[(run_id, int(step))] = time.perf_counter()
+        if self._refs:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self._events[(run_id, int(step))] = (len(self._refs) - 1, ev)
+
+    def reference(self) -> None:
+        """Tie the GPU's event clock to ``perf_counter`` (at a synchronised point before a call):
+        an event recorded on an idle GPU, bracketed by host clock reads."""
+        if not self._cuda:
+            return
+        ev = torch.cuda.Event(enable_timing=True)
+        before = time.perf_counter()
+        ev.record()
+        torch.cuda.synchronize()
+        self._refs.append((ev, (before + time.perf_counter()) / 2))
+
+    def gpu_done(self) -> dict[tuple[str, int], float]:
+        """Each step's end on the GPU, on the ``perf_counter`` clock (all events complete by now)."""
+        torch.cuda.synchronize()
+        return {k: self._refs[i][1] + self._refs[i][0].elapsed_time(ev) / 1000 for k, (i, ev) in self._events.items()}
 
     def handed(self, run_id: str, step: int, began: float, ended: float) -> None:
         """The packet thread's hand-over of a step's recipe began (its host copy ready) and ended."""
@@ -134,6 +159,19 @@ class Latency:
                     parts["handover_to_receipt"].append(1000 * (received[k] - ended))
             out["stages"] = {k: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
                              for k, v in parts.items() if v}
+        if self._events:  # from the step's end on the GPU, and how far the host ran ahead of it
+            try:
+                done = self.gpu_done()
+            except RuntimeError as exc:  # a diagnostic: its failure must not lose the run's figures
+                out["from_gpu_step_end"] = {"error": str(exc)}
+                return out
+            keys = [k for k in done if k in received]
+            lag = [1000 * (done[k] - self.sent[k]) for k in keys]
+            gpu = {k: done[k] for k in keys}
+            out["from_gpu_step_end"] = {k: v for k, v in latency_summary(gpu, received).items() if k != "sent"}
+            if lag:
+                out["host_ahead_of_gpu"] = {"p50_ms": float(np.percentile(lag, 50)), "p99_ms": float(np.percentile(lag, 99)),
+                                            "max_ms": float(max(lag))}
         return out
 
 
@@ -402,6 +440,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 _sync(device)
+                if latency and v in subscribed:
+                    latency.reference()
                 t = time.perf_counter()
                 table[v]()
                 _sync(device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+import torch
 
 from bridge.bench import run_bench
 
@@ -94,3 +95,20 @@ def test_latency_summary_splits_by_place_in_run() -> None:
     assert out["by_place"]["middle"]["n"] == 2 and abs(out["by_place"]["last"]["max_ms"] - 50) < 1e-6
     assert out["worst"][0] == {"step": 3, "of": 4, "ms": 50.0}
     assert latency_summary(sent, {}) == {"received": 0, "sent": 5}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU step ends from CUDA events)")
+def test_latency_from_the_gpu_step_end() -> None:
+    from bridge.bench import Latency
+
+    lat = Latency([f"tcp://127.0.0.1:{_free_port()}"])
+    lat.reference()
+    a = torch.randn(2048, 2048, device="cuda")
+    for step in range(3):
+        for _ in range(20):
+            a = a @ a / 2048  # the host runs ahead of this
+        lat.step_end("r", step)
+    done = lat.gpu_done()
+    ends = [done[("r", s)] for s in range(3)]
+    assert ends == sorted(ends) and all(d >= lat.sent[("r", s)] - 1e-4 for s, d in enumerate(ends))
+    lat.close()
