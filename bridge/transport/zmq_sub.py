@@ -87,15 +87,24 @@ class ZmqSubscriber:
         self.sock.close(linger=0)
 
 
-def wait_joined(pub: Any, sub: ZmqSubscriber, timeout: float = 5.0, kind: str = "status") -> None:
-    """Send probe packets until ``sub`` sees one, then drain (ZeroMQ's slow joiner), for tests and
-    benchmarks that must not lose their first frames. Raises TimeoutError after ``timeout`` s."""
-    probe = encode(Packet(kind, {"state": "probe"}))
+def wait_joined(pub: Any, sub: ZmqSubscriber, timeout: float = 30.0, kind: str = "status",
+                refence: float = 5.0) -> None:
+    """Send probe packets until ``sub`` sees one, then a fence and read up to it (ZeroMQ's slow
+    joiner), for tests and benchmarks that must not lose their first frames nor get a stray
+    probe after: one connection delivers in order, so every probe comes before the fence (a
+    fence the publisher's high-water mark dropped is sent again after ``refence`` s). Returns
+    as soon as a fence is read; raises TimeoutError after ``timeout`` s."""
     deadline = time.monotonic() + timeout
+    while sub.recv(timeout=0.05) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the subscriber never joined")
+        pub.send_bytes(encode(Packet(kind, {"state": "probe"})))
+    fence = encode(Packet(kind, {"state": "probe", "fence": True}))
     while time.monotonic() < deadline:
-        pub.send_bytes(probe)
-        if sub.recv(timeout=0.05) is not None:
-            while sub.recv(timeout=0.05) is not None:
-                pass
-            return
-    raise TimeoutError("the subscriber never joined")
+        pub.send_bytes(fence)
+        until = min(deadline, time.monotonic() + refence)
+        while (left := until - time.monotonic()) > 0:
+            got = sub.recv(timeout=left)
+            if got is not None and got.header.get("fence"):
+                return
+    raise TimeoutError("the subscriber joined, then no probe fence came")
