@@ -19,6 +19,7 @@ from bridge.stream.sinks import SinkError, build_sinks
 from bridge.trace import TraceReader
 from bridge import protocol as wire
 from bridge.transport.zmq_sub import ZmqSubscriber
+from waiting import ARRIVAL_S, wait_until
 
 REQ = Request(prompt="a red circle above a blue square", steps=4, seed=5, width=64, height=64)
 
@@ -46,7 +47,7 @@ def test_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_pa
         runner = Runner(sd_pipe, pp, image_every=0, phases_on=phases_on)
         result = runner.run(REQ)
         assert result.status == "done"
-        assert pp.flush()
+        assert pp.flush(ARRIVAL_S)
         assert pp.recipes == REQ.steps + (phases_on == "host") and pp.dropped == 0  # + the timeline
         assert Runner(sd_pipe, pp).phases_where() == "host"  # the default with a sink process
     reader = TraceReader(trace)
@@ -73,7 +74,7 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
     sub = ZmqSubscriber(endpoint)
     pp = PacketProcess(_sinks(zmq=endpoint), restart_every=0.0)
     try:
-        def received(marker: str, timeout: float = 20.0) -> bool:
+        def received(marker: str, timeout: float = ARRIVAL_S) -> bool:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 pp(Packet("status", {"state": marker}))
@@ -91,7 +92,7 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
         first = pp._proc.pid
         assert pp.alive()
         os.kill(first, signal.SIGKILL)
-        pp._proc.join(10)
+        pp._proc.join(ARRIVAL_S)
         assert not pp.alive()
         assert received("after a restart")
         assert pp.alive()
@@ -117,14 +118,12 @@ def test_a_replaced_child_continues_the_recording(tmp_path) -> None:
             for s in range(2):
                 pp(Packet("step", {"run_id": run_id, "step": s, "total_steps": 2}, {"textures": np.full((2, 4, 4), s, np.float32)}))
             pp(Packet("end", {"run_id": run_id, "status": "done"}))
-            assert pp.flush()
+            assert pp.flush(ARRIVAL_S)
 
         run("before")
-        deadline = time.monotonic() + 10
-        while not trace.exists() and time.monotonic() < deadline:  # the end record written: between runs
-            time.sleep(0.01)
+        wait_until(trace.exists, what="the trace file")  # the end record written: between runs
         os.kill(pp._proc.pid, signal.SIGKILL)
-        pp._proc.join(10)
+        pp._proc.join(ARRIVAL_S)
         run("after")
         assert pp.restarts == 1
     finally:
@@ -176,7 +175,7 @@ def test_the_internal_channel_admits_only_the_child(tmp_path) -> None:
         packets = run_packets("r1", steps=12)
         for p in packets:
             pp(p)
-        assert pp.flush() and pp.dropped == 0
+        assert pp.flush(ARRIVAL_S) and pp.dropped == 0
         assert intruder.poll(500) == 0  # not one packet dealt to it
         intruder.close()
         ctx.term()

@@ -21,17 +21,15 @@ from bridge.protocol import RECORDING_STATES, decode
 from bridge.trace import TraceReader, partial_path
 from bridge.trace_files import numbered, rotated_files
 from tests.test_soak import _ask, _port
+from waiting import ARRIVAL_S, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def eventually(cond, timeout: float = 20.0) -> None:
+def eventually(cond) -> None:
     """Wait for ``cond()`` (a hang guard, not a timing claim)."""
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, "condition never held"
-        time.sleep(0.1)
+    wait_until(cond, interval=0.1)
 
 
 class Serve:
@@ -53,7 +51,7 @@ class Serve:
         while self.ask({"cmd": "ping"}, 2.0) is None:
             assert time.monotonic() - t0 < 120 and self.proc.poll() is None, self.stderr()
 
-    def ask(self, req: dict, timeout: float = 10.0) -> dict | None:
+    def ask(self, req: dict, timeout: float = ARRIVAL_S) -> dict | None:
         return _ask(self.ctx, self.control, json.dumps(req).encode(), timeout)
 
     def status(self) -> dict:
@@ -77,7 +75,7 @@ class Serve:
 
     def heartbeat(self) -> dict:
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 10:
+        while time.monotonic() - t0 < ARRIVAL_S:
             if self.sub.poll(500):
                 p = decode(self.sub.recv())
                 if p.kind == "status":
@@ -108,7 +106,7 @@ def test_serve_rotates_and_reports_a_removed_folder_in_its_status(tmp_path):
     base = folder / "show.stepx"
     osc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the OSC heartbeat's listener
     osc.bind(("127.0.0.1", 0))
-    osc.settimeout(5.0)
+    osc.settimeout(ARRIVAL_S)  # the heartbeat's datagrams must come
     serve = Serve("--record", str(base), "--record-max-runs", "1", "--sink-process", "off",
                   "--osc", f"127.0.0.1:{osc.getsockname()[1]}")
     try:

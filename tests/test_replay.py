@@ -62,12 +62,12 @@ def test_replay_delivers_same_packets_in_order_to_zmq_subscriber(tmp_path):
     t0 = time.monotonic()
     t.start()
     try:
-        while time.monotonic() - t0 < 10 and not (got and got[-1].kind == "end"):
+        while time.monotonic() - t0 < 60 and not (got and got[-1].kind == "end"):  # a hang guard
             m = sub.recv(timeout=0.2)
             if m is not None:
                 got.append(m)
     finally:
-        t.join(timeout=10)
+        t.join(timeout=60)
         sub.close()
     assert result.get("rc") == 0
     assert [(g.kind, g.step) for g in got] == [(p.kind, p.step) for p in pk]
@@ -99,7 +99,8 @@ def test_play_paces_steps_and_speed_scales(tmp_path):
     step_t = [t for t, k, _ in slow.items if k == "step"]
     assert step_t[-1] - step_t[0] >= 5 * 0.05 * 0.95  # 6 steps at 20 fps: at least 5 intervals
     fast_t = [t for t, k, _ in fast.items if k == "step"]
-    assert fast_t[-1] - fast_t[0] < step_t[-1] - step_t[0]
+    assert fast_t[-1] - fast_t[0] >= 5 * 0.0125 * 0.95  # paced at 4 x 20 fps too (a lower bound: a busy machine only adds)
+    assert replay.step_interval(20, 4.0) == pytest.approx(replay.step_interval(20, 1.0) / 4)  # not timed: no stall can fail it
     assert [k for _, k, _ in slow.items] == [k for _, k, _ in fast.items]
     with pytest.raises(ValueError, match="--speed"):
         replay.step_interval(10, 0)

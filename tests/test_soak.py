@@ -12,6 +12,7 @@ import time
 from bridge.daemon import Daemon, DaemonOptions
 from bridge.stream.fanout import FanOut
 from bridge.runner import Request, Runner
+from waiting import ARRIVAL_S
 
 
 def rss_mb() -> float:
@@ -151,7 +152,7 @@ class _Reader(threading.Thread):
         ctx.term()
 
 
-def _ask(ctx: zmq.Context, endpoint: str, payload: bytes, timeout: float = 10.0) -> dict | None:
+def _ask(ctx: zmq.Context, endpoint: str, payload: bytes, timeout: float = ARRIVAL_S) -> dict | None:
     """One request on a fresh REQ socket; the reply, or None if none came in ``timeout``."""
     req = ctx.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
