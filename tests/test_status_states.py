@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,8 @@ from bridge.stream.fanout import FanOut, SinkBase
 from bridge.runner import Request, Runner
 from bridge.transport.osc_out import OscSender
 from bridge.protocol import STATES
+from oscdump import OscDump
+from waiting import wait_until
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
 
@@ -52,40 +51,29 @@ class Collect(SinkBase):
         pass
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("oscdump") is None, reason="oscdump (liblo-tools) is not installed")
 def test_heartbeat_states_on_osc_and_zmq_match_the_table(sd_pipe):
-    port = _free_udp_port()
-    dump = subprocess.Popen(["oscdump", "-L", str(port)], stdout=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(dump.stdout.readline, "")), daemon=True)
-    reader.start()
-    time.sleep(0.3)  # oscdump binds
+    dump = OscDump().start()  # listening: no heartbeat is lost to an unbound port
+
+    def osc_codes(lines: list[str]) -> list[int]:
+        return [int(l.split()[3]) for l in lines if " /stepx/status ifif " in l]
+
     collect = Collect()
-    fan = FanOut([OscSender("127.0.0.1", port, heartbeat=0.05), collect])
+    fan = FanOut([OscSender("127.0.0.1", dump.port, heartbeat=0.05), collect])
     runner = Runner(sd_pipe, fan.publish, "tiny", image_every=0)
     daemon = Daemon(runner, fan.publish, DaemonOptions(idle_replay=True, replay_fps=20, heartbeat=0.05))
     loop = threading.Thread(target=daemon.serve_forever, daemon=True)
     loop.start()
     try:
         daemon.submit(Request(prompt="a cat", steps=60, seed=1))
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any(s["state"] == "replaying" for s in collect.status[-3:]):
-            time.sleep(0.05)
-        time.sleep(0.3)
+        wait_until(lambda: any(s["state"] == "replaying" for s in collect.status[-3:]), timeout=120,
+                   what="the idle replay after the run")
+        dump.wait_for(lambda lines: STATES["replaying"] in osc_codes(lines), "a replaying heartbeat at oscdump")
     finally:
         daemon.stop()
         loop.join(30)
         fan.close()
-        time.sleep(0.2)
-        dump.terminate()
-        dump.wait(5)
-        reader.join(5)
+        lines = dump.stop()
     status = [l.split()[1:] for l in lines if " /stepx/status " in l]
     assert status, "no heartbeat reached oscdump"
     for _addr, types, *args in status:

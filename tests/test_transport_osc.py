@@ -2,8 +2,6 @@
 
 import shutil
 import socket
-import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from bridge.protocol import Packet
 from bridge.transport import osc_encode
 from bridge.phases.measures import word_measures
 from bridge.transport.osc_out import OscSender, packet_messages
+from oscdump import OscDump
 
 
 def free_udp_port():
@@ -48,30 +47,29 @@ def test_word_measures():
 
 @pytest.mark.skipif(shutil.which("oscdump") is None, reason="needs liblo-tools (apt-get install liblo-tools)")
 def test_oscdump_receives_bundles_and_heartbeat():
-    port = free_udp_port()
-    proc = subprocess.Popen(["oscdump", "-L", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sender = OscSender("127.0.0.1", port, heartbeat=0.3)
-    try:
-        time.sleep(0.5)  # oscdump binding
-        sender.send(Packet("run", {"run_id": "r", "words": ["a"] * 77, "total_steps": 30, "seed": 7,
-                                   "width": 512, "height": 512}))
-        sender.send(step(words=77))
-        sender.send(Packet("end", {"run_id": "r", "status": "done"}))
-        time.sleep(1.0)
-    finally:
-        sender.close()
-        proc.terminate()
-        out, _err = proc.communicate(timeout=5)
-    lines = out.splitlines()
+    want = ["/stepx/run/start iiiii 30 7 77 512 512", "/stepx/step i 5", "/stepx/progress f 0.200000",
+            "/stepx/phase/weights fff 0.250000 0.500000 0.250000", "/stepx/word/76/centroid ff",
+            "/stepx/word/0/mass f 0.003906",  # 1 pixel of 16*16
+            "/stepx/global/entropy f ", "/stepx/run/end i 0"]
+
+    def complete(lines: list[str]) -> bool:  # every message, and two heartbeats
+        text = "\n".join(lines)
+        return all(w in text for w in want) and sum("/stepx/status ifif" in ln for ln in lines) >= 2
+
+    with OscDump() as dump:  # listening: nothing sent below is lost to an unbound port
+        sender = OscSender("127.0.0.1", dump.port, heartbeat=0.3)
+        try:
+            sender.send(Packet("run", {"run_id": "r", "words": ["a"] * 77, "total_steps": 30, "seed": 7,
+                                       "width": 512, "height": 512}))
+            sender.send(step(words=77))
+            sender.send(Packet("end", {"run_id": "r", "status": "done"}))
+            dump.wait_for(complete, "every message and two heartbeats at oscdump")
+        finally:
+            sender.close()
+    lines = dump.lines
     text = "\n".join(lines)
-    assert "/stepx/run/start iiiii 30 7 77 512 512" in text
-    assert "/stepx/step i 5" in text
-    assert "/stepx/progress f 0.200000" in text
-    assert "/stepx/phase/weights fff 0.250000 0.500000 0.250000" in text
-    assert "/stepx/word/76/centroid ff" in text
-    assert "/stepx/word/0/mass f 0.003906" in text  # 1 pixel of 16*16
-    assert "/stepx/global/entropy f " in text
-    assert "/stepx/run/end i 0" in text
+    for w in want:
+        assert w in text, w
     assert sum("/stepx/status ifif" in ln for ln in lines) >= 2  # heartbeat
     # every bundle carries a real timetag (oscdump prints it as hex seconds.fraction)
     assert all(not ln.startswith("00000000.00000001") for ln in lines)
@@ -134,7 +132,7 @@ def test_a_huge_word_never_drops_the_run_identity():
                          "width": 128, "height": 128})
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
-    rx.settimeout(2.0)
+    rx.settimeout(30.0)  # every datagram counted below must come
     sender = OscSender("127.0.0.1", rx.getsockname()[1], heartbeat=None)
     try:
         sender.send(run)
