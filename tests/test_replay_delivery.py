@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import zmq
@@ -18,9 +17,10 @@ from bridge.protocol import Packet
 from bridge.stream.fanout import FanOut
 from bridge.runner import Request, Runner
 from bridge.trace import TraceReader, TraceWriter
-from bridge.protocol import decode
+from bridge.protocol import decode, encode
 from bridge.transport.zmq_pub import ZmqPublisher
 from tests.test_trace import run_packets, write
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +35,7 @@ class FastSub:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
         self.got: list[Packet] = []
+        self.heard = threading.Event()  # any packet came, a status probe included
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -43,6 +44,7 @@ class FastSub:
         while not self._stop.is_set():
             if self.sock.poll(50):
                 p = decode(self.sock.recv())
+                self.heard.set()
                 if p.kind != "status":
                     self.got.append(p)
 
@@ -68,16 +70,19 @@ def test_idle_replay_is_lossless_for_a_fast_subscriber_and_not_recorded(sd_pipe,
     trace = tmp_path / "night.stepx"
     fan = FanOut([pub, TraceWriter(trace)])
     sub = FastSub(pub.endpoint)
-    time.sleep(0.3)
+    probe = encode(Packet("status", {"state": "probe"}))
+
+    def joined() -> bool:  # PUB drops what it sends before the subscription arrives: probe until heard
+        pub.send_bytes(probe)
+        return sub.heard.is_set()
+
+    wait_until(joined, interval=0.05, what="the subscriber joining")
     daemon = Daemon(Runner(sd_pipe, fan.publish, "tiny"), fan.publish, DaemonOptions(replay_fps=50.0))
     daemon.submit(Request("a red circle", steps=5, seed=1, width=64, height=64))
     thread = threading.Thread(target=daemon.serve_forever, daemon=True)
     thread.start()
     try:
-        t0 = time.monotonic()
-        while len(loops(sub.got)) < 9:
-            assert time.monotonic() - t0 < 120, f"only {len(loops(sub.got))} loops"
-            time.sleep(0.1)
+        wait_until(lambda: len(loops(sub.got)) >= 9, timeout=120, interval=0.1, what="9 replay loops")
     finally:
         daemon.stop()
         thread.join(30)
@@ -107,7 +112,9 @@ def test_stepx_replay_delivers_the_last_timeline_and_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bridge.cli", "replay", str(path), "--fps", "200", "--delay", "1.5",
                         "--zmq", f"tcp://127.0.0.1:{port}"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=120)
-    time.sleep(0.3)
-    sub.close()
     assert r.returncode == 0, r.stderr
+    try:
+        wait_until(lambda: len(sub.got) >= len(pk), what="every replayed packet")  # sent; maybe not yet read
+    finally:
+        sub.close()
     assert [p.kind for p in sub.got] == [p.kind for p in pk], [p.kind for p in sub.got][-5:]
