@@ -8,6 +8,7 @@ import pytest
 from bridge.stream.fanout import FanOut, Sink
 from bridge.protocol import Packet
 from bridge import protocol as wire
+from waiting import ARRIVAL_S
 
 
 class Recorder:
@@ -36,6 +37,7 @@ def test_encodes_once_per_encoding_and_shares_bytes():
     a, b, c, d = Recorder("a", "float16"), Recorder("b", "float16"), Recorder("c", "uint8"), Recorder("d")
     with FanOut([a, b, c, d]) as fo:
         fo.publish(Packet("step", {"step": 0}, {"t": np.ones((2, 4, 4), np.float32)}))
+        fo.close(timeout=ARRIVAL_S)  # delivered: returns as soon as every sink has it
     assert a.datas[0] is b.datas[0]  # the same bytes object: encoded once
     assert wire.decode(c.datas[0]).arrays["t"].dtype == np.uint8
     assert d.datas == [None] and all(s.closed for s in (a, b, c, d))
@@ -62,12 +64,12 @@ def test_slow_and_raising_sinks_do_not_slow_producer_or_backlog():
     fo = FanOut([fast, stuck, bad])
     n = 200
     fo.publish(Packet("step", {"step": 0}))
-    assert stuck.entered.wait(10)
+    assert stuck.entered.wait(ARRIVAL_S)
     for i in range(1, n):
         fo.publish(Packet("step", {"step": i}))  # returns although "stuck" is blocked in send
     assert not stuck.release.is_set() and stuck.got == []  # all n published while it was stuck
     stuck.release.set()
-    fo.close(timeout=10.0)
+    fo.close(timeout=ARRIVAL_S)
     assert [step for _k, step, _t, _h in stuck.got] == [0, n - 1]  # the stuck frame, then the newest
     assert fo.stats["stuck"].dropped == n - 2
     fast_steps = [step for _k, step, _t, _h in fast.got]
@@ -83,6 +85,7 @@ def test_run_and_end_are_never_dropped_and_stay_in_order():
             for i in range(20):
                 fo.publish(Packet("step", {"run_id": r, "step": i}))
             fo.publish(Packet("end", {"run_id": r}))
+        fo.close(timeout=ARRIVAL_S)  # every kept packet delivered (returns as soon as it is)
     kinds = [k for k, *_ in slow.got]
     assert kinds.count("run") == 3 and kinds.count("end") == 3
     # order: run r, steps of r (some dropped), end r, run r+1, ...
@@ -96,13 +99,15 @@ def test_run_and_end_are_never_dropped_and_stay_in_order():
 
 
 def test_latest_wins_is_per_kind():
-    slow = Recorder("slow", delay=0.05)
+    slow = Stuck("slow")  # held inside send(step 0) while the rest is published: ordering, not timing
     with FanOut([slow]) as fo:
         fo.publish(Packet("step", {"step": 0}))
-        time.sleep(0.01)
+        assert slow.entered.wait(ARRIVAL_S)
         for i in range(1, 10):
             fo.publish(Packet("step", {"step": i}))
             fo.publish(Packet("image", {"step": i}))
+        slow.release.set()
+        fo.close(timeout=ARRIVAL_S)
     got = [(k, s) for k, s, *_ in slow.got]
     assert got == [("step", 0), ("step", 9), ("image", 9)]
 
@@ -132,7 +137,7 @@ def test_lossless_sink_gets_every_packet_in_order():
     with FanOut([rec]) as fan:
         for i in range(200):
             fan.publish(Packet("step", {"step": i}))
-        fan.close(timeout=10)
+        fan.close(timeout=ARRIVAL_S)
     assert rec.steps == list(range(200))
     assert fan.stats["rec"].dropped == 0
 
@@ -154,11 +159,14 @@ def test_inline_sink_gets_every_packet_on_the_producers_thread():
     fast.threads = set()
     bad = Inline("bad", fail=True)
     bad.threads = set()
-    slow = Recorder("slow", delay=0.01)
+    slow = Stuck("slow")  # held inside its first send while the rest is published
     fo = FanOut([fast, bad, slow])
     for i in range(50):
         fo.publish(Packet("step", {"step": i}, {"t": np.full((2, 4, 4), i, np.float32)}))
-    fo.close()
+        if i == 0:
+            assert slow.entered.wait(ARRIVAL_S)
+    slow.release.set()
+    fo.close(timeout=ARRIVAL_S)
     assert [s for _, s, _, _ in fast.got] == list(range(50))
     assert fast.threads == {threading.current_thread().name}
     assert wire.decode(fast.datas[-1]).arrays["t"][0, 0, 0] == 49

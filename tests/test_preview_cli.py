@@ -247,7 +247,7 @@ def test_live_zmq_stream(gl, tmp_path: Path):
     try:
         out = tmp_path / "live"
         assert cli("--zmq", pub.endpoint, "--out", str(out), "--frames", "120", "--size", f"{SIZE}x{SIZE}",
-                   "--particles", "8192", "--frame-rate", "60", "--wait", "5", "--word", "cat") == 0
+                   "--particles", "8192", "--frame-rate", "60", "--wait", "30", "--word", "cat") == 0
     finally:
         stop.set()
         t.join(2)

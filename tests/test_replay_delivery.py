@@ -86,7 +86,7 @@ def test_idle_replay_is_lossless_for_a_fast_subscriber_and_not_recorded(sd_pipe,
     finally:
         daemon.stop()
         thread.join(30)
-        fan.close()
+        fan.close(timeout=30)  # the recorder writes every packet before the trace is read below
         sub.close()
     seen = loops(sub.got)
     live = seen[0]

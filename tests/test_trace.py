@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +127,7 @@ def test_killed_writer_leaves_readable_partial(tmp_path):
         assert proc.stdout.readline().strip() == "ready"
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc.wait(timeout=30)
     assert not path.exists() and partial_path(path).exists()
     with pytest.raises(TracePartialError, match="never finished"):
         TraceReader(path)
@@ -189,9 +188,8 @@ def test_trace_writer_as_fanout_sink(tmp_path):
     pk = run_packets()
     fan = FanOut([TraceWriter(path)])
     for p in pk:
-        fan.publish(p)
-        time.sleep(0.03)  # FanOut is latest-wins per kind; pace like a live run
-    fan.close(timeout=5)
+        fan.publish(p)  # no pacing: the recorder is lossless, however far behind it falls
+    fan.close(timeout=30)  # returns as soon as every packet is written
     with TraceReader(path) as tr:
         assert [(i.kind, i.step) for i in tr.index] == [(p.kind, p.step) for p in pk]
 
