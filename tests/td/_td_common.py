@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
+import zmq
 
 ROOT = Path(__file__).resolve().parents[2]
 TD_DIR = ROOT / "td_components"
@@ -56,8 +57,14 @@ def timeline_packet(run_id: str = "r1") -> Any:
                   {"steps": np.arange(10, dtype=np.int64), "mass": mass})
 
 
-def pump(send: Callable[[], None], until: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Call ``send`` every 20 ms until ``until()`` is true (ZeroMQ slow-joiner safe)."""
+#: how long a test waits for what must come (a hang guard, not a speed claim: a busy CI machine
+#: may stall for seconds; waits return as soon as the thing happens)
+ARRIVAL_S = 30.0
+
+
+def pump(send: Callable[[], None], until: Callable[[], bool], timeout: float = ARRIVAL_S) -> bool:
+    """Call ``send`` every 20 ms until ``until()`` is true (ZeroMQ slow-joiner safe); False after
+    ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         send()
@@ -65,3 +72,36 @@ def pump(send: Callable[[], None], until: Callable[[], bool], timeout: float = 5
         if until():
             return True
     return False
+
+
+class NeverWaits:
+    """The receiver's real socket, strictly: a receive must pass NOBLOCK and a poll a zero
+    timeout, so a poll() that could wait fails here at once instead of on a stopwatch."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self._sock, self.calls = sock, 0
+
+    def recv(self, flags: int = 0, *args, **kwargs):
+        assert flags & zmq.NOBLOCK, "a receive that may wait"
+        self.calls += 1
+        return self._sock.recv(flags, *args, **kwargs)
+
+    def recv_multipart(self, flags: int = 0, *args, **kwargs):
+        assert flags & zmq.NOBLOCK, "a receive that may wait"
+        self.calls += 1
+        return self._sock.recv_multipart(flags, *args, **kwargs)
+
+    def poll(self, timeout: int | None = None, *args, **kwargs):
+        assert timeout == 0, f"a socket poll that may wait ({timeout!r} ms)"
+        self.calls += 1
+        return self._sock.poll(0, *args, **kwargs)
+
+    def send(self, data: bytes, flags: int = 0, *args, **kwargs):
+        assert flags & zmq.NOBLOCK, "a send that may wait"
+        return self._sock.send(data, flags, *args, **kwargs)
+
+    def close(self, *args, **kwargs) -> None:
+        self._sock.close(*args, **kwargs)
+
+    def setsockopt(self, *args, **kwargs) -> None:
+        self._sock.setsockopt(*args, **kwargs)

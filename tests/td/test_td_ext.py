@@ -143,7 +143,7 @@ class ControlExtTest(unittest.TestCase):
         mod = load("StepXControlExt")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
-            s.settimeout(2)
+            s.settimeout(C.ARRIVAL_S)  # the datagram must come
             comp = FakeComp(Address="127.0.0.1", Oscport=s.getsockname()[1], Transport="osc", Prompt="a fox",
                             Seed=3, Steps=12, Guidance=5.0, Focuswords="fox", Token="", Lastreply="",
                             Libpath=str(C.TD_DIR))
