@@ -76,7 +76,11 @@ def test_cancel_stops_the_run_after_the_current_step(sd_pipe):
         if p.kind == "step" and p.header["step"] == 1:
             cancel.set()  # set while the run goes on (the worker publishes as steps end)
 
-    runner = Runner(sd_pipe, publish, image_every=0)
+    def step_clock(run_id, step):  # the model waits at step 2 for the cancel (ordering, not timing:
+        if step == 2:               # a starved packet thread must not let all 30 steps run first)
+            assert cancel.wait(30), "step 1 was never published"
+
+    runner = Runner(sd_pipe, publish, image_every=0, step_clock=step_clock)
     result = runner.run(Request(PROMPT, seed=5, steps=30), cancel)
     assert result.status == "cancelled"
     assert 2 <= result.steps < 30  # stops within a few steps of the request, never runs all 30
