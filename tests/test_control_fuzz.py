@@ -217,7 +217,7 @@ def test_osc_control_one_bounded_reply_per_datagram_and_keeps_answering(handler)
         fresh = [_Client(srv.port) for _ in bad]
         for c, d in zip(fresh, bad):  # each peer's first datagram: one reply at most, never larger than it
             c.send(d)
-        for c, d in zip(fresh, bad):
+        for c, d in zip(fresh, bad):  # short waits: they bound replies (one, small); a late one is missed, never failed
             got = c.replies(0.5 if c is fresh[0] else 0.02)
             c.close()
             assert len(got) <= 1 and all(len(g) <= len(d) for g in got), (d[:60], got)
@@ -284,7 +284,8 @@ def test_token_is_checked_on_bytes_and_a_lone_surrogate_is_refused(handler):
             assert json.loads(req.recv())["error"] == "missing or wrong 'token'"
             c.send(osc_encode.osc_string("/stepx/ping") + osc_encode.osc_string(",s") +
                    tok.encode("utf-8", "surrogatepass") + b"\x00" * (4 - len(tok.encode("utf-8", "surrogatepass")) % 4))
-        assert c.replies() == [] or all(not _reply_json(r)["ok"] for r in c.replies(0.1))
+        got = c.replies()  # silence, or refusals: a short wait can only miss a late reply, never fail on one
+        assert all(not _reply_json(r)["ok"] for r in got), got
         req.send(b'{"cmd":"ping","token":"s3cret"}')
         assert json.loads(req.recv())["ok"] and srv.alive and osc.alive
     finally:

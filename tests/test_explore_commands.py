@@ -141,7 +141,7 @@ def test_serve_explore_with_a_sink_process_follows_the_daemons_zeromq_stream():
     try:
         assert explorer.sink is None and explorer.feed is not None
         hub = explorer.server.server.config.app.state.explorer.hub
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while hub.received == 0 and time.monotonic() < deadline:
             pub.send_bytes(encode(Packet("run", {"run_id": "r"})))
             time.sleep(0.05)
