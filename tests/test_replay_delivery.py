@@ -50,7 +50,7 @@ class FastSub:
 
     def close(self) -> None:
         self._stop.set()
-        self._t.join(2)
+        self._t.join(30)  # before its socket closes under it (returns within one 50 ms poll)
         self.sock.close()
         self.ctx.term()
 

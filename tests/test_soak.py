@@ -12,7 +12,7 @@ import time
 from bridge.daemon import Daemon, DaemonOptions
 from bridge.stream.fanout import FanOut
 from bridge.runner import Request, Runner
-from waiting import ARRIVAL_S
+from waiting import ARRIVAL_S, wait_until
 
 
 def rss_mb() -> float:
@@ -167,6 +167,32 @@ def _ask(ctx: zmq.Context, endpoint: str, payload: bytes, timeout: float = ARRIV
         req.close()
 
 
+def _loops(fast: list) -> tuple[list[dict], list[dict]]:
+    """The runs and replay loops in a subscriber's packets, and those that are whole."""
+    loops: list[dict] = []
+    current: dict | None = None
+    for p in fast:
+        same = current is not None and p.header.get("run_id") == current["run"].header["run_id"]
+        if p.kind == "run" and not (same and current["end"] is None):
+            current = {"run": p, "steps": [], "end": None, "timeline": False}
+            loops.append(current)
+        elif same and p.kind == "step":
+            current["steps"].append(p.header["step"])
+        elif same and p.kind == "timeline":
+            current["timeline"] = True
+        elif same and p.kind == "end" and current["end"] is None:
+            current["end"] = p
+    whole = [l for l in loops if l["end"] is not None and (l["steps"] or l["timeline"])]  # not a re-sent run + end
+    return loops, whole
+
+
+def _watched_enough(readers: dict) -> bool:
+    """What the soak's assertions count has happened: runs and replay loops, vanished readers."""
+    _, whole = _loops([p for _, p in list(readers["fast"].got)])
+    replays = sum(1 for l in whole if l["run"].header.get("replay"))
+    return len(whole) > 20 and replays >= 5 and readers["vanish"].vanished >= 10
+
+
 def _fuzz_payloads(rng: random.Random) -> list[bytes]:
     """A light control fuzz: junk, huge numbers, huge payloads, deep nesting, wrong types."""
     out = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))) for _ in range(20)]
@@ -227,6 +253,8 @@ def test_show_soak(tmp_path):
         assert _ask(ctx, control, b'{"cmd": "ping"}')["ok"], "control stopped answering after the fuzz"
         # 4. idle: the last run loops (idle replay) while the subscribers watch
         time.sleep(40)  # (the fast subscriber's replay loops are counted below)
+        wait_until(lambda: _watched_enough(readers), timeout=120, interval=0.5,  # a busy machine: more time,
+                   what="20 whole runs and loops, 5 replay loops, 10 vanished readers")  # never a false failure
         rss_end = _rss_of(proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.stderr.read()[-3000:]
@@ -243,19 +271,7 @@ def test_show_soak(tmp_path):
     # no packet loss for the fast subscriber: every run (live or replay loop) is whole and in order
     # (a subscriber joining re-sends the cached run, and end, to everyone: PROTOCOL.md says repeated
     # run/end packets of the same run are no-ops, and so they are here)
-    loops, current = [], None
-    for p in fast:
-        same = current is not None and p.header.get("run_id") == current["run"].header["run_id"]
-        if p.kind == "run" and not (same and current["end"] is None):
-            current = {"run": p, "steps": [], "end": None, "timeline": False}
-            loops.append(current)
-        elif same and p.kind == "step":
-            current["steps"].append(p.header["step"])
-        elif same and p.kind == "timeline":
-            current["timeline"] = True
-        elif same and p.kind == "end" and current["end"] is None:
-            current["end"] = p
-    whole = [l for l in loops if l["end"] is not None and (l["steps"] or l["timeline"])]  # not a re-sent run + end
+    loops, whole = _loops(fast)
     assert len(whole) > 20
     for l in whole:
         n = l["end"].header.get("steps", 8) if not l["run"].header.get("replay") else 8
