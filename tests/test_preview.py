@@ -386,3 +386,21 @@ def test_preview_defaults_are_the_touchdesigner_pieces():
 
     defaults = inspect.signature(PreviewRenderer).parameters
     assert tuple(defaults["background"].default) == (piece["Backgroundr"], piece["Backgroundg"], piece["Backgroundb"])
+
+
+def test_a_model_loads_after_the_preview_opened_a_context():
+    """Mesa's llvmpipe and Triton's own LLVM: Triton imported after a llvmpipe context segfaulted
+    the process (diffusers imports Triton). create_context loads Triton first where it is installed."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton", reason="the crash needs Triton installed")
+    code = ("from bridge.preview.renderer import create_context\n"
+            "ctx = create_context()\n"
+            "print(ctx.info['GL_RENDERER'])\n"
+            "import triton, diffusers\n"
+            "print('loaded')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and "could not create an OpenGL" in done.stderr:
+        pytest.skip("no OpenGL context headless here")
+    assert done.returncode == 0 and done.stdout.strip().endswith("loaded"), (done.returncode, done.stderr[-2000:])

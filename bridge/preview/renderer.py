@@ -11,7 +11,9 @@ top" (particle y, fullscreen ``v_uv``). The framebuffer's row 0 is the BOTTOM, s
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Concatenate, ParamSpec, Sequence, TypeVar
@@ -60,6 +62,21 @@ class Camera:
     depth_scale: float = 0.35  # world height of depth 1.0 (plane spans [-1, 1])
 
 
+def _load_triton_before_llvmpipe() -> None:
+    """Import Triton now, where it is installed and not yet loaded.
+
+    Its ``libtriton`` carries its own LLVM. Loaded after Mesa's llvmpipe has loaded the system's
+    libLLVM, it kills the process (a segfault while it loads). The other order works. diffusers
+    and the fused MM-DiT map kernel import Triton, so a process that opens the preview and then
+    loads a model would otherwise die there (seen with Mesa 22 / LLVM 15 and Triton 3)."""
+    if "triton" in sys.modules or importlib.util.find_spec("triton") is None:
+        return
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken Triton is the maps' fallback's business, not the preview's
+        pass
+
+
 def create_context(require: int | tuple[int, ...] = (430, 330)) -> moderngl.Context:
     """Standalone headless context: EGL first (Mesa llvmpipe / NVIDIA), then moderngl's default.
 
@@ -67,6 +84,8 @@ def create_context(require: int | tuple[int, ...] = (430, 330)) -> moderngl.Cont
     for 4.3 first is what makes the compute-shader path available there.
     """
     import moderngl
+
+    _load_triton_before_llvmpipe()
     errors = []
     for version in ((require,) if isinstance(require, int) else require):
         for kwargs in ({"backend": "egl"}, {}):
