@@ -57,7 +57,7 @@ def test_replay_delivers_same_packets_in_order_to_zmq_subscriber(tmp_path):
     sub = ZmqSubscriber(endpoint, topics=["stepx/"])  # connects before the replay binds; zmq retries
     got: list = []
     result: dict = {}
-    args = parse(str(path), "--zmq", endpoint, "--fps", "10", "--delay", "1.0")
+    args = parse(str(path), "--zmq", endpoint, "--fps", "10", "--delay", "0", "--wait-subscriber", "60")
     t = threading.Thread(target=lambda: result.setdefault("rc", replay.run(args)))
     t0 = time.monotonic()
     t.start()
@@ -175,3 +175,14 @@ def test_sink_options():
     finally:
         for s in sinks:
             s.close()
+
+
+def test_replay_waits_for_a_subscriber_then_warns_and_plays_without_one(tmp_path, capsys):
+    path = tmp_path / "show.trace"
+    pk = make_trace(path)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    # no subscriber: a short wait, a warning, and the whole trace played anyway
+    assert replay.run(parse(str(path), "--zmq", endpoint, "--fps", "0", "--delay", "0", "--wait-subscriber", "0.3")) == 0
+    err = capsys.readouterr().err
+    assert "waiting up to 0.3 s for a subscriber" in err and "no subscriber after 0.3 s; playing anyway" in err
+    assert f"sent {len(pk)} packets" in err

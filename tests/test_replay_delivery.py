@@ -109,7 +109,7 @@ def test_stepx_replay_delivers_the_last_timeline_and_end(tmp_path):
         port = s.getsockname()[1]
     sub = FastSub(f"tcp://127.0.0.1:{port}")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "bridge.cli", "replay", str(path), "--fps", "200", "--delay", "1.5",
+    r = subprocess.run([sys.executable, "-m", "bridge.cli", "replay", str(path), "--fps", "200", "--delay", "0", "--wait-subscriber", "60",
                         "--zmq", f"tcp://127.0.0.1:{port}"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr

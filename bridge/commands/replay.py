@@ -25,6 +25,7 @@ from bridge.stream.fanout import FanOut
 from bridge.stream.sinks import SinkError, add_sink_arguments, build_sinks
 from bridge.trace import TraceError, TracePartialError, TraceReader
 from bridge.trace_set import pick_runs, run_selector, trace_paths
+from bridge.transport.zmq_pub import ZmqPublisher
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delay", type=float, default=0.5, metavar="SECONDS",
                         help="wait after opening the outputs, before the first packet, so receivers that are "
                              "already running can (re)connect (default 0.5)")
+    parser.add_argument("--wait-subscriber", type=float, default=0.0, metavar="SECONDS",
+                        help="with a ZeroMQ output: before playing, wait up to SECONDS for a first subscriber "
+                             "(TouchDesigner, stepx preview) to connect, then play at once; none by then: "
+                             "play anyway, with a warning (default 0: don't wait)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="play a trace that stops early (crash mid-recording) instead of refusing it")
     add_sink_arguments(parser)
+
+
+def _wait_subscriber(sinks: list, seconds: float) -> None:
+    """``--wait-subscriber``: block until a ZeroMQ output has a subscriber, at most ``seconds``."""
+    publishers = [s for s in sinks if isinstance(s, ZmqPublisher)]
+    if seconds <= 0 or not publishers:
+        return
+    print(f"stepx replay: waiting up to {seconds:g} s for a subscriber on "
+          f"{', '.join(p.endpoint for p in publishers)}", file=sys.stderr)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if any(p.wait_subscriber(min(0.1, max(0.0, deadline - time.monotonic()))) for p in publishers):
+            return
+    print(f"stepx replay: warning: no subscriber after {seconds:g} s; playing anyway", file=sys.stderr)
 
 
 def step_interval(fps: float, speed: float) -> float:
@@ -145,6 +164,7 @@ def _play_all(args: argparse.Namespace, readers: list[TraceReader], interval: fl
     fan = FanOut(sinks)
     code, loops, sent = 0, 0, 0
     try:
+        _wait_subscriber(sinks, args.wait_subscriber)
         stop.wait(max(0.0, args.delay))
         while True:
             for reader, positions in playlist:
