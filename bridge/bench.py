@@ -157,22 +157,23 @@ class Latency:
                     parts["step_end_to_handover"].append(1000 * (began - self.sent[k]))
                     parts["handover"].append(1000 * (ended - began))
                     parts["handover_to_receipt"].append(1000 * (received[k] - ended))
-            out["stages"] = {k: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
-                             for k, v in parts.items() if v}
+            out["stages"] = {k: _percentiles(v) for k, v in parts.items() if v}
         if self._events:  # from the step's end on the GPU, and how far the host ran ahead of it
             try:
                 done = self.gpu_done()
             except RuntimeError as exc:  # a diagnostic: its failure must not lose the run's figures
                 out["from_gpu_step_end"] = {"error": str(exc)}
                 return out
-            keys = [k for k in done if k in received]
-            lag = [1000 * (done[k] - self.sent[k]) for k in keys]
-            gpu = {k: done[k] for k in keys}
-            out["from_gpu_step_end"] = {k: v for k, v in latency_summary(gpu, received).items() if k != "sent"}
+            out["from_gpu_step_end"] = latency_summary(done, received)
+            lag = [1000 * (done[k] - self.sent[k]) for k in done if k in received]
             if lag:
-                out["host_ahead_of_gpu"] = {"p50_ms": float(np.percentile(lag, 50)), "p99_ms": float(np.percentile(lag, 99)),
-                                            "max_ms": float(max(lag))}
+                out["host_ahead_of_gpu"] = _percentiles(lag)
         return out
+
+
+def _percentiles(ms: list[float]) -> dict[str, float]:
+    """p50, p99 and max of some milliseconds (not empty)."""
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(max(ms))}
 
 
 def latency_summary(sent: dict[tuple[str, int], float], received: dict[tuple[str, int], float]) -> dict[str, Any]:
@@ -186,17 +187,13 @@ def latency_summary(sent: dict[tuple[str, int], float], received: dict[tuple[str
     lat = {k: 1000 * (received[k] - t) for k, t in sent.items() if k in received}
     if not lat:
         return {"received": 0, "sent": len(sent)}
-
-    def pct(values: list[float]) -> dict[str, float]:
-        return {"n": len(values), "p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99)),
-                "max_ms": float(max(values))} if values else {"n": 0}
-
     place = {"first": [v for (r, s), v in lat.items() if s == 0],
              "last": [v for (r, s), v in lat.items() if s == last[r] and s != 0],
              "middle": [v for (r, s), v in lat.items() if 0 < s < last[r]]}
     worst = sorted(lat.items(), key=lambda kv: -kv[1])[:5]
     return {"received": len(lat), "sent": len(sent), "p50_ms": float(np.percentile(list(lat.values()), 50)),
-            "p99_ms": float(np.percentile(list(lat.values()), 99)), "by_place": {k: pct(v) for k, v in place.items()},
+            "p99_ms": float(np.percentile(list(lat.values()), 99)),
+            "by_place": {k: {"n": len(v), **_percentiles(v)} if v else {"n": 0} for k, v in place.items()},
             "worst": [{"step": s, "of": last[r] + 1, "ms": round(v, 3)} for (r, s), v in worst]}
 
 

@@ -71,7 +71,7 @@ class ZmqPublisher:
         self.endpoint: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
         self._cache: list[tuple[bytes, bytes]] = []  # (topic, data) of the current run/end
-        self.joined = threading.Event()  # set at the first subscription seen (see wait_subscriber)
+        self._joined = threading.Event()  # set at the first subscription seen (see wait_subscriber)
         self._stop = threading.Event()
         self._poll_interval = poll_interval
         self._watcher = threading.Thread(target=self._watch, name=f"{name}-xpub", daemon=True)
@@ -122,7 +122,7 @@ class ZmqPublisher:
                 return
             if msg[:1] != b"\x01":  # an unsubscription
                 continue
-            self.joined.set()
+            self._joined.set()
             for topic, data in self._cache:
                 if topic.startswith(msg[1:]):
                     try:
@@ -133,7 +133,7 @@ class ZmqPublisher:
     def wait_subscriber(self, timeout: float) -> bool:
         """Block until a subscriber has subscribed (seen by the watcher within ``poll_interval``),
         at most ``timeout`` seconds; whether one did. From then on it gets what is sent."""
-        return self.joined.wait(timeout)
+        return self._joined.wait(timeout)
 
     def close(self) -> None:
         """Stop the watcher and close the socket, giving queued frames up to ``linger`` seconds to
