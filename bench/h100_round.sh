@@ -6,6 +6,7 @@
 #   shape at 1 and 4 steps, guidance 0; SD 1.5 with LCM at 4 steps, guidance 1): 5 files; then, time
 #   left, the sink process's CPU per step (bench/sink_cpu.py) into the log.
 # SET big: FLUX.1-dev shape 512², SDXL and SD3.5-medium shapes 1024²: 4 files.
+# SET rest: LCM at 4 steps, then SDXL and SD3.5-medium (big without FLUX, which bench/mmdit_round.sh covers).
 # Each bench gets --max-seconds inside what is left and is skipped when too little is; every
 # result's JSON also goes into OUTDIR/log. Run it twice in one call (two code trees, two OUTDIRs
 # under $OUT) to compare code on the same machine: the device brings back 8 files.
@@ -31,13 +32,16 @@ if [ $((budget - SECONDS)) -ge 40 ]; then  # the sink process's CPU per step on 
   timeout 35 python3 bench/sink_cpu.py --runs 10 2>&1 | tee -a "$out/log"
 else echo "== sink_cpu skipped: $((budget - SECONDS)) s left" | tee -a "$out/log"; fi
 fi
-if [ "$set" = big ]; then
-bench flux 130 60 --arch flux --size 512 --runs 8 --warmup 1 --variants plain capture publish
+if [ "$set" = rest ]; then
+bench lcm4 60 15 --arch sd15 --scheduler lcm --steps 4 --guidance 1 --runs 100 --warmup 3 --variants plain capture publish
+fi
+if [ "$set" = big ] || [ "$set" = rest ]; then
+[ "$set" = big ] && bench flux 130 60 --arch flux --size 512 --runs 8 --warmup 1 --variants plain capture publish
 bench sdxl 80 35 --arch sdxl --runs 12 --warmup 1 --variants plain capture publish
 bench sd35m 90 40 --arch sd35m --runs 12 --warmup 1 --variants plain capture publish
 fi
 for f in sd15 sd15_si flux sdxl sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
-[ "$set" = small ] && python3 - "$tmp" "$out/fewstep.json" <<'PY'
+[ "$set" != big ] && python3 - "$tmp" "$out/fewstep.json" <<'PY'
 import json, pathlib, sys
 tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 found = {n: json.loads((tmp / f"{n}.json").read_text()) for n in ("turbo1", "turbo4", "lcm4") if (tmp / f"{n}.json").exists()}
