@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame, TimelineSummary
+from bridge.phases.packing import pack_rgba
 
 WORDS = ["a", "red", "car"]
 
@@ -233,3 +234,19 @@ def test_scalars_are_a_fresh_copy_each_call():
     again = frame.scalars()
     assert again["mass"][0] != -1.0 and len(again["forces"]["chaos_words"]) == 2 and again["phase_weights"][0] != 7.0
     assert again == frame.scalars()
+
+
+def test_pack_rgba_on_the_cpu_is_the_clamp_then_one_minus_bit_for_bit():
+    """The CPU path writes each channel straight into the interleaved output: the same values as
+    stacking torch's clamp, 1 - clamp, settled and accumulated (NaN and out-of-range included)."""
+    g = torch.Generator().manual_seed(0)
+    tex, settled, acc = (torch.rand(3, 5, 4, generator=g) * 1.2 - 0.1 for _ in range(3))
+    tex[0, 0, 0] = float("nan")
+    got = pack_rgba(tex, settled, acc)
+    st = tex.clamp(0.0, 1.0)
+    torch.testing.assert_close(got, torch.stack([st, 1.0 - st, settled, acc], dim=-1), equal_nan=True, rtol=0, atol=0)
+    assert got.is_contiguous() and got.dtype == torch.float32 and got.shape == (3, 5, 4, 4)
+    half = pack_rgba(tex.half(), settled.half(), acc.half())
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half, torch.stack([tex.half().clamp(0, 1), 1 - tex.half().clamp(0, 1), settled.half(), acc.half()], -1),
+                               equal_nan=True, rtol=0, atol=0)
