@@ -154,3 +154,24 @@ def test_conflate_refuses_several_topics():
     import pytest
     with pytest.raises(ValueError, match="exactly one topic"):
         ZmqSubscriber("tcp://127.0.0.1:1", topics=["stepx/step", "stepx/run"], conflate=True)
+
+
+def test_received_arrays_are_zeromqs_buffer_read_only_and_outlive_later_messages():
+    """recv decodes ZeroMQ's own buffer without a copy: the arrays are read-only (as from bytes)
+    and stay intact while later messages arrive and the earlier frames are gone from Python."""
+    p = ZmqPublisher("tcp://127.0.0.1:*", sndhwm=64)
+    s = ZmqSubscriber(p.endpoint, topics=["stepx/step"], rcvhwm=64)
+    try:
+        wait_joined(p, s, kind="step")
+        big = np.arange(3 * 64 * 64, dtype=np.float32).reshape(3, 64, 64) / 7.0  # > 64 KiB: a zero-copy send too
+        for step in range(3):
+            p.send_bytes(wire.encode(Packet("step", {"step": step}, {"m": big + step}), "float32"))
+        got = [s.recv(timeout=ARRIVAL_S) for _ in range(3)]
+        latest = [s.drain(timeout=0.1)]  # nothing more: empties the queue
+        assert latest == [[]]
+        for step, pk in enumerate(got):
+            assert pk.step == step
+            np.testing.assert_array_equal(pk.arrays["m"], big + step)
+            assert not pk.arrays["m"].flags.writeable
+    finally:
+        s.close(); p.close()

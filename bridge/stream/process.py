@@ -349,6 +349,7 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
     zctx = zmq.Context()
     pull = zctx.socket(zmq.PAIR)
     pull.setsockopt(zmq.LINGER, 0)
+    pull.setsockopt(zmq.RCVTIMEO, int(HEALTH_EVERY * 1000))  # a blocking receive that wakes for the health report
     pull.connect(endpoint)
     pull.send(b"hello")  # the parent removes the socket file once this arrives
     conn.send(("ready", [s.name for s in sinks]))
@@ -359,11 +360,12 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
         while True:
             if health is not None and time.monotonic() - last_report >= HEALTH_EVERY:
                 reported, last_report = _report(health, fan, reported), time.monotonic()
-            if not pull.poll(int(HEALTH_EVERY * 1000)):
+            try:  # one call per item: Socket.poll builds a Poller every time
+                frames = pull.recv_multipart(copy=False)
+            except zmq.Again:
                 if parent is not None and not parent.is_alive():
                     break
                 continue
-            frames = pull.recv_multipart(copy=False)
             tag = frames[0].bytes
             if tag == _CLOSE:
                 break

@@ -51,19 +51,27 @@ class ZmqSubscriber:
             return None
         return self.sock.recv()
 
+    def _recv_buffer(self, timeout: float | None = None, flags: int = 0) -> memoryview | None:
+        """Next raw message as a view of ZeroMQ's own buffer (no copy: a step packet is ~0.8 MB,
+        whose copy was a third of a subscriber's decode), or None after ``timeout`` seconds. The
+        arrays that :func:`~bridge.protocol.decode` makes of it keep it alive."""
+        if timeout is not None and not self.sock.poll(int(timeout * 1000)):
+            return None
+        return self.sock.recv(flags, copy=False).buffer.toreadonly()  # read-only arrays, as from bytes
+
     def recv(self, timeout: float | None = None) -> Any | None:
         """Next decoded Packet, or None on timeout."""
-        data = self.recv_bytes(timeout)
+        data = self._recv_buffer(timeout)
         return None if data is None else decode(data, self.dequantize)
 
-    def _drain_raw(self, timeout: float | None) -> list[bytes]:
-        first = self.recv_bytes(timeout)
+    def _drain_raw(self, timeout: float | None) -> list[memoryview]:
+        first = self._recv_buffer(timeout)
         if first is None:
             return []
         out = [first]
         while True:
             try:
-                out.append(self.sock.recv(zmq.NOBLOCK))
+                out.append(self._recv_buffer(None, zmq.NOBLOCK))
             except zmq.Again:
                 return out
 
