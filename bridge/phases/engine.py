@@ -14,6 +14,7 @@ from torch import Tensor
 from .config import PhaseConfig
 from .forces import force_gains
 from .frame import PhaseFrame
+from .host_step import HostHints, host_phase_step
 from .fused import (
     StepOut,
     StepState,
@@ -64,6 +65,8 @@ class PhaseEngine:
     ``compile=False`` (default) runs it eagerly, the reference; ``compile=True`` (or a mode from
     :data:`COMPILE_MODES`) runs it through ``torch.compile``: a handful of fused
     kernels per step, compiled once per (N, H, W, device, normalisation, global view).
+    On the CPU, uncompiled, it runs as :func:`~bridge.phases.host_step.host_phase_step`: the
+    same values with the passes that host-side knowledge makes unnecessary left out.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class PhaseEngine:
         self._state: StepState | None = None  # tensor state, created at the first step
         self._coords: tuple[Tensor, Tensor] | None = None  # pixel centres xs [W], ys [H]
         self._acc_weight: list[float] = [0.0, 0.0, 0.0]
+        self._nan_seen = False  # a NaN texture reached the accumulators (the CPU step's hint)
         self._history: list[Tensor] = []  # each [7, N]
         self._steps: list[int] = []
         self._total_steps: int | None = None
@@ -144,10 +148,9 @@ class PhaseEngine:
             self._state = initial_state(n, h, w, device)
             self._coords = pixel_centres(h, w, device)
         xs, ys = cast("tuple[Tensor, Tensor]", self._coords)  # set with the state, above
-        scal = torch.tensor(
-            step_scalars(weights, self._acc_weight, len(self._steps), cfg.settle_rate, cfg.settle_scale, step, cfg.stable_threshold),
-            dtype=torch.float32,
-        )
+        scalars = step_scalars(weights, self._acc_weight, len(self._steps), cfg.settle_rate, cfg.settle_scale, step,
+                               cfg.stable_threshold)
+        scal = torch.tensor(scalars, dtype=torch.float32)
         if device.type != "cpu":
             scal = scal.to(device, non_blocking=True)
 
@@ -156,7 +159,11 @@ class PhaseEngine:
         if clone:
             torch.compiler.cudagraph_mark_step_begin()
         try:
-            out = step_fn(maps, self._state, scal, xs, ys, cfg.normalisation, cfg.global_view)
+            if device.type == "cpu" and self.compile_mode is None:  # the same values, fewer passes
+                hints = HostHints(weights, (scalars[3], scalars[4], scalars[5]), bool(self._steps), self._nan_seen)
+                out = host_phase_step(maps, self._state, scal, xs, ys, cfg.normalisation, cfg.global_view, hints)
+            else:
+                out = step_fn(maps, self._state, scal, xs, ys, cfg.normalisation, cfg.global_view)
         except Exception as exc:  # e.g. no compiler toolchain: the eager step is the same maths
             if self.compile_mode is None:
                 raise
@@ -166,6 +173,8 @@ class PhaseEngine:
             out = phase_step(maps, self._state, scal, xs, ys, cfg.normalisation, cfg.global_view)
         if clone:  # CUDA-graph outputs are overwritten by the next replay: keep our own copies
             out = _clone_out(out)
+        if device.type == "cpu" and not self._nan_seen:  # the CPU step's hint, whichever step ran (a fall-back mid-run)
+            self._nan_seen = bool(out.live[8 * n + 1 : 9 * n + 2].isnan().any())  # live's texture means [N+1]
         self._state = out.state
         self._history.append(out.measures)
         self._steps.append(step)
