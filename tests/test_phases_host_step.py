@@ -140,3 +140,40 @@ def test_the_blend_probe_matches_torch_here():
     """On this machine torch's blend of the three phases rounds as multiply-then-add (if this ever
     fails, the step still equals the reference: it keeps the product where the probe says no)."""
     assert isinstance(blend_is_multiply_add(), bool)
+
+
+@pytest.mark.parametrize("shape", [(13, 64, 64), (3, 1, 1), (2, 5, 7)])
+def test_host_measures_equal_measures_of_bit_for_bit(shape):
+    """Including a NaN map, an all-zero word (zero total: share's guard) and a single pixel (entropy 0)."""
+    from bridge.phases.host_step import host_measures
+    from bridge.phases.timeline import measures_of
+
+    n, h, w = shape
+    g = torch.Generator().manual_seed(n)
+    maps = torch.rand(n, h * w, generator=g) ** 3
+    maps[0] = 0.0
+    if n > 2:
+        maps[2, 0] = float("nan")
+    total = maps.sum(dim=1, keepdim=True)
+    dist = torch.where(total > 0, maps / torch.where(total > 0, total, 1.0), 1.0 / (h * w))
+    change = torch.rand(n, generator=g)
+    change[-1] = float("nan")
+    xs, ys = pixel_centres(h, w, torch.device("cpu"))
+    for mass in (total[:, 0] / (h * w), torch.zeros(n)):
+        want = measures_of(mass, dist, change, xs, ys)
+        got = host_measures(mass, dist.clone(), change, xs, ys)
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_stable_since_on_the_host_equals_the_tensor_rule():
+    from bridge.phases.host_step import _stable_since
+    from bridge.phases.measures import update_stable_since
+
+    previous = torch.tensor([-1.0, 3.0, -1.0, 5.0, 2.0])
+    change = torch.tensor([0.01, 0.01, 0.5, float("nan"), 0.02])  # below, below (kept), above, NaN, at the threshold
+    scal = torch.zeros(14)
+    scal[12], scal[13] = 7.0, 0.02
+    want = update_stable_since(previous, change, scal[12], scal[13])
+    got = _stable_since(previous, change, scal)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert got.tolist() == [7.0, 3.0, -1.0, -1.0, -1.0]

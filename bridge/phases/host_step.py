@@ -37,9 +37,8 @@ import torch
 from torch import Tensor
 
 from .fused import StepOut, StepState
-from .normalise import GLOBAL_VIEWS, NORMALISERS
-from .measures import update_stable_since
-from .timeline import measures_of
+from .normalise import GLOBAL_VIEWS, NORMALISERS, running_max_normalise
+from .timeline import _TINY
 
 
 class HostHints(NamedTuple):
@@ -64,6 +63,55 @@ def blend_is_multiply_add() -> bool:
     return bool(torch.equal(got, want))
 
 
+def _textures(maps: Tensor, flat: Tensor, running_max: Tensor, normalisation: str, global_view: str) -> tuple[Tensor, Tensor]:
+    """The words' textures and the global view in one new ``[N+1, H, W]``, and the running max:
+    the one table's formulas (normalise.py), with the default ``running_max`` / ``max`` written
+    straight into place. There ``maps / running max`` is already in [0, 1] when every running max
+    is finite and positive (each value is at most its map's max, at most the running max), so
+    its clamp is the identity; a flat or NaN map keeps the clamp."""
+    n, h, w = maps.shape
+    if normalisation != "running_max" or global_view != "max":
+        words_tex, running_max = NORMALISERS[normalisation](maps, running_max)  # [N, H, W], [N]
+        return torch.cat([words_tex, GLOBAL_VIEWS[global_view](words_tex)[None]]), running_max
+    running_max = torch.maximum(running_max, flat.amax(dim=1))  # update_running_max: [N]
+    textures = torch.empty((n + 1, h, w))
+    words = textures[:n]
+    if all(0.0 < v < math.inf for v in running_max.tolist()):
+        torch.div(maps, running_max[:, None, None], out=words)
+    else:
+        words.copy_(running_max_normalise(maps, running_max))
+    torch.amax(words, dim=0, out=textures[n])
+    return textures, running_max
+
+
+def host_measures(mass: Tensor, dist: Tensor, change: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """:func:`~bridge.phases.timeline.measures_of` on the CPU in fewer torch calls, the same values:
+    the words' total read once on the host instead of a ``where`` on the device, the entropy's
+    sign folded into its divisor (``-a / b == a / -b`` exactly), and the spread's clamp left out
+    (a sum of non-negative terms: ``dist`` and the squares are >= 0, or NaN)."""
+    n, (h, w) = mass.shape[0], (ys.shape[0], xs.shape[0])
+    hw = h * w
+    total = mass.sum()
+    share = mass / total if float(total) > 0 else mass / torch.ones_like(total)  # [N]
+    if hw > 1:
+        entropy = dist.clamp_min(_TINY).log_().mul_(dist).sum(dim=1).div_(-math.log(hw))  # [N]
+    else:
+        entropy = torch.zeros_like(mass)
+    grid = dist.view(n, h, w)  # [N, H, W]
+    px, py = grid.sum(dim=1), grid.sum(dim=2)  # [N, W], [N, H] marginals
+    cx, cy = px @ xs, py @ ys  # [N]
+    var = (px * (xs - cx[:, None]).square_()).sum(dim=1).add_((py * (ys - cy[:, None]).square_()).sum(dim=1))
+    return torch.stack([mass, share, entropy, cx, cy, var.sqrt_(), change])  # [7, N]
+
+
+def _stable_since(previous: Tensor, change: Tensor, scal: Tensor) -> Tensor:
+    """:func:`~bridge.phases.measures.update_stable_since` on the host's copies of the ``[N]``
+    values (float32 values compare and copy exactly as Python floats; NaN compares False)."""
+    step, threshold = scal[12].item(), scal[13].item()
+    return torch.tensor([(p if p >= 0 else step) if c < threshold else -1.0
+                         for p, c in zip(previous.tolist(), change.tolist())], dtype=torch.float32)
+
+
 def host_phase_step(maps: Tensor, state: StepState, scal: Tensor, xs: Tensor, ys: Tensor, normalisation: str,
                     global_view: str, hints: HostHints) -> StepOut:
     """:func:`~bridge.phases.fused.phase_step` on CPU tensors with the passes that ``hints`` make
@@ -75,11 +123,9 @@ def host_phase_step(maps: Tensor, state: StepState, scal: Tensor, xs: Tensor, ys
     flat = maps.reshape(n, hw)  # [N, H*W]
     total = flat.sum(dim=1, keepdim=True)  # [N, 1]
 
-    words_tex, running_max = NORMALISERS[normalisation](maps, state.running_max)  # [N, H, W], [N]
-    gview = GLOBAL_VIEWS[global_view](words_tex)  # [H, W]
-    textures = torch.cat([words_tex, gview[None]])  # [N+1, H, W]
+    textures, running_max = _textures(maps, flat, state.running_max, normalisation, global_view)  # [N+1, H, W], [N]
     tex_mean = textures.mean(dim=(1, 2))  # [N+1], live's texture means
-    nan_now = hints.nan_seen or bool(tex_mean.isnan().any())  # (textures <= 1: NaN is the only non-finite)
+    nan_now = hints.nan_seen or any(map(math.isnan, tex_mean.tolist()))  # (textures <= 1: NaN is the only non-finite)
 
     rate, seen, scale = scal[9], scal[10], scal[11]
     ema = torch.lerp(state.change_ema, (textures - state.prev_textures).abs_(), rate)  # [N+1, H, W]
@@ -101,17 +147,17 @@ def host_phase_step(maps: Tensor, state: StepState, scal: Tensor, xs: Tensor, ys
         accumulated = (scal[3:6] @ acc.view(3, -1)).view(n + 1, h, w).clamp_(0.0, 1.0)
     global_phase_maps = (acc[:, -1] * scal[6:9].view(3, 1, 1)).clamp_(0.0, 1.0)  # [3, H, W]
 
-    positive = total > 0  # [N, 1]
-    if bool(positive.all()):
+    if all(v > 0.0 for v in total.view(-1).tolist()):
         dist = flat / total  # [N, H*W]
     else:
+        positive = total > 0  # [N, 1]
         dist = torch.where(positive, flat / torch.where(positive, total, 1.0), 1.0 / hw)  # uniform where all zero
     if hints.seen:
         change = (dist - state.prev_dist).abs_().sum(dim=1).mul_(0.5)  # [N]
     else:
         change = torch.full((n,), math.nan)
-    measures = measures_of(total[:, 0] / hw, dist, change, xs, ys)  # [7, N]
-    stable_since = update_stable_since(state.stable_since, change, scal[12], scal[13])  # [N]
+    measures = host_measures(total[:, 0] / hw, dist, change, xs, ys)  # [7, N]
+    stable_since = _stable_since(state.stable_since, change, scal)  # [N]
 
     live = torch.cat([measures.reshape(-1), settled.mean(dim=(1, 2)), tex_mean, stable_since])
     return StepOut(
