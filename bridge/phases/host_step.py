@@ -17,7 +17,10 @@ result is known:
   texture held NaN), and whose coefficient is 0 in the blend (``0 * acc_p`` is 0 unless
   ``acc_p`` holds NaN): until a NaN has been seen, 1–2 of 3 passes over ``acc`` per step;
 * the ``where`` of the distribution when every map has some attention, and the change at the
-  first step (NaN).
+  first step (NaN);
+* the default ``running_max`` / ``max`` textures written straight into the ``[N+1, H, W]``
+  result (no ``cat``), and the measures' small ``[N]`` steps with fewer torch calls
+  (:func:`host_measures`, :func:`_stable_since`).
 
 Every value is the reference's operation on the same operands, so the results are identical
 (tests/test_phases_host_step.py checks it bit for bit over runs in every mode with NaN, zero
