@@ -19,7 +19,7 @@ from .adapters import Adapter, Layer, adapter_for
 from .config import CaptureConfig, head_weight_vector
 from .frames import CaptureRun
 from .graphs import StaticGraphs
-from .maps import batched_cross_attention_maps, batched_query_rows_map, cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, resize_maps, split_heads
+from .maps import CROSS_FORMULATIONS, batched_query_rows_map, cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, resize_maps, split_heads
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +240,11 @@ class BatchedEvaluation:
             if isinstance(what, int):  # cross-attention over ``what`` text keys
                 weights = self._stacked_weights(layers, device)
                 consts.append(weights)
+                batched = cross_formulation(self.config)
 
-                def cross(qk: list, grid=grid, heads=heads, weights=weights) -> tuple[str | None, torch.Tensor]:
-                    maps = batched_cross_attention_maps(qk[0::2], qk[1::2], weights, heads, rows)  # [B, T, N]
-                    return None, resize_maps(maps.view(maps.shape[0], maps.shape[1], *grid), size, self.config.upsample)  # [B, T, H, W]
+                def cross(qk: list, grid=grid, heads=heads, weights=weights, batched=batched) -> tuple[str | None, torch.Tensor]:
+                    maps = batched(qk[0::2], qk[1::2], weights, heads, rows)  # [B, T, N]
+                    return None, resize_maps(maps.reshape(maps.shape[0], maps.shape[1], *grid), size, self.config.upsample)  # [B, T, H, W]
 
                 steps.append(cross)
             else:  # the self-attention query named ``what``; densities keep their mass when resized
@@ -298,6 +299,17 @@ class BatchedEvaluation:
                 _shared_constant(module, ("row weights", key, tuple(weights.flatten().tolist())), weights, device),
             )
         return got
+
+
+def cross_formulation(config: CaptureConfig) -> Callable[..., torch.Tensor]:
+    """The batched cross-attention maths that ``CaptureConfig.extra["cross_maps"]`` names
+    (``maps.CROSS_FORMULATIONS``; default ``keys_major``): the same maps to float32 rounding,
+    laid out differently on the GPU (bench/check_cross_maps.py)."""
+    name = (config.extra or {}).get("cross_maps", "keys_major")
+    try:
+        return CROSS_FORMULATIONS[name]
+    except KeyError:
+        raise ValueError(f"CaptureConfig.extra['cross_maps'] {name!r} is unknown; expected one of {', '.join(CROSS_FORMULATIONS)}") from None
 
 
 def _canonical(summed: torch.Tensor | None, grids: dict, size: tuple[int, int], scale: float, density: bool = False,
