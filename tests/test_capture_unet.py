@@ -144,7 +144,7 @@ def test_each_cross_formulation_matches_the_float64_reference(sd_pipe, formulati
 
 
 def test_unknown_cross_formulation_is_refused_before_any_compute(sd_pipe):
-    with pytest.raises(ValueError, match="cross_maps.*expected one of keys_major, rows_major"):
+    with pytest.raises(ValueError, match="cross_maps.*expected one of fused, keys_major, rows_major"):
         capture(sd_pipe, extra={"cross_maps": "columns"})
 
 
