@@ -370,8 +370,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         with capture(pipe, resolution=res, cuda_graphs=False):
             return gen().images
 
-    def with_capture_unfused() -> np.ndarray:  # MM-DiT: each joint layer's maps op by op, not the fused kernel
-        with capture(pipe, resolution=res, extra={"fused_maps": False}):
+    def with_capture_unfused() -> np.ndarray:  # each layer's maps op by op, not by the fused kernel (UNet: keys_major)
+        with capture(pipe, resolution=res, extra={"fused_maps": False, "cross_maps": "keys_major"}):
             return gen().images
 
     def with_capture_rows() -> np.ndarray:  # UNet: the cross maps' logits row-major (softmax over the last dim)

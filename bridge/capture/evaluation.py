@@ -320,11 +320,11 @@ CROSS_MATHS = ("fused", *CROSS_FORMULATIONS)
 
 
 def cross_formulation(config: CaptureConfig) -> str:
-    """The name ``CaptureConfig.extra["cross_maps"]`` gives (default ``keys_major``): ``fused`` (one
-    Triton kernel per layer, :mod:`cross_kernel`, where it runs and agrees; else ``keys_major``) or
+    """The name ``CaptureConfig.extra["cross_maps"]`` gives (default ``fused``: one Triton kernel
+    per layer, :mod:`cross_kernel`, where it runs and agrees, else ``keys_major``) or
     one of ``maps.CROSS_FORMULATIONS``: the same maps to float32 rounding, computed differently
     on the GPU (bench/check_cross_maps.py). An unknown name is a one-line ValueError."""
-    name = (config.extra or {}).get("cross_maps", "keys_major")
+    name = (config.extra or {}).get("cross_maps", "fused")
     if name not in CROSS_MATHS:
         raise ValueError(f"CaptureConfig.extra['cross_maps'] {name!r} is unknown; expected one of {', '.join(CROSS_MATHS)}")
     return str(name)
