@@ -9,19 +9,21 @@ without the launches (the capture replays its maths as a graph too).
 
     python bench/check_cross_maps.py [--reps 200]
 
-Prints JSON: per formulation the median microseconds per step (of 5 timings) and the largest
+Formulations: ``maps.CROSS_FORMULATIONS`` and, where Triton compiles for the GPU, ``fused``
+(bridge/capture/cross_kernel.py, one launch per layer). Prints JSON: per formulation the median microseconds per step (of 5 timings) and the largest
 difference of its maps from the float64 reference, relative to the reference's largest value.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 
 import torch
 
-from bridge.capture import maps
+from bridge.capture import cross_kernel, maps
 
 GROUPS = ((64, 5, 40), (32, 5, 80), (16, 5, 160), (8, 1, 160))  # (grid side, layers, head dim)
 HEADS, T, B_ALL = 8, 77, 2
@@ -75,7 +77,10 @@ def main() -> None:
     rows = slice(1, 2)
     ref = reference(groups, weights, rows)
     report: dict = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"}
-    for name, fn in maps.CROSS_FORMULATIONS.items():
+    formulations = dict(maps.CROSS_FORMULATIONS)
+    if cross_kernel.kernel_for(torch.device(dev)) is not None:
+        formulations["fused"] = functools.partial(cross_kernel.fused_cross_attention_maps, cross_kernel.kernel_for(torch.device(dev)))
+    for name, fn in formulations.items():
         out = step(fn, groups, weights, rows)
         entry = {"max_rel_diff": float((out.double() - ref).abs().max() / ref.abs().max())}
         if dev == "cuda":

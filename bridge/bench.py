@@ -370,8 +370,16 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         with capture(pipe, resolution=res, cuda_graphs=False):
             return gen().images
 
-    def with_capture_unfused() -> np.ndarray:  # MM-DiT: each joint layer's maps op by op, not the fused kernel
-        with capture(pipe, resolution=res, extra={"fused_maps": False}):
+    def with_capture_unfused() -> np.ndarray:  # each layer's maps op by op, not by the fused kernel (UNet: keys_major)
+        with capture(pipe, resolution=res, extra={"fused_maps": False, "cross_maps": "keys_major"}):
+            return gen().images
+
+    def with_capture_rows() -> np.ndarray:  # UNet: the cross maps' logits row-major (softmax over the last dim)
+        with capture(pipe, resolution=res, extra={"cross_maps": "rows_major"}):
+            return gen().images
+
+    def with_capture_fused() -> np.ndarray:  # UNet: the cross maps by one Triton kernel per layer (bridge/capture/cross_kernel.py)
+        with capture(pipe, resolution=res, extra={"cross_maps": "fused"}):
             return gen().images
 
     def with_capture_busy() -> np.ndarray:  # capture while other processes keep two CPUs busy 13 % of the time
@@ -407,12 +415,13 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
             tc.compute_global_heat_map()
 
     table: dict[str, Callable[[], Any]] = {"plain": plain, "capture": with_capture, "capture_eager": with_capture_eager,
-                                            "capture_unfused": with_capture_unfused, "publish": publisher("publish"),
+                                            "capture_unfused": with_capture_unfused, "capture_rows": with_capture_rows, "capture_fused": with_capture_fused, "publish": publisher("publish"),
                                             "publish_device": publisher("publish_device"), "publish_inproc": publisher("publish_inproc"),
                                             "publish_drop": publisher("publish_drop"),
                                             "capture_latent": with_capture_latent, "capture_busy": with_capture_busy,
                                             "publish_null": publisher("publish_null"), "queries": with_queries, "daam": with_daam}
     times: dict[str, list[float]] = {v: [] for v in variants}
+    thread_cpu: dict[str, list[float]] = {v: [] for v in variants}  # the calling (model's) thread's CPU seconds per call
     peak: dict[str, int] = {v: 0 for v in variants}
     images: dict[str, np.ndarray] = {}
     with torch.inference_mode():
@@ -426,6 +435,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                 errors[v] = f"{type(exc).__name__}: {exc}"
                 variants.remove(v)
                 times.pop(v)
+                thread_cpu.pop(v)
         steal0 = _cpu_steal()
         started = time.perf_counter()
         for r in range(warmup + runs):
@@ -439,12 +449,14 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                 _sync(device)
                 if latency and v in subscribed:
                     latency.reference()
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 table[v]()
+                cpu = time.thread_time() - c
                 _sync(device)
                 dt = time.perf_counter() - t
                 if r >= warmup:
                     times[v].append(dt)
+                    thread_cpu[v].append(cpu)
                     if device.type == "cuda":
                         peak[v] = max(peak[v], torch.cuda.max_memory_allocated(device))
         if profile:
@@ -466,6 +478,9 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "frames_per_second": {v: round(1.0 / statistics.median(t), 2) for v, t in times.items()},  # one image per call
         "seconds": {v: [round(x, 5) for x in t] for v, t in times.items()},
         "median_ratio_vs_plain": ratios,
+        # the model's thread's own CPU time per call (time.thread_time): on a launch-bound GPU run,
+        # wall time minus this is waiting (for the GIL, the GPU, a lock); more of it is more work
+        "model_thread_cpu_ms": {v: round(1e3 * statistics.median(t), 2) for v, t in thread_cpu.items() if t},
         "ratio_ci95": {v: median_ci(r) for v, r in per_round.items()},
         "best_ratio_vs_plain": {v: min(times[v]) / min(times["plain"]) for v in variants},
         "cpu_steal_percent": None if steal0 is None or (steal1 := _cpu_steal()) is None else
@@ -562,6 +577,8 @@ def print_table(result: dict[str, Any]) -> None:
         best = (result.get("best_ratio_vs_plain") or {}).get(v, r)
         sec = result["median_seconds"][v]
         print(f"{v:14s} {sec:9.3f} {1 / sec:7.2f} {r:7.3f} {lo:6.3f}-{hi:6.3f} {best:8.3f} {mem!s:>9s}")
+    if result.get("model_thread_cpu_ms"):
+        print("model's thread CPU per call (median ms):", ", ".join(f"{v} {ms:.1f}" for v, ms in result["model_thread_cpu_ms"].items()))
     if result.get("cpu_steal_percent") is not None:
         print(f"CPU steal during the timed rounds: {result['cpu_steal_percent']} %; load average {result.get('loadavg')}")
     if any((result.get("capture_graphs") or {}).values()):

@@ -26,7 +26,8 @@ def tiny_pipe():
 
 @pytest.mark.slow
 def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
-    variants = ["plain", "capture", "publish", "publish_device", "publish_inproc", "publish_null", "capture_eager", "capture_unfused", "queries"]
+    variants = ["plain", "capture", "publish", "publish_device", "publish_inproc", "publish_null", "capture_eager", "capture_unfused",
+                "capture_rows", "capture_fused", "queries"]
     profile = tmp_path / "profile.txt"
     result = run_bench(tiny_pipe, steps=3, runs=2, warmup=0, variants=variants,
                        endpoint=f"tcp://127.0.0.1:{_free_port()}", profile=str(profile))
@@ -37,6 +38,9 @@ def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
     for v, (lo, hi) in result["ratio_ci95"].items():
         assert lo <= result["median_ratio_vs_plain"][v] <= hi
     assert result["best_ratio_vs_plain"]["plain"] == 1.0
+    # the model's thread's CPU per call: some for every variant, never more than the call's wall time
+    cpu = result["model_thread_cpu_ms"]
+    assert set(cpu) == set(variants) and all(0 < ms <= 1e3 * max(result["seconds"][v]) + 1 for v, ms in cpu.items())
     lat = result["step_to_subscriber_latency"]
     # 3 subscribed publishing variants (publish, publish_device, publish_inproc; publish_null has no
     # sink) x (1 untimed + 2 timed + 2 profiled calls) x 3 steps, all received by the subscriber in

@@ -74,6 +74,37 @@ def test_graphed_maps_equal_eager_maps_and_the_image_is_plain_diffusers(cuda_pip
     assert {k: stats[k] - before[k] for k in stats} == {"eager": 1, "captured": 1, "replayed": 14, "failed": 0}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_cross_maps_equal_op_by_op_inside_the_graph_and_leave_the_image_exact(dtype):
+    """The UNet's default cross maps come from the Triton kernel (bridge/capture/cross_kernel.py),
+    launched inside the evaluation's CUDA graph: the same maps as keys_major, the image untouched."""
+    pytest.importorskip("triton")
+    from bridge.capture import cross_kernel, graph_stats
+    from bridge.models.tiny import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline().to("cuda", dtype)
+    launches = []
+    real = cross_kernel.launch
+
+    def launch(*args, **kwargs):
+        launches.append(kwargs.get("accumulate"))
+        real(*args, **kwargs)
+
+    plain, _ = _generate(pipe)
+    before = graph_stats(pipe)
+    _, op_by_op = _generate(pipe, extra={"cross_maps": "keys_major"})
+    cross_kernel.launch = launch
+    try:
+        image, fused = _generate(pipe)
+    finally:
+        cross_kernel.launch = real
+    assert np.array_equal(image, plain)
+    assert launches and any(good for good in cross_kernel._checked.values())  # it ran, not the fallback
+    for ff, fo in zip(fused.frames, op_by_op.frames, strict=True):
+        torch.testing.assert_close(ff.cross, fo.cross, rtol=1e-4, atol=1e-5)
+    assert graph_stats(pipe)["failed"] == before["failed"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_sd3_tap_takes_the_lse_from_the_models_kernel_and_leaves_the_image_exact(dtype):
     """On CUDA the SD3 capture takes each joint layer's normaliser from the processor's own fused

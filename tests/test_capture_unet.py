@@ -126,6 +126,28 @@ def test_cross_maps_match_float64_reference(request, which, guidance):
     assert torch.allclose(got.sum(2), torch.ones_like(got.sum(2)), atol=1e-4)
 
 
+@pytest.mark.parametrize("formulation", ["keys_major", "rows_major"])
+def test_each_cross_formulation_matches_the_float64_reference(sd_pipe, formulation):
+    """``CaptureConfig.extra["cross_maps"]`` picks how the batched maths lays out its logits; the
+    maps are the same to float32 rounding, and the image is untouched."""
+    plain = generate(sd_pipe, steps=2)
+    rec = Recorder(sd_pipe)
+    try:
+        with capture(sd_pipe, extra={"cross_maps": formulation}) as cap:
+            image = generate(sd_pipe, steps=2)
+    finally:
+        rec.remove()
+    run = cap.last_run
+    got = torch.stack([f.cross for f in run.frames])  # [S, B, T, H, W]
+    assert rel_err(got, reference_cross(rec, run.batch, run.latent_hw, run.resolution)) < 1e-3
+    assert np.array_equal(image, plain)
+
+
+def test_unknown_cross_formulation_is_refused_before_any_compute(sd_pipe):
+    with pytest.raises(ValueError, match="cross_maps.*expected one of fused, keys_major, rows_major"):
+        capture(sd_pipe, extra={"cross_maps": "columns"})
+
+
 def test_head_weights_are_a_weighted_mean(sd_pipe):
     layers = [n for n, _ in sd_pipe.unet.named_modules() if n.endswith("attn2")]
     weights = {layers[0]: [0.0, 1.0], layers[1]: [3.0, 0.5], layers[2]: [0.0, 0.0]}
