@@ -186,7 +186,6 @@ def test_the_internal_channel_admits_only_the_child(tmp_path) -> None:
 def test_keep_heap_sets_glibc_malloc_where_there_is_one():
     """The sink process keeps large blocks on the heap (no page faults per step's arrays): on glibc
     mallopt accepts both settings; elsewhere it says it could not, and nothing else changes."""
-    import ctypes.util
     import platform
 
     from bridge.stream.process import keep_heap

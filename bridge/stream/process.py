@@ -94,7 +94,8 @@ def set_cpus(cpus: set[int]) -> None:
 
 #: glibc's mallopt parameters (malloc.h) and the values the child sets: every step's arrays (a few
 #: hundred KiB each) come from the heap and go back to it, instead of fresh mmap'd pages that the
-#: kernel zeroes and faults in one by one (about 290 faults and 1 ms a step in bench/sink_cpu.py).
+#: kernel zeroes and faults in one by one (bench/sink_cpu.py: about 40 minor faults a step, 6–8
+#: with this; several hundred when numpy allocated the arrays).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest on 64-bit systems
 _TRIM_THRESHOLD = 64 * 1024 * 1024
