@@ -77,7 +77,7 @@ def _textures(maps: Tensor, flat: Tensor, running_max: Tensor, normalisation: st
         words_tex, running_max = NORMALISERS[normalisation](maps, running_max)  # [N, H, W], [N]
         return torch.cat([words_tex, GLOBAL_VIEWS[global_view](words_tex)[None]]), running_max
     running_max = torch.maximum(running_max, flat.amax(dim=1))  # update_running_max: [N]
-    textures = torch.empty((n + 1, h, w))
+    textures = torch.empty((n + 1, h, w), dtype=maps.dtype)
     words = textures[:n]
     if all(0.0 < v < math.inf for v in running_max.tolist()):
         torch.div(maps, running_max[:, None, None], out=words)
@@ -158,7 +158,7 @@ def host_phase_step(maps: Tensor, state: StepState, scal: Tensor, xs: Tensor, ys
     if hints.seen:
         change = (dist - state.prev_dist).abs_().sum(dim=1).mul_(0.5)  # [N]
     else:
-        change = torch.full((n,), math.nan)
+        change = torch.full((n,), math.nan, dtype=maps.dtype)
     measures = host_measures(total[:, 0] / hw, dist, change, xs, ys)  # [7, N]
     stable_since = _stable_since(state.stable_since, change, scal)  # [N]
 
