@@ -70,8 +70,8 @@ class ZmqSubscriber:
             return []
         out = [first]
         while True:
-            try:
-                out.append(self._recv_buffer(None, zmq.NOBLOCK))
+            try:  # no timeout: a view, or zmq.Again once the queue is empty
+                out.append(self.sock.recv(zmq.NOBLOCK, copy=False).buffer.toreadonly())
             except zmq.Again:
                 return out
 
