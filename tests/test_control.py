@@ -54,8 +54,8 @@ def test_fuzz_handle_json_always_replies(data):
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200), st.lists(st.one_of(st.integers(-2**31, 2**31 - 1), st.floats(width=32, allow_nan=False),
-                                                   st.text(st.characters(blacklist_characters="\x00"), max_size=10)),
-                                         max_size=4),  # an OSC string ends at its first NUL: none inside
+                                                   st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=10)),
+                                         max_size=4),  # an OSC string is UTF-8 up to its first NUL: no NUL, no lone surrogate
        st.sampled_from(["/stepx/seed", "/stepx/steps", "/stepx/prompt", "/stepx/focus", "/stepx/start",
                         "/stepx/control", "/stepx/phase_boundaries", "/nope"]))
 def test_fuzz_osc_datagrams(blob, args, addr):
