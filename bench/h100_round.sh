@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call of issue 24's figures on one GPU (docs/BENCHMARKS.md), under a deadline:
 #   bash bench/h100_round.sh OUTDIR SET [SECONDS]     (SECONDS: this script's budget, default 570)
-# SET small: SD 1.5 512² (40 interleaved rounds, --profile; then plain and publish with a 0.5 ms GIL
+# SET small: SD 1.5 512² (40 interleaved rounds with capture_unfused, the op-by-op cross maps beside the fused kernel, --profile; then plain and publish with a 0.5 ms GIL
 #   switch interval, the packet thread's GIL wait) and the few-step models at 512² (SD-Turbo
 #   shape at 1 and 4 steps, guidance 0; SD 1.5 with LCM at 4 steps, guidance 1): 5 files; then, time
 #   left, the sink process's CPU per step (bench/sink_cpu.py) into the log.
@@ -22,7 +22,7 @@ bench() {  # NAME NEED_S TIMED_S ARGS...: run when NEED_S seconds are left; TIME
   timeout $((left - 5)) python3 -m bridge.cli bench "$@" --max-seconds "$timed" --json "$tmp/$name.json" 2>&1 | tee -a "$out/log" | grep -v '^{'
 }
 if [ "$set" = small ]; then
-bench sd15 165 95 --arch sd15 --runs 40 --warmup 2 --variants plain capture publish --profile "$out/sd15_profile.txt"
+bench sd15 165 95 --arch sd15 --runs 40 --warmup 2 --variants plain capture capture_unfused publish --profile "$out/sd15_profile.txt"
 bench sd15_si 45 20 --arch sd15 --runs 15 --warmup 1 --variants plain publish --switch-interval 0.0005
 bench turbo1 60 15 --arch sdturbo --steps 1 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
 bench turbo4 45 15 --arch sdturbo --steps 4 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
@@ -37,7 +37,7 @@ bench lcm4 60 15 --arch sd15 --scheduler lcm --steps 4 --guidance 1 --runs 100 -
 fi
 if [ "$set" = big ] || [ "$set" = rest ]; then
 [ "$set" = big ] && bench flux 130 60 --arch flux --size 512 --runs 8 --warmup 1 --variants plain capture publish
-bench sdxl 80 35 --arch sdxl --runs 12 --warmup 1 --variants plain capture publish
+bench sdxl 80 35 --arch sdxl --runs 12 --warmup 1 --variants plain capture capture_unfused publish
 bench sd35m 90 40 --arch sd35m --runs 12 --warmup 1 --variants plain capture publish
 fi
 for f in sd15 sd15_si flux sdxl sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
