@@ -130,17 +130,23 @@ def test_cross_maps_match_float64_reference(request, which, guidance):
 def test_each_cross_formulation_matches_the_float64_reference(sd_pipe, formulation):
     """``CaptureConfig.extra["cross_maps"]`` picks how the batched maths lays out its logits; the
     maps are the same to float32 rounding, and the image is untouched."""
-    plain = generate(sd_pipe, steps=2)
-    rec = Recorder(sd_pipe)
+    image, plain, got, ref = captured_with_reference(sd_pipe, extra={"cross_maps": formulation})
+    assert rel_err(got, ref) < 1e-3
+    assert np.array_equal(image, plain)
+
+
+def captured_with_reference(pipe, steps: int = 2, **options):
+    """``(image, plain image, maps [S, B, T, H, W], their float64 reference)`` of one generation
+    captured with ``options``, after one without capture."""
+    plain = generate(pipe, steps=steps)
+    rec = Recorder(pipe)
     try:
-        with capture(sd_pipe, extra={"cross_maps": formulation}) as cap:
-            image = generate(sd_pipe, steps=2)
+        with capture(pipe, **options) as cap:
+            image = generate(pipe, steps=steps)
     finally:
         rec.remove()
     run = cap.last_run
-    got = torch.stack([f.cross for f in run.frames])  # [S, B, T, H, W]
-    assert rel_err(got, reference_cross(rec, run.batch, run.latent_hw, run.resolution)) < 1e-3
-    assert np.array_equal(image, plain)
+    return image, plain, torch.stack([f.cross for f in run.frames]), reference_cross(rec, run.batch, run.latent_hw, run.resolution)
 
 
 def test_unknown_cross_formulation_is_refused_before_any_compute(sd_pipe):

@@ -23,15 +23,13 @@ back to the op-by-op maths with one warning. The image is untouched: the kernel 
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
 import torch
 
+from . import kernel_check
 from .maps import batched_cross_attention_maps
-
-log = logging.getLogger(__name__)
 
 try:
     import triton
@@ -40,7 +38,6 @@ except ImportError:  # a CPU-only torch: the op-by-op maths
     triton = None
 
 MAX_T = 128  # text keys per softmax row the kernel holds in one tile (CLIP: 77)
-TOLERANCE = 1e-4  # the check: max |fused − op-by-op| ≤ TOLERANCE · max |op-by-op|
 _checked: dict[tuple, bool] = {}
 
 if triton is not None:
@@ -89,16 +86,12 @@ else:
 
 def interpreted() -> Any:
     """The kernel under Triton's interpreter (numpy, on CPU tensors): for tests. None without Triton."""
-    if triton is None:
-        return None
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return InterpretedFunction(_cross_maps)
+    return kernel_check.interpreted(_cross_maps)
 
 
 def kernel_for(device: torch.device) -> Any:
     """The compiled kernel where it runs (CUDA with Triton), else None: the op-by-op maths."""
-    return _compiled if device.type == "cuda" else None
+    return kernel_check.on_device(_compiled, device)
 
 
 def block_n(d: int) -> int:
@@ -136,23 +129,9 @@ def usable(kernel: Any, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, heads
     if kernel is None or not fits(q, k):
         return False
     key = (kernel, q.device.type, q.dtype, heads, rows.indices(q.shape[0]), *(tuple(x.shape) + x.stride() for x in (q, k)))
-    good = _checked.get(key)
-    if good is None:
-        try:
-            reference = batched_cross_attention_maps([q], [k], w, heads, rows)  # [B, T, N]
-            got = torch.empty_like(reference)
-            launch(kernel, q, k, w, heads, rows, got, accumulate=False)
-            good = bool((got - reference).abs().max() <= TOLERANCE * reference.abs().max())
-            launch(kernel, q, k, w, heads, rows, got, accumulate=True)  # both variants compiled here, not in a step
-            good = good and bool((got - 2 * reference).abs().max() <= 2 * TOLERANCE * reference.abs().max())
-        except Exception as exc:  # noqa: BLE001 — a compiler or driver error: the op-by-op maths still work
-            log.debug("fused cross-attention maps: %s", exc)
-            good = False
-        _checked[key] = good
-        if not good:
-            log.warning("the fused kernel for cross-attention maps does not run or disagrees on %s %s; "
-                        "computing those maps op by op", q.device, q.dtype)
-    return good
+    return kernel_check.agrees(
+        _checked, key, lambda: batched_cross_attention_maps([q], [k], w, heads, rows),  # [B, T, N]
+        lambda out, accumulate: launch(kernel, q, k, w, heads, rows, out, accumulate), "cross-attention maps", f"{q.device} {q.dtype}")
 
 
 def fused_cross_attention_maps(kernel: Any, q: list[torch.Tensor], k: list[torch.Tensor], weights: torch.Tensor, heads: int,

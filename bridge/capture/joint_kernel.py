@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import kernel_check
 from .maps import joint_text_probabilities
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ except ImportError:  # a CPU-only torch: the op-by-op maths
     triton = None
 
 BLOCK_T, BLOCK_N = 64, 64  # a text × image tile per program
-TOLERANCE = 1e-4  # the check: max |fused − op-by-op| ≤ TOLERANCE · max |op-by-op|
 
 Launch = Callable[..., None]
 _checked: dict[tuple, bool] = {}
@@ -92,16 +92,12 @@ else:
 
 def interpreted() -> Any:
     """The kernel under Triton's interpreter (numpy, on CPU tensors): for tests. None without Triton."""
-    if triton is None:
-        return None
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return InterpretedFunction(_joint_text_maps)
+    return kernel_check.interpreted(_joint_text_maps)
 
 
 def kernel_for(device: torch.device) -> Any:
     """The compiled kernel where it runs (CUDA with Triton), else None: the op-by-op maths."""
-    return _compiled if device.type == "cuda" else None
+    return kernel_check.on_device(_compiled, device)
 
 
 def launch(kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
@@ -126,24 +122,10 @@ def usable(kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor, w:
     device, dtype, shapes and strides against the op-by-op maths: one host wait, on the first step)."""
     if kernel is None:
         return False
-    key = _key(kernel, q, kt, lse)
-    good = _checked.get(key)
-    if good is None:
-        try:
-            reference = joint_text_probabilities(q, kt, slice(None), w, lse=lse)  # [B, T, N]: with the lse, only text keys matter
-            got = torch.empty_like(reference)
-            launch(kernel, q, kt, lse, w, got, accumulate=False)
-            good = bool((got - reference).abs().max() <= TOLERANCE * reference.abs().max())
-            launch(kernel, q, kt, lse, w, got, accumulate=True)  # both variants compiled here, not in the model's step
-            good = good and bool((got - 2 * reference).abs().max() <= 2 * TOLERANCE * reference.abs().max())
-        except Exception as exc:  # noqa: BLE001 — a compiler or driver error: the op-by-op maths still work
-            log.debug("fused joint-attention maps: %s", exc)
-            good = False
-        _checked[key] = good
-        if not good:
-            log.warning("the fused kernel for joint-attention maps does not run or disagrees on %s %s; "
-                        "computing those maps op by op", q.device, q.dtype)
-    return good
+    return kernel_check.agrees(
+        _checked, _key(kernel, q, kt, lse),
+        lambda: joint_text_probabilities(q, kt, slice(None), w, lse=lse),  # [B, T, N]: with the lse, only text keys matter
+        lambda out, accumulate: launch(kernel, q, kt, lse, w, out, accumulate=accumulate), "joint-attention maps", f"{q.device} {q.dtype}")
 
 
 def refuse(kernel: Any, q: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor, error: Exception) -> None:
