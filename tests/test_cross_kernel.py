@@ -102,7 +102,7 @@ def test_check_refuses_a_kernel_that_disagrees(caplog, monkeypatch):
     assert not cross_kernel.usable(None, q[0], k[0], w, 2, rows)
 
 
-@pytest.mark.parametrize("dtype,d", [("fp16", 40), ("fp16", 160), ("bf16", 64), ("fp32", 64)])
+@pytest.mark.parametrize("dtype,d", [("fp16", 40), ("fp16", 80), ("fp16", 160), ("bf16", 64), ("fp32", 64)])
 def test_kernel_compiles_for_hopper(dtype, d):
     """The kernel compiles to an sm_90 (H100/H200) binary with Triton's own compiler, which needs no
     GPU. SD 1.5's head widths (40, 80, 160), SDXL's and SD 2's (64)."""
