@@ -9,8 +9,8 @@ without the launches (the capture replays its maths as a graph too).
 
     python bench/check_cross_maps.py [--reps 200]
 
-Formulations: ``maps.CROSS_FORMULATIONS`` and, where Triton compiles for the GPU, ``fused``
-(bridge/capture/cross_kernel.py, one launch per layer). Prints JSON: per formulation the median microseconds per step (of 5 timings) and the largest
+Formulations: ``op_by_op`` (``maps.batched_cross_attention_maps``) and, where Triton compiles for
+the GPU, ``fused`` (bridge/capture/cross_kernel.py, one launch per layer). Prints JSON: per formulation the median microseconds per step (of 5 timings) and the largest
 difference of its maps from the float64 reference, relative to the reference's largest value.
 """
 
@@ -77,7 +77,7 @@ def main() -> None:
     rows = slice(1, 2)
     ref = reference(groups, weights, rows)
     report: dict = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"}
-    formulations = dict(maps.CROSS_FORMULATIONS)
+    formulations = {"op_by_op": maps.batched_cross_attention_maps}
     if cross_kernel.kernel_for(torch.device(dev)) is not None:
         formulations["fused"] = functools.partial(cross_kernel.fused_cross_attention_maps, cross_kernel.kernel_for(torch.device(dev)))
     for name, fn in formulations.items():

@@ -370,16 +370,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         with capture(pipe, resolution=res, cuda_graphs=False):
             return gen().images
 
-    def with_capture_unfused() -> np.ndarray:  # each layer's maps op by op, not by the fused kernel (UNet: keys_major)
-        with capture(pipe, resolution=res, extra={"fused_maps": False, "cross_maps": "keys_major"}):
-            return gen().images
-
-    def with_capture_rows() -> np.ndarray:  # UNet: the cross maps' logits row-major (softmax over the last dim)
-        with capture(pipe, resolution=res, extra={"cross_maps": "rows_major"}):
-            return gen().images
-
-    def with_capture_fused() -> np.ndarray:  # UNet: the cross maps by one Triton kernel per layer (bridge/capture/cross_kernel.py)
-        with capture(pipe, resolution=res, extra={"cross_maps": "fused"}):
+    def with_capture_unfused() -> np.ndarray:  # each layer's maps op by op, not by the fused kernel
+        with capture(pipe, resolution=res, extra={"fused_maps": False}):
             return gen().images
 
     def with_capture_busy() -> np.ndarray:  # capture while other processes keep two CPUs busy 13 % of the time
@@ -415,7 +407,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
             tc.compute_global_heat_map()
 
     table: dict[str, Callable[[], Any]] = {"plain": plain, "capture": with_capture, "capture_eager": with_capture_eager,
-                                            "capture_unfused": with_capture_unfused, "capture_rows": with_capture_rows, "capture_fused": with_capture_fused, "publish": publisher("publish"),
+                                            "capture_unfused": with_capture_unfused, "publish": publisher("publish"),
                                             "publish_device": publisher("publish_device"), "publish_inproc": publisher("publish_inproc"),
                                             "publish_drop": publisher("publish_drop"),
                                             "capture_latent": with_capture_latent, "capture_busy": with_capture_busy,

@@ -26,8 +26,7 @@ def tiny_pipe():
 
 @pytest.mark.slow
 def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
-    variants = ["plain", "capture", "publish", "publish_device", "publish_inproc", "publish_null", "capture_eager", "capture_unfused",
-                "capture_rows", "capture_fused", "queries"]
+    variants = ["plain", "capture", "publish", "publish_device", "publish_inproc", "publish_null", "capture_eager", "capture_unfused", "queries"]
     profile = tmp_path / "profile.txt"
     result = run_bench(tiny_pipe, steps=3, runs=2, warmup=0, variants=variants,
                        endpoint=f"tcp://127.0.0.1:{_free_port()}", profile=str(profile))

@@ -77,7 +77,7 @@ def test_graphed_maps_equal_eager_maps_and_the_image_is_plain_diffusers(cuda_pip
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_fused_cross_maps_equal_op_by_op_inside_the_graph_and_leave_the_image_exact(dtype):
     """The UNet's default cross maps come from the Triton kernel (bridge/capture/cross_kernel.py),
-    launched inside the evaluation's CUDA graph: the same maps as keys_major, the image untouched."""
+    launched inside the evaluation's CUDA graph: the same maps as op by op, the image untouched."""
     pytest.importorskip("triton")
     from bridge.capture import cross_kernel, graph_stats
     from bridge.models.tiny import tiny_sd_pipeline
@@ -92,7 +92,7 @@ def test_fused_cross_maps_equal_op_by_op_inside_the_graph_and_leave_the_image_ex
 
     plain, _ = _generate(pipe)
     before = graph_stats(pipe)
-    _, op_by_op = _generate(pipe, extra={"cross_maps": "keys_major"})
+    _, op_by_op = _generate(pipe, extra={"fused_maps": False})
     cross_kernel.launch = launch
     try:
         image, fused = _generate(pipe)

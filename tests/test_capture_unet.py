@@ -126,15 +126,6 @@ def test_cross_maps_match_float64_reference(request, which, guidance):
     assert torch.allclose(got.sum(2), torch.ones_like(got.sum(2)), atol=1e-4)
 
 
-@pytest.mark.parametrize("formulation", ["keys_major", "rows_major"])
-def test_each_cross_formulation_matches_the_float64_reference(sd_pipe, formulation):
-    """``CaptureConfig.extra["cross_maps"]`` picks how the batched maths lays out its logits; the
-    maps are the same to float32 rounding, and the image is untouched."""
-    image, plain, got, ref = captured_with_reference(sd_pipe, extra={"cross_maps": formulation})
-    assert rel_err(got, ref) < 1e-3
-    assert np.array_equal(image, plain)
-
-
 def captured_with_reference(pipe, steps: int = 2, **options):
     """``(image, plain image, maps [S, B, T, H, W], their float64 reference)`` of one generation
     captured with ``options``, after one without capture."""
@@ -147,11 +138,6 @@ def captured_with_reference(pipe, steps: int = 2, **options):
         rec.remove()
     run = cap.last_run
     return image, plain, torch.stack([f.cross for f in run.frames]), reference_cross(rec, run.batch, run.latent_hw, run.resolution)
-
-
-def test_unknown_cross_formulation_is_refused_before_any_compute(sd_pipe):
-    with pytest.raises(ValueError, match="cross_maps.*expected one of fused, keys_major, rows_major"):
-        capture(sd_pipe, extra={"cross_maps": "columns"})
 
 
 def test_head_weights_are_a_weighted_mean(sd_pipe):

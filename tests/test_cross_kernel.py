@@ -123,8 +123,9 @@ def test_kernel_compiles_for_hopper(dtype, d):
 
 
 def test_capture_with_the_kernel_matches_the_reference_and_leaves_the_image(sd_pipe, monkeypatch):
-    """``cross_maps="fused"`` takes the (interpreted) kernel on the CPU as it takes the compiled one
-    on CUDA: one launch per cross layer and evaluation, maps equal to the float64 reference."""
+    """A capture takes the (interpreted) kernel on the CPU as it takes the compiled one on CUDA, by
+    default: one launch per cross layer and evaluation, maps equal to the float64 reference;
+    ``fused_maps=False`` keeps the op-by-op maths (no launch), with the same maps."""
     launches = []
     real = cross_kernel.launch
 
@@ -135,8 +136,11 @@ def test_capture_with_the_kernel_matches_the_reference_and_leaves_the_image(sd_p
     monkeypatch.setattr(cross_kernel, "_checked", {})
     monkeypatch.setattr(cross_kernel, "kernel_for", lambda device: KERNEL)
     monkeypatch.setattr(cross_kernel, "launch", launch)
-    image, plain, got, ref = captured_with_reference(sd_pipe, extra={"cross_maps": "fused"})
+    image, plain, got, ref = captured_with_reference(sd_pipe)
     assert rel_err(got, ref) < 1e-3
     assert np.array_equal(image, plain)
     layers = sum(1 for n, _ in sd_pipe.unet.named_modules() if n.endswith("attn2"))
     assert len(launches) >= 2 * layers  # 2 steps × one launch per cross layer (plus the check's two per shape)
+    launches.clear()
+    image, plain, got, ref = captured_with_reference(sd_pipe, extra={"fused_maps": False})
+    assert launches == [] and rel_err(got, ref) < 1e-3 and np.array_equal(image, plain)

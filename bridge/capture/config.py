@@ -41,9 +41,10 @@ class CaptureConfig:
     cuda_graphs: on CUDA, run each evaluation's map maths eagerly once, then capture them as a CUDA
       graph over static copies of their inputs and replay it (``bridge/capture/graphs.py``); off
       computes them eagerly every time.
-    extra: family-specific options. UNet: ``cross_maps`` — ``"fused"`` (default: one Triton kernel
-      per cross layer where it compiles and agrees with the op-by-op maths, ``cross_kernel.py``),
-      ``"keys_major"`` or ``"rows_major"`` (op by op). MM-DiT: see ``MMDiTAdapter.configure``.
+    extra: family-specific options. Both families: ``fused_maps`` (default True: the maps by one
+      Triton kernel per layer where it compiles and agrees with the op-by-op maths,
+      ``cross_kernel.py`` / ``joint_kernel.py``; False: op by op). MM-DiT's others: see
+      ``MMDiTAdapter.configure``.
     """
 
     layers: str | Sequence[str] = "*"

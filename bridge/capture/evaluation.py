@@ -16,12 +16,12 @@ from typing import Any, Callable
 
 import torch
 
-from . import cross_kernel
+from . import cross_kernel, kernel_check
 from .adapters import Adapter, Layer, adapter_for
 from .config import CaptureConfig, head_weight_vector
 from .frames import CaptureRun
 from .graphs import StaticGraphs
-from .maps import CROSS_FORMULATIONS, batched_query_rows_map, cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, resize_maps, split_heads
+from .maps import batched_cross_attention_maps, batched_query_rows_map, cross_attention_maps, diffused_query_map, layer_grid, per_head_cross_maps, resize_maps, split_heads
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class BatchedEvaluation:
             if isinstance(what, int):  # cross-attention over ``what`` text keys
                 weights = self._stacked_weights(layers, device)
                 consts.append(weights)
-                batched = self._cross_maths(cross_formulation(self.config), items, weights, heads, rows)
+                batched = self._cross_maths(items, weights, heads, rows)
 
                 def cross(qk: list, grid=grid, heads=heads, weights=weights, batched=batched) -> tuple[str | None, torch.Tensor]:
                     maps = batched(qk[0::2], qk[1::2], weights, heads, rows)  # [B, T, N]
@@ -276,17 +276,17 @@ class BatchedEvaluation:
         key = (shape_key, total, run.batch, size, tuple(c.data_ptr() for c in consts))  # with the groups' keys: every input's shape
         return _EvalPlan(fn, key, has_cross, tuple(query_names))
 
-    def _cross_maths(self, name: str, items: list, weights: torch.Tensor, heads: int, rows: slice) -> Callable[..., torch.Tensor]:
-        """``batched(q, k, weights, heads, rows)`` for one group of cross layers: ``name``'s maths,
-        the fused kernel only where it is checked against keys_major on these inputs (the check
-        is made now, while the run's plan is made, outside any CUDA graph capture)."""
-        if name != "fused":
-            return CROSS_FORMULATIONS[name]
+    def _cross_maths(self, items: list, weights: torch.Tensor, heads: int, rows: slice) -> Callable[..., torch.Tensor]:
+        """``batched(q, k, weights, heads, rows)`` for one group of cross layers: the fused kernel
+        (:mod:`cross_kernel`) where it is wanted and checked against the op-by-op maths on these
+        inputs (the check is made now, while the run's plan is made, outside any CUDA graph
+        capture), else the op-by-op maths."""
         _, q, k = items[0]
-        kernel = cross_kernel.kernel_for(q.device)
-        if all(cross_kernel.fits(ql, kl) for _, ql, kl in items) and cross_kernel.usable(kernel, q, k, weights[:heads], heads, rows):
+        kernel = cross_kernel.kernel_for(q.device) if kernel_check.wanted(self.config) else None
+        if kernel is not None and all(cross_kernel.fits(ql, kl) for _, ql, kl in items) \
+                and cross_kernel.usable(kernel, q, k, weights[:heads], heads, rows):
             return functools.partial(cross_kernel.fused_cross_attention_maps, kernel)
-        return CROSS_FORMULATIONS["keys_major"]
+        return batched_cross_attention_maps
 
     def _stacked_weights(self, layers: tuple[Layer, ...], device: torch.device) -> torch.Tensor:
         """``[L·heads]`` head weights of ``layers``, layer-major, on ``device`` (made once, and one
@@ -313,21 +313,6 @@ class BatchedEvaluation:
                 _shared_constant(module, ("row weights", key, tuple(weights.flatten().tolist())), weights, device),
             )
         return got
-
-
-#: ``CaptureConfig.extra["cross_maps"]``: how the UNet cross maps of a group of layers are computed
-CROSS_MATHS = ("fused", *CROSS_FORMULATIONS)
-
-
-def cross_formulation(config: CaptureConfig) -> str:
-    """The name ``CaptureConfig.extra["cross_maps"]`` gives (default ``fused``: one Triton kernel
-    per layer, :mod:`cross_kernel`, where it runs and agrees, else ``keys_major``) or
-    one of ``maps.CROSS_FORMULATIONS``: the same maps to float32 rounding, computed differently
-    on the GPU (bench/check_cross_maps.py). An unknown name is a one-line ValueError."""
-    name = (config.extra or {}).get("cross_maps", "fused")
-    if name not in CROSS_MATHS:
-        raise ValueError(f"CaptureConfig.extra['cross_maps'] {name!r} is unknown; expected one of {', '.join(CROSS_MATHS)}")
-    return str(name)
 
 
 def _canonical(summed: torch.Tensor | None, grids: dict, size: tuple[int, int], scale: float, density: bool = False,

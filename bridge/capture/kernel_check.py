@@ -14,6 +14,12 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # the check: max |fused − op-by-op| ≤ TOLERANCE · max |op-by-op|
 
 
+def wanted(config: Any) -> bool:
+    """Whether a capture takes the fused kernels where they run: ``CaptureConfig.extra["fused_maps"]``
+    (default True; False keeps every family's op-by-op maths, to compare on the same card)."""
+    return bool((config.extra or {}).get("fused_maps", True))
+
+
 def interpreted(fn: Any) -> Any:
     """``fn`` (a kernel's undecorated source) under Triton's interpreter (numpy, on CPU tensors):
     for tests. None without Triton."""

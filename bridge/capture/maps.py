@@ -72,24 +72,6 @@ def _cross_chunk(q: list[torch.Tensor], k: list[torch.Tensor], weights: torch.Te
     return torch.matmul(weights, probs.view(b, l * heads, t * n))  # [B, T·N]
 
 
-def batched_cross_attention_maps_rows(
-    q: list[torch.Tensor], k: list[torch.Tensor], weights: torch.Tensor, heads: int, rows: slice = slice(None),
-) -> torch.Tensor:
-    """:func:`batched_cross_attention_maps` with the logits row-major (``[B, L, h, N, T]``,
-    softmax over the last, contiguous dim) and the result transposed at the end: ``[B, T, N]``
-    (a view)."""
-    qs = torch.stack([x[rows] for x in q], 1)  # [B, L, N, C]
-    ks = torch.stack([x[rows] for x in k], 1)  # [B, L, T, C]
-    b, l, n, c = qs.shape
-    t, d = ks.shape[2], c // heads
-    qh = qs.view(b, l, n, heads, d).transpose(2, 3)  # [B, L, h, N, d]
-    kh = ks.view(b, l, t, heads, d).transpose(2, 3)  # [B, L, h, T, d]
-    kt = torch.mul(kh, _scale(d, ks.device)).transpose(-1, -2)  # [B, L, h, d, T] float32
-    logits = torch.matmul(qh.to(torch.float32), kt)  # [B, L, h, N, T]
-    probs = logits.softmax(-1)
-    return torch.matmul(weights, probs.view(b, l * heads, n * t)).view(b, n, t).transpose(1, 2)  # [B, T, N]
-
-
 _SCALES: dict[tuple[int, str], torch.Tensor] = {}
 
 
@@ -300,7 +282,3 @@ def fused_logsumexp(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Ten
     except (RuntimeError, NotImplementedError):  # no flash kernel for this GPU/shape
         return None
     return out[1][..., : q.shape[2]]  # [B, heads, N] float32
-
-
-#: the batched cross-attention maths, by name (bench/check_cross_maps.py times each on a GPU)
-CROSS_FORMULATIONS = {"keys_major": batched_cross_attention_maps, "rows_major": batched_cross_attention_maps_rows}

@@ -37,7 +37,7 @@ import torch
 
 from .adapters import Adapter, Layer, QKProjections, register
 from .errors import UnsupportedProcessorError
-from . import joint_kernel, sdpa_tap
+from . import joint_kernel, kernel_check, sdpa_tap
 from .maps import fused_logsumexp, joint_text_probabilities
 from .steps import patch_method
 from .tokens import TokenMap, empty_token_map, build_offset_token_map, build_token_map, combine_token_maps
@@ -106,7 +106,7 @@ class _MMDiTAdapter(Adapter):
         if self.budget < 1:
             raise ValueError(f"joint_budget must be a positive number of logits, got {self.budget}")
         self.strict = bool(config.strict_prompt_length)
-        self.fused = bool(extra.get("fused_maps", True))
+        self.fused = kernel_check.wanted(config)
         if config.queries and not any(not l.cross for l in self.layers()):
             raise ValueError(
                 f"{type(self.pipe).__name__} has no image-only self-attention layer, so self-attention queries "

@@ -21,7 +21,7 @@ import torch
 from .adapters import Adapter, adapter_for
 from .config import CaptureConfig, head_weight_vector, matches
 from .frames import CaptureRun, StepFrame
-from .evaluation import BatchedEvaluation, _canonical, _StepAccumulator, cross_formulation
+from .evaluation import BatchedEvaluation, _canonical, _StepAccumulator
 from .steps import estimate_x0, patch_method, step_outputs
 from .errors import PromptTooLongError
 
@@ -58,7 +58,6 @@ class Capture(BatchedEvaluation):
         self._warned: set[str] = set()
         self._encoded = False  # an encode_prompt call was recorded since the last set_timesteps
         self.adapter.configure(self.config)
-        cross_formulation(self.config)  # an unknown name fails here, before any compute
         all_layers = self.adapter.layers()
         cfg = self.config
         self.cross_layers = [

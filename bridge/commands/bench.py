@@ -23,11 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--scheduler", default=None, help="the full-size UNet pipelines' scheduler (default: the model's): "
                    "euler, ddim, dpm, heun, dpm2, pndm, euler_a, lms, or the few-step lcm and turbo")
-    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "capture_unfused", "capture_rows", "capture_fused", "publish", "publish_device", "publish_inproc", "publish_null", "publish_drop", "capture_latent", "capture_busy", "queries", "daam"],
+    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "capture_unfused", "publish", "publish_device", "publish_inproc", "publish_null", "publish_drop", "capture_latent", "capture_busy", "queries", "daam"],
                    help="capture_eager: capture with the map maths never replayed as a CUDA graph; capture_unfused: "
-                        "capture with each layer's maps op by op instead of by the fused kernel (MM-DiT: joint_kernel; UNet: cross_kernel, "
-                        "keys_major instead); capture_rows: UNet capture with the cross maps' logits row-major (CaptureConfig.extra cross_maps); "
-                        "capture_fused: UNet capture with cross_maps fused named (the default); publish: capture + phases + "
+                        "capture with each layer's maps op by op instead of by the fused kernel (CaptureConfig.extra fused_maps=False: UNet "
+                        "cross_kernel, MM-DiT joint_kernel); publish: capture + phases + "
                         "ZeroMQ as the runner does with a PacketProcess (the sink and the phases in the child, on its CPU); publish_drop: the "
                         "runner as for publish, its recipes dropped (no pickling, no socket); capture_latent: capture with the "
                         "runner's latent output and one VAE decode, no packets; capture_busy: capture while two other processes keep a CPU "
