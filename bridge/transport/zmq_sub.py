@@ -51,13 +51,17 @@ class ZmqSubscriber:
             return None
         return self.sock.recv()
 
-    def _recv_buffer(self, timeout: float | None = None, flags: int = 0) -> memoryview | None:
+    def _recv_buffer(self, timeout: float | None = None) -> memoryview | None:
         """Next raw message as a view of ZeroMQ's own buffer (no copy: a step packet is ~0.8 MB,
         whose copy was a third of a subscriber's decode), or None after ``timeout`` seconds. The
         arrays that :func:`~bridge.protocol.decode` makes of it keep it alive."""
         if timeout is not None and not self.sock.poll(int(timeout * 1000)):
             return None
-        return self.sock.recv(flags, copy=False).buffer.toreadonly()  # read-only arrays, as from bytes
+        return self._view()
+
+    def _view(self, flags: int = 0) -> memoryview:
+        """The next message as a read-only view of ZeroMQ's buffer (read-only arrays, as from bytes)."""
+        return self.sock.recv(flags, copy=False).buffer.toreadonly()
 
     def recv(self, timeout: float | None = None) -> Any | None:
         """Next decoded Packet, or None on timeout."""
@@ -70,8 +74,8 @@ class ZmqSubscriber:
             return []
         out = [first]
         while True:
-            try:  # no timeout: a view, or zmq.Again once the queue is empty
-                out.append(self.sock.recv(zmq.NOBLOCK, copy=False).buffer.toreadonly())
+            try:
+                out.append(self._view(zmq.NOBLOCK))
             except zmq.Again:
                 return out
 
