@@ -6,6 +6,8 @@
 #   shape at 1 and 4 steps, guidance 0; SD 1.5 with LCM at 4 steps, guidance 1): 5 files; then, time
 #   left, the sink process's CPU per step (bench/sink_cpu.py) into the log.
 # SET big: FLUX.1-dev shape 512², SDXL and SD3.5-medium shapes 1024²: 4 files.
+# SET kernel: SD 1.5 as in small (sd15 only), then SDXL and SD3.5-medium as in rest (the fused map kernels
+#   of both families against the op-by-op maps on one card), then sd35m_si.
 # SET rest: LCM at 4 steps, then SDXL and SD3.5-medium (big without FLUX, which bench/mmdit_round.sh covers), then
 #   SD3.5-medium plain and publish at a 0.5 ms GIL switch interval (the last step's latency).
 # Each bench gets --max-seconds inside what is left and is skipped when too little is; every
@@ -22,9 +24,11 @@ bench() {  # NAME NEED_S TIMED_S ARGS...: run when NEED_S seconds are left; TIME
   echo "== $name: stepx bench $* --max-seconds $timed ($left s left)" | tee -a "$out/log"
   timeout $((left - 5)) python3 -m bridge.cli bench "$@" --max-seconds "$timed" --json "$tmp/$name.json" 2>&1 | tee -a "$out/log" | grep -v '^{'
 }
-if [ "$set" = small ]; then
+if [ "$set" = small ] || [ "$set" = kernel ]; then
 bench sd15 165 95 --arch sd15 --runs 40 --warmup 2 --variants plain capture capture_unfused publish --profile "$out/sd15_profile.txt"
-bench sd15_si 45 20 --arch sd15 --runs 15 --warmup 1 --variants plain publish --switch-interval 0.0005
+[ "$set" = kernel ] || bench sd15_si 45 20 --arch sd15 --runs 15 --warmup 1 --variants plain publish --switch-interval 0.0005
+fi
+if [ "$set" = small ]; then
 bench turbo1 60 15 --arch sdturbo --steps 1 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
 bench turbo4 45 15 --arch sdturbo --steps 4 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
 bench lcm4 60 15 --arch sd15 --scheduler lcm --steps 4 --guidance 1 --runs 100 --warmup 3 --variants plain capture publish
@@ -36,16 +40,16 @@ fi
 if [ "$set" = rest ]; then
 bench lcm4 60 15 --arch sd15 --scheduler lcm --steps 4 --guidance 1 --runs 100 --warmup 3 --variants plain capture publish
 fi
-if [ "$set" = big ] || [ "$set" = rest ]; then
+if [ "$set" = big ] || [ "$set" = rest ] || [ "$set" = kernel ]; then
 [ "$set" = big ] && bench flux 130 60 --arch flux --size 512 --runs 8 --warmup 1 --variants plain capture publish
 bench sdxl 80 35 --arch sdxl --runs 12 --warmup 1 --variants plain capture capture_unfused publish
 bench sd35m 90 40 --arch sd35m --runs 12 --warmup 1 --variants plain capture publish
 # the big models' last step waits long (FLUX on the H100: 24.7 ms from the GPU's step end, 2.9 in
 # the middle): the packet thread waiting for the GIL while the runner decodes? A 0.5 ms interval says
-[ "$set" = rest ] && bench sd35m_si 90 30 --arch sd35m --runs 8 --warmup 1 --variants plain publish --switch-interval 0.0005
+[ "$set" != big ] && bench sd35m_si 90 30 --arch sd35m --runs 8 --warmup 1 --variants plain publish --switch-interval 0.0005
 fi
 for f in sd15 sd15_si flux sdxl sd35m sd35m_si; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
-[ "$set" != big ] && python3 - "$tmp" "$out/fewstep.json" <<'PY'
+[ "$set" = small ] || [ "$set" = rest ] && python3 - "$tmp" "$out/fewstep.json" <<'PY'
 import json, pathlib, sys
 tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 found = {n: json.loads((tmp / f"{n}.json").read_text()) for n in ("turbo1", "turbo4", "lcm4") if (tmp / f"{n}.json").exists()}

@@ -13,6 +13,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+import triton_interpreter  # noqa: E402
+
 from bridge.capture import capture, joint_kernel  # noqa: E402
 from bridge.capture.maps import joint_text_probabilities  # noqa: E402
 from bridge.models.tiny import tiny_flux_pipeline, tiny_sd3_pipeline  # noqa: E402
@@ -38,6 +40,7 @@ def float64_maps(q, k, text, lse, w):
     return torch.einsum("bhnt,h->btn", p, w.double())
 
 
+@triton_interpreter.needed
 @pytest.mark.parametrize("shape", [dict(), dict(b=1, h=2, n=256, t=32, d=16), dict(b=1, h=4, n=64, t=130, d=8)])
 def test_kernel_is_the_head_weighted_joint_softmax(shape):
     q, k, lse, w = inputs(**shape)
@@ -52,6 +55,7 @@ def test_kernel_is_the_head_weighted_joint_softmax(shape):
     assert rel_err(out, 2 * want) < 1e-5
 
 
+@triton_interpreter.needed
 def test_kernel_reads_half_precision_inputs():
     q, k, lse, w = inputs(b=1, h=2, n=80, t=20, d=16)
     q, k = q.half(), k.half()
@@ -61,6 +65,7 @@ def test_kernel_reads_half_precision_inputs():
     assert rel_err(out, float64_maps(q, k, slice(80, None), lse, w)) < 1e-5
 
 
+@triton_interpreter.needed
 def test_check_refuses_a_kernel_that_disagrees(caplog, monkeypatch):
     monkeypatch.setattr(joint_kernel, "_checked", {})
     q, k, lse, w = inputs(n=40, t=9, d=12, seed=1)
@@ -120,6 +125,7 @@ def fused(monkeypatch):
     return launches
 
 
+@triton_interpreter.needed
 @pytest.mark.parametrize("which,guidance", [("sd3", 7.0), ("sd3", 1.0), ("flux", 3.5)])
 def test_capture_with_the_kernel_gives_the_joint_softmax(which, guidance, fused):
     pipe = tiny_sd3_pipeline() if which == "sd3" else tiny_flux_pipeline()
@@ -143,6 +149,7 @@ def test_capture_with_the_kernel_gives_the_joint_softmax(which, guidance, fused)
     assert np.array_equal(image, image_eager) and np.array_equal(image, generate(pipe, steps=3, guidance=guidance))
 
 
+@triton_interpreter.needed
 def test_detail_layers_and_head_weights_with_the_kernel(fused):
     pipe = tiny_flux_pipeline()
     weights = {"transformer_blocks.0.attn": [0.0, 2.0]}
@@ -161,6 +168,7 @@ def test_detail_layers_and_head_weights_with_the_kernel(fused):
     assert run.frames[0].layers[layer].shape == (1, 2, 32, 16, 16)
 
 
+@triton_interpreter.needed
 def test_a_launch_that_fails_after_its_check_falls_back_to_op_by_op(fused, monkeypatch, caplog):
     """A kernel that passed its check but fails in the model's step: that layer's maps are computed
     op by op into the step's sum (nothing half-written), later ones too, one warning, the run goes on."""

@@ -38,6 +38,9 @@ except ImportError:  # a CPU-only torch: the op-by-op maths
     triton = None
 
 MAX_T = 128  # text keys per softmax row the kernel holds in one tile (CLIP: 77)
+#: shared memory one program may take, in bytes: under every CUDA GPU's per-block limit since
+#: Ampere (99 KiB on sm_86/89, 163 KiB on A100, 227 KiB on H100)
+SHARED_BUDGET = 96 * 1024
 _checked: dict[tuple, bool] = {}
 
 if triton is not None:
@@ -94,9 +97,18 @@ def kernel_for(device: torch.device) -> Any:
     return kernel_check.on_device(_compiled, device)
 
 
-def block_n(d: int) -> int:
-    """Image tokens per program: fewer for wide heads (SD 1.5's d = 160), whose tiles are larger."""
-    return 64 if d <= 64 else 32
+def tiles(d: int, itemsize: int) -> dict[str, int]:
+    """A launch's tile sizes and software-pipelining depth for heads of width ``d``.
+
+    Image tokens per program: fewer for wide heads (SD 1.5's d = 160), whose tiles are larger.
+    Triton pipelines the loop over heads, keeping ``num_stages`` heads' k and q tiles in shared
+    memory at once when the strides let it copy asynchronously (the runtime's usual case): at
+    d = 160 its default of 3 stages asked 240 KiB of an H100's 227 (h100_run7), so the depth is
+    what :data:`SHARED_BUDGET` holds."""
+    bn = 64 if d <= 64 else 32
+    bd = max(16, 1 << (d - 1).bit_length())  # the head width, padded to a power of two
+    stage = (MAX_T + bn) * bd * itemsize  # one head's k [BLOCK_T, BLOCK_D] and q [BLOCK_D, BLOCK_N] tiles
+    return {"BLOCK_N": bn, "BLOCK_D": bd, "num_stages": max(1, min(3, SHARED_BUDGET // stage))}
 
 
 def launch(kernel: Any, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, heads: int, rows: slice, out: torch.Tensor,
@@ -111,11 +123,10 @@ def launch(kernel: Any, q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, heads
             return launch(kernel, q, k, w, heads, rows, out, accumulate)
     row0, stop, _ = rows.indices(q.shape[0])
     n, t, d = q.shape[1], k.shape[1], q.shape[2] // heads
-    bn = block_n(d)
-    grid = (triton.cdiv(n, bn), stop - row0)
+    shape = tiles(d, q.element_size())
+    grid = (triton.cdiv(n, shape["BLOCK_N"]), stop - row0)
     kernel[grid](q, k, w, out, n, t, heads, d, 1.0 / math.sqrt(d), row0, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                 *out.stride(), ACCUMULATE=accumulate, IEEE=q.dtype == torch.float32, BLOCK_T=MAX_T, BLOCK_N=bn,
-                 BLOCK_D=max(16, triton.next_power_of_2(d)))
+                 *out.stride(), ACCUMULATE=accumulate, IEEE=q.dtype == torch.float32, BLOCK_T=MAX_T, **shape)
 
 
 def fits(q: torch.Tensor, k: torch.Tensor) -> bool:
