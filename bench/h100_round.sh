@@ -6,7 +6,7 @@
 #   shape at 1 and 4 steps, guidance 0; SD 1.5 with LCM at 4 steps, guidance 1): 5 files; then, time
 #   left, the sink process's CPU per step (bench/sink_cpu.py) into the log.
 # SET big: FLUX.1-dev shape 512², SDXL and SD3.5-medium shapes 1024²: 4 files.
-# SET kernel: SD 1.5 as in small (sd15 only), then SDXL and SD3.5-medium as in rest (the fused map kernels
+# SET kernel: SD 1.5 as in small (sd15 only, and publish_device), then SDXL and SD3.5-medium as in rest (the fused map kernels
 #   of both families against the op-by-op maps on one card), then sd35m_si.
 # SET rest: LCM at 4 steps, then SDXL and SD3.5-medium (big without FLUX, which bench/mmdit_round.sh covers), then
 #   SD3.5-medium plain and publish at a 0.5 ms GIL switch interval (the last step's latency).
@@ -24,11 +24,12 @@ bench() {  # NAME NEED_S TIMED_S ARGS...: run when NEED_S seconds are left; TIME
   echo "== $name: stepx bench $* --max-seconds $timed ($left s left)" | tee -a "$out/log"
   timeout $((left - 5)) python3 -m bridge.cli bench "$@" --max-seconds "$timed" --json "$tmp/$name.json" 2>&1 | tee -a "$out/log" | grep -v '^{'
 }
-if [ "$set" = small ] || [ "$set" = kernel ]; then
-bench sd15 165 95 --arch sd15 --runs 40 --warmup 2 --variants plain capture capture_unfused publish --profile "$out/sd15_profile.txt"
-[ "$set" = kernel ] || bench sd15_si 45 20 --arch sd15 --runs 15 --warmup 1 --variants plain publish --switch-interval 0.0005
+if [ "$set" = kernel ]; then  # and the phases compiled on the GPU (publish_device): is the sink's CPU what publish costs?
+bench sd15 190 120 --arch sd15 --runs 40 --warmup 2 --variants plain capture capture_unfused publish publish_device --profile "$out/sd15_profile.txt"
 fi
 if [ "$set" = small ]; then
+bench sd15 165 95 --arch sd15 --runs 40 --warmup 2 --variants plain capture capture_unfused publish --profile "$out/sd15_profile.txt"
+bench sd15_si 45 20 --arch sd15 --runs 15 --warmup 1 --variants plain publish --switch-interval 0.0005
 bench turbo1 60 15 --arch sdturbo --steps 1 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
 bench turbo4 45 15 --arch sdturbo --steps 4 --guidance 0 --runs 100 --warmup 3 --variants plain capture publish
 bench lcm4 60 15 --arch sd15 --scheduler lcm --steps 4 --guidance 1 --runs 100 --warmup 3 --variants plain capture publish
