@@ -185,3 +185,41 @@ def test_mmdit_pipelines_publish_with_their_own_word_map(arch):
     assert image.header["final"] and image.arrays["image"].shape == (64, 64, 3)
     bad, _ = collect(pipe, Request(prompt, seed=2, steps=2, width=64, height=64, focus=["hexagon"]))
     assert bad.status == "error" and "'hexagon' is not a word of the prompt" in bad.error
+
+
+def test_every_step_packet_is_handed_over_before_the_final_decode(sd_pipe, monkeypatch):
+    """The last step's packet must not wait behind the VAE decode (on a GPU-bound model that
+    wait was the whole decode): the decode starts only once every step packet is published.
+
+    The last step's publish holds the packet thread until the runner waits for that thread
+    (``_drain``), so a decode launched without waiting would see it missing, every time."""
+    import threading
+
+    from bridge import runner as runner_module
+    from bridge.runner import Runner
+
+    published: list[str] = []
+    at_decode: list[list[str]] = []
+    go = threading.Event()
+    real_decode, real_drain = runner_module.decode_full, Runner._drain
+
+    def publish(p) -> None:
+        if p.kind == "step" and p.header["step"] == 2:
+            go.wait()
+        published.append(p.kind)
+
+    def drain(self) -> None:
+        go.set()
+        real_drain(self)
+
+    def decode_full(pipe, latents):
+        at_decode.append(list(published))
+        go.set()  # without the wait, let the packet thread go on after the decode
+        return real_decode(pipe, latents)
+
+    monkeypatch.setattr(runner_module, "decode_full", decode_full)
+    monkeypatch.setattr(Runner, "_drain", drain)
+    result = Runner(sd_pipe, publish, image_every=0).run(Request("a cat", seed=0, steps=3))
+    assert result.status == "done"
+    assert at_decode == [["run", "step", "step", "step"]]
+    assert published[-3:] == ["image", "timeline", "end"]
