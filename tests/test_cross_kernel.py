@@ -160,3 +160,23 @@ def test_capture_with_the_kernel_matches_the_reference_and_leaves_the_image(sd_p
     launches.clear()
     image, plain, got, ref = captured_with_reference(sd_pipe, extra={"fused_maps": False})
     assert launches == [] and rel_err(got, ref) < 1e-3 and np.array_equal(image, plain)
+
+
+@triton_interpreter.needed
+def test_what_a_graph_computes_is_part_of_its_key(sd_pipe, monkeypatch):
+    """The evaluation's CUDA graphs outlive a capture (kept per denoiser), so the plan key under
+    which a graph is kept must say whether it runs the kernel: else a capture with
+    ``fused_maps=False`` after one with the kernel replays the kernel's graph (on the H100 the
+    bench's ``capture_unfused`` did, and the CUDA test saw no launch)."""
+    from bridge.capture import capture
+
+    from test_capture_unet import generate
+
+    monkeypatch.setattr(cross_kernel, "_checked", {})
+    monkeypatch.setattr(cross_kernel, "kernel_for", lambda device: KERNEL)
+    keys = {}
+    for fused in (True, False, True):
+        with capture(sd_pipe, extra={"fused_maps": fused}) as cap:
+            generate(sd_pipe, steps=1)
+        keys.setdefault(fused, set()).update(plan.key for plan in cap._plans.values())
+    assert len(keys[True]) == 1 and keys[True].isdisjoint(keys[False])  # the same key again for the same maths

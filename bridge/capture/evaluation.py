@@ -236,6 +236,7 @@ class BatchedEvaluation:
         steps: list[Callable[[list], tuple[str | None, torch.Tensor]]] = []
         query_names: list[str] = []
         consts: list[torch.Tensor] = []  # read by a replayed graph where they are: part of its key
+        maths: list[bool] = []  # per cross group, whether the fused kernel computes it: part of the key too
         for (grid, heads, _c, what), items in groups:
             layers = tuple(layer for layer, _, _ in items)
             device = items[0][1].device
@@ -243,6 +244,7 @@ class BatchedEvaluation:
                 weights = self._stacked_weights(layers, device)
                 consts.append(weights)
                 batched = self._cross_maths(items, weights, heads, rows)
+                maths.append(batched is not batched_cross_attention_maps)
 
                 def cross(qk: list, grid=grid, heads=heads, weights=weights, batched=batched) -> tuple[str | None, torch.Tensor]:
                     maps = batched(qk[0::2], qk[1::2], weights, heads, rows)  # [B, T, N]
@@ -273,7 +275,9 @@ class BatchedEvaluation:
                 sums[name] = m if name not in sums else sums[name].add_(m)
             return tuple(([sums[None]] if has_cross else []) + [sums[name] for name in query_names])
 
-        key = (shape_key, total, run.batch, size, tuple(c.data_ptr() for c in consts))  # with the groups' keys: every input's shape
+        # with the groups' keys, every input's shape; the graphs outlive the capture, so what a
+        # graph computes is in its key (a capture with fused_maps=False must not replay the kernel)
+        key = (shape_key, total, run.batch, size, tuple(c.data_ptr() for c in consts), tuple(maths))
         return _EvalPlan(fn, key, has_cross, tuple(query_names))
 
     def _cross_maths(self, items: list, weights: torch.Tensor, heads: int, rows: slice) -> Callable[..., torch.Tensor]:
