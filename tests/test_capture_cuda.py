@@ -95,7 +95,7 @@ def test_fused_cross_maps_equal_op_by_op_inside_the_graph_and_leave_the_image_ex
     _, op_by_op = _generate(pipe, extra={"fused_maps": False})
     cross_kernel.launch = launch
     try:
-        image, fused = _generate(pipe)
+        image, fused = _generate(pipe, extra={"fused_maps": True})  # the default, named: no options means no capture
     finally:
         cross_kernel.launch = real
     assert np.array_equal(image, plain)
