@@ -7,9 +7,8 @@
 #   left, the sink process's CPU per step (bench/sink_cpu.py) into the log.
 # SET big: FLUX.1-dev shape 512², SDXL and SD3.5-medium shapes 1024²: 4 files.
 # SET kernel: SD 1.5 as in small (sd15 only, and publish_device), then SDXL and SD3.5-medium as in rest (the fused map kernels
-#   of both families against the op-by-op maps on one card), then sd35m_si.
-# SET rest: LCM at 4 steps, then SDXL and SD3.5-medium (big without FLUX, which bench/mmdit_round.sh covers), then
-#   SD3.5-medium plain and publish at a 0.5 ms GIL switch interval (the last step's latency).
+#   of both families against the op-by-op maps on one card).
+# SET rest: LCM at 4 steps, then SDXL and SD3.5-medium, 12 rounds each (big without FLUX, which bench/mmdit_round.sh covers).
 # Each bench gets --max-seconds inside what is left and is skipped when too little is; every
 # result's JSON also goes into OUTDIR/log. Run it twice in one call (two code trees, two OUTDIRs
 # under $OUT) to compare code on the same machine: the device brings back 8 files.
@@ -43,13 +42,11 @@ bench lcm4 60 15 --arch sd15 --scheduler lcm --steps 4 --guidance 1 --runs 100 -
 fi
 if [ "$set" = big ] || [ "$set" = rest ] || [ "$set" = kernel ]; then
 [ "$set" = big ] && bench flux 130 60 --arch flux --size 512 --runs 8 --warmup 1 --variants plain capture publish
-bench sdxl 80 35 --arch sdxl --runs 12 --warmup 1 --variants plain capture capture_unfused publish
-bench sd35m 90 40 --arch sd35m --runs 12 --warmup 1 --variants plain capture publish
-# the big models' last step waits long (FLUX on the H100: 24.7 ms from the GPU's step end, 2.9 in
-# the middle): the packet thread waiting for the GIL while the runner decodes? A 0.5 ms interval says
-[ "$set" != big ] && bench sd35m_si 90 30 --arch sd35m --runs 8 --warmup 1 --variants plain publish --switch-interval 0.0005
+# 12 rounds of 4 (SDXL) or 3 (SD3.5) variants at 1.2-2.2 s (SDXL) and 1.9 s (SD3.5) a generation on an H100
+bench sdxl 150 100 --arch sdxl --runs 12 --warmup 1 --variants plain capture capture_unfused publish
+bench sd35m 110 70 --arch sd35m --runs 12 --warmup 1 --variants plain capture publish
 fi
-for f in sd15 sd15_si flux sdxl sd35m sd35m_si; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
+for f in sd15 sd15_si flux sdxl sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
 [ "$set" = small ] || [ "$set" = rest ] && python3 - "$tmp" "$out/fewstep.json" <<'PY'
 import json, pathlib, sys
 tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
