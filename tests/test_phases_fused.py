@@ -5,7 +5,7 @@ over multi-step runs in every normalisation mode, across the phase boundaries.""
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -106,26 +106,47 @@ def test_eager_fused_step_equals_the_pure_functions(data, mode, gv, crossfade, r
         assert_close(frame_values(engine.update(run[i], s, 2 * t), engine), ref.step(run[i], s, 2 * t))
 
 
-def run_both(cfg, run, compile_mode=True, device="cpu"):
+def decisive(summary, cfg, rel=1e-4) -> bool:
+    """Whether a run's step summaries are far from their ties and thresholds: no word's two
+    largest masses, no mass and its emergence level, no change and the stable threshold within
+    ``rel`` of each other. Near one, a rounding difference between compiled and eager maths
+    (float32, other summation orders) may rightly pick another step."""
+    mass, change = summary.series["mass"].astype(np.float64), summary.series["change"].astype(np.float64)  # [T, N]
+    scale = max(float(np.abs(mass).max(initial=0.0)), 1e-30)
+    top = np.sort(mass, axis=0)
+    if len(mass) > 1 and (top[-1] - top[-2] <= rel * scale).any():
+        return False
+    if (np.abs(mass - cfg.emergence_fraction * mass.max(axis=0)) <= rel * scale).any():
+        return False
+    return not (np.abs(np.nan_to_num(change, nan=np.inf) - cfg.stable_threshold) <= rel * cfg.stable_threshold).any()
+
+
+def run_both(cfg, run, compile_mode=True, device="cpu", ties=True):
+    """Compiled against eager over ``run``; ``ties=False``: the run must be decisive (its step
+    summaries are compared, not skipped)."""
     t, n = run.shape[:2]
     words = [f"w{i}" for i in range(n)]
     eager, compiled = PhaseEngine(words, cfg, device=device), PhaseEngine(words, cfg, device=device, compile=compile_mode)
     frames = []
+    # values in [0, 1] (textures, settled) carry float32 rounding of a few ulps per step
     for s in range(t):
         fe, fc = eager.update(run[s], s, t), compiled.update(run[s], s, t)
-        assert_close(frame_values(fc, compiled), frame_values(fe, eager), rtol=1e-6, atol=1e-6)
+        assert_close(frame_values(fc, compiled), frame_values(fe, eager), rtol=1e-5, atol=1e-5)
         frames.append((fe, fc))
     assert compiled.compile_mode is not None  # it ran compiled throughout: no fall-back to eager
     for fe, fc in frames:  # earlier frames stay intact after later steps
         for k, v in fe.arrays().items():
-            np.testing.assert_allclose(fc.arrays()[k], v, rtol=1e-6, atol=1e-6, err_msg=k)
+            np.testing.assert_allclose(fc.arrays()[k], v, rtol=1e-5, atol=1e-5, err_msg=k)
         sc, se = fc.scalars(), fe.scalars()
         for k in ("mass", "share", "entropy", "centroid_x", "centroid_y", "spread", "settled"):
-            np.testing.assert_allclose(sc[k], se[k], rtol=1e-5, atol=1e-7, err_msg=k)
+            np.testing.assert_allclose(sc[k], se[k], rtol=1e-5, atol=1e-6, err_msg=k)
         assert (sc["change"][0] is None) == (se["change"][0] is None)
-    se, sc = eager.summary().to_dict(), compiled.summary().to_dict()
-    for k in ("peak_step", "emergence_step", "stabilisation_step", "emergence_order"):
-        assert sc[k] == se[k], k
+    summary = eager.summary()
+    se, sc = summary.to_dict(), compiled.summary().to_dict()
+    assert ties or decisive(summary, cfg)
+    if decisive(summary, cfg):  # else a tie, which rounding may break either way
+        for k in ("peak_step", "emergence_step", "stabilisation_step", "emergence_order"):
+            assert sc[k] == se[k], k
     return eager, compiled
 
 
@@ -135,24 +156,26 @@ def test_compiled_step_equals_eager_over_a_run(mode):
     progress 0.2 and 0.6, and the detail phase; the first step's zero state included."""
     cfg = PhaseConfig(normalisation=mode, crossfade=0.2)
     run = sample_run()
-    run_both(cfg, run)
+    run_both(cfg, run, ties=False)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it really compiled
     # the compiled graph is reused: a new engine, and a new run after reset(), do not recompile
     with torch._dynamo.config.patch(error_on_recompile=True):
-        _, compiled = run_both(cfg, run * 3.0)
+        _, compiled = run_both(cfg, run * 3.0, ties=False)
         compiled.reset()
         for s in range(4):
             compiled.update(run[s], s, 4)
 
 
 def test_compiled_hard_cut_and_mean_view():
-    run_both(PhaseConfig(crossfade=0.0, global_view="mean", boundaries=(0.3, 0.5)), sample_run(seed=1))
+    run_both(PhaseConfig(crossfade=0.0, global_view="mean", boundaries=(0.3, 0.5)), sample_run(seed=1), ties=False)
 
 
 @settings(max_examples=15, deadline=None)
 @given(run=arrays(np.float32, (6, 5, 8, 6), elements=finite), mode=st.sampled_from(NORMALISATIONS))
+@example(run=np.full((6, 5, 8, 6), 0.48324794, np.float32), mode="running_max")  # every step ties: found by CI
 def test_compiled_step_equals_eager_on_any_maps(run, mode):
-    """Same shapes as above, so the graphs compiled once serve every example."""
+    """Same shapes as above, so the graphs compiled once serve every example. Step summaries are
+    compared where the run decides them (:func:`decisive`)."""
     run_both(PhaseConfig(normalisation=mode, crossfade=0.2), torch.from_numpy(run))
 
 
@@ -169,7 +192,7 @@ def test_compile_argument():
 def test_cuda_compiled_equals_eager(compile_mode):
     """On CUDA, incl. CUDA graphs: frames of earlier steps must survive later replays."""
     for mode in NORMALISATIONS:
-        run_both(PhaseConfig(normalisation=mode, crossfade=0.2), sample_run().cuda(), compile_mode, device="cuda")
+        run_both(PhaseConfig(normalisation=mode, crossfade=0.2), sample_run().cuda(), compile_mode, device="cuda", ties=False)
 
 
 def test_a_compiled_step_that_fails_falls_back_to_the_eager_step(monkeypatch, caplog):
@@ -204,7 +227,7 @@ def test_compiled_step_serves_new_prompt_lengths_without_recompiling():
     session back to eager)."""
     cfg = PhaseConfig(normalisation="share", global_view="mean")
     for words in (3, 4):  # the first shape compiles static, the second makes the word count symbolic
-        run_both(cfg, sample_run(n=words))
+        run_both(cfg, sample_run(n=words), ties=False)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        _, compiled = run_both(cfg, sample_run(n=7))
+        _, compiled = run_both(cfg, sample_run(n=7))  # two of its words near a tie: summaries not compared
         assert len(compiled.words) == 7
