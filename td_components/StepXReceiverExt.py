@@ -152,7 +152,10 @@ class StepXReceiverExt:
     def _update_channels(self, rx: Any) -> None:
         self._raw_phase = {k: float(v[0]) for k, v in rx.phase_channels().items()}
         self._raw_phase["has_image"] = 1.0 if rx.latest.get("image") is not None else 0.0
-        self.morph.set_target([self._raw_phase.get(n, d) for n, d in zip(self.weight_names, (1.0, 0.0, 0.0))])
+        if rx.latest.get("step") is not None or self.morph.current is not None:
+            # the weights come from steps: an image or timeline that lands before the first step
+            # leaves the morph unset, so that step's weights are taken as is, not eased towards
+            self.morph.set_target([self._raw_phase.get(n, d) for n, d in zip(self.weight_names, (1.0, 0.0, 0.0))])
         self.channels = {"phase": self._phase_channels(), "words": rx.word_channels(), "timeline": rx.timeline_channels()}
         for name in CHOPS.values():
             chop = self.ownerComp.op(name)

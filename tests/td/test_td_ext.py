@@ -124,6 +124,22 @@ class ReceiverExtTest(unittest.TestCase):
         self.assertIn("red, fox, snow", self.ext.Status)
         self.assertEqual(len(self.comp.ops["word_tex"].arrays), n)
 
+    def test_the_first_step_is_taken_as_is_after_an_image_alone(self) -> None:
+        """Packets may land in different polls: an image drawn before the run's first step must not
+        start the morph from the defaults (CI once saw w_structure 0.0 for 0.7 that way)."""
+        def drawn(top: str, frame: int) -> bool:  # one frame, then: has ``top`` been drawn?
+            self.ext.OnFrameStart(frame)
+            return self.comp.ops[top].arrays != []
+
+        image = lambda: [self.pub.send_bytes(bridge_wire.encode(p, "float16")) for p in (C.run_packet(), C.image_packet())]
+        self.assertTrue(C.pump(image, lambda: drawn("step_image", 2)))
+        self.assertEqual(self.comp.ops["word_tex"].arrays, [])  # no step yet
+        step = lambda: self.pub.send_bytes(bridge_wire.encode(C.step_packet(), "float16"))
+        self.assertTrue(C.pump(step, lambda: drawn("word_tex", 3)))
+        chop = self.comp.ops["phase_chop"]
+        self.ext.CookChop(chop, "phase")
+        self.assertAlmostEqual(chop.chans["w_structure"].vals[0], 0.7, places=6)
+
     def test_phase_chop_has_defaults_before_any_step(self) -> None:
         chop = self.comp.ops["phase_chop"]
         self.ext.CookChop(chop, "phase")
