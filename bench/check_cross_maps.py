@@ -78,8 +78,9 @@ def main() -> None:
     ref = reference(groups, weights, rows)
     report: dict = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"}
     formulations = {"op_by_op": maps.batched_cross_attention_maps}
-    if cross_kernel.kernel_for(torch.device(dev)) is not None:
-        formulations["fused"] = functools.partial(cross_kernel.fused_cross_attention_maps, cross_kernel.kernel_for(torch.device(dev)))
+    kernel = cross_kernel.kernel_for(torch.device(dev))
+    if kernel is not None:
+        formulations["fused"] = functools.partial(cross_kernel.fused_cross_attention_maps, kernel)
     for name, fn in formulations.items():
         out = step(fn, groups, weights, rows)
         entry = {"max_rel_diff": float((out.double() - ref).abs().max() / ref.abs().max())}

@@ -91,16 +91,9 @@ def test_check_refuses_a_kernel_that_disagrees(caplog, monkeypatch):
     monkeypatch.setattr(cross_kernel, "_checked", {})
     q, k, w = inputs(n=40, t=9, heads=2, d=12, layers=1, seed=1)
 
-    class Off:  # a kernel whose maps are 1 % off
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                KERNEL[grid](*args, **kwargs)
-                args[3].mul_(1.01)
-            return run
-
     rows = slice(1, 2)
     with caplog.at_level(logging.WARNING):
-        off = Off()
+        off = triton_interpreter.OnePercentOff(KERNEL, out_arg=3)  # OUT is the kernel's argument 3
         assert not cross_kernel.usable(off, q[0], k[0], w, 2, rows)
         assert not cross_kernel.usable(off, q[0], k[0], w, 2, rows)  # remembered: one warning
     assert sum("disagrees" in r.getMessage() for r in caplog.records) == 1

@@ -70,16 +70,9 @@ def test_check_refuses_a_kernel_that_disagrees(caplog, monkeypatch):
     monkeypatch.setattr(joint_kernel, "_checked", {})
     q, k, lse, w = inputs(n=40, t=9, d=12, seed=1)
 
-    class Off:  # a kernel whose maps are 1 % off
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                KERNEL[grid](*args, **kwargs)
-                args[4].mul_(1.01)
-            return run
-
     text = slice(40, None)
     with caplog.at_level(logging.WARNING):
-        off = Off()
+        off = triton_interpreter.OnePercentOff(KERNEL, out_arg=4)  # OUT is the kernel's argument 4
         assert not joint_kernel.usable(off, q, k[:, :, text], lse.float(), w)
         assert not joint_kernel.usable(off, q, k[:, :, text], lse.float(), w)  # remembered: one warning
     assert sum("disagrees" in r.getMessage() for r in caplog.records) == 1

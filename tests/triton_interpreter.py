@@ -37,5 +37,21 @@ def loops_over_arguments() -> bool:
     return True
 
 
+class OnePercentOff:
+    """A stand-in kernel whose maps are 1 % off: it runs ``kernel`` (indexed by its grid, as Triton
+    kernels are) and scales its output, the positional argument ``out_arg``. The check of a fused
+    kernel against the op-by-op maths must refuse it."""
+
+    def __init__(self, kernel, out_arg: int) -> None:
+        self.kernel, self.out_arg = kernel, out_arg
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.kernel[grid](*args, **kwargs)
+            args[self.out_arg].mul_(1.01)
+
+        return run
+
+
 needed = pytest.mark.skipif(not loops_over_arguments(),
                             reason="this Triton's interpreter cannot loop over a run-time argument with this numpy (Triton 3.6 with numpy ≥ 2.4)")
