@@ -9,6 +9,8 @@
 # SET kernel: SD 1.5 as in small (sd15 only, and publish_device), then SDXL and SD3.5-medium as in rest (the fused map kernels
 #   of both families against the op-by-op maps on one card).
 # SET rest: LCM at 4 steps, then SDXL and SD3.5-medium, 12 rounds each (big without FLUX, which bench/mmdit_round.sh covers).
+# SET targets: each of issue 24's targets once: SD 1.5 (40 rounds of plain, capture, publish), SD 1.5 publish with the
+#   sink process and the subscriber on the last two CPUs and the model off them (15 rounds), then SDXL and SD3.5-medium as in rest.
 # Each bench gets --max-seconds inside what is left and is skipped when too little is; every
 # result's JSON also goes into OUTDIR/log. Run it twice in one call (two code trees, two OUTDIRs
 # under $OUT) to compare code on the same machine: the device brings back 8 files.
@@ -26,6 +28,10 @@ bench() {  # NAME NEED_S TIMED_S ARGS...: run when NEED_S seconds are left; TIME
 if [ "$set" = kernel ]; then  # and the phases compiled on the GPU (publish_device): is the sink's CPU what publish costs?
 bench sd15 190 120 --arch sd15 --runs 40 --warmup 2 --variants plain capture capture_unfused publish publish_device --profile "$out/sd15_profile.txt"
 fi
+if [ "$set" = targets ]; then
+bench sd15 140 80 --arch sd15 --runs 40 --warmup 2 --variants plain capture publish
+n=$(nproc); bench sd15_pin 55 25 --arch sd15 --runs 15 --warmup 1 --variants plain publish --model-cpus 0-$((n - 3)) --sink-cpus $((n - 2))-$((n - 1))
+fi
 if [ "$set" = small ]; then
 bench sd15 165 95 --arch sd15 --runs 40 --warmup 2 --variants plain capture capture_unfused publish --profile "$out/sd15_profile.txt"
 bench sd15_si 45 20 --arch sd15 --runs 15 --warmup 1 --variants plain publish --switch-interval 0.0005
@@ -40,13 +46,13 @@ fi
 if [ "$set" = rest ]; then
 bench lcm4 60 15 --arch sd15 --scheduler lcm --steps 4 --guidance 1 --runs 100 --warmup 3 --variants plain capture publish
 fi
-if [ "$set" = big ] || [ "$set" = rest ] || [ "$set" = kernel ]; then
+if [ "$set" = big ] || [ "$set" = rest ] || [ "$set" = kernel ] || [ "$set" = targets ]; then
 [ "$set" = big ] && bench flux 130 60 --arch flux --size 512 --runs 8 --warmup 1 --variants plain capture publish
 # 12 rounds of 4 (SDXL) or 3 (SD3.5) variants at 1.2-2.2 s (SDXL) and 1.9 s (SD3.5) a generation on an H100
 bench sdxl 150 100 --arch sdxl --runs 12 --warmup 1 --variants plain capture capture_unfused publish
 bench sd35m 110 70 --arch sd35m --runs 12 --warmup 1 --variants plain capture publish
 fi
-for f in sd15 sd15_si flux sdxl sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
+for f in sd15 sd15_si sd15_pin flux sdxl sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
 [ "$set" = small ] || [ "$set" = rest ] && python3 - "$tmp" "$out/fewstep.json" <<'PY'
 import json, pathlib, sys
 tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Key = tuple[str, int]  # (run_id, step): one published step
+
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 
 
@@ -64,12 +66,17 @@ def _subscribe(endpoints: list[str], ready: Any, stop: Any, out: Any, cpus: set[
         sub.sock.connect(other)
     ready.set()
     received: dict[tuple[str, int], float] = {}
+    built: dict[tuple[str, int], float] = {}  # the FanOut's ``sent`` stamp, on the perf_counter clock
     while not stop.is_set():
         p = sub.recv(timeout=0.1)
         if p is not None and p.kind == "step":
-            received[(p.header["run_id"], int(p.header["step"]))] = time.perf_counter()
+            now, wall = time.perf_counter(), time.time()
+            key = (p.header["run_id"], int(p.header["step"]))
+            received[key] = now
+            if isinstance(p.header.get("sent"), (int, float)):  # Unix seconds: the same moment on this clock
+                built[key] = now - (wall - p.header["sent"])
     sub.close()
-    out.put(received)
+    out.put((received, built))
 
 
 class _Stamped:
@@ -147,17 +154,11 @@ class Latency:
     def close(self) -> dict[str, Any]:
         time.sleep(0.3)
         self._stop.set()
-        received = self._out.get(timeout=30)
+        received, built = self._out.get(timeout=30)
         self._proc.join(5)
         out = latency_summary(self.sent, received)
-        if self.handover:  # where the time goes: the model's process (wake, GIL, GPU copy), its send, the sink and hops
-            parts: dict[str, list[float]] = {"step_end_to_handover": [], "handover": [], "handover_to_receipt": []}
-            for k, (began, ended) in self.handover.items():
-                if k in self.sent and k in received:
-                    parts["step_end_to_handover"].append(1000 * (began - self.sent[k]))
-                    parts["handover"].append(1000 * (ended - began))
-                    parts["handover_to_receipt"].append(1000 * (received[k] - ended))
-            out["stages"] = {k: _percentiles(v) for k, v in parts.items() if v}
+        if self.handover:
+            out["stages"] = handover_stages(self.sent, self.handover, built, received)
         if self._events:  # from the step's end on the GPU, and how far the host ran ahead of it
             try:
                 done = self.gpu_done()
@@ -169,6 +170,26 @@ class Latency:
             if lag:
                 out["host_ahead_of_gpu"] = _percentiles(lag)
         return out
+
+
+def handover_stages(sent: dict[Key, float], handover: dict[Key, tuple[float, float]], built: dict[Key, float],
+                    received: dict[Key, float]) -> dict[str, dict[str, float]]:
+    """Where a published step's time goes, each stage's p50/p99/max (ms), all on one clock: the
+    model's process (``step_end_to_handover``: the packet thread's wake, the GIL, the GPU copy),
+    its send (``handover``), and after it ``handover_to_receipt``, split at the FanOut's ``sent``
+    stamp into the sink process's build (``handover_to_built``: its wake, the phases, the packet)
+    and the wire (``built_to_receipt``: encoding, ZeroMQ, the subscriber's wake and decode)."""
+    parts: dict[str, list[float]] = {"step_end_to_handover": [], "handover": [], "handover_to_receipt": [],
+                                     "handover_to_built": [], "built_to_receipt": []}
+    for k, (began, ended) in handover.items():
+        if k in sent and k in received:
+            parts["step_end_to_handover"].append(1000 * (began - sent[k]))
+            parts["handover"].append(1000 * (ended - began))
+            parts["handover_to_receipt"].append(1000 * (received[k] - ended))
+            if k in built:
+                parts["handover_to_built"].append(1000 * (built[k] - ended))
+                parts["built_to_receipt"].append(1000 * (received[k] - built[k]))
+    return {k: _percentiles(v) for k, v in parts.items() if v}
 
 
 def _percentiles(ms: list[float]) -> dict[str, float]:

@@ -47,7 +47,7 @@ def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
     assert lat["sent"] == 3 * 5 * 3 and lat["received"] == lat["sent"]
     assert 0 < lat["p50_ms"] <= lat["p99_ms"]
     # the publish variant's hand-overs were timed: each stage is a part of the whole
-    assert set(lat["stages"]) == {"step_end_to_handover", "handover", "handover_to_receipt"}
+    assert set(lat["stages"]) == {"step_end_to_handover", "handover", "handover_to_receipt", "handover_to_built", "built_to_receipt"}
     assert all(0 <= st["p50_ms"] <= lat["p99_ms"] for st in lat["stages"].values())
     # every run has 3 steps: 15 runs' first, last and middle steps, and the five worst among them
     assert {k: v["n"] for k, v in lat["by_place"].items()} == {"first": 15, "last": 15, "middle": 15}
@@ -98,6 +98,20 @@ def test_latency_summary_splits_by_place_in_run() -> None:
     assert out["by_place"]["middle"]["n"] == 2 and abs(out["by_place"]["last"]["max_ms"] - 50) < 1e-6
     assert out["worst"][0] == {"step": 3, "of": 4, "ms": 50.0}
     assert latency_summary(sent, {}) == {"received": 0, "sent": 5}
+
+
+def test_handover_stages_split_at_the_sink_stamp() -> None:
+    from bridge.bench import handover_stages
+
+    sent = {("a", 0): 1.000, ("a", 1): 2.000}
+    handover = {("a", 0): (1.001, 1.0012), ("a", 1): (2.002, 2.0025)}
+    built = {("a", 0): 1.0032}  # step 1's packet carried no ``sent`` stamp
+    received = {("a", 0): 1.0042, ("a", 1): 2.0065}
+    st = handover_stages(sent, handover, built, received)
+    assert st["step_end_to_handover"]["max_ms"] == pytest.approx(2.0)
+    assert st["handover_to_receipt"]["max_ms"] == pytest.approx(4.0)
+    assert st["handover_to_built"] == pytest.approx({"p50_ms": 2.0, "p99_ms": 2.0, "max_ms": 2.0})
+    assert st["built_to_receipt"]["p50_ms"] == pytest.approx(1.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU step ends from CUDA events)")
