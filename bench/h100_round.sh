@@ -11,6 +11,8 @@
 # SET rest: LCM at 4 steps, then SDXL and SD3.5-medium, 12 rounds each (big without FLUX, which bench/mmdit_round.sh covers).
 # SET targets: each of issue 24's targets once: SD 1.5 (40 rounds of plain, capture, publish), SD 1.5 publish with the
 #   sink process and the subscriber on the last two CPUs and the model off them (15 rounds), then SDXL and SD3.5-medium as in rest.
+# SET capture: the capture targets alone, plain against capture (each round's pair adjacent in time): SD 1.5 80 rounds,
+#   SDXL 24 rounds.
 # Each bench gets --max-seconds inside what is left and is skipped when too little is; every
 # result's JSON also goes into OUTDIR/log. Run it twice in one call (two code trees, two OUTDIRs
 # under $OUT) to compare code on the same machine: the device brings back 8 files.
@@ -31,6 +33,10 @@ fi
 if [ "$set" = targets ]; then
 bench sd15 140 80 --arch sd15 --runs 40 --warmup 2 --variants plain capture publish
 n=$(nproc); bench sd15_pin 55 25 --arch sd15 --runs 15 --warmup 1 --variants plain publish --model-cpus 0-$((n - 3)) --sink-cpus $((n - 2))-$((n - 1))
+fi
+if [ "$set" = capture ]; then
+bench sd15 150 100 --arch sd15 --runs 80 --warmup 2 --variants plain capture
+bench sdxl 150 75 --arch sdxl --runs 24 --warmup 1 --variants plain capture
 fi
 if [ "$set" = small ]; then
 bench sd15 165 95 --arch sd15 --runs 40 --warmup 2 --variants plain capture capture_unfused publish --profile "$out/sd15_profile.txt"
