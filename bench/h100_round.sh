@@ -13,6 +13,10 @@
 #   sink process and the subscriber on the last two CPUs and the model off them (15 rounds), then SDXL and SD3.5-medium as in rest.
 # SET capture: the capture targets alone, plain against capture (each round's pair adjacent in time): SD 1.5 80 rounds,
 #   SDXL 24 rounds.
+# SET mapsize: does what publish costs scale with the sink's work? plain, capture and publish with smaller maps than the
+#   latent's: SD 1.5 at 32² (a quarter of the sink's work), SDXL at 64² (a quarter).
+# SET sdxl: SDXL at the default map size (its finest attention grid, 64² at 1024²), 20 rounds of plain, capture and
+#   publish, then 12 with the latent-sized 128² maps that were the default before.
 # Each bench gets --max-seconds inside what is left and is skipped when too little is; every
 # result's JSON also goes into OUTDIR/log. Run it twice in one call (two code trees, two OUTDIRs
 # under $OUT) to compare code on the same machine: the device brings back 8 files.
@@ -38,6 +42,14 @@ if [ "$set" = capture ]; then
 bench sd15 150 100 --arch sd15 --runs 80 --warmup 2 --variants plain capture
 bench sdxl 150 75 --arch sdxl --runs 24 --warmup 1 --variants plain capture
 fi
+if [ "$set" = mapsize ]; then
+bench sd15_m32 110 55 --arch sd15 --runs 30 --warmup 2 --variants plain capture publish --map-size 32
+bench sdxl_m64 140 55 --arch sdxl --runs 12 --warmup 1 --variants plain capture publish --map-size 64
+fi
+if [ "$set" = sdxl ]; then
+bench sdxl 160 85 --arch sdxl --runs 20 --warmup 1 --variants plain capture publish
+bench sdxl_m128 125 55 --arch sdxl --runs 12 --warmup 1 --variants plain capture publish --map-size 128
+fi
 if [ "$set" = small ]; then
 bench sd15 165 95 --arch sd15 --runs 40 --warmup 2 --variants plain capture capture_unfused publish --profile "$out/sd15_profile.txt"
 bench sd15_si 45 20 --arch sd15 --runs 15 --warmup 1 --variants plain publish --switch-interval 0.0005
@@ -58,7 +70,7 @@ if [ "$set" = big ] || [ "$set" = rest ] || [ "$set" = kernel ] || [ "$set" = ta
 bench sdxl 150 100 --arch sdxl --runs 12 --warmup 1 --variants plain capture capture_unfused publish
 bench sd35m 110 70 --arch sd35m --runs 12 --warmup 1 --variants plain capture publish
 fi
-for f in sd15 sd15_si sd15_pin flux sdxl sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
+for f in sd15 sd15_si sd15_pin sd15_m32 flux sdxl sdxl_m64 sdxl_m128 sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
 [ "$set" = small ] || [ "$set" = rest ] && python3 - "$tmp" "$out/fewstep.json" <<'PY'
 import json, pathlib, sys
 tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])

@@ -120,7 +120,10 @@ def test_cross_maps_match_float64_reference(request, which, guidance):
     assert len(run.frames) == 3 and run.status == "done"
     got = torch.stack([f.cross for f in run.frames])  # [S, B, T, H, W]
     ref = reference_cross(rec, run.batch, run.latent_hw, run.resolution)
-    assert got.shape == ref.shape == (3, 1, 77, 32, 32)
+    # the maps come at the model's finest attention grid: the latent's for SD, half of it for SDXL
+    side = {"sd": 32, "sdxl": 16}[which]
+    assert run.latent_hw == (32, 32) and run.resolution == (side, side)
+    assert got.shape == ref.shape == (3, 1, 77, side, side)
     assert rel_err(got, ref) < 1e-3
     # every pixel's cross-attention is a distribution over the 77 tokens
     assert torch.allclose(got.sum(2), torch.ones_like(got.sum(2)), atol=1e-4)
@@ -329,6 +332,49 @@ def test_canonical_resolution_option(sd_pipe):
     with capture(sd_pipe, CaptureConfig(resolution=(48, 40))) as cap:
         generate(sd_pipe, steps=1)
     assert cap.last_run.frames[0].cross.shape == (1, 77, 48, 40)
+
+
+def test_the_default_size_is_the_finest_attention_grid_and_an_explicit_one_still_wins(sdxl_pipe):
+    """SDXL has no attention at its latent's grid: by default its maps come at the finest grid its
+    layers have (no map is an upsampling of a coarser one), the same values as asking for that
+    size; asking for the latent's size gives that, with the float64 reference's values. The
+    grid is the one every layer's probabilities were found at (the reference's own walk)."""
+    with capture(sdxl_pipe) as native:
+        generate(sdxl_pipe, steps=2)
+    with capture(sdxl_pipe, CaptureConfig(resolution=(16, 16))) as asked:
+        generate(sdxl_pipe, steps=2)
+    assert native.last_run.resolution == (16, 16) and native.last_run.latent_hw == (32, 32)
+    for a, b in zip(native.last_run.frames, asked.last_run.frames):
+        torch.testing.assert_close(a.cross, b.cross, rtol=0, atol=0)
+    image, _plain, got, ref = captured_with_reference(sdxl_pipe, resolution=(32, 32))
+    assert got.shape[-2:] == (32, 32) and rel_err(got, ref) < 1e-3
+    # the model's grid, whichever layers a capture takes: maps of any layer choice or head
+    # weighting keep one size (the coarsest block alone is upsampled to it)
+    with capture(sdxl_pipe, layers="mid_block.*") as mid:
+        generate(sdxl_pipe, steps=1)
+    assert mid.last_run.resolution == (16, 16) and mid.last_run.frames[0].cross.shape[-2:] == (16, 16)
+
+
+@pytest.mark.parametrize("which", ["sd", "sdxl", "dispatch", "shapes"])
+def test_the_model_grid_is_its_finest_cross_attention_grid(request, which):
+    """``map_grid`` (from the UNet's block structure, before any evaluation) is the finest grid
+    every cross-attention layer was seen at in a real generation, also at a size whose halving
+    rounds up."""
+    from bridge.capture.adapters import adapter_for
+    from bridge.models.tiny import dispatch_sd_pipeline
+
+    pipe = dispatch_sd_pipeline() if which == "dispatch" else request.getfixturevalue(f"{which}_pipe")
+    rec = Recorder(pipe)
+    side = 20  # latent cells: 20 → 10 → 5 → 3 (the last halving rounds 5 up)
+    size = side * pipe.vae_scale_factor
+    try:
+        generate(pipe, steps=1, height=size, width=size)
+    finally:
+        rec.remove()
+    seen = {grid_of(x.shape[1], (side, side)) for _n, _m, _e, x, _c in rec.calls}
+    assert {h * w for h, w in seen} == {x.shape[1] for _n, _m, _e, x, _c in rec.calls}  # every layer on a grid
+    want = {"sd": (20, 20), "sdxl": (10, 10), "dispatch": (20, 20), "shapes": (20, 20)}[which]
+    assert max(seen) == want and adapter_for(pipe).map_grid((side, side)) == want
 
 
 def test_prompt_embeds_give_maps_without_words(sd_pipe):

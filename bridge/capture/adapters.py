@@ -80,6 +80,12 @@ class Adapter:
         """From the denoiser's call arguments: the latent ``(h, w)`` and the batch size."""
         raise NotImplementedError
 
+    def map_grid(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
+        """The default canonical grid of a run whose denoiser sees ``latent_hw``: the finest grid
+        among the model's cross-attention layers, its own attention resolution (by default the
+        latent's: an adapter whose :meth:`latent_hw` is its token grid, as MM-DiT's, needs no more)."""
+        return latent_hw
+
     def guidance(self) -> bool:
         """Whether this call runs classifier-free guidance (uncond rows first, cond rows second)."""
         return bool(getattr(self.pipe, "do_classifier_free_guidance", False))

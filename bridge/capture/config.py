@@ -28,7 +28,11 @@ class CaptureConfig:
       names look like ``up_blocks.1.attentions.0.transformer_blocks.0.attn2``).
     head_weights: per layer name, a weight per head; layers not listed get weight 1 per head.
       A layer whose weights are all zero is skipped (no work at all).
-    resolution: canonical ``(H, W)`` of every map; ``None`` = the latent resolution.
+    resolution: canonical ``(H, W)`` of every map; ``None`` = the finest grid among the model's
+      cross-attention layers (whichever are captured), its own attention resolution
+      (``Adapter.map_grid``): the latent's for SD 1.x/2.x (64×64 at 512²),
+      half of it for SDXL (64×64 at 1024²: its UNet has no attention at the latent's 128×128, so
+      a latent-sized map would be an upsampling of the 64×64 one), the patch grid for SD3/FLUX.
     queries: self-attention queries (DAAM-I2I); none by default.
     detail_layers: patterns of layers whose per-head, per-layer maps are also kept.
     keep_frames: keep every StepFrame on the run (the default); off for a pure stream.

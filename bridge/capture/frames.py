@@ -68,7 +68,7 @@ class CaptureRun:
     batch: int
     guidance: bool
     latent_hw: tuple[int, int]
-    resolution: tuple[int, int]
+    resolution: tuple[int, int]  # every map's (H, W): CaptureConfig.resolution, else Adapter.map_grid
     layers: list[str]
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     frames: list[StepFrame] = field(default_factory=list)

@@ -208,7 +208,8 @@ class Capture(BatchedEvaluation):
             batch=batch,
             guidance=guidance,
             latent_hw=latent_hw,
-            resolution=cast("tuple[int, int]", tuple(self.config.resolution or latent_hw)),  # a caller's [H, W] list too
+            # a caller's [H, W] list too; by default the model's finest attention grid (SDXL: half its latent)
+            resolution=cast("tuple[int, int]", tuple(self.config.resolution or self.adapter.map_grid(latent_hw))),
             layers=[l.name for l in self.cross_layers],
             info={"scheduler": type(sched).__name__, "family": self.adapter.family, "pipeline": type(self.pipe).__name__},
         )

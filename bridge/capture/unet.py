@@ -89,6 +89,20 @@ class UNetAdapter(Adapter):
                     "or leave this layer out with CaptureConfig(layers=...)."
                 )
 
+    def map_grid(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
+        """The grid of the UNet's shallowest cross-attention layer, whichever layers a capture
+        takes (so head-weighted and layer-filtered maps keep one size): SD 1.x/2.x have
+        attention at the latent's own grid, SDXL only from its second block on (64×64 of a
+        128×128 latent). Each down block but the last halves the grid, rounding up, and the up
+        blocks climb back (``up_blocks.j`` at the depth of ``down_blocks.{n-1-j}``)."""
+        unet = self.pipe.unet
+        depths = [d for d in (_depth(l.name, len(unet.down_blocks), len(unet.up_blocks)) for l in self.layers() if l.cross)
+                  if d is not None]
+        h, w = latent_hw
+        for _ in range(min(depths, default=0)):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
+
     def latent_hw(self, args: tuple, kwargs: dict) -> tuple[tuple[int, int], int]:
         sample = args[0] if args else kwargs["sample"]  # [B, C, h, w]
         return (int(sample.shape[-2]), int(sample.shape[-1])), int(sample.shape[0])
@@ -98,6 +112,18 @@ class UNetAdapter(Adapter):
         for layer in cross + self_layers:
             removers += _probe(session, layer)
         return removers
+
+
+def _depth(name: str, downs: int, ups: int) -> int | None:
+    """How many times the latent's grid is halved where the layer ``name`` runs (``down_blocks.i``:
+    i; ``mid_block``: downs - 1; ``up_blocks.j``: ups - 1 - j); None for a name of another form."""
+    block, _, rest = name.partition(".")
+    if block == "mid_block":
+        return downs - 1
+    index = rest.partition(".")[0]
+    if block in ("down_blocks", "up_blocks") and index.isdigit():
+        return int(index) if block == "down_blocks" else ups - 1 - int(index)
+    return None
 
 
 def _probe(session: "Capture", layer: Layer) -> list[Callable[[], None]]:

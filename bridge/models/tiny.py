@@ -81,17 +81,19 @@ def tiny_sd_pipeline(seed: int = 0, scheduler: str = "euler",
 
 def tiny_sdxl_pipeline(seed: int = 0, scheduler: str = "euler",
                        img2img: bool = False) -> StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline:
-    """A StableDiffusionXL(Img2Img)Pipeline with random weights, shaped like SDXL (two text
-    encoders, text_time conditioning, 1 and 2 transformer layers per block)."""
+    """A StableDiffusionXL(Img2Img)Pipeline with random weights, shaped like SDXL: two text
+    encoders, text_time conditioning, no attention at the latent's own grid (32×32 here, as
+    SDXL has none at its 128×128), cross-attention at 16×16 and 8×8 with 1 and 2 transformer
+    layers per block."""
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 32,
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1, 2), projection_class_embeddings_input_dim=6 * 8 + 32,
         cross_attention_dim=64, norm_num_groups=8,
     ).eval()
     cls = StableDiffusionXLImg2ImgPipeline if img2img else StableDiffusionXLPipeline
