@@ -17,6 +17,10 @@
 #   latent's: SD 1.5 at 32² (a quarter of the sink's work), SDXL at 64² (a quarter).
 # SET sdxl: SDXL at the default map size (its finest attention grid, 64² at 1024²), 20 rounds of plain, capture and
 #   publish, then 12 with the latent-sized 128² maps that were the default before.
+# SET busy: what publishing costs SD 1.5, taken apart (30 rounds): capture; publish_drop (the runner's own work, its
+#   recipes dropped: no sink process, no subscriber); capture_busy (two processes that touch nothing of ours spinning
+#   4 ms in every 30, about the sink's and the subscriber's CPU); publish.
+# SET pin: SD 1.5 plain, capture, publish (20 rounds) with the model's thread free, then kept on one CPU (--pin-thread 3).
 # Each bench gets --max-seconds inside what is left and is skipped when too little is; every
 # result's JSON also goes into OUTDIR/log. Run it twice in one call (two code trees, two OUTDIRs
 # under $OUT) to compare code on the same machine: the device brings back 8 files.
@@ -50,6 +54,13 @@ if [ "$set" = sdxl ]; then
 bench sdxl 160 85 --arch sdxl --runs 20 --warmup 1 --variants plain capture publish
 bench sdxl_m128 125 55 --arch sdxl --runs 12 --warmup 1 --variants plain capture publish --map-size 128
 fi
+if [ "$set" = busy ]; then
+bench sd15_busy 130 95 --arch sd15 --runs 30 --warmup 2 --variants plain capture publish_drop capture_busy publish
+fi
+if [ "$set" = pin ]; then  # the model's thread free to move, then kept on CPU 3 (the same machine)
+bench sd15_free 75 35 --arch sd15 --runs 20 --warmup 2 --variants plain capture publish
+bench sd15_pinned 75 35 --arch sd15 --runs 20 --warmup 2 --variants plain capture publish --pin-thread 3
+fi
 if [ "$set" = small ]; then
 bench sd15 165 95 --arch sd15 --runs 40 --warmup 2 --variants plain capture capture_unfused publish --profile "$out/sd15_profile.txt"
 bench sd15_si 45 20 --arch sd15 --runs 15 --warmup 1 --variants plain publish --switch-interval 0.0005
@@ -70,7 +81,7 @@ if [ "$set" = big ] || [ "$set" = rest ] || [ "$set" = kernel ] || [ "$set" = ta
 bench sdxl 150 100 --arch sdxl --runs 12 --warmup 1 --variants plain capture capture_unfused publish
 bench sd35m 110 70 --arch sd35m --runs 12 --warmup 1 --variants plain capture publish
 fi
-for f in sd15 sd15_si sd15_pin sd15_m32 flux sdxl sdxl_m64 sdxl_m128 sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
+for f in sd15 sd15_si sd15_pin sd15_m32 sd15_busy sd15_free sd15_pinned flux sdxl sdxl_m64 sdxl_m128 sd35m; do [ -f "$tmp/$f.json" ] && cp "$tmp/$f.json" "$out/"; done
 [ "$set" = small ] || [ "$set" = rest ] && python3 - "$tmp" "$out/fewstep.json" <<'PY'
 import json, pathlib, sys
 tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])

@@ -279,6 +279,18 @@ def median_ci(ratios: np.ndarray, level: float = 0.95, resamples: int = 4000) ->
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
+def _pin_this_thread(cpu: int | None) -> set[int] | None:
+    """Keep the calling thread alone on ``cpu`` (Linux: ``sched_setaffinity`` of pid 0 is the
+    calling thread; threads started later inherit it); the CPUs it had, to put back (None: not pinned)."""
+    if cpu is None:
+        return None
+    import os
+
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    return before
+
+
 def _cpu_steal() -> tuple[int, int] | None:
     """(steal, total) CPU jiffies from /proc/stat (Linux): time the hypervisor gave to others."""
     try:
@@ -311,20 +323,25 @@ def _next_port(endpoint: str) -> str:
 def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guidance: float = 7.5, variants: list[str] | None = None,
               endpoint: str = "tcp://127.0.0.1:5599", height: int | None = None, width: int | None = None,
               profile: str | None = None, map_size: int | None = None, sink_cpus: set[int] | None = None,
-              max_seconds: float | None = None) -> dict[str, Any]:
+              max_seconds: float | None = None, pin_thread: int | None = None) -> dict[str, Any]:
     """Time the variants; returns a JSON-able result (also printed by ``stepx bench``).
 
     ``map_size``: the captured maps' side (CaptureConfig.resolution) for the capture, publish and
     query variants; None = the latent's size. ``sink_cpus``: the CPUs of the sink process and of
     the latency subscriber (None: any). ``max_seconds``: start no new timed round once this long
     has passed since the first one began (``runs`` in the result is then the rounds done), so a
-    run under a time limit still reports what it measured."""
+    run under a time limit still reports what it measured. ``pin_thread``: keep the thread that
+    runs every variant (the model's) on this one CPU from the warm-up rounds on (Linux; the
+    threads and processes started before keep theirs): does the scheduler moving it between
+    cores, as other threads wake, cost it?"""
     from bridge.capture import CaptureConfig, Query, capture, graph_stats
     from bridge.stream.fanout import FanOut
     from bridge.stream.process import PacketProcess
     from bridge.runner import Request, Runner, denoiser
     from bridge.transport.zmq_pub import ZmqPublisher
 
+    if pin_thread is not None and pin_thread not in (allowed := __import__("os").sched_getaffinity(0)):
+        raise ValueError(f"--pin-thread {pin_thread}: not one of this process's CPUs ({sorted(allowed)})")  # before anything starts
     device = next(denoiser(pipe).parameters()).device
     size = {k: v for k, v in (("height", height), ("width", width)) if v}
     res = (map_size, map_size) if map_size else None
@@ -449,6 +466,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                 variants.remove(v)
                 times.pop(v)
                 thread_cpu.pop(v)
+        free_cpus = _pin_this_thread(pin_thread)
         steal0 = _cpu_steal()
         started = time.perf_counter()
         for r in range(warmup + runs):
@@ -474,6 +492,8 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                         peak[v] = max(peak[v], torch.cuda.max_memory_allocated(device))
         if profile:
             write_profiles(table, variants, device, profile)
+        if free_cpus is not None:
+            __import__("os").sched_setaffinity(0, free_cpus)  # the caller's thread as it was
     lat = latency.close() if latency else None
     for close in closers:
         close()
@@ -486,7 +506,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "steps": steps, "runs": len(times["plain"]), "guidance": guidance, "size": size or "default", "map_size": map_size or "latent",
         "threads": torch.get_num_threads(),
         "cpus": sorted(__import__("os").sched_getaffinity(0)) if hasattr(__import__("os"), "sched_getaffinity") else None,
-        "sink_cpus": sorted(sink_cpus) if sink_cpus else None,
+        "sink_cpus": sorted(sink_cpus) if sink_cpus else None, "pinned_thread_cpu": pin_thread,
         "median_seconds": {v: statistics.median(t) for v, t in times.items()},
         "frames_per_second": {v: round(1.0 / statistics.median(t), 2) for v, t in times.items()},  # one image per call
         "seconds": {v: [round(x, 5) for x in t] for v, t in times.items()},

@@ -73,6 +73,30 @@ def test_max_seconds_reports_the_rounds_done(tiny_pipe):
     assert run_bench(tiny_pipe, steps=2, runs=3, warmup=0, variants=["plain", "capture"], max_seconds=600)["runs"] == 3
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="Linux's per-thread CPU affinity")
+def test_pin_thread_keeps_the_model_thread_on_one_cpu_then_puts_it_back(tiny_pipe, monkeypatch):
+    import os
+
+    import bridge.bench as bench
+
+    before = os.sched_getaffinity(0)
+    cpu = max(before)
+    seen: list[set[int]] = []
+    plain_gen = tiny_pipe.__class__.__call__
+
+    def spy(self, *a, **k):  # the timed calls run on the pinned thread
+        seen.append(os.sched_getaffinity(0))
+        return plain_gen(self, *a, **k)
+
+    monkeypatch.setattr(tiny_pipe.__class__, "__call__", spy)
+    result = bench.run_bench(tiny_pipe, steps=1, runs=2, warmup=0, variants=["plain", "capture"], pin_thread=cpu)
+    assert result["pinned_thread_cpu"] == cpu and seen[-1] == {cpu} and seen[0] == before  # the untimed calls: not yet
+    assert os.sched_getaffinity(0) == before
+    with pytest.raises(ValueError, match="not one of this process's CPUs"):
+        bench.run_bench(tiny_pipe, steps=1, runs=1, warmup=0, variants=["plain"], pin_thread=10_000)
+    assert os.sched_getaffinity(0) == before
+
+
 def test_median_interval_brackets_the_median_and_narrows_with_rounds():
     import numpy as np
 
