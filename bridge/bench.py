@@ -178,7 +178,10 @@ def handover_stages(sent: dict[Key, float], handover: dict[Key, tuple[float, flo
     model's process (``step_end_to_handover``: the packet thread's wake, the GIL, the GPU copy),
     its send (``handover``), and after it ``handover_to_receipt``, split at the FanOut's ``sent``
     stamp into the sink process's build (``handover_to_built``: its wake, the phases, the packet)
-    and the wire (``built_to_receipt``: encoding, ZeroMQ, the subscriber's wake and decode)."""
+    and the wire (``built_to_receipt``: encoding, ZeroMQ, the subscriber's wake and decode). Where
+    the model's thread holds the GIL for long (a CPU-bound model), the packet thread's own end-of-
+    hand-over stamp can come after the sink has built the packet: ``handover_to_built`` is then
+    negative, which says the hand-over's figure is mostly that GIL wait."""
     parts: dict[str, list[float]] = {"step_end_to_handover": [], "handover": [], "handover_to_receipt": [],
                                      "handover_to_built": [], "built_to_receipt": []}
     for k, (began, ended) in handover.items():
