@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -65,8 +66,8 @@ def _subscribe(endpoints: list[str], ready: Any, stop: Any, out: Any, cpus: set[
     for other in endpoints[1:]:
         sub.sock.connect(other)
     ready.set()
-    received: dict[tuple[str, int], float] = {}
-    built: dict[tuple[str, int], float] = {}  # the FanOut's ``sent`` stamp, on the perf_counter clock
+    received: dict[Key, float] = {}
+    built: dict[Key, float] = {}  # the FanOut's ``sent`` stamp, on the perf_counter clock
     while not stop.is_set():
         p = sub.recv(timeout=0.1)
         if p is not None and p.kind == "step":
@@ -287,8 +288,6 @@ def _pin_this_thread(cpu: int | None) -> set[int] | None:
     calling thread; threads started later inherit it); the CPUs it had, to put back (None: not pinned)."""
     if cpu is None:
         return None
-    import os
-
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpu})
     return before
@@ -306,7 +305,7 @@ def _cpu_steal() -> tuple[int, int] | None:
 
 def _loadavg() -> list[float] | None:
     try:
-        return [round(x, 2) for x in __import__("os").getloadavg()]
+        return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):
         return None
 
@@ -343,7 +342,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     from bridge.runner import Request, Runner, denoiser
     from bridge.transport.zmq_pub import ZmqPublisher
 
-    if pin_thread is not None and pin_thread not in (allowed := __import__("os").sched_getaffinity(0)):
+    if pin_thread is not None and pin_thread not in (allowed := os.sched_getaffinity(0)):
         raise ValueError(f"--pin-thread {pin_thread}: not one of this process's CPUs ({sorted(allowed)})")  # before anything starts
     device = next(denoiser(pipe).parameters()).device
     size = {k: v for k, v in (("height", height), ("width", width)) if v}
@@ -496,7 +495,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         if profile:
             write_profiles(table, variants, device, profile)
         if free_cpus is not None:
-            __import__("os").sched_setaffinity(0, free_cpus)  # the caller's thread as it was
+            os.sched_setaffinity(0, free_cpus)  # the caller's thread as it was
     lat = latency.close() if latency else None
     for close in closers:
         close()
@@ -508,7 +507,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "pipeline": type(pipe).__name__, "dtype": str(next(denoiser(pipe).parameters()).dtype),
         "steps": steps, "runs": len(times["plain"]), "guidance": guidance, "size": size or "default", "map_size": map_size or "latent",
         "threads": torch.get_num_threads(),
-        "cpus": sorted(__import__("os").sched_getaffinity(0)) if hasattr(__import__("os"), "sched_getaffinity") else None,
+        "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "sink_cpus": sorted(sink_cpus) if sink_cpus else None, "pinned_thread_cpu": pin_thread,
         "median_seconds": {v: statistics.median(t) for v, t in times.items()},
         "frames_per_second": {v: round(1.0 / statistics.median(t), 2) for v, t in times.items()},  # one image per call

@@ -358,8 +358,8 @@ def test_the_default_size_is_the_finest_attention_grid_and_an_explicit_one_still
 @pytest.mark.parametrize("which", ["sd", "sdxl", "dispatch", "shapes"])
 def test_the_model_grid_is_its_finest_cross_attention_grid(request, which):
     """``map_grid`` (from the UNet's block structure, before any evaluation) is the finest grid
-    every cross-attention layer was seen at in a real generation, also at a size whose halving
-    rounds up."""
+    every cross-attention layer was seen at in a real generation (whose layers' grids include one
+    whose halving rounded up, 5 → 3), and rounds up as the UNet does where its halving is odd."""
     from bridge.capture.adapters import adapter_for
     from bridge.models.tiny import dispatch_sd_pipeline
 
@@ -375,6 +375,8 @@ def test_the_model_grid_is_its_finest_cross_attention_grid(request, which):
     assert {h * w for h, w in seen} == {x.shape[1] for _n, _m, _e, x, _c in rec.calls}  # every layer on a grid
     want = {"sd": (20, 20), "sdxl": (10, 10), "dispatch": (20, 20), "shapes": (20, 20)}[which]
     assert max(seen) == want and adapter_for(pipe).map_grid((side, side)) == want
+    if which == "sdxl":  # attention from the second block: one halving, rounding up
+        assert adapter_for(pipe).map_grid((21, 19)) == (11, 10)
 
 
 def test_prompt_embeds_give_maps_without_words(sd_pipe):

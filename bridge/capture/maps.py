@@ -166,14 +166,17 @@ def diffused_query_map(
 UPSAMPLE_MODES = ("bilinear", "bicubic")
 
 
-def layer_grid(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
-    """The ``(h, w)`` grid of a UNet layer with ``tokens`` image tokens, given the latent size.
+def halved(hw: tuple[int, int]) -> tuple[int, int]:
+    """The grid after one UNet down-sampling (a stride-2 convolution): halved, rounding up."""
+    return (hw[0] + 1) // 2, (hw[1] + 1) // 2
 
-    UNet down-sampling halves with rounding up, so walk down from the latent size.
-    """
+
+def layer_grid(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """The ``(h, w)`` grid of a UNet layer with ``tokens`` image tokens, given the latent size:
+    walk down from the latent size, one :func:`halved` at a time."""
     h, w = latent_hw
     while h * w > tokens:
-        h, w = (h + 1) // 2, (w + 1) // 2
+        h, w = halved((h, w))
     if h * w != tokens:
         raise ValueError(f"cannot place {tokens} attention tokens on a grid derived from latent size {latent_hw}")
     return h, w

@@ -15,6 +15,7 @@ import torch
 
 from .adapters import Adapter, Layer, QKProjections, register
 from .errors import UnsupportedProcessorError
+from .maps import halved
 from .steps import patch_method
 
 if TYPE_CHECKING:
@@ -93,15 +94,15 @@ class UNetAdapter(Adapter):
         """The grid of the UNet's shallowest cross-attention layer, whichever layers a capture
         takes (so head-weighted and layer-filtered maps keep one size): SD 1.x/2.x have
         attention at the latent's own grid, SDXL only from its second block on (64×64 of a
-        128×128 latent). Each down block but the last halves the grid, rounding up, and the up
+        128×128 latent). Each down block but the last halves the grid (:func:`~.maps.halved`), and the up
         blocks climb back (``up_blocks.j`` at the depth of ``down_blocks.{n-1-j}``)."""
         unet = self.pipe.unet
         depths = [d for d in (_depth(l.name, len(unet.down_blocks), len(unet.up_blocks)) for l in self.layers() if l.cross)
                   if d is not None]
-        h, w = latent_hw
+        grid = latent_hw
         for _ in range(min(depths, default=0)):
-            h, w = (h + 1) // 2, (w + 1) // 2
-        return h, w
+            grid = halved(grid)
+        return grid
 
     def latent_hw(self, args: tuple, kwargs: dict) -> tuple[tuple[int, int], int]:
         sample = args[0] if args else kwargs["sample"]  # [B, C, h, w]
