@@ -8,6 +8,7 @@ latency from a step's end to a local ZeroMQ subscriber's receipt.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -40,17 +41,25 @@ def _sync(device: torch.device) -> None:
 
 
 def _daam_trace():
-    """DAAM 0.2.0's trace, with spaCy stubbed (its trace path does not use it)."""
+    """DAAM 0.2.0's trace, imported with spaCy stubbed where it is not installed (its trace path
+    does not use it); the stubs are gone from ``sys.modules`` afterwards, so a real spaCy user in
+    this process (the objects analysis) never meets them."""
     import types
 
-    for name in ("spacy", "spacy.tokens"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    sys.modules["spacy"].tokens = sys.modules["spacy.tokens"]  # type: ignore[attr-defined]
-    for attr in ("Doc", "Token", "Span"):
-        setattr(sys.modules["spacy.tokens"], attr, object)
-    sys.modules["spacy"].load = lambda *a, **k: None  # type: ignore[attr-defined]
-    from daam import trace  # noqa: WPS433
+    if "spacy" in sys.modules or importlib.util.find_spec("spacy") is not None:
+        from daam import trace  # noqa: WPS433
 
+        return trace
+    spacy, tokens = types.ModuleType("spacy"), types.ModuleType("spacy.tokens")
+    for attr in ("Doc", "Token", "Span"):
+        setattr(tokens, attr, object)
+    spacy.tokens, spacy.load = tokens, lambda *a, **k: None  # type: ignore[attr-defined]
+    sys.modules.update({"spacy": spacy, "spacy.tokens": tokens})
+    try:
+        from daam import trace  # noqa: WPS433
+    finally:
+        for name in ("spacy", "spacy.tokens"):
+            sys.modules.pop(name, None)
     return trace
 
 
