@@ -21,7 +21,7 @@ import torch
 from bridge.capture import Capture, CaptureConfig, CaptureRun, StepFrame, adapter_for
 from bridge.latent_preview import LinearPreview, decode_full
 from bridge.capture.errors import WordNotFoundError
-from bridge.capture.tokens import build_token_map, unseen_words
+from bridge.capture.tokens import TokenMap, build_token_map, unseen_words
 from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
 from bridge.protocol import Packet
 from bridge.request import GenerateParams, pipeline_kwargs
@@ -48,6 +48,7 @@ class RunState:
     focus: list[int] = field(default_factory=list)
     engine: PhaseEngine | None = None  # phases on the device only
     unseen: list[str] = field(default_factory=list)  # words the model never saw (reported, not hidden)
+    staging: torch.Tensor | None = None  # the step's word maps (+ timestep) on the device, host phases only
 
 
 @dataclass
@@ -214,11 +215,11 @@ class Runner:
                 if state.words is None:
                     self._begin(req, run, seed, phase_cfg, state)
                 tm = run.tokens(0)
-                word_maps = tm.word_maps(cast(torch.Tensor, frame.cross)[0])  # [W, H, W]; the runner captures cross-attention
+                cross = cast(torch.Tensor, frame.cross)[0]  # [T, H, W]; the runner captures cross-attention
                 if state.engine is None:  # phases where packets are built
-                    self._later(self._host_step_packet(run.run_id, state, phase_cfg, word_maps, frame, ended))
+                    self._later(self._host_step_packet(run.run_id, state, phase_cfg, tm, cross, frame, ended))
                 else:
-                    pf = state.engine.update(word_maps, frame.step, frame.total_steps)
+                    pf = state.engine.update(tm.word_maps(cross), frame.step, frame.total_steps)
                     self._later(self._step_packet(run.run_id, pf, frame, state.focus, ended))
                 if self.image_every and frame.step % self.image_every == 0 and frame.x0 is not None:
                     self._later(self._image_packet(run.run_id, frame))
@@ -330,18 +331,25 @@ class Runner:
 
         return fetch
 
-    def _host_step_packet(self, run_id: str, state: RunState, cfg: PhaseConfig, word_maps: torch.Tensor,
+    def _host_step_packet(self, run_id: str, state: RunState, cfg: PhaseConfig, tm: TokenMap, cross: torch.Tensor,
                           frame: StepFrame, ended: float) -> Callable[[], Recipe]:
-        """On the model's thread: one non-blocking copy of the word maps; ``fetch`` waits for it
-        and returns the recipe that runs the phases and builds the packet."""
+        """On the model's thread: the step's word maps (``cross`` ``[T, H, W]`` → ``[W, H, W]``) and
+        its timestep into the run's staging buffer on the device, then one non-blocking copy of it
+        (one pinned block, one copy launch a step); ``fetch`` waits for it and returns the recipe
+        that runs the phases and builds the packet."""
         ts = frame.timestep
-        snap = HostSnapshot({"maps": word_maps, **({"timestep": ts} if torch.is_tensor(ts) else {})})
+        staged = _stage_step(state, tm, cross, ts)  # [W·H·W (+ 1)]
+        shape = (len(tm.words), *cross.shape[1:])
+        size = shape[0] * shape[1] * shape[2]
+        folded = staged.numel() > size
+        snap = HostSnapshot({"flat": staged, **({"timestep": ts} if torch.is_tensor(ts) and not folded else {})})
         words, focus, step, total = cast("list[str]", state.words), state.focus, frame.step, frame.total_steps  # set by _begin
 
         def fetch() -> Recipe:
             host = snap.get()
-            timestep = float(host["timestep"]) if "timestep" in host else float(ts)
-            return partial(host_step_packet, run_id, words, cfg, host["maps"].numpy(), step, total, focus, timestep, ended)
+            values = host["flat"].numpy()  # the pinned copy
+            timestep = float(values[size]) if folded else float(host["timestep"]) if "timestep" in host else float(ts)
+            return partial(host_step_packet, run_id, words, cfg, values[:size].reshape(shape), step, total, focus, timestep, ended)
 
         return fetch
 
@@ -357,6 +365,26 @@ class Runner:
 
     def _vae_scale(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor", 8))
+
+
+def _stage_step(state: RunState, tm: TokenMap, cross: torch.Tensor, ts: float | torch.Tensor) -> torch.Tensor:
+    """``[W·H·W]`` word maps of ``cross`` ``[T, H, W]`` (``TokenMap.word_maps``' one product), then,
+    where the timestep is a device tensor, it as one float32 more: written into the run's staging
+    buffer (reused every step: the copy that reads it is queued before the next step's product),
+    so one host copy carries both. Integer timesteps are exact in float32 below 2²⁴."""
+    t, h, w = cross.shape
+    if t != tm.length:
+        raise ValueError(f"token maps have {t} tokens, this prompt's sequence has {tm.length}")
+    n = len(tm.words) * h * w
+    fold = torch.is_tensor(ts) and ts.device == cross.device and cross.dtype == torch.float32
+    size = n + 1 if fold else n
+    if state.staging is None or state.staging.shape != (size,) or state.staging.device != cross.device or state.staging.dtype != cross.dtype:
+        state.staging = torch.empty(size, device=cross.device, dtype=cross.dtype)
+    m = tm.averaging_matrix(cross.device, cross.dtype)  # [W, T]
+    torch.matmul(m, cross.reshape(t, h * w), out=state.staging[:n].view(len(tm.words), h * w))
+    if fold:
+        state.staging[n:].copy_(cast(torch.Tensor, ts).reshape(1))
+    return state.staging
 
 
 def check_request(pipe: Any, req: Request, concepts: dict[str, Any] | None = None, tokenizer: Any = None) -> list[str]:

@@ -223,3 +223,26 @@ def test_every_step_packet_is_handed_over_before_the_final_decode(sd_pipe, monke
     assert result.status == "done"
     assert at_decode == [["run", "step", "step", "step"]]
     assert published[-3:] == ["image", "timeline", "end"]
+
+
+def test_staging_holds_the_word_maps_and_the_timestep_in_one_buffer():
+    """The host phases' one copy a step: the word maps bit for bit as ``TokenMap.word_maps``, then
+    a timestep given as a tensor (integer or float) as one float32 more; a host number is not
+    staged; the buffer is the run's, reused while the shape holds."""
+    from bridge.capture.tokens import TokenMap
+    from bridge.runner import RunState, _stage_step
+
+    tm = TokenMap(prompt="a red fox", length=6, tokens=("<s>", "a", "red", "fox", "</s>", "</s>"),
+                  words=("a", "red", "fox"), word_tokens=((1,), (2,), (3,)), special=(0, 4, 5))
+    state = RunState(phases="host")
+    cross = torch.rand(6, 8, 8, generator=torch.Generator().manual_seed(0))  # [T, H, W]
+    staged = _stage_step(state, tm, cross, torch.tensor([981, 961])[0])
+    assert staged.shape == (3 * 64 + 1,) and staged[-1].item() == 981.0
+    assert torch.equal(staged[:-1].view(3, 8, 8), tm.word_maps(cross))
+    again = _stage_step(state, tm, cross * 2, torch.tensor(0.25))
+    assert again.data_ptr() == staged.data_ptr() and again[-1].item() == 0.25
+    assert torch.equal(again[:-1].view(3, 8, 8), tm.word_maps(cross * 2))
+    plain = _stage_step(state, tm, cross, 500.0)  # known on the host: nothing to copy
+    assert plain.shape == (3 * 64,) and torch.equal(plain.view(3, 8, 8), tm.word_maps(cross))
+    with pytest.raises(ValueError, match="token maps have 5 tokens"):
+        _stage_step(state, tm, cross[:5], 1.0)

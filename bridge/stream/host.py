@@ -60,7 +60,9 @@ class OrderedWorker:
     """
 
     def __init__(self, name: str = "stepx-packets", torch_threads: int | None = None) -> None:
-        self._queue: queue.Queue[Callable[[], Any] | threading.Event | None] = queue.Queue()
+        # a C queue: its put is one call on the model's thread, and the worker's get takes no
+        # Python-level Condition (queue.Queue's put and get are a dozen Python calls each)
+        self._queue: queue.SimpleQueue[Callable[[], Any] | threading.Event | None] = queue.SimpleQueue()
         self._put = 0  # jobs submitted (written by the producer only)
         self._done = 0  # jobs finished (written by the worker only)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
