@@ -63,6 +63,40 @@ _STEP_MAGIC = b"HSP1"
 _STEP_FN = "bridge.stream.recipes:host_step_packet"
 
 
+#: One channel message per item: the frame count (u32), each frame's length (u64), then the frames'
+#: bytes. pyzmq lets the GIL go for every frame it sends; on the packet thread each of those is
+#: one more hand-over of the GIL with the thread that launches the kernels, so an item goes as one.
+_COUNT = struct.Struct("<I")
+MAX_FRAMES = 1024  # far more than any item has (a Packet: a JSON frame and one per array)
+
+
+def join_frames(frames: list[Any]) -> bytes:
+    """``frames`` (bytes-like) as one message (:data:`_COUNT`)."""
+    lengths = [memoryview(f).nbytes for f in frames]
+    return b"".join([_COUNT.pack(len(frames)), struct.pack(f"<{len(frames)}Q", *lengths), *frames])
+
+
+def split_frames(message: Any) -> list[memoryview]:
+    """The frames of :func:`join_frames`' message, as views of it (no copy); ValueError for a
+    message that is not one (a count or a length that runs past its end, bytes left over)."""
+    view = memoryview(message).cast("B")
+    if len(view) < _COUNT.size:
+        raise ValueError(f"a {len(view)}-byte message has no frame count")
+    (count,) = _COUNT.unpack_from(view)
+    start = _COUNT.size + 8 * count
+    if count > MAX_FRAMES or start > len(view):
+        raise ValueError(f"a message of {len(view)} bytes cannot hold {count} frames")
+    frames, at = [], start
+    for length in struct.unpack_from(f"<{count}Q", view, _COUNT.size):
+        if length > len(view) - at:
+            raise ValueError(f"frame {len(frames)} runs past the end of the message")
+        frames.append(view[at : at + length])
+        at += length
+    if at != len(view):
+        raise ValueError(f"{len(view) - at} bytes after the last frame")
+    return frames
+
+
 def encode_item(item: Any) -> list[Any]:
     """A Packet or an allow-listed recipe as message frames: one JSON frame, then each array's
     bytes as its own frame (sent without a copy, as pickle's out-of-band buffers were); a step

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bridge.daemon import replayed
-from bridge.item_codec import decode_item, encode_item
+from bridge.item_codec import decode_item, encode_item, join_frames, split_frames
 from bridge.protocol import Packet
 from bridge.phases import PhaseConfig
 from bridge.stream.recipes import host_step_packet, timeline_packet
@@ -80,3 +80,31 @@ def test_forged_step_frames_are_refused():
     for frames in cases:
         with pytest.raises(ValueError, match="not a sink-process item"):
             decode_item(frames)
+
+
+def test_an_item_crosses_as_one_message_and_comes_back_as_views():
+    """The channel's one message per item: the frames come back byte for byte, as views of the
+    message (the maps are not copied again), empty frames included; a step recipe decodes from them."""
+    maps = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    frames = [b"R", *encode_item(partial(host_step_packet, "r", ["a", "b", "c"], PhaseConfig(), maps, 1, 4, [2], 7.0, None)), b""]
+    message = join_frames(frames)
+    back = split_frames(message)
+    assert [bytes(f) for f in back] == [bytes(f) for f in frames]
+    assert all(isinstance(f, memoryview) and f.obj is message for f in back)
+    recipe = decode_item(back[1:-1])
+    np.testing.assert_array_equal(recipe.args[3], maps)
+    assert split_frames(join_frames([])) == []
+
+
+@pytest.mark.parametrize("message, says", [
+    (b"", "no frame count"),
+    (b"\x01\x00", "no frame count"),
+    (b"\x02\x00\x00\x00" + (1).to_bytes(8, "little"), "cannot hold 2 frames"),  # the lengths table cut short
+    (b"\xff\xff\xff\xff", "cannot hold"),  # a count far past any item's
+    (b"\x01\x00\x00\x00" + (5).to_bytes(8, "little") + b"abc", "runs past the end"),
+    (b"\x01\x00\x00\x00" + (2).to_bytes(8, "little") + b"abc", "1 bytes after the last frame"),
+    (b"\x01\x00\x00\x00" + (2**64 - 1).to_bytes(8, "little") + b"abc", "runs past the end"),
+])
+def test_a_message_that_is_not_one_is_refused(message, says):
+    with pytest.raises(ValueError, match=says):
+        split_frames(message)

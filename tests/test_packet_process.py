@@ -89,6 +89,9 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
         bad = partial(step_packet, "r", {}, np.zeros(3, np.float32), [("textures", (9, 9))], [], 0.0)
         pp.publish_recipe(bad)  # an allowed recipe that fails in the child: logged, skipped
         assert received("after a bad recipe")
+        with pp._lock:
+            pp._sock.send(b"\x09\x00\x00\x00")  # not one message of frames: logged, skipped
+        assert received("after a bad message")
         first = pp._proc.pid
         assert pp.alive()
         os.kill(first, signal.SIGKILL)

@@ -43,7 +43,10 @@ class HostSnapshot:
 
     def get(self) -> dict[str, torch.Tensor]:
         if self._event is not None:
-            self._event.synchronize()
+            # asked first: a wait lets the GIL go and takes it back, one more hand-over of the GIL
+            # with the thread that launches the kernels, needless when the copy has landed
+            if not self._event.query():
+                self._event.synchronize()
             self._event = None
         return self.host
 

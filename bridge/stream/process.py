@@ -7,8 +7,9 @@ more: with the sinks in-process, capture + phases + publish measured 1.10–1.16
 H100, against 0.99–1.02× for capture alone (docs/BENCHMARKS.md). A :class:`PacketProcess`
 runs the :class:`~bridge.stream.fanout.FanOut` and its sinks in a spawned child. The parent encodes
 each item as a JSON frame (a step recipe: a fixed binary header) plus raw array frames (no
-pickle: :mod:`bridge.item_codec`) and sends
-it over a ZeroMQ socket whose I/O thread does the sending without the GIL.
+pickle: :mod:`bridge.item_codec`), joined into one message (pyzmq lets the GIL go for every
+frame it sends: one send per item), and sends it over a ZeroMQ socket whose I/O thread does the
+sending without the GIL.
 
 The channel admits only the daemon's own child (docs/SECURITY.md, "Internal channels and
 traces"): an ``ipc://`` socket file in a fresh directory that only this user can enter (0700,
@@ -55,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
 
-from bridge.item_codec import decode_item, encode_item
+from bridge.item_codec import decode_item, encode_item, join_frames, split_frames
 from bridge.stream.recorder import RECORDING_OFF
 
 if TYPE_CHECKING:
@@ -253,7 +254,7 @@ class PacketProcess:
         self._push(_RECIPE, recipe)
 
     def _push(self, tag: bytes, item: Any) -> bool:
-        frames = [tag, *encode_item(item)]  # no pickle: JSON + raw array frames (bridge.item_codec)
+        message = join_frames([tag, *encode_item(item)])  # no pickle: JSON + raw array frames (bridge.item_codec), one send
         with self._lock:
             if self._closed:
                 raise RuntimeError("PacketProcess is closed")
@@ -261,7 +262,7 @@ class PacketProcess:
                 self.dropped += 1
                 return False
             try:
-                self._sock.send_multipart(frames)
+                self._sock.send(message)
             except zmq.Again:  # the child is alive but took no item for send_timeout seconds
                 self.dropped += 1
                 log.warning("sink process busy for %.1fs; dropped a %s", self._send_timeout, getattr(item, "kind", "recipe"))
@@ -276,7 +277,7 @@ class PacketProcess:
             if self._closed or not self._proc.is_alive():
                 return False
             token = str(time.monotonic_ns()).encode()
-            self._sock.send_multipart([_FLUSH, token])
+            self._sock.send(join_frames([_FLUSH, token]))
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0 and self._conn.poll(left):
                 status, detail = self._conn.recv()
@@ -292,7 +293,7 @@ class PacketProcess:
             self._closed = True
             if self._proc.is_alive():
                 try:
-                    self._sock.send_multipart([_CLOSE, b""])
+                    self._sock.send(join_frames([_CLOSE, b""]))
                 except zmq.ZMQError:
                     pass
                 self._proc.join(timeout)
@@ -362,19 +363,20 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
             if health is not None and time.monotonic() - last_report >= HEALTH_EVERY:
                 reported, last_report = _report(health, fan, reported), time.monotonic()
             try:  # one call per item: Socket.poll builds a Poller every time
-                frames = pull.recv_multipart(copy=False)
+                message = pull.recv(copy=False)
             except zmq.Again:
                 if parent is not None and not parent.is_alive():
                     break
                 continue
-            tag = frames[0].bytes
-            if tag == _CLOSE:
-                break
-            if tag == _FLUSH:
-                conn.send(("flushed", frames[1].bytes))
-                continue
             try:
-                item = decode_item([f.buffer for f in frames[1:]])  # a Packet, or an allow-listed recipe
+                frames = split_frames(message.buffer)  # views of the message: the arrays are not copied
+                tag = bytes(frames[0])
+                if tag == _CLOSE:
+                    break
+                if tag == _FLUSH:
+                    conn.send(("flushed", bytes(frames[1])))
+                    continue
+                item = decode_item(frames[1:])  # a Packet, or an allow-listed recipe
                 packet = item() if isinstance(item, partial) else item
                 if packet is not None:  # a recipe may find nothing to send (a timeline of no steps)
                     fan.publish(packet)
