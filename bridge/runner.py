@@ -44,7 +44,7 @@ class RunState:
 
     phases: Literal["host", "device"]
     run_id: str = ""
-    words: list[str] | None = None  # None until the first step: no run packet has gone out
+    words: list[str] | None = None  # None until the run starts (its first evaluation): no run packet has gone out
     focus: list[int] = field(default_factory=list)
     engine: PhaseEngine | None = None  # phases on the device only
     unseen: list[str] = field(default_factory=list)  # words the model never saw (reported, not hidden)
@@ -212,8 +212,6 @@ class Runner:
                     self.observer(frame, run)
                 if recorder is not None:
                     recorder(frame, run)
-                if state.words is None:
-                    self._begin(req, run, seed, phase_cfg, state)
                 tm = run.tokens(0)
                 cross = cast(torch.Tensor, frame.cross)[0]  # [T, H, W]; the runner captures cross-attention
                 if state.engine is None:  # phases where packets are built
@@ -227,7 +225,10 @@ class Runner:
             kwargs = pipeline_kwargs(req.prompt, req.steps, req.guidance, req.width, req.height, req.negative_prompt)
             # no callback_on_step_end: diffusers builds it a dict from locals() every step
             kwargs.update(generator=gen, output_type="latent")
-            with torch.inference_mode(), Capture(self.pipe, CaptureConfig(**{**cap_cfg.__dict__, "keep_frames": False}), on_step) as cap:
+            def on_run(run: CaptureRun) -> None:  # the run packet goes out before step 0 is computed, not with it
+                self._begin(req, run, seed, phase_cfg, state)
+
+            with torch.inference_mode(), Capture(self.pipe, CaptureConfig(**{**cap_cfg.__dict__, "keep_frames": False}), on_step, on_run) as cap:
                 t1 = time.perf_counter()
                 latents = self.pipe(**kwargs).images
             t2 = time.perf_counter()
@@ -279,7 +280,7 @@ class Runner:
         }))
 
     def _finish(self, run: CaptureRun, state: RunState, status: str, t0: float) -> None:
-        if state.words is None:  # no step ran: no run packet went out either
+        if state.words is None:  # the run never started: no run packet went out either
             return
         engine = state.engine
         if engine is None:  # the phases ran where packets are built: so does the timeline

@@ -246,3 +246,48 @@ def test_staging_holds_the_word_maps_and_the_timestep_in_one_buffer():
     assert plain.shape == (3 * 64,) and torch.equal(plain.view(3, 8, 8), tm.word_maps(cross))
     with pytest.raises(ValueError, match="token maps have 5 tokens"):
         _stage_step(state, tm, cross[:5], 1.0)
+
+
+def test_the_run_packet_is_handed_over_before_step_0_is_computed(sd_pipe):
+    """The run packet leaves as the run starts (its first model evaluation), so step 0's packet does
+    not wait behind it on its way to a receiver: by the end of the first evaluation it is queued,
+    and no step's is."""
+    from bridge.runner import Runner
+
+    runner = Runner(sd_pipe, lambda p: None, image_every=0)
+    queued: list[str] = []
+    later = runner._later
+
+    def spy(fetch):
+        sent = fetch.__qualname__.startswith("Runner._send.")  # a ready Packet (a step's fetch would wait for its copy)
+        queued.append(fetch().kind if sent else fetch.__qualname__)
+        later(fetch)
+
+    runner._later = spy
+    seen: list[list[str]] = []
+    handle = sd_pipe.unet.register_forward_hook(lambda *_: seen.append(list(queued)))
+    try:
+        result = runner.run(Request(PROMPT, seed=5, steps=3))
+    finally:
+        handle.remove()
+    assert result.status == "done"
+    assert seen[0] == ["run"]  # after the first evaluation: the run packet, nothing else
+
+
+def test_capture_calls_on_run_once_per_run_before_its_first_evaluation(sd_pipe):
+    from bridge.capture import Capture
+
+    events: list[tuple] = []
+    cap = Capture(sd_pipe, on_run=lambda run: events.append(("run", run.run_id, run.total_steps, tuple(run.resolution), run.words[:2])))
+    cap.on_step(lambda frame, run: events.append(("step", run.run_id, frame.step)))
+    handle = sd_pipe.unet.register_forward_hook(lambda *_: events.append(("eval",)))
+    try:
+        with cap:
+            for seed in (1, 2):
+                sd_pipe(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(seed), output_type="latent")
+    finally:
+        handle.remove()
+    a, b = (r.run_id for r in cap.runs)
+    assert [e[0] for e in events] == ["run", "eval", "step", "eval", "step"] * 2
+    # its steps, grid and words were known as it started: what the run packet says
+    assert events[0] == ("run", a, 2, tuple(cap.runs[0].resolution), ["a", "red"]) and events[5][:3] == ("run", b, 2)

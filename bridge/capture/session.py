@@ -28,6 +28,7 @@ from .errors import PromptTooLongError
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[StepFrame, CaptureRun], None]
+RunCallback = Callable[[CaptureRun], None]
 
 
 class Capture(BatchedEvaluation):
@@ -35,16 +36,19 @@ class Capture(BatchedEvaluation):
 
     Use as a context manager (``with capture(pipe) as cap: pipe(...)``) or with the
     ``apply()``/``remove()`` pair. Every pipeline call inside becomes a :class:`CaptureRun` in
-    ``cap.runs``; ``on_step`` callbacks receive each :class:`StepFrame` as soon as its step ends.
-    On exit, also after an exception, every hook and patched method is removed exactly.
+    ``cap.runs``; ``on_step`` callbacks receive each :class:`StepFrame` as soon as its step ends,
+    ``on_run`` callbacks each run as it starts (at its first model evaluation: its words, steps
+    and grid are known, no step has run). On exit, also after an exception, every hook and patched method is removed exactly.
     """
 
-    def __init__(self, pipe: Any, config: CaptureConfig | None = None, on_step: StepCallback | None = None) -> None:
+    def __init__(self, pipe: Any, config: CaptureConfig | None = None, on_step: StepCallback | None = None,
+                 on_run: RunCallback | None = None) -> None:
         self.pipe = pipe
         self.config = config or CaptureConfig()
         self.adapter: Adapter = adapter_for(pipe)
         self.runs: list[CaptureRun] = []
         self.callbacks: list[StepCallback] = [on_step] if on_step else []
+        self.run_callbacks: list[RunCallback] = [on_run] if on_run else []
         self._removers: list[Callable[[], None]] = []
         self._run: CaptureRun | None = None
         self._acc = _StepAccumulator()
@@ -94,6 +98,12 @@ class Capture(BatchedEvaluation):
     def on_step(self, callback: StepCallback) -> StepCallback:
         """Register a callback for every finished step (usable as a decorator)."""
         self.callbacks.append(callback)
+        return callback
+
+    def on_run(self, callback: RunCallback) -> RunCallback:
+        """Register a callback for every run as it starts, on the model's thread before its first
+        evaluation (usable as a decorator)."""
+        self.run_callbacks.append(callback)
         return callback
 
     def apply(self) -> "Capture":
@@ -219,6 +229,8 @@ class Capture(BatchedEvaluation):
         self._acc = _StepAccumulator()
         self._new_run = False
         self._evals_seen = 0
+        for callback in list(self.run_callbacks):
+            callback(self._run)
 
     # --- per layer (hot path) ------------------------------------------------------------------
     # --- per step ------------------------------------------------------------------------------
