@@ -86,7 +86,8 @@ def split_frames(message: Any) -> list[memoryview]:
     start = _COUNT.size + 8 * count
     if count > MAX_FRAMES or start > len(view):
         raise ValueError(f"a message of {len(view)} bytes cannot hold {count} frames")
-    frames, at = [], start
+    frames: list[memoryview] = []
+    at = start
     for length in struct.unpack_from(f"<{count}Q", view, _COUNT.size):
         if length > len(view) - at:
             raise ValueError(f"frame {len(frames)} runs past the end of the message")
