@@ -77,7 +77,7 @@ class _TimedCapture(Capture):
 
     spent: list[float] = []  # thread CPU seconds per step callback, across runs
 
-    def __init__(self, pipe: Any, config: Any = None, on_step: Any = None) -> None:
+    def __init__(self, pipe: Any, config: Any = None, on_step: Any = None, on_run: Any = None) -> None:
         if on_step is not None:
             inner = on_step
 
@@ -86,7 +86,7 @@ class _TimedCapture(Capture):
                 inner(frame, run)
                 _TimedCapture.spent.append(time.thread_time() - t)
 
-        super().__init__(pipe, config, on_step)
+        super().__init__(pipe, config, on_step, on_run)
 
 
 def _thread_cpu(native_id: int) -> float:

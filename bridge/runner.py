@@ -25,7 +25,7 @@ from bridge.capture.tokens import TokenMap, build_token_map, unseen_words
 from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
 from bridge.protocol import Packet
 from bridge.request import GenerateParams, pipeline_kwargs
-from bridge.stream.host import HostSnapshot, OrderedWorker
+from bridge.stream.host import HostBlocks, HostSnapshot, OrderedWorker
 from bridge.stream.publisher import Publisher, Recipe, as_publisher
 from bridge.stream.recipes import FRAME_FIELDS, FRAME_TENSORS, host_step_packet, objects_packet, step_packet, timeline_of, timeline_packet
 
@@ -123,6 +123,7 @@ class Runner:
         self._check_lock = threading.Lock()
         self._door_tokenizer: Any = None  # check()'s own tokenizer copy
         self._out = OrderedWorker(torch_threads=1)  # its CPU ops must not take the model thread's cores
+        self._blocks = HostBlocks()  # pinned blocks and events reused by every step's host copy
 
     def phases_where(self) -> Literal["host", "device"]:
         """Where this run's phases go, ``auto`` resolved against the current publisher (the daemon
@@ -320,13 +321,13 @@ class Runner:
         fold = torch.is_tensor(ts) and ts.dtype == torch.float32 and ts.numel() == 1
         parts = [getattr(pf, k) for k in FRAME_TENSORS] + ([cast(torch.Tensor, ts).reshape(1)] if fold else [])
         flat = torch.cat([t.reshape(-1).float() for t in parts])  # [sum of sizes (+ 1)]
-        snap = HostSnapshot({"flat": flat, **({"timestep": ts} if torch.is_tensor(ts) and not fold else {})})
+        snap = HostSnapshot({"flat": flat, **({"timestep": ts} if torch.is_tensor(ts) and not fold else {})}, self._blocks)
         layout = [(k, tuple(getattr(pf, k).shape)) for k in FRAME_TENSORS]
         fields = {k: getattr(pf, k) for k in FRAME_FIELDS}
 
         def fetch() -> Recipe:
-            host = snap.get()
-            values = host["flat"].numpy()  # the pinned copy
+            host = snap.take()
+            values = host["flat"]
             timestep = float(values[-1]) if fold else float(host["timestep"]) if "timestep" in host else float(ts)
             return partial(step_packet, run_id, fields, values, layout, focus, timestep, ended)
 
@@ -343,12 +344,12 @@ class Runner:
         shape = (len(tm.words), *cross.shape[1:])
         size = shape[0] * shape[1] * shape[2]
         folded = staged.numel() > size
-        snap = HostSnapshot({"flat": staged, **({"timestep": ts} if torch.is_tensor(ts) and not folded else {})})
+        snap = HostSnapshot({"flat": staged, **({"timestep": ts} if torch.is_tensor(ts) and not folded else {})}, self._blocks)
         words, focus, step, total = cast("list[str]", state.words), state.focus, frame.step, frame.total_steps  # set by _begin
 
         def fetch() -> Recipe:
-            host = snap.get()
-            values = host["flat"].numpy()  # the pinned copy
+            host = snap.take()
+            values = host["flat"]
             timestep = float(values[size]) if folded else float(host["timestep"]) if "timestep" in host else float(ts)
             return partial(host_step_packet, run_id, words, cfg, values[:size].reshape(shape), step, total, focus, timestep, ended)
 
@@ -359,10 +360,10 @@ class Runner:
             with torch.inference_mode(False), torch.no_grad():
                 self._preview = LinearPreview(self.pipe)
         x0 = cast(torch.Tensor, frame.x0)  # on_step asks for an image only where there is an x0
-        snap = HostSnapshot({"image": self._preview.device_image(x0[:1], upscale=self._vae_scale())})
+        snap = HostSnapshot({"image": self._preview.device_image(x0[:1], upscale=self._vae_scale())}, self._blocks)
         step = frame.step
         return lambda: Packet("image", {"run_id": run_id, "step": step, "final": False, "preview": "linear"},
-                              {"image": snap.get()["image"].numpy()})
+                              {"image": snap.take()["image"]})
 
     def _vae_scale(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor", 8))

@@ -173,3 +173,36 @@ def test_packet_worker_uses_one_torch_thread_and_leaves_the_rest_of_the_process_
     assert torch.get_num_threads() == default and later == [default]
     if "OpenMP" in torch.__config__.parallel_info():  # per-thread counts; other backends share one
         assert seen == [1]
+
+
+def test_host_blocks_hand_back_what_was_given_back_up_to_keep():
+    """The runner's pool of pinned blocks and events: a block of the asked shape and dtype that was
+    given back is handed out again (no new pinned allocation, no new event); at most ``keep`` idle
+    ones of a kind are kept."""
+    from bridge.stream.host import HostBlocks
+
+    blocks = HostBlocks(keep=2)
+    a, b, c, other = torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.float16)
+    event = object()  # opaque to the pool
+    blocks.give_back([a, b, c, other], event)  # type: ignore[arg-type]
+    assert blocks.idle() == 3  # two float32 [3, 4] kept, c dropped; the float16 one kept apart
+    assert blocks.block(torch.Size([3, 4]), torch.float16) is other
+    assert {id(blocks.block(torch.Size([3, 4]), torch.float32)) for _ in range(2)} == {id(a), id(b)}
+    assert blocks.event() is event and blocks.idle() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pooled_snapshots_reuse_their_blocks_and_hand_over_independent_arrays():
+    from bridge.stream.host import HostBlocks, HostSnapshot
+
+    blocks = HostBlocks()
+    src = torch.arange(12, dtype=torch.float32, device="cuda").reshape(3, 4)
+    first = HostSnapshot({"maps": src, "t": src[0, 1]}, blocks)
+    block = first.get()["maps"]
+    got = first.take()
+    assert got["maps"].flags.writeable and float(got["t"]) == 1.0
+    assert blocks.idle() == 2  # both blocks back for the next step
+    second = HostSnapshot({"maps": src * 2, "t": src[0, 1]}, blocks)
+    assert second.get()["maps"].data_ptr() == block.data_ptr()  # the same pinned block, no new allocation
+    again = second.take()
+    assert (got["maps"] == src.cpu().numpy()).all() and (again["maps"] == 2 * src.cpu().numpy()).all()
