@@ -370,20 +370,17 @@ class Runner:
 
 
 def _stage_step(state: RunState, tm: TokenMap, cross: torch.Tensor, ts: float | torch.Tensor) -> torch.Tensor:
-    """``[W·H·W]`` word maps of ``cross`` ``[T, H, W]`` (``TokenMap.word_maps``' one product), then,
+    """``[W·H·W]`` word maps of ``cross`` ``[T, H, W]`` (``TokenMap.word_maps``), then,
     where the timestep is a device tensor, it as one float32 more: written into the run's staging
     buffer (reused every step: the copy that reads it is queued before the next step's product),
     so one host copy carries both. Integer timesteps are exact in float32 below 2²⁴."""
-    t, h, w = cross.shape
-    if t != tm.length:
-        raise ValueError(f"token maps have {t} tokens, this prompt's sequence has {tm.length}")
+    _, h, w = cross.shape
     n = len(tm.words) * h * w
     fold = torch.is_tensor(ts) and ts.device == cross.device and cross.dtype == torch.float32
     size = n + 1 if fold else n
     if state.staging is None or state.staging.shape != (size,) or state.staging.device != cross.device or state.staging.dtype != cross.dtype:
         state.staging = torch.empty(size, device=cross.device, dtype=cross.dtype)
-    m = tm.averaging_matrix(cross.device, cross.dtype)  # [W, T]
-    torch.matmul(m, cross.reshape(t, h * w), out=state.staging[:n].view(len(tm.words), h * w))
+    tm.word_maps(cross, out=state.staging[:n])
     if fold:
         state.staging[n:].copy_(cast(torch.Tensor, ts).reshape(1))
     return state.staging

@@ -48,7 +48,11 @@ def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
     assert 0 < lat["p50_ms"] <= lat["p99_ms"]
     # the publish variant's hand-overs were timed: each stage is a part of the whole
     assert set(lat["stages"]) == {"step_end_to_handover", "handover", "handover_to_receipt", "handover_to_built", "built_to_receipt"}
-    assert all(0 <= st["p50_ms"] <= lat["p99_ms"] for st in lat["stages"].values())
+    # (not handover_to_built: the packet thread's end-of-hand-over stamp waits for the GIL, and on
+    # a loaded CPU the sink has often built the packet by then, so that stage may be negative:
+    # handover_stages' docstring; test_handover_stages_split_at_the_sink_stamp checks the split)
+    assert all(0 <= st["p50_ms"] <= lat["p99_ms"] for k, st in lat["stages"].items() if k != "handover_to_built")
+    assert lat["stages"]["handover_to_built"]["p50_ms"] <= lat["stages"]["handover_to_receipt"]["max_ms"]
     # every run has 3 steps: 15 runs' first, last and middle steps, and the five worst among them
     assert {k: v["n"] for k, v in lat["by_place"].items()} == {"first": 15, "last": 15, "middle": 15}
     assert [w["of"] for w in lat["worst"]] == [3] * 5 and lat["worst"][0]["ms"] == round(max(

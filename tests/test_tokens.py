@@ -111,3 +111,24 @@ def test_maps_are_kept_per_tokenizer_and_rebuilt_when_tokens_are_added():
     again = build_token_map(tok, "a <cat-toy> on a table")
     assert again is not first and again.tokens[2] == "<cat-toy>" != first.tokens[2]
     assert again.word_tokens[1] == again.word_tokens[2] == (2,)  # "cat" and "toy" share the added token
+
+
+def test_word_maps_gather_the_mean_of_each_words_tokens():
+    """Gathered by token rank (no matrix product): the averaging matrix's product to float
+    rounding, one-token words bit for bit, a word without tokens zeros, the same bits every call,
+    and written into ``out`` when given."""
+    from bridge.capture.tokens import TokenMap
+
+    tm = TokenMap(prompt="x", length=8, tokens=tuple("abcdefgh"), words=("one", "two", "three", "none"),
+                  word_tokens=((1,), (2, 3), (4, 5, 6), ()), special=(0, 7))
+    maps = torch.rand(8, 3, 5, generator=torch.Generator().manual_seed(0)) * 4 - 1
+    got = tm.word_maps(maps)
+    ref = (tm.averaging_matrix() @ maps.reshape(8, 15)).reshape(4, 3, 5)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(got[0], maps[1]) and torch.equal(got[1], (maps[2] + maps[3]) / 2)
+    assert torch.equal(got[2], (maps[4] + maps[5] + maps[6]) / 3) and not got[3].any()
+    assert torch.equal(tm.word_maps(maps), got)
+    out = torch.full((4 * 15,), float("nan"))
+    assert tm.word_maps(maps, out=out).data_ptr() == out.data_ptr() and torch.equal(out.view(4, 3, 5), got)
+    one = TokenMap(prompt="y", length=3, tokens=("s", "a", "e"), words=("a",), word_tokens=((1,),), special=(0, 2))
+    assert torch.equal(one.word_maps(maps[:3]), maps[1:2])  # one launch: a gather, nothing divided

@@ -74,13 +74,45 @@ class TokenMap:
             self._cache[key] = m.to(device)
         return self._cache[key]
 
-    def word_maps(self, token_maps: torch.Tensor) -> torch.Tensor:
-        """``[tokens, H, W]`` → ``[words, H, W]``: each word's map is the mean of its tokens' maps."""
+    def _ranks(self, device: torch.device, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor | None], torch.Tensor | None]:
+        """For each token rank r: ``[W]`` the position of every word's r-th token, and ``[W, 1]`` 0/1
+        whether it has one (None: all do); ``[W, 1]`` token counts (None: one each). Cached per device and dtype."""
+        key = ("ranks", str(device), dtype)
+        if key not in self._cache:
+            most = max((len(p) for p in self.word_tokens), default=0)
+            index, keep = [], []
+            for r in range(max(most, 1)):
+                has = [r < len(p) for p in self.word_tokens]
+                index.append(torch.tensor([p[r] if r < len(p) else 0 for p in self.word_tokens], dtype=torch.long).to(device))
+                keep.append(None if all(has) else torch.tensor(has, dtype=dtype).reshape(-1, 1).to(device))
+            counts = [max(len(p), 1) for p in self.word_tokens]
+            self._cache[key] = (index, keep, None if all(c == 1 for c in counts) else torch.tensor(counts, dtype=dtype).reshape(-1, 1).to(device))
+        return self._cache[key]
+
+    def word_maps(self, token_maps: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``[tokens, H, W]`` → ``[words, H, W]``: each word's map is the mean of its tokens' maps
+        (the sum in token order, then divided by their count; a word without tokens: zeros).
+
+        Rows gathered by token rank, not a product with :meth:`averaging_matrix`: that small
+        float32 product cost the host ≈ 150 µs a call on an H100 (cuBLAS, ``aten::mm`` self time in
+        docs/bench_results/h100_run8/kernel/sd15_profile.txt), the runner's every step; a gather is
+        one launch for one-token words. Deterministic (no atomics). ``out``: a contiguous
+        ``[words, H·W]`` (or ``[words, H, W]``) tensor to write into."""
         t, h, w = token_maps.shape
         if t != self.length:
             raise ValueError(f"token maps have {t} tokens, this prompt's sequence has {self.length}")
-        m = self.averaging_matrix(token_maps.device, token_maps.dtype)  # [W, T]
-        return (m @ token_maps.reshape(t, h * w)).reshape(len(self.words), h, w)
+        flat = token_maps.reshape(t, h * w)
+        index, keep, counts = self._ranks(token_maps.device, token_maps.dtype)
+        result = out.view(len(self.words), h * w) if out is not None else None
+        result = torch.index_select(flat, 0, index[0], out=result) if result is not None else torch.index_select(flat, 0, index[0])
+        if keep[0] is not None:
+            result.mul_(keep[0])
+        for rank, mask in zip(index[1:], keep[1:]):
+            more = torch.index_select(flat, 0, rank)
+            result.add_(more if mask is None else more.mul_(mask))
+        if counts is not None:
+            result.div_(counts)
+        return result.view(len(self.words), h, w)
 
     def word_map(self, token_maps: torch.Tensor, word: str | int) -> torch.Tensor:
         """``[tokens, H, W]`` → ``[H, W]`` for one word."""
