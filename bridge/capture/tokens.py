@@ -79,14 +79,15 @@ class TokenMap:
         whether it has one (None: all do); ``[W, 1]`` token counts (None: one each). Cached per device and dtype."""
         key = ("ranks", str(device), dtype)
         if key not in self._cache:
-            most = max((len(p) for p in self.word_tokens), default=0)
-            index, keep = [], []
-            for r in range(max(most, 1)):
-                has = [r < len(p) for p in self.word_tokens]
-                index.append(torch.tensor([p[r] if r < len(p) else 0 for p in self.word_tokens], dtype=torch.long).to(device))
-                keep.append(None if all(has) else torch.tensor(has, dtype=dtype).reshape(-1, 1).to(device))
-            counts = [max(len(p), 1) for p in self.word_tokens]
-            self._cache[key] = (index, keep, None if all(c == 1 for c in counts) else torch.tensor(counts, dtype=dtype).reshape(-1, 1).to(device))
+            ranks = max(1, max((len(p) for p in self.word_tokens), default=0))
+            index = torch.tensor([[p[r] if r < len(p) else 0 for p in self.word_tokens] for r in range(ranks)], dtype=torch.long)  # [R, W]
+            has = [[float(r < len(p)) for p in self.word_tokens] for r in range(ranks)]
+            counts = [float(max(len(p), 1)) for p in self.word_tokens]
+            weights = torch.tensor([*has, counts], dtype=dtype)  # [R + 1, W]: which words have a token of rank r; counts
+            if torch.device(device).type == "cuda":  # two copies, neither waits for the GPU (the run's first step)
+                index, weights = (t.pin_memory().to(device, non_blocking=True) for t in (index, weights))
+            self._cache[key] = (list(index.unbind(0)), [None if all(h) else weights[r].reshape(-1, 1) for r, h in enumerate(has)],
+                                None if all(c == 1 for c in counts) else weights[ranks].reshape(-1, 1))
         return self._cache[key]
 
     def word_maps(self, token_maps: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
