@@ -22,10 +22,12 @@ log = logging.getLogger(__name__)
 class HostBlocks:
     """Pinned host blocks and blocking CUDA events, kept for the next step's copies.
 
-    A fresh pinned block and a fresh event at every step cost the thread that launches the
-    kernels 0.22 ms a step in an H100 profile (bench/publish_parts.py, h100_run16: the runner's
-    step callback 15.5 µs without its host copy, 237 µs with it); one taken from here costs a
-    list pop. ``keep`` bounds the idle blocks kept per shape and dtype (and the idle events)."""
+    Without them every step took a block from torch's caching host allocator and made an event,
+    and the packet thread freed the block and destroyed the event; on an H100 (bench/publish_parts.py,
+    docs/BENCHMARKS.md, runs 16 and 17) the runner's publishing then cost the model's thread 8.8 ms
+    of CPU an image over its step callback alone, and nothing with the pool. (The step callback's
+    own 0.22 ms a step was not the allocation: it stayed with the pool.) ``keep`` bounds the idle
+    blocks kept per shape and dtype (and the idle events)."""
 
     def __init__(self, keep: int = 8) -> None:
         self._keep = keep
