@@ -189,6 +189,12 @@ def test_host_blocks_hand_back_what_was_given_back_up_to_keep():
     assert blocks.block(torch.Size([3, 4]), torch.float16) is other
     assert {id(blocks.block(torch.Size([3, 4]), torch.float32)) for _ in range(2)} == {id(a), id(b)}
     assert blocks.event() is event and blocks.idle() == 0
+    given = {n: [torch.zeros(n, 2), torch.zeros(n, 2)] for n in range(1, 5)}  # four more kinds (a night of prompt lengths)
+    for pair in given.values():
+        blocks.give_back(pair, event)  # type: ignore[arg-type]
+    assert blocks.idle() == 4  # twice keep in all: the two kinds given back last
+    kept = {id(blocks.block(torch.Size([n, 2]), torch.float32)) for n in (3, 4) for _ in range(2)}
+    assert kept == {id(t) for n in (3, 4) for t in given[n]} and blocks.idle() == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
@@ -27,11 +28,12 @@ class HostBlocks:
     docs/BENCHMARKS.md, runs 16 and 17) the runner's publishing then cost the model's thread 8.8 ms
     of CPU an image over its step callback alone, and nothing with the pool. (The step callback's
     own 0.22 ms a step was not the allocation: it stayed with the pool.) ``keep`` bounds the idle
-    blocks kept per shape and dtype (and the idle events)."""
+    blocks kept per shape and dtype, the idle events, and (twice it) all idle blocks: a night of
+    prompts of every length and size keeps the latest kinds only, not one pool per kind it saw."""
 
     def __init__(self, keep: int = 8) -> None:
         self._keep = keep
-        self._blocks: dict[tuple, list[torch.Tensor]] = {}
+        self._blocks: OrderedDict[tuple, list[torch.Tensor]] = OrderedDict()  # least recently given back first
         self._events: list[torch.cuda.Event] = []
         self._lock = threading.Lock()  # taken on the model's thread, given back on the packet thread
 
@@ -54,9 +56,13 @@ class HostBlocks:
         """Blocks whose copy has landed and that nobody reads any more, and their event."""
         with self._lock:
             for b in blocks:
-                free = self._blocks.setdefault((tuple(b.shape), b.dtype), [])
+                key = (tuple(b.shape), b.dtype)
+                free = self._blocks.setdefault(key, [])
+                self._blocks.move_to_end(key)
                 if len(free) < self._keep:
                     free.append(b)
+            while sum(len(v) for v in self._blocks.values()) > 2 * self._keep:
+                self._blocks.popitem(last=False)  # the kind not used for longest goes back to torch
             if len(self._events) < self._keep:
                 self._events.append(event)
 
