@@ -328,7 +328,7 @@ class Runner:
         def fetch() -> Recipe:
             host = snap.take()
             values = host["flat"]
-            timestep = float(values[-1]) if fold else float(host["timestep"]) if "timestep" in host else float(ts)
+            timestep = _timestep(host, values, fold, ts)
             return partial(step_packet, run_id, fields, values, layout, focus, timestep, ended)
 
         return fetch
@@ -350,7 +350,7 @@ class Runner:
         def fetch() -> Recipe:
             host = snap.take()
             values = host["flat"]
-            timestep = float(values[size]) if folded else float(host["timestep"]) if "timestep" in host else float(ts)
+            timestep = _timestep(host, values, folded, ts)
             return partial(host_step_packet, run_id, words, cfg, values[:size].reshape(shape), step, total, focus, timestep, ended)
 
         return fetch
@@ -367,6 +367,12 @@ class Runner:
 
     def _vae_scale(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor", 8))
+
+
+def _timestep(host: dict[str, np.ndarray], flat: np.ndarray, folded: bool, ts: float | torch.Tensor) -> float:
+    """A step's timestep on the host: the last value of a copy it was folded into, its own copy
+    (a device tensor that was not folded), or the number the pipeline passed."""
+    return float(flat[-1]) if folded else float(host["timestep"]) if "timestep" in host else float(ts)
 
 
 def _stage_step(state: RunState, tm: TokenMap, cross: torch.Tensor, ts: float | torch.Tensor) -> torch.Tensor:

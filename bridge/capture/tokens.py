@@ -104,8 +104,10 @@ class TokenMap:
             raise ValueError(f"token maps have {t} tokens, this prompt's sequence has {self.length}")
         flat = token_maps.reshape(t, h * w)
         index, keep, counts = self._ranks(token_maps.device, token_maps.dtype)
-        result = out.view(len(self.words), h * w) if out is not None else None
-        result = torch.index_select(flat, 0, index[0], out=result) if result is not None else torch.index_select(flat, 0, index[0])
+        if out is None:
+            result = torch.index_select(flat, 0, index[0])
+        else:
+            result = torch.index_select(flat, 0, index[0], out=out.view(len(self.words), h * w))
         if keep[0] is not None:
             result.mul_(keep[0])
         for rank, mask in zip(index[1:], keep[1:]):

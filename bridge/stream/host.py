@@ -75,52 +75,50 @@ class HostBlocks:
 class HostSnapshot:
     """A host copy of named tensors as they are *now* in stream order; ``get()`` waits for it.
 
-    On CUDA the copies go into pinned memory: from ``blocks`` where given (then :meth:`take`
-    hands the values over as the caller's own arrays and gives the blocks back), else from torch's
-    caching host allocator; on the CPU they are clones."""
+    On CUDA the copies go into pinned blocks from ``blocks`` (a pool of one's own where none is
+    given); :meth:`take` hands the values over as the caller's own arrays and gives the blocks
+    back. On the CPU they are clones."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], blocks: HostBlocks | None = None) -> None:
-        self._event: torch.cuda.Event | None = None
-        self._blocks = None
+        self._blocks: HostBlocks | None = None
+        self._landed = True
         if not any(t.is_cuda for t in tensors.values()):  # a copy is still needed: the producer may update its tensors in place
             self.host = {k: t.detach().clone() for k, t in tensors.items()}
             return
-        if blocks is None:
-            self.host = {k: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for k, t in tensors.items()}
-            event = torch.cuda.Event(blocking=True)
-        else:
-            self.host = {k: blocks.block(t.shape, t.dtype) for k, t in tensors.items()}
-            event, self._blocks = blocks.event(), blocks
+        self._blocks = blocks if blocks is not None else HostBlocks()
+        self.host = {k: self._blocks.block(t.shape, t.dtype) for k, t in tensors.items()}
         for k, t in tensors.items():
             self.host[k].copy_(t, non_blocking=True)
-        event.record()
-        self._event = event
-        self._kept_event = event
+        self._event = self._blocks.event()
+        self._event.record()
+        self._landed = False
 
     def ready(self) -> bool:
         """Whether ``get()`` would return at once (the copy has landed); never waits."""
-        return self._event is None or self._event.query()
+        return self._landed or self._event.query()
 
     def get(self) -> dict[str, torch.Tensor]:
-        """The host tensors, once landed (pooled blocks: valid until :meth:`take`)."""
-        if self._event is not None:
-            # asked first: a wait lets the GIL go and takes it back, one more hand-over of the GIL
-            # with the thread that launches the kernels, needless when the copy has landed
-            if not self._event.query():
-                self._event.synchronize()
-            self._event = None
+        """The host tensors, once landed (valid until :meth:`take`)."""
+        # asked first: a wait lets the GIL go and takes it back, one more hand-over of the GIL with
+        # the thread that launches the kernels, needless when the copy has landed
+        if not self._landed and not self._event.query():
+            self._event.synchronize()
+        self._landed = True
         return self.host
 
     def take(self) -> dict[str, "np.ndarray"]:
-        """The values as arrays of the caller's own (writable; copied out of pooled blocks, which
+        """The values as arrays of the caller's own (writable; copied out of pinned blocks, which
         then go back for another step's copy); the snapshot is spent."""
         host = self.get()
-        if self._blocks is None:
+        if self._blocks is None:  # CPU clones: already the caller's own
             return {k: t.numpy() for k, t in host.items()}
         # bytearray copies with the GIL held: numpy's and torch's copies let it go for large
         # arrays, one more hand-over of the GIL with the thread that launches the kernels
-        out = {k: np.frombuffer(bytearray(t.numpy().data.cast("B")), dtype=t.numpy().dtype).reshape(t.shape) for k, t in host.items()}
-        self._blocks.give_back(list(host.values()), self._kept_event)
+        out = {}
+        for k, t in host.items():
+            a = t.numpy()
+            out[k] = np.frombuffer(bytearray(a.data.cast("B")), dtype=a.dtype).reshape(a.shape)
+        self._blocks.give_back(list(host.values()), self._event)
         self._blocks, self.host = None, {}
         return out
 
