@@ -7,11 +7,14 @@ Variants, each adding one piece to the one before:
 
 * ``plain``: diffusers alone; ``capture``: ``with capture(pipe)``, image out as plain;
 * ``capture_latent``: capture, latents out, then the runner's one decode (``decode_full``);
-* ``maps``: the :class:`~bridge.runner.Runner` (its setup, its step callback, word maps) with no
-  snapshot and nothing handed to the packet thread;
+* ``maps``: the :class:`~bridge.runner.Runner` (its setup, its step callback, the word maps staged
+  on the device) with no host copy and nothing handed to the packet thread;
 * ``snapshot``: + each step's non-blocking host copy (pinned memory, an event), never waited for;
 * ``drop``: + the packet thread waiting for each copy and handing the recipe to a publisher that
-  drops it (``stepx bench``'s ``publish_drop``: no sink process, no subscriber).
+  drops it (``stepx bench``'s ``publish_drop``: no sink process, no subscriber);
+* ``staged``: instead of ``snapshot`` and ``drop``, each step's copy into a ring slot and its notice
+  sent from the model's thread (bridge.stream.ring) to a publisher that frees the slot and drops
+  the notice: what the model's process does per step with a sink process, no thread woken.
 
 Besides the times it records, per variant, the model thread's CPU per image, the runner's step
 callback's CPU per step (the model thread's ``time.thread_time`` around it), and the packet
@@ -37,8 +40,9 @@ from bridge.bench import PROMPT, _Drop, _sync, median_ci
 from bridge.capture import Capture, capture
 from bridge.latent_preview import decode_full
 from bridge.runner import Request, Runner
+from bridge.stream.ring import Ring, remove_folder, ring_folder
 
-VARIANTS = ("plain", "capture", "capture_latent", "maps", "snapshot", "drop")
+VARIANTS = ("plain", "capture", "capture_latent", "maps", "snapshot", "drop", "staged")
 
 
 class _Nothing:
@@ -50,6 +54,31 @@ class _Nothing:
         raise AssertionError("nothing is handed over in this variant")
 
     publish_recipe = publish
+
+    def alive(self) -> bool:
+        return True
+
+
+class _DropStaged:
+    """A staging publisher with a ring of its own and no sink process: each notice frees its slot
+    at once (the values are never read) and is dropped."""
+
+    remote = True
+
+    def __init__(self) -> None:
+        folder = ring_folder()
+        self.ring = Ring.create(folder)
+        remove_folder(folder)  # mapped: the file is not needed any more
+
+    def publish(self, packet: Any) -> None:
+        pass
+
+    def publish_recipe(self, recipe: Any) -> None:
+        pass
+
+    def publish_staged(self, staged: Any, wait: bool = True) -> bool:
+        self.ring.release(staged.slot.index, staged.slot.seq)
+        return True
 
     def alive(self) -> bool:
         return True
@@ -129,7 +158,8 @@ def main() -> None:
 
     runners = {"maps": MapsOnly(pipe, _Nothing(), "bench", image_every=0),
                "snapshot": SnapshotOnly(pipe, _Nothing(), "bench", image_every=0),
-               "drop": Runner(pipe, _Drop(), "bench", image_every=0)}
+               "drop": Runner(pipe, _Drop(), "bench", image_every=0),
+               "staged": Runner(pipe, _DropStaged(), "bench", image_every=0)}
     workers = {v: r._out._thread.native_id for v, r in runners.items()}  # noqa: SLF001 — a measurement of that very thread
 
     def run(v: str) -> Callable[[], None]:

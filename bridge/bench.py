@@ -108,6 +108,17 @@ class _Stamped:
             run_id, step = recipe.args[0], recipe.args[4]  # host_step_packet(run_id, words, cfg, maps, step, ...)
             self._latency.handed(run_id, step, began, time.perf_counter())
 
+    @property
+    def ring(self) -> Any:
+        return self._inner.ring
+
+    def publish_staged(self, staged: Any, wait: bool = True) -> bool:
+        began = time.perf_counter()
+        sent = self._inner.publish_staged(staged, wait)
+        if sent:
+            self._latency.handed(staged.run_id, staged.step, began, time.perf_counter())
+        return sent
+
     def alive(self) -> bool:
         return bool(self._inner.alive())
 
@@ -188,7 +199,10 @@ def handover_stages(sent: dict[Key, float], handover: dict[Key, tuple[float, flo
     model's process (``step_end_to_handover``: the packet thread's wake, the GIL, the GPU copy),
     its send (``handover``), and after it ``handover_to_receipt``, split at the FanOut's ``sent``
     stamp into the sink process's build (``handover_to_built``: its wake, the phases, the packet)
-    and the wire (``built_to_receipt``: encoding, ZeroMQ, the subscriber's wake and decode). Where
+    and the wire (``built_to_receipt``: encoding, ZeroMQ, the subscriber's wake and decode). A step
+    whose maps go through the ring (bridge.stream.ring) is handed over by the model's thread itself,
+    right after it launches the copy: its ``handover_to_built`` includes the sink process's wait for
+    the copy to land. Where
     the model's thread holds the GIL for long (a CPU-bound model), the packet thread's own end-of-
     hand-over stamp can come after the sink has built the packet: ``handover_to_built`` is then
     negative, which says the hand-over's figure is mostly that GIL wait."""

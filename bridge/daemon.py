@@ -25,8 +25,10 @@ from bridge.budget import MAX_STEP_SECONDS, Budget, BudgetError, latent_tokens
 from bridge.protocol import Packet
 from bridge.runner import Request, Runner, RunResult
 from bridge.protocol import state_code
-from bridge.stream.publisher import Publisher, Recipe, as_publisher
+from bridge.stream.publisher import Publisher, Recipe, StagingPublisher, as_publisher
+from bridge.stream.recipes import kept_step
 from bridge.stream.recorder import RECORDING_OFF
+from bridge.stream.ring import Ring, StagedStep
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +291,20 @@ class _RunRecord:
             return
         self.items.append(recipe)
         self._publisher.publish_recipe(recipe)
+
+    @property
+    def ring(self) -> Ring | None:
+        return self._publisher.ring if isinstance(self._publisher, StagingPublisher) else None
+
+    def publish_staged(self, staged: StagedStep, wait: bool = True) -> bool:
+        """Forward a staged step; the replay keeps a recipe that rebuilds it from what the sink
+        process kept of it (its maps never reach this process as arrays)."""
+        if not isinstance(self._publisher, StagingPublisher):
+            raise TypeError(f"{type(self._publisher).__name__} takes no staged steps (it has no ring)")
+        sent = self._publisher.publish_staged(staged, wait)
+        if sent:
+            self.items.append(partial(kept_step, staged.run_id, staged.step))
+        return sent
 
     def alive(self) -> bool:
         return self._publisher.alive()

@@ -38,9 +38,9 @@ def recipes() -> dict[str, Callable]:
     """The allow-list: every function the child may call to build a Packet, by qualified name
     (built once: it is asked for at every item, on the packet thread of the model's process)."""
     from bridge.daemon import replayed  # noqa: PLC0415 (heavy modules; only where recipes are used)
-    from bridge.stream.recipes import host_step_packet, step_packet, timeline_packet  # noqa: PLC0415
+    from bridge.stream.recipes import host_step_packet, kept_step, step_packet, timeline_packet  # noqa: PLC0415
 
-    return {_name(f): f for f in (step_packet, host_step_packet, timeline_packet, replayed)}
+    return {_name(f): f for f in (step_packet, host_step_packet, timeline_packet, kept_step, replayed)}
 
 
 @functools.cache
@@ -165,6 +165,47 @@ def _decode_step(frames: list[Any]) -> partial:
     maps = np.frombuffer(frames[2], dtype=dtype).reshape(shape)
     return partial(recipes()[_STEP_FN], run_id, list(words), cfg, maps, step, total, list(focus), timestep,
                    None if math.isnan(ended) else ended)
+
+
+#: A staged step (:class:`bridge.stream.ring.StagedStep`: its maps are landing in a ring slot, not in
+#: the message): magic, ring id, slot, sequence number, byte count, step, total steps, timestep (NaN:
+#: the payload's last value), step end (NaN for None). Frames: ``[STAGED_HEAD, static JSON]``, the
+#: static JSON as the step recipe's (:func:`_step_static`, float32 maps). Sent by the model's thread.
+_STAGED_HEAD = struct.Struct("<4sIIQQIIdd")
+_STAGED_MAGIC = b"SST1"
+
+
+def encode_staged(staged: Any) -> list[Any]:
+    """A :class:`~bridge.stream.ring.StagedStep` as message frames (a fixed header and the run's
+    cached JSON: a few microseconds on the model's thread)."""
+    s = staged
+    if len(s.shape) != 3 or not 0 <= s.step < 2**32 or not 0 <= s.total < 2**32:
+        raise ValueError(f"a staged step of shape {s.shape}, step {s.step} of {s.total}")
+    static = _step_static(s.run_id, tuple(s.words), s.cfg, tuple(s.focus), "<f4", tuple(s.shape))
+    head = _STAGED_HEAD.pack(_STAGED_MAGIC, s.slot.ring, s.slot.index, s.slot.seq, s.nbytes, s.step, s.total,
+                             math.nan if s.timestep is None else s.timestep, math.nan if s.ended is None else s.ended)
+    return [head, static]
+
+
+def decode_staged(frames: list[Any]) -> Any:
+    """The :class:`~bridge.stream.ring.StagedStep` of :func:`encode_staged`'s frames; ValueError
+    for anything else (a wrong size, a shape its byte count cannot hold)."""
+    from bridge.stream.ring import Slot, StagedStep  # noqa: PLC0415 (torch: the child has it already)
+
+    try:
+        if len(frames) != 2 or len(frames[0]) != _STAGED_HEAD.size:
+            raise ValueError(f"a staged step is 2 frames, a {_STAGED_HEAD.size}-byte header first")
+        magic, ring, index, seq, nbytes, step, total, timestep, ended = _STAGED_HEAD.unpack(bytes(frames[0]))
+        if magic != _STAGED_MAGIC:
+            raise ValueError(f"magic {magic!r}")
+        run_id, words, cfg, focus, dtype, shape = _step_static_decoded(bytes(frames[1]))
+        need = 4 * int(np.prod(shape, dtype=np.int64)) + (4 if math.isnan(timestep) else 0)
+        if dtype != np.float32 or len(shape) != 3 or nbytes != need:
+            raise ValueError(f"{nbytes} bytes for float32 maps of shape {shape} (need {need})")
+    except (KeyError, TypeError, ValueError, struct.error) as exc:
+        raise ValueError(f"not a staged step: {exc}") from None
+    return StagedStep(Slot(ring, index, seq), nbytes, run_id, list(words), cfg, shape, step, total, list(focus),
+                      None if math.isnan(timestep) else timestep, None if math.isnan(ended) else ended)
 
 
 def decode_item(frames: list[Any]) -> Any:

@@ -26,7 +26,8 @@ from bridge.phases import PhaseConfig, PhaseEngine, PhaseFrame
 from bridge.protocol import Packet
 from bridge.request import GenerateParams, pipeline_kwargs
 from bridge.stream.host import HostBlocks, HostSnapshot, OrderedWorker
-from bridge.stream.publisher import Publisher, Recipe, as_publisher
+from bridge.stream.publisher import Publisher, Recipe, StagingPublisher, as_publisher
+from bridge.stream.ring import StagedStep
 from bridge.stream.recipes import FRAME_FIELDS, FRAME_TENSORS, host_step_packet, objects_packet, step_packet, timeline_of, timeline_packet
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class RunState:
     engine: PhaseEngine | None = None  # phases on the device only
     unseen: list[str] = field(default_factory=list)  # words the model never saw (reported, not hidden)
     staging: torch.Tensor | None = None  # the step's word maps (+ timestep) on the device, host phases only
+    publisher: StagingPublisher | None = None  # the run's publisher where it takes staged steps (a ring)
 
 
 @dataclass
@@ -183,6 +185,8 @@ class Runner:
         cancel = cancel or threading.Event()
         t0 = time.perf_counter()
         state = RunState(phases=self.phases_where())
+        if isinstance(self.publisher, StagingPublisher):
+            state.publisher = self.publisher
         try:
             adapter = adapter_for(self.pipe)
             tokens = adapter.token_map(req.prompt)  # the run's own word map (FLUX: its T5 tokens)
@@ -216,7 +220,10 @@ class Runner:
                 tm = run.tokens(0)
                 cross = cast(torch.Tensor, frame.cross)[0]  # [T, H, W]; the runner captures cross-attention
                 if state.engine is None:  # phases where packets are built
-                    self._later(self._host_step_packet(run.run_id, state, phase_cfg, tm, cross, frame, ended))
+                    staged = _stage_step(state, tm, cross, frame.timestep)  # [W·H·W (+ 1)]
+                    shape = (len(tm.words), cross.shape[1], cross.shape[2])
+                    if not self._land(run.run_id, state, phase_cfg, staged, shape, frame, ended):
+                        self._later(self._host_step_packet(run.run_id, state, phase_cfg, staged, shape, frame, ended))
                 else:
                     pf = state.engine.update(tm.word_maps(cross), frame.step, frame.total_steps)
                     self._later(self._step_packet(run.run_id, pf, frame, state.focus, ended))
@@ -333,15 +340,34 @@ class Runner:
 
         return fetch
 
-    def _host_step_packet(self, run_id: str, state: RunState, cfg: PhaseConfig, tm: TokenMap, cross: torch.Tensor,
-                          frame: StepFrame, ended: float) -> Callable[[], Recipe]:
-        """On the model's thread: the step's word maps (``cross`` ``[T, H, W]`` → ``[W, H, W]``) and
-        its timestep into the run's staging buffer on the device, then one non-blocking copy of it
-        (one pinned block, one copy launch a step); ``fetch`` waits for it and returns the recipe
-        that runs the phases and builds the packet."""
+    def _land(self, run_id: str, state: RunState, cfg: PhaseConfig, staged: torch.Tensor, shape: tuple[int, int, int],
+              frame: StepFrame, ended: float) -> bool:
+        """On the model's thread: copy the staged step into a slot of the publisher's ring and hand
+        over its notice (bridge.stream.ring), so no thread of this process wakes for it; False
+        where that cannot be done (no ring, no free slot, too big, a timestep that would need its
+        own copy): then the caller takes the packet thread's path. The notice goes from here
+        unless the packet thread still has items (they go first) or the channel has no room."""
+        pub, ts = state.publisher, frame.timestep
+        ring = pub.ring if pub is not None else None
+        folded = staged.numel() > shape[0] * shape[1] * shape[2]
+        if pub is None or ring is None or staged.dtype != torch.float32 or not folded and torch.is_tensor(ts) and ts.is_cuda:
+            return False
+        slot = ring.claim(staged.numel() * staged.element_size())
+        if slot is None:
+            return False
+        nbytes = ring.land(slot, staged)
+        notice = StagedStep(slot, nbytes, run_id, cast("list[str]", state.words), cfg, shape, frame.step, frame.total_steps,
+                            state.focus, None if folded else float(ts), ended)
+        if self._out.busy or not pub.publish_staged(notice, wait=False):
+            self._out.put(partial(pub.publish_staged, notice))  # after the items before it, waiting for room
+        return True
+
+    def _host_step_packet(self, run_id: str, state: RunState, cfg: PhaseConfig, staged: torch.Tensor,
+                          shape: tuple[int, int, int], frame: StepFrame, ended: float) -> Callable[[], Recipe]:
+        """On the model's thread: one non-blocking copy of the step's staged word maps (``[W·H·W
+        (+ 1)]``, :func:`_stage_step`: one pinned block, one copy launch a step); ``fetch`` waits
+        for it and returns the recipe that runs the phases and builds the packet."""
         ts = frame.timestep
-        staged = _stage_step(state, tm, cross, ts)  # [W·H·W (+ 1)]
-        shape = (len(tm.words), *cross.shape[1:])
         size = shape[0] * shape[1] * shape[2]
         folded = staged.numel() > size
         snap = HostSnapshot({"flat": staged, **({"timestep": ts} if torch.is_tensor(ts) and not folded else {})}, self._blocks)

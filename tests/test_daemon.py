@@ -190,6 +190,7 @@ def test_through_a_sink_process_the_phases_run_there_and_the_idle_replay_still_p
         d.submit(Request("a red circle", steps=3, seed=0))
         wait_for(lambda: replayed_steps() >= 4)  # the whole run once, and into the next loop
         assert runner.phases_where() == "host" and d.results[0].status == "done"
+        assert pp.staged == 3  # the maps went through the ring: the replay rebuilds them from what the child kept
         live = [p for p in got if p.kind == "step" and not p.header.get("replay")]
         again = [p for p in got if p.kind == "step" and p.header.get("replay")]
         assert [p.header["step"] for p in live] == [0, 1, 2]

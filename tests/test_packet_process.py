@@ -34,21 +34,27 @@ def _without_run_id(header: dict) -> dict:
     return {k: v for k, v in header.items() if k not in ("run_id", "step_end", "sent")}
 
 
-@pytest.mark.parametrize("phases_on", ["host", "device"])
-def test_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_path, phases_on) -> None:
-    """The runner sends recipes (host arrays + a module-level builder): with phases_on='host' the
-    child runs the phases too (and keeps the run's engine for its timeline). Either way it builds
-    the same step and timeline packets, bit for bit up to the recorder's float16, as the
-    in-process path, and records them losslessly."""
+@pytest.mark.parametrize("phases_on,ring_slots", [("host", 16), ("host", 1), ("host", 0), ("device", 16)])
+def test_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_path, phases_on, ring_slots) -> None:
+    """The runner sends recipes (host arrays + a module-level builder), or with phases_on='host'
+    lands each step's maps in the ring and sends a notice: the child runs the phases too (and
+    keeps the run's engine for its timeline). Either way it builds the same step and timeline
+    packets, bit for bit up to the recorder's float16, as the in-process path, and records them
+    losslessly. A one-slot ring is often still in use at the next step: those steps take the
+    packet thread, and the order holds."""
     _, expected = collect(sd_pipe, REQ, image_every=0, phases_on=phases_on)
     trace = tmp_path / "run.stepx"
-    with PacketProcess(_sinks(record=str(trace))) as pp:
-        assert pp.sink_names == ["record"]
+    with PacketProcess(_sinks(record=str(trace)), ring_slots=ring_slots) as pp:
+        assert pp.sink_names == ["record"] and (pp.ring is not None) == (ring_slots > 0)
         runner = Runner(sd_pipe, pp, image_every=0, phases_on=phases_on)
         result = runner.run(REQ)
         assert result.status == "done"
         assert pp.flush(ARRIVAL_S)
         assert pp.recipes == REQ.steps + (phases_on == "host") and pp.dropped == 0  # + the timeline
+        if ring_slots != 1:
+            assert pp.staged == (REQ.steps if phases_on == "host" and ring_slots else 0)
+        else:
+            assert 1 <= pp.staged <= REQ.steps
         assert Runner(sd_pipe, pp).phases_where() == "host"  # the default with a sink process
     reader = TraceReader(trace)
     got = list(reader.packets())
@@ -62,6 +68,29 @@ def test_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_pa
         for name in e.arrays:
             # the recorder stores floats as float16: the same values, rounded once
             np.testing.assert_array_equal(g.arrays[name], e.arrays[name].astype(g.arrays[name].dtype), err_msg=name)
+
+
+def test_a_staged_step_for_a_ring_the_child_has_not_mapped_is_skipped(tmp_path) -> None:
+    """A notice naming another ring (a forged one, or one of a child that died) is refused in the
+    parent when it knows, else logged and skipped in the child; the stream goes on."""
+    from bridge.item_codec import encode_staged, join_frames
+    from bridge.phases import PhaseConfig
+    from bridge.stream.ring import Slot, StagedStep
+    from tests.test_trace import run_packets
+
+    trace = tmp_path / "t.stepx"
+    with PacketProcess(_sinks(record=str(trace))) as pp:
+        ring = pp.ring
+        stale = StagedStep(Slot(ring.ident + 1, 0, 1), 4 * 16 + 4, "r0", ["a"], PhaseConfig(), (1, 4, 4), 0, 1, [], None, None)
+        assert not pp.publish_staged(stale) and pp.dropped == 1
+        assert not pp.publish_staged(stale, wait=False) and pp.dropped == 1  # not sent, nothing lost: the caller keeps it
+        pp._sock.send(join_frames([b"S", *encode_staged(stale)]))  # past the parent's check: the child refuses it
+        packets = run_packets("r1", steps=3)
+        for p in packets:
+            pp(p)
+        assert pp.flush(ARRIVAL_S)
+    with TraceReader(trace) as tr:
+        assert [r.run_id for r in tr.runs] == ["r1"] and len(tr) == len(packets)
 
 
 def test_a_sink_that_cannot_open_raises_in_the_parent() -> None:

@@ -54,10 +54,12 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
 import zmq
 
-from bridge.item_codec import decode_item, encode_item, join_frames, split_frames
+from bridge.item_codec import decode_item, decode_staged, encode_item, encode_staged, join_frames, split_frames
 from bridge.stream.recorder import RECORDING_OFF
+from bridge.stream.ring import SLOT_BYTES, SLOTS, Ring, RingError, StagedStep, remove_folder, ring_folder
 
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import SynchronizedString
@@ -66,7 +68,8 @@ log = logging.getLogger(__name__)
 
 SinkFactory = Callable[[], list]
 
-_PACKET, _RECIPE, _FLUSH, _CLOSE = b"P", b"R", b"F", b"C"
+_PACKET, _RECIPE, _STAGED, _FLUSH, _CLOSE = b"P", b"R", b"S", b"F", b"C"
+STAGED_TIMEOUT = 30.0  # seconds a staged step's maps may take to land (a step of the largest model is < 1 s)
 HEALTH_BYTES = 2048  # room for the recorder's health JSON (its error is cut to 400 characters)
 HEALTH_EVERY = 0.25  # seconds between the child's health reports (a change shows within this)
 
@@ -137,11 +140,14 @@ class PacketProcess:
 
     def __init__(self, sinks: SinkFactory, *, restart_sinks: SinkFactory | None = None, keep_max: int = 64, hwm: int = 256,
                  send_timeout: float = 2.0, start_timeout: float = 120.0, restart_every: float = 5.0,
-                 name: str = "stepx-sinks", cpus: set[int] | None = None) -> None:
+                 name: str = "stepx-sinks", cpus: set[int] | None = None, ring_slots: int = SLOTS,
+                 ring_slot_bytes: int = SLOT_BYTES) -> None:
         """``restart_sinks``: the factory for a child that replaces a dead one (default ``sinks``),
         e.g. one that appends to the recording instead of starting it again. ``cpus``: the CPUs
         the child may run on (Linux; None: the parent's), to keep it off the cores of the thread
-        that launches the model's kernels."""
+        that launches the model's kernels. ``ring_slots`` × ``ring_slot_bytes``: the ring the
+        runner lands step maps in (:mod:`bridge.stream.ring`; 0 slots: none, every step's values
+        go through the packet thread and the channel)."""
         self._factory = sinks
         self._restart_factory = restart_sinks or sinks
         self._keep_max = keep_max
@@ -163,12 +169,34 @@ class PacketProcess:
         self.dropped = 0
         self.restarts = 0
         self.recipes = 0  # of sent: items built in the child
+        self.staged = 0  # of recipes: steps whose maps came through the ring
         self.sink_names: list[str] = []
+        self._ring_shape = (ring_slots, ring_slot_bytes)
+        self._ring: Ring | None = None
+        self._rings = 0
+        self._retired: list[Ring] = []  # rings of dead children: copies may still be landing in them
         self._start()
 
     # -- the child's life ------------------------------------------------------------------------
+    def _new_ring(self) -> tuple[Ring | None, str | None]:
+        """A ring for the next child and its folder, or none (said once in the log) where it
+        cannot be made: the steps then go the old way."""
+        slots, slot_bytes = self._ring_shape
+        if slots <= 0:
+            return None, None
+        folder = ring_folder()
+        self._rings += 1
+        try:
+            return Ring.create(folder, slots, slot_bytes, ident=self._rings), folder
+        except (RingError, ValueError, OSError) as exc:
+            remove_folder(folder)
+            log.warning("no shared ring for the step maps (%s); they go through the packet thread", exc)
+            return None, None
+
     def _start(self, factory: SinkFactory | None = None) -> None:
         self._last_start = time.monotonic()
+        ring, ring_dir = self._new_ring()
+        spec = None if ring is None else (ring.path, ring.slots, ring.slot_bytes, ring.ident)
         folder, endpoint = private_endpoint()
         sock = self._zctx.socket(zmq.PAIR)  # one peer: the child; nobody else is dealt a packet
         sock.setsockopt(zmq.SNDHWM, self._hwm)
@@ -178,13 +206,13 @@ class PacketProcess:
         here, there = self._mp.Pipe()
         proc = self._mp.Process(target=serve, name=self._name, daemon=True,
                                 args=(factory or self._factory, endpoint, there, self._keep_max,
-                                      logging.getLogger().getEffectiveLevel(), self._cpus, self._health))
+                                      logging.getLogger().getEffectiveLevel(), self._cpus, self._health, spec))
         proc.start()
         there.close()
         try:
             if not here.poll(self._start_timeout):
                 raise PacketProcessError(f"the sink process did not start within {self._start_timeout:.0f}s")
-            status, detail = here.recv()
+            status, detail, *mapped = here.recv()
             if status == "ready":  # the child's hello on the channel: connected; now close the door
                 if not sock.poll(int(self._start_timeout * 1000)):
                     raise PacketProcessError("the sink process never connected to its channel")
@@ -194,6 +222,8 @@ class PacketProcess:
             status, detail = "error", PacketProcessError(f"the sink process exited while starting (code {proc.exitcode})")
         except PacketProcessError as exc:
             status, detail = "error", exc
+        if ring_dir is not None:
+            remove_folder(ring_dir)  # the child has mapped it (or never will): the file goes
         if status != "ready":
             proc.join(5)
             if proc.is_alive():
@@ -201,7 +231,16 @@ class PacketProcess:
             sock.close(linger=0)
             here.close()
             shutil.rmtree(folder, ignore_errors=True)
+            if ring is not None:
+                ring.close()
             raise detail if isinstance(detail, BaseException) else PacketProcessError(str(detail))
+        if ring is not None and not (mapped and mapped[0]):
+            log.warning("the sink process could not map the step ring; the step maps go through the packet thread")
+            ring.close()
+            ring = None
+        if self._ring is not None:
+            self._retired.append(self._ring)
+        self._ring = ring
         self._sock, self._conn, self._proc, self._folder = sock, here, proc, folder
         self.endpoint = endpoint
         self.sink_names = list(detail)
@@ -253,8 +292,51 @@ class PacketProcess:
         """Publish the Packet that ``recipe()`` builds, calling it in the child."""
         self._push(_RECIPE, recipe)
 
+    @property
+    def ring(self) -> Ring | None:
+        """The ring the current child maps (None: none could be made; steps go the old way)."""
+        return self._ring
+
+    def publish_staged(self, staged: StagedStep, wait: bool = True) -> bool:
+        """Hand the child a staged step's notice: it waits for the maps to land in the ring and
+        builds the step there. ``wait=False`` (the model's thread): only if the lock is free, the
+        child alive and the channel has room; else False and nothing sent."""
+        message = join_frames([_STAGED, *encode_staged(staged)])
+        if wait:
+            if self._ring is None or staged.slot.ring != self._ring.ident:  # the child that mapped its ring has died
+                with self._lock:
+                    self.dropped += 1
+                log.warning("dropped step %d: the sink process that mapped its maps was restarted", staged.step)
+                return False
+            sent = self._push_message(message, "staged step")
+        else:
+            if not self._lock.acquire(blocking=False):
+                return False
+            try:
+                if (self._closed or self._ring is None or staged.slot.ring != self._ring.ident
+                        or not self._proc.is_alive()):
+                    return False
+                try:
+                    self._sock.send(message, zmq.NOBLOCK)
+                except zmq.Again:  # the child is behind: the packet thread waits for it instead
+                    return False
+            finally:
+                self._lock.release()
+            self.sent += 1
+            sent = True
+        if sent:
+            self.recipes += 1
+            self.staged += 1
+        return sent
+
     def _push(self, tag: bytes, item: Any) -> bool:
         message = join_frames([tag, *encode_item(item)])  # no pickle: JSON + raw array frames (bridge.item_codec), one send
+        if self._push_message(message, getattr(item, "kind", "recipe")):
+            self.recipes += tag == _RECIPE
+            return True
+        return False
+
+    def _push_message(self, message: bytes, what: str) -> bool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("PacketProcess is closed")
@@ -265,10 +347,9 @@ class PacketProcess:
                 self._sock.send(message)
             except zmq.Again:  # the child is alive but took no item for send_timeout seconds
                 self.dropped += 1
-                log.warning("sink process busy for %.1fs; dropped a %s", self._send_timeout, getattr(item, "kind", "recipe"))
+                log.warning("sink process busy for %.1fs; dropped a %s", self._send_timeout, what)
                 return False
         self.sent += 1
-        self.recipes += tag == _RECIPE
         return True
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -304,6 +385,9 @@ class PacketProcess:
             self._sock.close(linger=0)
             self._conn.close()
             shutil.rmtree(self._folder, ignore_errors=True)
+            for ring in [*self._retired, *([self._ring] if self._ring is not None else [])]:
+                ring.close()
+            self._ring, self._retired = None, []
         self._zctx.term()
 
     def __enter__(self) -> "PacketProcess":
@@ -323,9 +407,10 @@ def _report(health: SynchronizedString, fan: Any, last: bytes) -> bytes:
 
 
 def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_level: int, cpus: set[int] | None = None,
-          health: SynchronizedString | None = None) -> None:
-    """The child: build the sinks, then publish every item pulled from ``endpoint`` until told
-    to close or the parent goes away. A bad item is logged (rate-limited) and skipped."""
+          health: SynchronizedString | None = None, ring_spec: tuple[str, int, int, int] | None = None) -> None:
+    """The child: build the sinks, map the ring (``ring_spec``: path, slots, slot bytes, id), then
+    publish every item pulled from ``endpoint`` until told to close or the parent goes away. A bad
+    item is logged (rate-limited) and skipped."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides when to stop
     if cpus:
         set_cpus(cpus)
@@ -338,6 +423,7 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
         torch.set_num_threads(1)
         from bridge.item_codec import recipes
         from bridge.stream.fanout import FanOut
+        from bridge.stream.recipes import staged_recipe
 
         recipes()  # import the recipes' modules now, not at the first step (a 0.2 s wait in its latency)
         sinks = factory()
@@ -348,13 +434,19 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
         except Exception:
             conn.send(("error", PacketProcessError(f"{type(exc).__name__}: {exc}")))
         return
+    ring = None
+    if ring_spec is not None:
+        try:
+            ring = Ring(*ring_spec[:3], ident=ring_spec[3], create=False)
+        except (RingError, ValueError, OSError) as exc:  # the parent runs without it and says so
+            log.warning("cannot map the step ring: %s", exc)
     zctx = zmq.Context()
     pull = zctx.socket(zmq.PAIR)
     pull.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.RCVTIMEO, int(HEALTH_EVERY * 1000))  # a blocking receive that wakes for the health report
     pull.connect(endpoint)
     pull.send(b"hello")  # the parent removes the socket file once this arrives
-    conn.send(("ready", [s.name for s in sinks]))
+    conn.send(("ready", [s.name for s in sinks], ring is not None))
     parent = mp.parent_process()
     errors, last_log = 0, -1e9
     reported, last_report = b"", -1e9
@@ -376,7 +468,10 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
                 if tag == _FLUSH:
                     conn.send(("flushed", bytes(frames[1])))
                     continue
-                item = decode_item(frames[1:])  # a Packet, or an allow-listed recipe
+                if tag == _STAGED:
+                    item = _landed(ring, decode_staged(frames[1:]), staged_recipe)
+                else:
+                    item = decode_item(frames[1:])  # a Packet, or an allow-listed recipe
                 packet = item() if isinstance(item, partial) else item
                 if packet is not None:  # a recipe may find nothing to send (a timeline of no steps)
                     fan.publish(packet)
@@ -389,3 +484,17 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
         fan.close()
         pull.close(linger=0)
         zctx.term()
+        if ring is not None:
+            ring.close()
+
+
+def _landed(ring: Ring | None, staged: StagedStep, recipe: Callable[[StagedStep, Any], partial]) -> partial:
+    """The recipe of a staged step once its maps have landed in ``ring`` (copied out: the slot is
+    free again); ValueError if they are not for this ring or never land."""
+    slot = staged.slot
+    if ring is None or slot.ring != ring.ident:
+        raise ValueError(f"step {staged.step}'s maps are in ring {slot.ring}, which this process has not mapped")
+    if not ring.wait(slot.index, slot.seq, STAGED_TIMEOUT):
+        ring.release(slot.index, slot.seq)
+        raise ValueError(f"step {staged.step}'s maps did not land within {STAGED_TIMEOUT:.0f}s")
+    return recipe(staged, ring.read(slot.index, slot.seq, staged.nbytes, np.dtype(np.float32)))

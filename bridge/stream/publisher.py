@@ -9,9 +9,12 @@ called. The runner asks these declared members, never ``getattr``.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 from bridge.protocol import Packet
+
+if TYPE_CHECKING:
+    from bridge.stream.ring import Ring, StagedStep
 
 #: A zero-argument callable that builds one Packet (or None: nothing to send); to cross to the sink
 #: process it must be a ``functools.partial`` of a function in ``bridge.item_codec.recipes()``.
@@ -30,6 +33,21 @@ class Publisher(Protocol):
 
     def alive(self) -> bool:
         """Whether a publish returns at once (a remote child that is down restarts first)."""
+        ...
+
+
+@runtime_checkable
+class StagingPublisher(Publisher, Protocol):
+    """A remote Publisher whose sink process maps a :class:`~bridge.stream.ring.Ring`: the runner
+    lands each step's maps in a slot and hands over a notice, so no thread of the model's process
+    wakes per step. ``ring`` is None while there is none to use (it could not be made)."""
+
+    @property
+    def ring(self) -> "Ring | None": ...
+
+    def publish_staged(self, staged: "StagedStep", wait: bool = True) -> bool:
+        """Hand over the notice; with ``wait=False`` only if that needs no wait (a free lock, room
+        in the channel, a live child), else nothing happens and False says so."""
         ...
 
 

@@ -11,6 +11,7 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import fields as dataclass_fields
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,9 @@ def _step(run_id: str, pf: PhaseFrame, focus: list[int], timestep: float, ended:
 _ENGINES: "OrderedDict[str, PhaseEngine]" = OrderedDict()
 KEEP_ENGINES = 4
 _ENGINES_LOCK = threading.Lock()
+#: Staged steps' recipes by run and step, for the idle replay: the latest KEEP_RUNS runs.
+_KEPT: "OrderedDict[str, dict[int, partial[Packet]]]" = OrderedDict()
+KEEP_RUNS = 2
 
 
 def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.ndarray, step: int, total: int,
@@ -70,6 +74,36 @@ def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.n
     with torch.inference_mode():  # one mode for the engine's state, whichever thread or process runs this step
         pf = engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total)
     return _step(run_id, pf, focus, timestep, ended)
+
+
+def staged_recipe(staged: Any, flat: np.ndarray) -> "partial[Packet]":
+    """The step recipe of a :class:`~bridge.stream.ring.StagedStep` whose payload (``flat``, float32:
+    the maps, then the timestep where the notice has none) has landed: built in the sink process,
+    and kept there for the daemon's idle replay (:func:`kept_step`)."""
+    shape = staged.shape
+    size = shape[0] * shape[1] * shape[2]
+    timestep = float(flat[size]) if staged.timestep is None else staged.timestep
+    recipe = partial(host_step_packet, staged.run_id, staged.words, staged.cfg, flat[:size].reshape(shape), staged.step,
+                     staged.total, staged.focus, timestep, staged.ended)
+    with _ENGINES_LOCK:
+        kept = _KEPT.setdefault(staged.run_id, {})
+        _KEPT.move_to_end(staged.run_id)
+        kept[staged.step] = recipe
+        while len(_KEPT) > KEEP_RUNS:
+            _KEPT.popitem(last=False)
+    return recipe
+
+
+def kept_step(run_id: str, step: int) -> Packet | None:
+    """A staged step's packet built again from what the sink process kept (the daemon's idle replay
+    of a run whose maps never passed through the model's process as arrays); None if this process
+    has not kept it (a new sink process: the replay goes on without that step)."""
+    with _ENGINES_LOCK:
+        recipe = _KEPT.get(run_id, {}).get(step)
+    if recipe is None:
+        log.warning("no kept maps for run %s step %d to replay (the sink process was restarted?)", run_id, step)
+        return None
+    return recipe()
 
 
 def timeline_packet(run_id: str) -> Packet | None:

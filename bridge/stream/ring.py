@@ -1,0 +1,214 @@
+"""Landing slots in memory the sink process shares: a step's values reach it with no thread of the
+model's process woken.
+
+Why: with a :class:`~bridge.stream.host.HostSnapshot` a thread of the model's process (the packet
+thread) wakes at every step to wait for the host copy and hand it over; each wake takes the GIL
+from the thread that launches the kernels, and on an H100 that cost SD 1.5 about 2 % of its time
+(``bench/publish_parts.py``, docs/BENCHMARKS.md, run 16). Here the model's thread launches the copy
+straight into a slot of a memory-mapped file that the sink process maps too, then a second copy
+of the slot's sequence number into the slot's *landed* stamp: a stream runs its copies in order,
+so the stamp lands after the values. The model's thread sends the child a notice (a few dozen
+bytes, :mod:`bridge.item_codec`), and the child waits for the stamp, copies the values out and
+marks the slot *done*; the model's thread reuses a slot only once it is done. A run whose slots
+are all in use, or whose values do not fit one, goes the old way: nothing is dropped.
+
+The file lives in a new directory only this user can enter (under ``/dev/shm`` where there is
+one: memory, never written back to a disk) and is removed, directory and all, once the child has
+mapped it, as the channel's socket file is (docs/SECURITY.md). On CUDA the mapping is registered
+with the driver (page-locked), so the copies are asynchronous DMA; its space is reserved up front
+(``posix_fallocate``), so a full ``/dev/shm`` is an error at start, not a crash at the first step.
+
+Layout: ``landed`` u64[slots], ``done`` u64[slots] (the header, one page), then ``slots`` slots of
+``slot_bytes`` (a multiple of the page size). Sequence numbers start at 1; 0 is "never".
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+PAGE = 4096
+SLOTS = 16  # notices in flight at once; a child that is this far behind gets the old path
+SLOT_BYTES = 2 * 1024 * 1024  # SD 1.5's 8 word maps at 64² are 128 KiB, SDXL's at 128² 640 KiB
+
+
+class RingError(RuntimeError):
+    """The ring could not be made or mapped (no space, no file)."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One claimed slot: where the values go and the number its stamp will carry."""
+
+    ring: int  # the ring's id (a new child gets a new ring)
+    index: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class StagedStep:
+    """A host-phases step whose word maps (``[W, H, W]`` float32, then the timestep where
+    ``timestep`` is None) are landing in ``slot``: the notice the sink process gets instead of
+    the values, and what it needs to build the step's recipe once they land."""
+
+    slot: Slot
+    nbytes: int
+    run_id: str
+    words: list[str]
+    cfg: Any  # PhaseConfig
+    shape: tuple[int, int, int]
+    step: int
+    total: int
+    focus: list[int]
+    timestep: float | None  # None: the payload's last value
+    ended: float | None
+
+
+def ring_folder() -> str:
+    """A new directory only this user can enter, in memory where the OS has ``/dev/shm``."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK) else None
+    folder = tempfile.mkdtemp(prefix="stepx-ring-", dir=base)  # mode 0700
+    os.chmod(folder, 0o700)
+    return folder
+
+
+class Ring:
+    """The parent's or the child's view of one ring (module docstring)."""
+
+    def __init__(self, path: str, slots: int, slot_bytes: int, ident: int, *, create: bool) -> None:
+        if slots < 1 or slot_bytes < PAGE or slot_bytes % PAGE:
+            raise ValueError(f"a ring needs at least one slot of a multiple of {PAGE} bytes, got {slots} × {slot_bytes}")
+        self.path, self.slots, self.slot_bytes, self.ident = path, slots, slot_bytes, ident
+        self.size = PAGE + slots * slot_bytes
+        self._pinned = False
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise RingError(f"cannot open the ring file {path}: {exc.strerror}") from None
+        try:
+            if create:
+                try:
+                    if hasattr(os, "posix_fallocate"):
+                        os.posix_fallocate(fd, 0, self.size)  # the space is taken now, or refused now
+                    else:
+                        os.ftruncate(fd, self.size)
+                except OSError as exc:
+                    raise RingError(f"no room for a {self.size >> 20} MiB ring in {os.path.dirname(path)}: {exc.strerror}") from None
+            elif os.fstat(fd).st_size != self.size:
+                raise RingError(f"the ring file {path} is {os.fstat(fd).st_size} bytes, not {self.size}")
+            self._map = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        head = np.frombuffer(self._map, dtype=np.uint64, count=2 * slots)
+        self.landed, self.done = head[:slots], head[slots:]  # views of the mapping: every read is a load
+        self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)  # [size], the same memory
+        self._claimed = [0] * slots  # the parent's last sequence number per slot
+        self._next = 0
+        self._seq = 0
+        self._stamps: dict[torch.device, torch.Tensor] = {}  # a device scalar per device the stamps are copied from
+
+    # -- the parent (the model's thread) ------------------------------------------------------
+    @classmethod
+    def create(cls, folder: str, slots: int = SLOTS, slot_bytes: int = SLOT_BYTES, ident: int = 0) -> "Ring":
+        ring = cls(os.path.join(folder, "ring"), slots, slot_bytes, ident, create=True)
+        ring.pin()
+        return ring
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the mapping is page-locked for CUDA (its copies are asynchronous DMA)."""
+        return self._pinned
+
+    def pin(self) -> None:
+        """Page-lock the mapping for CUDA's copies (asynchronous DMA); nothing without CUDA."""
+        if self._pinned or not torch.cuda.is_available():
+            return
+        err = torch.cuda.cudart().cudaHostRegister(self._bytes.data_ptr(), self.size, 0)
+        if int(err) != 0:
+            raise RingError(f"cudaHostRegister of the {self.size >> 20} MiB ring failed: error {int(err)}")
+        self._pinned = True
+
+    def claim(self, nbytes: int) -> Slot | None:
+        """The next slot, if it is free (its last values were read) and ``nbytes`` fit; else None."""
+        if nbytes > self.slot_bytes:
+            return None
+        i = self._next
+        if self._claimed[i] != int(self.done[i]):  # the child has not read this slot's last values yet
+            return None
+        self._seq += 1
+        self._claimed[i] = self._seq
+        self._next = (i + 1) % self.slots
+        return Slot(self.ident, i, self._seq)
+
+    def land(self, slot: Slot, values: torch.Tensor) -> int:
+        """Launch the copy of ``values`` (contiguous) into ``slot``, then of its stamp; never
+        waits on CUDA. Returns the byte count."""
+        src = values.reshape(-1).view(torch.uint8)  # [nbytes]
+        start = PAGE + slot.index * self.slot_bytes
+        dst = self._bytes[start : start + src.numel()]
+        if src.is_cuda:
+            dst.copy_(src, non_blocking=True)
+            stamp = self._stamps.get(src.device)
+            if stamp is None:
+                stamp = self._stamps[src.device] = torch.zeros(1, dtype=torch.int64, device=src.device)
+            stamp.fill_(slot.seq)  # queued after the copy above, before the one below
+            self._bytes[slot.index * 8 : slot.index * 8 + 8].view(torch.int64).copy_(stamp, non_blocking=True)
+        else:
+            dst.copy_(src)
+            self.landed[slot.index] = slot.seq
+        return src.numel()
+
+    # -- the child ------------------------------------------------------------------------------
+    def wait(self, index: int, seq: int, timeout: float) -> bool:
+        """Whether slot ``index``'s stamp reached ``seq`` within ``timeout`` seconds (polled: a
+        few microseconds' sleep first, growing to half a millisecond)."""
+        if not 0 <= index < self.slots:
+            raise ValueError(f"slot {index} of a {self.slots}-slot ring")
+        deadline, pause = time.monotonic() + timeout, 20e-6
+        while int(self.landed[index]) != seq:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(pause)
+            pause = min(2 * pause, 500e-6)
+        return True
+
+    def read(self, index: int, seq: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
+        """A copy of slot ``index``'s first ``nbytes`` as ``dtype``; the slot is then done."""
+        if not 0 <= index < self.slots or not 0 <= nbytes <= self.slot_bytes:
+            raise ValueError(f"{nbytes} bytes of slot {index} of a {self.slots}-slot ring of {self.slot_bytes}-byte slots")
+        start = PAGE + index * self.slot_bytes
+        out = np.frombuffer(self._map, dtype=np.uint8, count=nbytes, offset=start).copy().view(dtype)
+        self.done[index] = seq
+        return out
+
+    def release(self, index: int, seq: int) -> None:
+        """Mark a slot done without reading it (its values never landed)."""
+        self.done[index] = seq
+
+    def close(self) -> None:
+        """Unmap (after the device has finished every copy into it where it is pinned)."""
+        if self._map.closed:
+            return
+        if self._pinned:
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaHostUnregister(self._bytes.data_ptr())
+            self._pinned = False
+        del self.landed, self.done, self._bytes
+        self._stamps.clear()
+        try:
+            self._map.close()
+        except BufferError:  # an array made from it is still alive somewhere: the OS unmaps it at exit
+            pass
+
+
+def remove_folder(folder: str) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,138 @@
+"""The step ring: slots in a file both processes map, claimed by the model's thread, read by the sink process."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import stat
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from bridge.item_codec import decode_staged, encode_staged
+from bridge.phases import PhaseConfig
+from bridge.stream.ring import PAGE, Ring, RingError, Slot, StagedStep, remove_folder, ring_folder
+
+
+@pytest.fixture
+def ring():
+    folder = ring_folder()
+    r = Ring.create(folder, slots=2, slot_bytes=PAGE)
+    yield r
+    r.close()
+    remove_folder(folder)
+
+
+def test_the_file_is_private_and_sized_for_its_slots(ring) -> None:
+    folder = os.path.dirname(ring.path)
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700 and stat.S_IMODE(os.stat(ring.path).st_mode) == 0o600
+    assert os.path.getsize(ring.path) == PAGE + 2 * PAGE == ring.size
+
+
+def test_a_slot_is_claimed_again_only_once_its_values_were_read(ring) -> None:
+    a = ring.claim(16)
+    b = ring.claim(PAGE)  # a whole slot fits
+    assert (a.index, a.seq, b.index, b.seq) == (0, 1, 1, 2)
+    assert ring.claim(4) is None  # both in flight: the caller takes the old path
+    values = torch.arange(4, dtype=torch.float32)
+    assert ring.land(a, values) == 16
+    assert ring.wait(a.index, a.seq, timeout=0.0)
+    got = ring.read(a.index, a.seq, 16, np.dtype(np.float32))
+    assert got.tolist() == [0.0, 1.0, 2.0, 3.0] and got.flags.writeable
+    again = ring.claim(4)
+    assert again is not None and (again.index, again.seq) == (0, 3)
+    ring.land(again, torch.full((1,), 7.0))
+    assert got.tolist() == [0.0, 1.0, 2.0, 3.0]  # the reader's copy is its own
+    assert ring.claim(PAGE + 1) is None  # too big for any slot
+
+
+def test_a_stamp_that_never_comes_times_out_and_the_slot_can_be_given_up(ring) -> None:
+    slot = ring.claim(8)
+    t = time.monotonic()
+    assert not ring.wait(slot.index, slot.seq, timeout=0.05)
+    assert time.monotonic() - t < 5  # polled, not blocked forever
+    ring.release(slot.index, slot.seq)
+    ring.claim(8)  # the other slot
+    assert ring.claim(8) is not None  # the released one is free again
+    with pytest.raises(ValueError, match="slot 5 of a 2-slot ring"):
+        ring.wait(5, 1, 0.0)
+    with pytest.raises(ValueError, match="bytes of slot"):
+        ring.read(0, 1, PAGE + 4, np.dtype(np.uint8))
+
+
+def test_bad_shapes_and_missing_files_are_refused_in_one_line(tmp_path) -> None:
+    with pytest.raises(ValueError, match="multiple of 4096"):
+        Ring(str(tmp_path / "r"), 1, 1000, 0, create=True)
+    with pytest.raises(RingError, match="cannot open the ring file"):
+        Ring(str(tmp_path / "missing"), 1, PAGE, 0, create=False)
+    Ring(str(tmp_path / "r"), 1, PAGE, 0, create=True).close()
+    with pytest.raises(RingError, match="is 8192 bytes, not 12288"):
+        Ring(str(tmp_path / "r"), 2, PAGE, 0, create=False)
+
+
+def _child_reads(path: str, index: int, seq: int, out: mp.Queue) -> None:
+    r = Ring(path, 2, PAGE, 0, create=False)
+    ok = r.wait(index, seq, timeout=30)
+    out.put((ok, r.read(index, seq, 12, np.dtype(np.float32)).tolist() if ok else None))
+    r.close()
+
+
+def test_another_process_sees_the_values_once_their_stamp_has_landed(ring) -> None:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    slot = ring.claim(12)
+    child = ctx.Process(target=_child_reads, args=(ring.path, slot.index, slot.seq, out))
+    child.start()  # it waits for the stamp: the values are not there yet
+    time.sleep(0.2)
+    ring.land(slot, torch.tensor([1.5, -2.0, 3.25]))
+    ok, values = out.get(timeout=60)
+    child.join(30)
+    assert ok and values == [1.5, -2.0, 3.25]
+    assert int(ring.done[slot.index]) == slot.seq  # the reader marked it done: the parent may claim it again
+    ring.claim(4)
+    assert ring.claim(4) is not None
+
+
+def _staged(**changes: object) -> StagedStep:
+    base = dict(slot=Slot(3, 1, 42), nbytes=4 * 2 * 4 * 4 + 4, run_id="r1", words=["red", "circle"], cfg=PhaseConfig(),
+                shape=(2, 4, 4), step=5, total=20, focus=[1], timestep=None, ended=1.5e9)
+    base.update(changes)
+    return StagedStep(**base)  # type: ignore[arg-type]
+
+
+def test_a_staged_notice_crosses_the_channel_whole() -> None:
+    for staged in (_staged(), _staged(timestep=981.0, nbytes=128, ended=None)):
+        assert decode_staged(encode_staged(staged)) == staged
+
+
+def test_a_forged_or_inconsistent_notice_is_refused() -> None:
+    head, static = encode_staged(_staged())
+    with pytest.raises(ValueError, match="not a staged step: 136 bytes for float32 maps"):
+        decode_staged(encode_staged(_staged(nbytes=136)))  # one value more than the maps and the timestep
+    with pytest.raises(ValueError, match="not a staged step: magic"):
+        decode_staged([b"XXXX" + bytes(head[4:]), static])
+    with pytest.raises(ValueError, match="not a staged step: a staged step is 2 frames"):
+        decode_staged([head])
+    with pytest.raises(ValueError, match="not a staged step"):
+        decode_staged([head, b"{not json"])
+    assert math.isnan(float(np.frombuffer(bytes(head[-16:-8]), "<f8")[0]))  # the timestep travels in the payload
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_copy_is_asynchronous_and_its_stamp_lands_after_the_values(ring) -> None:
+    """The mapping is page-locked, so the copy is queued behind the GPU's work (the stamp is not
+    there while a long kernel runs) and the stamp, copied after the values, finds them whole."""
+    assert ring.pinned
+    values = torch.arange(PAGE // 4, dtype=torch.float32, device="cuda")  # a whole slot
+    for k in range(40):
+        slot = ring.claim(PAGE)
+        torch.cuda._sleep(20_000_000 if k == 0 else 10_000)  # the first copy waits behind ~10 ms of GPU time
+        ring.land(slot, values + k)
+        if k == 0:
+            assert not ring.wait(slot.index, slot.seq, timeout=0.0)  # still queued: the host did not wait
+        assert ring.wait(slot.index, slot.seq, timeout=30)
+        got = ring.read(slot.index, slot.seq, PAGE, np.dtype(np.float32))
+        np.testing.assert_array_equal(got, (values + k).cpu().numpy())
