@@ -26,9 +26,9 @@ from bridge.protocol import Packet
 from bridge.runner import Request, Runner, RunResult
 from bridge.protocol import state_code
 from bridge.stream.publisher import Publisher, Recipe, StagingPublisher, as_publisher
-from bridge.stream.recipes import kept_step
+from bridge.stream.recipes import kept_item
 from bridge.stream.recorder import RECORDING_OFF
-from bridge.stream.ring import Ring, StagedStep
+from bridge.stream.ring import Ring, Staged, StagedStep
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class Daemon:
                 is_step = p.kind == "step"
             else:
                 self.publisher.publish_recipe(partial(replayed, p))
-                is_step = True
+                is_step = not (p.func is kept_item and p.args[1] == "image")  # a preview goes with its step
             if is_step and self._wake.wait(period):
                 self._wake.clear()
                 return
@@ -296,14 +296,14 @@ class _RunRecord:
     def ring(self) -> Ring | None:
         return self._publisher.ring if isinstance(self._publisher, StagingPublisher) else None
 
-    def publish_staged(self, staged: StagedStep, wait: bool = True) -> bool:
-        """Forward a staged step; the replay keeps a recipe that rebuilds it from what the sink
-        process kept of it (its maps never reach this process as arrays)."""
+    def publish_staged(self, staged: Staged, wait: bool = True) -> bool:
+        """Forward a staged step or preview; the replay keeps a recipe that rebuilds it from what
+        the sink process kept of it (its values never reach this process as arrays)."""
         if not isinstance(self._publisher, StagingPublisher):
             raise TypeError(f"{type(self._publisher).__name__} takes no staged steps (it has no ring)")
         sent = self._publisher.publish_staged(staged, wait)
         if sent:
-            self.items.append(partial(kept_step, staged.run_id, staged.step))
+            self.items.append(partial(kept_item, staged.run_id, "step" if isinstance(staged, StagedStep) else "image", staged.step))
         return sent
 
     def alive(self) -> bool:

@@ -38,9 +38,9 @@ def recipes() -> dict[str, Callable]:
     """The allow-list: every function the child may call to build a Packet, by qualified name
     (built once: it is asked for at every item, on the packet thread of the model's process)."""
     from bridge.daemon import replayed  # noqa: PLC0415 (heavy modules; only where recipes are used)
-    from bridge.stream.recipes import host_step_packet, kept_step, step_packet, timeline_packet  # noqa: PLC0415
+    from bridge.stream.recipes import host_step_packet, kept_item, step_packet, timeline_packet  # noqa: PLC0415
 
-    return {_name(f): f for f in (step_packet, host_step_packet, timeline_packet, kept_step, replayed)}
+    return {_name(f): f for f in (step_packet, host_step_packet, timeline_packet, kept_item, replayed)}
 
 
 @functools.cache
@@ -175,10 +175,20 @@ _STAGED_HEAD = struct.Struct("<4sIIQQIIdd")
 _STAGED_MAGIC = b"SST1"
 
 
+#: A staged preview image (:class:`bridge.stream.ring.StagedImage`): magic, ring id, slot, sequence
+#: number, byte count, step, height, width, channels. Frames: ``[STAGED_IMAGE_HEAD, run id (UTF-8)]``.
+_STAGED_IMAGE_HEAD = struct.Struct("<4sIIQQIIII")
+_STAGED_IMAGE_MAGIC = b"SIM1"
+
+
 def encode_staged(staged: Any) -> list[Any]:
-    """A :class:`~bridge.stream.ring.StagedStep` as message frames (a fixed header and the run's
-    cached JSON: a few microseconds on the model's thread)."""
+    """A :class:`~bridge.stream.ring.StagedStep` or ``StagedImage`` as message frames (a fixed
+    header and the run's cached JSON or its id: a few microseconds on the model's thread)."""
     s = staged
+    if not hasattr(s, "words"):  # a StagedImage
+        h, w, c = s.shape
+        return [_STAGED_IMAGE_HEAD.pack(_STAGED_IMAGE_MAGIC, s.slot.ring, s.slot.index, s.slot.seq, s.nbytes, s.step, h, w, c),
+                s.run_id.encode()]
     if len(s.shape) != 3 or not 0 <= s.step < 2**32 or not 0 <= s.total < 2**32:
         raise ValueError(f"a staged step of shape {s.shape}, step {s.step} of {s.total}")
     static = _step_static(s.run_id, tuple(s.words), s.cfg, tuple(s.focus), "<f4", tuple(s.shape))
@@ -188,11 +198,16 @@ def encode_staged(staged: Any) -> list[Any]:
 
 
 def decode_staged(frames: list[Any]) -> Any:
-    """The :class:`~bridge.stream.ring.StagedStep` of :func:`encode_staged`'s frames; ValueError
-    for anything else (a wrong size, a shape its byte count cannot hold)."""
-    from bridge.stream.ring import Slot, StagedStep  # noqa: PLC0415 (torch: the child has it already)
+    """The :class:`~bridge.stream.ring.StagedStep` or ``StagedImage`` of :func:`encode_staged`'s
+    frames; ValueError for anything else (a wrong size, a shape its byte count cannot hold)."""
+    from bridge.stream.ring import Slot, StagedImage, StagedStep  # noqa: PLC0415 (torch: the child has it already)
 
     try:
+        if len(frames) == 2 and len(frames[0]) == _STAGED_IMAGE_HEAD.size and bytes(frames[0][:4]) == _STAGED_IMAGE_MAGIC:
+            _, ring, index, seq, nbytes, step, h, w, c = _STAGED_IMAGE_HEAD.unpack(bytes(frames[0]))
+            if c not in (1, 3, 4) or nbytes != h * w * c:
+                raise ValueError(f"{nbytes} bytes for a uint8 image of {h}×{w}×{c}")
+            return StagedImage(Slot(ring, index, seq), nbytes, bytes(frames[1]).decode(), step, (h, w, c))
         if len(frames) != 2 or len(frames[0]) != _STAGED_HEAD.size:
             raise ValueError(f"a staged step is 2 frames, a {_STAGED_HEAD.size}-byte header first")
         magic, ring, index, seq, nbytes, step, total, timestep, ended = _STAGED_HEAD.unpack(bytes(frames[0]))
@@ -202,7 +217,7 @@ def decode_staged(frames: list[Any]) -> Any:
         need = 4 * int(np.prod(shape, dtype=np.int64)) + (4 if math.isnan(timestep) else 0)
         if dtype != np.float32 or len(shape) != 3 or nbytes != need:
             raise ValueError(f"{nbytes} bytes for float32 maps of shape {shape} (need {need})")
-    except (KeyError, TypeError, ValueError, struct.error) as exc:
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, struct.error) as exc:
         raise ValueError(f"not a staged step: {exc}") from None
     return StagedStep(Slot(ring, index, seq), nbytes, run_id, list(words), cfg, shape, step, total, list(focus),
                       None if math.isnan(timestep) else timestep, None if math.isnan(ended) else ended)

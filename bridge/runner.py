@@ -27,7 +27,8 @@ from bridge.protocol import Packet
 from bridge.request import GenerateParams, pipeline_kwargs
 from bridge.stream.host import HostBlocks, HostSnapshot, OrderedWorker
 from bridge.stream.publisher import Publisher, Recipe, StagingPublisher, as_publisher
-from bridge.stream.ring import StagedStep
+from bridge.stream.recipes import image_packet
+from bridge.stream.ring import StagedImage, StagedStep
 from bridge.stream.recipes import FRAME_FIELDS, FRAME_TENSORS, host_step_packet, objects_packet, step_packet, timeline_of, timeline_packet
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,9 @@ class Runner:
                     pf = state.engine.update(tm.word_maps(cross), frame.step, frame.total_steps)
                     self._later(self._step_packet(run.run_id, pf, frame, state.focus, ended))
                 if self.image_every and frame.step % self.image_every == 0 and frame.x0 is not None:
-                    self._later(self._image_packet(run.run_id, frame))
+                    image = self._preview_image(frame)  # uint8 [H, W, 3] on the device
+                    if not self._land_image(run.run_id, state, image, frame.step):
+                        self._later(self._image_packet(run.run_id, image, frame.step))
 
             kwargs = pipeline_kwargs(req.prompt, req.steps, req.guidance, req.width, req.height, req.negative_prompt)
             # no callback_on_step_end: diffusers builds it a dict from locals() every step
@@ -358,9 +361,28 @@ class Runner:
         nbytes = ring.land(slot, staged)
         notice = StagedStep(slot, nbytes, run_id, cast("list[str]", state.words), cfg, shape, frame.step, frame.total_steps,
                             state.focus, None if folded else float(ts), ended)
-        if self._out.busy or not pub.publish_staged(notice, wait=False):
-            self._out.put(partial(pub.publish_staged, notice))  # after the items before it, waiting for room
+        self._notify(pub, notice)
         return True
+
+    def _land_image(self, run_id: str, state: RunState, image: torch.Tensor, step: int) -> bool:
+        """As :meth:`_land`, for a step's preview image (``uint8 [H, W, 3]``)."""
+        pub = state.publisher
+        ring = pub.ring if pub is not None else None
+        if pub is None or ring is None or image.dtype != torch.uint8 or image.dim() != 3:
+            return False
+        slot = ring.claim(image.numel())
+        if slot is None:
+            return False
+        nbytes = ring.land(slot, image.contiguous())
+        h, w, c = image.shape
+        self._notify(pub, StagedImage(slot, nbytes, run_id, step, (h, w, c)))
+        return True
+
+    def _notify(self, pub: StagingPublisher, notice: StagedStep | StagedImage) -> None:
+        """Send a notice from the model's thread unless the packet thread still has items (they go
+        first) or the channel has no room; then the packet thread sends it, in order."""
+        if self._out.busy or not pub.publish_staged(notice, wait=False):
+            self._out.put(partial(pub.publish_staged, notice))
 
     def _host_step_packet(self, run_id: str, state: RunState, cfg: PhaseConfig, staged: torch.Tensor,
                           shape: tuple[int, int, int], frame: StepFrame, ended: float) -> Callable[[], Recipe]:
@@ -381,15 +403,17 @@ class Runner:
 
         return fetch
 
-    def _image_packet(self, run_id: str, frame: StepFrame) -> Callable[[], Packet]:
+    def _preview_image(self, frame: StepFrame) -> torch.Tensor:
+        """The step's quick preview, ``uint8 [H, W, 3]`` on the device (x0 through the linear map)."""
         if self._preview is None:
             with torch.inference_mode(False), torch.no_grad():
                 self._preview = LinearPreview(self.pipe)
         x0 = cast(torch.Tensor, frame.x0)  # on_step asks for an image only where there is an x0
-        snap = HostSnapshot({"image": self._preview.device_image(x0[:1], upscale=self._vae_scale())}, self._blocks)
-        step = frame.step
-        return lambda: Packet("image", {"run_id": run_id, "step": step, "final": False, "preview": "linear"},
-                              {"image": snap.take()["image"]})
+        return self._preview.device_image(x0[:1], upscale=self._vae_scale())
+
+    def _image_packet(self, run_id: str, image: torch.Tensor, step: int) -> Callable[[], Packet]:
+        snap = HostSnapshot({"image": image}, self._blocks)
+        return lambda: image_packet(run_id, step, snap.take()["image"])
 
     def _vae_scale(self) -> int:
         return int(getattr(self.pipe, "vae_scale_factor", 8))

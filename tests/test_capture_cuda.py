@@ -197,9 +197,9 @@ def test_runner_recipes_wait_for_real_copies_on_the_packet_thread(cuda_pipe):
 
 
 def test_runner_lands_step_maps_in_the_ring_on_cuda(cuda_pipe, tmp_path):
-    """On CUDA the runner copies each step's maps into the page-locked ring and stamps the slot
-    behind them; the sink process waits for the stamp. Its packets equal the packet thread's, bit
-    for bit up to the recorder's float16, and every step went through the ring."""
+    """On CUDA the runner copies each step's maps and preview into the page-locked ring and stamps
+    each slot behind them; the sink process waits for the stamp. Its packets equal the packet
+    thread's, bit for bit up to the recorder's float16, and every step went through the ring."""
     import argparse
     from functools import partial
 
@@ -210,15 +210,19 @@ def test_runner_lands_step_maps_in_the_ring_on_cuda(cuda_pipe, tmp_path):
 
     req = Request("a red circle above a blue square", seed=3, steps=6)
     local: list = []
-    assert Runner(cuda_pipe, local.append, image_every=0, phases_on="host").run(req).status == "done"
+    assert Runner(cuda_pipe, local.append, image_every=1, phases_on="host").run(req).status == "done"
     trace = tmp_path / "ring.stepx"
     with PacketProcess(partial(build_sinks, argparse.Namespace(record=str(trace)))) as pp:
         assert pp.ring is not None and pp.ring.pinned
-        assert Runner(cuda_pipe, pp, image_every=0).run(req).status == "done"
-        assert pp.flush(30) and pp.staged == 6 and pp.dropped == 0
+        assert Runner(cuda_pipe, pp, image_every=1).run(req).status == "done"
+        assert pp.flush(30) and pp.staged == 12 and pp.dropped == 0  # each step's maps and preview
     with TraceReader(trace) as tr:
-        got = [p for p in tr.packets() if p.kind == "step"]
+        everything = list(tr.packets())
+    got = [p for p in everything if p.kind == "step"]
     expected = [p for p in local if p.kind == "step"]
+    previews = [p for p in everything if p.kind == "image" and not p.header["final"]]
+    for g, e in zip(previews, [p for p in local if p.kind == "image" and not p.header["final"]], strict=True):
+        np.testing.assert_array_equal(g.arrays["image"], e.arrays["image"])
     assert [p.header["step"] for p in got] == list(range(6))
     for g, e in zip(got, expected, strict=True):
         assert g.header["timestep"] == e.header["timestep"]

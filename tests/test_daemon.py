@@ -165,7 +165,7 @@ def test_through_a_sink_process_the_phases_run_there_and_the_idle_replay_still_p
     from bridge.transport.zmq_sub import ZmqSubscriber
 
     endpoint = f"ipc://{tmp_path}/d.sock"
-    sub = ZmqSubscriber(endpoint, topics=("stepx/step", "stepx/timeline", "stepx/status"))
+    sub = ZmqSubscriber(endpoint, topics=("stepx/step", "stepx/image", "stepx/timeline", "stepx/status"))
     pp = PacketProcess(partial(build_sinks, argparse.Namespace(zmq=endpoint)))
 
     def subscribed() -> bool:  # PUB drops what it sends before the subscription arrives: wait for it
@@ -173,7 +173,7 @@ def test_through_a_sink_process_the_phases_run_there_and_the_idle_replay_still_p
         return (p := sub.recv(timeout=0.1)) is not None and p.header.get("state") == "probe"
 
     wait_for(subscribed)
-    runner = Runner(sd_pipe, pp, "tiny", image_every=0)
+    runner = Runner(sd_pipe, pp, "tiny", image_every=1)
     d = Daemon(runner, pp, DaemonOptions(idle_replay=True, replay_fps=50, heartbeat=5))
     thread = threading.Thread(target=d.serve_forever, daemon=True)
     thread.start()
@@ -190,7 +190,7 @@ def test_through_a_sink_process_the_phases_run_there_and_the_idle_replay_still_p
         d.submit(Request("a red circle", steps=3, seed=0))
         wait_for(lambda: replayed_steps() >= 4)  # the whole run once, and into the next loop
         assert runner.phases_where() == "host" and d.results[0].status == "done"
-        assert pp.staged == 3  # the maps went through the ring: the replay rebuilds them from what the child kept
+        assert pp.staged == 6  # maps and previews went through the ring: the replay rebuilds them from what the child kept
         live = [p for p in got if p.kind == "step" and not p.header.get("replay")]
         again = [p for p in got if p.kind == "step" and p.header.get("replay")]
         assert [p.header["step"] for p in live] == [0, 1, 2]
@@ -198,6 +198,12 @@ def test_through_a_sink_process_the_phases_run_there_and_the_idle_replay_still_p
         for a, b in zip(live, again):  # the child ran the phases again from step 0: the same frames
             assert a.header["run_id"] == b.header["run_id"] and a.header["phase_weights"] == b.header["phase_weights"]
             np.testing.assert_array_equal(a.arrays["textures"], b.arrays["textures"])
+        previews = [p for p in got if p.kind == "image" and not p.header["final"]]
+        live_images = [p for p in previews if not p.header.get("replay")]
+        again_images = [p for p in previews if p.header.get("replay")]
+        assert [p.header["step"] for p in live_images] == [0, 1, 2] and [p.header["step"] for p in again_images[:2]] == [0, 1]
+        for a, b in zip(live_images, again_images):
+            np.testing.assert_array_equal(a.arrays["image"], b.arrays["image"])
         assert d.status()["step"] == 2 and d.status()["fps"] > 0
     finally:
         d.stop()

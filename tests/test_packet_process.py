@@ -70,6 +70,25 @@ def test_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_pa
             np.testing.assert_array_equal(g.arrays[name], e.arrays[name].astype(g.arrays[name].dtype), err_msg=name)
 
 
+def test_step_previews_go_through_the_ring_in_run_order(sd_pipe, tmp_path) -> None:
+    """With previews on, each step's maps and its preview image both land in the ring; the child
+    builds the same packets, in the same order, as the in-process path (images bit for bit)."""
+    _, expected = collect(sd_pipe, REQ, image_every=1)
+    trace = tmp_path / "previews.stepx"
+    with PacketProcess(_sinks(record=str(trace))) as pp:
+        assert Runner(sd_pipe, pp, image_every=1).run(REQ).status == "done"
+        assert pp.flush(ARRIVAL_S) and pp.dropped == 0
+        assert pp.staged == 2 * REQ.steps  # every step's maps and preview
+    with TraceReader(trace) as tr:
+        got = list(tr.packets())
+    assert [(p.kind, p.header.get("step")) for p in got] == [(p.kind, p.header.get("step")) for p in expected]
+    previews = [(g, e) for g, e in zip(got, expected) if e.kind == "image" and not e.header["final"]]
+    assert len(previews) == REQ.steps
+    for g, e in previews:
+        assert g.header["preview"] == "linear" and g.arrays["image"].dtype == np.uint8
+        np.testing.assert_array_equal(g.arrays["image"], e.arrays["image"])
+
+
 def test_a_staged_step_for_a_ring_the_child_has_not_mapped_is_skipped(tmp_path) -> None:
     """A notice naming another ring (a forged one, or one of a child that died) is refused in the
     parent when it knows, else logged and skipped in the child; the stream goes on."""

@@ -14,7 +14,7 @@ import torch
 
 from bridge.item_codec import decode_staged, encode_staged
 from bridge.phases import PhaseConfig
-from bridge.stream.ring import PAGE, Ring, RingError, Slot, StagedStep, remove_folder, ring_folder
+from bridge.stream.ring import PAGE, Ring, RingError, Slot, StagedImage, StagedStep, remove_folder, ring_folder
 
 
 @pytest.fixture
@@ -104,8 +104,11 @@ def _staged(**changes: object) -> StagedStep:
 
 
 def test_a_staged_notice_crosses_the_channel_whole() -> None:
-    for staged in (_staged(), _staged(timestep=981.0, nbytes=128, ended=None)):
+    image = StagedImage(Slot(2, 0, 7), 64 * 48 * 3, "run-é", 3, (64, 48, 3))
+    for staged in (_staged(), _staged(timestep=981.0, nbytes=128, ended=None), image):
         assert decode_staged(encode_staged(staged)) == staged
+    with pytest.raises(ValueError, match="not a staged step: 100 bytes for a uint8 image of 64×48×3"):
+        decode_staged(encode_staged(StagedImage(Slot(2, 0, 7), 100, "r", 3, (64, 48, 3))))
 
 
 def test_a_forged_or_inconsistent_notice_is_refused() -> None:

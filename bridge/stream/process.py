@@ -59,7 +59,7 @@ import zmq
 
 from bridge.item_codec import decode_item, decode_staged, encode_item, encode_staged, join_frames, split_frames
 from bridge.stream.recorder import RECORDING_OFF
-from bridge.stream.ring import SLOT_BYTES, SLOTS, Ring, RingError, StagedStep, remove_folder, ring_folder
+from bridge.stream.ring import SLOT_BYTES, SLOTS, Ring, RingError, Staged, remove_folder, ring_folder
 
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import SynchronizedString
@@ -297,16 +297,17 @@ class PacketProcess:
         """The ring the current child maps (None: none could be made; steps go the old way)."""
         return self._ring
 
-    def publish_staged(self, staged: StagedStep, wait: bool = True) -> bool:
-        """Hand the child a staged step's notice: it waits for the maps to land in the ring and
-        builds the step there. ``wait=False`` (the model's thread): only if the lock is free, the
+    def publish_staged(self, staged: Staged, wait: bool = True) -> bool:
+        """Hand the child a staged step's or preview's notice: it waits for the values to land in
+        the ring and builds the packet there. ``wait=False`` (the model's thread): only if the lock is free, the
         child alive and the channel has room; else False and nothing sent."""
         message = join_frames([_STAGED, *encode_staged(staged)])
         if wait:
             if self._ring is None or staged.slot.ring != self._ring.ident:  # the child that mapped its ring has died
                 with self._lock:
                     self.dropped += 1
-                log.warning("dropped step %d: the sink process that mapped its maps was restarted", staged.step)
+                log.warning("dropped step %d's %s: the sink process that mapped its ring was restarted", staged.step,
+                            type(staged).__name__)
                 return False
             sent = self._push_message(message, "staged step")
         else:
@@ -488,13 +489,13 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
             ring.close()
 
 
-def _landed(ring: Ring | None, staged: StagedStep, recipe: Callable[[StagedStep, Any], partial]) -> partial:
-    """The recipe of a staged step once its maps have landed in ``ring`` (copied out: the slot is
-    free again); ValueError if they are not for this ring or never land."""
+def _landed(ring: Ring | None, staged: Staged, recipe: Callable[[Staged, Any], partial]) -> partial:
+    """The recipe of a staged item once its values have landed in ``ring`` (copied out: the slot
+    is free again); ValueError if they are not for this ring or never land."""
     slot = staged.slot
     if ring is None or slot.ring != ring.ident:
-        raise ValueError(f"step {staged.step}'s maps are in ring {slot.ring}, which this process has not mapped")
+        raise ValueError(f"step {staged.step}'s values are in ring {slot.ring}, which this process has not mapped")
     if not ring.wait(slot.index, slot.seq, STAGED_TIMEOUT):
         ring.release(slot.index, slot.seq)
-        raise ValueError(f"step {staged.step}'s maps did not land within {STAGED_TIMEOUT:.0f}s")
-    return recipe(staged, ring.read(slot.index, slot.seq, staged.nbytes, np.dtype(np.float32)))
+        raise ValueError(f"step {staged.step}'s values did not land within {STAGED_TIMEOUT:.0f}s")
+    return recipe(staged, ring.read(slot.index, slot.seq, staged.nbytes, np.dtype(np.uint8)))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 from bridge.protocol import Packet
 
 if TYPE_CHECKING:
-    from bridge.stream.ring import Ring, StagedStep
+    from bridge.stream.ring import Ring, Staged
 
 #: A zero-argument callable that builds one Packet (or None: nothing to send); to cross to the sink
 #: process it must be a ``functools.partial`` of a function in ``bridge.item_codec.recipes()``.
@@ -45,7 +45,7 @@ class StagingPublisher(Publisher, Protocol):
     @property
     def ring(self) -> "Ring | None": ...
 
-    def publish_staged(self, staged: "StagedStep", wait: bool = True) -> bool:
+    def publish_staged(self, staged: "Staged", wait: bool = True) -> bool:
         """Hand over the notice; with ``wait=False`` only if that needs no wait (a free lock, room
         in the channel, a live child), else nothing happens and False says so."""
         ...

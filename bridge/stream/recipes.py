@@ -56,8 +56,8 @@ def _step(run_id: str, pf: PhaseFrame, focus: list[int], timestep: float, ended:
 _ENGINES: "OrderedDict[str, PhaseEngine]" = OrderedDict()
 KEEP_ENGINES = 4
 _ENGINES_LOCK = threading.Lock()
-#: Staged steps' recipes by run and step, for the idle replay: the latest KEEP_RUNS runs.
-_KEPT: "OrderedDict[str, dict[int, partial[Packet]]]" = OrderedDict()
+#: Staged items' recipes by run, kind and step, for the idle replay: the latest KEEP_RUNS runs.
+_KEPT: "OrderedDict[str, dict[tuple[str, int], partial[Packet]]]" = OrderedDict()
 KEEP_RUNS = 2
 
 
@@ -76,32 +76,45 @@ def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.n
     return _step(run_id, pf, focus, timestep, ended)
 
 
-def staged_recipe(staged: Any, flat: np.ndarray) -> "partial[Packet]":
-    """The step recipe of a :class:`~bridge.stream.ring.StagedStep` whose payload (``flat``, float32:
-    the maps, then the timestep where the notice has none) has landed: built in the sink process,
-    and kept there for the daemon's idle replay (:func:`kept_step`)."""
-    shape = staged.shape
-    size = shape[0] * shape[1] * shape[2]
-    timestep = float(flat[size]) if staged.timestep is None else staged.timestep
-    recipe = partial(host_step_packet, staged.run_id, staged.words, staged.cfg, flat[:size].reshape(shape), staged.step,
-                     staged.total, staged.focus, timestep, staged.ended)
+def image_packet(run_id: str, step: int, image: np.ndarray) -> Packet:
+    """A step's quick preview (``uint8 [H, W, 3]``, the linear latent→RGB map) as its ``image`` packet."""
+    return Packet("image", {"run_id": run_id, "step": step, "final": False, "preview": "linear"}, {"image": image})
+
+
+def staged_recipe(staged: Any, payload: np.ndarray) -> "partial[Packet]":
+    """The recipe of a :class:`~bridge.stream.ring.StagedStep` or ``StagedImage`` whose payload
+    (its slot's bytes, copied out) has landed: a step's float32 maps, then the timestep where the
+    notice has none; an image's uint8 pixels. Built in the sink process and kept there for the
+    daemon's idle replay (:func:`kept_item`)."""
+    if hasattr(staged, "words"):  # a step
+        flat = payload.view(np.float32)
+        shape = staged.shape
+        size = shape[0] * shape[1] * shape[2]
+        timestep = float(flat[size]) if staged.timestep is None else staged.timestep
+        recipe = partial(host_step_packet, staged.run_id, staged.words, staged.cfg, flat[:size].reshape(shape), staged.step,
+                         staged.total, staged.focus, timestep, staged.ended)
+        key = ("step", staged.step)
+    else:
+        recipe = partial(image_packet, staged.run_id, staged.step, payload.reshape(staged.shape))
+        key = ("image", staged.step)
     with _ENGINES_LOCK:
         kept = _KEPT.setdefault(staged.run_id, {})
         _KEPT.move_to_end(staged.run_id)
-        kept[staged.step] = recipe
+        kept[key] = recipe
         while len(_KEPT) > KEEP_RUNS:
             _KEPT.popitem(last=False)
     return recipe
 
 
-def kept_step(run_id: str, step: int) -> Packet | None:
-    """A staged step's packet built again from what the sink process kept (the daemon's idle replay
-    of a run whose maps never passed through the model's process as arrays); None if this process
-    has not kept it (a new sink process: the replay goes on without that step)."""
+def kept_item(run_id: str, kind: str, step: int) -> Packet | None:
+    """A staged step's (``kind`` "step") or preview's ("image") packet built again from what the
+    sink process kept: the daemon's idle replay of a run whose maps and previews never passed
+    through the model's process as arrays. None if this process has not kept it (a new sink
+    process: the replay goes on without it)."""
     with _ENGINES_LOCK:
-        recipe = _KEPT.get(run_id, {}).get(step)
+        recipe = _KEPT.get(run_id, {}).get((kind, step))
     if recipe is None:
-        log.warning("no kept maps for run %s step %d to replay (the sink process was restarted?)", run_id, step)
+        log.warning("nothing kept of run %s's %s %d to replay (the sink process was restarted?)", run_id, kind, step)
         return None
     return recipe()
 

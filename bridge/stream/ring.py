@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 PAGE = 4096
-SLOTS = 16  # notices in flight at once; a child that is this far behind gets the old path
-SLOT_BYTES = 2 * 1024 * 1024  # SD 1.5's 8 word maps at 64² are 128 KiB, SDXL's at 128² 640 KiB
+SLOTS = 12  # items in flight at once (a step's maps and its preview take two); a child this far behind gets the old path
+SLOT_BYTES = 4 * 1024 * 1024  # SD 1.5's 8 word maps at 64² are 128 KiB, SDXL's at 128² 640 KiB, a 1024² preview 3 MiB
 
 
 class RingError(RuntimeError):
@@ -70,6 +70,22 @@ class StagedStep:
     focus: list[int]
     timestep: float | None  # None: the payload's last value
     ended: float | None
+
+
+@dataclass(frozen=True)
+class StagedImage:
+    """A step's quick preview (``uint8 [H, W, 3]``) landing in ``slot``: the sink process builds
+    the ``image`` packet once it has landed."""
+
+    slot: Slot
+    nbytes: int
+    run_id: str
+    step: int
+    shape: tuple[int, int, int]
+
+
+#: What a notice can stand for.
+Staged = StagedStep | StagedImage
 
 
 def ring_folder() -> str:
