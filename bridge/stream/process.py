@@ -388,6 +388,7 @@ class PacketProcess:
             shutil.rmtree(self._folder, ignore_errors=True)
             for ring in [*self._retired, *([self._ring] if self._ring is not None else [])]:
                 ring.close()
+                remove_folder(os.path.dirname(ring.path))  # gone already, except where a mapped file cannot be removed (Windows)
             self._ring, self._retired = None, []
         self._zctx.term()
 

@@ -28,6 +28,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,7 @@ class Ring:
         self._claimed = [0] * slots  # the parent's last sequence number per slot
         self._next = 0
         self._seq = 0
+        self._lock = threading.Lock()  # two runners may share one sink process
         self._stamps: dict[torch.device, torch.Tensor] = {}  # a device scalar per device the stamps are copied from
 
     # -- the parent (the model's thread) ------------------------------------------------------
@@ -157,13 +159,14 @@ class Ring:
         """The next slot, if it is free (its last values were read) and ``nbytes`` fit; else None."""
         if nbytes > self.slot_bytes:
             return None
-        i = self._next
-        if self._claimed[i] != int(self.done[i]):  # the child has not read this slot's last values yet
-            return None
-        self._seq += 1
-        self._claimed[i] = self._seq
-        self._next = (i + 1) % self.slots
-        return Slot(self.ident, i, self._seq)
+        with self._lock:
+            i = self._next
+            if self._claimed[i] != int(self.done[i]):  # the child has not read this slot's last values yet
+                return None
+            self._seq += 1
+            self._claimed[i] = self._seq
+            self._next = (i + 1) % self.slots
+            return Slot(self.ident, i, self._seq)
 
     def land(self, slot: Slot, values: torch.Tensor) -> int:
         """Launch the copy of ``values`` (contiguous) into ``slot``, then of its stamp; never
