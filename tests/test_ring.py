@@ -132,7 +132,7 @@ def test_on_cuda_the_copy_is_asynchronous_and_its_stamp_lands_after_the_values(r
     values = torch.arange(PAGE // 4, dtype=torch.float32, device="cuda")  # a whole slot
     for k in range(40):
         slot = ring.claim(PAGE)
-        torch.cuda._sleep(20_000_000 if k == 0 else 10_000)  # the first copy waits behind ~10 ms of GPU time
+        torch.cuda._sleep(20_000_000 if k == 0 else 10_000)  # the first copy (the ring's first) queued behind ~10 ms of GPU time
         ring.land(slot, values + k)
         if k == 0:
             assert not ring.wait(slot.index, slot.seq, timeout=0.0)  # still queued: the host did not wait
