@@ -14,7 +14,7 @@ import torch
 
 from bridge.item_codec import decode_staged, encode_staged
 from bridge.phases import PhaseConfig
-from bridge.stream.ring import PAGE, Ring, RingError, Slot, StagedImage, StagedStep, remove_folder, ring_folder
+from bridge.stream.ring import PAGE, STAMPS, Ring, RingError, Slot, StagedImage, StagedStep, remove_folder, ring_folder
 
 
 @pytest.fixture
@@ -49,6 +49,17 @@ def test_a_slot_is_claimed_again_only_once_its_values_were_read(ring) -> None:
     assert ring.claim(PAGE + 1) is None  # too big for any slot
 
 
+def test_stamps_wrap_and_a_slot_never_sees_its_last_stamp_as_new(ring) -> None:
+    """A stamp is the sequence number modulo STAMPS; past the wrap a slot's new stamp still differs
+    from its previous one, so the reader never takes old values for new."""
+    for k in range(STAMPS + 3):
+        slot = ring.claim(4)
+        assert slot is not None and int(ring.landed[slot.index]) != slot.seq % STAMPS  # not yet landed
+        ring.land(slot, torch.tensor([float(k)]))
+        assert ring.wait(slot.index, slot.seq, timeout=0.0)
+        assert ring.read(slot.index, slot.seq, 4, np.dtype(np.float32))[0] == k
+
+
 def test_a_stamp_that_never_comes_times_out_and_the_slot_can_be_given_up(ring) -> None:
     slot = ring.claim(8)
     t = time.monotonic()
@@ -66,6 +77,8 @@ def test_a_stamp_that_never_comes_times_out_and_the_slot_can_be_given_up(ring) -
 def test_bad_shapes_and_missing_files_are_refused_in_one_line(tmp_path) -> None:
     with pytest.raises(ValueError, match="multiple of 4096"):
         Ring(str(tmp_path / "r"), 1, 1000, 0, create=True)
+    with pytest.raises(ValueError, match="1 to 4095 slots"):
+        Ring(str(tmp_path / "r"), STAMPS, PAGE, 0, create=True)
     with pytest.raises(RingError, match="cannot open the ring file"):
         Ring(str(tmp_path / "missing"), 1, PAGE, 0, create=False)
     Ring(str(tmp_path / "r"), 1, PAGE, 0, create=True).close()

@@ -19,7 +19,11 @@ with the driver (page-locked), so the copies are asynchronous DMA; its space is 
 (``posix_fallocate``), so a full ``/dev/shm`` is an error at start, not a crash at the first step.
 
 Layout: ``landed`` u64[slots], ``done`` u64[slots] (the header, one page), then ``slots`` slots of
-``slot_bytes`` (a multiple of the page size). Sequence numbers start at 1; 0 is "never".
+``slot_bytes`` (a multiple of the page size). Sequence numbers start at 1. ``done`` holds the last
+sequence number read from a slot; ``landed`` the last stamp, the sequence number modulo
+:data:`STAMPS`: the GPU copies it from a table on the device (no kernel launched to write it), and
+since slots are claimed strictly in turn, a slot's consecutive claims differ by ``slots`` < STAMPS,
+so a new stamp never equals the one before it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 import torch
 
 PAGE = 4096
+STAMPS = 4096  # a slot's stamp is its sequence number modulo this: a copy from a table, no kernel to write it
 SLOTS = 12  # items in flight at once (a step's maps and its preview take two); a child this far behind gets the old path
 SLOT_BYTES = 4 * 1024 * 1024  # SD 1.5's 8 word maps at 64² are 128 KiB, SDXL's at 128² 640 KiB, a 1024² preview 3 MiB
 
@@ -101,8 +106,8 @@ class Ring:
     """The parent's or the child's view of one ring (module docstring)."""
 
     def __init__(self, path: str, slots: int, slot_bytes: int, ident: int, *, create: bool) -> None:
-        if slots < 1 or slot_bytes < PAGE or slot_bytes % PAGE:
-            raise ValueError(f"a ring needs at least one slot of a multiple of {PAGE} bytes, got {slots} × {slot_bytes}")
+        if not 1 <= slots < STAMPS or slot_bytes < PAGE or slot_bytes % PAGE:
+            raise ValueError(f"a ring needs 1 to {STAMPS - 1} slots of a multiple of {PAGE} bytes, got {slots} × {slot_bytes}")
         self.path, self.slots, self.slot_bytes, self.ident = path, slots, slot_bytes, ident
         self.size = PAGE + slots * slot_bytes
         self._pinned = False
@@ -132,7 +137,10 @@ class Ring:
         self._next = 0
         self._seq = 0
         self._lock = threading.Lock()  # two runners may share one sink process
-        self._stamps: dict[torch.device, torch.Tensor] = {}  # a device scalar per device the stamps are copied from
+        self._stamps: dict[torch.device, torch.Tensor] = {}  # per device: arange(STAMPS), the stamps' source
+        # per slot: its stamp (int64 [1]) and its bytes (uint8 [slot_bytes]), views of the mapping
+        self._stamp_at = [self._bytes[i * 8 : i * 8 + 8].view(torch.int64) for i in range(slots)]
+        self._slot_at = [self._bytes[PAGE + i * slot_bytes : PAGE + (i + 1) * slot_bytes] for i in range(slots)]
 
     # -- the parent (the model's thread) ------------------------------------------------------
     @classmethod
@@ -158,9 +166,9 @@ class Ring:
         # H100, bench/ring_copy.py: 15 ms, then 0.1 ms): take that wait here, at start, not at a
         # run's first step. Zeros into slot 0's stamp and first bytes (seq 0: never claimed).
         device = torch.device("cuda", torch.cuda.current_device())
-        stamp = self._stamps[device] = torch.zeros(1, dtype=torch.int64, device=device)
-        self._bytes[:8].view(torch.int64).copy_(stamp, non_blocking=True)
-        self._bytes[PAGE : PAGE + 8].view(torch.int64).copy_(stamp, non_blocking=True)
+        table = self._stamps[device] = torch.arange(STAMPS, dtype=torch.int64, device=device)
+        self._stamp_at[0].copy_(table[:1], non_blocking=True)
+        self._slot_at[0][:8].view(torch.int64).copy_(table[:1], non_blocking=True)
         torch.cuda.synchronize(device)
 
     def claim(self, nbytes: int) -> Slot | None:
@@ -179,20 +187,19 @@ class Ring:
     def land(self, slot: Slot, values: torch.Tensor) -> int:
         """Launch the copy of ``values`` (contiguous) into ``slot``, then of its stamp; never
         waits on CUDA. Returns the byte count."""
-        src = values.reshape(-1).view(torch.uint8)  # [nbytes]
-        start = PAGE + slot.index * self.slot_bytes
-        dst = self._bytes[start : start + src.numel()]
+        src = (values if values.dim() == 1 else values.reshape(-1)).view(torch.uint8)  # [nbytes]
+        n = src.numel()
         if src.is_cuda:
-            dst.copy_(src, non_blocking=True)
-            stamp = self._stamps.get(src.device)
-            if stamp is None:
-                stamp = self._stamps[src.device] = torch.zeros(1, dtype=torch.int64, device=src.device)
-            stamp.fill_(slot.seq)  # queued after the copy above, before the one below
-            self._bytes[slot.index * 8 : slot.index * 8 + 8].view(torch.int64).copy_(stamp, non_blocking=True)
+            table = self._stamps.get(src.device)
+            if table is None:
+                table = self._stamps[src.device] = torch.arange(STAMPS, dtype=torch.int64, device=src.device)
+            stamp = slot.seq % STAMPS
+            self._slot_at[slot.index][:n].copy_(src, non_blocking=True)
+            self._stamp_at[slot.index].copy_(table[stamp : stamp + 1], non_blocking=True)  # queued after the values
         else:
-            dst.copy_(src)
-            self.landed[slot.index] = slot.seq
-        return src.numel()
+            self._slot_at[slot.index][:n].copy_(src)
+            self.landed[slot.index] = slot.seq % STAMPS
+        return n
 
     # -- the child ------------------------------------------------------------------------------
     def wait(self, index: int, seq: int, timeout: float) -> bool:
@@ -200,8 +207,8 @@ class Ring:
         few microseconds' sleep first, growing to half a millisecond)."""
         if not 0 <= index < self.slots:
             raise ValueError(f"slot {index} of a {self.slots}-slot ring")
-        deadline, pause = time.monotonic() + timeout, 20e-6
-        while int(self.landed[index]) != seq:
+        deadline, pause, stamp = time.monotonic() + timeout, 20e-6, seq % STAMPS
+        while int(self.landed[index]) != stamp:
             if time.monotonic() > deadline:
                 return False
             time.sleep(pause)
@@ -229,7 +236,7 @@ class Ring:
             torch.cuda.synchronize()
             torch.cuda.cudart().cudaHostUnregister(self._bytes.data_ptr())
             self._pinned = False
-        del self.landed, self.done, self._bytes
+        del self.landed, self.done, self._bytes, self._stamp_at, self._slot_at
         self._stamps.clear()
         try:
             self._map.close()
