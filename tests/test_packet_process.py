@@ -140,14 +140,25 @@ def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
         with pp._lock:
             pp._sock.send(b"\x09\x00\x00\x00")  # not one message of frames: logged, skipped
         assert received("after a bad message")
-        first = pp._proc.pid
-        assert pp.alive()
+        first, old = pp._proc.pid, pp.ring
+        assert pp.alive() and old is not None
         os.kill(first, signal.SIGKILL)
         pp._proc.join(ARRIVAL_S)
         assert not pp.alive()
         assert received("after a restart")
         assert pp.alive()
         assert pp.restarts == 1 and pp._proc.pid != first
+        # the new child maps a ring of its own: a notice for the old one is dropped and counted, not sent
+        assert pp.ring is not None and pp.ring.ident != old.ident
+        from bridge.phases import PhaseConfig
+        from bridge.stream.ring import StagedStep
+
+        slot = old.claim(4 * 16 + 4)
+        stale = StagedStep(slot, 4 * 16 + 4, "r", ["a"], PhaseConfig(), (1, 4, 4), 0, 1, [], None, None)
+        dropped = pp.dropped
+        assert not pp.publish_staged(stale, wait=False) and pp.dropped == dropped  # not now: the caller queues it
+        assert not pp.publish_staged(stale) and pp.dropped == dropped + 1
+        assert received("after a stale notice")
     finally:
         pp.close()
         sub.close()

@@ -303,13 +303,7 @@ class PacketProcess:
         child alive and the channel has room; else False and nothing sent."""
         message = join_frames([_STAGED, *encode_staged(staged)])
         if wait:
-            if self._ring is None or staged.slot.ring != self._ring.ident:  # the child that mapped its ring has died
-                with self._lock:
-                    self.dropped += 1
-                log.warning("dropped step %d's %s: the sink process that mapped its ring was restarted", staged.step,
-                            type(staged).__name__)
-                return False
-            sent = self._push_message(message, "staged step")
+            sent = self._push_message(message, f"step {staged.step}'s {type(staged).__name__}", ring=staged.slot.ring)
         else:
             if not self._lock.acquire(blocking=False):
                 return False
@@ -337,12 +331,18 @@ class PacketProcess:
             return True
         return False
 
-    def _push_message(self, message: bytes, what: str) -> bool:
+    def _push_message(self, message: bytes, what: str, ring: int | None = None) -> bool:
+        """Send one message, waiting for room up to ``send_timeout``; ``ring``: the id of the ring a
+        staged item's values are in, which the child must have mapped."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("PacketProcess is closed")
             if not self._revive():
                 self.dropped += 1
+                return False
+            if ring is not None and (self._ring is None or self._ring.ident != ring):  # mapped by a child that died
+                self.dropped += 1
+                log.warning("dropped %s: the sink process that mapped its ring was replaced", what)
                 return False
             try:
                 self._sock.send(message)
