@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from bridge.stream.recipes import host_step_packet
+from bridge.stream.ring import SLOTS
 
 if TYPE_CHECKING:
     from bridge.runner import Publish
@@ -374,14 +375,14 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     # publish / publish_device: the sink in a PacketProcess (the phases there too,
     # on its CPU / compiled on the GPU); publish_inproc: the same sink in this process (FanOut,
     # phases on the GPU where there is one) on the next port; publish_null / publish_drop: no
-    # sink / recipes dropped; publish_unstaged: as publish with no step ring (every step through the
-    # packet thread, bridge/stream/ring.py) on the port after. Only the variants that reach the
-    # subscriber time its latency.
+    # sink / recipes dropped; publish_ring: as publish with the step ring (bridge/stream/ring.py:
+    # no thread of this process woken per step; `stepx serve --step-ring on`) on the port after.
+    # Only the variants that reach the subscriber time its latency.
     in_child = [v for v in variants if v in ("publish", "publish_device")]
     endpoint_inproc = _next_port(endpoint)
-    endpoint_unstaged = _next_port(endpoint_inproc)
+    endpoint_ring = _next_port(endpoint_inproc)
     endpoints = ([endpoint] if in_child else []) + ([endpoint_inproc] if "publish_inproc" in variants else []) \
-        + ([endpoint_unstaged] if "publish_unstaged" in variants else [])
+        + ([endpoint_ring] if "publish_ring" in variants else [])
     latency = Latency(endpoints, sink_cpus) if endpoints else None
     closers: list[Callable[[], Any]] = []
     runners: dict[str, Any] = {}
@@ -392,10 +393,10 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         sinks.update({v: packets for v in in_child})
         if "publish" in sinks and latency:
             sinks["publish"] = _Stamped(packets, latency)
-    if "publish_unstaged" in variants:
-        unstaged = PacketProcess(partial(_zmq_sinks, endpoint_unstaged), cpus=sink_cpus, ring_slots=0)
-        closers.append(unstaged.close)
-        sinks["publish_unstaged"] = unstaged
+    if "publish_ring" in variants:
+        ringed = PacketProcess(partial(_zmq_sinks, endpoint_ring), cpus=sink_cpus, ring_slots=SLOTS)
+        closers.append(ringed.close)
+        sinks["publish_ring"] = ringed
     if "publish_inproc" in variants:
         fanout = FanOut([ZmqPublisher(endpoint_inproc, encoding="float16")])
         closers.append(fanout.close)
@@ -480,7 +481,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     table: dict[str, Callable[[], Any]] = {"plain": plain, "capture": with_capture, "capture_eager": with_capture_eager,
                                             "capture_unfused": with_capture_unfused, "publish": publisher("publish"),
                                             "publish_device": publisher("publish_device"), "publish_inproc": publisher("publish_inproc"),
-                                            "publish_drop": publisher("publish_drop"), "publish_unstaged": publisher("publish_unstaged"),
+                                            "publish_drop": publisher("publish_drop"), "publish_ring": publisher("publish_ring"),
                                             "capture_latent": with_capture_latent, "capture_busy": with_capture_busy,
                                             "publish_null": publisher("publish_null"), "queries": with_queries, "daam": with_daam}
     times: dict[str, list[float]] = {v: [] for v in variants}

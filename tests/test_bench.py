@@ -26,7 +26,7 @@ def tiny_pipe():
 
 @pytest.mark.slow
 def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
-    variants = ["plain", "capture", "publish", "publish_device", "publish_inproc", "publish_null", "publish_unstaged", "capture_eager",
+    variants = ["plain", "capture", "publish", "publish_device", "publish_inproc", "publish_null", "publish_ring", "capture_eager",
                 "capture_unfused", "queries"]
     profile = tmp_path / "profile.txt"
     result = run_bench(tiny_pipe, steps=3, runs=2, warmup=0, variants=variants,
@@ -42,7 +42,7 @@ def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
     cpu = result["model_thread_cpu_ms"]
     assert set(cpu) == set(variants) and all(0 < ms <= 1e3 * max(result["seconds"][v]) + 1 for v, ms in cpu.items())
     lat = result["step_to_subscriber_latency"]
-    # 4 subscribed publishing variants (publish, publish_device, publish_inproc, publish_unstaged;
+    # 4 subscribed publishing variants (publish, publish_device, publish_inproc, publish_ring;
     # publish_null has no sink) x (1 untimed + 2 timed + 2 profiled calls) x 3 steps, all received
     # by the subscriber in the other process (from the sink processes and from this one)
     assert lat["sent"] == 4 * 5 * 3 and lat["received"] == lat["sent"]

@@ -205,6 +205,7 @@ def test_runner_lands_step_maps_in_the_ring_on_cuda(cuda_pipe, tmp_path):
 
     from bridge.runner import Request, Runner
     from bridge.stream.process import PacketProcess
+    from bridge.stream.ring import SLOTS
     from bridge.stream.sinks import build_sinks
     from bridge.trace import TraceReader
 
@@ -212,7 +213,7 @@ def test_runner_lands_step_maps_in_the_ring_on_cuda(cuda_pipe, tmp_path):
     local: list = []
     assert Runner(cuda_pipe, local.append, image_every=1, phases_on="host").run(req).status == "done"
     trace = tmp_path / "ring.stepx"
-    with PacketProcess(partial(build_sinks, argparse.Namespace(record=str(trace)))) as pp:
+    with PacketProcess(partial(build_sinks, argparse.Namespace(record=str(trace))), ring_slots=SLOTS) as pp:
         assert pp.ring is not None and pp.ring.pinned
         assert Runner(cuda_pipe, pp, image_every=1).run(req).status == "done"
         assert pp.flush(30) and pp.staged == 12 and pp.dropped == 0  # each step's maps and preview

@@ -161,12 +161,13 @@ def test_through_a_sink_process_the_phases_run_there_and_the_idle_replay_still_p
     from functools import partial
 
     from bridge.stream.process import PacketProcess
+    from bridge.stream.ring import SLOTS
     from bridge.stream.sinks import build_sinks
     from bridge.transport.zmq_sub import ZmqSubscriber
 
     endpoint = f"ipc://{tmp_path}/d.sock"
     sub = ZmqSubscriber(endpoint, topics=("stepx/step", "stepx/image", "stepx/timeline", "stepx/status"))
-    pp = PacketProcess(partial(build_sinks, argparse.Namespace(zmq=endpoint)))
+    pp = PacketProcess(partial(build_sinks, argparse.Namespace(zmq=endpoint)), ring_slots=SLOTS)
 
     def subscribed() -> bool:  # PUB drops what it sends before the subscription arrives: wait for it
         pp(Packet("status", {"state": "probe"}))

@@ -13,6 +13,7 @@ import pytest
 
 from bridge.protocol import Packet
 from bridge.stream.process import PacketProcess
+from bridge.stream.ring import SLOTS
 from bridge.runner import Request, Runner, collect
 from bridge.stream.recipes import step_packet
 from bridge.stream.sinks import SinkError, build_sinks
@@ -34,7 +35,7 @@ def _without_run_id(header: dict) -> dict:
     return {k: v for k, v in header.items() if k not in ("run_id", "step_end", "sent")}
 
 
-@pytest.mark.parametrize("phases_on,ring_slots", [("host", 16), ("host", 1), ("host", 0), ("device", 16)])
+@pytest.mark.parametrize("phases_on,ring_slots", [("host", SLOTS), ("host", 1), ("host", 0), ("device", SLOTS)])
 def test_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_path, phases_on, ring_slots) -> None:
     """The runner sends recipes (host arrays + a module-level builder), or with phases_on='host'
     lands each step's maps in the ring and sends a notice: the child runs the phases too (and
@@ -75,7 +76,7 @@ def test_step_previews_go_through_the_ring_in_run_order(sd_pipe, tmp_path) -> No
     builds the same packets, in the same order, as the in-process path (images bit for bit)."""
     _, expected = collect(sd_pipe, REQ, image_every=1)
     trace = tmp_path / "previews.stepx"
-    with PacketProcess(_sinks(record=str(trace))) as pp:
+    with PacketProcess(_sinks(record=str(trace)), ring_slots=SLOTS) as pp:
         assert Runner(sd_pipe, pp, image_every=1).run(REQ).status == "done"
         assert pp.flush(ARRIVAL_S) and pp.dropped == 0
         assert pp.staged == 2 * REQ.steps  # every step's maps and preview
@@ -98,7 +99,7 @@ def test_a_staged_step_for_a_ring_the_child_has_not_mapped_is_skipped(tmp_path) 
     from tests.test_trace import run_packets
 
     trace = tmp_path / "t.stepx"
-    with PacketProcess(_sinks(record=str(trace))) as pp:
+    with PacketProcess(_sinks(record=str(trace)), ring_slots=SLOTS) as pp:
         ring = pp.ring
         stale = StagedStep(Slot(ring.ident + 1, 0, 1), 4 * 16 + 4, "r0", ["a"], PhaseConfig(), (1, 4, 4), 0, 1, [], None, None)
         assert not pp.publish_staged(stale) and pp.dropped == 1
@@ -120,7 +121,7 @@ def test_a_sink_that_cannot_open_raises_in_the_parent() -> None:
 def test_a_bad_recipe_is_skipped_and_a_dead_child_is_replaced(tmp_path) -> None:
     endpoint = f"ipc://{tmp_path}/pub.sock"
     sub = ZmqSubscriber(endpoint)
-    pp = PacketProcess(_sinks(zmq=endpoint), restart_every=0.0)
+    pp = PacketProcess(_sinks(zmq=endpoint), restart_every=0.0, ring_slots=SLOTS)
     try:
         def received(marker: str, timeout: float = ARRIVAL_S) -> bool:
             deadline = time.monotonic() + timeout

@@ -138,17 +138,28 @@ def test_a_forged_or_inconsistent_notice_is_refused() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_on_cuda_the_copy_is_asynchronous_and_its_stamp_lands_after_the_values(ring) -> None:
-    """The mapping is page-locked, so the copy is queued behind the GPU's work (the stamp is not
-    there while a long kernel runs) and the stamp, copied after the values, finds them whole."""
-    assert ring.pinned
-    values = torch.arange(PAGE // 4, dtype=torch.float32, device="cuda")  # a whole slot
-    for k in range(40):
-        slot = ring.claim(PAGE)
-        torch.cuda._sleep(20_000_000 if k == 0 else 10_000)  # the first copy (the ring's first) queued behind ~10 ms of GPU time
-        ring.land(slot, values + k)
-        if k == 0:
-            assert not ring.wait(slot.index, slot.seq, timeout=0.0)  # still queued: the host did not wait
-        assert ring.wait(slot.index, slot.seq, timeout=30)
-        got = ring.read(slot.index, slot.seq, PAGE, np.dtype(np.float32))
-        np.testing.assert_array_equal(got, (values + k).cpu().numpy())
+def test_on_cuda_the_copy_is_asynchronous_and_its_stamp_lands_after_the_values() -> None:
+    """The mapping is page-locked, so a copy of SD 1.5's maps (128 KiB) is queued behind the GPU's
+    work (its stamp is not there while a long kernel runs) and the stamp, copied after the values,
+    finds them whole. As bench/ring_copy.py, which showed this on an H100 (runs 19 and 20); a 4 KiB
+    copy into a one-page slot landed at once there (run 20), which this test no longer asserts
+    anything about (not yet run on a GPU in this form)."""
+    folder = ring_folder()
+    ring = Ring.create(folder, slots=4)
+    remove_folder(folder)
+    try:
+        assert ring.pinned
+        values = torch.randn(32768, device="cuda")  # 128 KiB
+        for k in range(40):
+            slot = ring.claim(values.numel() * 4)
+            if k == 0:
+                torch.cuda.synchronize()
+            torch.cuda._sleep(20_000_000 if k == 0 else 10_000)  # the first copy queued behind ~10 ms of GPU time
+            ring.land(slot, values + k)
+            if k == 0:
+                assert not ring.wait(slot.index, slot.seq, timeout=0.0)  # still queued: the host did not wait
+            assert ring.wait(slot.index, slot.seq, timeout=30)
+            got = ring.read(slot.index, slot.seq, values.numel() * 4, np.dtype(np.float32))
+            np.testing.assert_array_equal(got, (values + k).cpu().numpy())
+    finally:
+        ring.close()

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--scheduler", default=None, help="the full-size UNet pipelines' scheduler (default: the model's): "
                    "euler, ddim, dpm, heun, dpm2, pndm, euler_a, lms, or the few-step lcm and turbo")
-    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "capture_unfused", "publish", "publish_device", "publish_inproc", "publish_null", "publish_drop", "publish_unstaged", "capture_latent", "capture_busy", "queries", "daam"],
+    p.add_argument("--variants", nargs="+", default=["plain", "capture", "publish", "queries"], choices=["plain", "capture", "capture_eager", "capture_unfused", "publish", "publish_device", "publish_inproc", "publish_null", "publish_drop", "publish_ring", "capture_latent", "capture_busy", "queries", "daam"],
                    help="capture_eager: capture with the map maths never replayed as a CUDA graph; capture_unfused: "
                         "capture with each layer's maps op by op instead of by the fused kernel (CaptureConfig.extra fused_maps=False: UNet "
                         "cross_kernel, MM-DiT joint_kernel); publish: capture + phases + "
@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "busy 4 ms in every 30 (about what the sink process and a subscriber do); "
                         "publish_device: the same with the phases compiled on the GPU; publish_inproc: the sink in this "
                         "process (FanOut; phases on the GPU where there is one) on the next port; publish_null: the runner with no sink (no encoding, "
-                        "no socket); publish_unstaged: as publish with no step ring (every step's maps through the packet thread) on the "
-                        "port after")
+                        "no socket); publish_ring: as publish with the step ring (stepx serve --step-ring on: each step's maps land in memory "
+                        "the sink process maps, no thread woken) on the port after")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
     p.add_argument("--layers", type=int, default=None, metavar="N",
                    help="sd35m, flux: N blocks of each kind (and N T5 layers) instead of the model's: a CPU dry run of the GPU "

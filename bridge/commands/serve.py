@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sink-process", choices=("auto", "on", "off"), default="auto",
                    help="run the outputs (encoding, sockets, the recorder) in a child process, so they never take "
                         "the model's thread's time (auto: on when the model runs on CUDA)")
+    p.add_argument("--step-ring", choices=("off", "on"), default="off",
+                   help="with the sink process: hand each step's maps and preview over through memory both processes map "
+                        "(32 MiB; no thread of the model's process woken per step) instead of the packet thread; "
+                        "measured no faster on an H100 (docs/BENCHMARKS.md)")
     c = p.add_argument_group("control")
     c.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT, help="ZeroMQ control endpoint (ROUTER; REQ or DEALER clients; '' = off)")
     c.add_argument("--osc-control", default=f"{DEFAULT_HOST}:{OSC_CONTROL_PORT}", help="OSC control HOST:PORT ('' = off)")
@@ -161,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     from bridge.daemon import Daemon, DaemonOptions
     from bridge.stream.fanout import FanOut
     from bridge.stream.process import PacketProcess
+    from bridge.stream.ring import SLOTS
     from bridge.stream.publisher import Publisher
     from bridge.runner import Publish, Runner, check_request, denoiser
     from bridge.stream.sinks import build_sinks, restart_options, sink_options
@@ -198,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
     if in_child:
         # with no output named, publish where `stepx preview` listens
         process = PacketProcess(partial(build_sinks, sink_options(args), default_zmq=True),
-                                restart_sinks=partial(build_sinks, restart_options(args), default_zmq=True))
+                                restart_sinks=partial(build_sinks, restart_options(args), default_zmq=True),
+                                ring_slots=SLOTS if args.step_ring == "on" else 0)
         fanout, sink_names, publish = process, process.sink_names, process  # itself: a remote Publisher, it takes recipes
     else:
         sinks = build_sinks(args, default_zmq=True) + ([explorer.sink] if explorer is not None and explorer.sink is not None else [])
@@ -236,8 +242,9 @@ def run(args: argparse.Namespace) -> int:
         timer.daemon = True  # a SIGTERM before it fires must end the process, not wait for it
         timer.start()
     log.info("serving %s; control %s, OSC control %s", name, args.control or "off", args.osc_control or "off")
+    ring = isinstance(fanout, PacketProcess) and fanout.ring is not None
     print(json.dumps({"serving": name, "control": args.control, "osc_control": args.osc_control, "sinks": sink_names,
-                      "phases": phases_where(runner)}), flush=True)
+                      "phases": phases_where(runner), "step_ring": ring}), flush=True)
     try:
         daemon.serve_forever()
     finally:

@@ -59,7 +59,7 @@ import zmq
 
 from bridge.item_codec import decode_item, decode_staged, encode_item, encode_staged, join_frames, split_frames
 from bridge.stream.recorder import RECORDING_OFF
-from bridge.stream.ring import SLOT_BYTES, SLOTS, Ring, RingError, Staged, remove_folder, ring_folder
+from bridge.stream.ring import SLOT_BYTES, Ring, RingError, Staged, remove_folder, ring_folder
 
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import SynchronizedString
@@ -140,14 +140,15 @@ class PacketProcess:
 
     def __init__(self, sinks: SinkFactory, *, restart_sinks: SinkFactory | None = None, keep_max: int = 64, hwm: int = 256,
                  send_timeout: float = 2.0, start_timeout: float = 120.0, restart_every: float = 5.0,
-                 name: str = "stepx-sinks", cpus: set[int] | None = None, ring_slots: int = SLOTS,
+                 name: str = "stepx-sinks", cpus: set[int] | None = None, ring_slots: int = 0,
                  ring_slot_bytes: int = SLOT_BYTES) -> None:
         """``restart_sinks``: the factory for a child that replaces a dead one (default ``sinks``),
         e.g. one that appends to the recording instead of starting it again. ``cpus``: the CPUs
         the child may run on (Linux; None: the parent's), to keep it off the cores of the thread
-        that launches the model's kernels. ``ring_slots`` × ``ring_slot_bytes``: the ring the
-        runner lands step maps in (:mod:`bridge.stream.ring`; 0 slots: none, every step's values
-        go through the packet thread and the channel)."""
+        that launches the model's kernels. ``ring_slots`` × ``ring_slot_bytes``: a ring the
+        runner lands step maps and previews in (:mod:`bridge.stream.ring`; ``SLOTS`` is the
+        usual count: ``stepx serve --step-ring on``). 0 (the default): none, every step's values go through the packet thread
+        and the channel, which measured as fast on an H100 (docs/BENCHMARKS.md, run 20)."""
         self._factory = sinks
         self._restart_factory = restart_sinks or sinks
         self._keep_max = keep_max
