@@ -27,9 +27,9 @@ from bridge.protocol import Packet
 from bridge.request import GenerateParams, pipeline_kwargs
 from bridge.stream.host import HostBlocks, HostSnapshot, OrderedWorker
 from bridge.stream.publisher import Publisher, Recipe, StagingPublisher, as_publisher
-from bridge.stream.recipes import image_packet
+from bridge.stream.recipes import (FRAME_FIELDS, FRAME_TENSORS, host_step_packet, image_packet, objects_packet, step_packet, timeline_of,
+                                   timeline_packet)
 from bridge.stream.ring import StagedImage, StagedStep
-from bridge.stream.recipes import FRAME_FIELDS, FRAME_TENSORS, host_step_packet, objects_packet, step_packet, timeline_of, timeline_packet
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,10 @@ class Runner:
 
         Every recipe is handed over by the packet thread, which waits for the step's host copy: the
         model's thread only launches the copy (handing over on the model's thread measured the
-        same, 1.001× over 443 paired rounds, docs/BENCHMARKS.md "Delivery", and was removed)."""
+        same, 1.001× over 443 paired rounds, docs/BENCHMARKS.md "Delivery", and was removed).
+        A publisher with a ring (a StagingPublisher: ``stepx serve --step-ring on``) takes each
+        step's maps and preview through it instead: the model's thread copies them into a slot
+        and sends the notice itself, unless the packet thread still has items to send first."""
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before
         # its packet is built): benchmarks time step → subscriber latency from there.
         # ``observer(frame, run)`` sees every step's frame on the model's thread (the objects
