@@ -56,7 +56,7 @@ def test_serve_control_and_sigterm_finalises_the_trace(tmp_path, sink_process, s
     trace = tmp_path / "show.stepx"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--steps", "400", "--prompt", "a red circle",
+        [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--steps", "400", "--prompt", "a red circle", "--stop-grace", "120",
          "--zmq", f"tcp://127.0.0.1:{pub}", "--control", f"tcp://127.0.0.1:{ctl}", "--osc-control", f"127.0.0.1:{osc}",
          "--record", str(trace), "--no-idle-replay", "--sink-process", sink_process, "--step-ring", step_ring],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -90,7 +90,7 @@ def test_serve_control_and_sigterm_finalises_the_trace(tmp_path, sink_process, s
         status = json.loads(req.recv())
         assert status["ok"] and status["result"]["state"] in ("generating", "idle")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=180) == 0
         start = next(json.loads(line) for line in proc.stdout.read().splitlines() if '"serving"' in line)
         assert start["phases"] == ("sink process" if sink_process == "on" else "packet worker")  # CPU: phases on the host
         assert start["step_ring"] is (step_ring == "on")

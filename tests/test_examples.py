@@ -49,7 +49,7 @@ def test_three_command_walkthrough(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     stepx = [sys.executable, "-m", "bridge.cli"]
     serve = subprocess.Popen(
-        [*stepx, "serve", "--config", "show.toml", "--steps", "6", "--zmq", f"tcp://127.0.0.1:{data}",
+        [*stepx, "serve", "--config", "show.toml", "--steps", "6", "--stop-grace", "120", "--zmq", f"tcp://127.0.0.1:{data}",
          "--control", f"tcp://127.0.0.1:{ctl}", "--osc-control", f"127.0.0.1:{osc_ctl}", "--osc", f"127.0.0.1:{osc_out}",
          "--sink-process", "off"],
         cwd=EXAMPLES, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -82,7 +82,7 @@ def test_three_command_walkthrough(tmp_path):
     finally:
         serve.send_signal(signal.SIGTERM)
         try:
-            rc = serve.wait(timeout=60)
+            rc = serve.wait(timeout=180)
         finally:
             if serve.poll() is None:
                 serve.kill()

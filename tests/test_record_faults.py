@@ -62,7 +62,7 @@ def test_record_on_a_full_disk_fails_without_a_success_summary(tmp_path):
 
 def test_sigterm_during_record_finalises_the_trace(tmp_path):
     out = tmp_path / "long.stepx"
-    proc = record("a red circle", "--model", "tiny", "--steps", "500", "-o", str(out))
+    proc = record("a red circle", "--model", "tiny", "--steps", "500", "-o", str(out), "--stop-grace", "120")  # finalised, not forced
     try:
         t0 = time.monotonic()
         while True:  # wait until steps are on disk
@@ -75,7 +75,7 @@ def test_sigterm_during_record_finalises_the_trace(tmp_path):
                 pass
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=30)
+        stdout, stderr = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -38,7 +38,7 @@ class Serve:
     def __init__(self, *flags: str, preexec_fn=None) -> None:
         self.pub, self.ctl = _port(), _port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--no-idle-replay", "--image-every", "0",
+            [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--no-idle-replay", "--image-every", "0", "--stop-grace", "120",
              "--zmq", f"tcp://127.0.0.1:{self.pub}", "--control", f"tcp://127.0.0.1:{self.ctl}", "--osc-control", "",
              *flags], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             preexec_fn=preexec_fn)
@@ -90,7 +90,7 @@ class Serve:
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGTERM)
         try:
-            code = self.proc.wait(timeout=30)
+            code = self.proc.wait(timeout=180)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()

@@ -215,7 +215,7 @@ def test_show_soak(tmp_path):
     pub, ctl, osc = _port(), _port(), _port()
     trace = tmp_path / "night.stepx"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--steps", "8", "--image-every", "2",
+        [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--steps", "8", "--image-every", "2", "--stop-grace", "120",
          "--zmq", f"tcp://127.0.0.1:{pub}", "--control", f"tcp://127.0.0.1:{ctl}", "--osc-control", f"127.0.0.1:{osc}",
          "--record", str(trace), "--replay-fps", "20", "--pause", "0.3"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
@@ -257,7 +257,7 @@ def test_show_soak(tmp_path):
                    what="20 whole runs and loops, 5 replay loops, 10 vanished readers")  # never a false failure
         rss_end = _rss_of(proc.pid)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()[-3000:]
+        assert proc.wait(timeout=180) == 0, proc.stderr.read()[-3000:]
     finally:
         for r in readers.values():
             r.halt.set()

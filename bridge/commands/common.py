@@ -107,6 +107,8 @@ def check_generation_args(args: argparse.Namespace, prompt: str | None) -> None:
         raise ValueError(msg) from None
     if getattr(args, "image_every", 0) < 0:
         raise ValueError("--image-every must be >= 0")
+    if not getattr(args, "stop_grace", STOP_GRACE) > 0:  # NaN too
+        raise ValueError("--stop-grace must be a number of seconds > 0")
 
 
 def apply_config_file(p: argparse.ArgumentParser, argv_flags: set[str], args: argparse.Namespace, path: str | None) -> argparse.Namespace:
@@ -180,6 +182,13 @@ def request_factory(args: argparse.Namespace, model_name: str = "") -> Callable[
 
 #: seconds a command may take to stop cleanly after SIGTERM / Ctrl-C before it is ended anyway
 STOP_GRACE = 5.0
+
+
+def add_stop_argument(p: argparse.ArgumentParser) -> None:
+    """``--stop-grace``: how long a stop may take before the process ends anyway (stop_on_signals)."""
+    p.add_argument("--stop-grace", type=float, default=STOP_GRACE, metavar="S",
+                   help=f"after SIGTERM or Ctrl-C, end the process anyway if it is still running S seconds later "
+                        f"(default {STOP_GRACE:.0f}; a recording cut off so stays .partial; docs/RELIABILITY.md)")
 
 
 def stop_on_signals(stop: Callable[[], None], grace: float = STOP_GRACE,

@@ -15,8 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
-from bridge.commands.common import (add_generation_arguments, add_model_arguments, check_generation_args, load_model,
-                                    request_factory, stop_on_signals)
+from bridge.commands.common import (add_generation_arguments, add_model_arguments, add_stop_argument, check_generation_args,
+                                    load_model, request_factory, stop_on_signals)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objects", action="store_true", help="find the prompt's objects and record them as an 'objects' packet at the run's end (docs/OBJECTS.md)")
     add_model_arguments(p)
     add_generation_arguments(p)
+    add_stop_argument(p)
     from bridge.stream.sinks import add_sink_arguments
 
     add_sink_arguments(p, rotation=False)  # one run, one file: nothing to rotate
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"stepx record: {exc}", file=sys.stderr)
         return 2
     cancel = threading.Event()
-    signalled = stop_on_signals(cancel.set)
+    signalled = stop_on_signals(cancel.set, grace=args.stop_grace)
     bar = tqdm(total=args.steps, desc="denoising", unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
 
     with FanOut(sinks) as fanout:

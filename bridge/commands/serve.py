@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from bridge.protocol import DEFAULT_CONTROL_ENDPOINT, DEFAULT_HOST, OSC_CONTROL_PORT
 from bridge.commands.common import (
-    add_generation_arguments, add_model_arguments, apply_config_file, check_generation_args, given_flags, load_model,
-    phase_config_from_args, request_factory, stop_on_signals,
+    add_generation_arguments, add_model_arguments, add_stop_argument, apply_config_file, check_generation_args, given_flags,
+    load_model, phase_config_from_args, request_factory, stop_on_signals,
 )
 
 if TYPE_CHECKING:  # (the explorer's modules need its extra: imported where it runs)
@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objects", action="store_true", help="find each prompt's objects and stream them as an 'objects' packet at the run's end (docs/OBJECTS.md)")
     add_model_arguments(p)
     add_generation_arguments(p)
+    add_stop_argument(p)
     from bridge.stream.sinks import add_sink_arguments
 
     add_sink_arguments(p)
@@ -235,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
             s.close()
         fanout.close(timeout=2.0)
 
-    stop_on_signals(daemon.stop, before_exit=close_outputs)
+    stop_on_signals(daemon.stop, grace=args.stop_grace, before_exit=close_outputs)
     timer = None
     if args.run_for:
         timer = threading.Timer(args.run_for, daemon.stop)
