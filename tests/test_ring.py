@@ -77,8 +77,14 @@ def test_a_stamp_that_never_comes_times_out_and_the_slot_can_be_given_up(ring) -
 def test_bad_shapes_and_missing_files_are_refused_in_one_line(tmp_path) -> None:
     with pytest.raises(ValueError, match="multiple of 4096"):
         Ring(str(tmp_path / "r"), 1, 1000, 0, create=True)
-    with pytest.raises(ValueError, match="1 to 4095 slots"):
-        Ring(str(tmp_path / "r"), STAMPS, PAGE, 0, create=True)
+    with pytest.raises(ValueError, match="1 to 256 slots"):
+        Ring(str(tmp_path / "r"), 257, PAGE, 0, create=True)  # the header would run into slot 0
+    big = Ring(str(tmp_path / "big"), 256, PAGE, 0, create=True)
+    for k in range(256):  # every slot's stamp and done in the header page, none in a slot
+        slot = big.claim(4)
+        big.land(slot, torch.tensor([float(k)]))
+        assert big.wait(slot.index, slot.seq, 0.0) and big.read(slot.index, slot.seq, 4, np.dtype(np.float32))[0] == k
+    big.close()
     with pytest.raises(RingError, match="cannot open the ring file"):
         Ring(str(tmp_path / "missing"), 1, PAGE, 0, create=False)
     Ring(str(tmp_path / "r"), 1, PAGE, 0, create=True).close()

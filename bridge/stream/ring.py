@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 PAGE = 4096
-STAMPS = 4096  # a slot's stamp is its sequence number modulo this: a copy from a table, no kernel to write it
+MAX_SLOTS = PAGE // 16  # the header (two u64 a slot) fits its page
+STAMPS = 4096  # a slot's stamp is its sequence number modulo this (> MAX_SLOTS): a copy from a table, no kernel to write it
 SLOTS = 12  # items in flight at once (a step's maps and its preview take two); a child this far behind gets the old path
 SLOT_BYTES = 4 * 1024 * 1024  # SD 1.5's 8 word maps at 64² are 128 KiB, SDXL's at 128² 640 KiB, a 1024² preview 3 MiB
 
@@ -106,8 +107,8 @@ class Ring:
     """The parent's or the child's view of one ring (module docstring)."""
 
     def __init__(self, path: str, slots: int, slot_bytes: int, ident: int, *, create: bool) -> None:
-        if not 1 <= slots < STAMPS or slot_bytes < PAGE or slot_bytes % PAGE:
-            raise ValueError(f"a ring needs 1 to {STAMPS - 1} slots of a multiple of {PAGE} bytes, got {slots} × {slot_bytes}")
+        if not 1 <= slots <= MAX_SLOTS or slot_bytes < PAGE or slot_bytes % PAGE:
+            raise ValueError(f"a ring needs 1 to {MAX_SLOTS} slots of a multiple of {PAGE} bytes, got {slots} × {slot_bytes}")
         self.path, self.slots, self.slot_bytes, self.ident = path, slots, slot_bytes, ident
         self.size = PAGE + slots * slot_bytes
         self._pinned = False
