@@ -276,6 +276,7 @@ class _RunRecord:
 
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
+        self._staging = publisher if isinstance(publisher, StagingPublisher) else None  # asked once, not per step
         self.remote = publisher.remote
         self.items: list[Any] = []  # Packets and recipes, in run order
 
@@ -294,14 +295,14 @@ class _RunRecord:
 
     @property
     def ring(self) -> Ring | None:
-        return self._publisher.ring if isinstance(self._publisher, StagingPublisher) else None
+        return self._staging.ring if self._staging is not None else None
 
     def publish_staged(self, staged: Staged, wait: bool = True) -> bool:
         """Forward a staged step or preview; the replay keeps a recipe that rebuilds it from what
         the sink process kept of it (its values never reach this process as arrays)."""
-        if not isinstance(self._publisher, StagingPublisher):
+        if self._staging is None:
             raise TypeError(f"{type(self._publisher).__name__} takes no staged steps (it has no ring)")
-        sent = self._publisher.publish_staged(staged, wait)
+        sent = self._staging.publish_staged(staged, wait)
         if sent:
             self.items.append(partial(kept_item, staged.run_id, "step" if isinstance(staged, StagedStep) else "image", staged.step))
         return sent

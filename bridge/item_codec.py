@@ -184,8 +184,10 @@ _STAGED_IMAGE_MAGIC = b"SIM1"
 def encode_staged(staged: Any) -> list[Any]:
     """A :class:`~bridge.stream.ring.StagedStep` or ``StagedImage`` as message frames (a fixed
     header and the run's cached JSON or its id: a few microseconds on the model's thread)."""
+    from bridge.stream.ring import StagedImage  # noqa: PLC0415 (torch: only where staged items are used)
+
     s = staged
-    if not hasattr(s, "words"):  # a StagedImage
+    if isinstance(s, StagedImage):
         h, w, c = s.shape
         return [_STAGED_IMAGE_HEAD.pack(_STAGED_IMAGE_MAGIC, s.slot.ring, s.slot.index, s.slot.seq, s.nbytes, s.step, h, w, c),
                 s.run_id.encode()]

@@ -29,7 +29,7 @@ from bridge.stream.host import HostBlocks, HostSnapshot, OrderedWorker
 from bridge.stream.publisher import Publisher, Recipe, StagingPublisher, as_publisher
 from bridge.stream.recipes import (FRAME_FIELDS, FRAME_TENSORS, host_step_packet, image_packet, objects_packet, step_packet, timeline_of,
                                    timeline_packet)
-from bridge.stream.ring import StagedImage, StagedStep
+from bridge.stream.ring import Slot, StagedImage, StagedStep
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class Runner:
         cancel = cancel or threading.Event()
         t0 = time.perf_counter()
         state = RunState(phases=self.phases_where())
-        if isinstance(self.publisher, StagingPublisher):
+        if isinstance(self.publisher, StagingPublisher) and self.publisher.ring is not None:  # asked once a run: no ring, no per-step asking
             state.publisher = self.publisher
         try:
             adapter = adapter_for(self.pipe)
@@ -353,39 +353,35 @@ class Runner:
         where that cannot be done (no ring, no free slot, too big, a timestep that would need its
         own copy): then the caller takes the packet thread's path. The notice goes from here
         unless the packet thread still has items (they go first) or the channel has no room."""
-        pub, ts = state.publisher, frame.timestep
-        ring = pub.ring if pub is not None else None
+        ts = frame.timestep
         folded = staged.numel() > shape[0] * shape[1] * shape[2]
-        if pub is None or ring is None or staged.dtype != torch.float32 or not folded and torch.is_tensor(ts) and ts.is_cuda:
+        if staged.dtype != torch.float32 or not folded and torch.is_tensor(ts) and ts.is_cuda:
             return False
-        slot = ring.claim(staged.numel() * staged.element_size())
-        if slot is None:
-            return False
-        nbytes = ring.land(slot, staged)
-        notice = StagedStep(slot, nbytes, run_id, cast("list[str]", state.words), cfg, shape, frame.step, frame.total_steps,
-                            state.focus, None if folded else float(ts), ended)
-        self._notify(pub, notice)
-        return True
+        return self._staged(state, staged, lambda slot, nbytes: StagedStep(
+            slot, nbytes, run_id, cast("list[str]", state.words), cfg, shape, frame.step, frame.total_steps, state.focus,
+            None if folded else float(ts), ended))
 
     def _land_image(self, run_id: str, state: RunState, image: torch.Tensor, step: int) -> bool:
         """As :meth:`_land`, for a step's preview image (``uint8 [H, W, 3]``)."""
-        pub = state.publisher
-        ring = pub.ring if pub is not None else None
-        if pub is None or ring is None or image.dtype != torch.uint8 or image.dim() != 3:
+        if image.dtype != torch.uint8 or image.dim() != 3:
             return False
-        slot = ring.claim(image.numel())
-        if slot is None:
-            return False
-        nbytes = ring.land(slot, image.contiguous())
         h, w, c = image.shape
-        self._notify(pub, StagedImage(slot, nbytes, run_id, step, (h, w, c)))
-        return True
+        return self._staged(state, image.contiguous(), lambda slot, nbytes: StagedImage(slot, nbytes, run_id, step, (h, w, c)))
 
-    def _notify(self, pub: StagingPublisher, notice: StagedStep | StagedImage) -> None:
-        """Send a notice from the model's thread unless the packet thread still has items (they go
-        first) or the channel has no room; then the packet thread sends it, in order."""
-        if self._out.busy or not pub.publish_staged(notice, wait=False):
-            self._out.put(partial(pub.publish_staged, notice))
+    def _staged(self, state: RunState, values: torch.Tensor, notice: Callable[[Slot, int], StagedStep | StagedImage]) -> bool:
+        """Copy ``values`` into a free slot of the run's ring and send ``notice(slot, nbytes)`` from
+        the model's thread, unless the packet thread still has items (they go first) or the channel
+        has no room: then the packet thread sends it, in order. False (nothing done) where the run
+        has no ring or no slot is free."""
+        pub = state.publisher
+        ring = pub.ring if pub is not None else None  # a replaced sink process maps a new ring
+        slot = ring.claim(values.numel() * values.element_size()) if ring is not None else None
+        if pub is None or ring is None or slot is None:
+            return False
+        item = notice(slot, ring.land(slot, values))
+        if self._out.busy or not pub.publish_staged(item, wait=False):
+            self._out.put(partial(pub.publish_staged, item))
+        return True
 
     def _host_step_packet(self, run_id: str, state: RunState, cfg: PhaseConfig, staged: torch.Tensor,
                           shape: tuple[int, int, int], frame: StepFrame, ended: float) -> Callable[[], Recipe]:

@@ -309,8 +309,7 @@ class PacketProcess:
             if not self._lock.acquire(blocking=False):
                 return False
             try:
-                if (self._closed or self._ring is None or staged.slot.ring != self._ring.ident
-                        or not self._proc.is_alive()):
+                if self._closed or not self._maps(staged.slot.ring) or not self._proc.is_alive():
                     return False
                 try:
                     self._sock.send(message, zmq.NOBLOCK)
@@ -324,6 +323,10 @@ class PacketProcess:
             self.recipes += 1
             self.staged += 1
         return sent
+
+    def _maps(self, ring: int) -> bool:
+        """Whether the current child maps the ring of id ``ring``."""
+        return self._ring is not None and self._ring.ident == ring
 
     def _push(self, tag: bytes, item: Any) -> bool:
         message = join_frames([tag, *encode_item(item)])  # no pickle: JSON + raw array frames (bridge.item_codec), one send
@@ -341,7 +344,7 @@ class PacketProcess:
             if not self._revive():
                 self.dropped += 1
                 return False
-            if ring is not None and (self._ring is None or self._ring.ident != ring):  # mapped by a child that died
+            if ring is not None and not self._maps(ring):  # mapped by a child that died
                 self.dropped += 1
                 log.warning("dropped %s: the sink process that mapped its ring was replaced", what)
                 return False

@@ -86,7 +86,9 @@ def staged_recipe(staged: Any, payload: np.ndarray) -> "partial[Packet]":
     (its slot's bytes, copied out) has landed: a step's float32 maps, then the timestep where the
     notice has none; an image's uint8 pixels. Built in the sink process and kept there for the
     daemon's idle replay (:func:`kept_item`)."""
-    if hasattr(staged, "words"):  # a step
+    from bridge.stream.ring import StagedStep  # noqa: PLC0415 (the ring imports nothing of this module, but keep it light)
+
+    if isinstance(staged, StagedStep):
         flat = payload.view(np.float32)
         shape = staged.shape
         size = shape[0] * shape[1] * shape[2]
