@@ -124,6 +124,9 @@ class _Stamped:
         return bool(self._inner.alive())
 
 
+SPARE_EVENTS = 64  # step events made ahead of each timed call (a call has one per step; more are made if needed)
+
+
 class Latency:
     """Step end → receipt by a ZeroMQ subscriber in another process (as TouchDesigner would be:
     a subscriber thread in this process would compete with the model's thread for the GIL)."""
@@ -139,6 +142,7 @@ class Latency:
         self._cuda = torch.cuda.is_available()
         self._refs: list[tuple[Any, float]] = []  # (event, perf_counter at that event)
         self._events: dict[tuple[str, int], tuple[int, Any]] = {}
+        self._spare: list[Any] = []  # timing events made before a call (reference()), not in its timed steps
         self._ready, self._stop, self._out = ctx.Event(), ctx.Event(), ctx.Queue()
         self._proc = ctx.Process(target=_subscribe, args=(endpoints, self._ready, self._stop, self._out, cpus), daemon=True)
         self._proc.start()
@@ -149,15 +153,18 @@ class Latency:
         """Called on the model's thread as a step ends (``Runner(step_clock=...)``)."""
         self.sent[(run_id, int(step))] = time.perf_counter()
         if self._refs:
-            ev = torch.cuda.Event(enable_timing=True)
+            ev = self._spare.pop() if self._spare else torch.cuda.Event(enable_timing=True)
             ev.record()
             self._events[(run_id, int(step))] = (len(self._refs) - 1, ev)
 
     def reference(self) -> None:
         """Tie the GPU's event clock to ``perf_counter`` (at a synchronised point before a call):
-        an event recorded on an idle GPU, bracketed by host clock reads."""
+        an event recorded on an idle GPU, bracketed by host clock reads. Also makes the next
+        call's step events here, untimed: creating a CUDA event in each step would add a driver
+        call per step to the measured variant that the product does not make."""
         if not self._cuda:
             return
+        self._spare = [torch.cuda.Event(enable_timing=True) for _ in range(SPARE_EVENTS)]
         ev = torch.cuda.Event(enable_timing=True)
         before = time.perf_counter()
         ev.record()

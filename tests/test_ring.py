@@ -161,9 +161,13 @@ def test_on_cuda_the_copy_is_asynchronous_and_its_stamp_lands_after_the_values()
             if k == 0:
                 torch.cuda.synchronize()
             torch.cuda._sleep(20_000_000 if k == 0 else 10_000)  # the first copy queued behind ~10 ms of GPU time
-            ring.land(slot, values + k)
-            if k == 0:
-                assert not ring.wait(slot.index, slot.seq, timeout=0.0)  # still queued: the host did not wait
+            shifted = values + k
+            began = time.perf_counter()
+            ring.land(slot, shifted)
+            took = time.perf_counter() - began
+            if k == 0:  # still queued: the host did not wait
+                assert not ring.wait(slot.index, slot.seq, timeout=0.0), \
+                    f"landed at once: stamp {int(ring.landed[slot.index])} of seq {slot.seq}, land took {1e3 * took:.2f} ms"
             assert ring.wait(slot.index, slot.seq, timeout=30)
             got = ring.read(slot.index, slot.seq, values.numel() * 4, np.dtype(np.float32))
             np.testing.assert_array_equal(got, (values + k).cpu().numpy())
