@@ -147,9 +147,9 @@ def test_a_forged_or_inconsistent_notice_is_refused() -> None:
 def test_on_cuda_the_copy_is_asynchronous_and_its_stamp_lands_after_the_values() -> None:
     """The mapping is page-locked, so a copy of SD 1.5's maps (128 KiB) is queued behind the GPU's
     work (its stamp is not there while a long kernel runs) and the stamp, copied after the values,
-    finds them whole. As bench/ring_copy.py, which showed this on an H100 (runs 19 and 20); a 4 KiB
-    copy into a one-page slot landed at once there (run 20), which this test no longer asserts
-    anything about (not yet run on a GPU in this form)."""
+    finds them whole. As bench/ring_copy.py, which showed this on an H100 (runs 19 and 20). The
+    values' own allocation comes before the GPU is kept busy: made after, it waited for the GPU
+    (runs 20-22 failed here so, the copy having "landed at once")."""
     folder = ring_folder()
     ring = Ring.create(folder, slots=4)
     remove_folder(folder)
@@ -158,10 +158,12 @@ def test_on_cuda_the_copy_is_asynchronous_and_its_stamp_lands_after_the_values()
         values = torch.randn(32768, device="cuda")  # 128 KiB
         for k in range(40):
             slot = ring.claim(values.numel() * 4)
+            # made before the GPU is kept busy: a new block from CUDA's allocator waits for the
+            # device's queue (cudaMalloc), which made the first copy look synchronous (h100_run22)
+            shifted = values + k
             if k == 0:
                 torch.cuda.synchronize()
             torch.cuda._sleep(20_000_000 if k == 0 else 10_000)  # the first copy queued behind ~10 ms of GPU time
-            shifted = values + k
             began = time.perf_counter()
             ring.land(slot, shifted)
             took = time.perf_counter() - began
