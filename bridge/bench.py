@@ -124,9 +124,6 @@ class _Stamped:
         return bool(self._inner.alive())
 
 
-SPARE_EVENTS = 64  # step events made ahead of each timed call (a call has one per step; more are made if needed)
-
-
 class Latency:
     """Step end → receipt by a ZeroMQ subscriber in another process (as TouchDesigner would be:
     a subscriber thread in this process would compete with the model's thread for the GIL)."""
@@ -157,14 +154,14 @@ class Latency:
             ev.record()
             self._events[(run_id, int(step))] = (len(self._refs) - 1, ev)
 
-    def reference(self) -> None:
+    def reference(self, steps: int = 0) -> None:
         """Tie the GPU's event clock to ``perf_counter`` (at a synchronised point before a call):
         an event recorded on an idle GPU, bracketed by host clock reads. Also makes the next
-        call's step events here, untimed: creating a CUDA event in each step would add a driver
-        call per step to the measured variant that the product does not make."""
+        call's ``steps`` step events here, untimed: creating a CUDA event in each step would add a
+        driver call per step to the measured variant that the product does not make."""
         if not self._cuda:
             return
-        self._spare = [torch.cuda.Event(enable_timing=True) for _ in range(SPARE_EVENTS)]
+        self._spare = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
         ev = torch.cuda.Event(enable_timing=True)
         before = time.perf_counter()
         ev.record()
@@ -520,7 +517,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                     torch.cuda.reset_peak_memory_stats(device)
                 _sync(device)
                 if latency and v in subscribed:
-                    latency.reference()
+                    latency.reference(steps)
                 t, c = time.perf_counter(), time.thread_time()
                 table[v]()
                 cpu = time.thread_time() - c

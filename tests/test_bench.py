@@ -154,7 +154,7 @@ def test_latency_from_the_gpu_step_end() -> None:
     from bridge.bench import Latency
 
     lat = Latency([f"tcp://127.0.0.1:{_free_port()}"])
-    lat.reference()
+    lat.reference(3)  # the three step events made ahead
     a = torch.randn(2048, 2048, device="cuda")
     for step in range(3):
         for _ in range(20):

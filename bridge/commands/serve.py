@@ -37,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the model's thread's time (auto: on when the model runs on CUDA)")
     p.add_argument("--step-ring", choices=("off", "on"), default="off",
                    help="with the sink process: hand each step's maps and preview over through memory both processes map "
-                        "(32 MiB; no thread of the model's process woken per step) instead of the packet thread; "
-                        "measured no faster on an H100 (docs/BENCHMARKS.md)")
+                        "(bridge/stream/ring.py; no thread of the model's process woken per step) instead of the packet thread; "
+                        "on H100s 0.6 %% faster on a quiet host, either way on noisy ones (docs/BENCHMARKS.md)")
     c = p.add_argument_group("control")
     c.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT, help="ZeroMQ control endpoint (ROUTER; REQ or DEALER clients; '' = off)")
     c.add_argument("--osc-control", default=f"{DEFAULT_HOST}:{OSC_CONTROL_PORT}", help="OSC control HOST:PORT ('' = off)")

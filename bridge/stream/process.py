@@ -148,7 +148,7 @@ class PacketProcess:
         that launches the model's kernels. ``ring_slots`` × ``ring_slot_bytes``: a ring the
         runner lands step maps and previews in (:mod:`bridge.stream.ring`; ``SLOTS`` is the
         usual count: ``stepx serve --step-ring on``). 0 (the default): none, every step's values go through the packet thread
-        and the channel, which measured as fast on an H100 (docs/BENCHMARKS.md, run 20)."""
+        and the channel: the simpler path, within a per cent of the ring on H100s (docs/BENCHMARKS.md, runs 20-22)."""
         self._factory = sinks
         self._restart_factory = restart_sinks or sinks
         self._keep_max = keep_max
