@@ -15,6 +15,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
@@ -311,14 +312,45 @@ def median_ci(ratios: np.ndarray, level: float = 0.95, resamples: int = 4000) ->
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
-def _pin_this_thread(cpu: int | None) -> set[int] | None:
-    """Keep the calling thread alone on ``cpu`` (Linux: ``sched_setaffinity`` of pid 0 is the
-    calling thread; threads started later inherit it); the CPUs it had, to put back (None: not pinned)."""
+def _pin_this_thread(cpu: int | None, alone: bool = False) -> dict[int, set[int]] | None:
+    """Keep the calling thread on ``cpu`` (Linux: ``sched_setaffinity`` of pid 0 is the calling
+    thread; threads started later inherit it); with ``alone``, every other thread of this process
+    that exists now (ZeroMQ's I/O threads, the packet thread, CUDA's) leaves ``cpu`` for the
+    process's other CPUs. Returns each moved thread's CPUs, to put back (None: nothing pinned)."""
     if cpu is None:
         return None
-    before = os.sched_getaffinity(0)
+    me = threading.get_native_id()
+    before = {me: os.sched_getaffinity(0)}
+    if alone:
+        for tid in _threads():
+            if tid != me:
+                try:
+                    had = os.sched_getaffinity(tid)
+                    if cpu in had and len(had) > 1:
+                        os.sched_setaffinity(tid, had - {cpu})
+                        before[tid] = had
+                except OSError:  # the thread ended meanwhile
+                    pass
     os.sched_setaffinity(0, {cpu})
     return before
+
+
+def _threads() -> list[int]:
+    """The native ids of this process's threads (Linux: /proc/self/task)."""
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
+
+
+def _unpin(before: dict[int, set[int]] | None) -> None:
+    """Put back the CPUs :func:`_pin_this_thread` took (a thread that has ended is skipped)."""
+    me = threading.get_native_id()
+    for tid, cpus in (before or {}).items():
+        try:
+            os.sched_setaffinity(0 if tid == me else tid, cpus)
+        except OSError:
+            pass
 
 
 def _cpu_steal() -> tuple[int, int] | None:
@@ -353,7 +385,7 @@ def _next_port(endpoint: str) -> str:
 def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guidance: float = 7.5, variants: list[str] | None = None,
               endpoint: str = "tcp://127.0.0.1:5599", height: int | None = None, width: int | None = None,
               profile: str | None = None, map_size: int | None = None, sink_cpus: set[int] | None = None,
-              max_seconds: float | None = None, pin_thread: int | None = None) -> dict[str, Any]:
+              max_seconds: float | None = None, pin_thread: int | None = None, pin_alone: bool = False) -> dict[str, Any]:
     """Time the variants; returns a JSON-able result (also printed by ``stepx bench``).
 
     ``map_size``: the captured maps' side (CaptureConfig.resolution) for the capture, publish and
@@ -363,7 +395,9 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     run under a time limit still reports what it measured. ``pin_thread``: keep the thread that
     runs every variant (the model's) on this one CPU from the warm-up rounds on (Linux; the
     threads and processes started before keep theirs): does the scheduler moving it between
-    cores, as other threads wake, cost it?"""
+    cores, as other threads wake, cost it? ``pin_alone``: and every other thread of this process
+    leaves that CPU (with ``sink_cpus`` without it, nothing of ours shares the model's CPU): does
+    a woken thread taking the model's CPU cost it?"""
     from bridge.capture import CaptureConfig, Query, capture, graph_stats
     from bridge.stream.fanout import FanOut
     from bridge.stream.process import PacketProcess
@@ -504,7 +538,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                 variants.remove(v)
                 times.pop(v)
                 thread_cpu.pop(v)
-        free_cpus = _pin_this_thread(pin_thread)
+        free_cpus = _pin_this_thread(pin_thread, pin_alone)
         steal0 = _cpu_steal()
         started = time.perf_counter()
         for r in range(warmup + runs):
@@ -530,8 +564,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                         peak[v] = max(peak[v], torch.cuda.max_memory_allocated(device))
         if profile:
             write_profiles(table, variants, device, profile)
-        if free_cpus is not None:
-            os.sched_setaffinity(0, free_cpus)  # the caller's thread as it was
+        _unpin(free_cpus)  # the threads as they were
     lat = latency.close() if latency else None
     for close in closers:
         close()
@@ -544,7 +577,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "steps": steps, "runs": len(times["plain"]), "guidance": guidance, "size": size or "default", "map_size": map_size or "latent",
         "threads": torch.get_num_threads(),
         "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "sink_cpus": sorted(sink_cpus) if sink_cpus else None, "pinned_thread_cpu": pin_thread,
+        "sink_cpus": sorted(sink_cpus) if sink_cpus else None, "pinned_thread_cpu": pin_thread, "pinned_alone": bool(pin_alone and pin_thread is not None),
         "median_seconds": {v: statistics.median(t) for v, t in times.items()},
         "frames_per_second": {v: round(1.0 / statistics.median(t), 2) for v, t in times.items()},  # one image per call
         "seconds": {v: [round(x, 5) for x in t] for v, t in times.items()},

@@ -108,6 +108,46 @@ def test_pin_thread_keeps_the_model_thread_on_one_cpu_then_puts_it_back(tiny_pip
     assert os.sched_getaffinity(0) == before
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity") or len(__import__("os").sched_getaffinity(0)) < 2,
+                    reason="Linux's per-thread CPU affinity, two CPUs")
+def test_pin_alone_moves_the_other_threads_off_the_model_cpu_then_back(tiny_pipe, monkeypatch):
+    import os
+    import threading
+
+    import bridge.bench as bench
+
+    before = os.sched_getaffinity(0)
+    cpu = max(before)
+    other_id: list[int] = []
+    started, stop = threading.Event(), threading.Event()
+
+    def other() -> None:  # stands for ZeroMQ's I/O thread or the packet thread: started before the pin
+        other_id.append(threading.get_native_id())
+        started.set()
+        stop.wait()
+
+    t = threading.Thread(target=other, daemon=True)
+    t.start()
+    assert started.wait(30)
+    seen: list[tuple[set[int], set[int]]] = []
+    plain_gen = tiny_pipe.__class__.__call__
+
+    def spy(self, *a, **k):
+        seen.append((os.sched_getaffinity(0), os.sched_getaffinity(other_id[0])))
+        return plain_gen(self, *a, **k)
+
+    monkeypatch.setattr(tiny_pipe.__class__, "__call__", spy)
+    try:
+        result = bench.run_bench(tiny_pipe, steps=1, runs=2, warmup=0, variants=["plain"], pin_thread=cpu, pin_alone=True)
+        assert result["pinned_alone"] is True
+        assert seen[-1] == ({cpu}, before - {cpu})  # the model's thread alone on its CPU
+        assert seen[0] == (before, before)  # the untimed call: not yet
+        assert os.sched_getaffinity(0) == before and os.sched_getaffinity(other_id[0]) == before  # both put back
+    finally:
+        stop.set()
+        t.join(30)
+
+
 def test_median_interval_brackets_the_median_and_narrows_with_rounds():
     import numpy as np
 

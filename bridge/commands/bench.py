@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-cpus", default=None, metavar="LIST", help="run the model's process on these CPUs only (e.g. 0-7; Linux)")
     p.add_argument("--pin-thread", type=int, default=None, metavar="CPU",
                    help="keep the model's thread (every variant's) on this one CPU for the timed rounds (Linux)")
+    p.add_argument("--pin-alone", action="store_true",
+                   help="with --pin-thread: move every other thread of the process off that CPU too (give --sink-cpus without it)")
     p.add_argument("--sink-cpus", default=None, metavar="LIST", help="run the sink process and the latency subscriber on these CPUs only")
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5599", metavar="URL",
                    help="where the publish variants' sink binds (publish_inproc: the next port); another on a shared machine")
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         args.variants = ["plain", *args.variants]
     result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants, profile=args.profile,
                        height=args.size, width=args.size, map_size=args.map_size, sink_cpus=sink_cpus,
-                       max_seconds=args.max_seconds, endpoint=args.endpoint, pin_thread=args.pin_thread)
+                       max_seconds=args.max_seconds, endpoint=args.endpoint, pin_thread=args.pin_thread, pin_alone=args.pin_alone)
     result["switch_interval"] = __import__("sys").getswitchinterval()
     print_table(result)
     if args.json:
