@@ -18,8 +18,8 @@ from typing import Any, Callable, cast
 
 import torch
 
-from .adapters import Adapter, adapter_for
-from .config import CaptureConfig, head_weight_vector, matches
+from .adapters import Adapter, Layer, adapter_for
+from .config import CaptureConfig, head_weight_total, head_weight_vector, matches
 from .frames import CaptureRun, StepFrame
 from .evaluation import BatchedEvaluation, _canonical, _StepAccumulator
 from .steps import estimate_x0, patch_method, step_outputs
@@ -65,15 +65,15 @@ class Capture(BatchedEvaluation):
         all_layers = self.adapter.layers()
         cfg = self.config
         self.cross_layers = [
-            l for l in all_layers if l.cross and cfg.cross and matches(l.name, cfg.layers) and head_weight_vector(cfg, l.name, l.heads).sum() > 0
+            l for l in all_layers if l.cross and cfg.cross and matches(l.name, cfg.layers) and head_weight_total(cfg, l.name, l.heads) > 0
         ]
         self.self_layers = [l for l in all_layers if not l.cross and cfg.queries and matches(l.name, cfg.self_layers)]
         self.detail = {l.name for l in self.cross_layers if cfg.detail_layers and matches(l.name, cfg.detail_layers)}
         if cfg.cross and not self.cross_layers:
             names = ", ".join(l.name for l in all_layers if l.cross)
             raise ValueError(f"no cross-attention layer matches {cfg.layers!r} with non-zero head weights; layers: {names}")
-        self.cross_weight = float(sum(head_weight_vector(cfg, l.name, l.heads).sum() for l in self.cross_layers))
-        self.self_weight = float(sum(head_weight_vector(cfg, l.name, l.heads).sum() for l in self.self_layers))
+        self.cross_weight = _total_weight(cfg, self.cross_layers)
+        self.self_weight = _total_weight(cfg, self.self_layers)
         self._expected = frozenset(l.name for l in self.cross_layers + self.self_layers)
         self._routes = {}
         self._plans = {}
@@ -302,3 +302,11 @@ def capture(pipe: Any, config: CaptureConfig | None = None, on_step: StepCallbac
             raise TypeError("pass either a CaptureConfig or keyword options, not both")
         config = CaptureConfig(**options)
     return Capture(pipe, config, on_step)
+
+
+def _total_weight(cfg: CaptureConfig, layers: list[Layer]) -> float:
+    """All heads' weights over ``layers``: summed in float32 as the weights are where some are
+    given; the head count where none are (exact either way, and no tensor at every run)."""
+    if not cfg.head_weights:
+        return float(sum(l.heads for l in layers))
+    return float(sum(head_weight_vector(cfg, l.name, l.heads).sum() for l in layers))
