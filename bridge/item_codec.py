@@ -38,9 +38,9 @@ def recipes() -> dict[str, Callable]:
     """The allow-list: every function the child may call to build a Packet, by qualified name
     (built once: it is asked for at every item, on the packet thread of the model's process)."""
     from bridge.daemon import replayed  # noqa: PLC0415 (heavy modules; only where recipes are used)
-    from bridge.stream.recipes import host_step_packet, kept_item, step_packet, timeline_packet  # noqa: PLC0415
+    from bridge.stream.recipes import host_step_packet, kept_item, prepare_run, step_packet, timeline_packet  # noqa: PLC0415
 
-    return {_name(f): f for f in (step_packet, host_step_packet, timeline_packet, kept_item, replayed)}
+    return {_name(f): f for f in (step_packet, host_step_packet, prepare_run, timeline_packet, kept_item, replayed)}
 
 
 @functools.cache

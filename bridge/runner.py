@@ -27,7 +27,7 @@ from bridge.protocol import Packet
 from bridge.request import GenerateParams, pipeline_kwargs
 from bridge.stream.host import HostBlocks, HostSnapshot, OrderedWorker
 from bridge.stream.publisher import Publisher, Recipe, StagingPublisher, as_publisher
-from bridge.stream.recipes import (FRAME_FIELDS, FRAME_TENSORS, host_step_packet, image_packet, objects_packet, step_packet, timeline_of,
+from bridge.stream.recipes import (FRAME_FIELDS, FRAME_TENSORS, host_step_packet, image_packet, objects_packet, prepare_run, step_packet, timeline_of,
                                    timeline_packet)
 from bridge.stream.ring import Slot, StagedImage, StagedStep
 
@@ -292,6 +292,8 @@ class Runner:
             "width": req.width or run.latent_hw[1] * self._vae_scale(), "height": req.height or run.latent_hw[0] * self._vae_scale(),
             "layers": run.layers, "phase_boundaries": list(phase_cfg.boundaries), "started": time.time(),
         }))
+        if state.engine is None:  # the phases run where packets are built: their state is made there now, during step 0
+            self._later(lambda: partial(prepare_run, run.run_id, list(tm.words), phase_cfg, h, w))
 
     def _finish(self, run: CaptureRun, state: RunState, status: str, t0: float) -> None:
         if state.words is None:  # the run never started: no run packet went out either

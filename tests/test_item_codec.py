@@ -12,7 +12,7 @@ from bridge.daemon import replayed
 from bridge.item_codec import decode_item, encode_item, join_frames, split_frames
 from bridge.protocol import Packet
 from bridge.phases import PhaseConfig
-from bridge.stream.recipes import host_step_packet, timeline_packet
+from bridge.stream.recipes import host_step_packet, prepare_run, timeline_packet
 
 
 def test_packets_and_recipes_round_trip_exactly():
@@ -30,6 +30,13 @@ def test_packets_and_recipes_round_trip_exactly():
     built, expected = back(), recipe()  # the same packet either side
     assert built.header == expected.header and built.header["replay"] is True
     assert all(np.array_equal(built.arrays[k], expected.arrays[k]) for k in expected.arrays)
+
+
+def test_the_run_preparation_crosses_and_sends_nothing():
+    recipe = partial(prepare_run, "r9", ["cat", "table"], PhaseConfig(boundaries=(0.3, 0.7)), 4, 6)
+    back = decode_item(encode_item(recipe))
+    assert back.func is prepare_run and back.args == recipe.args
+    assert back() is None
 
 
 def test_only_allow_listed_functions_cross():

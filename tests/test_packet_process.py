@@ -51,7 +51,7 @@ def test_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_pa
         result = runner.run(REQ)
         assert result.status == "done"
         assert pp.flush(ARRIVAL_S)
-        assert pp.recipes == REQ.steps + (phases_on == "host") and pp.dropped == 0  # + the timeline
+        assert pp.recipes == REQ.steps + 2 * (phases_on == "host") and pp.dropped == 0  # + the timeline and prepare_run
         if ring_slots != 1:
             assert pp.staged == (REQ.steps if phases_on == "host" and ring_slots else 0)
         else:

@@ -250,3 +250,23 @@ def test_pack_rgba_on_the_cpu_is_the_clamp_then_one_minus_bit_for_bit():
     assert half.dtype == torch.float16
     torch.testing.assert_close(half, torch.stack([tex.half().clamp(0, 1), 1 - tex.half().clamp(0, 1), settled.half(), acc.half()], -1),
                                equal_nan=True, rtol=0, atol=0)
+
+
+def test_a_prepared_state_gives_the_same_steps_and_one_of_another_size_is_replaced():
+    """prepare() makes the zero state before the first step: the frames are bit for bit those of
+    an engine that made it at the first step; a state prepared for other maps is not used."""
+    words = ["a", "cat", "on", "a", "mat"]
+    g = torch.Generator().manual_seed(3)
+    steps = [torch.rand(5, 8, 6, generator=g) for _ in range(4)]
+    plain, prepared, wrong = (PhaseEngine(words, device="cpu") for _ in range(3))
+    prepared.prepare(8, 6)
+    wrong.prepare(6, 8)
+    for i, m in enumerate(steps):
+        a, b, c = (e.update(m, i, 4) for e in (plain, prepared, wrong))
+        for k in ("textures", "settled", "accumulated", "phase_maps", "live"):  # live: step 0's change is NaN
+            torch.testing.assert_close(getattr(b, k), getattr(a, k), rtol=0, atol=0, equal_nan=True, msg=k)
+            torch.testing.assert_close(getattr(c, k), getattr(a, k), rtol=0, atol=0, equal_nan=True, msg=k)
+    before = prepared._state
+    prepared.prepare(8, 6)  # after a step: nothing happens
+    assert prepared._state is before
+

@@ -98,6 +98,7 @@ class _Recipes:
     def __init__(self, fail_step: int | None = None) -> None:
         self.got: list[tuple[str, int | None, str]] = []
         self.packets = []
+        self.recipes = []
         self.fail_step = fail_step
 
     def publish(self, packet) -> None:
@@ -107,13 +108,37 @@ class _Recipes:
         self.packets.append(packet)
 
     def publish_recipe(self, recipe) -> None:
+        self.recipes.append(recipe)
         packet = recipe()
+        if packet is None:  # a recipe with nothing to send (prepare_run), as the sink process skips it
+            return
         if packet.kind == "step" and packet.header["step"] == self.fail_step:
             raise ConnectionError("the sink process went away")
         self.publish(packet)
 
     def alive(self) -> bool:
         return True
+
+
+def test_the_phase_state_is_made_before_step_0_where_the_packets_are_built(sd_pipe, monkeypatch):
+    """With the run packet goes a recipe that makes the run's phase state for the maps' size, so
+    the first step's packet does not wait for it; the first step then uses that state, not a new one."""
+    import bridge.phases.engine as engine_module
+    from bridge.runner import Runner
+    from bridge.stream.recipes import host_step_packet, prepare_run
+
+    made: list[tuple[int, int, int]] = []
+    real = engine_module.initial_state
+    monkeypatch.setattr(engine_module, "initial_state", lambda n, h, w, device: made.append((n, h, w)) or real(n, h, w, device))
+    pub = _Recipes()
+    result = Runner(sd_pipe, pub, image_every=0).run(Request(PROMPT, seed=5, steps=3))
+    assert result.status == "done"
+    first, second = pub.recipes[0], pub.recipes[1]
+    assert first.func is prepare_run and second.func is host_step_packet and second.args[4] == 0  # before step 0's recipe
+    maps = second.args[3]  # [words, H, W]
+    assert first.args[3:] == maps.shape[1:] and first.args[1] == second.args[1] and first.args[2] == second.args[2]
+    assert made == [maps.shape[:1] + maps.shape[1:]]  # made once, by prepare_run: step 0 used it
+    assert [(k, s) for k, s, _ in pub.got][:2] == [("run", None), ("step", 0)]  # nothing sent for it
 
 
 def test_recipes_go_out_in_order_from_the_packet_thread(sd_pipe):
@@ -260,7 +285,8 @@ def test_the_run_packet_is_handed_over_before_step_0_is_computed(sd_pipe):
 
     def spy(fetch):
         sent = fetch.__qualname__.startswith("Runner._send.")  # a ready Packet (a step's fetch would wait for its copy)
-        queued.append(fetch().kind if sent else fetch.__qualname__)
+        ready = fetch.__qualname__.startswith("Runner._begin.")  # the run's preparation: a recipe, ready too
+        queued.append(fetch().kind if sent else fetch().func.__name__ if ready else fetch.__qualname__)
         later(fetch)
 
     runner._later = spy
@@ -271,7 +297,7 @@ def test_the_run_packet_is_handed_over_before_step_0_is_computed(sd_pipe):
     finally:
         handle.remove()
     assert result.status == "done"
-    assert seen[0] == ["run"]  # after the first evaluation: the run packet, nothing else
+    assert seen[0] == ["run", "prepare_run"]  # after the first evaluation: the run packet and the phases' state, no step
 
 
 def test_capture_calls_on_run_once_per_run_before_its_first_evaluation(sd_pipe):

@@ -65,15 +65,31 @@ def host_step_packet(run_id: str, words: list[str], cfg: PhaseConfig, maps: np.n
                      focus: list[int], timestep: float, ended: float | None = None) -> Packet:
     """Run one step of the run's phases on the CPU (``maps`` ``[W, H, W]``) and build its Packet:
     a recipe, for the sink process or the packet worker."""
+    engine = _engine(run_id, words, cfg, step)
+    with torch.inference_mode():  # one mode for the engine's state, whichever thread or process runs this step
+        pf = engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total)
+    return _step(run_id, pf, focus, timestep, ended)
+
+
+def prepare_run(run_id: str, words: list[str], cfg: PhaseConfig, height: int, width: int) -> None:
+    """A recipe with nothing to send: the run's phase engine and its zero state for ``[W, height,
+    width]`` maps, made where the steps will be built while the model computes step 0 (the
+    runner sends it with the run packet), so the first step's packet comes as fast as the others."""
+    engine = _engine(run_id, words, cfg, 0)
+    with torch.inference_mode():
+        engine.prepare(height, width)
+
+
+def _engine(run_id: str, words: list[str], cfg: PhaseConfig, step: int) -> PhaseEngine:
+    """The run's phase engine in this process: a new one for a new run or a replay (a step not
+    after the engine's last)."""
     with _ENGINES_LOCK:  # several runners' workers may share this process
         engine = _ENGINES.get(run_id)
         if engine is None or engine.last_step is not None and step <= engine.last_step:  # a new run, or a replay of one
             engine = _ENGINES[run_id] = PhaseEngine(words, cfg, device="cpu")
             while len(_ENGINES) > KEEP_ENGINES:
                 _ENGINES.popitem(last=False)
-    with torch.inference_mode():  # one mode for the engine's state, whichever thread or process runs this step
-        pf = engine.update(torch.from_numpy(np.require(maps, np.float32, requirements="W")), step, total)
-    return _step(run_id, pf, focus, timestep, ended)
+        return engine
 
 
 def image_packet(run_id: str, step: int, image: np.ndarray) -> Packet:
