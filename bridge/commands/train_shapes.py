@@ -18,6 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder-seconds", type=float, default=0.0,
                    help="first fine-tune the VAE decoder alone for this long (encoder frozen, so the latent space the UNet "
                         "learnt stays the same)")
+    p.add_argument("--decoder-steps", type=int, default=None, metavar="N",
+                   help="with --decoder-seconds: stop the decoder after N steps if its time has not run out first")
+    p.add_argument("--unet-steps", type=int, default=None, metavar="N",
+                   help="stop the UNet after N steps of this run if the wall-clock budget has not run out first")
     p.add_argument("--skip-unet", action="store_true", help="no UNet training (e.g. only --decoder-seconds)")
     p.add_argument("--batch", type=int, default=256, help="UNet batch size")
     p.add_argument("--vae-batch", type=int, default=64)

@@ -328,7 +328,7 @@ class Trainer:
         vae.decoder.train()
         acc = torch.zeros(2, device=self.dev)
         step = 0
-        while time.monotonic() < end:
+        while time.monotonic() < end and (a.decoder_steps is None or step < a.decoder_steps):
             sc = self.world.sample(a.vae_batch)
             img, masks = self.world.render(sc)
             x = img * 2 - 1
@@ -365,7 +365,7 @@ class Trainer:
         start_step = self.step
         warm_from = self.step if getattr(self, "resumed_from_weights", False) else 0
         margin = min(25.0, 0.25 * a.minutes * 60)  # seconds kept for the final checkpoint, export and samples
-        while time.monotonic() < self.deadline - margin:
+        while time.monotonic() < self.deadline - margin and (a.unet_steps is None or self.step - start_step < a.unet_steps):
             b = a.batch
             sc = self.world.sample(b)
             img, masks = self.world.render(sc)
