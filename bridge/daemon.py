@@ -26,7 +26,7 @@ from bridge.protocol import Packet
 from bridge.runner import Request, Runner, RunResult
 from bridge.protocol import state_code
 from bridge.stream.publisher import Publisher, Recipe, StagingPublisher, as_publisher
-from bridge.stream.recipes import kept_item
+from bridge.stream.recipes import kept_item, prepare_run
 from bridge.stream.recorder import RECORDING_OFF
 from bridge.stream.ring import Ring, Staged, StagedStep
 
@@ -257,7 +257,8 @@ class Daemon:
                 is_step = p.kind == "step"
             else:
                 self.publisher.publish_recipe(partial(replayed, p))
-                is_step = not (p.func is kept_item and p.args[1] == "image")  # a preview goes with its step
+                # a preview goes with its step; the run's preparation is no frame
+                is_step = not (p.func is kept_item and p.args[1] == "image" or p.func is prepare_run)
             if is_step and self._wake.wait(period):
                 self._wake.clear()
                 return
