@@ -19,15 +19,12 @@ from bridge.phases import PhaseConfig
 from bridge.protocol import Packet, encode
 from bridge.stream.process import keep_heap
 from bridge.stream.recipes import host_step_packet, prepare_run
+from sink_cpu import step_options  # bench/, this script's folder
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--words", type=int, default=13, help="13: stepx bench's prompt")
-    ap.add_argument("--size", type=int, default=64, help="map side (SD 1.5 at 512²: 64)")
-    ap.add_argument("--interval", type=float, default=0.027, help="seconds between steps (SD 1.5's step on an H100)")
+    step_options(ap, runs=20)
     args = ap.parse_args()
     keep_heap()  # as the sink process does
     torch.set_num_threads(1)

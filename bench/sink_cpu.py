@@ -119,13 +119,18 @@ def _subscribe(endpoint: str, ready: object, stop: object, out: object) -> None:
     out.put(n)  # type: ignore[attr-defined]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=10)
+def step_options(ap: argparse.ArgumentParser, runs: int) -> None:
+    """The options of a stream of synthetic SD 1.5-sized steps (this script's and first_step.py's)."""
+    ap.add_argument("--runs", type=int, default=runs)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--words", type=int, default=13, help="13: stepx bench's prompt")
     ap.add_argument("--size", type=int, default=64, help="map side (SD 1.5 at 512²: 64)")
-    ap.add_argument("--interval", type=float, default=0.027, help="seconds between steps")
+    ap.add_argument("--interval", type=float, default=0.027, help="seconds between steps (SD 1.5's step on an H100)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    step_options(ap, runs=10)
     ap.add_argument("--endpoint", default=ENDPOINT, help="where the sink publishes (another port on a shared machine)")
     args = ap.parse_args()
     words = [f"w{i}" for i in range(args.words)]
