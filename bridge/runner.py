@@ -280,9 +280,9 @@ class Runner:
         tm = run.tokens(0)
         state.focus = [tm.index(w) for w in req.focus]  # raises WordNotFoundError listing the words
         state.run_id = run.run_id
-        state.words = list(tm.words)
+        words = state.words = list(tm.words)
         if state.phases == "device":  # compiled on CUDA: a few kernels, not ~99 launches
-            state.engine = PhaseEngine(state.words, phase_cfg, device=self.device, compile=self.device.type == "cuda")
+            state.engine = PhaseEngine(words, phase_cfg, device=self.device, compile=self.device.type == "cuda")
         h, w = run.resolution
         self._send(Packet("run", {
             "run_id": run.run_id, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "words": list(tm.words),
@@ -293,7 +293,7 @@ class Runner:
             "layers": run.layers, "phase_boundaries": list(phase_cfg.boundaries), "started": time.time(),
         }))
         if state.engine is None:  # the phases run where packets are built: their state is made there now, during step 0
-            self._later(lambda: partial(prepare_run, run.run_id, list(tm.words), phase_cfg, h, w))
+            self._later(lambda: partial(prepare_run, run.run_id, words, phase_cfg, h, w))
 
     def _finish(self, run: CaptureRun, state: RunState, status: str, t0: float) -> None:
         if state.words is None:  # the run never started: no run packet went out either

@@ -95,14 +95,6 @@ def head_weight_vector(config: CaptureConfig, name: str, heads: int) -> torch.Te
     return w
 
 
-def head_weight_total(config: CaptureConfig, name: str, heads: int) -> float:
-    """The sum of :func:`head_weight_vector` (``heads`` itself where none are given: no tensor,
-    since a capture asks it of every layer at every run)."""
-    if (config.head_weights or {}).get(name) is None:
-        return float(heads)
-    return float(head_weight_vector(config, name, heads).sum())
-
-
 def load_head_weights(path: str | Path) -> dict[str, list[float]]:
     """Read head weights from JSON: ``{"layer name": [w_head0, w_head1, ...], ...}``."""
     data = json.loads(Path(path).read_text())

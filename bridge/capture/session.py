@@ -19,7 +19,7 @@ from typing import Any, Callable, cast
 import torch
 
 from .adapters import Adapter, Layer, adapter_for
-from .config import CaptureConfig, head_weight_total, head_weight_vector, matches
+from .config import CaptureConfig, head_weight_vector, matches
 from .frames import CaptureRun, StepFrame
 from .evaluation import BatchedEvaluation, _canonical, _StepAccumulator
 from .steps import estimate_x0, patch_method, step_outputs
@@ -65,7 +65,7 @@ class Capture(BatchedEvaluation):
         all_layers = self.adapter.layers()
         cfg = self.config
         self.cross_layers = [
-            l for l in all_layers if l.cross and cfg.cross and matches(l.name, cfg.layers) and head_weight_total(cfg, l.name, l.heads) > 0
+            l for l in all_layers if l.cross and cfg.cross and matches(l.name, cfg.layers) and _total_weight(cfg, [l]) > 0
         ]
         self.self_layers = [l for l in all_layers if not l.cross and cfg.queries and matches(l.name, cfg.self_layers)]
         self.detail = {l.name for l in self.cross_layers if cfg.detail_layers and matches(l.name, cfg.detail_layers)}
@@ -305,8 +305,9 @@ def capture(pipe: Any, config: CaptureConfig | None = None, on_step: StepCallbac
 
 
 def _total_weight(cfg: CaptureConfig, layers: list[Layer]) -> float:
-    """All heads' weights over ``layers``: summed in float32 as the weights are where some are
-    given; the head count where none are (exact either way, and no tensor at every run)."""
+    """All heads' weights over ``layers`` (:func:`head_weight_vector`'s, added in float32) where
+    head weights are given; the head count where none are: exact, and no tensor per layer at
+    every run (a capture asks it of each layer, then of all)."""
     if not cfg.head_weights:
         return float(sum(l.heads for l in layers))
     return float(sum(head_weight_vector(cfg, l.name, l.heads).sum() for l in layers))
