@@ -203,7 +203,7 @@ class PhaseEngine:
     def prepare(self, h: int, w: int) -> None:
         """Make the run's zero state for ``[N, h, w]`` maps now, before its first step, so that
         the first step costs what the others do (the sink process does this while the model
-        computes step 0: about 0.3 ms of its first packet's latency on a 2-core machine).
+        computes step 0: 0.20-0.23 ms of its first packet's time on a 2-core machine, bench/first_step.py).
         Nothing once a step was processed; a first step of another size replaces it."""
         if self._steps:
             return
