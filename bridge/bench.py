@@ -225,6 +225,50 @@ def handover_stages(sent: dict[Key, float], handover: dict[Key, tuple[float, flo
     return {k: _percentiles(v) for k, v in parts.items() if v}
 
 
+class GcMeter:
+    """Python's cyclic garbage collections during each timed call, by generation, and the wall
+    time they took (in whichever thread ran them: a collection holds the GIL, so the model's
+    thread waits for one that another thread of the process runs). Per call: is a variant slower
+    because it makes the interpreter collect, and walk the model's objects, more often?"""
+
+    def __init__(self) -> None:
+        import gc
+
+        self._gc = gc
+        self._began: dict[int, float] = {}  # thread ident -> a collection's start
+        self._now: list[float] = [0.0, 0.0, 0.0, 0.0]  # this call's collections of generations 0, 1, 2, and ms
+        self.calls: dict[str, list[list[float]]] = {}
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        me = threading.get_ident()
+        if phase == "start":
+            self._began[me] = time.perf_counter()
+            return
+        began = self._began.pop(me, None)
+        if began is not None:
+            self._now[info["generation"]] += 1
+            self._now[3] += 1e3 * (time.perf_counter() - began)
+
+    def start(self) -> None:
+        self._now = [0.0, 0.0, 0.0, 0.0]
+
+    def stop(self, variant: str) -> None:
+        self.calls.setdefault(variant, []).append(list(self._now))
+
+    def close(self) -> dict[str, Any]:
+        """Per variant: the median collections of each generation per call, and their median and
+        largest milliseconds per call; and how many objects a full collection walks."""
+        if self._callback in self._gc.callbacks:
+            self._gc.callbacks.remove(self._callback)
+        out: dict[str, Any] = {"tracked_objects": len(self._gc.get_objects()), "frozen_objects": self._gc.get_freeze_count()}
+        for v, calls in self.calls.items():
+            a = np.array(calls)  # [calls, 4]
+            out[v] = {"collections_per_call": [float(np.median(a[:, g])) for g in range(3)],
+                      "ms_per_call": round(float(np.median(a[:, 3])), 3), "max_ms": round(float(a[:, 3].max()), 3)}
+        return out
+
+
 def _percentiles(ms: list[float]) -> dict[str, float]:
     """p50, p99 and max of some milliseconds (not empty)."""
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(max(ms))}
@@ -539,6 +583,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                 times.pop(v)
                 thread_cpu.pop(v)
         free_cpus = _pin_this_thread(pin_thread, pin_alone)
+        collections = GcMeter()
         steal0 = _cpu_steal()
         started = time.perf_counter()
         for r in range(warmup + runs):
@@ -552,16 +597,19 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
                 _sync(device)
                 if latency and v in subscribed:
                     latency.reference(steps)
+                collections.start()
                 t, c = time.perf_counter(), time.thread_time()
                 table[v]()
                 cpu = time.thread_time() - c
                 _sync(device)
                 dt = time.perf_counter() - t
                 if r >= warmup:
+                    collections.stop(v)
                     times[v].append(dt)
                     thread_cpu[v].append(cpu)
                     if device.type == "cuda":
                         peak[v] = max(peak[v], torch.cuda.max_memory_allocated(device))
+        gc_calls = collections.close()
         if profile:
             write_profiles(table, variants, device, profile)
         _unpin(free_cpus)  # the threads as they were
@@ -590,6 +638,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         "cpu_steal_percent": None if steal0 is None or (steal1 := _cpu_steal()) is None else
         round(100.0 * (steal1[0] - steal0[0]) / max(steal1[1] - steal0[1], 1), 2),
         "loadavg": _loadavg(),
+        "gc": gc_calls,
         "peak_memory_mb": {v: round(m / 2**20, 1) for v, m in peak.items() if v in times} if device.type == "cuda" else None,
         "step_to_subscriber_latency": lat,
         "image_identical_to_plain": {v: bool(np.array_equal(im, images["plain"])) for v, im in images.items() if v not in ("plain", "daam")},
@@ -685,6 +734,12 @@ def print_table(result: dict[str, Any]) -> None:
         print("model's thread CPU per call (median ms):", ", ".join(f"{v} {ms:.1f}" for v, ms in result["model_thread_cpu_ms"].items()))
     if result.get("cpu_steal_percent") is not None:
         print(f"CPU steal during the timed rounds: {result['cpu_steal_percent']} %; load average {result.get('loadavg')}")
+    if result.get("gc"):
+        g = result["gc"]
+        print(f"garbage collections per call (gen 0/1/2, median; ms median/max; {g['tracked_objects']} objects tracked, "
+              f"{g['frozen_objects']} frozen):", ", ".join(
+                  f"{v} {'/'.join(f'{n:g}' for n in c['collections_per_call'])} {c['ms_per_call']:.1f}/{c['max_ms']:.1f}"
+                  for v, c in g.items() if isinstance(c, dict)))
     if any((result.get("capture_graphs") or {}).values()):
         print("evaluations' map maths:", json.dumps(result["capture_graphs"]))
     for v, st in (result.get("runner_stage_median_seconds") or {}).items():

@@ -4,6 +4,8 @@ the same process, latency is counted per step, and the profile names what each v
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 import pytest
 import torch
@@ -58,6 +60,9 @@ def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
     assert {k: v["n"] for k, v in lat["by_place"].items()} == {"first": 20, "last": 20, "middle": 20}
     assert [w["of"] for w in lat["worst"]] == [3] * 5 and lat["worst"][0]["ms"] == round(max(
         v["max_ms"] for v in lat["by_place"].values()), 3)
+    # the garbage collections of every timed call were counted, per variant
+    assert {v for v, c in result["gc"].items() if isinstance(c, dict)} == set(variants)
+    assert result["gc"]["tracked_objects"] > 0
     text = profile.read_text()
     for v in variants:
         assert f"=== {v}:" in text and f"=== python {v}:" in text
@@ -146,6 +151,30 @@ def test_pin_alone_moves_the_other_threads_off_the_model_cpu_then_back(tiny_pipe
     finally:
         stop.set()
         t.join(30)
+
+
+def test_gc_meter_counts_each_calls_collections_by_generation() -> None:
+    import gc
+
+    from bridge.bench import GcMeter
+
+    meter = GcMeter()
+    try:
+        meter.start()
+        gc.collect(0)
+        gc.collect(2)
+        meter.stop("a")
+        meter.start()
+        meter.stop("a")  # a call with none
+        meter.start()
+        threading.Thread(target=gc.collect, args=(1,)).start()  # another thread's collection counts too
+        time.sleep(0.2)
+        meter.stop("b")
+    finally:
+        out = meter.close()
+    assert meter._callback not in gc.callbacks  # closed: no callback left behind
+    assert out["a"]["collections_per_call"] == [0.5, 0.0, 0.5] and out["a"]["max_ms"] > 0
+    assert out["b"]["collections_per_call"] == [0.0, 1.0, 0.0]
 
 
 def test_median_interval_brackets_the_median_and_narrows_with_rounds():
