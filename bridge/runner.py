@@ -102,7 +102,7 @@ class Runner:
         Every recipe is handed over by the packet thread, which waits for the step's host copy: the
         model's thread only launches the copy (handing over on the model's thread measured the
         same, 1.001× over 443 paired rounds, docs/BENCHMARKS.md "Delivery", and was removed).
-        A publisher with a ring (a StagingPublisher: ``stepx serve --step-ring on``) takes each
+        A publisher with a ring (a StagingPublisher: ``stepx serve``'s default sink process) takes each
         step's maps and preview through it instead: the model's thread copies them into a slot
         and sends the notice itself, unless the packet thread still has items to send first."""
         # ``step_clock(run_id, step)`` is called on the model's thread as each step ends (before

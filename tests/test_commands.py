@@ -50,7 +50,7 @@ def test_record_bad_focus_word_fails_clearly(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sink_process,step_ring", [("off", "off"), ("on", "off"), ("on", "on")])
+@pytest.mark.parametrize("sink_process,step_ring", [("off", "off"), ("on", "off"), ("on", None)])  # None: the default, on
 def test_serve_control_and_sigterm_finalises_the_trace(tmp_path, sink_process, step_ring):
     pub, ctl, osc = free_port(), free_port(), free_port()
     trace = tmp_path / "show.stepx"
@@ -58,7 +58,7 @@ def test_serve_control_and_sigterm_finalises_the_trace(tmp_path, sink_process, s
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny", "--steps", "400", "--prompt", "a red circle", "--stop-grace", "120",
          "--zmq", f"tcp://127.0.0.1:{pub}", "--control", f"tcp://127.0.0.1:{ctl}", "--osc-control", f"127.0.0.1:{osc}",
-         "--record", str(trace), "--no-idle-replay", "--sink-process", sink_process, "--step-ring", step_ring],
+         "--record", str(trace), "--no-idle-replay", "--sink-process", sink_process, *(["--step-ring", step_ring] if step_ring else [])],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sub = ZmqSubscriber(f"tcp://127.0.0.1:{pub}", topics=["stepx/"])
     ctx = zmq.Context.instance()
@@ -93,7 +93,7 @@ def test_serve_control_and_sigterm_finalises_the_trace(tmp_path, sink_process, s
         assert proc.wait(timeout=180) == 0
         start = next(json.loads(line) for line in proc.stdout.read().splitlines() if '"serving"' in line)
         assert start["phases"] == ("sink process" if sink_process == "on" else "packet worker")  # CPU: phases on the host
-        assert start["step_ring"] is (step_ring == "on")
+        assert start["step_ring"] is (sink_process == "on" and step_ring != "off")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -35,10 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sink-process", choices=("auto", "on", "off"), default="auto",
                    help="run the outputs (encoding, sockets, the recorder) in a child process, so they never take "
                         "the model's thread's time (auto: on when the model runs on CUDA)")
-    p.add_argument("--step-ring", choices=("off", "on"), default="off",
+    p.add_argument("--step-ring", choices=("off", "on"), default="on",
                    help="with the sink process: hand each step's maps and preview over through memory both processes map "
-                        "(bridge/stream/ring.py; no thread of the model's process woken per step) instead of the packet thread; "
-                        "on H100s 0.6 %% faster on a quiet host, either way on noisy ones (docs/BENCHMARKS.md)")
+                        "(bridge/stream/ring.py; no thread of the model's process woken per step); off: through the packet "
+                        "thread. On: 0.6-1.4 %% faster per SD 1.5 image in three H100 A/Bs (docs/BENCHMARKS.md, runs 21, 23)")
     c = p.add_argument_group("control")
     c.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT, help="ZeroMQ control endpoint (ROUTER; REQ or DEALER clients; '' = off)")
     c.add_argument("--osc-control", default=f"{DEFAULT_HOST}:{OSC_CONTROL_PORT}", help="OSC control HOST:PORT ('' = off)")
