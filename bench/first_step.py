@@ -17,7 +17,7 @@ import torch
 
 from bridge.phases import PhaseConfig
 from bridge.protocol import Packet, encode
-from bridge.stream.process import keep_heap
+from bridge.heap import keep_heap
 from bridge.stream.recipes import host_step_packet, prepare_run
 from sink_cpu import step_options  # bench/, this script's folder
 

@@ -47,6 +47,7 @@ def test_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_pa
     trace = tmp_path / "run.stepx"
     with PacketProcess(_sinks(record=str(trace)), ring_slots=ring_slots) as pp:
         assert pp.sink_names == ["record"] and (pp.ring is not None) == (ring_slots > 0)
+        assert pp.child_frozen > 10_000  # torch's and numpy's objects, out of the child's collector's reach (bridge/heap.py)
         runner = Runner(sd_pipe, pp, image_every=0, phases_on=phases_on)
         result = runner.run(REQ)
         assert result.status == "done"
@@ -251,7 +252,7 @@ def test_keep_heap_sets_glibc_malloc_where_there_is_one():
     mallopt accepts both settings; elsewhere it says it could not, and nothing else changes."""
     import platform
 
-    from bridge.stream.process import keep_heap
+    from bridge.heap import keep_heap
 
     got = keep_heap()
     assert isinstance(got, bool)

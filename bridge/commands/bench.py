@@ -90,9 +90,11 @@ def run(args: argparse.Namespace) -> int:
         pipe = dispatch_sd_pipeline().to(device)
     else:
         pipe, _ = load_pipeline(None if args.arch == "shapes" else "tiny", str(device))
+    from bridge.heap import freeze_heap
     from bridge.threads import configure_threads
 
     configure_threads(args.threads, device)
+    freeze_heap()  # as `stepx serve` does once its model is loaded
     if "plain" not in args.variants:
         args.variants = ["plain", *args.variants]
     result = run_bench(pipe, args.steps, args.runs, args.warmup, args.guidance, args.variants, profile=args.profile,

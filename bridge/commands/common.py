@@ -142,7 +142,10 @@ def given_flags(argv: list[str]) -> set[str]:
 def load_model(args: argparse.Namespace) -> tuple[Any, str]:
     """The pipeline the model options name: ``(pipe, name)``; a device that is not here is a
     ValueError (one line from ``stepx``), checked before anything loads. Sets torch's CPU threads
-    (``--threads``, else the default for the model's device: bridge/threads.py)."""
+    (``--threads``, else the default for the model's device: bridge/threads.py). The objects
+    alive once it is loaded are taken out of the collector's reach (bridge/heap.py): no
+    collection walks the model's half a million objects mid-run."""
+    from bridge.heap import freeze_heap
     from bridge.models.loading import load_pipeline, pick_device
     from bridge.runner import denoiser
     from bridge.threads import configure_threads
@@ -151,6 +154,7 @@ def load_model(args: argparse.Namespace) -> tuple[Any, str]:
     pipe, name = load_pipeline(args.model, args.device, None if args.dtype == "auto" else args.dtype, args.arch,
                                config=args.model_config)
     configure_threads(args.threads, next(denoiser(pipe).parameters()).device)
+    freeze_heap()
     return pipe, name
 
 

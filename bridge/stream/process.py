@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import zmq
 
+from bridge.heap import freeze_heap, keep_heap
 from bridge.item_codec import decode_item, decode_staged, encode_item, encode_staged, join_frames, split_frames
 from bridge.stream.recorder import RECORDING_OFF
 from bridge.stream.ring import SLOT_BYTES, Ring, RingError, Staged, remove_folder, ring_folder
@@ -94,26 +95,6 @@ def set_cpus(cpus: set[int]) -> None:
         log.warning("this platform cannot restrict a process to CPUs; ignored")
         return
     os.sched_setaffinity(0, cpus)
-
-
-#: glibc's mallopt parameters (malloc.h) and the values the child sets: every step's arrays (a few
-#: hundred KiB each) come from the heap and go back to it, instead of fresh mmap'd pages that the
-#: kernel zeroes and faults in one by one (bench/sink_cpu.py: about 40 minor faults a step, 6–8
-#: with this; several hundred when numpy allocated the arrays).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest on 64-bit systems
-_TRIM_THRESHOLD = 64 * 1024 * 1024
-
-
-def keep_heap() -> bool:
-    """Have glibc's malloc serve large blocks from the heap and keep freed memory mapped (this
-    process only); whether it could (False off glibc, where nothing changes)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without it)
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
 
 class PacketProcessError(RuntimeError):
@@ -172,6 +153,7 @@ class PacketProcess:
         self.recipes = 0  # of sent: items built in the child
         self.staged = 0  # of recipes: steps whose maps came through the ring
         self.sink_names: list[str] = []
+        self.child_frozen = 0  # objects the current child took out of its collector's reach (bridge/heap.py)
         self._ring_shape = (ring_slots, ring_slot_bytes)
         self._ring: Ring | None = None
         self._rings = 0
@@ -210,10 +192,11 @@ class PacketProcess:
                                       logging.getLogger().getEffectiveLevel(), self._cpus, self._health, spec))
         proc.start()
         there.close()
+        started: list[Any] = []
         try:
             if not here.poll(self._start_timeout):
                 raise PacketProcessError(f"the sink process did not start within {self._start_timeout:.0f}s")
-            status, detail, *mapped = here.recv()
+            status, detail, *started = here.recv()  # "ready": sink names, the ring mapped, objects frozen
             if status == "ready":  # the child's hello on the channel: connected; now close the door
                 if not sock.poll(int(self._start_timeout * 1000)):
                     raise PacketProcessError("the sink process never connected to its channel")
@@ -235,7 +218,7 @@ class PacketProcess:
             if ring is not None:
                 ring.close()
             raise detail if isinstance(detail, BaseException) else PacketProcessError(str(detail))
-        if ring is not None and not (mapped and mapped[0]):
+        if ring is not None and not (started and started[0]):
             log.warning("the sink process could not map the step ring; the step maps go through the packet thread")
             ring.close()
             ring = None
@@ -245,6 +228,7 @@ class PacketProcess:
         self._sock, self._conn, self._proc, self._folder = sock, here, proc, folder
         self.endpoint = endpoint
         self.sink_names = list(detail)
+        self.child_frozen = int(started[1]) if len(started) > 1 else 0
 
     def _revive(self) -> bool:
         """Start a new child if the last one died and the restart interval has passed."""
@@ -434,6 +418,7 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
         recipes()  # import the recipes' modules now, not at the first step (a 0.2 s wait in its latency)
         sinks = factory()
         fan = FanOut(sinks, keep_max)
+        frozen = freeze_heap()  # torch's, numpy's and the sinks' objects: no full collection walks them per step
     except BaseException as exc:  # the parent raises it: a sink that cannot open says why there
         try:
             conn.send(("error", exc))
@@ -452,7 +437,7 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
     pull.setsockopt(zmq.RCVTIMEO, int(HEALTH_EVERY * 1000))  # a blocking receive that wakes for the health report
     pull.connect(endpoint)
     pull.send(b"hello")  # the parent removes the socket file once this arrives
-    conn.send(("ready", [s.name for s in sinks], ring is not None))
+    conn.send(("ready", [s.name for s in sinks], ring is not None, frozen))
     parent = mp.parent_process()
     errors, last_log = 0, -1e9
     reported, last_report = b"", -1e9
