@@ -16,6 +16,7 @@ import torch
 
 from bridge.heap import freeze_heap
 from bridge.models.loading import load_pipeline
+from bridge.runner import Request, Runner
 
 
 def full_collections(repeat: int) -> list[float]:
@@ -34,13 +35,19 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    load_pipeline(None if args.model == "shapes" else "tiny", "cpu")
+    pipe, _ = load_pipeline(None if args.model == "shapes" else "tiny", "cpu")
     tracked = len(gc.get_objects())
     before = full_collections(args.repeat)
     frozen = freeze_heap()
     after = full_collections(args.repeat)
     print(f"{args.model}: {tracked} objects tracked; a full collection {statistics.median(before):.1f} ms (median of "
           f"{args.repeat}); after freeze_heap ({frozen} frozen, {len(gc.get_objects())} left) {statistics.median(after):.2f} ms")
+    packets: list = []
+    for seed in range(2):  # runs make objects after the freeze: how many stay for a full collection to walk?
+        Runner(pipe, packets.append, "gc").run(Request("a red circle above a blue square", seed=seed, steps=8))
+        packets.clear()
+        print(f"after run {seed + 1}: {len(gc.get_objects())} objects tracked; a full collection "
+              f"{statistics.median(full_collections(args.repeat)):.2f} ms")
 
 
 if __name__ == "__main__":

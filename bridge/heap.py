@@ -3,7 +3,7 @@ process): no collector pauses that walk the loaded model, no page faults for eve
 
 Why: CPython's cyclic collector runs a full collection now and then, and a full collection walks
 every object it tracks. With a model loaded that is half a million objects (torch's and
-diffusers' modules, parameters, tokenizers): 190 ms on this project's 2-core development machine
+diffusers' modules, parameters, tokenizers): about 250 ms on this project's 2-core development machine
 for the embedded model, and a 334 ms pause in one SDXL call on an H100 host
 (docs/bench_results/h100_run24, ``stepx bench``'s ``gc`` line). In a show that is a visible hitch
 in the stream and in the model's steps (a collection holds the GIL). Those objects live as long as
