@@ -2,7 +2,8 @@
 (phases on the CPU, then the Packet) and its float16 wire encoding, one step every ``--interval``
 seconds (caches as cold as the sink process has them), with and without the run's preparation
 (``bridge.stream.recipes.prepare_run``, which the runner sends with the run packet, one step
-ahead). Wall milliseconds per step, median over ``--runs`` runs after two warm-up runs.
+ahead). Wall milliseconds per step, median over ``--runs`` runs after two warm-up runs; and how
+many garbage collections began inside the timed steps (the heap frozen, as in the sink process).
 
     python bench/first_step.py [--runs 20] [--steps 20] [--words 13] [--size 64] [--interval 0.027]
 """
@@ -10,6 +11,7 @@ ahead). Wall milliseconds per step, median over ``--runs`` runs after two warm-u
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 
 from bridge.phases import PhaseConfig
 from bridge.protocol import Packet, encode
-from bridge.heap import keep_heap
+from bridge.heap import freeze_heap, keep_heap
 from bridge.stream.recipes import host_step_packet, prepare_run
 from sink_cpu import step_options  # bench/, this script's folder
 
@@ -28,6 +30,16 @@ def main() -> None:
     args = ap.parse_args()
     keep_heap()  # as the sink process does
     torch.set_num_threads(1)
+    freeze_heap()  # as the sink process does once its sinks are made
+    collections = {"inside": 0, "all": 0}  # garbage collections begun inside a timed build, and in all
+    timing = [False]
+
+    def count(phase: str, _info: dict) -> None:
+        if phase == "start":
+            collections["all"] += 1
+            collections["inside"] += timing[0]
+
+    gc.callbacks.append(count)
     words = [f"w{i}" for i in range(args.words)]
     rng = np.random.default_rng(0)
     maps = [rng.random((args.words, args.size, args.size), dtype=np.float32) for _ in range(args.steps)]
@@ -41,9 +53,10 @@ def main() -> None:
             prepare_run(run_id, words, cfg, args.size, args.size)
         for step in range(args.steps):
             time.sleep(args.interval)
-            t = time.perf_counter()
+            t, timing[0] = time.perf_counter(), counted
             p = host_step_packet(run_id, words, cfg, maps[step].copy(), step, args.steps, [], 999.0 - step, time.time())
             encode(Packet(p.kind, {**p.header, "sent": time.time()}, p.arrays), "float16")
+            timing[0] = False
             if counted:
                 times[prepared]["first" if step == 0 else "others"].append(1000 * (time.perf_counter() - t))
     print(f"{args.runs} runs each way, {args.words} words, {args.size}² maps, a step every {1000 * args.interval:.0f} ms; "
@@ -51,6 +64,7 @@ def main() -> None:
     for prepared, t in times.items():
         first, others = np.median(t["first"]), np.median(t["others"])
         print(f"  {'with' if prepared else 'without'} prepare_run: step 0 {first:.2f}, the others {others:.2f} ({first - others:+.2f})")
+    print(f"garbage collections begun inside the timed steps: {collections['inside']} (in all: {collections['all']})")
 
 
 if __name__ == "__main__":
