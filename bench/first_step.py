@@ -3,7 +3,7 @@
 seconds (caches as cold as the sink process has them), with and without the run's preparation
 (``bridge.stream.recipes.prepare_run``, which the runner sends with the run packet, one step
 ahead). Wall milliseconds per step, median over ``--runs`` runs after two warm-up runs; and how
-many garbage collections began inside the timed steps (the heap frozen, as in the sink process).
+many garbage collections ran inside the timed steps (the heap frozen, as in the sink process).
 
     python bench/first_step.py [--runs 20] [--steps 20] [--words 13] [--size 64] [--interval 0.027]
 """
@@ -11,12 +11,12 @@ many garbage collections began inside the timed steps (the heap frozen, as in th
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 
 import numpy as np
 import torch
 
+from bridge.bench import GcMeter
 from bridge.phases import PhaseConfig
 from bridge.protocol import Packet, encode
 from bridge.heap import freeze_heap, keep_heap
@@ -31,15 +31,7 @@ def main() -> None:
     keep_heap()  # as the sink process does
     torch.set_num_threads(1)
     freeze_heap()  # as the sink process does once its sinks are made
-    collections = {"inside": 0, "all": 0}  # garbage collections begun inside a timed build, and in all
-    timing = [False]
-
-    def count(phase: str, _info: dict) -> None:
-        if phase == "start":
-            collections["all"] += 1
-            collections["inside"] += timing[0]
-
-    gc.callbacks.append(count)
+    collections = GcMeter()  # the garbage collections inside each timed step
     words = [f"w{i}" for i in range(args.words)]
     rng = np.random.default_rng(0)
     maps = [rng.random((args.words, args.size, args.size), dtype=np.float32) for _ in range(args.steps)]
@@ -53,18 +45,21 @@ def main() -> None:
             prepare_run(run_id, words, cfg, args.size, args.size)
         for step in range(args.steps):
             time.sleep(args.interval)
-            t, timing[0] = time.perf_counter(), counted
+            collections.start()
+            t = time.perf_counter()
             p = host_step_packet(run_id, words, cfg, maps[step].copy(), step, args.steps, [], 999.0 - step, time.time())
             encode(Packet(p.kind, {**p.header, "sent": time.time()}, p.arrays), "float16")
-            timing[0] = False
             if counted:
                 times[prepared]["first" if step == 0 else "others"].append(1000 * (time.perf_counter() - t))
+                collections.stop("step")
     print(f"{args.runs} runs each way, {args.words} words, {args.size}² maps, a step every {1000 * args.interval:.0f} ms; "
           "recipe + float16 encoding, wall ms (median):")
     for prepared, t in times.items():
         first, others = np.median(t["first"]), np.median(t["others"])
         print(f"  {'with' if prepared else 'without'} prepare_run: step 0 {first:.2f}, the others {others:.2f} ({first - others:+.2f})")
-    print(f"garbage collections begun inside the timed steps: {collections['inside']} (in all: {collections['all']})")
+    inside = np.array(collections.calls["step"])  # [timed steps, generations 0-2 and ms]
+    collections.close()
+    print(f"garbage collections inside the {len(inside)} timed steps: {inside[:, :3].sum():g} ({inside[:, 3].sum():.2f} ms)")
 
 
 if __name__ == "__main__":

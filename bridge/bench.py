@@ -8,6 +8,7 @@ latency from a step's end to a local ZeroMQ subscriber's receipt.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import logging
@@ -232,9 +233,6 @@ class GcMeter:
     because it makes the interpreter collect, and walk the model's objects, more often?"""
 
     def __init__(self) -> None:
-        import gc
-
-        self._gc = gc
         self._began: dict[int, float] = {}  # thread ident -> a collection's start
         self._now: list[float] = [0.0, 0.0, 0.0, 0.0]  # this call's collections of generations 0, 1, 2, and ms
         self.calls: dict[str, list[list[float]]] = {}
@@ -259,9 +257,9 @@ class GcMeter:
     def close(self) -> dict[str, Any]:
         """Per variant: the median collections of each generation per call, and their median and
         largest milliseconds per call; and how many objects a full collection walks."""
-        if self._callback in self._gc.callbacks:
-            self._gc.callbacks.remove(self._callback)
-        out: dict[str, Any] = {"tracked_objects": len(self._gc.get_objects()), "frozen_objects": self._gc.get_freeze_count()}
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+        out: dict[str, Any] = {"tracked_objects": len(gc.get_objects()), "frozen_objects": gc.get_freeze_count()}
         for v, calls in self.calls.items():
             a = np.array(calls)  # [calls, 4]
             out[v] = {"collections_per_call": [float(np.median(a[:, g])) for g in range(3)],

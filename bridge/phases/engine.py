@@ -145,9 +145,8 @@ class PhaseEngine:
             if wp > 0.0:
                 self._acc_weight[p] += wp
         if self._state is None or not self._steps and (self._state.acc.shape != (3, n + 1, h, w) or self._state.acc.device != device):
-            self._state = initial_state(n, h, w, device)  # (a state prepared for other maps is replaced)
-            self._coords = pixel_centres(h, w, device)
-        xs, ys = cast("tuple[Tensor, Tensor]", self._coords)  # set with the state, above
+            self._new_state(n, h, w, device)  # (a state prepared for other maps is replaced)
+        state, (xs, ys) = cast("tuple[StepState, tuple[Tensor, Tensor]]", (self._state, self._coords))  # set above
         scalars = step_scalars(weights, self._acc_weight, len(self._steps), cfg.settle_rate, cfg.settle_scale, step,
                                cfg.stable_threshold)
         scal = torch.tensor(scalars, dtype=torch.float32)
@@ -161,16 +160,16 @@ class PhaseEngine:
         try:
             if device.type == "cpu" and self.compile_mode is None:  # the same values, fewer passes
                 hints = HostHints(weights, (scalars[3], scalars[4], scalars[5]), bool(self._steps), self._nan_seen)
-                out = host_phase_step(maps, self._state, scal, xs, ys, cfg.normalisation, cfg.global_view, hints)
+                out = host_phase_step(maps, state, scal, xs, ys, cfg.normalisation, cfg.global_view, hints)
             else:
-                out = step_fn(maps, self._state, scal, xs, ys, cfg.normalisation, cfg.global_view)
+                out = step_fn(maps, state, scal, xs, ys, cfg.normalisation, cfg.global_view)
         except Exception as exc:  # e.g. no compiler toolchain: the eager step is the same maths
             if self.compile_mode is None:
                 raise
             log.warning("the compiled phases step failed (%s: %s); running the eager step from now on",
                         type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             self.compile_mode, clone = None, False
-            out = phase_step(maps, self._state, scal, xs, ys, cfg.normalisation, cfg.global_view)
+            out = phase_step(maps, state, scal, xs, ys, cfg.normalisation, cfg.global_view)
         if clone:  # CUDA-graph outputs are overwritten by the next replay: keep our own copies
             out = _clone_out(out)
         if device.type == "cpu" and not self._nan_seen:  # the CPU step's hint, whichever step ran (a fall-back mid-run)
@@ -207,8 +206,11 @@ class PhaseEngine:
         Nothing once a step was processed; a first step of another size replaces it."""
         if self._steps:
             return
-        device = self.device if self.device is not None else torch.device("cpu")
-        self._state = initial_state(len(self.words), h, w, device)
+        self._new_state(len(self.words), h, w, self.device if self.device is not None else torch.device("cpu"))
+
+    def _new_state(self, n: int, h: int, w: int, device: torch.device) -> None:
+        """The run's zero state and pixel centres for ``[n, h, w]`` maps on ``device``."""
+        self._state = initial_state(n, h, w, device)
         self._coords = pixel_centres(h, w, device)
 
     @property
