@@ -1,5 +1,6 @@
 """CPU threads for torch where a model runs on the CPU: a default that stays sane on a shared,
-loaded machine, and the ``--threads`` option of every command that runs a model.
+loaded machine, and the ``--threads`` option of every command that runs a model; and a thread's
+timer slack, for the sink process's thread that polls the step ring.
 
 torch's own default is one intra-op thread per CPU. On a machine whose CPUs other processes
 already keep busy, those threads wait for each other at every op (OpenMP's barriers spin while
@@ -10,8 +11,10 @@ the CPUs that are free when the model is loaded: CPUs minus the 1-minute load av
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import sys
 
 import torch
 
@@ -55,3 +58,34 @@ def configure_threads(requested: int | None, device: torch.device | str) -> int:
         torch.set_num_threads(n := default_threads(cpus, load))
         log.info("torch CPU threads: %d (%d CPUs, load %s; --threads sets it)", n, cpus, "unknown" if load is None else f"{load:.1f}")
     return torch.get_num_threads()
+
+
+#: ``prctl`` options (linux/prctl.h): the calling thread's timer slack, in nanoseconds.
+PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30
+FINE_SLACK_NS = 1000
+
+
+def fine_timer_slack(ns: int = FINE_SLACK_NS) -> bool:
+    """Let the calling thread's sleeps end within ``ns`` nanoseconds of their time (Linux; False
+    elsewhere or where ``prctl`` refuses). Linux's default 50 µs slack rounded every 20–25 µs
+    poll of the sink process's ring wait up to ~75 µs (bench/ring_wait.py); the slack is the
+    thread's own, so only the thread that polls pays for the precise wake-ups."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def timer_slack() -> int | None:
+    """The calling thread's timer slack in nanoseconds (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        got = int(libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0))
+    except (OSError, AttributeError):
+        return None
+    return got if got >= 0 else None

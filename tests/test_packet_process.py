@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import time
 from functools import partial
 
@@ -17,6 +18,7 @@ from bridge.stream.ring import SLOTS
 from bridge.runner import Request, Runner, collect
 from bridge.stream.recipes import step_packet
 from bridge.stream.sinks import SinkError, build_sinks
+from bridge.threads import FINE_SLACK_NS
 from bridge.trace import TraceReader
 from bridge import protocol as wire
 from bridge.transport.zmq_sub import ZmqSubscriber
@@ -48,6 +50,8 @@ def test_packets_built_in_the_child_equal_those_built_in_process(sd_pipe, tmp_pa
     with PacketProcess(_sinks(record=str(trace)), ring_slots=ring_slots) as pp:
         assert pp.sink_names == ["record"] and (pp.ring is not None) == (ring_slots > 0)
         assert pp.child_frozen > 10_000  # torch's and numpy's objects, out of the child's collector's reach (bridge/heap.py)
+        if sys.platform.startswith("linux"):  # its ring polls wake on time, not 50 µs late (bridge/threads.py)
+            assert pp.child_timer_slack == FINE_SLACK_NS
         runner = Runner(sd_pipe, pp, image_every=0, phases_on=phases_on)
         result = runner.run(REQ)
         assert result.status == "done"

@@ -14,7 +14,7 @@ import torch
 
 from bridge.item_codec import decode_staged, encode_staged
 from bridge.phases import PhaseConfig
-from bridge.stream.ring import PAGE, STAMPS, Ring, RingError, Slot, StagedImage, StagedStep, remove_folder, ring_folder
+from bridge.stream.ring import PAGE, POLL, POLL_FINE, POLL_MAX, STAMPS, Ring, RingError, Slot, StagedImage, StagedStep, poll_pause, remove_folder, ring_folder
 
 
 @pytest.fixture
@@ -58,6 +58,15 @@ def test_stamps_wrap_and_a_slot_never_sees_its_last_stamp_as_new(ring) -> None:
         ring.land(slot, torch.tensor([float(k)]))
         assert ring.wait(slot.index, slot.seq, timeout=0.0)
         assert ring.read(slot.index, slot.seq, 4, np.dtype(np.float32))[0] == k
+
+
+def test_the_stamp_is_polled_finely_while_values_are_due_then_less_often() -> None:
+    """Every POLL for the first POLL_FINE (the values of a GPU that keeps pace land then), never
+    less often than POLL_MAX after, the pauses never shrinking."""
+    pauses = [poll_pause(k * 1e-4) for k in range(400)]  # 0 to 40 ms into a wait
+    assert pauses[: int(POLL_FINE / 1e-4)] == [POLL] * int(POLL_FINE / 1e-4)
+    assert all(a <= b for a, b in zip(pauses, pauses[1:])) and pauses[-1] == POLL_MAX == max(pauses)
+    assert POLL < POLL_MAX and poll_pause(60.0) == POLL_MAX
 
 
 def test_a_stamp_that_never_comes_times_out_and_the_slot_can_be_given_up(ring) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import pytest
 import torch
 
@@ -40,3 +43,21 @@ def test_record_takes_threads(tmp_path, restore_threads):
     rc = main(["record", "a red circle", "--model", "tiny", "--steps", "2", "--seed", "1", "--threads", "1",
                "-o", str(tmp_path / "t.stepx")])
     assert rc == 0 and torch.get_num_threads() == 1 and (tmp_path / "t.stepx").stat().st_size > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl's timer slack is Linux's")
+def test_fine_timer_slack_is_the_calling_threads_own():
+    """Set in one thread, it is that thread's (read back from the kernel); the others keep theirs."""
+    seen: dict[str, int | None] = {}
+
+    def fine() -> None:
+        seen["before"] = threads.timer_slack()
+        seen["set"] = threads.fine_timer_slack()
+        seen["after"] = threads.timer_slack()
+
+    main_before = threads.timer_slack()
+    t = threading.Thread(target=fine)
+    t.start()
+    t.join()
+    assert seen["set"] is True and seen["after"] == threads.FINE_SLACK_NS != seen["before"]
+    assert threads.timer_slack() == main_before  # this thread's own slack is untouched

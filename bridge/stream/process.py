@@ -61,6 +61,7 @@ from bridge.heap import freeze_heap, keep_heap
 from bridge.item_codec import decode_item, decode_staged, encode_item, encode_staged, join_frames, split_frames
 from bridge.stream.recorder import RECORDING_OFF
 from bridge.stream.ring import SLOT_BYTES, Ring, RingError, Staged, remove_folder, ring_folder
+from bridge.threads import fine_timer_slack, timer_slack
 
 if TYPE_CHECKING:
     from multiprocessing.sharedctypes import SynchronizedString
@@ -154,6 +155,7 @@ class PacketProcess:
         self.staged = 0  # of recipes: steps whose maps came through the ring
         self.sink_names: list[str] = []
         self.child_frozen = 0  # objects the current child took out of its collector's reach (bridge/heap.py)
+        self.child_timer_slack: int | None = None  # its ring-polling thread's timer slack, ns (Linux)
         self._ring_shape = (ring_slots, ring_slot_bytes)
         self._ring: Ring | None = None
         self._rings = 0
@@ -196,7 +198,7 @@ class PacketProcess:
         try:
             if not here.poll(self._start_timeout):
                 raise PacketProcessError(f"the sink process did not start within {self._start_timeout:.0f}s")
-            status, detail, *started = here.recv()  # "ready": sink names, the ring mapped, objects frozen
+            status, detail, *started = here.recv()  # "ready": sink names, the ring mapped, objects frozen, timer slack
             if status == "ready":  # the child's hello on the channel: connected; now close the door
                 if not sock.poll(int(self._start_timeout * 1000)):
                     raise PacketProcessError("the sink process never connected to its channel")
@@ -229,6 +231,7 @@ class PacketProcess:
         self.endpoint = endpoint
         self.sink_names = list(detail)
         self.child_frozen = int(started[1]) if len(started) > 1 else 0
+        self.child_timer_slack = started[2] if len(started) > 2 else None
 
     def _revive(self) -> bool:
         """Start a new child if the last one died and the restart interval has passed."""
@@ -404,6 +407,7 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides when to stop
     if cpus:
         set_cpus(cpus)
+    fine_timer_slack()  # this thread polls the ring for each step's values: its sleeps end on time
     keep_heap()  # no page faults for every step's new arrays
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[sinks]: %(message)s",
                         datefmt="%H:%M:%S")
@@ -437,7 +441,7 @@ def serve(factory: SinkFactory, endpoint: str, conn: Any, keep_max: int, log_lev
     pull.setsockopt(zmq.RCVTIMEO, int(HEALTH_EVERY * 1000))  # a blocking receive that wakes for the health report
     pull.connect(endpoint)
     pull.send(b"hello")  # the parent removes the socket file once this arrives
-    conn.send(("ready", [s.name for s in sinks], ring is not None, frozen))
+    conn.send(("ready", [s.name for s in sinks], ring is not None, frozen, timer_slack()))
     parent = mp.parent_process()
     errors, last_log = 0, -1e9
     reported, last_report = b"", -1e9

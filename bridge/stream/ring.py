@@ -45,6 +45,12 @@ MAX_SLOTS = PAGE // 16  # the header (two u64 a slot) fits its page
 STAMPS = 4096  # a slot's stamp is its sequence number modulo this (> MAX_SLOTS): a copy from a table, no kernel to write it
 SLOTS = 12  # items in flight at once (a step's maps and its preview take two); a child this far behind gets the old path
 SLOT_BYTES = 4 * 1024 * 1024  # SD 1.5's 8 word maps at 64² are 128 KiB, SDXL's at 128² 640 KiB, a 1024² preview 3 MiB
+#: The child's polls for a stamp (:meth:`Ring.wait`): every POLL seconds for the first POLL_FINE
+#: seconds, since a GPU that keeps pace lands a step's values within a millisecond or two of its
+#: notice and each poll's overshoot is added to the step's latency; then doubling up to POLL_MAX
+#: for a child far behind. Polls wake the sink process's thread only (``threads.fine_timer_slack``
+#: keeps Linux from rounding its sleeps up by 50 µs): ~80 wakes of a few µs in the worst step.
+POLL, POLL_FINE, POLL_MAX = 25e-6, 0.002, 500e-6
 
 
 class RingError(RuntimeError):
@@ -93,6 +99,14 @@ class StagedImage:
 
 #: What a notice can stand for.
 Staged = StagedStep | StagedImage
+
+
+def poll_pause(waited: float) -> float:
+    """The sleep before the next poll of a stamp, ``waited`` seconds into the wait: POLL until
+    POLL_FINE, then doubling every POLL_FINE up to POLL_MAX."""
+    if waited < POLL_FINE:
+        return POLL
+    return min(POLL * 2.0 ** min(int(waited / POLL_FINE), 30), POLL_MAX)
 
 
 def ring_folder() -> str:
@@ -204,16 +218,17 @@ class Ring:
 
     # -- the child ------------------------------------------------------------------------------
     def wait(self, index: int, seq: int, timeout: float) -> bool:
-        """Whether slot ``index``'s stamp reached ``seq`` within ``timeout`` seconds (polled: a
-        few microseconds' sleep first, growing to half a millisecond)."""
+        """Whether slot ``index``'s stamp reached ``seq`` within ``timeout`` seconds (polled as
+        :func:`poll_pauses` says)."""
         if not 0 <= index < self.slots:
             raise ValueError(f"slot {index} of a {self.slots}-slot ring")
-        deadline, pause, stamp = time.monotonic() + timeout, 20e-6, seq % STAMPS
+        start = time.monotonic()
+        deadline, stamp = start + timeout, seq % STAMPS
         while int(self.landed[index]) != stamp:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 return False
-            time.sleep(pause)
-            pause = min(2 * pause, 500e-6)
+            time.sleep(poll_pause(now - start))
         return True
 
     def read(self, index: int, seq: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
