@@ -136,6 +136,7 @@ class Latency:
         ctx = mp.get_context("spawn")
         self.sent: dict[tuple[str, int], float] = {}
         self.handover: dict[tuple[str, int], tuple[float, float]] = {}
+        self.variant_of: dict[str, str] = {}  # run id -> the bench variant that made it (clock())
         # on CUDA, an event per step end and a clock reference per call: when the GPU finished each
         # step, on this process's clock (the host runs ahead of a busy GPU: its step end is early)
         self._cuda = torch.cuda.is_available()
@@ -147,6 +148,16 @@ class Latency:
         self._proc.start()
         if not self._ready.wait(60):
             raise RuntimeError("the latency subscriber process did not start")
+
+    def clock(self, variant: str) -> Callable[[str, int], None]:
+        """The ``Runner(step_clock=...)`` of one variant's runner: :meth:`step_end`, its runs
+        noted as that variant's (the figures are given per variant as well as pooled)."""
+
+        def step_end(run_id: str, step: int) -> None:
+            self.variant_of[run_id] = variant
+            self.step_end(run_id, step)
+
+        return step_end
 
     def step_end(self, run_id: str, step: int) -> None:
         """Called on the model's thread as a step ends (``Runner(step_clock=...)``)."""
@@ -187,6 +198,15 @@ class Latency:
         out = latency_summary(self.sent, received)
         if self.handover:
             out["stages"] = handover_stages(self.sent, self.handover, built, received)
+        by_variant: dict[str, Any] = {}
+        for variant in sorted(set(self.variant_of.values())):
+            sent = {k: t for k, t in self.sent.items() if self.variant_of.get(k[0]) == variant}
+            by_variant[variant] = latency_summary(sent, received)
+            handover = {k: h for k, h in self.handover.items() if k in sent}
+            if handover:
+                by_variant[variant]["stages"] = handover_stages(sent, handover, built, received)
+        if by_variant:
+            out["by_variant"] = by_variant
         if self._events:  # from the step's end on the GPU, and how far the host ran ahead of it
             try:
                 done = self.gpu_done()
@@ -476,7 +496,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
     if "publish_ring" in variants:
         ringed = PacketProcess(partial(_zmq_sinks, endpoint_ring), cpus=sink_cpus, ring_slots=SLOTS)
         closers.append(ringed.close)
-        sinks["publish_ring"] = ringed
+        sinks["publish_ring"] = _Stamped(ringed, latency) if latency else ringed  # its notices' hand-over timed too
     if "publish_inproc" in variants:
         fanout = FanOut([ZmqPublisher(endpoint_inproc, encoding="float16")])
         closers.append(fanout.close)
@@ -490,7 +510,7 @@ def run_bench(pipe: Any, steps: int = 20, runs: int = 15, warmup: int = 2, guida
         sinks["publish_drop"] = _Drop()
     for v, sink in sinks.items():
         runners[v] = Runner(pipe, sink, "bench", image_every=0, capture_config=CaptureConfig(resolution=res),
-                            step_clock=latency.step_end if latency and v in subscribed else None,
+                            step_clock=latency.clock(v) if latency and v in subscribed else None,
                             phases_on="device" if v == "publish_device" else "auto")
     busy = Busy(cpus=sink_cpus) if "capture_busy" in variants else None
     if busy:
@@ -745,4 +765,11 @@ def print_table(result: dict[str, Any]) -> None:
     if result.get("image_identical_to_plain"):
         print("image bit-identical to plain:", json.dumps(result["image_identical_to_plain"]))
     if result.get("step_to_subscriber_latency"):
-        print("step → subscriber latency:", json.dumps(result["step_to_subscriber_latency"]))
+        lat = result["step_to_subscriber_latency"]
+        for v, one in (lat.get("by_variant") or {}).items():
+            if one.get("received"):
+                stages = " ".join(f"{k} {st['p50_ms']:.2f}/{st['p99_ms']:.2f}" for k, st in (one.get("stages") or {}).items())
+                print(f"step → subscriber, {v}: p50 {one['p50_ms']:.2f} p99 {one['p99_ms']:.2f} ms (middle steps "
+                      f"{one['by_place']['middle'].get('p50_ms', float('nan')):.2f} / {one['by_place']['middle'].get('p99_ms', float('nan')):.2f})"
+                      + (f"; stages p50/p99 ms: {stages}" if stages else ""))
+        print("step → subscriber latency:", json.dumps(lat))

@@ -13,10 +13,22 @@ import torch
 from bridge.bench import run_bench
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(count: int = 3) -> int:
+    """A port that is free with the ``count - 1`` after it (run_bench binds the next ports too)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+            others = [socket.socket() for _ in range(count - 1)]
+            try:
+                for k, o in enumerate(others, 1):
+                    o.bind(("127.0.0.1", base + k))
+                return base
+            except OSError:
+                continue
+            finally:
+                for o in others:
+                    o.close()
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +68,11 @@ def test_every_variant_runs_and_is_compared_with_plain(tiny_pipe, tmp_path):
     # handover_stages' docstring; test_handover_stages_split_at_the_sink_stamp checks the split)
     assert all(0 <= st["p50_ms"] <= lat["p99_ms"] for k, st in lat["stages"].items() if k != "handover_to_built")
     assert lat["stages"]["handover_to_built"]["p50_ms"] <= lat["stages"]["handover_to_receipt"]["max_ms"]
+    # and per variant: each its own 5 calls x 3 steps, the ring's and the packet thread's hand-overs timed
+    assert {v: (one["sent"], one["received"]) for v, one in lat["by_variant"].items()} == {
+        v: (15, 15) for v in ("publish", "publish_device", "publish_inproc", "publish_ring")}
+    assert {v for v, one in lat["by_variant"].items() if "stages" in one} == {"publish", "publish_ring"}
+    assert lat["by_variant"]["publish_ring"]["stages"]["handover"]["p50_ms"] >= 0
     # every run has 3 steps: 15 runs' first, last and middle steps, and the five worst among them
     assert {k: v["n"] for k, v in lat["by_place"].items()} == {"first": 20, "last": 20, "middle": 20}
     assert [w["of"] for w in lat["worst"]] == [3] * 5 and lat["worst"][0]["ms"] == round(max(
