@@ -68,8 +68,8 @@ FINE_SLACK_NS = 1000
 def fine_timer_slack(ns: int = FINE_SLACK_NS) -> bool:
     """Let the calling thread's sleeps end within ``ns`` nanoseconds of their time (Linux; False
     elsewhere or where ``prctl`` refuses). Linux's default 50 µs slack rounded every 20–25 µs
-    poll of the sink process's ring wait up to ~75 µs (bench/ring_wait.py); the slack is the
-    thread's own, so only the thread that polls pays for the precise wake-ups."""
+    poll of the sink process's ring wait up to ~75 µs (bench/ring_wait.py). The slack is the
+    thread's own (threads it starts later inherit it): the model's process keeps its default."""
     if not sys.platform.startswith("linux"):
         return False
     try:

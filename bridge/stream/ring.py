@@ -219,7 +219,7 @@ class Ring:
     # -- the child ------------------------------------------------------------------------------
     def wait(self, index: int, seq: int, timeout: float) -> bool:
         """Whether slot ``index``'s stamp reached ``seq`` within ``timeout`` seconds (polled as
-        :func:`poll_pauses` says)."""
+        :func:`poll_pause` says)."""
         if not 0 <= index < self.slots:
             raise ValueError(f"slot {index} of a {self.slots}-slot ring")
         start = time.monotonic()
