@@ -65,27 +65,25 @@ PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30
 FINE_SLACK_NS = 1000
 
 
+def _prctl(option: int, arg: int) -> int | None:
+    """``prctl(option, arg)`` for the calling thread (Linux's libc), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).prctl(option, ctypes.c_ulong(arg), 0, 0, 0))
+    except (OSError, AttributeError):
+        return None
+
+
 def fine_timer_slack(ns: int = FINE_SLACK_NS) -> bool:
     """Let the calling thread's sleeps end within ``ns`` nanoseconds of their time (Linux; False
     elsewhere or where ``prctl`` refuses). Linux's default 50 µs slack rounded every 20–25 µs
     poll of the sink process's ring wait up to ~75 µs (bench/ring_wait.py). The slack is the
     thread's own (threads it starts later inherit it): the model's process keeps its default."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
+    return _prctl(PR_SET_TIMERSLACK, ns) == 0
 
 
 def timer_slack() -> int | None:
     """The calling thread's timer slack in nanoseconds (Linux), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        got = int(libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0))
-    except (OSError, AttributeError):
-        return None
-    return got if got >= 0 else None
+    got = _prctl(PR_GET_TIMERSLACK, 0)
+    return got if got is not None and got >= 0 else None

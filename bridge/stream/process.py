@@ -198,7 +198,7 @@ class PacketProcess:
         try:
             if not here.poll(self._start_timeout):
                 raise PacketProcessError(f"the sink process did not start within {self._start_timeout:.0f}s")
-            status, detail, *started = here.recv()  # "ready": sink names, the ring mapped, objects frozen, timer slack
+            status, detail, *started = here.recv()  # "ready": sink names, then the ring mapped, objects frozen, timer slack
             if status == "ready":  # the child's hello on the channel: connected; now close the door
                 if not sock.poll(int(self._start_timeout * 1000)):
                     raise PacketProcessError("the sink process never connected to its channel")
@@ -220,7 +220,8 @@ class PacketProcess:
             if ring is not None:
                 ring.close()
             raise detail if isinstance(detail, BaseException) else PacketProcessError(str(detail))
-        if ring is not None and not (started and started[0]):
+        mapped, frozen, slack = started  # the child's "ready" (serve) sends all three
+        if ring is not None and not mapped:
             log.warning("the sink process could not map the step ring; the step maps go through the packet thread")
             ring.close()
             ring = None
@@ -230,8 +231,7 @@ class PacketProcess:
         self._sock, self._conn, self._proc, self._folder = sock, here, proc, folder
         self.endpoint = endpoint
         self.sink_names = list(detail)
-        self.child_frozen = int(started[1]) if len(started) > 1 else 0
-        self.child_timer_slack = started[2] if len(started) > 2 else None
+        self.child_frozen, self.child_timer_slack = int(frozen), slack
 
     def _revive(self) -> bool:
         """Start a new child if the last one died and the restart interval has passed."""
